@@ -1,0 +1,605 @@
+//! Execution of compaction jobs against the object store and the manifest store, the run
+//! loop, and delayed deletion of inputs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
+use strata_format::{read_all_entries, Entry, Manifest, SstInfo, SstProps};
+use strata_manifest::layout::{new_sst_id, sst_path};
+use strata_manifest::{ManifestError, ManifestStore};
+use strata_objstore::{PutMode, Store, StoreError};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::merge::{merge, Cutter, MergeCounts};
+use crate::plan::{plan_with_cursors, rebase, Job};
+use crate::{now_ms, CompactionOptions, CompactionReport};
+
+/// How long [`Compactor::run`] waits for a manifest change when there is nothing to do.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// First and largest pause after a failed job.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Inputs read concurrently by one job.
+const READ_CONCURRENCY: usize = 8;
+/// Commit attempts (each after a conflict) before a job gives up.
+const MAX_COMMIT_ATTEMPTS: usize = 64;
+/// Fresh ids tried for one output before giving up (ids clash only by bad luck).
+const MAX_ID_ATTEMPTS: usize = 16;
+
+/// Totals since the compactor started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompactorStats {
+    /// Jobs committed (trivial moves included).
+    pub jobs: u64,
+    /// Jobs that only moved a file down a level.
+    pub trivial_moves: u64,
+    /// Jobs abandoned because the manifest changed under them.
+    pub abandoned: u64,
+    /// Jobs that failed with an error.
+    pub failures: u64,
+    /// Manifest commits that lost a race and were rebased.
+    pub commit_conflicts: u64,
+    /// Input files read.
+    pub files_in: u64,
+    /// Output files written.
+    pub files_out: u64,
+    /// Bytes of input files read.
+    pub bytes_in: u64,
+    /// Bytes of output files written.
+    pub bytes_out: u64,
+    /// Bytes of L0 files compacted: about the bytes the engine flushed, the base of write
+    /// amplification.
+    pub l0_bytes_in: u64,
+    /// Entries read.
+    pub entries_in: u64,
+    /// Entries written.
+    pub entries_out: u64,
+    /// Tombstones dropped at the bottom.
+    pub dropped_tombstones: u64,
+    /// Expired values dropped at the bottom.
+    pub dropped_expired: u64,
+    /// Input files deleted after their grace period.
+    pub files_deleted: u64,
+    /// Input files waiting for their grace period to pass.
+    pub pending_deletions: u64,
+    /// Bytes written per byte flushed, flush included: `(l0_bytes_in + bytes_out) /
+    /// l0_bytes_in` (0 before the first L0 compaction).
+    pub write_amplification: f64,
+    /// Bytes written per byte read by compaction: `bytes_out / bytes_in`.
+    pub rewrite_ratio: f64,
+}
+
+/// Leveled compaction of one partition. Cheap to clone: clones share state, so one clone
+/// can [`run`](Self::run) while another reads [`stats`](Self::stats).
+#[derive(Debug, Clone)]
+pub struct Compactor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    manifests: Arc<dyn ManifestStore>,
+    partition: u32,
+    opts: CompactionOptions,
+    /// One job at a time per compactor.
+    job_lock: tokio::sync::Mutex<()>,
+    /// Per level (index n - 1 for Ln), the largest key of the last file compacted out of it.
+    cursors: Mutex<Vec<Option<Bytes>>>,
+    /// Inputs dropped by a commit, deleted once their grace period has passed.
+    pending: Mutex<Vec<PendingDelete>>,
+    stats: Mutex<CompactorStats>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingDelete {
+    id: u64,
+    due: Instant,
+}
+
+/// How one step ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Nothing needs compacting.
+    Idle,
+    /// A job was committed.
+    Done(CompactionReport),
+    /// The manifest changed under the job; its outputs were deleted.
+    Abandoned,
+}
+
+/// What a commit attempt ended with.
+enum Committed {
+    Version(u64),
+    Abandoned(String),
+}
+
+impl Compactor {
+    /// A compactor of `partition`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        manifests: Arc<dyn ManifestStore>,
+        partition: u32,
+        opts: CompactionOptions,
+    ) -> Self {
+        Compactor {
+            inner: Arc::new(Inner {
+                store,
+                manifests,
+                partition,
+                opts,
+                job_lock: tokio::sync::Mutex::new(()),
+                cursors: Mutex::new(Vec::new()),
+                pending: Mutex::new(Vec::new()),
+                stats: Mutex::new(CompactorStats::default()),
+            }),
+        }
+    }
+
+    /// The partition this compactor serves.
+    pub fn partition(&self) -> u32 {
+        self.inner.partition
+    }
+
+    /// Plans on the latest manifest; if something needs compacting, runs one job and commits
+    /// it. `Ok(None)` means nothing to do, or that the job was abandoned because the
+    /// manifest changed under it (its outputs are deleted then; planning again will do).
+    pub async fn compact_once(&self) -> anyhow::Result<Option<CompactionReport>> {
+        match self.step().await? {
+            Outcome::Done(report) => Ok(Some(report)),
+            Outcome::Idle | Outcome::Abandoned => Ok(None),
+        }
+    }
+
+    /// Loops [`compact_once`](Self::compact_once) until `shutdown` becomes true (or its
+    /// sender goes away): back to back while there is work, otherwise waiting for a manifest
+    /// change or one second. Errors are logged and retried after a growing backoff. Inputs
+    /// whose grace period has passed are deleted along the way. A job in progress is
+    /// finished before the loop notices shutdown.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let p = self.inner.partition;
+        let mut changes = self.inner.manifests.subscribe(p);
+        let mut backoff = BACKOFF_MIN;
+        info!(partition = p, "compactor started");
+        loop {
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            if let Err(e) = self.collect_garbage().await {
+                warn!(partition = p, error = format!("{e:#}"), "deleting compacted inputs failed");
+            }
+            // Mark the current manifest as seen: a commit during the job wakes the wait below.
+            changes.borrow_and_update();
+            let outcome = self.step().await;
+            let wait = match outcome {
+                Ok(Outcome::Done(r)) => {
+                    backoff = BACKOFF_MIN;
+                    log_report(&r);
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(Outcome::Abandoned) => {
+                    backoff = BACKOFF_MIN;
+                    continue;
+                }
+                Ok(Outcome::Idle) => {
+                    backoff = BACKOFF_MIN;
+                    None
+                }
+                Err(e) => {
+                    warn!(
+                        partition = p,
+                        error = format!("{e:#}"),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "compaction failed"
+                    );
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    Some(wait)
+                }
+            };
+            let stop = match wait {
+                None => tokio::select! {
+                    r = shutdown.changed() => r.is_err(),
+                    _ = wait_for_change(&mut changes) => false,
+                    _ = tokio::time::sleep(IDLE_WAIT) => false,
+                },
+                Some(pause) => tokio::select! {
+                    r = shutdown.changed() => r.is_err(),
+                    _ = tokio::time::sleep(pause) => false,
+                },
+            };
+            if stop {
+                break;
+            }
+        }
+        let pending = self.inner.pending.lock().len();
+        info!(
+            partition = p,
+            pending_deletions = pending,
+            "compactor stopped"
+        );
+    }
+
+    /// Totals since start.
+    pub fn stats(&self) -> CompactorStats {
+        let mut s = self.inner.stats.lock().clone();
+        s.pending_deletions = self.inner.pending.lock().len() as u64;
+        if s.l0_bytes_in > 0 {
+            s.write_amplification = (s.l0_bytes_in + s.bytes_out) as f64 / s.l0_bytes_in as f64;
+        }
+        if s.bytes_in > 0 {
+            s.rewrite_ratio = s.bytes_out as f64 / s.bytes_in as f64;
+        }
+        s
+    }
+
+    /// Deletes the compacted inputs whose grace period has passed; returns how many were
+    /// deleted. Files that fail to delete stay queued and are retried next time.
+    pub async fn collect_garbage(&self) -> anyhow::Result<usize> {
+        let now = Instant::now();
+        let due: Vec<PendingDelete> = {
+            let mut pending = self.inner.pending.lock();
+            let (due, keep) = pending.drain(..).partition(|d| d.due <= now);
+            *pending = keep;
+            due
+        };
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let p = self.inner.partition;
+        let mut deleted = 0;
+        let mut failed = Vec::new();
+        let mut first_err = None;
+        for d in due {
+            let path = sst_path(p, d.id);
+            match self.inner.store.delete(&path).await {
+                Ok(()) => deleted += 1,
+                Err(e) => {
+                    first_err.get_or_insert_with(|| anyhow!(e).context(format!("deleting {path}")));
+                    failed.push(d);
+                }
+            }
+        }
+        self.inner.pending.lock().extend(failed);
+        self.inner.stats.lock().files_deleted += deleted as u64;
+        debug!(partition = p, deleted, "deleted compacted inputs");
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(deleted),
+        }
+    }
+
+    /// One job: plan, execute, commit.
+    pub(crate) async fn step(&self) -> anyhow::Result<Outcome> {
+        let result = self.step_inner().await;
+        let mut stats = self.inner.stats.lock();
+        match &result {
+            Err(_) => stats.failures += 1,
+            Ok(Outcome::Abandoned) => stats.abandoned += 1,
+            Ok(Outcome::Done(r)) => {
+                stats.jobs += 1;
+                if r.trivial_move {
+                    stats.trivial_moves += 1;
+                } else {
+                    stats.files_in += r.input_files as u64;
+                    stats.files_out += r.output_files as u64;
+                    stats.bytes_in += r.input_bytes;
+                    stats.bytes_out += r.output_bytes;
+                    stats.entries_in += r.entries_in;
+                    stats.entries_out += r.entries_out;
+                    stats.dropped_tombstones += r.dropped_tombstones;
+                    stats.dropped_expired += r.dropped_expired;
+                }
+            }
+            Ok(Outcome::Idle) => {}
+        }
+        result
+    }
+
+    async fn step_inner(&self) -> anyhow::Result<Outcome> {
+        let _job = self.inner.job_lock.lock().await;
+        let started = std::time::Instant::now();
+        let p = self.inner.partition;
+        let Some(m) = self
+            .inner
+            .manifests
+            .load_latest(p)
+            .await
+            .with_context(|| format!("loading the manifest of partition {p}"))?
+        else {
+            return Ok(Outcome::Idle);
+        };
+        let cursors = self.inner.cursors.lock().clone();
+        let Some(job) = plan_with_cursors(&m, &self.inner.opts, &cursors) else {
+            return Ok(Outcome::Idle);
+        };
+        debug!(
+            partition = p,
+            input_level = job.input_level,
+            inputs = job.input_files(),
+            bytes = job.input_bytes(),
+            trivial = job.trivial_move,
+            "compaction planned on manifest {}",
+            m.version
+        );
+        let (outputs, counts) = if job.trivial_move {
+            let moved = job.upper.clone();
+            let n: u64 = moved.iter().map(|f| f.props.entries).sum();
+            let counts = MergeCounts {
+                entries_in: n,
+                entries_out: n,
+                ..MergeCounts::default()
+            };
+            (moved, counts)
+        } else {
+            self.execute(&job).await?
+        };
+        let version = match self.commit(&job, &outputs).await? {
+            Committed::Version(v) => v,
+            Committed::Abandoned(why) => {
+                info!(partition = p, reason = why, "compaction abandoned");
+                if !job.trivial_move {
+                    self.delete_outputs(&outputs).await;
+                }
+                return Ok(Outcome::Abandoned);
+            }
+        };
+        if job.input_level >= 1 {
+            let mut cursors = self.inner.cursors.lock();
+            if cursors.len() < job.input_level {
+                cursors.resize(job.input_level, None);
+            }
+            if let (Some(slot), Some(f)) = (cursors.get_mut(job.input_level - 1), job.upper.first())
+            {
+                *slot = Some(f.props.largest_key.clone());
+            }
+        }
+        if !job.trivial_move {
+            let due = Instant::now() + self.inner.opts.gc_grace;
+            self.inner
+                .pending
+                .lock()
+                .extend(job.inputs().map(|f| PendingDelete { id: f.id, due }));
+            if job.input_level == 0 {
+                let l0: u64 = job.upper.iter().map(|f| f.props.file_size).sum();
+                self.inner.stats.lock().l0_bytes_in += l0;
+            }
+        }
+        let output_bytes = outputs.iter().map(|f| f.props.file_size).sum();
+        Ok(Outcome::Done(CompactionReport {
+            partition: p,
+            input_level: job.input_level,
+            output_level: job.output_level,
+            input_files: job.input_files(),
+            input_bytes: job.input_bytes(),
+            output_files: outputs.len(),
+            output_bytes,
+            entries_in: counts.entries_in,
+            entries_out: counts.entries_out,
+            dropped_tombstones: counts.dropped_tombstones,
+            dropped_expired: counts.dropped_expired,
+            millis: started.elapsed().as_millis() as u64,
+            manifest_version: version,
+            trivial_move: job.trivial_move,
+        }))
+    }
+
+    /// Reads and merges the inputs of `job` and writes the outputs (not yet referenced by
+    /// any manifest). On failure, the outputs already written are deleted.
+    pub(crate) async fn execute(&self, job: &Job) -> anyhow::Result<(Vec<SstInfo>, MergeCounts)> {
+        let sources: Vec<Vec<Entry>> = futures::stream::iter(job.inputs().cloned())
+            .map(|info| self.read_input(info))
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Bytes, SstProps)>(1);
+        let deeper = job.deeper.clone();
+        let sst_opts = self.inner.opts.sst.clone();
+        let target = self.inner.opts.target_file_bytes;
+        let now = now_ms();
+        let merging = tokio::task::spawn_blocking(move || -> anyhow::Result<MergeCounts> {
+            let mut cutter = Cutter::new(sst_opts, target);
+            let send = |out| {
+                tx.blocking_send(out)
+                    .map_err(|_| anyhow!("the output writer stopped"))
+            };
+            let counts = merge(sources, now, &deeper, |e| match cutter.add(&e)? {
+                Some(out) => send(out),
+                None => Ok(()),
+            })?;
+            if let Some(out) = cutter.finish()? {
+                send(out)?;
+            }
+            Ok(counts)
+        });
+
+        let level = job.output_level as u32;
+        let mut written = Vec::new();
+        let mut write_err = None;
+        while let Some((data, props)) = rx.recv().await {
+            match self.write_output(data).await {
+                Ok(id) => written.push(SstInfo { id, level, props }),
+                Err(e) => {
+                    write_err = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(rx);
+        let merged = merging
+            .await
+            .map_err(|e| anyhow!("the merge task failed: {e}"))
+            .and_then(|r| r.context("merging compaction inputs"));
+        let result = match (write_err, merged) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(e),
+            (None, Ok(counts)) => Ok(counts),
+        };
+        match result {
+            Ok(counts) => Ok((written, counts)),
+            Err(e) => {
+                self.delete_outputs(&written).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads one input whole, verifying every checksum.
+    async fn read_input(&self, info: SstInfo) -> anyhow::Result<Vec<Entry>> {
+        let path = sst_path(self.inner.partition, info.id);
+        let data = self
+            .inner
+            .store
+            .get(&path)
+            .await
+            .with_context(|| format!("reading compaction input {path} (L{})", info.level))?;
+        if data.len() as u64 != info.props.file_size {
+            bail!(
+                "compaction input {path} is {} bytes, the manifest says {}",
+                data.len(),
+                info.props.file_size
+            );
+        }
+        let entries = tokio::task::spawn_blocking(move || read_all_entries(&data))
+            .await
+            .map_err(|e| anyhow!("decoding task for {path} failed: {e}"))?
+            .with_context(|| format!("compaction input {path} is corrupt"))?;
+        if entries.len() as u64 != info.props.entries {
+            bail!(
+                "compaction input {path} holds {} entries, the manifest says {}",
+                entries.len(),
+                info.props.entries
+            );
+        }
+        Ok(entries)
+    }
+
+    /// Creates an output SST under a fresh id; returns the id.
+    async fn write_output(&self, data: Bytes) -> anyhow::Result<u64> {
+        let p = self.inner.partition;
+        for _ in 0..MAX_ID_ATTEMPTS {
+            let id = new_sst_id();
+            let path = sst_path(p, id);
+            match self
+                .inner
+                .store
+                .put(&path, data.clone(), PutMode::Create)
+                .await
+            {
+                Ok(()) => return Ok(id),
+                Err(StoreError::AlreadyExists(_)) => continue,
+                Err(e) => {
+                    return Err(anyhow!(e).context(format!("writing compaction output {path}")))
+                }
+            }
+        }
+        bail!("no free SST id found for a compaction output of partition {p}")
+    }
+
+    /// Best-effort deletion of outputs no manifest references.
+    async fn delete_outputs(&self, outputs: &[SstInfo]) {
+        for f in outputs {
+            let path = sst_path(self.inner.partition, f.id);
+            if let Err(e) = self.inner.store.delete(&path).await {
+                warn!(path, error = %e, "deleting an unreferenced compaction output failed");
+            }
+        }
+    }
+
+    /// Commits `job` with `outputs`, rebasing on the latest manifest after each conflict.
+    async fn commit(&self, job: &Job, outputs: &[SstInfo]) -> anyhow::Result<Committed> {
+        let p = self.inner.partition;
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            let Some(latest) = self
+                .inner
+                .manifests
+                .load_latest(p)
+                .await
+                .with_context(|| format!("loading the manifest of partition {p} to commit"))?
+            else {
+                return Ok(Committed::Abandoned("the manifest disappeared".into()));
+            };
+            let next = match rebase(&latest, job, outputs, now_ms()) {
+                Ok(next) => next,
+                Err(why) => return Ok(Committed::Abandoned(why)),
+            };
+            match self.inner.manifests.commit(p, &next).await {
+                Ok(()) => return Ok(Committed::Version(next.version)),
+                Err(ManifestError::Conflict { .. }) => {
+                    self.inner.stats.lock().commit_conflicts += 1;
+                    debug!(partition = p, version = next.version, "compaction commit lost a race; rebasing");
+                }
+                Err(e) => {
+                    // The commit may have landed anyway (a timed-out conditional create).
+                    if self.landed(outputs, job).await {
+                        return Ok(Committed::Version(next.version));
+                    }
+                    return Err(anyhow!(e).context(format!(
+                        "committing compaction of partition {p} as manifest version {}",
+                        next.version
+                    )));
+                }
+            }
+        }
+        bail!("compaction commit of partition {p} lost {MAX_COMMIT_ATTEMPTS} races in a row")
+    }
+
+    /// After an ambiguous commit error: whether the latest manifest shows the job committed.
+    async fn landed(&self, outputs: &[SstInfo], job: &Job) -> bool {
+        let Ok(Some(latest)) = self.inner.manifests.load_latest(self.inner.partition).await else {
+            return false;
+        };
+        let Some(first) = outputs.first() else {
+            return false;
+        };
+        let files = crate::plan::level(&latest, job.output_level);
+        files.iter().any(|f| f.id == first.id)
+            && (job.trivial_move || !all_listed(&latest, job))
+    }
+}
+
+/// True if every input of `job` is still listed in `m`.
+fn all_listed(m: &Manifest, job: &Job) -> bool {
+    let listed: std::collections::HashSet<u64> = m
+        .l0
+        .iter()
+        .chain(m.levels.iter().flatten())
+        .map(|f| f.id)
+        .collect();
+    job.inputs().all(|f| listed.contains(&f.id))
+}
+
+async fn wait_for_change(changes: &mut watch::Receiver<Option<Arc<Manifest>>>) {
+    if changes.changed().await.is_err() {
+        // The store dropped its sender: no more notifications; rely on the timer.
+        futures::future::pending::<()>().await;
+    }
+}
+
+fn log_report(r: &CompactionReport) {
+    info!(
+        partition = r.partition,
+        from = r.input_level,
+        to = r.output_level,
+        input_files = r.input_files,
+        input_bytes = r.input_bytes,
+        output_files = r.output_files,
+        output_bytes = r.output_bytes,
+        entries_in = r.entries_in,
+        entries_out = r.entries_out,
+        dropped_tombstones = r.dropped_tombstones,
+        dropped_expired = r.dropped_expired,
+        millis = r.millis,
+        version = r.manifest_version,
+        trivial_move = r.trivial_move,
+        "compaction committed"
+    );
+}

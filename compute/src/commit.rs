@@ -1,0 +1,524 @@
+//! The commit loop: adaptive group commit into WAL segments.
+//!
+//! One task owns seq assignment, condition checks, memtable inserts and WAL segment ids.
+//! Requests that arrive while a segment PUT is in flight accumulate into the next group,
+//! which is put as soon as the previous PUT returns: at low load a write costs one PUT round
+//! trip, at high load PUTs stay few and large. Segments are put strictly one after another,
+//! so a segment lands only after every segment below it landed.
+//!
+//! Invariants:
+//! - Memtable inserts happen in seq order (only this task inserts).
+//! - `visible_seq` and `durable_seq` advance only after the segment holding those seqs landed
+//!   (or, for an explicitly buffered write, once it is in the memtable).
+//! - A segment whose PUT failed transiently is retried with the same name and bytes until it
+//!   lands or we are fenced: later groups depend on its effects, so it is never dropped.
+//! - A create that finds the segment name taken means a newer writer fenced us: nothing above
+//!   `durable_seq` ever becomes visible, and the engine stops.
+
+use crate::db::{now_ms, Db, DbInner, STATE_FENCED, STATE_OPEN};
+use crate::error::{EngineError, EngineResult};
+use crate::memtable::Memtable;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_format::{encode_wal_segment, Entry, Kind, WalSegmentHeader};
+use strata_manifest::layout::wal_path;
+use strata_objstore::{PutMode, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// What one op in a write batch does.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Store `value`; `ttl_ms` 0 means it never expires.
+    Put { value: Bytes, ttl_ms: u64 },
+    /// Write a tombstone.
+    Delete,
+}
+
+/// A write condition, checked against the state before the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cond {
+    /// No condition.
+    None,
+    /// Holds only when the key has no live value.
+    IfAbsent,
+    /// Holds only when the key's live value has exactly this version.
+    IfVersion(u64),
+}
+
+/// One op of a batch.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    pub key: Bytes,
+    pub op: Op,
+    pub cond: Cond,
+}
+
+/// What one op did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpOutcome {
+    /// The seq (version) the op wrote.
+    pub version: u64,
+    /// For deletes: whether a live value was there.
+    pub found: bool,
+}
+
+type Reply = oneshot::Sender<EngineResult<Vec<OpOutcome>>>;
+
+struct WriteReq {
+    ops: Vec<WriteOp>,
+    durable: bool,
+    reply: Reply,
+}
+
+enum Msg {
+    Write(WriteReq),
+    Freeze(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Sends work to the commit loop.
+#[derive(Clone, Debug)]
+pub(crate) struct CommitHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl CommitHandle {
+    pub async fn submit(
+        &self,
+        ops: Vec<WriteOp>,
+        durable: bool,
+        timeout: Duration,
+    ) -> EngineResult<Vec<OpOutcome>> {
+        let (reply, rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let msg = Msg::Write(WriteReq {
+            ops,
+            durable,
+            reply,
+        });
+        match tokio::time::timeout_at(deadline, self.tx.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(EngineError::Closed),
+            Err(_) => {
+                return Err(EngineError::Unavailable(format!(
+                    "write not accepted within {timeout:?}: the write pipeline is backed up"
+                )))
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(EngineError::Unavailable(
+                "write outcome unknown: the engine stopped before acknowledging it".into(),
+            )),
+            Err(_) => Err(EngineError::Unavailable(format!(
+                "write outcome unknown: the WAL did not become durable within {timeout:?}"
+            ))),
+        }
+    }
+
+    pub fn request_freeze(&self) {
+        let (tx, _rx) = oneshot::channel();
+        let _ = self.tx.try_send(Msg::Freeze(tx));
+    }
+
+    pub async fn freeze_now(&self) -> EngineResult<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Freeze(tx))
+            .await
+            .map_err(|_| EngineError::Closed)?;
+        rx.await.map_err(|_| EngineError::Closed)
+    }
+
+    /// Stops accepting writes and waits until every accepted write is durable (or failed).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+pub(crate) fn start(
+    inner: Arc<DbInner>,
+    next_seq: u64,
+    next_segment: u64,
+) -> (CommitHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(4096);
+    let task = tokio::spawn(
+        Committer {
+            inner,
+            rx,
+            next_seq,
+            next_segment,
+            group: Group::default(),
+            accepting: true,
+            shutdown_waiters: Vec::new(),
+        }
+        .run(),
+    );
+    (CommitHandle { tx }, task)
+}
+
+#[derive(Default)]
+struct Group {
+    batches: Vec<Vec<Entry>>,
+    waiters: Vec<(Reply, Vec<OpOutcome>)>,
+    bytes: usize,
+    max_seq: u64,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+struct InFlight {
+    segment_id: u64,
+    data: Bytes,
+    group: Group,
+    started: Instant,
+    task: JoinHandle<Result<(), StoreError>>,
+    attempts: u32,
+}
+
+struct Committer {
+    inner: Arc<DbInner>,
+    rx: mpsc::Receiver<Msg>,
+    next_seq: u64,
+    next_segment: u64,
+    group: Group,
+    accepting: bool,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Committer {
+    async fn run(mut self) {
+        let mut inflight: Option<InFlight> = None;
+        loop {
+            if inflight.is_none() && !self.group.is_empty() {
+                let group = std::mem::take(&mut self.group);
+                inflight = Some(self.start_put(group, 1));
+            }
+            if inflight.is_none() && !self.accepting {
+                for w in self.shutdown_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                // Keep answering so late senders get an error rather than hanging.
+                while let Some(msg) = self.rx.recv().await {
+                    self.reject(msg, EngineError::Closed);
+                }
+                return;
+            }
+            let over_budget = self.over_write_budget();
+            let can_take =
+                self.accepting && !over_budget && self.group.bytes < self.inner.opts.max_group_bytes;
+            tokio::select! {
+                res = async { (&mut inflight.as_mut().expect("guarded").task).await }, if inflight.is_some() => {
+                    let f = inflight.take().expect("guarded");
+                    inflight = self.landed(f, res);
+                }
+                msg = self.rx.recv(), if can_take => {
+                    match msg {
+                        Some(msg) => self.handle(msg).await,
+                        None => self.accepting = false,
+                    }
+                }
+                _ = self.inner.flushed.notified(), if over_budget => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)), if over_budget => {}
+            }
+        }
+    }
+
+    fn over_write_budget(&self) -> bool {
+        let view = self.inner.view.read();
+        let total: u64 = view.memtables().map(|m| m.approximate_bytes()).sum();
+        total > self.inner.opts.write_buffer_bytes
+    }
+
+    fn reject(&self, msg: Msg, err: EngineError) {
+        match msg {
+            Msg::Write(w) => {
+                let _ = w.reply.send(Err(err));
+            }
+            Msg::Freeze(tx) | Msg::Shutdown(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Write(w) => {
+                if self.inner.state.load(Ordering::Acquire) != STATE_OPEN {
+                    let _ = w.reply.send(Err(EngineError::Unavailable(
+                        "this node lost ownership of the partition".into(),
+                    )));
+                    return;
+                }
+                self.apply(w).await;
+            }
+            Msg::Freeze(tx) => {
+                self.freeze();
+                let _ = tx.send(());
+            }
+            Msg::Shutdown(tx) => {
+                self.accepting = false;
+                self.shutdown_waiters.push(tx);
+            }
+        }
+        if self.inner.view.read().active.approximate_bytes() >= self.inner.opts.memtable_bytes {
+            self.freeze();
+        }
+    }
+
+    fn freeze(&mut self) {
+        let mut view = self.inner.view.write();
+        if view.active.is_empty() {
+            return;
+        }
+        let id = self.inner.next_memtable_id.fetch_add(1, Ordering::Relaxed);
+        let mut next = (**view).clone();
+        let old = std::mem::replace(&mut next.active, Arc::new(Memtable::new(id)));
+        next.imms.insert(0, old);
+        *view = Arc::new(next);
+        drop(view);
+        self.inner.flush_wanted.notify_one();
+    }
+
+    async fn apply(&mut self, w: WriteReq) {
+        let now = now_ms();
+        let (seq, view) = (u64::MAX, self.inner.view.read().clone());
+        // Conditions and `found` see the latest state, durable or not: groups land in order,
+        // so by the time this one lands every state it was checked against has landed too.
+        let mut current: HashMap<&[u8], Option<(u64, bool)>> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(w.ops.len());
+        for (i, op) in w.ops.iter().enumerate() {
+            let needs_read = !matches!((&op.op, op.cond), (Op::Put { .. }, Cond::None));
+            let state = if needs_read {
+                match current.get(op.key.as_ref()) {
+                    Some(s) => *s,
+                    None => {
+                        let e = match Db::get_entry(&view, &op.key, seq).await {
+                            Ok(e) => e,
+                            Err(err) => {
+                                let _ = w.reply.send(Err(err));
+                                return;
+                            }
+                        };
+                        let s = e.map(|e| {
+                            let live = e.kind == Kind::Put
+                                && (e.expires_at_ms == 0 || e.expires_at_ms > now);
+                            (e.seq, live)
+                        });
+                        current.insert(op.key.as_ref(), s);
+                        s
+                    }
+                }
+            } else {
+                None
+            };
+            let live_version = state.and_then(|(v, live)| live.then_some(v));
+            let ok = match op.cond {
+                Cond::None => true,
+                Cond::IfAbsent => live_version.is_none(),
+                Cond::IfVersion(v) => live_version == Some(v),
+            };
+            if !ok {
+                let what = match op.cond {
+                    Cond::IfAbsent => "if_absent".to_string(),
+                    Cond::IfVersion(v) => format!("if_version={v}"),
+                    Cond::None => String::new(),
+                };
+                let have = match live_version {
+                    Some(v) => format!("the key exists with version {v}"),
+                    None => "the key is absent".to_string(),
+                };
+                let _ = w.reply.send(Err(EngineError::FailedPrecondition(format!(
+                    "condition {what} failed for op {i} (key of {} bytes): {have}; nothing was applied",
+                    op.key.len()
+                ))));
+                return;
+            }
+            outcomes.push(OpOutcome {
+                version: 0,
+                found: live_version.is_some(),
+            });
+        }
+        let mut entries = Vec::with_capacity(w.ops.len());
+        let mut bytes = 0;
+        for (op, out) in w.ops.into_iter().zip(outcomes.iter_mut()) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            out.version = seq;
+            let e = match op.op {
+                Op::Put { value, ttl_ms } => Entry {
+                    key: op.key,
+                    seq,
+                    kind: Kind::Put,
+                    expires_at_ms: if ttl_ms == 0 {
+                        0
+                    } else {
+                        now.saturating_add(ttl_ms)
+                    },
+                    value,
+                },
+                Op::Delete => Entry {
+                    key: op.key,
+                    seq,
+                    kind: Kind::Delete,
+                    expires_at_ms: 0,
+                    value: Bytes::new(),
+                },
+            };
+            bytes += e.key.len() + e.value.len() + 32;
+            entries.push(e);
+        }
+        {
+            let active = self.inner.view.read().active.clone();
+            for e in &entries {
+                active.insert(e);
+            }
+        }
+        let max_seq = self.next_seq - 1;
+        self.group.max_seq = max_seq;
+        self.group.bytes += bytes;
+        self.group.batches.push(entries);
+        let m = &self.inner.metrics;
+        m.writes.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+        if w.durable {
+            self.group.waiters.push((w.reply, outcomes));
+        } else {
+            // Buffered: visible and acknowledged now; durable with its group, or lost in a crash.
+            self.inner.visible_seq.fetch_max(max_seq, Ordering::SeqCst);
+            let _ = w.reply.send(Ok(outcomes));
+        }
+    }
+
+    fn start_put(&mut self, group: Group, attempts: u32) -> InFlight {
+        let segment_id = self.next_segment;
+        self.next_segment += 1;
+        let data = encode_wal_segment(
+            &WalSegmentHeader {
+                segment_id,
+                writer_epoch: self.inner.writer_epoch,
+                created_ms: now_ms(),
+            },
+            &group.batches,
+        );
+        self.spawn_put(segment_id, data, group, attempts, Duration::ZERO)
+    }
+
+    fn spawn_put(
+        &self,
+        segment_id: u64,
+        data: Bytes,
+        group: Group,
+        attempts: u32,
+        delay: Duration,
+    ) -> InFlight {
+        let store = self.inner.store.clone();
+        let path = wal_path(self.inner.opts.partition, segment_id);
+        let body = data.clone();
+        let task = tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            store.put(&path, body, PutMode::Create).await
+        });
+        InFlight {
+            segment_id,
+            data,
+            group,
+            started: Instant::now(),
+            task,
+            attempts,
+        }
+    }
+
+    fn landed(
+        &mut self,
+        f: InFlight,
+        res: Result<Result<(), StoreError>, tokio::task::JoinError>,
+    ) -> Option<InFlight> {
+        let res = res.unwrap_or_else(|e| {
+            Err(StoreError::Unavailable {
+                op: "put",
+                path: String::new(),
+                detail: format!("WAL put task failed: {e}"),
+            })
+        });
+        match res {
+            Ok(()) => {
+                let m = &self.inner.metrics;
+                m.wal_segments.fetch_add(1, Ordering::Relaxed);
+                m.wal_bytes.fetch_add(f.data.len() as u64, Ordering::Relaxed);
+                m.wal_put_micros
+                    .fetch_add(f.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.inner
+                    .landed
+                    .lock()
+                    .push(f.segment_id, f.group.max_seq);
+                self.inner
+                    .visible_seq
+                    .fetch_max(f.group.max_seq, Ordering::SeqCst);
+                self.inner.durable_seq.send_modify(|d| {
+                    *d = (*d).max(f.group.max_seq);
+                });
+                for (reply, outcomes) in f.group.waiters {
+                    let _ = reply.send(Ok(outcomes));
+                }
+                None
+            }
+            Err(StoreError::AlreadyExists(_)) => {
+                // Our segment name was taken: a newer writer fenced this stream.
+                tracing::error!(
+                    partition = self.inner.opts.partition,
+                    segment = f.segment_id,
+                    "WAL segment name already taken: fenced by a newer writer; stepping down"
+                );
+                self.inner.state.store(STATE_FENCED, Ordering::Release);
+                self.inner.flush_wanted.notify_waiters();
+                let err = EngineError::Unavailable(
+                    "write not applied: this node was fenced by a newer writer of the partition"
+                        .into(),
+                );
+                for (reply, _) in f.group.waiters {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                for (reply, _) in std::mem::take(&mut self.group.waiters) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                self.group = Group::default();
+                self.accepting = false;
+                None
+            }
+            Err(e) => {
+                // Unknown outcome: tell the waiters so (they must not hang), and retry the same
+                // segment: later groups were checked against its effects.
+                self.inner.metrics.wal_put_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    partition = self.inner.opts.partition,
+                    segment = f.segment_id,
+                    attempts = f.attempts,
+                    error = %e,
+                    "WAL segment put failed; retrying"
+                );
+                let mut group = f.group;
+                let err = EngineError::Unavailable(format!(
+                    "write outcome unknown: object store failed while writing the WAL: {e}"
+                ));
+                for (reply, _) in std::mem::take(&mut group.waiters) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                let backoff = Duration::from_millis((50u64 << f.attempts.min(5)).min(2000));
+                Some(self.spawn_put(f.segment_id, f.data, group, f.attempts + 1, backoff))
+            }
+        }
+    }
+}

@@ -1,0 +1,606 @@
+//! The engine of one partition: recovery, reads, and the handle writes go through.
+//!
+//! Write path (see `docs/write-path.md` for the safety argument): the commit loop assigns
+//! seqs, checks conditions, inserts into the active memtable (invisible to readers), and puts
+//! the group as one WAL segment. Only after the PUT returns does `visible_seq` advance and
+//! the writers get their acknowledgement. Flush turns frozen memtables into SSTs once every
+//! seq in them is durable, and commits a manifest that moves the WAL replay point.
+
+use crate::commit::{self, CommitHandle, Cond, Op, OpOutcome, WriteOp};
+use crate::error::{EngineError, EngineResult};
+use crate::flush;
+use crate::memtable::Memtable;
+use crate::metrics::EngineMetrics;
+use crate::sst_reader::{BlockSource, SstReader};
+use crate::version::{Version, View};
+use bytes::Bytes;
+use futures::future::try_join_all;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use strata_cache::BlockCache;
+use strata_format::{
+    decode_wal_segment, encode_wal_segment, Entry, Kind, Manifest, SstOptions, WalSegmentHeader,
+};
+use strata_manifest::layout::{parse_wal_path, wal_path, wal_prefix, STORE_ID_PATH};
+use strata_manifest::{ManifestError, ManifestStore};
+use strata_objstore::{PutMode, Store, StoreError};
+use tokio::sync::{watch, Notify};
+
+/// Engine tuning.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Partition this engine serves.
+    pub partition: u32,
+    /// A memtable is frozen and flushed when it reaches this size.
+    pub memtable_bytes: u64,
+    /// Writes wait when all memtables together pass this size (the write-buffer budget).
+    pub write_buffer_bytes: u64,
+    /// Largest WAL segment a commit group builds before waiting for the previous PUT.
+    pub max_group_bytes: usize,
+    /// Encoding of flushed SSTs.
+    pub sst: SstOptions,
+    /// How long a request waits for its WAL PUT before it gets `UNAVAILABLE`.
+    pub write_timeout: Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            partition: 0,
+            memtable_bytes: 64 << 20,
+            write_buffer_bytes: 256 << 20,
+            max_group_bytes: 8 << 20,
+            sst: SstOptions::default(),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub(crate) const STATE_OPEN: u8 = 0;
+pub(crate) const STATE_FENCED: u8 = 1;
+pub(crate) const STATE_CLOSED: u8 = 2;
+
+/// WAL segments that landed and are not yet fully covered by a flushed SST.
+#[derive(Debug, Default)]
+pub(crate) struct Landed {
+    /// (segment id, largest seq in it; 0 for an empty fencing marker), in id order.
+    pub segments: VecDeque<(u64, u64)>,
+    pub last_id: u64,
+}
+
+impl Landed {
+    pub fn push(&mut self, id: u64, max_seq: u64) {
+        self.segments.push_back((id, max_seq));
+        self.last_id = self.last_id.max(id);
+    }
+
+    /// The first segment recovery must replay once every seq <= `flushed_seq` is in an SST.
+    pub fn replay_point(&mut self, flushed_seq: u64) -> u64 {
+        while let Some(&(_, max)) = self.segments.front() {
+            if max <= flushed_seq {
+                self.segments.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.segments
+            .front()
+            .map(|&(id, _)| id)
+            .unwrap_or(self.last_id + 1)
+    }
+}
+
+pub(crate) struct DbInner {
+    pub opts: DbOptions,
+    pub store: Arc<dyn Store>,
+    pub manifests: Arc<dyn ManifestStore>,
+    pub src: BlockSource,
+    pub view: RwLock<Arc<View>>,
+    /// Readers see entries with seq <= this.
+    pub visible_seq: AtomicU64,
+    /// Every seq <= this is in a landed WAL segment (or an SST).
+    pub durable_seq: watch::Sender<u64>,
+    pub state: AtomicU8,
+    pub writer_epoch: u64,
+    pub landed: Mutex<Landed>,
+    pub flush_wanted: Notify,
+    pub flushed: Notify,
+    pub next_memtable_id: AtomicU64,
+    pub metrics: EngineMetrics,
+    /// Serializes installation of versions (flush and manifest watcher).
+    pub install_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for DbInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("partition", &self.opts.partition)
+            .field("store", &self.store.describe())
+            .finish()
+    }
+}
+
+/// An open partition engine. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub(crate) inner: Arc<DbInner>,
+    commit: CommitHandle,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+/// Summary of what recovery found, for logs and tests.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub manifest_version: u64,
+    pub replayed_segments: u64,
+    pub replayed_entries: u64,
+    pub fence_segment: u64,
+    pub next_seq: u64,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Reads the store's instance id, creating it on a fresh store.
+pub async fn store_uid(store: &Arc<dyn Store>) -> EngineResult<u64> {
+    loop {
+        match store.get(STORE_ID_PATH).await {
+            Ok(b) => {
+                let s = std::str::from_utf8(&b).map_err(|e| {
+                    EngineError::Corruption(format!("{STORE_ID_PATH} is not text: {e}"))
+                })?;
+                return u64::from_str_radix(s.trim(), 16).map_err(|e| {
+                    EngineError::Corruption(format!("{STORE_ID_PATH} is not a hex id: {e}"))
+                });
+            }
+            Err(StoreError::NotFound(_)) => {
+                let id: u64 = rand::random();
+                let body = Bytes::from(format!("{id:016x}\n"));
+                match store.put(STORE_ID_PATH, body, PutMode::Create).await {
+                    Ok(()) => return Ok(id),
+                    Err(StoreError::AlreadyExists(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl Db {
+    /// Opens the partition: loads the manifest, fences any previous writer by creating the
+    /// next WAL segment name, replays the WAL tail, and starts the commit and flush tasks.
+    pub async fn open(
+        opts: DbOptions,
+        store: Arc<dyn Store>,
+        manifests: Arc<dyn ManifestStore>,
+        cache: BlockCache,
+    ) -> EngineResult<(Db, RecoveryReport)> {
+        let p = opts.partition;
+        let uid = store_uid(&store).await?;
+        let src = BlockSource {
+            store: store.clone(),
+            cache,
+            store_uid: uid,
+        };
+        let writer_epoch: u64 = rand::random::<u64>() | 1;
+        let manifest = match manifests.load_latest(p).await? {
+            Some(m) => m,
+            None => {
+                let m = Manifest {
+                    version: 1,
+                    writer_epoch,
+                    wal_replay_from: 1,
+                    next_sst_id: 1,
+                    created_ms: now_ms(),
+                    ..Default::default()
+                };
+                match manifests.commit(p, &m).await {
+                    Ok(()) => Arc::new(m),
+                    Err(ManifestError::Conflict { .. }) => {
+                        manifests.load_latest(p).await?.ok_or_else(|| {
+                            EngineError::Internal("manifest vanished after conflict".into())
+                        })?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+
+        // Fence: claim the next segment name. A previous writer still running fails its next
+        // conditional create and stops; anything it acknowledged is below the fence.
+        let (listed, fence_id) = loop {
+            let listed: BTreeMap<u64, u64> = store
+                .list(&wal_prefix(p))
+                .await?
+                .into_iter()
+                .filter_map(|o| parse_wal_path(&o.path).map(|id| (id, o.size)))
+                .collect();
+            let max_id = listed.keys().next_back().copied().unwrap_or(0);
+            let fence_id = max_id.max(manifest.wal_replay_from.saturating_sub(1)) + 1;
+            let marker = encode_wal_segment(
+                &WalSegmentHeader {
+                    segment_id: fence_id,
+                    writer_epoch,
+                    created_ms: now_ms(),
+                },
+                &[],
+            );
+            match store.put(&wal_path(p, fence_id), marker, PutMode::Create).await {
+                Ok(()) => break (listed, fence_id),
+                Err(StoreError::AlreadyExists(_)) => {
+                    tracing::warn!(partition = p, fence_id, "another writer raced us to the fence; re-listing");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+
+        // Replay [replay_from, fence_id): every segment there must exist (ids are sequential
+        // and only the tail can be missing, and the fence is past the tail).
+        let active = Arc::new(Memtable::new(1));
+        let mut landed = Landed::default();
+        let mut report = RecoveryReport {
+            manifest_version: manifest.version,
+            fence_segment: fence_id,
+            ..Default::default()
+        };
+        let mut max_seq = manifest.last_flushed_seq;
+        let first_listed = listed
+            .range(manifest.wal_replay_from..)
+            .next()
+            .map(|(id, _)| *id);
+        let ids: Vec<u64> = listed
+            .range(manifest.wal_replay_from..fence_id)
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(first) = first_listed {
+            if first != manifest.wal_replay_from && first < fence_id {
+                return Err(EngineError::Corruption(format!(
+                    "WAL segment {} is missing (manifest {} replays from it; first present is {first})",
+                    wal_path(p, manifest.wal_replay_from),
+                    manifest.version
+                )));
+            }
+        }
+        for w in ids.windows(2) {
+            if w[1] != w[0] + 1 {
+                return Err(EngineError::Corruption(format!(
+                    "WAL segment {} is missing between {} and {}",
+                    wal_path(p, w[0] + 1),
+                    w[0],
+                    w[1]
+                )));
+            }
+        }
+        // Fetch concurrently, apply in order.
+        let fetched = try_join_all(ids.iter().map(|&id| {
+            let store = store.clone();
+            async move {
+                let path = wal_path(p, id);
+                let data = store.get(&path).await?;
+                let (hdr, batches) = decode_wal_segment(&data).map_err(|e| {
+                    EngineError::Corruption(format!("WAL segment {path}: {e}"))
+                })?;
+                if hdr.segment_id != id {
+                    return Err(EngineError::Corruption(format!(
+                        "WAL segment {path} says it is segment {}",
+                        hdr.segment_id
+                    )));
+                }
+                Ok::<_, EngineError>((id, batches))
+            }
+        }))
+        .await?;
+        for (id, batches) in fetched {
+            let mut seg_max = 0;
+            for e in batches.iter().flatten() {
+                seg_max = seg_max.max(e.seq);
+                if e.seq > manifest.last_flushed_seq {
+                    active.insert(e);
+                    report.replayed_entries += 1;
+                }
+            }
+            max_seq = max_seq.max(seg_max);
+            landed.push(id, seg_max);
+            report.replayed_segments += 1;
+        }
+        landed.push(fence_id, 0);
+        report.next_seq = max_seq + 1;
+
+        // Claim the manifest: stamp it with our epoch. From here on, a manifest stamped with
+        // another epoch means another writer took over (compactors keep the stamp).
+        let manifest = claim_manifest(&*manifests, p, manifest, writer_epoch).await?;
+        report.manifest_version = manifest.version;
+        let version = Arc::new(open_version(&src, p, manifest.clone(), &HashMap::new()).await?);
+        let (durable_tx, _) = watch::channel(max_seq);
+        let inner = Arc::new(DbInner {
+            opts: opts.clone(),
+            store: store.clone(),
+            manifests,
+            src,
+            view: RwLock::new(Arc::new(View {
+                active,
+                imms: Vec::new(),
+                version,
+            })),
+            visible_seq: AtomicU64::new(max_seq),
+            durable_seq: durable_tx,
+            state: AtomicU8::new(STATE_OPEN),
+            writer_epoch,
+            landed: Mutex::new(landed),
+            flush_wanted: Notify::new(),
+            flushed: Notify::new(),
+            next_memtable_id: AtomicU64::new(2),
+            metrics: EngineMetrics::default(),
+            install_lock: tokio::sync::Mutex::new(()),
+        });
+        let (commit, commit_task) = commit::start(inner.clone(), max_seq + 1, fence_id + 1);
+        let flush_task = tokio::spawn(flush::run(inner.clone()));
+        let watch_task = tokio::spawn(flush::watch_manifests(inner.clone()));
+        let db = Db {
+            inner,
+            commit,
+            tasks: Arc::new(Mutex::new(vec![commit_task, flush_task, watch_task])),
+        };
+        // A large replayed tail is flushed right away rather than kept in memory.
+        if db.inner.view.read().active.approximate_bytes() >= opts.memtable_bytes {
+            db.commit.request_freeze();
+        }
+        Ok((db, report))
+    }
+
+    fn check_open(&self) -> EngineResult<()> {
+        match self.inner.state.load(Ordering::Acquire) {
+            STATE_OPEN => Ok(()),
+            STATE_FENCED => Err(EngineError::Unavailable(
+                "this node lost ownership of the partition (fenced by a newer writer)".into(),
+            )),
+            _ => Err(EngineError::Closed),
+        }
+    }
+
+    /// Snapshot for readers: the visible seq first, then the view, so every entry with a seq
+    /// at or below the snapshot seq is in the view.
+    pub(crate) fn snapshot(&self) -> (u64, Arc<View>) {
+        let seq = self.inner.visible_seq.load(Ordering::SeqCst);
+        let view = self.inner.view.read().clone();
+        (seq, view)
+    }
+
+    /// Reads the newest entry of `key` visible at `read_seq`, tombstones included.
+    pub(crate) async fn get_entry(
+        view: &View,
+        key: &[u8],
+        read_seq: u64,
+    ) -> EngineResult<Option<Entry>> {
+        for m in view.memtables() {
+            if let Some(e) = m.get(key, read_seq) {
+                return Ok(Some(e));
+            }
+        }
+        for sst in &view.version.l0 {
+            if let Some(e) = sst.get(key, read_seq).await? {
+                return Ok(Some(e));
+            }
+        }
+        for level in 0..view.version.levels.len() {
+            if let Some(sst) = view.version.level_file(level, key) {
+                if let Some(e) = sst.get(key, read_seq).await? {
+                    return Ok(Some(e));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The live value of `key`: `(value, version)`, or `None` if absent, deleted or expired.
+    pub async fn get(&self, key: &[u8]) -> EngineResult<Option<(Bytes, u64)>> {
+        self.check_open()?;
+        self.inner.metrics.gets.fetch_add(1, Ordering::Relaxed);
+        let (seq, view) = self.snapshot();
+        let e = Self::get_entry(&view, key, seq).await?;
+        Ok(live(e, now_ms()))
+    }
+
+    /// Several keys from one snapshot.
+    pub async fn multi_get(&self, keys: &[Bytes]) -> EngineResult<Vec<Option<(Bytes, u64)>>> {
+        self.check_open()?;
+        self.inner
+            .metrics
+            .gets
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let (seq, view) = self.snapshot();
+        let now = now_ms();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(live(Self::get_entry(&view, k, seq).await?, now));
+        }
+        Ok(out)
+    }
+
+    /// Applies `ops` atomically: all conditions are checked against the state before the
+    /// batch; one failed condition fails the whole batch with nothing applied.
+    pub async fn write(&self, ops: Vec<WriteOp>, durable: bool) -> EngineResult<Vec<OpOutcome>> {
+        self.check_open()?;
+        self.commit
+            .submit(ops, durable, self.inner.opts.write_timeout)
+            .await
+    }
+
+    /// Convenience: an unconditional durable put.
+    pub async fn put(&self, key: Bytes, value: Bytes) -> EngineResult<u64> {
+        let r = self
+            .write(
+                vec![WriteOp {
+                    key,
+                    op: Op::Put { value, ttl_ms: 0 },
+                    cond: Cond::None,
+                }],
+                true,
+            )
+            .await?;
+        Ok(r.first().map(|o| o.version).unwrap_or(0))
+    }
+
+    /// Starts a scan over a snapshot.
+    pub fn scan(&self, start: Bytes, end: Option<Bytes>) -> EngineResult<crate::scan::Scanner> {
+        self.check_open()?;
+        let (seq, view) = self.snapshot();
+        Ok(crate::scan::Scanner::new(view, seq, start, end))
+    }
+
+    /// Engine metrics.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.inner.metrics
+    }
+
+    /// Current state for status pages and metrics.
+    pub fn stats(&self) -> DbStats {
+        let view = self.inner.view.read().clone();
+        DbStats {
+            visible_seq: self.inner.visible_seq.load(Ordering::Relaxed),
+            memtable_bytes: view.memtables().map(|m| m.approximate_bytes()).sum(),
+            immutable_memtables: view.imms.len() as u64,
+            manifest_version: view.version.manifest.version,
+            l0_files: view.version.l0.len() as u64,
+            level_files: view.version.levels.iter().map(|l| l.len() as u64).collect(),
+            sst_bytes: view
+                .version
+                .l0
+                .iter()
+                .chain(view.version.levels.iter().flatten())
+                .map(|r| r.info.props.file_size)
+                .sum(),
+        }
+    }
+
+    /// Freezes the active memtable and waits until every memtable is flushed to SSTs.
+    pub async fn flush(&self) -> EngineResult<()> {
+        self.check_open()?;
+        self.commit.freeze_now().await?;
+        loop {
+            let notified = self.inner.flushed.notified();
+            if self.inner.view.read().imms.is_empty() {
+                return Ok(());
+            }
+            self.check_open()?;
+            self.inner.flush_wanted.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+    }
+
+    /// Stops accepting writes, makes every accepted write durable in the WAL, flushes the
+    /// memtables (best effort within `timeout`), and stops background tasks.
+    pub async fn close(&self, timeout: Duration) -> EngineResult<()> {
+        let was_open = self.inner.state.load(Ordering::Acquire) == STATE_OPEN;
+        self.commit.shutdown().await;
+        if was_open {
+            self.commit.freeze_now().await.ok();
+            let deadline = tokio::time::Instant::now() + timeout;
+            while !self.inner.view.read().imms.is_empty()
+                && tokio::time::Instant::now() < deadline
+                && self.inner.state.load(Ordering::Acquire) == STATE_OPEN
+            {
+                let notified = self.inner.flushed.notified();
+                self.inner.flush_wanted.notify_one();
+                let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+            }
+        }
+        self.inner
+            .state
+            .compare_exchange(STATE_OPEN, STATE_CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .ok();
+        self.inner.flush_wanted.notify_waiters();
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    /// The writer epoch of this open (random; distinguishes writers in WAL headers).
+    pub fn writer_epoch(&self) -> u64 {
+        self.inner.writer_epoch
+    }
+}
+
+/// Engine state summary.
+#[derive(Debug, Clone, Default)]
+pub struct DbStats {
+    pub visible_seq: u64,
+    pub memtable_bytes: u64,
+    pub immutable_memtables: u64,
+    pub manifest_version: u64,
+    pub l0_files: u64,
+    pub level_files: Vec<u64>,
+    pub sst_bytes: u64,
+}
+
+/// An entry as a live value, or `None` for tombstones and expired values.
+pub(crate) fn live(e: Option<Entry>, now: u64) -> Option<(Bytes, u64)> {
+    let e = e?;
+    if e.kind == Kind::Delete || (e.expires_at_ms != 0 && e.expires_at_ms <= now) {
+        return None;
+    }
+    Some((e.value, e.seq))
+}
+
+async fn claim_manifest(
+    manifests: &dyn ManifestStore,
+    p: u32,
+    mut base: Arc<Manifest>,
+    writer_epoch: u64,
+) -> EngineResult<Arc<Manifest>> {
+    loop {
+        let mut next = (*base).clone();
+        next.version = base.version + 1;
+        next.writer_epoch = writer_epoch;
+        next.created_ms = now_ms();
+        match manifests.commit(p, &next).await {
+            Ok(()) => return Ok(Arc::new(next)),
+            Err(ManifestError::Conflict { .. }) => {
+                base = manifests.load_latest(p).await?.ok_or_else(|| {
+                    EngineError::Internal("manifest vanished after a conflict".into())
+                })?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Opens the readers of a manifest, reusing already open ones.
+pub(crate) async fn open_version(
+    src: &BlockSource,
+    partition: u32,
+    manifest: Arc<Manifest>,
+    reuse: &HashMap<u64, Arc<SstReader>>,
+) -> EngineResult<Version> {
+    let open = |info: strata_format::SstInfo| {
+        let src = src.clone();
+        let existing = reuse.get(&info.id).cloned();
+        async move {
+            match existing {
+                Some(r) => Ok::<_, EngineError>(r),
+                None => Ok(Arc::new(SstReader::open(src, partition, info).await?)),
+            }
+        }
+    };
+    let l0 = try_join_all(manifest.l0.iter().cloned().map(open)).await?;
+    let mut levels = Vec::with_capacity(manifest.levels.len());
+    for level in &manifest.levels {
+        levels.push(try_join_all(level.iter().cloned().map(open)).await?);
+    }
+    Ok(Version {
+        manifest,
+        l0,
+        levels,
+    })
+}

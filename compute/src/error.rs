@@ -1,0 +1,71 @@
+//! Engine errors: a rich internal enum with a small, stable kind that maps to gRPC codes.
+
+use thiserror::Error;
+
+/// Errors of the engine, grouped by what the caller should do about them.
+#[derive(Debug, Error, Clone)]
+pub enum EngineError {
+    /// The request is malformed; retrying it unchanged cannot succeed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A write condition (`if_absent`, `if_version`) did not hold; nothing was applied.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Storage is unreachable or this node can no longer write; the outcome of a write that
+    /// gets this error is unknown (like a timeout), and nothing acknowledged is lost.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Stored data failed a checksum or could not be decoded.
+    #[error("data corruption: {0}")]
+    Corruption(String),
+    /// The engine is shutting down.
+    #[error("engine is closed")]
+    Closed,
+    /// A bug or an unexpected failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result alias.
+pub type EngineResult<T> = Result<T, EngineError>;
+
+impl From<strata_objstore::StoreError> for EngineError {
+    fn from(e: strata_objstore::StoreError) -> Self {
+        use strata_objstore::StoreError as S;
+        match e {
+            S::Unavailable { .. } => EngineError::Unavailable(e.to_string()),
+            S::NotFound(_) => EngineError::Corruption(format!("missing object: {e}")),
+            _ => EngineError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<strata_format::FormatError> for EngineError {
+    fn from(e: strata_format::FormatError) -> Self {
+        EngineError::Corruption(e.to_string())
+    }
+}
+
+impl From<strata_manifest::ManifestError> for EngineError {
+    fn from(e: strata_manifest::ManifestError) -> Self {
+        use strata_manifest::ManifestError as M;
+        match e {
+            M::Store(s) => s.into(),
+            M::Corrupt { .. } => EngineError::Corruption(e.to_string()),
+            M::Conflict { .. } => EngineError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<EngineError> for tonic::Status {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            EngineError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            EngineError::Unavailable(m) => tonic::Status::unavailable(m),
+            EngineError::Closed => tonic::Status::unavailable("server is shutting down"),
+            EngineError::Corruption(m) => tonic::Status::data_loss(m),
+            EngineError::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+}

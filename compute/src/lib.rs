@@ -1,0 +1,34 @@
+//! Strata compute: the engine (WAL, memtables, flush, reads) and the gRPC server.
+
+mod commit;
+mod db;
+mod error;
+mod flush;
+mod memtable;
+mod metrics;
+mod scan;
+pub mod server;
+mod sst_reader;
+mod version;
+
+pub use commit::{Cond, Op, OpOutcome, WriteOp};
+pub use db::{store_uid, Db, DbOptions, DbStats, RecoveryReport};
+pub use error::{EngineError, EngineResult};
+pub use metrics::EngineMetrics;
+pub use scan::Scanner;
+
+/// Generated protobuf and gRPC code for `strata.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("strata.v1");
+
+    /// Encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("strata_descriptor");
+}
+
+/// Largest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Largest value, in bytes (a hard limit).
+pub const MAX_VALUE_BYTES: usize = 1_048_576;
+/// Largest gRPC request or response.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

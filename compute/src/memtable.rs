@@ -1,0 +1,193 @@
+//! The memtable: a concurrent skip list ordered by internal key (key asc, seq desc).
+//!
+//! Only the commit loop inserts, always in increasing seq order, so a memtable holds a
+//! contiguous range of seqs and a newer memtable holds only newer seqs than an older one.
+//! Readers filter by the visible seq: entries above it are not yet durable.
+
+use bytes::Bytes;
+use crossbeam_skiplist::SkipMap;
+use std::cmp::{Ordering, Reverse};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use strata_format::{Entry, Kind};
+
+/// Internal key: user key ascending, then seq descending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalKey {
+    pub key: Bytes,
+    pub seq: Reverse<u64>,
+}
+
+impl Ord for InternalKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key
+            .cmp(&other.key)
+            .then_with(|| self.seq.cmp(&other.seq))
+    }
+}
+
+impl PartialOrd for InternalKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// What a memtable stores for one internal key.
+#[derive(Debug, Clone)]
+pub struct MemValue {
+    pub kind: Kind,
+    pub expires_at_ms: u64,
+    pub value: Bytes,
+}
+
+/// A memtable.
+#[derive(Debug)]
+pub struct Memtable {
+    map: SkipMap<InternalKey, MemValue>,
+    bytes: AtomicU64,
+    min_seq: AtomicU64,
+    max_seq: AtomicU64,
+    /// Identifies the memtable in logs and flush bookkeeping.
+    pub id: u64,
+}
+
+/// Bytes charged per entry beyond key and value: skip list nodes are not free.
+const ENTRY_OVERHEAD: u64 = 64;
+
+impl Memtable {
+    pub fn new(id: u64) -> Self {
+        Memtable {
+            map: SkipMap::new(),
+            bytes: AtomicU64::new(0),
+            min_seq: AtomicU64::new(u64::MAX),
+            max_seq: AtomicU64::new(0),
+            id,
+        }
+    }
+
+    /// Inserts one entry. Callers insert in increasing seq order.
+    pub fn insert(&self, e: &Entry) {
+        let size = e.key.len() as u64 + e.value.len() as u64 + ENTRY_OVERHEAD;
+        self.map.insert(
+            InternalKey {
+                key: e.key.clone(),
+                seq: Reverse(e.seq),
+            },
+            MemValue {
+                kind: e.kind,
+                expires_at_ms: e.expires_at_ms,
+                value: e.value.clone(),
+            },
+        );
+        self.bytes.fetch_add(size, AtomicOrdering::Relaxed);
+        self.min_seq.fetch_min(e.seq, AtomicOrdering::Relaxed);
+        self.max_seq.fetch_max(e.seq, AtomicOrdering::Relaxed);
+    }
+
+    pub fn approximate_bytes(&self) -> u64 {
+        self.bytes.load(AtomicOrdering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn max_seq(&self) -> u64 {
+        self.max_seq.load(AtomicOrdering::Relaxed)
+    }
+
+    /// The newest entry of `key` with seq <= `read_seq`.
+    pub fn get(&self, key: &[u8], read_seq: u64) -> Option<Entry> {
+        let start = InternalKey {
+            key: Bytes::copy_from_slice(key),
+            seq: Reverse(read_seq),
+        };
+        let e = self.map.lower_bound(Bound::Included(&start))?;
+        if e.key().key.as_ref() != key {
+            return None;
+        }
+        Some(to_entry(e.key(), e.value()))
+    }
+
+    /// For each distinct key in `[start, end)` (end `None` = unbounded), the newest entry with
+    /// seq <= `read_seq`, in key order, at most `max_keys` keys. Returns whether it stopped
+    /// early because of `max_keys`.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        read_seq: u64,
+        max_keys: usize,
+        out: &mut Vec<Entry>,
+    ) -> bool {
+        let lo = InternalKey {
+            key: Bytes::copy_from_slice(start),
+            seq: Reverse(u64::MAX),
+        };
+        let mut last_key: Option<Bytes> = None;
+        let mut n = 0;
+        for e in self.map.range(lo..) {
+            let ik = e.key();
+            if end.is_some_and(|end| ik.key.as_ref() >= end) {
+                break;
+            }
+            if ik.seq.0 > read_seq {
+                continue;
+            }
+            if last_key.as_ref() == Some(&ik.key) {
+                continue;
+            }
+            if n == max_keys {
+                return true;
+            }
+            last_key = Some(ik.key.clone());
+            out.push(to_entry(ik, e.value()));
+            n += 1;
+        }
+        false
+    }
+
+    /// Every entry in internal key order (for flush).
+    pub fn all_entries(&self) -> Vec<Entry> {
+        self.map.iter().map(|e| to_entry(e.key(), e.value())).collect()
+    }
+}
+
+fn to_entry(k: &InternalKey, v: &MemValue) -> Entry {
+    Entry {
+        key: k.key.clone(),
+        seq: k.seq.0,
+        kind: v.kind,
+        expires_at_ms: v.expires_at_ms,
+        value: v.value.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_visible_version_wins() {
+        let m = Memtable::new(1);
+        m.insert(&Entry::put(&b"a"[..], 1, &b"v1"[..]));
+        m.insert(&Entry::put(&b"a"[..], 2, &b"v2"[..]));
+        m.insert(&Entry::delete(&b"b"[..], 3));
+        assert_eq!(m.get(b"a", 10).unwrap().value, &b"v2"[..]);
+        assert_eq!(m.get(b"a", 1).unwrap().value, &b"v1"[..]);
+        assert!(m.get(b"a", 0).is_none());
+        assert_eq!(m.get(b"b", 10).unwrap().kind, Kind::Delete);
+        assert!(m.get(b"c", 10).is_none());
+        let mut out = Vec::new();
+        assert!(!m.scan(b"", None, 10, 10, &mut out));
+        assert_eq!(out.len(), 2);
+        out.clear();
+        assert!(m.scan(b"", None, 10, 1, &mut out));
+        assert_eq!(out.len(), 1);
+        assert_eq!(m.max_seq(), 3);
+    }
+}

@@ -1,0 +1,124 @@
+//! Range scans over a snapshot, in chunks.
+//!
+//! Each chunk asks every source (memtables, each L0 SST, each level) for its first `n`
+//! distinct keys from the cursor, newest visible version each. Keys up to the smallest "last
+//! key" among sources that stopped early are complete in the merge; those are emitted and the
+//! cursor moves past them. The scanner holds its view, so a flush or compaction during the
+//! scan changes nothing it sees.
+
+use crate::db::{live, now_ms};
+use crate::error::EngineResult;
+use crate::version::View;
+use bytes::{Bytes, BytesMut};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use strata_format::Entry;
+
+/// A scan in progress.
+#[derive(Debug)]
+pub struct Scanner {
+    view: Arc<View>,
+    seq: u64,
+    cursor: Bytes,
+    end: Option<Bytes>,
+    done: bool,
+    now: u64,
+}
+
+impl Scanner {
+    pub(crate) fn new(view: Arc<View>, seq: u64, start: Bytes, end: Option<Bytes>) -> Self {
+        let done = end.as_ref().is_some_and(|e| start >= *e);
+        Scanner {
+            view,
+            seq,
+            cursor: start,
+            end,
+            done,
+            now: now_ms(),
+        }
+    }
+
+    /// Whether the scan is finished.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next live entries in key order: `(key, value, version)`. Returns an empty vector
+    /// only at the end of the scan... or when a stretch held only deleted keys, so callers
+    /// loop until [`Scanner::is_done`].
+    pub async fn next_chunk(&mut self, n: usize) -> EngineResult<Vec<(Bytes, Bytes, u64)>> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let n = n.max(1);
+        let end = self.end.as_deref();
+        let mut merged: BTreeMap<Bytes, Entry> = BTreeMap::new();
+        let mut bound: Option<Bytes> = None;
+        let mut buf = Vec::new();
+        let mut absorb = |buf: &mut Vec<Entry>, truncated: bool| {
+            if truncated {
+                if let Some(last) = buf.last() {
+                    if bound.as_ref().is_none_or(|b| last.key < *b) {
+                        bound = Some(last.key.clone());
+                    }
+                }
+            }
+            for e in buf.drain(..) {
+                match merged.get(&e.key) {
+                    Some(cur) if cur.seq >= e.seq => {}
+                    _ => {
+                        merged.insert(e.key.clone(), e);
+                    }
+                }
+            }
+        };
+        for m in self.view.memtables() {
+            let t = m.scan(&self.cursor, end, self.seq, n, &mut buf);
+            absorb(&mut buf, t);
+        }
+        for sst in &self.view.version.l0 {
+            let t = sst.scan(&self.cursor, end, self.seq, n, &mut buf).await?;
+            absorb(&mut buf, t);
+        }
+        for level in &self.view.version.levels {
+            let first = level.partition_point(|f| f.info.props.largest_key.as_ref() < self.cursor.as_ref());
+            let mut remaining = n;
+            let mut truncated = false;
+            for f in &level[first..] {
+                if end.is_some_and(|e| f.info.props.smallest_key.as_ref() >= e) {
+                    break;
+                }
+                let before = buf.len();
+                let t = f.scan(&self.cursor, end, self.seq, remaining, &mut buf).await?;
+                remaining -= buf.len() - before;
+                if t || remaining == 0 {
+                    truncated = true;
+                    break;
+                }
+            }
+            absorb(&mut buf, truncated);
+        }
+        let mut out = Vec::new();
+        for (k, e) in merged {
+            if bound.as_ref().is_some_and(|b| k > *b) {
+                break;
+            }
+            if let Some((v, ver)) = live(Some(e), self.now) {
+                out.push((k, v, ver));
+            }
+        }
+        match bound {
+            Some(b) => {
+                let mut next = BytesMut::with_capacity(b.len() + 1);
+                next.extend_from_slice(&b);
+                next.extend_from_slice(&[0]);
+                self.cursor = next.freeze();
+                if self.end.as_ref().is_some_and(|e| self.cursor >= *e) {
+                    self.done = true;
+                }
+            }
+            None => self.done = true,
+        }
+        Ok(out)
+    }
+}

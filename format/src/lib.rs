@@ -1,0 +1,40 @@
+//! Pure on-storage encodings of Strata: WAL segments, SSTables and manifests.
+//!
+//! No I/O happens here: encoders turn values into bytes and decoders turn bytes back,
+//! verifying a crc32c over every byte they hand out. A decoder never panics and never
+//! returns data that differs from what was encoded: corrupt or truncated input is an
+//! [`FormatError`]. The byte-level layouts are specified in `docs/format.md`.
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo
+    )
+)]
+
+mod codec;
+mod entry;
+mod error;
+mod manifest;
+mod sst;
+mod wal;
+
+pub use entry::{internal_cmp, Entry, Kind};
+pub use error::{FormatError, Result};
+pub use manifest::{
+    decode_manifest, encode_manifest, Manifest, SstInfo, MANIFEST_FORMAT_VERSION, MANIFEST_MAGIC,
+};
+pub use sst::{
+    decode_props, read_all_entries, BlockHandle, BloomFilter, Compression, DataBlock, SstBuilder,
+    SstFooter, SstIndex, SstOptions, SstProps, BLOCK_TRAILER_LEN, SST_FOOTER_LEN,
+    SST_FORMAT_VERSION, SST_MAGIC,
+};
+pub use wal::{
+    decode_wal_segment, encode_wal_segment, WalSegmentHeader, WAL_FORMAT_VERSION, WAL_HEADER_LEN,
+    WAL_MAGIC, WAL_TRAILER_LEN, WAL_TRAILER_MAGIC,
+};

@@ -1,0 +1,170 @@
+//! Manifests: one immutable object per version of a partition's LSM tree.
+//!
+//! ```text
+//! 0        8  magic "STRATMAN"
+//! 8        4  u32 format version (1)
+//! 12       8  u64 body length B
+//! 20       B  body
+//! 20+B     4  u32 crc32c of bytes 0..20+B
+//! body: u64 version | u64 writer_epoch | u64 last_flushed_seq | u64 wal_replay_from
+//!       | u64 next_sst_id | u64 created_ms
+//!       | u32 n, SstInfo * n                      (L0, newest first)
+//!       | u32 levels, (u32 n, SstInfo * n) * levels   (L1, L2, ...)
+//! SstInfo: u64 id | u32 level | props payload (see the SST props block)
+//! ```
+
+use bytes::Bytes;
+
+use crate::codec::{len_u32, put_u32, put_u64, Reader};
+use crate::error::{check_crc, corrupt, FormatError, Result};
+use crate::sst::{encode_props_payload, read_props_payload, SstProps};
+
+/// Magic at the start of every manifest.
+pub const MANIFEST_MAGIC: [u8; 8] = *b"STRATMAN";
+/// The manifest format version this code writes and reads.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+const WHAT: &str = "manifest";
+const HEADER_LEN: usize = 20;
+/// Smallest encoding of one SstInfo (id, level, props with empty keys).
+const MIN_SST_INFO_LEN: usize = 8 + 4 + 64 + 4 + 4;
+
+/// One SST as the manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SstInfo {
+    /// SST id (names the object).
+    pub id: u64,
+    /// Level: 0 for L0, 1 for L1, ...
+    pub level: u32,
+    /// The SST's properties.
+    pub props: SstProps,
+}
+
+/// One version of a partition's LSM tree.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifest {
+    /// Manifest version number (1, 2, 3, ...).
+    pub version: u64,
+    /// Epoch of the writer that produced it.
+    pub writer_epoch: u64,
+    /// Every write with seq <= this is in an SST listed here.
+    pub last_flushed_seq: u64,
+    /// First WAL segment id that recovery must replay.
+    pub wal_replay_from: u64,
+    /// Next unused SST id.
+    pub next_sst_id: u64,
+    /// L0 SSTs, newest first.
+    pub l0: Vec<SstInfo>,
+    /// `levels[0]` is L1; each level sorted by smallest key, non-overlapping.
+    pub levels: Vec<Vec<SstInfo>>,
+    /// Creation time, Unix milliseconds.
+    pub created_ms: u64,
+}
+
+/// Encodes a manifest.
+///
+/// # Panics
+/// If a list holds 2^32 SSTs or more, or a key is 4 GiB or larger.
+pub fn encode_manifest(m: &Manifest) -> Bytes {
+    let mut out = Vec::new();
+    out.extend_from_slice(&MANIFEST_MAGIC);
+    put_u32(&mut out, MANIFEST_FORMAT_VERSION);
+    put_u64(&mut out, 0); // body length, patched below
+    for v in [
+        m.version,
+        m.writer_epoch,
+        m.last_flushed_seq,
+        m.wal_replay_from,
+        m.next_sst_id,
+        m.created_ms,
+    ] {
+        put_u64(&mut out, v);
+    }
+    put_ssts(&mut out, &m.l0);
+    put_u32(&mut out, len_u32(m.levels.len(), "level count"));
+    for level in &m.levels {
+        put_ssts(&mut out, level);
+    }
+    let body_len = (out.len() - HEADER_LEN) as u64;
+    if let Some(slot) = out.get_mut(12..HEADER_LEN) {
+        slot.copy_from_slice(&body_len.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    put_u32(&mut out, crc);
+    Bytes::from(out)
+}
+
+fn put_ssts(out: &mut Vec<u8>, ssts: &[SstInfo]) {
+    put_u32(out, len_u32(ssts.len(), "sst count"));
+    for s in ssts {
+        put_u64(out, s.id);
+        put_u32(out, s.level);
+        encode_props_payload(&s.props, out);
+    }
+}
+
+/// Decodes and verifies a manifest.
+pub fn decode_manifest(data: &[u8]) -> Result<Manifest> {
+    let mut r = Reader::new(data, WHAT);
+    let magic: [u8; 8] = r.array("magic")?;
+    if magic != MANIFEST_MAGIC {
+        return Err(corrupt(WHAT, format!("bad magic {magic:02x?}")));
+    }
+    let version = r.u32("format version")?;
+    if version != MANIFEST_FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion {
+            what: WHAT,
+            version,
+        });
+    }
+    let body_len = r.u64("body length")?;
+    let expected_len = (HEADER_LEN as u64)
+        .checked_add(body_len)
+        .and_then(|n| n.checked_add(4));
+    if expected_len != Some(data.len() as u64) {
+        return Err(corrupt(
+            WHAT,
+            format!(
+                "body length {body_len} does not match object size {} (truncated?)",
+                data.len()
+            ),
+        ));
+    }
+    let (covered, crc) = data
+        .split_last_chunk::<4>()
+        .ok_or_else(|| corrupt(WHAT, "missing checksum"))?;
+    check_crc(WHAT, u32::from_le_bytes(*crc), crc32c::crc32c(covered))?;
+
+    let body = covered.get(HEADER_LEN..).unwrap_or_default();
+    let mut r = Reader::new(body, WHAT);
+    let mut m = Manifest {
+        version: r.u64("version")?,
+        writer_epoch: r.u64("writer_epoch")?,
+        last_flushed_seq: r.u64("last_flushed_seq")?,
+        wal_replay_from: r.u64("wal_replay_from")?,
+        next_sst_id: r.u64("next_sst_id")?,
+        created_ms: r.u64("created_ms")?,
+        ..Manifest::default()
+    };
+    m.l0 = read_ssts(&mut r)?;
+    let levels = r.u32("level count")? as usize;
+    m.levels = Vec::with_capacity(levels.min(r.remaining() / 4));
+    for _ in 0..levels {
+        m.levels.push(read_ssts(&mut r)?);
+    }
+    r.finish()?;
+    Ok(m)
+}
+
+fn read_ssts(r: &mut Reader<'_>) -> Result<Vec<SstInfo>> {
+    let n = r.u32("sst count")? as usize;
+    let mut ssts = Vec::with_capacity(n.min(r.remaining() / MIN_SST_INFO_LEN));
+    for _ in 0..n {
+        ssts.push(SstInfo {
+            id: r.u64("sst id")?,
+            level: r.u32("sst level")?,
+            props: read_props_payload(r)?,
+        });
+    }
+    Ok(ssts)
+}

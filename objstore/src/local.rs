@@ -1,0 +1,342 @@
+//! A local directory as an object store, with the durability of a real one.
+//!
+//! `object_store::local::LocalFileSystem` renames a temp file into place without fsync, so
+//! an acknowledged write could vanish in a power cut. Here a put is: write a staging file,
+//! fsync it, link (create-if-absent) or rename (overwrite) it into place, fsync the directory.
+//! Only then does `put` return.
+
+use crate::{validate_path, ObjectInfo, PutMode, Store, StoreError, StoreResult};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const STAGING_DIR: &str = ".staging";
+
+/// A durable object store on a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    staging_seq: AtomicU64,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl AsRef<Path>) -> StoreResult<Self> {
+        let root = root.as_ref().to_path_buf();
+        let staging = root.join(STAGING_DIR);
+        fs::create_dir_all(&staging).map_err(|e| other("open", &root.display().to_string(), e))?;
+        // Leftover staging files belong to puts that never returned: nobody acknowledged them.
+        if let Ok(entries) = fs::read_dir(&staging) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(LocalStore {
+            inner: Arc::new(Inner {
+                root,
+                staging_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    fn full(&self, path: &str) -> StoreResult<PathBuf> {
+        validate_path(path)?;
+        if path.starts_with(STAGING_DIR) {
+            return Err(StoreError::InvalidPath(path.to_string()));
+        }
+        Ok(self.inner.root.join(path))
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Other {
+                op: "blocking",
+                path: String::new(),
+                detail: e.to_string(),
+            })?
+    }
+}
+
+fn other(op: &'static str, path: &str, e: io::Error) -> StoreError {
+    StoreError::Other {
+        op,
+        path: path.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+fn map_read_err(op: &'static str, path: &str, e: io::Error) -> StoreError {
+    if e.kind() == io::ErrorKind::NotFound {
+        StoreError::NotFound(path.to_string())
+    } else {
+        other(op, path, e)
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing ancestors below `root`, fsyncing each parent whose entry
+/// list changed, so a new directory survives a crash along with the file put in it.
+fn create_dirs_durably(root: &Path, dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        if parent != root && parent.starts_with(root) {
+            create_dirs_durably(root, parent)?;
+        }
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn put_blocking(&self, path: &str, full: &Path, data: &[u8], mode: PutMode) -> StoreResult<()> {
+        let parent = full
+            .parent()
+            .ok_or_else(|| StoreError::InvalidPath(path.to_string()))?;
+        create_dirs_durably(&self.root, parent).map_err(|e| other("put", path, e))?;
+        let n = self.staging_seq.fetch_add(1, Ordering::Relaxed);
+        let staging = self
+            .root
+            .join(STAGING_DIR)
+            .join(format!("{}-{}", std::process::id(), n));
+        let result = (|| -> StoreResult<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&staging)
+                .map_err(|e| other("put", path, e))?;
+            f.write_all(data).map_err(|e| other("put", path, e))?;
+            f.sync_all().map_err(|e| other("put", path, e))?;
+            drop(f);
+            match mode {
+                PutMode::Create => match fs::hard_link(&staging, full) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(StoreError::AlreadyExists(path.to_string()))
+                    }
+                    Err(e) => return Err(other("put", path, e)),
+                },
+                PutMode::Overwrite => {
+                    fs::rename(&staging, full).map_err(|e| other("put", path, e))?;
+                }
+            }
+            fsync_dir(parent).map_err(|e| other("put", path, e))
+        })();
+        let _ = fs::remove_file(&staging);
+        result
+    }
+}
+
+fn list_recursive(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if rel.is_empty() && name == STAGING_DIR {
+            continue;
+        }
+        let child_rel = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            list_recursive(&entry.path(), &child_rel, out)?;
+        } else if ft.is_file() {
+            out.push(ObjectInfo {
+                path: child_rel,
+                size: entry.metadata()?.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> StoreResult<()> {
+        let full = self.full(path)?;
+        let path = path.to_string();
+        self.blocking(move |inner| inner.put_blocking(&path, &full, &data, mode))
+            .await
+    }
+
+    async fn get(&self, path: &str) -> StoreResult<Bytes> {
+        let full = self.full(path)?;
+        let path = path.to_string();
+        self.blocking(move |_| {
+            fs::read(&full)
+                .map(Bytes::from)
+                .map_err(|e| map_read_err("get", &path, e))
+        })
+        .await
+    }
+
+    async fn get_range(&self, path: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        let full = self.full(path)?;
+        let path = path.to_string();
+        self.blocking(move |_| {
+            let mut f = File::open(&full).map_err(|e| map_read_err("get_range", &path, e))?;
+            let len = range.end.saturating_sub(range.start);
+            let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+            f.seek(SeekFrom::Start(range.start))
+                .map_err(|e| other("get_range", &path, e))?;
+            f.read_exact(&mut buf)
+                .map_err(|e| other("get_range", &path, e))?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn head(&self, path: &str) -> StoreResult<u64> {
+        let full = self.full(path)?;
+        let path = path.to_string();
+        self.blocking(move |_| {
+            fs::metadata(&full)
+                .map(|m| m.len())
+                .map_err(|e| map_read_err("head", &path, e))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |inner| {
+            // Walk only the deepest directory the prefix names fully.
+            let (dir_rel, _) = match prefix.rfind('/') {
+                Some(i) => (&prefix[..i], &prefix[i + 1..]),
+                None => ("", prefix.as_str()),
+            };
+            let dir = if dir_rel.is_empty() {
+                inner.root.clone()
+            } else {
+                inner.root.join(dir_rel)
+            };
+            let mut out = Vec::new();
+            list_recursive(&dir, dir_rel, &mut out).map_err(|e| other("list", &prefix, e))?;
+            out.retain(|o| o.path.starts_with(&prefix));
+            out.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &str) -> StoreResult<()> {
+        let full = self.full(path)?;
+        let path = path.to_string();
+        self.blocking(move |_| match fs::remove_file(&full) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(other("delete", &path, e)),
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.inner.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn create_is_exclusive_and_data_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        s.put("a/b/c.obj", Bytes::from_static(b"one"), PutMode::Create)
+            .await
+            .unwrap();
+        let err = s
+            .put("a/b/c.obj", Bytes::from_static(b"two"), PutMode::Create)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+        assert_eq!(s.get("a/b/c.obj").await.unwrap(), Bytes::from_static(b"one"));
+        s.put("a/b/c.obj", Bytes::from_static(b"three"), PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_range("a/b/c.obj", 1..4).await.unwrap(),
+            Bytes::from_static(b"hre")
+        );
+        assert!(s.get_range("a/b/c.obj", 3..9).await.is_err());
+        assert_eq!(s.head("a/b/c.obj").await.unwrap(), 5);
+        assert!(matches!(
+            s.get("a/b/missing").await.unwrap_err(),
+            StoreError::NotFound(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn list_filters_by_prefix_and_sorts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        for p in ["x/wal/002", "x/wal/001", "x/sst/001", "y/wal/001"] {
+            s.put(p, Bytes::from_static(b"d"), PutMode::Create)
+                .await
+                .unwrap();
+        }
+        let names: Vec<_> = s
+            .list("x/wal/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.path)
+            .collect();
+        assert_eq!(names, vec!["x/wal/001", "x/wal/002"]);
+        assert_eq!(s.list("x/").await.unwrap().len(), 3);
+        assert_eq!(s.list("").await.unwrap().len(), 4);
+        s.delete("x/wal/001").await.unwrap();
+        s.delete("x/wal/001").await.unwrap();
+        assert_eq!(s.list("x/wal/").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn rejects_paths_outside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        for p in ["../x", "/abs", "a//b", "a/./b", "sp ace", ".staging/x"] {
+            assert!(s.get(p).await.is_err(), "{p}");
+        }
+    }
+}

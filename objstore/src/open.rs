@@ -1,0 +1,132 @@
+//! Building a store from a URL: `file:///dir` (or a plain path), `s3://bucket/prefix`,
+//! `memory://` (unit tests only).
+
+use crate::{
+    LocalStore, Metered, ObjectStoreBackend, RetryPolicy, Retrying, Store, StoreError,
+    StoreResult,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// S3 connection settings. Built explicitly (not from every `AWS_*` variable in the
+/// environment) so stray variables cannot leak into tests.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// Endpoint of a non-AWS server, e.g. `http://127.0.0.1:9000`. Implies path-style
+    /// addressing, and plain HTTP when the URL says `http`.
+    pub endpoint: Option<String>,
+    /// Region; defaults to `us-east-1`.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token.
+    pub session_token: Option<String>,
+}
+
+impl S3Settings {
+    /// Reads the usual AWS variables: `AWS_ENDPOINT_URL`, `AWS_REGION` (or
+    /// `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        S3Settings {
+            endpoint: var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
+            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            access_key_id: var("AWS_ACCESS_KEY_ID"),
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            session_token: var("AWS_SESSION_TOKEN"),
+        }
+    }
+}
+
+/// What to open.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `file:///abs/dir`, a plain directory path, `s3://bucket[/prefix]` or `memory://`.
+    pub url: String,
+    /// Settings used for `s3://` URLs.
+    pub s3: S3Settings,
+    /// Retry policy applied to every request.
+    pub retry: RetryPolicy,
+}
+
+/// Opens the store a config names: backend, request counting, retries. Returns the store to
+/// use and the meter that counts its requests.
+pub fn open_store(cfg: &StoreConfig) -> StoreResult<(Arc<dyn Store>, Metered)> {
+    let backend: Arc<dyn Store> = if let Some(rest) = cfg.url.strip_prefix("s3://") {
+        Arc::new(open_s3(rest, &cfg.s3)?)
+    } else if cfg.url.starts_with("memory://") {
+        Arc::new(ObjectStoreBackend::memory())
+    } else {
+        let dir = cfg.url.strip_prefix("file://").unwrap_or(&cfg.url);
+        if dir.is_empty() {
+            return Err(config_err(&cfg.url, "empty directory path"));
+        }
+        Arc::new(LocalStore::open(dir)?)
+    };
+    let metered = Metered::new(backend);
+    let store: Arc<dyn Store> = Arc::new(Retrying::new(
+        Arc::new(metered.clone()),
+        cfg.retry.clone(),
+    ));
+    Ok((store, metered))
+}
+
+fn config_err(url: &str, detail: &str) -> StoreError {
+    StoreError::Other {
+        op: "open",
+        path: url.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+fn open_s3(rest: &str, s: &S3Settings) -> StoreResult<ObjectStoreBackend> {
+    let (bucket, prefix) = match rest.split_once('/') {
+        Some((b, p)) => (b, p.trim_matches('/')),
+        None => (rest, ""),
+    };
+    if bucket.is_empty() {
+        return Err(config_err(rest, "s3 URL needs a bucket: s3://BUCKET[/PREFIX]"));
+    }
+    let client = object_store::ClientOptions::new()
+        .with_timeout(Duration::from_secs(30))
+        .with_connect_timeout(Duration::from_secs(5));
+    let mut b = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(s.region.clone().unwrap_or_else(|| "us-east-1".to_string()))
+        // Our own Retrying layer decides about retries, with deadlines the engine knows.
+        .with_retry(object_store::RetryConfig {
+            max_retries: 0,
+            ..Default::default()
+        });
+    if let Some(ep) = &s.endpoint {
+        b = b
+            .with_endpoint(ep.clone())
+            .with_virtual_hosted_style_request(false)
+            .with_allow_http(ep.starts_with("http://"));
+    }
+    let client = if s.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+        client.with_allow_http(true)
+    } else {
+        client
+    };
+    b = b.with_client_options(client);
+    if let Some(v) = &s.access_key_id {
+        b = b.with_access_key_id(v.clone());
+    }
+    if let Some(v) = &s.secret_access_key {
+        b = b.with_secret_access_key(v.clone());
+    }
+    if let Some(v) = &s.session_token {
+        b = b.with_token(v.clone());
+    }
+    let store = b
+        .build()
+        .map_err(|e| config_err(&format!("s3://{rest}"), &e.to_string()))?;
+    Ok(ObjectStoreBackend::new(
+        Arc::new(store),
+        prefix,
+        format!("s3://{rest}"),
+    ))
+}

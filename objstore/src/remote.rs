@@ -1,0 +1,226 @@
+//! Any `object_store` implementation (S3-compatible servers, in-memory) behind [`Store`].
+
+use crate::{validate_path, ObjectInfo, PutMode, Store, StoreError, StoreResult};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// An `object_store` backend, optionally under a key prefix.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreBackend {
+    inner: Arc<dyn ObjectStore>,
+    prefix: String,
+    label: String,
+}
+
+impl ObjectStoreBackend {
+    /// Wraps `inner`; every path is placed under `prefix` (no leading or trailing `/`).
+    pub fn new(inner: Arc<dyn ObjectStore>, prefix: &str, label: impl Into<String>) -> Self {
+        ObjectStoreBackend {
+            inner,
+            prefix: prefix.trim_matches('/').to_string(),
+            label: label.into(),
+        }
+    }
+
+    /// An in-memory store, for unit tests only.
+    pub fn memory() -> Self {
+        Self::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "",
+            "memory://",
+        )
+    }
+
+    fn location(&self, path: &str) -> StoreResult<Path> {
+        validate_path(path)?;
+        Ok(Path::from(self.full(path)))
+    }
+
+    fn full(&self, path: &str) -> String {
+        if self.prefix.is_empty() {
+            path.to_string()
+        } else {
+            format!("{}/{}", self.prefix, path)
+        }
+    }
+
+    fn strip(&self, full: &str) -> String {
+        if self.prefix.is_empty() {
+            full.to_string()
+        } else {
+            full.strip_prefix(&self.prefix)
+                .map(|s| s.trim_start_matches('/').to_string())
+                .unwrap_or_else(|| full.to_string())
+        }
+    }
+}
+
+fn map_err(op: &'static str, path: &str, e: object_store::Error) -> StoreError {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => StoreError::NotFound(path.to_string()),
+        // S3 answers a lost create race with 412, and sometimes 409 ConditionalRequestConflict:
+        // both mean "someone else got there"; the caller re-reads before deciding.
+        E::AlreadyExists { .. } | E::Precondition { .. } => {
+            StoreError::AlreadyExists(path.to_string())
+        }
+        E::InvalidPath { .. } | E::NotSupported { .. } | E::NotImplemented { .. } => {
+            StoreError::Other {
+                op,
+                path: path.to_string(),
+                detail: e.to_string(),
+            }
+        }
+        other => {
+            let detail = other.to_string();
+            if detail.contains("409") && detail.contains("Conflict") {
+                return StoreError::AlreadyExists(path.to_string());
+            }
+            StoreError::Unavailable {
+                op,
+                path: path.to_string(),
+                detail,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for ObjectStoreBackend {
+    async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> StoreResult<()> {
+        let loc = self.location(path)?;
+        let opts = PutOptions {
+            mode: match mode {
+                PutMode::Overwrite => object_store::PutMode::Overwrite,
+                PutMode::Create => object_store::PutMode::Create,
+            },
+            ..Default::default()
+        };
+        self.inner
+            .put_opts(&loc, PutPayload::from_bytes(data), opts)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("put", path, e))
+    }
+
+    async fn get(&self, path: &str) -> StoreResult<Bytes> {
+        let loc = self.location(path)?;
+        let res = self
+            .inner
+            .get(&loc)
+            .await
+            .map_err(|e| map_err("get", path, e))?;
+        res.bytes().await.map_err(|e| map_err("get", path, e))
+    }
+
+    async fn get_range(&self, path: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        let loc = self.location(path)?;
+        let want = range.end.saturating_sub(range.start);
+        let data = self
+            .inner
+            .get_range(&loc, range)
+            .await
+            .map_err(|e| map_err("get_range", path, e))?;
+        if data.len() as u64 != want {
+            return Err(StoreError::Other {
+                op: "get_range",
+                path: path.to_string(),
+                detail: format!("short read: wanted {want} bytes, got {}", data.len()),
+            });
+        }
+        Ok(data)
+    }
+
+    async fn head(&self, path: &str) -> StoreResult<u64> {
+        let loc = self.location(path)?;
+        self.inner
+            .head(&loc)
+            .await
+            .map(|m| m.size)
+            .map_err(|e| map_err("head", path, e))
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        // object_store lists by path segments; list the directory part, filter the rest.
+        let full = self.full(prefix);
+        let dir = match full.rfind('/') {
+            Some(i) => full[..i].to_string(),
+            None => String::new(),
+        };
+        let dir_path = if dir.is_empty() {
+            None
+        } else {
+            Some(Path::from(dir))
+        };
+        let metas: Vec<_> = self
+            .inner
+            .list(dir_path.as_ref())
+            .try_collect()
+            .await
+            .map_err(|e| map_err("list", prefix, e))?;
+        let mut out: Vec<ObjectInfo> = metas
+            .into_iter()
+            .filter(|m| m.location.as_ref().starts_with(&full))
+            .map(|m| ObjectInfo {
+                path: self.strip(m.location.as_ref()),
+                size: m.size,
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    async fn delete(&self, path: &str) -> StoreResult<()> {
+        let loc = self.location(path)?;
+        match self.inner.delete(&loc).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err("delete", path, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_backend_semantics() {
+        let s = ObjectStoreBackend::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "pre/fix",
+            "mem",
+        );
+        s.put("w/1", Bytes::from_static(b"abc"), PutMode::Create)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.put("w/1", Bytes::from_static(b"x"), PutMode::Create)
+                .await
+                .unwrap_err(),
+            StoreError::AlreadyExists(_)
+        ));
+        s.put("w/2", Bytes::from_static(b"def"), PutMode::Create)
+            .await
+            .unwrap();
+        let l = s.list("w/").await.unwrap();
+        assert_eq!(
+            l.iter().map(|o| o.path.as_str()).collect::<Vec<_>>(),
+            vec!["w/1", "w/2"]
+        );
+        assert_eq!(s.get_range("w/2", 1..3).await.unwrap(), &b"ef"[..]);
+        assert!(matches!(
+            s.get("w/3").await.unwrap_err(),
+            StoreError::NotFound(_)
+        ));
+    }
+}

@@ -1,0 +1,184 @@
+//! Retries with backoff and per-attempt timeouts, and resolution of ambiguous creates.
+//!
+//! A conditional create that timed out may have succeeded. Retrying it then fails with
+//! `AlreadyExists` although the object is ours. Every object Strata creates conditionally
+//! carries something unique to its writer (writer epoch and creation time in the header), so
+//! on `AlreadyExists` we read the object back: the same bytes mean our own earlier attempt won.
+
+use crate::{ObjectInfo, PutMode, Store, StoreError, StoreResult};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How hard to retry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each time, capped at `max_backoff`.
+    pub base_backoff: Duration,
+    /// Longest delay between attempts.
+    pub max_backoff: Duration,
+    /// Deadline of one attempt.
+    pub attempt_timeout: Duration,
+    /// Deadline of the whole operation, retries included.
+    pub total_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            base_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(10),
+            total_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Wraps a store with retries.
+#[derive(Debug, Clone)]
+pub struct Retrying {
+    inner: Arc<dyn Store>,
+    policy: RetryPolicy,
+}
+
+impl Retrying {
+    /// Wraps `inner` with `policy`.
+    pub fn new(inner: Arc<dyn Store>, policy: RetryPolicy) -> Self {
+        Retrying { inner, policy }
+    }
+
+    async fn run<T, F, Fut>(&self, op: &'static str, path: &str, mut f: F) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = StoreResult<T>> + Send,
+    {
+        let start = Instant::now();
+        let mut backoff = self.policy.base_backoff;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let res = match tokio::time::timeout(self.policy.attempt_timeout, f()).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable {
+                    op,
+                    path: path.to_string(),
+                    detail: format!("attempt timed out after {:?}", self.policy.attempt_timeout),
+                }),
+            };
+            match res {
+                Err(e)
+                    if e.is_transient()
+                        && attempt < self.policy.max_attempts
+                        && start.elapsed() + backoff < self.policy.total_timeout =>
+                {
+                    tracing::debug!(op, path, attempt, error = %e, "retrying object store request");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.policy.max_backoff);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Retrying {
+    async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> StoreResult<()> {
+        let res = self
+            .run("put", path, || self.inner.put(path, data.clone(), mode))
+            .await;
+        match (res, mode) {
+            (Err(StoreError::AlreadyExists(p)), PutMode::Create) => {
+                // Did an earlier (timed out, or internally retried) attempt of ours win?
+                match self.run("get", path, || self.inner.get(path)).await {
+                    Ok(existing) if existing == data => Ok(()),
+                    _ => Err(StoreError::AlreadyExists(p)),
+                }
+            }
+            (r, _) => r,
+        }
+    }
+    async fn get(&self, path: &str) -> StoreResult<Bytes> {
+        self.run("get", path, || self.inner.get(path)).await
+    }
+    async fn get_range(&self, path: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        self.run("get_range", path, || self.inner.get_range(path, range.clone()))
+            .await
+    }
+    async fn head(&self, path: &str) -> StoreResult<u64> {
+        self.run("head", path, || self.inner.head(path)).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        self.run("list", prefix, || self.inner.list(prefix)).await
+    }
+    async fn delete(&self, path: &str) -> StoreResult<()> {
+        self.run("delete", path, || self.inner.delete(path)).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FaultInjecting, Faults, ObjectStoreBackend};
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            attempt_timeout: Duration::from_secs(2),
+            total_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried() {
+        let faults = Faults::default();
+        let base: Arc<dyn Store> = Arc::new(ObjectStoreBackend::memory());
+        let s = Retrying::new(
+            Arc::new(FaultInjecting::new(base, faults.clone())),
+            fast(),
+        );
+        faults.fail_next(3);
+        s.put("a", Bytes::from_static(b"x"), PutMode::Create)
+            .await
+            .unwrap();
+        assert_eq!(s.get("a").await.unwrap(), &b"x"[..]);
+        faults.fail_next(10);
+        assert!(s.get("a").await.unwrap_err().is_transient());
+    }
+
+    #[tokio::test]
+    async fn ambiguous_create_that_succeeded_is_recognised() {
+        let faults = Faults::default();
+        let base: Arc<dyn Store> = Arc::new(ObjectStoreBackend::memory());
+        let s = Retrying::new(
+            Arc::new(FaultInjecting::new(base.clone(), faults.clone())),
+            fast(),
+        );
+        // The first attempt reaches the store but its answer is lost.
+        faults.lose_next_put_response();
+        s.put("seg/1", Bytes::from_static(b"mine"), PutMode::Create)
+            .await
+            .unwrap();
+        // Someone else's object with the same name is still a conflict.
+        base.put("seg/2", Bytes::from_static(b"theirs"), PutMode::Create)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.put("seg/2", Bytes::from_static(b"mine"), PutMode::Create)
+                .await
+                .unwrap_err(),
+            StoreError::AlreadyExists(_)
+        ));
+    }
+}

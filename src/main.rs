@@ -1,0 +1,49 @@
+//! The `strata` command: serve, bench, and a human client (get/put/delete/scan).
+
+mod bench;
+mod client_cli;
+mod metrics_http;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "strata", version, about = "Strata: a key-value store on object storage")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node. With no flags: an embedded single node on ./strata-data.
+    Serve(serve::ServeArgs),
+    /// Drive a server over gRPC and report throughput and latency percentiles.
+    Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Client(client_cli::ClientCommand),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing();
+            rt.block_on(serve::run(args))
+        }
+        Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::Client(cmd) => rt.block_on(client_cli::run(cmd)),
+    }
+}

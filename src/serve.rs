@@ -1,0 +1,250 @@
+//! `strata serve`: a single node on the embedded default (local directory) or any
+//! S3-compatible store.
+
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use strata_cache::{BlockCache, CacheConfig};
+use strata_compactor::{CompactionOptions, Compactor};
+use strata_compute::server::KvService;
+use strata_compute::{Db, DbOptions};
+use strata_manifest::{EmbeddedManifestStore, ManifestStore};
+use strata_objstore::{open_store, Metered, RetryPolicy, S3Settings, StoreConfig};
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Directory for local state: the object store on the embedded default, and the cache.
+    #[arg(long, default_value = "./strata-data", env = "STRATA_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:50051", env = "STRATA_LISTEN")]
+    pub listen: SocketAddr,
+    /// Object store URL: `file:///DIR`, or `s3://BUCKET/PREFIX` (region and credentials from
+    /// the usual AWS environment variables). Default: `DATA_DIR/objects`.
+    #[arg(long, env = "STRATA_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// Endpoint of an S3-compatible server (default: `AWS_ENDPOINT_URL`). Path-style
+    /// addressing is used, and plain HTTP when the URL says `http`.
+    #[arg(long, env = "STRATA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Prometheus metrics listen address (text format at `/metrics`); off when absent.
+    #[arg(long, env = "STRATA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Memory tier of the block cache, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub cache_memory_mb: u64,
+    /// Disk tier of the block cache under DATA_DIR/cache, MiB (0 = none).
+    #[arg(long, default_value_t = 1024)]
+    pub cache_disk_mb: u64,
+    /// Memtable size before a flush, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub memtable_mb: u64,
+    /// Budget of all memtables together, MiB; writes wait above it.
+    #[arg(long, default_value_t = 256)]
+    pub write_buffer_mb: u64,
+    /// Run compaction in this process (the embedded default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub compaction: bool,
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding gRPC listener on {}", args.listen))?;
+    let local = listener.local_addr().context("reading bound address")?;
+
+    // Serve health (NOT_SERVING) and reflection while recovering; KV answers UNAVAILABLE.
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("strata.v1.KV", ServingStatus::NotServing)
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(strata_compute::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(strata_compute::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building reflection service")?;
+    let kv = KvService::new();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let grpc = {
+        let kv = kv.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(health_svc)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(kv.into_server())
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    let url = args.object_store.clone().unwrap_or_else(|| {
+        format!("file://{}", absolute(&args.data_dir.join("objects")).display())
+    });
+    let mut s3 = S3Settings::from_env();
+    if let Some(ep) = &args.s3_endpoint {
+        s3.endpoint = Some(ep.clone());
+    }
+    let (store, meter) = open_store(&StoreConfig {
+        url: url.clone(),
+        s3,
+        retry: RetryPolicy::default(),
+    })
+    .with_context(|| format!("opening object store {url}"))?;
+    let cache = BlockCache::open(CacheConfig {
+        memory_bytes: (args.cache_memory_mb as usize) << 20,
+        disk_dir: (args.cache_disk_mb > 0).then(|| args.data_dir.join("cache")),
+        disk_bytes: args.cache_disk_mb << 20,
+    })
+    .await
+    .context("opening block cache")?;
+    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
+    let opts = DbOptions {
+        memtable_bytes: args.memtable_mb << 20,
+        write_buffer_bytes: args.write_buffer_mb << 20,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let open = Db::open(opts, store.clone(), manifests.clone(), cache.clone());
+    let (db, report) = tokio::select! {
+        r = open => r.context("recovering the store")?,
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            return Ok(());
+        }
+    };
+    tracing::info!(
+        manifest_version = report.manifest_version,
+        replayed_segments = report.replayed_segments,
+        replayed_entries = report.replayed_entries,
+        ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
+
+    let compactor_task = if args.compaction {
+        let c = Compactor::new(store.clone(), manifests.clone(), 0, CompactionOptions::default());
+        let rx = stop_rx.clone();
+        Some(tokio::spawn(c.run(rx)))
+    } else {
+        None
+    };
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics listener on {addr}"))?;
+            let bound = l.local_addr().context("metrics address")?;
+            tracing::info!("metrics on http://{bound}/metrics");
+            Some(tokio::spawn(crate::metrics_http::serve(
+                l,
+                db.clone(),
+                meter.clone(),
+                cache.clone(),
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+
+    kv.set_db(db.clone());
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status("strata.v1.KV", ServingStatus::Serving)
+        .await;
+    tracing::info!(
+        "strata listening on {local} (object store {}, data dir {})",
+        store.describe(),
+        args.data_dir.display()
+    );
+
+    tokio::select! {
+        _ = &mut shutdown => {}
+        r = stop_rx.changed() => { r.ok(); }
+    }
+    tracing::info!("shutting down");
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("strata.v1.KV", ServingStatus::NotServing)
+        .await;
+    let _ = stop_tx.send(true);
+    // Requests in flight finish; then every accepted write becomes durable and memtables flush.
+    let _ = tokio::time::timeout(Duration::from_secs(10), grpc).await;
+    db.close(Duration::from_secs(30))
+        .await
+        .context("closing the engine")?;
+    if let Some(t) = compactor_task {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    cache.close().await.context("closing the cache")?;
+    report_requests(&meter);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn report_requests(meter: &Metered) {
+    let c = meter.counts();
+    tracing::info!(
+        puts = c.puts,
+        gets = c.gets,
+        lists = c.lists,
+        deletes = c.deletes,
+        cost_usd = format!("{:.6}", c.estimated_cost_usd()),
+        "object store requests this run"
+    );
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
