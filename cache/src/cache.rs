@@ -37,7 +37,8 @@ type Hybrid = HybridCache<BlockKey, CachedBlock>;
 ///   checksum them itself: foyer checks its own xxHash64 over every disk entry and compares
 ///   the stored key, and SST blocks carry a crc32c that the reader verifies after **every**
 ///   `get`, so a disk tier that returned wrong bytes (bit rot, a bug, a torn write) is
-///   caught there and must be treated as a miss, never served.
+///   caught there: the reader must treat it as a miss, never serve it, and call
+///   [`remove`](Self::remove) before re-fetching so the bad copy is not hit again.
 /// * The disk tier is only a cache (DESIGN invariant 6): wiping its directory loses
 ///   nothing. Entries reach disk when inserted (foyer's `WriteOnInsertion` policy), via a
 ///   bounded queue that drops writes under load ([`CacheStats::disk_write_drops`]); values
@@ -176,6 +177,19 @@ impl BlockCache {
                 .insert_with_properties(key, CachedBlock(value), properties),
         );
         bump(&self.inner.counters.inserts);
+    }
+
+    /// Drops `key` from memory and disk, e.g. after the reader found its bytes corrupt
+    /// (bad crc32c), so the next lookup misses and re-fetches instead of hitting the bad
+    /// copy again. The disk removal is not persisted across a restart (foyer's tombstone
+    /// log is off), which is safe because the reader checks every block it gets.
+    pub fn remove(&self, key: &BlockKey) {
+        if self.inner.closing.load(Ordering::Relaxed) {
+            // The disk tier refuses deletes once closed; the memory copy is what matters.
+            drop(self.inner.hybrid.memory().remove(key));
+        } else {
+            self.inner.hybrid.remove(key);
+        }
     }
 
     /// Returns the cached value, or runs `fetch` and caches its result.

@@ -13,9 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use foyer::{
-    BlockEngineConfig, DeviceBuilder as _, FsDeviceBuilder, HybridCacheProperties,
-};
+use foyer::{BlockEngineConfig, DeviceBuilder as _, FsDeviceBuilder, HybridCacheProperties};
 
 use crate::{key::BlockKey, value::CachedBlock};
 

@@ -16,8 +16,8 @@ use std::{
 
 use mixtrics::{
     metrics::{
-        BoxedCounter, BoxedCounterVec, BoxedGaugeVec, BoxedHistogramVec, CounterOps,
-        CounterVecOps, RegistryOps,
+        BoxedCounter, BoxedCounterVec, BoxedGaugeVec, BoxedHistogramVec, CounterOps, CounterVecOps,
+        RegistryOps,
     },
     registry::noop::NoopMetricsRegistry,
 };
@@ -141,9 +141,15 @@ mod tests {
         let counters = Arc::new(FoyerCounters::default());
         let reg = CapturingRegistry::new(counters.clone());
         let inner = reg.register_counter_vec("foyer_storage_inner_op_total".into(), "".into(), &[]);
-        inner.counter(&["x".into(), "buffer_overflow".into()]).increase(2);
-        inner.counter(&["x".into(), "channel_overflow".into()]).increase(3);
-        inner.counter(&["x".into(), "queue_rotate".into()]).increase(100);
+        inner
+            .counter(&["x".into(), "buffer_overflow".into()])
+            .increase(2);
+        inner
+            .counter(&["x".into(), "channel_overflow".into()])
+            .increase(3);
+        inner
+            .counter(&["x".into(), "queue_rotate".into()])
+            .increase(100);
         let ops = reg.register_counter_vec("foyer_storage_op_total".into(), "".into(), &[]);
         ops.counter(&["x".into(), "error".into()]).increase(1);
         ops.counter(&["x".into(), "hit".into()]).increase(100);

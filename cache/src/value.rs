@@ -32,8 +32,10 @@ impl Code for CachedBlock {
         reader.read_exact(&mut len).map_err(Error::io_error)?;
         let len = u64::from_le_bytes(len);
         if len > Self::MAX_DECODED_LEN {
-            return Err(Error::new(ErrorKind::Parse, "cached block length out of range")
-                .with_context("len", len));
+            return Err(
+                Error::new(ErrorKind::Parse, "cached block length out of range")
+                    .with_context("len", len),
+            );
         }
         let mut buf = vec![0u8; len as usize];
         reader.read_exact(&mut buf).map_err(Error::io_error)?;

@@ -93,7 +93,9 @@ async fn get_or_fetch_fetches_on_miss_then_hits() {
     assert_eq!(got, v);
 
     let got = cache
-        .get_or_fetch(key(2, 0), || async { panic!("must not fetch a cached block") })
+        .get_or_fetch(key(2, 0), || async {
+            panic!("must not fetch a cached block")
+        })
         .await
         .unwrap();
     assert_eq!(got, v);
@@ -182,7 +184,10 @@ async fn concurrent_callers_sharing_a_failed_fetch_all_get_an_error() {
             originals += 1;
         }
     }
-    assert_eq!(originals, 1, "exactly the caller whose fetch ran gets the original error");
+    assert_eq!(
+        originals, 1,
+        "exactly the caller whose fetch ran gets the original error"
+    );
     assert_eq!(cache.stats().fetches, 1);
 }
 
@@ -205,7 +210,10 @@ async fn memory_budget_is_counted_in_bytes() {
             resident += 1;
         }
     }
-    assert!(resident >= 1 && resident <= budget / (64 * KIB), "resident {resident}");
+    assert!(
+        resident >= 1 && resident <= budget / (64 * KIB),
+        "resident {resident}"
+    );
     assert!(cache.get(&key(6, n as u64 - 1)).await.unwrap().is_some());
 }
 
@@ -393,4 +401,34 @@ fn disk_tier_survives_a_crash_after_its_writes_land() {
         assert_eq!(cache.stats().disk_hits, 2);
         cache.close().await.unwrap();
     });
+}
+
+#[tokio::test]
+async fn remove_drops_a_block_from_memory_and_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = with_disk(dir.path(), 4 * MIB).await;
+    cache.insert(key(21, 0), block(8 * KIB, 1));
+    cache.wait_for_disk_writes().await;
+    cache.remove(&key(21, 0));
+    assert_eq!(cache.get(&key(21, 0)).await.unwrap(), None);
+
+    // A re-fetch after removal replaces the bad copy.
+    let good = block(8 * KIB, 2);
+    let g = good.clone();
+    let got = cache
+        .get_or_fetch(key(21, 0), move || async move { Ok(g) })
+        .await
+        .unwrap();
+    assert_eq!(got, good);
+    assert_eq!(cache.get(&key(21, 0)).await.unwrap(), Some(good));
+    cache.close().await.unwrap();
+
+    // After close only the memory copy can be dropped; the disk copy is read back.
+    let disk_hits = cache.stats().disk_hits;
+    cache.remove(&key(21, 0));
+    assert_eq!(
+        cache.get(&key(21, 0)).await.unwrap(),
+        Some(block(8 * KIB, 2))
+    );
+    assert_eq!(cache.stats().disk_hits, disk_hits + 1);
 }

@@ -115,7 +115,8 @@ pub(crate) enum Outcome {
 }
 
 /// What a commit attempt ended with.
-enum Committed {
+#[derive(Debug)]
+pub(crate) enum Committed {
     Version(u64),
     Abandoned(String),
 }
@@ -172,7 +173,11 @@ impl Compactor {
                 break;
             }
             if let Err(e) = self.collect_garbage().await {
-                warn!(partition = p, error = format!("{e:#}"), "deleting compacted inputs failed");
+                warn!(
+                    partition = p,
+                    error = format!("{e:#}"),
+                    "deleting compacted inputs failed"
+                );
             }
             // Mark the current manifest as seen: a commit during the job wakes the wait below.
             changes.borrow_and_update();
@@ -185,8 +190,11 @@ impl Compactor {
                     continue;
                 }
                 Ok(Outcome::Abandoned) => {
-                    backoff = BACKOFF_MIN;
-                    continue;
+                    // Usually a race that planning again resolves at once; a manifest that
+                    // keeps making jobs abandon must not make the loop spin.
+                    let wait = backoff / 4;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    Some(wait)
                 }
                 Ok(Outcome::Idle) => {
                     backoff = BACKOFF_MIN;
@@ -515,7 +523,7 @@ impl Compactor {
     }
 
     /// Commits `job` with `outputs`, rebasing on the latest manifest after each conflict.
-    async fn commit(&self, job: &Job, outputs: &[SstInfo]) -> anyhow::Result<Committed> {
+    pub(crate) async fn commit(&self, job: &Job, outputs: &[SstInfo]) -> anyhow::Result<Committed> {
         let p = self.inner.partition;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let Some(latest) = self
@@ -535,7 +543,11 @@ impl Compactor {
                 Ok(()) => return Ok(Committed::Version(next.version)),
                 Err(ManifestError::Conflict { .. }) => {
                     self.inner.stats.lock().commit_conflicts += 1;
-                    debug!(partition = p, version = next.version, "compaction commit lost a race; rebasing");
+                    debug!(
+                        partition = p,
+                        version = next.version,
+                        "compaction commit lost a race; rebasing"
+                    );
                 }
                 Err(e) => {
                     // The commit may have landed anyway (a timed-out conditional create).
@@ -552,7 +564,9 @@ impl Compactor {
         bail!("compaction commit of partition {p} lost {MAX_COMMIT_ATTEMPTS} races in a row")
     }
 
-    /// After an ambiguous commit error: whether the latest manifest shows the job committed.
+    /// After an ambiguous commit error: whether the latest manifest shows the job committed
+    /// (its first output listed in the output level; outputs carry fresh ids, and a trivial
+    /// move's file is listed there only once moved).
     async fn landed(&self, outputs: &[SstInfo], job: &Job) -> bool {
         let Ok(Some(latest)) = self.inner.manifests.load_latest(self.inner.partition).await else {
             return false;
@@ -560,21 +574,10 @@ impl Compactor {
         let Some(first) = outputs.first() else {
             return false;
         };
-        let files = crate::plan::level(&latest, job.output_level);
-        files.iter().any(|f| f.id == first.id)
-            && (job.trivial_move || !all_listed(&latest, job))
+        crate::plan::level(&latest, job.output_level)
+            .iter()
+            .any(|f| f.id == first.id)
     }
-}
-
-/// True if every input of `job` is still listed in `m`.
-fn all_listed(m: &Manifest, job: &Job) -> bool {
-    let listed: std::collections::HashSet<u64> = m
-        .l0
-        .iter()
-        .chain(m.levels.iter().flatten())
-        .map(|f| f.id)
-        .collect();
-    job.inputs().all(|f| listed.contains(&f.id))
 }
 
 async fn wait_for_change(changes: &mut watch::Receiver<Option<Arc<Manifest>>>) {

@@ -104,7 +104,9 @@ pub struct CompactionReport {
     /// Manifest version the job committed.
     pub manifest_version: u64,
     /// True when the job only moved one SST to the next level (nothing overlapped it there
-    /// and it had nothing to drop): no data was read or written.
+    /// and it had nothing to drop): no data was read or written, and the file and entry
+    /// counts and sizes above describe the moved SST (on both sides). Trivial moves are not
+    /// counted in the byte totals of [`CompactorStats`].
     pub trivial_move: bool,
 }
 

@@ -97,7 +97,7 @@ pub fn plan_with_cursors(
         }
         let cursor = cursors.get(n - 1).and_then(Option::as_ref);
         let picked = cursor
-            .and_then(|c| files.iter().find(|f| &f.props.smallest_key > c))
+            .and_then(|c| files.iter().find(|f| f.props.smallest_key > *c))
             .or_else(|| files.first())?
             .clone();
         let lower = overlapping(
@@ -202,7 +202,10 @@ pub(crate) fn rebase(
     };
     let present = ids(upper_level);
     if let Some(id) = upper_ids.iter().find(|id| !present.contains(id)) {
-        return Err(format!("input SST {id} is no longer in L{}", job.input_level));
+        return Err(format!(
+            "input SST {id} is no longer in L{}",
+            job.input_level
+        ));
     }
     if job.input_level == 0 {
         // L0 files not in the job must all be newer (in front of) every input.
@@ -221,7 +224,10 @@ pub(crate) fn rebase(
     let out_level = level(latest, job.output_level);
     let present = ids(out_level);
     if let Some(id) = lower_ids.iter().find(|id| !present.contains(id)) {
-        return Err(format!("input SST {id} is no longer in L{}", job.output_level));
+        return Err(format!(
+            "input SST {id} is no longer in L{}",
+            job.output_level
+        ));
     }
     if let Some(f) = out_level
         .iter()
@@ -233,12 +239,16 @@ pub(crate) fn rebase(
         ));
     }
     let planned: HashSet<u64> = job.deeper.iter().flatten().map(|f| f.id).collect();
-    let now_deeper: HashSet<u64> =
-        deeper_overlaps(latest, job.output_level, &job.smallest_key, &job.largest_key)
-            .iter()
-            .flatten()
-            .map(|f| f.id)
-            .collect();
+    let now_deeper: HashSet<u64> = deeper_overlaps(
+        latest,
+        job.output_level,
+        &job.smallest_key,
+        &job.largest_key,
+    )
+    .iter()
+    .flatten()
+    .map(|f| f.id)
+    .collect();
     if planned != now_deeper {
         return Err("the levels below the output level changed under the job's key range".into());
     }
@@ -333,7 +343,10 @@ mod tests {
         assert!(plan(&Manifest::default(), &opts()).is_none());
         let m = manifest(
             vec![sst(1, 0, "a", "z", 10)],
-            vec![vec![sst(2, 1, "a", "z", 100)], vec![sst(3, 2, "a", "z", 1000)]],
+            vec![
+                vec![sst(2, 1, "a", "z", 100)],
+                vec![sst(3, 2, "a", "z", 1000)],
+            ],
         );
         assert!(plan(&m, &opts()).is_none());
     }
@@ -399,7 +412,11 @@ mod tests {
                     sst(2, 1, "d", "f", 60),
                     sst(3, 1, "g", "i", 60),
                 ],
-                vec![sst(5, 2, "b", "d", 10), sst(6, 2, "e", "e", 10), sst(7, 2, "h", "z", 10)],
+                vec![
+                    sst(5, 2, "b", "d", 10),
+                    sst(6, 2, "e", "e", 10),
+                    sst(7, 2, "h", "z", 10),
+                ],
             ],
         );
         let job = plan(&m, &opts()).unwrap();
@@ -433,13 +450,19 @@ mod tests {
         assert_eq!((job.input_level, job.output_level), (2, 3));
         assert_eq!(job_ids(&job.lower), vec![3]);
         // L3 is the last level of max_levels = 3: over target, but stays.
-        let m = manifest(vec![], vec![vec![], vec![], vec![sst(3, 3, "a", "c", 1_000_000)]]);
+        let m = manifest(
+            vec![],
+            vec![vec![], vec![], vec![sst(3, 3, "a", "c", 1_000_000)]],
+        );
         assert!(plan(&m, &opts()).is_none());
     }
 
     #[test]
     fn trivial_move_when_nothing_overlaps_and_nothing_drops() {
-        let m = manifest(vec![], vec![vec![sst(1, 1, "a", "c", 500)], vec![sst(2, 2, "x", "z", 1)]]);
+        let m = manifest(
+            vec![],
+            vec![vec![sst(1, 1, "a", "c", 500)], vec![sst(2, 2, "x", "z", 1)]],
+        );
         let job = plan(&m, &opts()).unwrap();
         assert!(job.trivial_move);
         assert!(job.lower.is_empty());

@@ -345,10 +345,11 @@ impl Db {
         let (commit, commit_task) = commit::start(inner.clone(), max_seq + 1, fence_id + 1);
         let flush_task = tokio::spawn(flush::run(inner.clone()));
         let watch_task = tokio::spawn(flush::watch_manifests(inner.clone()));
+        let gc_task = tokio::spawn(crate::wal_gc::run(inner.clone()));
         let db = Db {
             inner,
             commit,
-            tasks: Arc::new(Mutex::new(vec![commit_task, flush_task, watch_task])),
+            tasks: Arc::new(Mutex::new(vec![commit_task, flush_task, watch_task, gc_task])),
         };
         // A large replayed tail is flushed right away rather than kept in memory.
         if db.inner.view.read().active.approximate_bytes() >= opts.memtable_bytes {

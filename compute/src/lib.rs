@@ -10,6 +10,7 @@ mod scan;
 pub mod server;
 mod sst_reader;
 mod version;
+mod wal_gc;
 
 pub use commit::{Cond, Op, OpOutcome, WriteOp};
 pub use db::{store_uid, Db, DbOptions, DbStats, RecoveryReport};

@@ -14,4 +14,5 @@ pub struct EngineMetrics {
     pub flushes: AtomicU64,
     pub flush_bytes: AtomicU64,
     pub flush_failures: AtomicU64,
+    pub wal_segments_deleted: AtomicU64,
 }

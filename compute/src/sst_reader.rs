@@ -165,12 +165,28 @@ impl SstReader {
             })
             .await
             .map_err(|e| EngineError::Unavailable(format!("reading SST {}: {e:#}", self.path)))?;
-        DataBlock::decode(&raw).map_err(|e| {
-            EngineError::Corruption(format!(
-                "SST {} block at offset {}: {e}",
-                self.path, h.offset
-            ))
-        })
+        match DataBlock::decode(&raw) {
+            Ok(b) => Ok(b),
+            Err(cached_err) => {
+                // The cached copy may be the bad one (a disk tier is only a cache): drop it and
+                // read the object store once more before calling the SST corrupt.
+                self.src.cache.remove(&self.block_key(h.offset));
+                let raw = self
+                    .src
+                    .store
+                    .get_range(&self.path, h.offset..h.offset + h.len)
+                    .await?;
+                let block = DataBlock::decode(&raw).map_err(|e| {
+                    EngineError::Corruption(format!(
+                        "SST {} block at offset {}: {e}",
+                        self.path, h.offset
+                    ))
+                })?;
+                tracing::warn!(sst = %self.path, offset = h.offset, error = %cached_err, "cached block was corrupt; re-read from the object store");
+                self.src.cache.insert(self.block_key(h.offset), raw);
+                Ok(block)
+            }
+        }
     }
 
     /// Whether `key` is inside this SST's key range.

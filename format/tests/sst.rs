@@ -125,7 +125,7 @@ fn sst_100k_small_entries_round_trip() {
         })
         .collect();
     let mut sizes = Vec::new();
-    for c in COMPRESSIONS {
+    for c in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
         let (sst, p) = check_round_trip(&entries, opts(c));
         assert!(p.blocks.len() > 100);
         sizes.push(sst.len());
@@ -146,8 +146,9 @@ fn sst_100k_small_entries_round_trip() {
 fn sst_1mib_values_get_their_own_blocks() {
     let mut r = rng(5);
     let mut entries = Vec::new();
-    for i in 0..12u32 {
-        let big: Vec<u8> = (0..(1 << 20)).map(|_| r.random()).collect();
+    for i in 0..6u32 {
+        let mut big = vec![0u8; 1 << 20];
+        r.fill(&mut big[..]);
         entries.push(Entry::put(format!("k{i:03}a"), 1, big));
         for j in 0..5u32 {
             entries.push(Entry::put(format!("k{i:03}b{j}"), 1, "small"));
@@ -166,7 +167,7 @@ fn sst_1mib_values_get_their_own_blocks() {
                 .iter()
                 .filter(|b| b.entries()[0].value.len() > 4096)
                 .count(),
-            12
+            6
         );
     }
 }
@@ -195,7 +196,7 @@ fn sst_blocks_respect_block_size() {
 
 #[test]
 fn sst_many_versions_of_one_key() {
-    let mut entries: Vec<Entry> = (1..=20_000u64)
+    let mut entries: Vec<Entry> = (1..=5_000u64)
         .rev()
         .map(|seq| {
             if seq % 3 == 0 {
@@ -211,7 +212,7 @@ fn sst_many_versions_of_one_key() {
         assert!(p.blocks.len() > 10);
         assert_eq!(p.index.find_block(b"hot"), Some(0));
         assert_eq!(p.index.find_block(b"hou"), Some(p.blocks.len() - 1));
-        for seq in [20_000, 12_345, 2, 1, 0] {
+        for seq in [5_000, 3_456, 2, 1, 0] {
             let got = lookup(&p, b"hot", seq);
             let want = entries
                 .iter()
@@ -266,8 +267,8 @@ fn sst_tombstones_and_ttl_are_preserved() {
 #[test]
 fn sst_random_contents_round_trip_with_every_option() {
     let mut r = rng(7);
-    for round in 0..30 {
-        let n = r.random_range(1..2000);
+    for round in 0..24 {
+        let n = r.random_range(1..1500);
         let entries = random_entries(&mut r, n, 500);
         let o = SstOptions {
             block_size: r.random_range(1..8192),
@@ -282,8 +283,8 @@ fn sst_random_contents_round_trip_with_every_option() {
 #[test]
 fn find_block_and_seek_match_brute_force() {
     let mut r = rng(8);
-    for round in 0..20 {
-        let entries = random_entries(&mut r, 3000, 40);
+    for round in 0..12 {
+        let entries = random_entries(&mut r, 2000, 40);
         let o = SstOptions {
             block_size: [64, 256, 1024, 4096][round % 4],
             restart_interval: [1, 3, 16][round % 3],
@@ -291,7 +292,7 @@ fn find_block_and_seek_match_brute_force() {
             bloom_bits_per_key: 10,
         };
         let (_, p) = check_round_trip(&entries, o);
-        for _ in 0..2000 {
+        for _ in 0..600 {
             let key: Vec<u8> = if r.random_bool(0.5) {
                 entries[r.random_range(0..entries.len())].key.to_vec()
             } else {
@@ -349,7 +350,7 @@ fn sst_bloom_has_no_false_negatives_and_few_false_positives() {
     entries.sort_by(|a, b| a.internal_cmp(b));
     let (_, p) = check_round_trip(&entries, opts(Compression::Lz4));
     assert!(entries.iter().all(|e| p.filter.may_contain(&e.key)));
-    let trials = 200_000u32;
+    let trials = 100_000u32;
     let fp = (0..trials)
         .filter(|i| p.filter.may_contain(format!("miss-{i}").as_bytes()))
         .count();

@@ -27,8 +27,9 @@ pub fn random_entries(rng: &mut StdRng, n: usize, max_value: usize) -> Vec<Entry
             };
             let value: Vec<u8> = match kind {
                 Kind::Put => {
-                    let len = rng.random_range(0..=max_value);
-                    (0..len).map(|_| rng.random()).collect()
+                    let mut v = vec![0u8; rng.random_range(0..=max_value)];
+                    rng.fill(&mut v[..]);
+                    v
                 }
                 Kind::Delete => Vec::new(),
             };

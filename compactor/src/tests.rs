@@ -1,0 +1,726 @@
+//! End-to-end tests of the compactor on an in-memory object store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use strata_format::{read_all_entries, Entry, Kind, Manifest, SstBuilder, SstInfo, SstOptions};
+use strata_manifest::layout::{new_sst_id, parse_sst_path, sst_path, sst_prefix};
+use strata_manifest::{EmbeddedManifestStore, ManifestResult, ManifestStore};
+use strata_objstore::{ObjectStoreBackend, PutMode, Store};
+use tokio::sync::watch;
+
+use crate::compactor::Committed;
+use crate::{plan, CompactionOptions, Compactor};
+
+const P: u32 = 3;
+const EPOCH: u64 = 7;
+const FAR_FUTURE: u64 = u64::MAX / 2;
+
+struct Env {
+    store: Arc<dyn Store>,
+    manifests: Arc<EmbeddedManifestStore>,
+}
+
+impl Env {
+    /// A store with manifest version 1: empty tree, writer epoch 7.
+    async fn new() -> Env {
+        let store: Arc<dyn Store> = Arc::new(ObjectStoreBackend::memory());
+        let manifests = Arc::new(EmbeddedManifestStore::new(store.clone()));
+        let m = Manifest {
+            version: 1,
+            writer_epoch: EPOCH,
+            last_flushed_seq: 0,
+            wal_replay_from: 3,
+            next_sst_id: 1,
+            l0: vec![],
+            levels: vec![],
+            created_ms: 1,
+        };
+        manifests.commit(P, &m).await.unwrap();
+        Env { store, manifests }
+    }
+
+    fn compactor(&self, opts: CompactionOptions) -> Compactor {
+        Compactor::new(self.store.clone(), self.manifests.clone(), P, opts)
+    }
+
+    async fn latest(&self) -> Arc<Manifest> {
+        self.manifests.load_latest(P).await.unwrap().unwrap()
+    }
+
+    /// Flushes `entries` as a new L0 file, the way the engine does.
+    async fn flush(&self, entries: Vec<Entry>) -> u64 {
+        let info = write_sst(&*self.store, entries, 0).await;
+        let id = info.id;
+        commit_change(&*self.manifests, move |m| {
+            m.last_flushed_seq = m.last_flushed_seq.max(info.props.max_seq);
+            m.wal_replay_from += 1;
+            m.l0.insert(0, info);
+        })
+        .await;
+        id
+    }
+
+    /// Places `entries` as one file in level `n` (1 = L1).
+    async fn place(&self, n: usize, entries: Vec<Entry>) -> u64 {
+        let info = write_sst(&*self.store, entries, n as u32).await;
+        let id = info.id;
+        commit_change(&*self.manifests, move |m| {
+            while m.levels.len() < n {
+                m.levels.push(vec![]);
+            }
+            m.levels[n - 1].push(info);
+            m.levels[n - 1].sort_by(|a, b| a.props.smallest_key.cmp(&b.props.smallest_key));
+        })
+        .await;
+        id
+    }
+
+    /// Ids of the SST objects in the store.
+    async fn sst_objects(&self) -> BTreeSet<u64> {
+        self.store
+            .list(&sst_prefix(P))
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|o| parse_sst_path(&o.path))
+            .collect()
+    }
+
+    /// Every entry of every file of `m`, by id.
+    async fn load_files(&self, m: &Manifest) -> HashMap<u64, Vec<Entry>> {
+        let mut files = HashMap::new();
+        for f in m.l0.iter().chain(m.levels.iter().flatten()) {
+            let data = self.store.get(&sst_path(P, f.id)).await.unwrap();
+            assert_eq!(data.len() as u64, f.props.file_size);
+            files.insert(f.id, read_all_entries(&data).unwrap());
+        }
+        files
+    }
+}
+
+async fn write_sst(store: &dyn Store, mut entries: Vec<Entry>, level: u32) -> SstInfo {
+    entries.sort_by(|a, b| a.internal_cmp(b));
+    let mut b = SstBuilder::new(SstOptions::default());
+    for e in &entries {
+        b.add(e).unwrap();
+    }
+    let (data, props) = b.finish().unwrap();
+    let id = new_sst_id();
+    store
+        .put(&sst_path(P, id), data, PutMode::Create)
+        .await
+        .unwrap();
+    SstInfo { id, level, props }
+}
+
+async fn commit_change(ms: &dyn ManifestStore, change: impl FnOnce(&mut Manifest)) {
+    let latest = ms.load_latest(P).await.unwrap().unwrap();
+    let mut next = (*latest).clone();
+    next.version += 1;
+    change(&mut next);
+    ms.commit(P, &next).await.unwrap();
+}
+
+/// The read path of the engine: L0 newest first, then each level; the first file that holds
+/// the key answers with its newest version there.
+fn read(m: &Manifest, files: &HashMap<u64, Vec<Entry>>, key: &[u8]) -> Option<Entry> {
+    let covers =
+        |f: &SstInfo| f.props.smallest_key.as_ref() <= key && f.props.largest_key.as_ref() >= key;
+    let candidates =
+        m.l0.iter()
+            .filter(|f| covers(f))
+            .chain(m.levels.iter().filter_map(|l| l.iter().find(|f| covers(f))));
+    for f in candidates {
+        if let Some(e) = files[&f.id].iter().find(|e| e.key.as_ref() == key) {
+            return Some(e.clone());
+        }
+    }
+    None
+}
+
+/// The visible value of `key`: a live put.
+fn visible(e: Option<Entry>) -> Option<Entry> {
+    e.filter(|e| e.kind == Kind::Put && !e.is_expired(crate::now_ms()))
+}
+
+/// Checks the structural invariants of a manifest.
+fn check_invariants(m: &Manifest) {
+    assert_eq!(m.writer_epoch, EPOCH);
+    for f in &m.l0 {
+        assert_eq!(f.level, 0);
+    }
+    for (i, level) in m.levels.iter().enumerate() {
+        for f in level {
+            assert_eq!(f.level as usize, i + 1, "level field of SST {}", f.id);
+            assert!(f.props.smallest_key <= f.props.largest_key);
+        }
+        for pair in level.windows(2) {
+            assert!(
+                pair[0].props.largest_key < pair[1].props.smallest_key,
+                "L{} is not sorted and disjoint",
+                i + 1
+            );
+        }
+    }
+    let mut ids: Vec<u64> =
+        m.l0.iter()
+            .chain(m.levels.iter().flatten())
+            .map(|f| f.id)
+            .collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "an SST is listed twice");
+}
+
+fn referenced(m: &Manifest) -> BTreeSet<u64> {
+    m.l0.iter()
+        .chain(m.levels.iter().flatten())
+        .map(|f| f.id)
+        .collect()
+}
+
+fn small_opts() -> CompactionOptions {
+    CompactionOptions {
+        l0_trigger: 4,
+        l1_target_bytes: 1 << 30,
+        gc_grace: Duration::ZERO,
+        ..CompactionOptions::default()
+    }
+}
+
+fn put(key: &str, seq: u64, value: &str) -> Entry {
+    Entry::put(key.to_string(), seq, value.to_string())
+}
+
+fn put_ttl(key: &str, seq: u64, value: &str, expires_at_ms: u64) -> Entry {
+    let mut e = put(key, seq, value);
+    e.expires_at_ms = expires_at_ms;
+    e
+}
+
+fn del(key: &str, seq: u64) -> Entry {
+    Entry::delete(key.to_string(), seq)
+}
+
+#[tokio::test]
+async fn nothing_to_do_on_a_small_tree() {
+    let env = Env::new().await;
+    let c = env.compactor(small_opts());
+    assert!(c.compact_once().await.unwrap().is_none());
+    env.flush(vec![put("a", 1, "x")]).await;
+    assert!(c.compact_once().await.unwrap().is_none());
+    assert_eq!(env.latest().await.version, 2);
+    // A partition without any manifest has nothing to do either.
+    let other = Compactor::new(
+        env.store.clone(),
+        env.manifests.clone(),
+        P + 1,
+        small_opts(),
+    );
+    assert!(other.compact_once().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn l0_compaction_merges_into_l1_and_keeps_the_header() {
+    let env = Env::new().await;
+    env.place(1, vec![put("a", 1, "a1"), put("m", 2, "m2")])
+        .await;
+    env.place(1, vec![put("x", 3, "x3"), put("y", 4, "y4")])
+        .await;
+    let mut seq = 10;
+    for i in 0..4 {
+        let mut entries = vec![];
+        for k in ["a", "b", "c"] {
+            seq += 1;
+            entries.push(put(k, seq, &format!("{k}-{i}")));
+        }
+        env.flush(entries).await;
+    }
+    let before = env.latest().await;
+    let c = env.compactor(small_opts());
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert_eq!((r.input_level, r.output_level), (0, 1));
+    assert_eq!(r.input_files, 5, "4 L0 files and the L1 file a..m");
+    assert_eq!(r.entries_in, 14);
+    assert_eq!(r.entries_out, 4);
+    assert_eq!(r.output_files, 1);
+    assert_eq!(r.partition, P);
+    assert_eq!(r.manifest_version, before.version + 1);
+    assert!(!r.trivial_move);
+    let after = env.latest().await;
+    check_invariants(&after);
+    assert_eq!(after.version, before.version + 1);
+    assert_eq!(after.writer_epoch, before.writer_epoch);
+    assert_eq!(after.last_flushed_seq, before.last_flushed_seq);
+    assert_eq!(after.wal_replay_from, before.wal_replay_from);
+    assert_eq!(after.next_sst_id, before.next_sst_id);
+    assert!(after.l0.is_empty());
+    assert_eq!(after.levels[0].len(), 2);
+    let files = env.load_files(&after).await;
+    let get = |k: &str| read(&after, &files, k.as_bytes()).map(|e| e.value);
+    assert_eq!(get("a"), Some(Bytes::from("a-3")));
+    assert_eq!(get("b"), Some(Bytes::from("b-3")));
+    assert_eq!(get("c"), Some(Bytes::from("c-3")));
+    assert_eq!(get("m"), Some(Bytes::from("m2")));
+    assert_eq!(get("y"), Some(Bytes::from("y4")));
+    // Inputs are deleted once their (zero) grace has passed, and only them.
+    assert_eq!(c.stats().pending_deletions, 5);
+    assert_eq!(c.collect_garbage().await.unwrap(), 5);
+    assert_eq!(env.sst_objects().await, referenced(&after));
+    let s = c.stats();
+    assert_eq!(s.jobs, 1);
+    assert_eq!(s.files_deleted, 5);
+    assert_eq!(s.pending_deletions, 0);
+    assert!(s.write_amplification > 1.0);
+    assert!(c.compact_once().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn inputs_wait_for_their_grace_period() {
+    let env = Env::new().await;
+    for i in 0..4 {
+        env.flush(vec![put("k", i + 1, "v")]).await;
+    }
+    let opts = CompactionOptions {
+        gc_grace: Duration::from_secs(3600),
+        ..small_opts()
+    };
+    let c = env.compactor(opts);
+    c.compact_once().await.unwrap().unwrap();
+    assert_eq!(c.collect_garbage().await.unwrap(), 0);
+    assert_eq!(c.stats().pending_deletions, 4);
+    assert_eq!(env.sst_objects().await.len(), 5);
+}
+
+#[tokio::test]
+async fn tombstone_is_kept_while_a_deeper_level_holds_the_key() {
+    let env = Env::new().await;
+    env.place(2, vec![put("k", 1, "old"), put("l", 2, "l-old")])
+        .await;
+    env.flush(vec![del("k", 10), del("z", 11)]).await;
+    for i in 0..3 {
+        env.flush(vec![put("q", 20 + i, "q")]).await;
+    }
+    let opts = CompactionOptions {
+        l1_target_bytes: 1,
+        level_multiplier: 1_000_000,
+        ..small_opts()
+    };
+    let c = env.compactor(opts);
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert_eq!((r.input_level, r.output_level), (0, 1));
+    assert_eq!(r.dropped_tombstones, 1, "only the tombstone of z goes");
+    let m = env.latest().await;
+    check_invariants(&m);
+    let files = env.load_files(&m).await;
+    let k = read(&m, &files, b"k").unwrap();
+    assert_eq!(
+        (k.kind, k.seq),
+        (Kind::Delete, 10),
+        "the tombstone still shadows L2"
+    );
+    assert!(read(&m, &files, b"z").is_none());
+    assert_eq!(read(&m, &files, b"l").unwrap().value, Bytes::from("l-old"));
+
+    // L1 is over its (1 byte) target: L1 -> L2 meets the old value at the bottom, and both go.
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert_eq!((r.input_level, r.output_level), (1, 2));
+    assert_eq!(r.dropped_tombstones, 1);
+    let m = env.latest().await;
+    check_invariants(&m);
+    let files = env.load_files(&m).await;
+    assert!(files.values().flatten().all(|e| e.key.as_ref() != b"k"));
+    assert_eq!(read(&m, &files, b"l").unwrap().value, Bytes::from("l-old"));
+    assert_eq!(read(&m, &files, b"q").unwrap().seq, 22);
+}
+
+#[tokio::test]
+async fn tombstone_is_dropped_when_nothing_deeper_overlaps() {
+    let env = Env::new().await;
+    // A deeper file exists, but not over "k".
+    env.place(2, vec![put("x", 1, "x")]).await;
+    env.flush(vec![put("k", 1, "v")]).await;
+    env.flush(vec![del("k", 5)]).await;
+    env.flush(vec![put("a", 6, "a")]).await;
+    env.flush(vec![put("b", 7, "b")]).await;
+    let c = env.compactor(small_opts());
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert_eq!(r.dropped_tombstones, 1);
+    assert_eq!(r.entries_in, 4);
+    assert_eq!(r.entries_out, 2);
+    let m = env.latest().await;
+    let files = env.load_files(&m).await;
+    assert!(read(&m, &files, b"k").is_none());
+}
+
+#[tokio::test]
+async fn expired_values_drop_at_the_bottom_only() {
+    let env = Env::new().await;
+    env.place(2, vec![put("deep", 1, "old")]).await;
+    env.flush(vec![
+        put_ttl("a", 10, "gone", 1),
+        put_ttl("b", 11, "live", FAR_FUTURE),
+    ])
+    .await;
+    env.flush(vec![put_ttl("deep", 12, "expired", 1)]).await;
+    env.flush(vec![put("c", 13, "c")]).await;
+    env.flush(vec![put("a", 2, "older a")]).await;
+    let c = env.compactor(small_opts());
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert_eq!(
+        r.dropped_expired, 1,
+        "a goes; deep stays because L2 holds it"
+    );
+    let m = env.latest().await;
+    let files = env.load_files(&m).await;
+    assert!(read(&m, &files, b"a").is_none());
+    assert_eq!(
+        read(&m, &files, b"b").unwrap(),
+        put_ttl("b", 11, "live", FAR_FUTURE)
+    );
+    assert_eq!(
+        read(&m, &files, b"deep").unwrap(),
+        put_ttl("deep", 12, "expired", 1),
+        "kept as is"
+    );
+    assert!(visible(read(&m, &files, b"deep")).is_none());
+}
+
+#[tokio::test]
+async fn outputs_are_cut_at_the_target_size() {
+    let env = Env::new().await;
+    let mut seq = 0;
+    for f in 0..4 {
+        let mut entries = vec![];
+        for i in 0..100 {
+            seq += 1;
+            entries.push(put(&format!("key{:04}", i * 4 + f), seq, &"v".repeat(200)));
+        }
+        env.flush(entries).await;
+    }
+    let opts = CompactionOptions {
+        target_file_bytes: 8 << 10,
+        sst: SstOptions {
+            compression: strata_format::Compression::None,
+            ..SstOptions::default()
+        },
+        ..small_opts()
+    };
+    let c = env.compactor(opts);
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert!(r.output_files >= 8, "{} outputs", r.output_files);
+    assert_eq!(r.entries_out, 400);
+    let m = env.latest().await;
+    check_invariants(&m);
+    assert_eq!(m.levels[0].len(), r.output_files);
+    for f in &m.levels[0] {
+        assert!(f.props.file_size < (8 << 10) + 4096 + 1024);
+    }
+}
+
+#[tokio::test]
+async fn trivial_move_reuses_the_file() {
+    let env = Env::new().await;
+    let id = env.place(1, vec![put("a", 1, "a"), put("b", 2, "b")]).await;
+    let opts = CompactionOptions {
+        l1_target_bytes: 1,
+        ..small_opts()
+    };
+    let c = env.compactor(opts);
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert!(r.trivial_move);
+    assert_eq!((r.input_level, r.output_level), (1, 2));
+    let m = env.latest().await;
+    check_invariants(&m);
+    assert!(m.levels[0].is_empty());
+    assert_eq!(m.levels[1][0].id, id);
+    assert_eq!(c.stats().pending_deletions, 0);
+    c.collect_garbage().await.unwrap();
+    assert!(env.sst_objects().await.contains(&id));
+    assert_eq!(c.stats().trivial_moves, 1);
+}
+
+#[tokio::test]
+async fn corrupt_input_fails_the_job_and_changes_nothing() {
+    let env = Env::new().await;
+    for i in 0..4 {
+        env.flush(vec![put("k", i + 1, "some value"), put("l", i + 100, "v")])
+            .await;
+    }
+    let m = env.latest().await;
+    let victim = sst_path(P, m.l0[2].id);
+    let mut data = env.store.get(&victim).await.unwrap().to_vec();
+    data[5] ^= 0x40;
+    env.store
+        .put(&victim, Bytes::from(data), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let c = env.compactor(small_opts());
+    let err = c.compact_once().await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&victim), "{msg}");
+    assert_eq!(env.latest().await.version, m.version);
+    assert_eq!(env.sst_objects().await, referenced(&m));
+    assert_eq!(c.stats().failures, 1);
+}
+
+#[tokio::test]
+async fn new_l0_files_flushed_during_the_job_stay_in_l0() {
+    let env = Env::new().await;
+    for i in 0..4 {
+        env.flush(vec![put("k", i + 1, &format!("v{i}"))]).await;
+    }
+    let c = env.compactor(small_opts());
+    let base = env.latest().await;
+    let job = plan(&base, &small_opts()).unwrap();
+    let (outputs, counts) = c.execute(&job).await.unwrap();
+    assert_eq!(counts.entries_out, 1);
+    // The engine flushes meanwhile.
+    let fresh = env.flush(vec![put("k", 50, "newest")]).await;
+    let Committed::Version(v) = c.commit(&job, &outputs).await.unwrap() else {
+        panic!("abandoned")
+    };
+    let m = env.latest().await;
+    assert_eq!(m.version, v);
+    assert_eq!(v, base.version + 2);
+    check_invariants(&m);
+    assert_eq!(m.l0.len(), 1);
+    assert_eq!(m.l0[0].id, fresh);
+    assert_eq!(m.last_flushed_seq, 50);
+    let files = env.load_files(&m).await;
+    assert_eq!(read(&m, &files, b"k").unwrap().value, Bytes::from("newest"));
+    assert_eq!(m.levels[0][0].id, outputs[0].id);
+}
+
+type Race = Box<dyn FnOnce(&mut Manifest) + Send>;
+
+/// A manifest store where someone else commits (a change of `race`) just before the next
+/// commit of the compactor, which then loses with a conflict.
+struct Racing {
+    inner: Arc<EmbeddedManifestStore>,
+    race: Mutex<Option<Race>>,
+}
+
+impl std::fmt::Debug for Racing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Racing").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl ManifestStore for Racing {
+    async fn load_latest(&self, partition: u32) -> ManifestResult<Option<Arc<Manifest>>> {
+        self.inner.load_latest(partition).await
+    }
+
+    async fn commit(&self, partition: u32, next: &Manifest) -> ManifestResult<()> {
+        let race = self.race.lock().take();
+        if let Some(change) = race {
+            commit_change(&*self.inner, change).await;
+        }
+        self.inner.commit(partition, next).await
+    }
+
+    fn subscribe(&self, partition: u32) -> watch::Receiver<Option<Arc<Manifest>>> {
+        self.inner.subscribe(partition)
+    }
+}
+
+#[tokio::test]
+async fn a_conflicting_flush_is_rebased_over() {
+    let env = Env::new().await;
+    for i in 0..4 {
+        env.flush(vec![
+            put("k", i + 1, "old"),
+            put(&format!("o{i}"), i + 10, "o"),
+        ])
+        .await;
+    }
+    let fresh = write_sst(&*env.store, vec![put("k", 99, "raced")], 0).await;
+    let fresh_id = fresh.id;
+    let racing = Arc::new(Racing {
+        inner: env.manifests.clone(),
+        race: Mutex::new(Some(Box::new(move |m: &mut Manifest| {
+            m.last_flushed_seq = 99;
+            m.l0.insert(0, fresh);
+        }))),
+    });
+    let before = env.latest().await;
+    let c = Compactor::new(env.store.clone(), racing, P, small_opts());
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert_eq!(r.manifest_version, before.version + 2);
+    let m = env.latest().await;
+    check_invariants(&m);
+    assert_eq!(m.version, r.manifest_version);
+    assert_eq!(m.last_flushed_seq, 99, "the racing flush's fields survive");
+    assert_eq!(
+        m.l0.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![fresh_id]
+    );
+    assert_eq!(c.stats().commit_conflicts, 1);
+    let files = env.load_files(&m).await;
+    assert_eq!(read(&m, &files, b"k").unwrap().value, Bytes::from("raced"));
+    assert_eq!(read(&m, &files, b"o3").unwrap().seq, 13);
+}
+
+#[tokio::test]
+async fn a_job_whose_inputs_vanish_is_abandoned_and_cleans_up() {
+    let env = Env::new().await;
+    for i in 0..4 {
+        env.flush(vec![put("k", i + 1, "v")]).await;
+    }
+    let before = env.latest().await;
+    let stolen = before.l0[3].id;
+    let racing = Arc::new(Racing {
+        inner: env.manifests.clone(),
+        // Someone else compacted the oldest L0 file away.
+        race: Mutex::new(Some(Box::new(move |m: &mut Manifest| {
+            m.l0.retain(|f| f.id != stolen);
+        }))),
+    });
+    let c = Compactor::new(env.store.clone(), racing, P, small_opts());
+    assert!(c.compact_once().await.unwrap().is_none());
+    let m = env.latest().await;
+    assert_eq!(
+        m.version,
+        before.version + 1,
+        "only the racing commit landed"
+    );
+    assert_eq!(m.l0.len(), 3);
+    // The outputs were deleted; the inputs were not scheduled for deletion.
+    let mut expected = referenced(&m);
+    expected.insert(stolen);
+    assert_eq!(env.sst_objects().await, expected);
+    let s = c.stats();
+    assert_eq!((s.abandoned, s.jobs, s.pending_deletions), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn run_compacts_on_manifest_changes_and_stops_on_shutdown() {
+    let env = Env::new().await;
+    let c = env.compactor(small_opts());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(c.clone().run(stop_rx));
+    let mut changes = env.manifests.subscribe(P);
+    for i in 0..4 {
+        env.flush(vec![put("k", i + 1, "v")]).await;
+    }
+    let compacted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(m) = changes.borrow_and_update().clone() {
+                if m.l0.is_empty() && !m.levels.is_empty() {
+                    return m;
+                }
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("run() did not compact");
+    // With a zero grace, the next loop iteration deletes the inputs.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while env.sst_objects().await != referenced(&compacted) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("inputs were not deleted");
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("run() did not stop")
+        .unwrap();
+    assert_eq!(c.stats().jobs, 1);
+}
+
+/// Random puts, deletes and TTLs over a few hundred keys, flushed as many L0 files and
+/// compacted through several levels: every key reads the same as in a model, after every
+/// round, and the store ends up holding exactly the referenced SSTs.
+#[tokio::test]
+async fn random_workload_matches_the_model() {
+    let env = Env::new().await;
+    let opts = CompactionOptions {
+        l0_trigger: 3,
+        l1_target_bytes: 12 << 10,
+        level_multiplier: 3,
+        max_levels: 4,
+        target_file_bytes: 4 << 10,
+        sst: SstOptions {
+            block_size: 1024,
+            ..SstOptions::default()
+        },
+        gc_grace: Duration::ZERO,
+    };
+    let c = env.compactor(opts);
+    let mut rng = StdRng::seed_from_u64(0x5eed_c0de);
+    let mut model: BTreeMap<Bytes, Entry> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut reports = vec![];
+    let keys: Vec<Bytes> = (0..300)
+        .map(|i| Bytes::from(format!("key{i:05}")))
+        .collect();
+    for round in 0..24 {
+        // Several versions of a key may land in one file, as in a memtable.
+        let mut batch = Vec::new();
+        for _ in 0..rng.random_range(20..120) {
+            seq += 1;
+            let key = keys[rng.random_range(0..keys.len())].clone();
+            let roll = rng.random_range(0..100);
+            let e = if roll < 25 {
+                Entry::delete(key.clone(), seq)
+            } else {
+                let len = rng.random_range(0..120);
+                let value: Vec<u8> = (0..len).map(|_| rng.random::<u8>()).collect();
+                let mut e = Entry::put(key.clone(), seq, value);
+                if roll < 35 {
+                    e.expires_at_ms = 1; // long expired
+                } else if roll < 40 {
+                    e.expires_at_ms = FAR_FUTURE;
+                }
+                e
+            };
+            batch.push(e.clone());
+            model.insert(key, e);
+        }
+        env.flush(batch).await;
+        for _ in 0..50 {
+            match c.compact_once().await.unwrap() {
+                Some(r) => reports.push(r),
+                None => break,
+            }
+        }
+        c.collect_garbage().await.unwrap();
+        let m = env.latest().await;
+        check_invariants(&m);
+        assert_eq!(m.last_flushed_seq, seq, "round {round}");
+        let files = env.load_files(&m).await;
+        for (key, expected) in &model {
+            let got = visible(read(&m, &files, key));
+            assert_eq!(
+                got,
+                visible(Some(expected.clone())),
+                "round {round}, {key:?}"
+            );
+        }
+        assert_eq!(env.sst_objects().await, referenced(&m), "round {round}");
+    }
+    let m = env.latest().await;
+    assert!(m.levels.len() >= 2, "{} levels", m.levels.len());
+    assert!(reports
+        .iter()
+        .any(|r| r.input_level >= 1 && !r.trivial_move));
+    assert!(reports.iter().any(|r| r.dropped_tombstones > 0));
+    assert!(reports.iter().any(|r| r.dropped_expired > 0));
+    let s = c.stats();
+    assert_eq!(s.jobs as usize, reports.len());
+    assert_eq!(s.pending_deletions, 0);
+    assert!(s.write_amplification > 1.0);
+}

@@ -1,0 +1,68 @@
+//! Deletes WAL segments that recovery can no longer need.
+//!
+//! A segment below the latest manifest's `wal_replay_from` holds only seqs that are in SSTs
+//! that manifest lists, so recovery never reads it. It is deleted only after the replay point
+//! has been past it for a grace period: a writer opening concurrently may have read an older
+//! manifest a moment ago and will still replay from that older point.
+
+use crate::db::{DbInner, STATE_OPEN};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_manifest::layout::{parse_wal_path, wal_path, wal_prefix};
+
+/// How long a segment stays after the replay point moved past it.
+pub const WAL_GC_GRACE: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run(inner: Arc<DbInner>) {
+    let p = inner.opts.partition;
+    // (when observed, replay point) — the oldest entry older than the grace period is safe.
+    let mut seen: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut deleted_below = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if inner.state.load(Ordering::Acquire) != STATE_OPEN {
+            return;
+        }
+        let replay_from = inner.view.read().version.manifest.wal_replay_from;
+        if seen.back().is_none_or(|&(_, r)| r != replay_from) {
+            seen.push_back((Instant::now(), replay_from));
+        }
+        let mut safe = None;
+        while let Some(&(t, r)) = seen.front() {
+            if t.elapsed() >= WAL_GC_GRACE {
+                safe = Some(r);
+                if seen.len() > 1 {
+                    seen.pop_front();
+                    continue;
+                }
+            }
+            break;
+        }
+        let Some(safe) = safe else { continue };
+        if safe <= deleted_below {
+            continue;
+        }
+        let listed = match inner.store.list(&wal_prefix(p)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "WAL GC listing failed");
+                continue;
+            }
+        };
+        let mut n = 0u64;
+        for id in listed.iter().filter_map(|o| parse_wal_path(&o.path)) {
+            if id >= safe {
+                break;
+            }
+            if let Err(e) = inner.store.delete(&wal_path(p, id)).await {
+                tracing::debug!(error = %e, segment = id, "WAL GC delete failed");
+                break;
+            }
+            n += 1;
+        }
+        inner.metrics.wal_segments_deleted.fetch_add(n, Ordering::Relaxed);
+        deleted_below = safe;
+    }
+}

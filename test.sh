@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh machine: installs what the tests need (protoc, the
+# S3 test server, moto), checks formatting and lints, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash infra/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+export STRATA_REQUIRE_S3=1
+cargo nextest run --workspace --no-fail-fast "$@"

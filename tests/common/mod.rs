@@ -1,0 +1,158 @@
+//! Test harness: starts the real `strata` binary on a loopback port the test picks, waits
+//! until it serves, and kills it when dropped (tests never leave servers behind).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use strata_compute::pb::kv_client::KvClient;
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_strata");
+
+/// A running `strata serve`.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Options for starting a server.
+#[derive(Clone, Default)]
+pub struct ServerOpts {
+    pub extra_args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts `strata serve` on `data_dir` with a free loopback port.
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, ServerOpts::default())
+    }
+
+    pub fn start_with(data_dir: &Path, opts: ServerOpts) -> Server {
+        Self::try_start_with(data_dir, opts).unwrap_or_else(|e| panic!("server failed to start: {e}"))
+    }
+
+    /// Starts a server; returns the log lines as the error if it exits before serving.
+    pub fn try_start_with(data_dir: &Path, opts: ServerOpts) -> Result<Server, String> {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--cache-memory-mb")
+            .arg("32")
+            .arg("--cache-disk-mb")
+            .arg("64")
+            .args(&opts.extra_args)
+            .env("STRATA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("spawn {BIN}: {e}"))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.split("strata listening on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => {
+                    return Ok(Server {
+                        child,
+                        addr,
+                        data_dir: data_dir.to_path_buf(),
+                        log,
+                    })
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        std::thread::sleep(Duration::from_millis(100));
+                        let lines = log.lock().unwrap().join("\n");
+                        return Err(format!("server exited with {status}:\n{lines}"));
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        return Err("server did not start within 60 s".into());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> KvClient<Channel> {
+        let ch = Channel::from_shared(self.url())
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("connect to server");
+        KvClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id() as i32;
+        unsafe_kill(pid, 15);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        false
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
