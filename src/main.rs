@@ -8,7 +8,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "strata", version, about = "Strata: a key-value store on object storage")]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a key-value store on object storage"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,6 +21,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node. With no flags: an embedded single node on ./strata-data.
+    #[command(args_override_self = true)]
     Serve(serve::ServeArgs),
     /// Drive a server over gRPC and report throughput and latency percentiles.
     Bench(bench::BenchArgs),

@@ -20,19 +20,19 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let Ok((mut sock, _)) = accepted else { continue };
+        let Ok((mut sock, _)) = accepted else {
+            continue;
+        };
         let body = render(&db, &meter, &cache);
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                sock.read(&mut buf),
-            )
-            .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
             let req = String::from_utf8_lossy(&buf[..n]);
             let ok = req.starts_with("GET /metrics") || req.starts_with("GET / ");
             let resp = if ok {
@@ -42,7 +42,8 @@ pub async fn serve(
                     body
                 )
             } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
             };
             let _ = sock.write_all(resp.as_bytes()).await;
             let _ = sock.shutdown().await;
@@ -58,28 +59,123 @@ pub fn render(db: &Db, meter: &Metered, cache: &BlockCache) -> String {
     let m = db.metrics();
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     metric("strata_gets_total", "counter", "Keys read.", l(&m.gets));
-    metric("strata_writes_total", "counter", "Write ops applied.", l(&m.writes));
-    metric("strata_wal_segments_total", "counter", "WAL segments put.", l(&m.wal_segments));
-    metric("strata_wal_bytes_total", "counter", "WAL bytes put.", l(&m.wal_bytes));
-    metric("strata_wal_put_failures_total", "counter", "Failed WAL segment puts (retried).", l(&m.wal_put_failures));
-    metric("strata_flushes_total", "counter", "Memtable flushes.", l(&m.flushes));
-    metric("strata_flush_bytes_total", "counter", "Bytes of flushed SSTs.", l(&m.flush_bytes));
+    metric(
+        "strata_writes_total",
+        "counter",
+        "Write ops applied.",
+        l(&m.writes),
+    );
+    metric(
+        "strata_wal_segments_total",
+        "counter",
+        "WAL segments put.",
+        l(&m.wal_segments),
+    );
+    metric(
+        "strata_wal_bytes_total",
+        "counter",
+        "WAL bytes put.",
+        l(&m.wal_bytes),
+    );
+    metric(
+        "strata_wal_put_failures_total",
+        "counter",
+        "Failed WAL segment puts (retried).",
+        l(&m.wal_put_failures),
+    );
+    metric(
+        "strata_flushes_total",
+        "counter",
+        "Memtable flushes.",
+        l(&m.flushes),
+    );
+    metric(
+        "strata_flush_bytes_total",
+        "counter",
+        "Bytes of flushed SSTs.",
+        l(&m.flush_bytes),
+    );
     let st = db.stats();
-    metric("strata_memtable_bytes", "gauge", "Bytes in memtables.", st.memtable_bytes);
+    metric(
+        "strata_memtable_bytes",
+        "gauge",
+        "Bytes in memtables.",
+        st.memtable_bytes,
+    );
     metric("strata_l0_files", "gauge", "SSTs in L0.", st.l0_files);
-    metric("strata_sst_bytes", "gauge", "Bytes of live SSTs.", st.sst_bytes);
-    metric("strata_manifest_version", "gauge", "Current manifest version.", st.manifest_version);
+    metric(
+        "strata_sst_bytes",
+        "gauge",
+        "Bytes of live SSTs.",
+        st.sst_bytes,
+    );
+    metric(
+        "strata_manifest_version",
+        "gauge",
+        "Current manifest version.",
+        st.manifest_version,
+    );
     let c = meter.counts();
-    metric("strata_objstore_puts_total", "counter", "Object store PUT requests.", c.puts);
-    metric("strata_objstore_gets_total", "counter", "Object store GET requests.", c.gets);
-    metric("strata_objstore_lists_total", "counter", "Object store LIST requests.", c.lists);
-    metric("strata_objstore_deletes_total", "counter", "Object store DELETE requests.", c.deletes);
-    metric("strata_objstore_errors_total", "counter", "Failed object store requests.", c.errors);
-    metric("strata_objstore_bytes_put_total", "counter", "Bytes sent to the object store.", c.bytes_put);
-    metric("strata_objstore_bytes_got_total", "counter", "Bytes read from the object store.", c.bytes_got);
+    metric(
+        "strata_objstore_puts_total",
+        "counter",
+        "Object store PUT requests.",
+        c.puts,
+    );
+    metric(
+        "strata_objstore_gets_total",
+        "counter",
+        "Object store GET requests.",
+        c.gets,
+    );
+    metric(
+        "strata_objstore_lists_total",
+        "counter",
+        "Object store LIST requests.",
+        c.lists,
+    );
+    metric(
+        "strata_objstore_deletes_total",
+        "counter",
+        "Object store DELETE requests.",
+        c.deletes,
+    );
+    metric(
+        "strata_objstore_errors_total",
+        "counter",
+        "Failed object store requests.",
+        c.errors,
+    );
+    metric(
+        "strata_objstore_bytes_put_total",
+        "counter",
+        "Bytes sent to the object store.",
+        c.bytes_put,
+    );
+    metric(
+        "strata_objstore_bytes_got_total",
+        "counter",
+        "Bytes read from the object store.",
+        c.bytes_got,
+    );
     let cs = cache.stats();
-    metric("strata_cache_hits_total", "counter", "Block cache hits.", cs.hits);
-    metric("strata_cache_misses_total", "counter", "Block cache misses.", cs.misses);
-    metric("strata_cache_memory_bytes", "gauge", "Block cache memory in use.", cs.memory_used_bytes);
+    metric(
+        "strata_cache_hits_total",
+        "counter",
+        "Block cache hits.",
+        cs.hits,
+    );
+    metric(
+        "strata_cache_misses_total",
+        "counter",
+        "Block cache misses.",
+        cs.misses,
+    );
+    metric(
+        "strata_cache_memory_bytes",
+        "gauge",
+        "Block cache memory in use.",
+        cs.memory_used_bytes,
+    );
     s
 }

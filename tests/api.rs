@@ -37,7 +37,11 @@ fn put_req(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::PutRequest {
 }
 
 async fn put(c: &mut Kv, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> u64 {
-    c.put(put_req(key, value)).await.expect("put").into_inner().version
+    c.put(put_req(key, value))
+        .await
+        .expect("put")
+        .into_inner()
+        .version
 }
 
 async fn put_if_absent(
@@ -155,7 +159,12 @@ fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, nee
     match r {
         Ok(v) => panic!("expected {code:?}, got Ok({v:?})"),
         Err(s) => {
-            assert_eq!(s.code(), code, "wrong code; status message: {}", s.message());
+            assert_eq!(
+                s.code(),
+                code,
+                "wrong code; status message: {}",
+                s.message()
+            );
             for n in needles {
                 assert!(
                     s.message().contains(n),
@@ -185,11 +194,17 @@ async fn versions_start_at_one_and_increase_and_delete_gets_a_version() {
     assert!(v3 > v2);
     let d = delete(&mut c, "a", None).await.unwrap();
     assert!(d.found, "deleting a live key reports found");
-    assert!(d.version > v3, "a delete writes a tombstone with its own, newer version");
+    assert!(
+        d.version > v3,
+        "a delete writes a tombstone with its own, newer version"
+    );
     let v5 = put(&mut c, "a", "5").await;
     assert!(v5 > d.version);
     let d2 = delete(&mut c, "never-written", None).await.unwrap();
-    assert!(d2.version > v5, "a delete of an absent key still writes a tombstone version");
+    assert!(
+        d2.version > v5,
+        "a delete of an absent key still writes a tombstone version"
+    );
 }
 
 #[tokio::test]
@@ -230,7 +245,10 @@ async fn eventual_and_strong_reads_agree_on_a_single_node() {
             .await
             .unwrap()
             .into_inner();
-        assert!(g.found && g.value == b("v") && g.version == v, "{consistency:?}");
+        assert!(
+            g.found && g.value == b("v") && g.version == v,
+            "{consistency:?}"
+        );
     }
 }
 
@@ -240,13 +258,25 @@ async fn eventual_and_strong_reads_agree_on_a_single_node() {
 #[tokio::test]
 async fn put_if_absent_fails_on_existing_key_and_changes_nothing() {
     let (_d, _s, mut c) = start().await;
-    let v1 = put_if_absent(&mut c, "k", "first").await.expect("if_absent on a new key");
-    assert_status(put_if_absent(&mut c, "k", "second").await, Code::FailedPrecondition, &[]);
+    let v1 = put_if_absent(&mut c, "k", "first")
+        .await
+        .expect("if_absent on a new key");
+    assert_status(
+        put_if_absent(&mut c, "k", "second").await,
+        Code::FailedPrecondition,
+        &[],
+    );
     let g = get(&mut c, "k").await;
-    assert_eq!((g.value, g.version), (b("first"), v1), "a failed condition changes nothing");
+    assert_eq!(
+        (g.value, g.version),
+        (b("first"), v1),
+        "a failed condition changes nothing"
+    );
     // After a delete the key is absent again, so if_absent holds.
     delete(&mut c, "k", None).await.unwrap();
-    let v3 = put_if_absent(&mut c, "k", "third").await.expect("if_absent after delete");
+    let v3 = put_if_absent(&mut c, "k", "third")
+        .await
+        .expect("if_absent after delete");
     assert!(v3 > v1);
     assert_eq!(get(&mut c, "k").await.value, b("third"));
 }
@@ -255,24 +285,57 @@ async fn put_if_absent_fails_on_existing_key_and_changes_nothing() {
 async fn put_if_version_is_compare_and_set() {
     let (_d, _s, mut c) = start().await;
     // On an absent key no version matches.
-    assert_status(put_if_version(&mut c, "k", "x", 1).await, Code::FailedPrecondition, &[]);
-    assert!(absent(&get(&mut c, "k").await), "failed CAS on absent key must not create it");
+    assert_status(
+        put_if_version(&mut c, "k", "x", 1).await,
+        Code::FailedPrecondition,
+        &[],
+    );
+    assert!(
+        absent(&get(&mut c, "k").await),
+        "failed CAS on absent key must not create it"
+    );
     let v1 = put(&mut c, "k", "a").await;
-    assert_status(put_if_version(&mut c, "k", "b", v1 + 1).await, Code::FailedPrecondition, &[]);
-    assert_status(put_if_version(&mut c, "k", "b", v1 - 1).await, Code::FailedPrecondition, &[]);
-    assert_status(put_if_version(&mut c, "k", "b", 0).await, Code::FailedPrecondition, &[]);
+    assert_status(
+        put_if_version(&mut c, "k", "b", v1 + 1).await,
+        Code::FailedPrecondition,
+        &[],
+    );
+    assert_status(
+        put_if_version(&mut c, "k", "b", v1 - 1).await,
+        Code::FailedPrecondition,
+        &[],
+    );
+    assert_status(
+        put_if_version(&mut c, "k", "b", 0).await,
+        Code::FailedPrecondition,
+        &[],
+    );
     let g = get(&mut c, "k").await;
     assert_eq!((g.value, g.version), (b("a"), v1));
-    let v2 = put_if_version(&mut c, "k", "b", v1).await.expect("CAS with the current version");
+    let v2 = put_if_version(&mut c, "k", "b", v1)
+        .await
+        .expect("CAS with the current version");
     assert!(v2 > v1);
     // The old version no longer matches.
-    assert_status(put_if_version(&mut c, "k", "c", v1).await, Code::FailedPrecondition, &[]);
+    assert_status(
+        put_if_version(&mut c, "k", "c", v1).await,
+        Code::FailedPrecondition,
+        &[],
+    );
     let g = get(&mut c, "k").await;
     assert_eq!((g.value, g.version), (b("b"), v2));
     // A deleted key has no version to match (not even the tombstone's).
     let d = delete(&mut c, "k", None).await.unwrap();
-    assert_status(put_if_version(&mut c, "k", "d", d.version).await, Code::FailedPrecondition, &[]);
-    assert_status(put_if_version(&mut c, "k", "d", v2).await, Code::FailedPrecondition, &[]);
+    assert_status(
+        put_if_version(&mut c, "k", "d", d.version).await,
+        Code::FailedPrecondition,
+        &[],
+    );
+    assert_status(
+        put_if_version(&mut c, "k", "d", v2).await,
+        Code::FailedPrecondition,
+        &[],
+    );
     assert!(absent(&get(&mut c, "k").await));
 }
 
@@ -280,28 +343,55 @@ async fn put_if_version_is_compare_and_set() {
 async fn delete_if_version_deletes_only_on_match() {
     let (_d, _s, mut c) = start().await;
     let v1 = put(&mut c, "k", "a").await;
-    assert_status(delete(&mut c, "k", Some(v1 + 1)).await, Code::FailedPrecondition, &[]);
-    assert_status(delete(&mut c, "k", Some(0)).await, Code::FailedPrecondition, &[]);
+    assert_status(
+        delete(&mut c, "k", Some(v1 + 1)).await,
+        Code::FailedPrecondition,
+        &[],
+    );
+    assert_status(
+        delete(&mut c, "k", Some(0)).await,
+        Code::FailedPrecondition,
+        &[],
+    );
     let g = get(&mut c, "k").await;
-    assert_eq!((g.value, g.version), (b("a"), v1), "failed conditional delete changes nothing");
-    let d = delete(&mut c, "k", Some(v1)).await.expect("delete with matching version");
+    assert_eq!(
+        (g.value, g.version),
+        (b("a"), v1),
+        "failed conditional delete changes nothing"
+    );
+    let d = delete(&mut c, "k", Some(v1))
+        .await
+        .expect("delete with matching version");
     assert!(d.found && d.version > v1);
     assert!(absent(&get(&mut c, "k").await));
     // Conditional delete of an absent key: no version to match.
-    assert_status(delete(&mut c, "k", Some(d.version)).await, Code::FailedPrecondition, &[]);
-    assert_status(delete(&mut c, "never", Some(1)).await, Code::FailedPrecondition, &[]);
+    assert_status(
+        delete(&mut c, "k", Some(d.version)).await,
+        Code::FailedPrecondition,
+        &[],
+    );
+    assert_status(
+        delete(&mut c, "never", Some(1)).await,
+        Code::FailedPrecondition,
+        &[],
+    );
 }
 
 #[tokio::test]
 async fn delete_of_absent_key_succeeds_with_found_false() {
     let (_d, _s, mut c) = start().await;
-    let d = delete(&mut c, "nope", None).await.expect("unconditional delete of absent key");
+    let d = delete(&mut c, "nope", None)
+        .await
+        .expect("unconditional delete of absent key");
     assert!(!d.found);
     assert!(d.version >= 1);
     put(&mut c, "k", "v").await;
     assert!(delete(&mut c, "k", None).await.unwrap().found);
     let again = delete(&mut c, "k", None).await.unwrap();
-    assert!(!again.found, "deleting an already deleted key finds nothing");
+    assert!(
+        !again.found,
+        "deleting an already deleted key finds nothing"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -321,23 +411,43 @@ async fn ttl_key_expires_in_get_batch_get_scan_and_conditions() {
     // Visible right away.
     let g = get(&mut c, "ttl/short").await;
     assert!(g.found && g.version == vt && g.value == b("soon gone"));
-    assert_status(put_if_absent(&mut c, "ttl/short", "x").await, Code::FailedPrecondition, &[]);
+    assert_status(
+        put_if_absent(&mut c, "ttl/short", "x").await,
+        Code::FailedPrecondition,
+        &[],
+    );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    assert!(absent(&get(&mut c, "ttl/short").await), "expired key must read as absent");
+    assert!(
+        absent(&get(&mut c, "ttl/short").await),
+        "expired key must read as absent"
+    );
     let bg = batch_get(&mut c, &[b"ttl/long", b"ttl/short", b"ttl/plain"]).await;
     assert_eq!(bg.len(), 3);
     assert!(bg[0].found && bg[0].version == vl);
     assert!(absent(&bg[1]), "expired key in batch get: {:?}", bg[1]);
     assert!(bg[2].found && bg[2].version == vp);
     let (entries, _) = scan(&mut c, scan_req(b"", b"", b"ttl/", 0)).await;
-    assert_eq!(keys_of(&entries), vec![b"ttl/long".to_vec(), b"ttl/plain".to_vec()]);
+    assert_eq!(
+        keys_of(&entries),
+        vec![b"ttl/long".to_vec(), b"ttl/plain".to_vec()]
+    );
     // An expired key has no version to match.
-    assert_status(put_if_version(&mut c, "ttl/short", "y", vt).await, Code::FailedPrecondition, &[]);
-    assert_status(delete(&mut c, "ttl/short", Some(vt)).await, Code::FailedPrecondition, &[]);
+    assert_status(
+        put_if_version(&mut c, "ttl/short", "y", vt).await,
+        Code::FailedPrecondition,
+        &[],
+    );
+    assert_status(
+        delete(&mut c, "ttl/short", Some(vt)).await,
+        Code::FailedPrecondition,
+        &[],
+    );
     // And if_absent holds on it.
-    let v = put_if_absent(&mut c, "ttl/short", "reborn").await.expect("if_absent on expired key");
+    let v = put_if_absent(&mut c, "ttl/short", "reborn")
+        .await
+        .expect("if_absent on expired key");
     assert!(v > vp);
     let g = get(&mut c, "ttl/short").await;
     assert!(g.found && g.version == v && g.value == b("reborn"));
@@ -374,7 +484,10 @@ async fn batch_get_returns_results_in_request_order_including_missing_keys() {
     assert!(r[2].found && r[2].value == b("A") && r[2].version == va);
     assert!(r[3].found && r[3].value == b("C") && r[3].version == vc);
     assert!(absent(&r[4]));
-    assert!(r[5].found && r[5].value == b("A") && r[5].version == va, "duplicates answered too");
+    assert!(
+        r[5].found && r[5].value == b("A") && r[5].version == va,
+        "duplicates answered too"
+    );
     // An empty batch is empty.
     assert!(batch_get(&mut c, &[]).await.is_empty());
 }
@@ -389,14 +502,19 @@ async fn batch_write_applies_all_ops_with_one_version_each_in_order() {
         op_delete("gone", Some(v0)),
         op_put(put_req("b3", "three")),
     ];
-    let versions = batch_write(&mut c, ops, pb::Durability::Durable).await.unwrap();
+    let versions = batch_write(&mut c, ops, pb::Durability::Durable)
+        .await
+        .unwrap();
     assert_eq!(versions.len(), 4, "one version per op");
     assert!(versions.iter().all(|&v| v > v0));
     let r = batch_get(&mut c, &[b"b1", b"b2", b"gone", b"b3"]).await;
     assert_eq!((r[0].value.clone(), r[0].version), (b("one"), versions[0]));
     assert_eq!((r[1].value.clone(), r[1].version), (b("two"), versions[1]));
     assert!(absent(&r[2]));
-    assert_eq!((r[3].value.clone(), r[3].version), (b("three"), versions[3]));
+    assert_eq!(
+        (r[3].value.clone(), r[3].version),
+        (b("three"), versions[3])
+    );
     // Later writes get higher versions than the whole batch.
     let v = put(&mut c, "after", "x").await;
     assert!(v > *versions.iter().max().unwrap());
@@ -423,7 +541,11 @@ async fn batch_write_with_one_failed_condition_applies_nothing() {
         &[],
     );
     let r = batch_get(&mut c, &[b"new1", b"x", b"y", b"new2"]).await;
-    assert!(absent(&r[0]), "no op of a failed batch is applied: {:?}", r[0]);
+    assert!(
+        absent(&r[0]),
+        "no op of a failed batch is applied: {:?}",
+        r[0]
+    );
     assert_eq!((r[1].value.clone(), r[1].version), (b("old-x"), vx));
     assert_eq!((r[2].value.clone(), r[2].version), (b("old-y"), vy));
     assert!(absent(&r[3]));
@@ -476,7 +598,10 @@ async fn batch_write_with_one_invalid_op_is_rejected_and_applies_nothing() {
             &["value", "1048576"],
         ),
         (
-            vec![op_put(put_req("ok1", "v")), op_delete(vec![b'k'; 4097], None)],
+            vec![
+                op_put(put_req("ok1", "v")),
+                op_delete(vec![b'k'; 4097], None),
+            ],
             &["key", "4096"],
         ),
         (
@@ -522,7 +647,10 @@ async fn batch_write_conditions_are_checked_against_the_state_before_the_batch()
     assert_eq!(versions.len(), 4);
     // The last op on a key wins.
     let r = batch_get(&mut c, &[b"n", b"a"]).await;
-    assert_eq!((r[0].value.clone(), r[0].version), (b("second"), versions[1]));
+    assert_eq!(
+        (r[0].value.clone(), r[0].version),
+        (b("second"), versions[1])
+    );
     assert_eq!((r[1].value.clone(), r[1].version), (b("a2"), versions[3]));
 
     // Conversely, a condition that only the batch's own earlier op would satisfy fails:
@@ -561,15 +689,21 @@ async fn batch_write_ignores_per_op_durability_buffered_inside_durable_batch() {
             })
         })
         .collect();
-    let versions = batch_write(&mut c, ops, pb::Durability::Durable).await.unwrap();
+    let versions = batch_write(&mut c, ops, pb::Durability::Durable)
+        .await
+        .unwrap();
     drop(c);
     s.kill9();
     let s2 = Server::start(dir.path());
     let mut c = s2.client().await;
-    for i in 0..10 {
+    assert_eq!(versions.len(), 10);
+    for (i, version) in versions.iter().enumerate() {
         let g = get(&mut c, format!("k{i}")).await;
-        assert!(g.found, "op {i} of an acknowledged durable batch lost after kill -9");
-        assert_eq!((g.value, g.version), (b(format!("v{i}")), versions[i]));
+        assert!(
+            g.found,
+            "op {i} of an acknowledged durable batch lost after kill -9"
+        );
+        assert_eq!((g.value, g.version), (b(format!("v{i}")), *version));
     }
 }
 
@@ -582,7 +716,9 @@ async fn batch_write_of_40_values_of_1_mib_is_accepted() {
         v[1_048_575] = !(i as u8);
         v
     };
-    let ops: Vec<_> = (0..40).map(|i| op_put(put_req(format!("big{i:02}"), value(i)))).collect();
+    let ops: Vec<_> = (0..40)
+        .map(|i| op_put(put_req(format!("big{i:02}"), value(i))))
+        .collect();
     let versions = batch_write(&mut c, ops, pb::Durability::Durable)
         .await
         .expect("a ~40 MiB batch must be accepted");
@@ -594,7 +730,10 @@ async fn batch_write_of_40_values_of_1_mib_is_accepted() {
     for (i, g) in r.iter().enumerate() {
         assert!(g.found, "big{i:02} missing");
         assert_eq!(g.version, versions[i]);
-        assert!(g.value.as_ref() == value(i).as_slice(), "big{i:02} value differs");
+        assert!(
+            g.value.as_ref() == value(i).as_slice(),
+            "big{i:02} value differs"
+        );
     }
 }
 
@@ -628,7 +767,9 @@ async fn scan_returns_every_key_in_ascending_order_across_several_chunks() {
             .iter()
             .map(|i| op_put(put_req(format!("s/{i:05}"), format!("v{i}"))))
             .collect();
-        let vs = batch_write(&mut c, ops, pb::Durability::Durable).await.unwrap();
+        let vs = batch_write(&mut c, ops, pb::Durability::Durable)
+            .await
+            .unwrap();
         for (i, v) in chunk.iter().zip(vs) {
             versions[*i] = v;
         }
@@ -637,7 +778,10 @@ async fn scan_returns_every_key_in_ascending_order_across_several_chunks() {
     put(&mut c, "r", "before").await;
     put(&mut c, "t", "after").await;
     let (entries, chunks) = scan(&mut c, scan_req(b"", b"", b"s/", 0)).await;
-    assert!(chunks > 1, "a scan of {n} entries should span several chunks (got {chunks})");
+    assert!(
+        chunks > 1,
+        "a scan of {n} entries should span several chunks (got {chunks})"
+    );
     assert_eq!(entries.len(), n);
     for (i, e) in entries.iter().enumerate() {
         assert_eq!(e.key, b(format!("s/{i:05}")));
@@ -649,7 +793,10 @@ async fn scan_returns_every_key_in_ascending_order_across_several_chunks() {
     assert_eq!(all.len(), n + 2);
     assert_eq!(all.first().unwrap().key, b("r"));
     assert_eq!(all.last().unwrap().key, b("t"));
-    assert!(all.windows(2).all(|w| w[0].key < w[1].key), "strictly ascending");
+    assert!(
+        all.windows(2).all(|w| w[0].key < w[1].key),
+        "strictly ascending"
+    );
 }
 
 #[tokio::test]
@@ -661,7 +808,11 @@ async fn scan_limit_counts_entries_across_the_whole_stream() {
         let want = (limit as usize).min(1000);
         assert_eq!(entries.len(), want, "limit {limit}");
         for (i, e) in entries.iter().enumerate() {
-            assert_eq!(e.key, b(format!("l/{i:05}")), "limit {limit}: the first N in order");
+            assert_eq!(
+                e.key,
+                b(format!("l/{i:05}")),
+                "limit {limit}: the first N in order"
+            );
             assert_eq!(e.version, versions[i]);
         }
     }
@@ -681,7 +832,10 @@ async fn scan_intersects_prefix_with_start_end_range() {
     let k = |p: &str, i: usize| format!("{p}{i:05}").into_bytes();
     // Range inside the prefix.
     let (e, _) = scan(&mut c, scan_req(&k("b/", 10), &k("b/", 20), b"b/", 0)).await;
-    assert_eq!(keys_of(&e), (10..20).map(|i| k("b/", i)).collect::<Vec<_>>());
+    assert_eq!(
+        keys_of(&e),
+        (10..20).map(|i| k("b/", i)).collect::<Vec<_>>()
+    );
     // Range wider than the prefix: the prefix bounds it.
     let (e, _) = scan(&mut c, scan_req(b"a/00040", b"c/00005", b"b/", 0)).await;
     assert_eq!(keys_of(&e), (0..50).map(|i| k("b/", i)).collect::<Vec<_>>());
@@ -690,10 +844,16 @@ async fn scan_intersects_prefix_with_start_end_range() {
     assert_eq!(keys_of(&e), (0..3).map(|i| k("b/", i)).collect::<Vec<_>>());
     // Range overlapping the prefix's end.
     let (e, _) = scan(&mut c, scan_req(b"b/00047", b"c/00003", b"b/", 0)).await;
-    assert_eq!(keys_of(&e), (47..50).map(|i| k("b/", i)).collect::<Vec<_>>());
+    assert_eq!(
+        keys_of(&e),
+        (47..50).map(|i| k("b/", i)).collect::<Vec<_>>()
+    );
     // Start only / end only.
     let (e, _) = scan(&mut c, scan_req(b"c/00045", b"", b"", 0)).await;
-    assert_eq!(keys_of(&e), (45..50).map(|i| k("c/", i)).collect::<Vec<_>>());
+    assert_eq!(
+        keys_of(&e),
+        (45..50).map(|i| k("c/", i)).collect::<Vec<_>>()
+    );
     let (e, _) = scan(&mut c, scan_req(b"", b"a/00003", b"", 0)).await;
     assert_eq!(keys_of(&e), (0..3).map(|i| k("a/", i)).collect::<Vec<_>>());
     // Disjoint range and prefix: empty.
@@ -730,7 +890,12 @@ async fn scan_skips_deleted_keys_and_returns_latest_versions() {
     let v5 = put(&mut c, "d/00005", "new5").await;
     let (e, _) = scan(&mut c, scan_req(b"", b"", b"d/", 0)).await;
     let want: Vec<usize> = vec![0, 1, 2, 4, 5, 6, 8, 9];
-    assert_eq!(keys_of(&e), want.iter().map(|i| format!("d/{i:05}").into_bytes()).collect::<Vec<_>>());
+    assert_eq!(
+        keys_of(&e),
+        want.iter()
+            .map(|i| format!("d/{i:05}").into_bytes())
+            .collect::<Vec<_>>()
+    );
     for kv in &e {
         if kv.key == b("d/00005") {
             assert_eq!((kv.value.clone(), kv.version), (b("new5"), v5));
@@ -771,11 +936,16 @@ async fn scan_with_all_ff_prefix_and_binary_keys() {
 #[tokio::test]
 async fn value_of_exactly_1_mib_round_trips_and_one_byte_more_is_rejected() {
     let (_d, _s, mut c) = start().await;
-    let value: Vec<u8> = (0..1_048_576u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let value: Vec<u8> = (0..1_048_576u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let v = put(&mut c, "max", &value).await;
     let g = get(&mut c, "max").await;
     assert!(g.found && g.version == v);
-    assert!(g.value.as_ref() == value.as_slice(), "1 MiB value did not round-trip");
+    assert!(
+        g.value.as_ref() == value.as_slice(),
+        "1 MiB value did not round-trip"
+    );
 
     let mut too_big = value.clone();
     too_big.push(0);
@@ -808,7 +978,11 @@ async fn key_of_4096_bytes_is_accepted_and_4097_or_empty_is_rejected() {
     let long_key = vec![b'k'; 4097];
     for key in [long_key.clone(), Vec::new()] {
         let n = key.len();
-        assert_status(c.put(put_req(&key, "v")).await, Code::InvalidArgument, &["key", "4096"]);
+        assert_status(
+            c.put(put_req(&key, "v")).await,
+            Code::InvalidArgument,
+            &["key", "4096"],
+        );
         assert_status(
             c.get(pb::GetRequest {
                 key: b(&key),
@@ -818,7 +992,11 @@ async fn key_of_4096_bytes_is_accepted_and_4097_or_empty_is_rejected() {
             Code::InvalidArgument,
             &["key", "4096"],
         );
-        assert_status(delete(&mut c, &key, None).await, Code::InvalidArgument, &["key", "4096"]);
+        assert_status(
+            delete(&mut c, &key, None).await,
+            Code::InvalidArgument,
+            &["key", "4096"],
+        );
         assert_status(
             c.batch_get(pb::BatchGetRequest {
                 keys: vec![b("fine"), b(&key)],
@@ -922,7 +1100,11 @@ async fn health_reports_serving_for_overall_and_kv_service() {
     use tonic_health::pb::HealthCheckRequest;
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
-    let ch = Channel::from_shared(s.url()).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(s.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut h = HealthClient::new(ch);
     for service in ["", "strata.v1.KV"] {
         let r = h
@@ -932,7 +1114,11 @@ async fn health_reports_serving_for_overall_and_kv_service() {
             .await
             .unwrap_or_else(|e| panic!("health check of {service:?}: {e}"))
             .into_inner();
-        assert_eq!(r.status, ServingStatus::Serving as i32, "service {service:?}");
+        assert_eq!(
+            r.status,
+            ServingStatus::Serving as i32,
+            "service {service:?}"
+        );
     }
     let unknown = h
         .check(HealthCheckRequest {
@@ -946,7 +1132,11 @@ async fn health_reports_serving_for_overall_and_kv_service() {
 async fn reflection_v1_and_v1alpha_list_the_kv_service() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
-    let ch = Channel::from_shared(s.url()).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(s.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
 
     // v1
     {
@@ -962,9 +1152,7 @@ async fn reflection_v1_and_v1alpha_list_the_kv_service() {
             },
             ServerReflectionRequest {
                 host: String::new(),
-                message_request: Some(MessageRequest::FileContainingSymbol(
-                    "strata.v1.KV".into(),
-                )),
+                message_request: Some(MessageRequest::FileContainingSymbol("strata.v1.KV".into())),
             },
         ];
         let mut stream = rc
@@ -972,21 +1160,37 @@ async fn reflection_v1_and_v1alpha_list_the_kv_service() {
             .await
             .expect("reflection v1")
             .into_inner();
-        let first = stream.message().await.unwrap().expect("list services response");
+        let first = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("list services response");
         let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
             panic!("unexpected reflection response {first:?}");
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.iter().any(|n| n == "strata.v1.KV"), "services: {names:?}");
-        assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "services: {names:?}");
-        let second = stream.message().await.unwrap().expect("file containing symbol");
+        assert!(
+            names.iter().any(|n| n == "strata.v1.KV"),
+            "services: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "services: {names:?}"
+        );
+        let second = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("file containing symbol");
         let Some(MessageResponse::FileDescriptorResponse(fd)) = second.message_response else {
             panic!("unexpected reflection response {second:?}");
         };
         assert!(!fd.file_descriptor_proto.is_empty());
         let joined: Vec<u8> = fd.file_descriptor_proto.concat();
         assert!(
-            joined.windows(b"PutRequest".len()).any(|w| w == b"PutRequest"),
+            joined
+                .windows(b"PutRequest".len())
+                .any(|w| w == b"PutRequest"),
             "descriptor of strata.v1.KV lacks PutRequest"
         );
     }
@@ -1006,12 +1210,19 @@ async fn reflection_v1_and_v1alpha_list_the_kv_service() {
             .await
             .expect("reflection v1alpha")
             .into_inner();
-        let first = stream.message().await.unwrap().expect("list services response");
+        let first = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("list services response");
         let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
             panic!("unexpected reflection response {first:?}");
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.iter().any(|n| n == "strata.v1.KV"), "services: {names:?}");
+        assert!(
+            names.iter().any(|n| n == "strata.v1.KV"),
+            "services: {names:?}"
+        );
     }
 }
 
@@ -1053,7 +1264,10 @@ async fn restart_after_sigterm_reads_everything_back_with_same_versions() {
     expect.push(("r/buffered".into(), Some((b("b"), vb))));
     let vs = batch_write(
         &mut c,
-        vec![op_put(put_req("r/batch1", "1")), op_put(put_req("r/batch2", "2"))],
+        vec![
+            op_put(put_req("r/batch1", "1")),
+            op_put(put_req("r/batch2", "2")),
+        ],
         pb::Durability::Durable,
     )
     .await
@@ -1064,7 +1278,11 @@ async fn restart_after_sigterm_reads_everything_back_with_same_versions() {
     drop(c);
 
     let t = Instant::now();
-    assert!(s.terminate(), "SIGTERM must exit cleanly (code 0); log:\n{}", s.log_text());
+    assert!(
+        s.terminate(),
+        "SIGTERM must exit cleanly (code 0); log:\n{}",
+        s.log_text()
+    );
     eprintln!("clean shutdown took {:?}", t.elapsed());
 
     let s2 = Server::start(dir.path());
@@ -1083,7 +1301,10 @@ async fn restart_after_sigterm_reads_everything_back_with_same_versions() {
     assert_eq!(e.len(), expect.iter().filter(|(_, w)| w.is_some()).count());
     // New versions continue above the old ones.
     let v = put(&mut c, "r/new", "n").await;
-    assert!(v > max_version, "version {v} after restart is not above {max_version}");
+    assert!(
+        v > max_version,
+        "version {v} after restart is not above {max_version}"
+    );
     let d = delete(&mut c, "r/0001", None).await.unwrap();
     assert!(d.version > v);
     // And a second restart keeps that too.

@@ -8,8 +8,9 @@
 //!
 //! Invariants:
 //! - Memtable inserts happen in seq order (only this task inserts).
-//! - `visible_seq` and `durable_seq` advance only after the segment holding those seqs landed
-//!   (or, for an explicitly buffered write, once it is in the memtable).
+//! - `visible_seq` and `durable_seq` advance only after the segment holding those seqs landed.
+//!   Explicitly buffered writes are visible once in the memtable (through `buffered_seq`),
+//!   which never exposes a durable write early.
 //! - A segment whose PUT failed transiently is retried with the same name and bytes until it
 //!   lands or we are fenced: later groups depend on its effects, so it is never dropped.
 //! - A create that finds the segment name taken means a newer writer fenced us: nothing above
@@ -17,7 +18,7 @@
 
 use crate::db::{now_ms, Db, DbInner, STATE_FENCED, STATE_OPEN};
 use crate::error::{EngineError, EngineResult};
-use crate::memtable::Memtable;
+use crate::memtable::{Memtable, Snap};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -211,13 +212,20 @@ impl Committer {
                 }
                 // Keep answering so late senders get an error rather than hanging.
                 while let Some(msg) = self.rx.recv().await {
-                    self.reject(msg, EngineError::Closed);
+                    if let Msg::Freeze(tx) = msg {
+                        // Close still freezes, so the final flush sees every write.
+                        self.freeze();
+                        let _ = tx.send(());
+                    } else {
+                        self.reject(msg, EngineError::Closed);
+                    }
                 }
                 return;
             }
             let over_budget = self.over_write_budget();
-            let can_take =
-                self.accepting && !over_budget && self.group.bytes < self.inner.opts.max_group_bytes;
+            let can_take = self.accepting
+                && !over_budget
+                && self.group.bytes < self.inner.opts.max_group_bytes;
             tokio::select! {
                 res = async { (&mut inflight.as_mut().expect("guarded").task).await }, if inflight.is_some() => {
                     let f = inflight.take().expect("guarded");
@@ -293,7 +301,7 @@ impl Committer {
 
     async fn apply(&mut self, w: WriteReq) {
         let now = now_ms();
-        let (seq, view) = (u64::MAX, self.inner.view.read().clone());
+        let view = self.inner.view.read().clone();
         // Conditions and `found` see the latest state, durable or not: groups land in order,
         // so by the time this one lands every state it was checked against has landed too.
         let mut current: HashMap<&[u8], Option<(u64, bool)>> = HashMap::new();
@@ -304,7 +312,7 @@ impl Committer {
                 match current.get(op.key.as_ref()) {
                     Some(s) => *s,
                     None => {
-                        let e = match Db::get_entry(&view, &op.key, seq).await {
+                        let e = match Db::get_entry(&view, &op.key, Snap::LATEST).await {
                             Ok(e) => e,
                             Err(err) => {
                                 let _ = w.reply.send(Err(err));
@@ -382,7 +390,7 @@ impl Committer {
         {
             let active = self.inner.view.read().active.clone();
             for e in &entries {
-                active.insert(e);
+                active.insert(e, !w.durable);
             }
         }
         let max_seq = self.next_seq - 1;
@@ -395,7 +403,8 @@ impl Committer {
             self.group.waiters.push((w.reply, outcomes));
         } else {
             // Buffered: visible and acknowledged now; durable with its group, or lost in a crash.
-            self.inner.visible_seq.fetch_max(max_seq, Ordering::SeqCst);
+            // Only buffered entries become visible early: durable ones wait for their PUT.
+            self.inner.buffered_seq.fetch_max(max_seq, Ordering::SeqCst);
             let _ = w.reply.send(Ok(outcomes));
         }
     }
@@ -457,13 +466,11 @@ impl Committer {
             Ok(()) => {
                 let m = &self.inner.metrics;
                 m.wal_segments.fetch_add(1, Ordering::Relaxed);
-                m.wal_bytes.fetch_add(f.data.len() as u64, Ordering::Relaxed);
+                m.wal_bytes
+                    .fetch_add(f.data.len() as u64, Ordering::Relaxed);
                 m.wal_put_micros
                     .fetch_add(f.started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                self.inner
-                    .landed
-                    .lock()
-                    .push(f.segment_id, f.group.max_seq);
+                self.inner.landed.lock().push(f.segment_id, f.group.max_seq);
                 self.inner
                     .visible_seq
                     .fetch_max(f.group.max_seq, Ordering::SeqCst);
@@ -501,7 +508,10 @@ impl Committer {
             Err(e) => {
                 // Unknown outcome: tell the waiters so (they must not hang), and retry the same
                 // segment: later groups were checked against its effects.
-                self.inner.metrics.wal_put_failures.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .metrics
+                    .wal_put_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     partition = self.inner.opts.partition,
                     segment = f.segment_id,

@@ -9,7 +9,7 @@
 use crate::commit::{self, CommitHandle, Cond, Op, OpOutcome, WriteOp};
 use crate::error::{EngineError, EngineResult};
 use crate::flush;
-use crate::memtable::Memtable;
+use crate::memtable::{Memtable, Snap};
 use crate::metrics::EngineMetrics;
 use crate::sst_reader::{BlockSource, SstReader};
 use crate::version::{Version, View};
@@ -99,8 +99,10 @@ pub(crate) struct DbInner {
     pub manifests: Arc<dyn ManifestStore>,
     pub src: BlockSource,
     pub view: RwLock<Arc<View>>,
-    /// Readers see entries with seq <= this.
+    /// Readers see entries with seq <= this (it advances when a WAL segment lands).
     pub visible_seq: AtomicU64,
+    /// Readers also see buffered entries with seq <= this (advances on their acknowledgement).
+    pub buffered_seq: AtomicU64,
     /// Every seq <= this is in a landed WAL segment (or an SST).
     pub durable_seq: watch::Sender<u64>,
     pub state: AtomicU8,
@@ -233,10 +235,17 @@ impl Db {
                 },
                 &[],
             );
-            match store.put(&wal_path(p, fence_id), marker, PutMode::Create).await {
+            match store
+                .put(&wal_path(p, fence_id), marker, PutMode::Create)
+                .await
+            {
                 Ok(()) => break (listed, fence_id),
                 Err(StoreError::AlreadyExists(_)) => {
-                    tracing::warn!(partition = p, fence_id, "another writer raced us to the fence; re-listing");
+                    tracing::warn!(
+                        partition = p,
+                        fence_id,
+                        "another writer raced us to the fence; re-listing"
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => return Err(e.into()),
@@ -286,9 +295,8 @@ impl Db {
             async move {
                 let path = wal_path(p, id);
                 let data = store.get(&path).await?;
-                let (hdr, batches) = decode_wal_segment(&data).map_err(|e| {
-                    EngineError::Corruption(format!("WAL segment {path}: {e}"))
-                })?;
+                let (hdr, batches) = decode_wal_segment(&data)
+                    .map_err(|e| EngineError::Corruption(format!("WAL segment {path}: {e}")))?;
                 if hdr.segment_id != id {
                     return Err(EngineError::Corruption(format!(
                         "WAL segment {path} says it is segment {}",
@@ -304,7 +312,7 @@ impl Db {
             for e in batches.iter().flatten() {
                 seg_max = seg_max.max(e.seq);
                 if e.seq > manifest.last_flushed_seq {
-                    active.insert(e);
+                    active.insert(e, false);
                     report.replayed_entries += 1;
                 }
             }
@@ -332,6 +340,7 @@ impl Db {
                 version,
             })),
             visible_seq: AtomicU64::new(max_seq),
+            buffered_seq: AtomicU64::new(0),
             durable_seq: durable_tx,
             state: AtomicU8::new(STATE_OPEN),
             writer_epoch,
@@ -349,7 +358,12 @@ impl Db {
         let db = Db {
             inner,
             commit,
-            tasks: Arc::new(Mutex::new(vec![commit_task, flush_task, watch_task, gc_task])),
+            tasks: Arc::new(Mutex::new(vec![
+                commit_task,
+                flush_task,
+                watch_task,
+                gc_task,
+            ])),
         };
         // A large replayed tail is flushed right away rather than kept in memory.
         if db.inner.view.read().active.approximate_bytes() >= opts.memtable_bytes {
@@ -370,23 +384,28 @@ impl Db {
 
     /// Snapshot for readers: the visible seq first, then the view, so every entry with a seq
     /// at or below the snapshot seq is in the view.
-    pub(crate) fn snapshot(&self) -> (u64, Arc<View>) {
-        let seq = self.inner.visible_seq.load(Ordering::SeqCst);
+    pub(crate) fn snapshot(&self) -> (Snap, Arc<View>) {
+        let snap = Snap {
+            durable: self.inner.visible_seq.load(Ordering::SeqCst),
+            buffered: self.inner.buffered_seq.load(Ordering::SeqCst),
+        };
         let view = self.inner.view.read().clone();
-        (seq, view)
+        (snap, view)
     }
 
-    /// Reads the newest entry of `key` visible at `read_seq`, tombstones included.
+    /// Reads the newest entry of `key` that `snap` sees, tombstones included.
     pub(crate) async fn get_entry(
         view: &View,
         key: &[u8],
-        read_seq: u64,
+        snap: Snap,
     ) -> EngineResult<Option<Entry>> {
         for m in view.memtables() {
-            if let Some(e) = m.get(key, read_seq) {
+            if let Some(e) = m.get(key, snap) {
                 return Ok(Some(e));
             }
         }
+        // Every SST entry is durable (flush waits for the WAL), so a seq bound suffices.
+        let read_seq = snap.max();
         for sst in &view.version.l0 {
             if let Some(e) = sst.get(key, read_seq).await? {
                 return Ok(Some(e));
@@ -517,7 +536,12 @@ impl Db {
         }
         self.inner
             .state
-            .compare_exchange(STATE_OPEN, STATE_CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                STATE_OPEN,
+                STATE_CLOSED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .ok();
         self.inner.flush_wanted.notify_waiters();
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());

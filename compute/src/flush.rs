@@ -22,7 +22,6 @@ use strata_manifest::layout::{new_sst_id, sst_path};
 use strata_manifest::ManifestError;
 use strata_objstore::{PutMode, StoreError};
 
-
 pub(crate) async fn run(inner: Arc<DbInner>) {
     loop {
         let state = inner.state.load(Ordering::Acquire);
@@ -108,7 +107,8 @@ async fn flush_one(inner: &Arc<DbInner>, mem: &Arc<Memtable>) -> EngineResult<()
             level: 0,
             props,
         };
-        let reader = SstReader::from_bytes(inner.src.clone(), inner.opts.partition, info.clone(), &data)?;
+        let reader =
+            SstReader::from_bytes(inner.src.clone(), inner.opts.partition, info.clone(), &data)?;
         Some((info, Arc::new(reader), data.len()))
     };
     let replay_from = inner.landed.lock().replay_point(max_seq);

@@ -2,7 +2,8 @@
 //!
 //! Only the commit loop inserts, always in increasing seq order, so a memtable holds a
 //! contiguous range of seqs and a newer memtable holds only newer seqs than an older one.
-//! Readers filter by the visible seq: entries above it are not yet durable.
+//! Readers filter with a [`Snap`]: durable entries above the durable seq are not visible
+//! yet; buffered entries are visible once acknowledged.
 
 use bytes::Bytes;
 use crossbeam_skiplist::SkipMap;
@@ -38,6 +39,32 @@ pub struct MemValue {
     pub kind: Kind,
     pub expires_at_ms: u64,
     pub value: Bytes,
+    /// Written with `DURABILITY_BUFFERED`: visible once acknowledged, before its WAL PUT.
+    pub buffered: bool,
+}
+
+/// What a reader may see: every entry with seq <= `durable`, plus buffered entries with
+/// seq <= `buffered`. A durable write is never visible before its WAL segment landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snap {
+    pub durable: u64,
+    pub buffered: u64,
+}
+
+impl Snap {
+    /// Sees everything, durable or not (the commit loop's view for condition checks).
+    pub const LATEST: Snap = Snap {
+        durable: u64::MAX,
+        buffered: u64::MAX,
+    };
+
+    pub fn max(&self) -> u64 {
+        self.durable.max(self.buffered)
+    }
+
+    pub fn sees(&self, seq: u64, buffered: bool) -> bool {
+        seq <= self.durable || (buffered && seq <= self.buffered)
+    }
 }
 
 /// A memtable.
@@ -66,7 +93,7 @@ impl Memtable {
     }
 
     /// Inserts one entry. Callers insert in increasing seq order.
-    pub fn insert(&self, e: &Entry) {
+    pub fn insert(&self, e: &Entry, buffered: bool) {
         let size = e.key.len() as u64 + e.value.len() as u64 + ENTRY_OVERHEAD;
         self.map.insert(
             InternalKey {
@@ -77,6 +104,7 @@ impl Memtable {
                 kind: e.kind,
                 expires_at_ms: e.expires_at_ms,
                 value: e.value.clone(),
+                buffered,
             },
         );
         self.bytes.fetch_add(size, AtomicOrdering::Relaxed);
@@ -100,27 +128,31 @@ impl Memtable {
         self.max_seq.load(AtomicOrdering::Relaxed)
     }
 
-    /// The newest entry of `key` with seq <= `read_seq`.
-    pub fn get(&self, key: &[u8], read_seq: u64) -> Option<Entry> {
+    /// The newest entry of `key` that `snap` sees.
+    pub fn get(&self, key: &[u8], snap: Snap) -> Option<Entry> {
         let start = InternalKey {
             key: Bytes::copy_from_slice(key),
-            seq: Reverse(read_seq),
+            seq: Reverse(snap.max()),
         };
-        let e = self.map.lower_bound(Bound::Included(&start))?;
-        if e.key().key.as_ref() != key {
-            return None;
+        for e in self.map.range((Bound::Included(&start), Bound::Unbounded)) {
+            if e.key().key.as_ref() != key {
+                return None;
+            }
+            if snap.sees(e.key().seq.0, e.value().buffered) {
+                return Some(to_entry(e.key(), e.value()));
+            }
         }
-        Some(to_entry(e.key(), e.value()))
+        None
     }
 
-    /// For each distinct key in `[start, end)` (end `None` = unbounded), the newest entry with
-    /// seq <= `read_seq`, in key order, at most `max_keys` keys. Returns whether it stopped
+    /// For each distinct key in `[start, end)` (end `None` = unbounded), the newest entry
+    /// `snap` sees, in key order, at most `max_keys` keys. Returns whether it stopped
     /// early because of `max_keys`.
     pub fn scan(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
-        read_seq: u64,
+        snap: Snap,
         max_keys: usize,
         out: &mut Vec<Entry>,
     ) -> bool {
@@ -135,7 +167,7 @@ impl Memtable {
             if end.is_some_and(|end| ik.key.as_ref() >= end) {
                 break;
             }
-            if ik.seq.0 > read_seq {
+            if !snap.sees(ik.seq.0, e.value().buffered) {
                 continue;
             }
             if last_key.as_ref() == Some(&ik.key) {
@@ -153,7 +185,10 @@ impl Memtable {
 
     /// Every entry in internal key order (for flush).
     pub fn all_entries(&self) -> Vec<Entry> {
-        self.map.iter().map(|e| to_entry(e.key(), e.value())).collect()
+        self.map
+            .iter()
+            .map(|e| to_entry(e.key(), e.value()))
+            .collect()
     }
 }
 
@@ -174,20 +209,48 @@ mod tests {
     #[test]
     fn newest_visible_version_wins() {
         let m = Memtable::new(1);
-        m.insert(&Entry::put(&b"a"[..], 1, &b"v1"[..]));
-        m.insert(&Entry::put(&b"a"[..], 2, &b"v2"[..]));
-        m.insert(&Entry::delete(&b"b"[..], 3));
-        assert_eq!(m.get(b"a", 10).unwrap().value, &b"v2"[..]);
-        assert_eq!(m.get(b"a", 1).unwrap().value, &b"v1"[..]);
-        assert!(m.get(b"a", 0).is_none());
-        assert_eq!(m.get(b"b", 10).unwrap().kind, Kind::Delete);
-        assert!(m.get(b"c", 10).is_none());
+        let at = |seq| Snap {
+            durable: seq,
+            buffered: 0,
+        };
+        m.insert(&Entry::put(&b"a"[..], 1, &b"v1"[..]), false);
+        m.insert(&Entry::put(&b"a"[..], 2, &b"v2"[..]), false);
+        m.insert(&Entry::delete(&b"b"[..], 3), false);
+        assert_eq!(m.get(b"a", at(10)).unwrap().value, &b"v2"[..]);
+        assert_eq!(m.get(b"a", at(1)).unwrap().value, &b"v1"[..]);
+        assert!(m.get(b"a", at(0)).is_none());
+        assert_eq!(m.get(b"b", at(10)).unwrap().kind, Kind::Delete);
+        assert!(m.get(b"c", at(10)).is_none());
         let mut out = Vec::new();
-        assert!(!m.scan(b"", None, 10, 10, &mut out));
+        assert!(!m.scan(b"", None, at(10), 10, &mut out));
         assert_eq!(out.len(), 2);
         out.clear();
-        assert!(m.scan(b"", None, 10, 1, &mut out));
+        assert!(m.scan(b"", None, at(10), 1, &mut out));
         assert_eq!(out.len(), 1);
         assert_eq!(m.max_seq(), 3);
+    }
+
+    #[test]
+    fn durable_writes_stay_invisible_until_durable_even_behind_a_buffered_one() {
+        let m = Memtable::new(1);
+        m.insert(&Entry::put(&b"k"[..], 5, &b"durable-old"[..]), false);
+        m.insert(&Entry::put(&b"k"[..], 6, &b"durable-pending"[..]), false);
+        m.insert(&Entry::put(&b"j"[..], 7, &b"buffered"[..]), true);
+        let snap = Snap {
+            durable: 5,
+            buffered: 7,
+        };
+        assert_eq!(m.get(b"k", snap).unwrap().value, &b"durable-old"[..]);
+        assert_eq!(m.get(b"j", snap).unwrap().value, &b"buffered"[..]);
+        let mut out = Vec::new();
+        m.scan(b"", None, snap, 10, &mut out);
+        let vals: Vec<_> = out.iter().map(|e| e.value.clone()).collect();
+        assert_eq!(
+            vals,
+            vec![
+                Bytes::from_static(b"buffered"),
+                Bytes::from_static(b"durable-old")
+            ]
+        );
     }
 }

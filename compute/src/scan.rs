@@ -8,6 +8,7 @@
 
 use crate::db::{live, now_ms};
 use crate::error::EngineResult;
+use crate::memtable::Snap;
 use crate::version::View;
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use strata_format::Entry;
 #[derive(Debug)]
 pub struct Scanner {
     view: Arc<View>,
-    seq: u64,
+    snap: Snap,
     cursor: Bytes,
     end: Option<Bytes>,
     done: bool,
@@ -26,11 +27,11 @@ pub struct Scanner {
 }
 
 impl Scanner {
-    pub(crate) fn new(view: Arc<View>, seq: u64, start: Bytes, end: Option<Bytes>) -> Self {
+    pub(crate) fn new(view: Arc<View>, snap: Snap, start: Bytes, end: Option<Bytes>) -> Self {
         let done = end.as_ref().is_some_and(|e| start >= *e);
         Scanner {
             view,
-            seq,
+            snap,
             cursor: start,
             end,
             done,
@@ -73,15 +74,18 @@ impl Scanner {
             }
         };
         for m in self.view.memtables() {
-            let t = m.scan(&self.cursor, end, self.seq, n, &mut buf);
+            let t = m.scan(&self.cursor, end, self.snap, n, &mut buf);
             absorb(&mut buf, t);
         }
         for sst in &self.view.version.l0 {
-            let t = sst.scan(&self.cursor, end, self.seq, n, &mut buf).await?;
+            let t = sst
+                .scan(&self.cursor, end, self.snap.max(), n, &mut buf)
+                .await?;
             absorb(&mut buf, t);
         }
         for level in &self.view.version.levels {
-            let first = level.partition_point(|f| f.info.props.largest_key.as_ref() < self.cursor.as_ref());
+            let first =
+                level.partition_point(|f| f.info.props.largest_key.as_ref() < self.cursor.as_ref());
             let mut remaining = n;
             let mut truncated = false;
             for f in &level[first..] {
@@ -89,7 +93,9 @@ impl Scanner {
                     break;
                 }
                 let before = buf.len();
-                let t = f.scan(&self.cursor, end, self.seq, remaining, &mut buf).await?;
+                let t = f
+                    .scan(&self.cursor, end, self.snap.max(), remaining, &mut buf)
+                    .await?;
                 remaining -= buf.len() - before;
                 if t || remaining == 0 {
                     truncated = true;

@@ -99,7 +99,10 @@ impl SstReader {
         for (_, h) in &reader.index.blocks {
             let (s, e) = (h.offset as usize, (h.offset + h.len) as usize);
             if e <= len && s < e {
-                reader.src.cache.insert(reader.block_key(h.offset), data.slice(s..e));
+                reader
+                    .src
+                    .cache
+                    .insert(reader.block_key(h.offset), data.slice(s..e));
             }
         }
         Ok(reader)

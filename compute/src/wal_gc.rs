@@ -62,7 +62,10 @@ pub(crate) async fn run(inner: Arc<DbInner>) {
             }
             n += 1;
         }
-        inner.metrics.wal_segments_deleted.fetch_add(n, Ordering::Relaxed);
+        inner
+            .metrics
+            .wal_segments_deleted
+            .fetch_add(n, Ordering::Relaxed);
         deleted_below = safe;
     }
 }

@@ -51,7 +51,11 @@ async fn get(db: &Db, key: &str) -> Option<(String, u64)> {
 async fn versions_conditions_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path(), DbOptions::default()).await;
-    let v1 = db.write(vec![put("a", "1", Cond::None)], true).await.unwrap()[0].version;
+    let v1 = db
+        .write(vec![put("a", "1", Cond::None)], true)
+        .await
+        .unwrap()[0]
+        .version;
     assert_eq!(get(&db, "a").await, Some(("1".into(), v1)));
     let err = db
         .write(vec![put("a", "x", Cond::IfAbsent)], true)
@@ -105,7 +109,9 @@ async fn recovery_replays_the_wal_and_reads_flushed_ssts() {
             .collect();
         versions.extend(db.write(ops, true).await.unwrap().iter().map(|o| o.version));
     }
-    db.write(vec![del("key00007", Cond::None)], true).await.unwrap();
+    db.write(vec![del("key00007", Cond::None)], true)
+        .await
+        .unwrap();
     assert!(db.stats().l0_files > 0, "small memtables must have flushed");
     // Drop without close: like a crash, the tail is only in the WAL.
     drop(db);

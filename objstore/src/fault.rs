@@ -58,8 +58,7 @@ impl Faults {
             s.fail_next -= 1;
             Err(err())
         } else if op == "put"
-            && s
-                .fail_puts_matching
+            && s.fail_puts_matching
                 .as_deref()
                 .is_some_and(|p| path.contains(p))
         {

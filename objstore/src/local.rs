@@ -291,10 +291,17 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
-        assert_eq!(s.get("a/b/c.obj").await.unwrap(), Bytes::from_static(b"one"));
-        s.put("a/b/c.obj", Bytes::from_static(b"three"), PutMode::Overwrite)
-            .await
-            .unwrap();
+        assert_eq!(
+            s.get("a/b/c.obj").await.unwrap(),
+            Bytes::from_static(b"one")
+        );
+        s.put(
+            "a/b/c.obj",
+            Bytes::from_static(b"three"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             s.get_range("a/b/c.obj", 1..4).await.unwrap(),
             Bytes::from_static(b"hre")

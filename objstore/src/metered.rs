@@ -102,7 +102,9 @@ impl Store for Metered {
         self.c.gets.fetch_add(1, Ordering::Relaxed);
         let r = self.inner.get(path).await;
         if let Ok(b) = &r {
-            self.c.bytes_got.fetch_add(b.len() as u64, Ordering::Relaxed);
+            self.c
+                .bytes_got
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
         }
         self.done(r)
     }
@@ -110,7 +112,9 @@ impl Store for Metered {
         self.c.gets.fetch_add(1, Ordering::Relaxed);
         let r = self.inner.get_range(path, range).await;
         if let Ok(b) = &r {
-            self.c.bytes_got.fetch_add(b.len() as u64, Ordering::Relaxed);
+            self.c
+                .bytes_got
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
         }
         self.done(r)
     }

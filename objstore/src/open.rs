@@ -2,8 +2,7 @@
 //! `memory://` (unit tests only).
 
 use crate::{
-    LocalStore, Metered, ObjectStoreBackend, RetryPolicy, Retrying, Store, StoreError,
-    StoreResult,
+    LocalStore, Metered, ObjectStoreBackend, RetryPolicy, Retrying, Store, StoreError, StoreResult,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,10 +65,8 @@ pub fn open_store(cfg: &StoreConfig) -> StoreResult<(Arc<dyn Store>, Metered)> {
         Arc::new(LocalStore::open(dir)?)
     };
     let metered = Metered::new(backend);
-    let store: Arc<dyn Store> = Arc::new(Retrying::new(
-        Arc::new(metered.clone()),
-        cfg.retry.clone(),
-    ));
+    let store: Arc<dyn Store> =
+        Arc::new(Retrying::new(Arc::new(metered.clone()), cfg.retry.clone()));
     Ok((store, metered))
 }
 
@@ -87,7 +84,10 @@ fn open_s3(rest: &str, s: &S3Settings) -> StoreResult<ObjectStoreBackend> {
         None => (rest, ""),
     };
     if bucket.is_empty() {
-        return Err(config_err(rest, "s3 URL needs a bucket: s3://BUCKET[/PREFIX]"));
+        return Err(config_err(
+            rest,
+            "s3 URL needs a bucket: s3://BUCKET[/PREFIX]",
+        ));
     }
     let client = object_store::ClientOptions::new()
         .with_timeout(Duration::from_secs(30))
@@ -106,7 +106,11 @@ fn open_s3(rest: &str, s: &S3Settings) -> StoreResult<ObjectStoreBackend> {
             .with_virtual_hosted_style_request(false)
             .with_allow_http(ep.starts_with("http://"));
     }
-    let client = if s.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+    let client = if s
+        .endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"))
+    {
         client.with_allow_http(true)
     } else {
         client

@@ -108,8 +108,10 @@ impl Store for Retrying {
         self.run("get", path, || self.inner.get(path)).await
     }
     async fn get_range(&self, path: &str, range: Range<u64>) -> StoreResult<Bytes> {
-        self.run("get_range", path, || self.inner.get_range(path, range.clone()))
-            .await
+        self.run("get_range", path, || {
+            self.inner.get_range(path, range.clone())
+        })
+        .await
     }
     async fn head(&self, path: &str) -> StoreResult<u64> {
         self.run("head", path, || self.inner.head(path)).await
@@ -144,10 +146,7 @@ mod tests {
     async fn transient_failures_are_retried() {
         let faults = Faults::default();
         let base: Arc<dyn Store> = Arc::new(ObjectStoreBackend::memory());
-        let s = Retrying::new(
-            Arc::new(FaultInjecting::new(base, faults.clone())),
-            fast(),
-        );
+        let s = Retrying::new(Arc::new(FaultInjecting::new(base, faults.clone())), fast());
         faults.fail_next(3);
         s.put("a", Bytes::from_static(b"x"), PutMode::Create)
             .await

@@ -34,7 +34,8 @@ impl Server {
     }
 
     pub fn start_with(data_dir: &Path, opts: ServerOpts) -> Server {
-        Self::try_start_with(data_dir, opts).unwrap_or_else(|e| panic!("server failed to start: {e}"))
+        Self::try_start_with(data_dir, opts)
+            .unwrap_or_else(|e| panic!("server failed to start: {e}"))
     }
 
     /// Starts a server; returns the log lines as the error if it exits before serving.
