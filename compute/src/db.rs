@@ -192,33 +192,14 @@ impl Db {
             cache,
             store_uid: uid,
         };
-        let writer_epoch: u64 = rand::random::<u64>() | 1;
-        let manifest = match manifests.load_latest(p).await? {
-            Some(m) => m,
-            None => {
-                let m = Manifest {
-                    version: 1,
-                    writer_epoch,
-                    wal_replay_from: 1,
-                    next_sst_id: 1,
-                    created_ms: now_ms(),
-                    ..Default::default()
-                };
-                match manifests.commit(p, &m).await {
-                    Ok(()) => Arc::new(m),
-                    Err(ManifestError::Conflict { .. }) => {
-                        manifests.load_latest(p).await?.ok_or_else(|| {
-                            EngineError::Internal("manifest vanished after conflict".into())
-                        })?
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
-
-        // Fence: claim the next segment name. A previous writer still running fails its next
-        // conditional create and stops; anything it acknowledged is below the fence.
-        let (listed, fence_id) = loop {
+        // Fence: claim the next segment name with a create-if-absent marker. A previous
+        // writer still running fails its next create (it never skips a name, and markers are
+        // never garbage-collected) and stops; anything it acknowledged is below the fence.
+        // Our writer epoch is the marker's name in the high bits, so epochs grow with every
+        // takeover, plus random low bits so two racing openers never write identical bytes.
+        let mut floor = 0u64;
+        let (manifest, listed, fence_id, writer_epoch) = loop {
+            let manifest = load_or_init_manifest(&*manifests, p).await?;
             let listed: BTreeMap<u64, u64> = store
                 .list(&wal_prefix(p))
                 .await?
@@ -226,7 +207,12 @@ impl Db {
                 .filter_map(|o| parse_wal_path(&o.path).map(|id| (id, o.size)))
                 .collect();
             let max_id = listed.keys().next_back().copied().unwrap_or(0);
-            let fence_id = max_id.max(manifest.wal_replay_from.saturating_sub(1)) + 1;
+            let fence_id = max_id
+                .max(manifest.wal_replay_from.saturating_sub(1))
+                .max(floor)
+                + 1;
+            let writer_epoch = (fence_id << EPOCH_RANDOM_BITS)
+                | (rand::random::<u64>() & ((1 << EPOCH_RANDOM_BITS) - 1));
             let marker = encode_wal_segment(
                 &WalSegmentHeader {
                     segment_id: fence_id,
@@ -239,7 +225,7 @@ impl Db {
                 .put(&wal_path(p, fence_id), marker, PutMode::Create)
                 .await
             {
-                Ok(()) => break (listed, fence_id),
+                Ok(()) => {}
                 Err(StoreError::AlreadyExists(_)) => {
                     tracing::warn!(
                         partition = p,
@@ -247,9 +233,25 @@ impl Db {
                         "another writer raced us to the fence; re-listing"
                     );
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
                 }
                 Err(e) => return Err(e.into()),
             }
+            // Re-read the manifest after winning the marker: if the replay point moved past
+            // the marker while we listed (a slow open racing WAL GC), the names we saw may have
+            // been deleted and the marker fences nobody: fence again above the replay point.
+            let latest = load_or_init_manifest(&*manifests, p).await?;
+            if latest.wal_replay_from > fence_id {
+                tracing::warn!(
+                    partition = p,
+                    fence_id,
+                    replay_from = latest.wal_replay_from,
+                    "replay point moved past our fence while opening; fencing again"
+                );
+                floor = latest.wal_replay_from - 1;
+                continue;
+            }
+            break (latest, listed, fence_id, writer_epoch);
         };
 
         // Replay [replay_from, fence_id): every segment there must exist (ids are sequential
@@ -321,12 +323,14 @@ impl Db {
             report.replayed_segments += 1;
         }
         landed.push(fence_id, 0);
-        report.next_seq = max_seq + 1;
 
         // Claim the manifest: stamp it with our epoch. From here on, a manifest stamped with
         // another epoch means another writer took over (compactors keep the stamp).
         let manifest = claim_manifest(&*manifests, p, manifest, writer_epoch).await?;
         report.manifest_version = manifest.version;
+        // Seqs continue above everything flushed, including what the claim rebased onto.
+        max_seq = max_seq.max(manifest.last_flushed_seq);
+        report.next_seq = max_seq + 1;
         let version = Arc::new(open_version(&src, p, manifest.clone(), &HashMap::new()).await?);
         let (durable_tx, _) = watch::channel(max_seq);
         let inner = Arc::new(DbInner {
@@ -578,6 +582,36 @@ pub(crate) fn live(e: Option<Entry>, now: u64) -> Option<(Bytes, u64)> {
     Some((e.value, e.seq))
 }
 
+/// Low bits of a writer epoch that are random; the high bits are the fence segment id.
+const EPOCH_RANDOM_BITS: u32 = 24;
+
+async fn load_or_init_manifest(
+    manifests: &dyn ManifestStore,
+    p: u32,
+) -> EngineResult<Arc<Manifest>> {
+    if let Some(m) = manifests.load_latest(p).await? {
+        return Ok(m);
+    }
+    let m = Manifest {
+        version: 1,
+        writer_epoch: 0,
+        wal_replay_from: 1,
+        next_sst_id: 1,
+        created_ms: now_ms(),
+        ..Default::default()
+    };
+    match manifests.commit(p, &m).await {
+        Ok(()) => Ok(Arc::new(m)),
+        Err(ManifestError::Conflict { .. }) => manifests
+            .load_latest(p)
+            .await?
+            .ok_or_else(|| EngineError::Internal("manifest vanished after a conflict".into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Stamps the latest manifest with our epoch. Gives up if a writer that fenced after us
+/// (a higher epoch) claimed it first: building on its claim would hide its writes from us.
 async fn claim_manifest(
     manifests: &dyn ManifestStore,
     p: u32,
@@ -585,6 +619,12 @@ async fn claim_manifest(
     writer_epoch: u64,
 ) -> EngineResult<Arc<Manifest>> {
     loop {
+        if base.writer_epoch > writer_epoch {
+            return Err(EngineError::Unavailable(format!(
+                "a newer writer (epoch {:x}) opened partition {p} while we were opening",
+                base.writer_epoch
+            )));
+        }
         let mut next = (*base).clone();
         next.version = base.version + 1;
         next.writer_epoch = writer_epoch;

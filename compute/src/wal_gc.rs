@@ -4,12 +4,18 @@
 //! that manifest lists, so recovery never reads it. It is deleted only after the replay point
 //! has been past it for a grace period: a writer opening concurrently may have read an older
 //! manifest a moment ago and will still replay from that older point.
+//!
+//! Fencing markers (empty segments) are never deleted: a deposed writer's next segment name is
+//! always some newer writer's marker, and a freed marker name would let it create that name
+//! and acknowledge writes nobody replays (found by the model check in
+//! `compute/tests/fencing_model.rs`).
 
 use crate::db::{DbInner, STATE_OPEN};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata_format::{WAL_HEADER_LEN, WAL_TRAILER_LEN};
 use strata_manifest::layout::{parse_wal_path, wal_path, wal_prefix};
 
 /// How long a segment stays after the replay point moved past it.
@@ -52,9 +58,16 @@ pub(crate) async fn run(inner: Arc<DbInner>) {
             }
         };
         let mut n = 0u64;
-        for id in listed.iter().filter_map(|o| parse_wal_path(&o.path)) {
+        let marker_len = (WAL_HEADER_LEN + WAL_TRAILER_LEN) as u64;
+        for (id, size) in listed
+            .iter()
+            .filter_map(|o| parse_wal_path(&o.path).map(|id| (id, o.size)))
+        {
             if id >= safe {
                 break;
+            }
+            if size == marker_len {
+                continue;
             }
             if let Err(e) = inner.store.delete(&wal_path(p, id)).await {
                 tracing::debug!(error = %e, segment = id, "WAL GC delete failed");

@@ -53,11 +53,27 @@ impl Retrying {
         Retrying { inner, policy }
     }
 
-    async fn run<T, F, Fut>(&self, op: &'static str, path: &str, mut f: F) -> StoreResult<T>
+    async fn run<T, F, Fut>(&self, op: &'static str, path: &str, f: F) -> StoreResult<T>
     where
         F: FnMut() -> Fut + Send,
         Fut: Future<Output = StoreResult<T>> + Send,
     {
+        self.run_tracked(op, path, f).await.0
+    }
+
+    /// Like `run`, and also says whether some attempt had an unknown outcome (a transient
+    /// error or a timeout: the request may have taken effect).
+    async fn run_tracked<T, F, Fut>(
+        &self,
+        op: &'static str,
+        path: &str,
+        mut f: F,
+    ) -> (StoreResult<T>, bool)
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = StoreResult<T>> + Send,
+    {
+        let mut ambiguous = false;
         let start = Instant::now();
         let mut backoff = self.policy.base_backoff;
         let mut attempt = 0;
@@ -77,11 +93,12 @@ impl Retrying {
                         && attempt < self.policy.max_attempts
                         && start.elapsed() + backoff < self.policy.total_timeout =>
                 {
+                    ambiguous = true;
                     tracing::debug!(op, path, attempt, error = %e, "retrying object store request");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.policy.max_backoff);
                 }
-                other => return other,
+                other => return (other, ambiguous),
             }
         }
     }
@@ -90,12 +107,12 @@ impl Retrying {
 #[async_trait]
 impl Store for Retrying {
     async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> StoreResult<()> {
-        let res = self
-            .run("put", path, || self.inner.put(path, data.clone(), mode))
+        let (res, ambiguous) = self
+            .run_tracked("put", path, || self.inner.put(path, data.clone(), mode))
             .await;
         match (res, mode) {
-            (Err(StoreError::AlreadyExists(p)), PutMode::Create) => {
-                // Did an earlier (timed out, or internally retried) attempt of ours win?
+            (Err(StoreError::AlreadyExists(p)), PutMode::Create) if ambiguous => {
+                // Did an earlier attempt of ours, whose outcome we never learned, win?
                 match self.run("get", path, || self.inner.get(path)).await {
                     Ok(existing) if existing == data => Ok(()),
                     _ => Err(StoreError::AlreadyExists(p)),
