@@ -38,3 +38,23 @@ pub use wal::{
     decode_wal_segment, encode_wal_segment, WalSegmentHeader, WAL_FORMAT_VERSION, WAL_HEADER_LEN,
     WAL_MAGIC, WAL_TRAILER_LEN, WAL_TRAILER_MAGIC,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn public_types_cross_threads() {
+        assert_send::<SstBuilder>();
+        assert_send_sync::<DataBlock>();
+        assert_send_sync::<SstIndex>();
+        assert_send_sync::<BloomFilter>();
+        assert_send_sync::<SstFooter>();
+        assert_send_sync::<Entry>();
+        assert_send_sync::<Manifest>();
+        assert_send_sync::<FormatError>();
+    }
+}

@@ -81,6 +81,17 @@ fn map_err(op: &'static str, path: &str, e: object_store::Error) -> StoreError {
             if detail.contains("409") && detail.contains("Conflict") {
                 return StoreError::AlreadyExists(path.to_string());
             }
+            // A client error (bad range, denied, bad request) will not go away on retry;
+            // timeouts (408), throttling (429) and server errors (5xx) may.
+            if let Some(code) = http_status(&detail) {
+                if (400..500).contains(&code) && code != 408 && code != 429 {
+                    return StoreError::Other {
+                        op,
+                        path: path.to_string(),
+                        detail,
+                    };
+                }
+            }
             StoreError::Unavailable {
                 op,
                 path: path.to_string(),
@@ -88,6 +99,16 @@ fn map_err(op: &'static str, path: &str, e: object_store::Error) -> StoreError {
             }
         }
     }
+}
+
+/// The HTTP status an `object_store` error message carries, if any.
+fn http_status(detail: &str) -> Option<u16> {
+    // Messages look like "... Received redirect/error ... status: 416 Range Not Satisfiable".
+    let i = detail.find("status")?;
+    detail[i..]
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|t| t.len() == 3)
+        .and_then(|t| t.parse().ok())
 }
 
 #[async_trait]

@@ -144,7 +144,10 @@ impl DataBlock {
         let mut next_restart = restarts.next();
 
         let mut keys: Vec<u8> = Vec::new();
-        let mut parsed: Vec<Parsed> = Vec::with_capacity(entry_bytes.len() / 6);
+        // A restart point per `restart_interval` (16 by default) entries; entries take at least
+        // 6 bytes. Neither bound alone is a good guess for blocks of one huge value.
+        let mut parsed: Vec<Parsed> =
+            Vec::with_capacity(n_restarts.saturating_mul(16).min(entry_bytes.len() / 6));
         let mut r = Reader::new(entry_bytes, WHAT);
         while !r.is_empty() {
             let at = r.position();

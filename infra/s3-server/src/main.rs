@@ -17,8 +17,11 @@
 //!
 //! ```text
 //! strata-s3-server --root DIR [--listen 127.0.0.1:9000] [--access-key K --secret-key S]
-//!                  [--bucket NAME]...
+//!                  [--bucket NAME]... [--unsafe-no-locks]
 //! ```
+//!
+//! `--unsafe-no-locks` serves plain s3s-fs, races included: only for checking that a test
+//! detects them.
 //!
 //! Prints `listening on HOST:PORT` on stdout once it accepts connections (`--listen
 //! 127.0.0.1:0` picks a free port; read it from that line). Exits on SIGTERM or SIGINT.
@@ -50,6 +53,9 @@ struct Options {
     access_key: Option<String>,
     secret_key: Option<String>,
     buckets: Vec<String>,
+    /// Testing aid: serve without the per-key locks (plain s3s-fs), to check that a
+    /// conformance test really detects the check-then-rename race.
+    no_locks: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -58,6 +64,7 @@ fn parse_args() -> Result<Options, String> {
     let mut access_key = None;
     let mut secret_key = None;
     let mut buckets = Vec::new();
+    let mut no_locks = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -68,6 +75,10 @@ fn parse_args() -> Result<Options, String> {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--unsafe-no-locks" {
+            no_locks = true;
+            continue;
         }
         let mut value = || {
             inline
@@ -102,12 +113,14 @@ fn parse_args() -> Result<Options, String> {
         access_key,
         secret_key,
         buckets,
+        no_locks,
     })
 }
 
 /// Striped reader-writer locks over `(bucket, key)`.
 struct KeyLocks {
     stripes: Vec<Arc<RwLock<()>>>,
+    enabled: bool,
 }
 
 /// Guards held for the duration of one request.
@@ -118,9 +131,10 @@ enum Held {
 }
 
 impl KeyLocks {
-    fn new() -> Self {
+    fn new(enabled: bool) -> Self {
         KeyLocks {
             stripes: (0..STRIPES).map(|_| Arc::new(RwLock::new(()))).collect(),
+            enabled,
         }
     }
 
@@ -134,6 +148,9 @@ impl KeyLocks {
     /// Locks every `(bucket, key, exclusive)` at once. Stripes are taken in ascending order
     /// (a stripe wanted both ways is taken exclusively), so multi-key requests cannot deadlock.
     async fn lock(&self, wanted: &[(&str, &str, bool)]) -> Vec<Held> {
+        if !self.enabled {
+            return Vec::new();
+        }
         let mut idx: Vec<(usize, bool)> = wanted
             .iter()
             .map(|(b, k, x)| (Self::stripe(b, k), *x))
@@ -172,31 +189,84 @@ fn copy_source(src: &CopySource) -> Option<(&str, &str)> {
     }
 }
 
-/// Forwards methods that need no lock.
-macro_rules! forward {
-    ($($name:ident($input:ty) -> $output:ty;)*) => {
-        $(
-            async fn $name(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
-                self.fs.$name(req).await
-            }
-        )*
-    };
-}
-
 #[async_trait]
 impl S3 for Locked {
-    forward! {
-        create_bucket(CreateBucketInput) -> CreateBucketOutput;
-        delete_bucket(DeleteBucketInput) -> DeleteBucketOutput;
-        head_bucket(HeadBucketInput) -> HeadBucketOutput;
-        list_buckets(ListBucketsInput) -> ListBucketsOutput;
-        get_bucket_location(GetBucketLocationInput) -> GetBucketLocationOutput;
-        list_objects(ListObjectsInput) -> ListObjectsOutput;
-        list_objects_v2(ListObjectsV2Input) -> ListObjectsV2Output;
-        create_multipart_upload(CreateMultipartUploadInput) -> CreateMultipartUploadOutput;
-        upload_part(UploadPartInput) -> UploadPartOutput;
-        list_parts(ListPartsInput) -> ListPartsOutput;
-        abort_multipart_upload(AbortMultipartUploadInput) -> AbortMultipartUploadOutput;
+    // Requests that need no lock: bucket operations, listings, parts of multipart uploads.
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.fs.create_bucket(req).await
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.fs.delete_bucket(req).await
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.fs.head_bucket(req).await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.fs.list_buckets(req).await
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.fs.get_bucket_location(req).await
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.fs.list_objects(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.fs.list_objects_v2(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.fs.create_multipart_upload(req).await
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.fs.upload_part(req).await
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        self.fs.list_parts(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.fs.abort_multipart_upload(req).await
     }
 
     async fn put_object(
@@ -268,8 +338,10 @@ impl S3 for Locked {
             .iter()
             .map(|o| o.key.clone())
             .collect();
-        let want: Vec<(&str, &str, bool)> =
-            keys.iter().map(|k| (b.as_str(), k.as_str(), true)).collect();
+        let want: Vec<(&str, &str, bool)> = keys
+            .iter()
+            .map(|k| (b.as_str(), k.as_str(), true))
+            .collect();
         let _g = self.locks.lock(&want).await;
         self.fs.delete_objects(req).await
     }
@@ -314,7 +386,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(opts)) {
+    let result = rt.block_on(run(opts));
+    // Don't wait for idle keep-alive connections or stray blocking file operations.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log(&e);
@@ -330,18 +405,27 @@ async fn run(opts: Options) -> Result<(), String> {
         let dir = opts.root.join(b);
         std::fs::create_dir_all(&dir).map_err(|e| format!("create bucket {b}: {e}"))?;
     }
+    if opts.no_locks {
+        log("WARNING: --unsafe-no-locks: conditional PUTs race under concurrency");
+    }
     let fs = s3s_fs::FileSystem::new(&opts.root)
-        .map_err(|e| format!("open root {}: {e}", opts.root.display()))?;
+        .map_err(|e| format!("open root {}: {e:?}", opts.root.display()))?;
     let service = {
         let mut b = s3s::service::S3ServiceBuilder::new(Locked {
             fs,
-            locks: KeyLocks::new(),
+            locks: KeyLocks::new(!opts.no_locks),
         });
         if let (Some(ak), Some(sk)) = (opts.access_key, opts.secret_key) {
             b.set_auth(s3s::auth::SimpleAuth::from_single(ak, sk));
         }
         b.build()
     };
+
+    // Handlers first: a SIGTERM sent right after the `listening` line must be a clean exit.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("install SIGTERM handler: {e}"))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("install SIGINT handler: {e}"))?;
 
     let listener = TcpListener::bind(&opts.listen)
         .await
@@ -354,11 +438,6 @@ async fn run(opts: Options) -> Result<(), String> {
         let _ = writeln!(out, "listening on {addr}");
         let _ = out.flush();
     }
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("install SIGTERM handler: {e}"))?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| format!("install SIGINT handler: {e}"))?;
 
     loop {
         let (socket, _peer) = tokio::select! {
