@@ -61,20 +61,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     // Serve health (NOT_SERVING) and reflection while recovering; KV answers UNAVAILABLE.
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status("strata.v1.KV", ServingStatus::NotServing)
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(strata_compute::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    set_health(&health, ServingStatus::NotServing).await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(strata_compute::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .context("building reflection service")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(strata_compute::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
         .context("building reflection service")?;
     let kv = KvService::new();
@@ -178,10 +174,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
 
     kv.set_db(db.clone());
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status("strata.v1.KV", ServingStatus::Serving)
-        .await;
+    set_health(&health, ServingStatus::Serving).await;
     tracing::info!(
         "strata listening on {local} (object store {}, data dir {})",
         store.describe(),
@@ -193,12 +186,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         r = stop_rx.changed() => { r.ok(); }
     }
     tracing::info!("shutting down");
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status("strata.v1.KV", ServingStatus::NotServing)
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
     // Requests in flight finish; then every accepted write becomes durable and memtables flush.
     let _ = tokio::time::timeout(Duration::from_secs(10), grpc).await;
@@ -215,6 +203,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     report_requests(&meter);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Health of the whole server (`""`) and of `strata.v1.KV` move together.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for service in ["", "strata.v1.KV"] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 fn report_requests(meter: &Metered) {

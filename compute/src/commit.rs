@@ -227,9 +227,15 @@ impl Committer {
                 && !over_budget
                 && self.group.bytes < self.inner.opts.max_group_bytes;
             tokio::select! {
-                res = async { (&mut inflight.as_mut().expect("guarded").task).await }, if inflight.is_some() => {
-                    let f = inflight.take().expect("guarded");
-                    inflight = self.landed(f, res);
+                res = async {
+                    match inflight.as_mut() {
+                        Some(f) => (&mut f.task).await,
+                        None => std::future::pending().await,
+                    }
+                }, if inflight.is_some() => {
+                    if let Some(f) = inflight.take() {
+                        inflight = self.landed(f, res);
+                    }
                 }
                 msg = self.rx.recv(), if can_take => {
                     match msg {

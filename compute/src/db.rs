@@ -525,7 +525,14 @@ impl Db {
     /// memtables (best effort within `timeout`), and stops background tasks.
     pub async fn close(&self, timeout: Duration) -> EngineResult<()> {
         let was_open = self.inner.state.load(Ordering::Acquire) == STATE_OPEN;
-        self.commit.shutdown().await;
+        // Bounded: with the store down, accepted writes can't become durable; they stay
+        // unacknowledged (their clients see UNAVAILABLE) and nothing acknowledged is at risk.
+        if tokio::time::timeout(timeout, self.commit.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("accepted writes did not become durable before the close deadline");
+        }
         if was_open {
             self.commit.freeze_now().await.ok();
             let deadline = tokio::time::Instant::now() + timeout;

@@ -216,7 +216,16 @@ impl Store for LocalStore {
         self.blocking(move |_| {
             let mut f = File::open(&full).map_err(|e| map_read_err("get_range", &path, e))?;
             let len = range.end.saturating_sub(range.start);
-            let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+            // No object Strata writes is near this; a bigger range is a corrupt handle.
+            const MAX_RANGE: u64 = 1 << 30;
+            if len > MAX_RANGE {
+                return Err(StoreError::Other {
+                    op: "get_range",
+                    path,
+                    detail: format!("range of {len} bytes is larger than {MAX_RANGE}"),
+                });
+            }
+            let mut buf = vec![0u8; len as usize];
             f.seek(SeekFrom::Start(range.start))
                 .map_err(|e| other("get_range", &path, e))?;
             f.read_exact(&mut buf)
