@@ -159,3 +159,69 @@ async fn a_second_writer_fences_the_first() {
         .unwrap();
     assert_eq!(get(&b, "k").await.map(|v| v.0), Some("from-a".into()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_outage_makes_writes_unavailable_and_loses_nothing() {
+    use strata_objstore::{FaultInjecting, Faults};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::default();
+    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
+    let cache = BlockCache::open(CacheConfig {
+        memory_bytes: 8 << 20,
+        disk_dir: None,
+        disk_bytes: 0,
+    })
+    .await
+    .unwrap();
+    let opts = DbOptions {
+        write_timeout: Duration::from_millis(800),
+        ..Default::default()
+    };
+    let (db, _) = Db::open(opts, store, manifests, cache).await.unwrap();
+    let v1 = db
+        .write(vec![put("k1", "before", Cond::None)], true)
+        .await
+        .unwrap()[0]
+        .version;
+
+    faults.set_down(true);
+    let started = std::time::Instant::now();
+    let err = db
+        .write(vec![put("k2", "during", Cond::None)], true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Unavailable(_)), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a write must not hang past its deadline"
+    );
+    // Not durable, so not visible; what was acknowledged still reads.
+    assert_eq!(get(&db, "k2").await, None);
+    assert_eq!(get(&db, "k1").await, Some(("before".into(), v1)));
+
+    faults.set_down(false);
+    // The stalled segment is retried with the same name and bytes; service resumes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let v3 = loop {
+        match db.write(vec![put("k3", "after", Cond::None)], true).await {
+            Ok(o) => break o[0].version,
+            Err(EngineError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("writes did not resume: {e}"),
+        }
+    };
+    // The write that got UNAVAILABLE had an unknown outcome; its segment landed before k3's.
+    let k2 = get(&db, "k2").await;
+    assert_eq!(k2.as_ref().map(|v| v.0.as_str()), Some("during"));
+    drop(db);
+
+    // Reopen without faults, as after a crash: every acknowledged write is there.
+    let db = open(dir.path(), DbOptions::default()).await;
+    assert_eq!(get(&db, "k1").await, Some(("before".into(), v1)));
+    assert_eq!(get(&db, "k3").await, Some(("after".into(), v3)));
+    assert_eq!(get(&db, "k2").await, k2);
+    db.close(Duration::from_secs(5)).await.unwrap();
+}
