@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use strata_format::{read_all_entries, Entry, Manifest, SstInfo, SstProps};
-use strata_manifest::layout::{new_sst_id, sst_path};
+use strata_manifest::layout::{new_sst_id, parse_sst_path, sst_path, sst_prefix};
 use strata_manifest::{ManifestError, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
 use tokio::sync::watch;
@@ -31,6 +31,8 @@ const READ_CONCURRENCY: usize = 8;
 const MAX_COMMIT_ATTEMPTS: usize = 64;
 /// Fresh ids tried for one output before giving up (ids clash only by bad luck).
 const MAX_ID_ATTEMPTS: usize = 16;
+/// How often `run` sweeps orphaned SSTs.
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// Totals since the compactor started.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -167,10 +169,23 @@ impl Compactor {
         let p = self.inner.partition;
         let mut changes = self.inner.manifests.subscribe(p);
         let mut backoff = BACKOFF_MIN;
+        let mut next_sweep = Instant::now();
         info!(partition = p, "compactor started");
         loop {
             if *shutdown.borrow_and_update() {
                 break;
+            }
+            if Instant::now() >= next_sweep {
+                next_sweep = Instant::now() + ORPHAN_SWEEP_EVERY;
+                match self.sweep_orphans().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(partition = p, deleted = n, "deleted orphaned SSTs"),
+                    Err(e) => warn!(
+                        partition = p,
+                        error = format!("{e:#}"),
+                        "sweeping orphaned SSTs failed"
+                    ),
+                }
             }
             if let Err(e) = self.collect_garbage().await {
                 warn!(
@@ -282,6 +297,54 @@ impl Compactor {
             Some(e) => Err(e),
             None => Ok(deleted),
         }
+    }
+
+    /// Deletes SSTs that the latest manifest does not reference and that are older than
+    /// `orphan_grace` by the creation time in their id. Returns how many were deleted.
+    ///
+    /// Why this is safe: an SST becomes referenced only by the commit of the flush or job that
+    /// wrote it, which happens within seconds of writing it; one that is unreferenced an hour
+    /// after its creation either was never committed (its writer crashed or abandoned it) or
+    /// was compacted away long enough ago that no reader still holds a version listing it.
+    pub async fn sweep_orphans(&self) -> anyhow::Result<usize> {
+        let p = self.inner.partition;
+        let Some(m) = self.inner.manifests.load_latest(p).await? else {
+            return Ok(0);
+        };
+        let live: std::collections::HashSet<u64> =
+            m.l0.iter()
+                .chain(m.levels.iter().flatten())
+                .map(|f| f.id)
+                .collect();
+        let queued: std::collections::HashSet<u64> =
+            self.inner.pending.lock().iter().map(|d| d.id).collect();
+        let grace_ms = self.inner.opts.orphan_grace.as_millis() as u64;
+        let now = now_ms();
+        let listed = self
+            .inner
+            .store
+            .list(&sst_prefix(p))
+            .await
+            .context("listing SSTs")?;
+        let mut deleted = 0;
+        for id in listed.iter().filter_map(|o| parse_sst_path(&o.path)) {
+            let created_ms = id >> 20;
+            if live.contains(&id)
+                || queued.contains(&id)
+                || now.saturating_sub(created_ms) < grace_ms
+            {
+                continue;
+            }
+            let path = sst_path(p, id);
+            self.inner
+                .store
+                .delete(&path)
+                .await
+                .with_context(|| format!("deleting orphaned {path}"))?;
+            deleted += 1;
+        }
+        self.inner.stats.lock().files_deleted += deleted as u64;
+        Ok(deleted)
     }
 
     /// One job: plan, execute, commit.

@@ -58,6 +58,11 @@ pub struct CompactionOptions {
     /// Inputs are deleted this long after the commit that dropped them (default 5 min):
     /// readers may still hold an older manifest version that references them.
     pub gc_grace: Duration,
+    /// An SST that no manifest references is deleted once it is this old (by the creation
+    /// time in its id): outputs of flushes and compactions that crashed before their commit,
+    /// and compacted inputs whose deletion was lost with a restart. In-flight outputs are far
+    /// younger; default 1 h.
+    pub orphan_grace: Duration,
 }
 
 impl Default for CompactionOptions {
@@ -70,6 +75,7 @@ impl Default for CompactionOptions {
             target_file_bytes: 64 << 20,
             sst: SstOptions::default(),
             gc_grace: Duration::from_secs(5 * 60),
+            orphan_grace: Duration::from_secs(60 * 60),
         }
     }
 }

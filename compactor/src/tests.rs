@@ -16,7 +16,7 @@ use strata_objstore::{ObjectStoreBackend, PutMode, Store};
 use tokio::sync::watch;
 
 use crate::compactor::Committed;
-use crate::{plan, CompactionOptions, Compactor};
+use crate::{now_ms, plan, CompactionOptions, Compactor};
 
 const P: u32 = 3;
 const EPOCH: u64 = 7;
@@ -658,6 +658,7 @@ async fn random_workload_matches_the_model() {
             ..SstOptions::default()
         },
         gc_grace: Duration::ZERO,
+        orphan_grace: Duration::from_secs(3600),
     };
     let c = env.compactor(opts);
     let mut rng = StdRng::seed_from_u64(0x5eed_c0de);
@@ -723,4 +724,33 @@ async fn random_workload_matches_the_model() {
     assert_eq!(s.jobs as usize, reports.len());
     assert_eq!(s.pending_deletions, 0);
     assert!(s.write_amplification > 1.0);
+}
+
+#[tokio::test]
+async fn orphan_sweep_deletes_only_old_unreferenced_ssts() {
+    let env = Env::new().await;
+    env.flush(vec![put("a", 1, "v")]).await;
+    let live = env.sst_objects().await;
+    assert_eq!(live.len(), 1);
+    // An output whose commit never happened, written "two hours ago" (ids carry their
+    // creation time), and a fresh one that may still be on its way to a commit.
+    let store = env.store.clone();
+    let two_hours_ago = (now_ms() - 2 * 3600 * 1000) << 20;
+    let fresh = now_ms() << 20 | 7;
+    for id in [two_hours_ago, fresh] {
+        store
+            .put(
+                &sst_path(P, id),
+                Bytes::from_static(b"orphan"),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+    }
+    let c = env.compactor(small_opts());
+    assert_eq!(c.sweep_orphans().await.unwrap(), 1);
+    let left = env.sst_objects().await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&two_hours_ago));
+    assert!(left.contains(&fresh));
 }
