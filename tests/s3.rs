@@ -208,15 +208,31 @@ fn metric(server: &Server, name: &str) -> u64 {
         .and_then(|r| r.split('/').next())
         .unwrap_or_else(|| panic!("no metrics address in the server log:\n{text}"))
         .to_string();
-    let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read metrics");
+    // A scrape is retried a few times: one failed connection must not fail a test (CI once
+    // saw a broken pipe here); a server that really died fails the next gRPC call anyway.
+    let fetch = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(&addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    };
+    let mut attempt = 0;
+    let body = loop {
+        attempt += 1;
+        match fetch() {
+            Ok(b) => break b,
+            Err(e) if attempt < 5 => {
+                eprintln!("metrics scrape of {addr} failed ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("metrics scrape of {addr} failed {attempt} times: {e}"),
+        }
+    };
     body.lines()
         .find_map(|l| {
             let (n, v) = l.split_once(' ')?;

@@ -153,6 +153,18 @@ fn unsafe_kill(pid: i32, sig: i32) {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A failing test shows what the server said: whether it was still running, and its
+        // last log lines (a server that died explains most odd client errors).
+        if std::thread::panicking() {
+            let status = self.child.try_wait();
+            let lines = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+            let tail = lines.len().saturating_sub(40);
+            eprintln!(
+                "--- strata server {} (status {status:?}), last log lines:\n{}",
+                self.addr,
+                lines[tail..].join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
