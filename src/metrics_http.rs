@@ -25,15 +25,19 @@ pub async fn serve(
         };
         let body = render(&db, &meter, &cache);
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
+            // Read the request head (it may arrive in pieces) before answering, so the
+            // response never races an unread request into a connection reset.
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
                     _ => return,
-                };
-            let req = String::from_utf8_lossy(&buf[..n]);
+                }
+            }
+            let req = String::from_utf8_lossy(&buf);
             let ok = req.starts_with("GET /metrics") || req.starts_with("GET / ");
             let resp = if ok {
                 format!(
