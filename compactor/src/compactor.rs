@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use strata_format::{read_all_entries, Entry, Manifest, SstInfo, SstProps};
-use strata_manifest::layout::{new_sst_id, parse_sst_path, sst_path, sst_prefix};
+use strata_manifest::layout::{new_sst_id, parse_sst_path, sst_created_ms, sst_path, sst_prefix};
 use strata_manifest::{ManifestError, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
 use tokio::sync::watch;
@@ -328,7 +328,7 @@ impl Compactor {
             .context("listing SSTs")?;
         let mut deleted = 0;
         for id in listed.iter().filter_map(|o| parse_sst_path(&o.path)) {
-            let created_ms = id >> 20;
+            let created_ms = sst_created_ms(id);
             if live.contains(&id)
                 || queued.contains(&id)
                 || now.saturating_sub(created_ms) < grace_ms

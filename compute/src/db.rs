@@ -143,12 +143,7 @@ pub struct RecoveryReport {
     pub next_seq: u64,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use strata_manifest::now_ms;
 
 /// Reads the store's instance id, creating it on a fresh store.
 pub async fn store_uid(store: &Arc<dyn Store>) -> EngineResult<u64> {

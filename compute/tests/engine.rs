@@ -9,7 +9,10 @@ use strata_manifest::{EmbeddedManifestStore, ManifestStore};
 use strata_objstore::{LocalStore, Store};
 
 async fn open(dir: &std::path::Path, opts: DbOptions) -> Db {
-    let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir).unwrap());
+    open_on(Arc::new(LocalStore::open(dir).unwrap()), opts).await
+}
+
+async fn open_on(store: Arc<dyn Store>, opts: DbOptions) -> Db {
     let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
     let cache = BlockCache::open(CacheConfig {
         memory_bytes: 8 << 20,
@@ -167,19 +170,11 @@ async fn a_store_outage_makes_writes_unavailable_and_loses_nothing() {
     let faults = Faults::default();
     let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
     let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
-    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
-    let cache = BlockCache::open(CacheConfig {
-        memory_bytes: 8 << 20,
-        disk_dir: None,
-        disk_bytes: 0,
-    })
-    .await
-    .unwrap();
     let opts = DbOptions {
         write_timeout: Duration::from_millis(800),
         ..Default::default()
     };
-    let (db, _) = Db::open(opts, store, manifests, cache).await.unwrap();
+    let db = open_on(store, opts).await;
     let v1 = db
         .write(vec![put("k1", "before", Cond::None)], true)
         .await

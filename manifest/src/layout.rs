@@ -65,11 +65,16 @@ pub fn parse_manifest_path(path: &str) -> Option<u64> {
 /// need to be unique (SSTs are created with create-if-absent, and a clash just draws again);
 /// time order makes listings readable.
 pub fn new_sst_id() -> u64 {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    (ms << 20) | (rand::random::<u64>() & 0xf_ffff)
+    (crate::now_ms() << SST_ID_RANDOM_BITS)
+        | (rand::random::<u64>() & ((1 << SST_ID_RANDOM_BITS) - 1))
+}
+
+/// Low bits of an SST id that are random.
+const SST_ID_RANDOM_BITS: u32 = 20;
+
+/// When an SST was created, in milliseconds since the Unix epoch, read from its id.
+pub fn sst_created_ms(id: u64) -> u64 {
+    id >> SST_ID_RANDOM_BITS
 }
 
 /// The object that names the store instance (a random id used to key caches).
