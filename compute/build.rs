@@ -5,7 +5,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("strata_descriptor.bin"))
         .bytes(".")
-        .compile_protos(&["proto/strata/v1/kv.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/strata/v1/kv.proto", "proto/strata/v1/admin.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto/strata/v1/kv.proto");
+    println!("cargo:rerun-if-changed=proto/strata/v1/admin.proto");
     Ok(())
 }

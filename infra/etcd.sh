@@ -3,8 +3,11 @@
 #
 #   infra/etcd.sh install                           apt-get install etcd-server etcd-client if missing
 #   infra/etcd.sh start [DIR] [CLIENT_PORT] [PEER_PORT]   fresh data dir, start, wait, print env
+#   infra/etcd.sh restart [DIR] [CLIENT_PORT] [PEER_PORT] stop if running, start again KEEPING
+#                                                   the data dir (an existing member), print env
 #   infra/etcd.sh env   [DIR]                       print the env of the running etcd again
 #   infra/etcd.sh stop  [DIR]                       stop it (SIGTERM by pid file)
+#   infra/etcd.sh kill9 [DIR]                       SIGKILL it (a crash: no clean shutdown)
 #   infra/etcd.sh status [DIR]                      exit 0 when it runs
 #
 # DIR          state directory: data/, pid, log, env  (default $STRATA_ETCD_DIR or /tmp/strata-etcd)
@@ -62,7 +65,12 @@ install() {
     etcd_bin >/dev/null || die "etcd not found after install"
 }
 
+# start fresh|keep: `fresh` wipes DIR/data and bootstraps a new one-member cluster; `keep`
+# starts the member already in DIR/data (same ports as before: the peer URL is recorded in
+# the data). etcd reads an existing member's cluster from its data dir, so `keep` passes no
+# --initial-cluster* flags (they only apply to bootstrapping).
 start() {
+    local mode="$1"
     install
     local bin
     bin="$(etcd_bin)"
@@ -71,18 +79,26 @@ start() {
     if pid_alive "$DIR/pid"; then
         stop_pidfile "$DIR/pid" etcd
     fi
-    port_in_use "$CPORT" && die "port $CPORT is already in use (infra/etcd.sh start DIR CLIENT_PORT PEER_PORT)"
-    port_in_use "$PPORT" && die "port $PPORT is already in use (infra/etcd.sh start DIR CLIENT_PORT PEER_PORT)"
-    rm -rf "$DIR/data" "$DIR/env"
-    mkdir -p "$DIR/data"
-    chmod 700 "$DIR/data"
-    : >"$DIR/log"
+    port_in_use "$CPORT" && die "port $CPORT is already in use (infra/etcd.sh $cmd DIR CLIENT_PORT PEER_PORT)"
+    port_in_use "$PPORT" && die "port $PPORT is already in use (infra/etcd.sh $cmd DIR CLIENT_PORT PEER_PORT)"
     local c="http://127.0.0.1:$CPORT" p="http://127.0.0.1:$PPORT"
+    local bootstrap=()
+    rm -f "$DIR/env"
+    if [ "$mode" = keep ]; then
+        [ -d "$DIR/data/member" ] || die "no etcd data in $DIR/data to restart (infra/etcd.sh start $DIR)"
+        echo "--- restart $(date -u +%FT%TZ)" >>"$DIR/log"
+    else
+        rm -rf "$DIR/data"
+        mkdir -p "$DIR/data"
+        chmod 700 "$DIR/data"
+        : >"$DIR/log"
+        bootstrap=(--initial-cluster "strata-dev=$p" --initial-cluster-state new
+            --initial-cluster-token "strata-dev-$$")
+    fi
     "$bin" --name strata-dev --data-dir "$DIR/data" \
         --listen-client-urls "$c" --advertise-client-urls "$c" \
         --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" \
-        --initial-cluster "strata-dev=$p" --initial-cluster-state new \
-        --initial-cluster-token "strata-dev-$$" \
+        "${bootstrap[@]}" \
         </dev/null >>"$DIR/log" 2>&1 &
     echo $! >"$DIR/pid"
     local deadline=$(( $(date +%s) + 30 ))
@@ -105,8 +121,24 @@ start() {
 
 case "$cmd" in
     install) install ;;
-    start) start ;;
+    start) start fresh ;;
+    restart) start keep ;;
     stop) stop_pidfile "$DIR/pid" etcd ;;
+    kill9)
+        if pid_alive "$DIR/pid"; then
+            pid="$(cat "$DIR/pid")"
+            kill -KILL "$pid" 2>/dev/null || true
+            for _ in $(seq 1 100); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -0 "$pid" 2>/dev/null && die "etcd pid $pid still there 10 s after SIGKILL"
+            say "etcd: killed (pid $pid)"
+        else
+            say "etcd: not running"
+        fi
+        rm -f "$DIR/pid"
+        ;;
     env)
         pid_alive "$DIR/pid" || die "no etcd running for $DIR (infra/etcd.sh start $DIR)"
         cat "$DIR/env"

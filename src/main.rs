@@ -1,7 +1,8 @@
-//! The `strata` command: serve, bench, and a human client (get/put/delete/scan).
+//! The `strata` command: serve, bench, ctl, and a human client (get/put/delete/scan).
 
 mod bench;
 mod client_cli;
+mod ctl;
 mod metrics_http;
 mod serve;
 
@@ -25,6 +26,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Drive a server over gRPC and report throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Administer a cluster through etcd: status, drain, undrain.
+    Ctl(ctl::CtlArgs),
     #[command(flatten)]
     Client(client_cli::ClientCommand),
 }
@@ -61,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(serve::run(args))
         }
         Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::Ctl(args) => rt.block_on(ctl::run(args)),
         Command::Client(cmd) => rt.block_on(client_cli::run(cmd)),
     }
 }

@@ -3,14 +3,14 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use strata_cache::BlockCache;
-use strata_compute::Db;
+use strata_compute::{DbStats, EngineMetrics};
 use strata_objstore::Metered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 pub async fn serve(
     listener: TcpListener,
-    db: Db,
+    source: StatsSource,
     meter: Metered,
     cache: BlockCache,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -23,7 +23,8 @@ pub async fn serve(
         let Ok((mut sock, _)) = accepted else {
             continue;
         };
-        let body = render(&db, &meter, &cache);
+        let (m, st) = source();
+        let body = render(&m, &st, &meter, &cache);
         tokio::spawn(async move {
             // Read the request head (it may arrive in pieces) before answering, so the
             // response never races an unread request into a connection reset.
@@ -55,12 +56,15 @@ pub async fn serve(
     }
 }
 
-pub fn render(db: &Db, meter: &Metered, cache: &BlockCache) -> String {
+/// The engine counters and state summary to export (one engine, or a node's partitions).
+pub type StatsSource =
+    std::sync::Arc<dyn Fn() -> (std::sync::Arc<EngineMetrics>, DbStats) + Send + Sync>;
+
+pub fn render(m: &EngineMetrics, st: &DbStats, meter: &Metered, cache: &BlockCache) -> String {
     let mut s = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     };
-    let m = db.metrics();
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     metric("strata_gets_total", "counter", "Keys read.", l(&m.gets));
     metric(
@@ -99,7 +103,6 @@ pub fn render(db: &Db, meter: &Metered, cache: &BlockCache) -> String {
         "Bytes of flushed SSTs.",
         l(&m.flush_bytes),
     );
-    let st = db.stats();
     metric(
         "strata_memtable_bytes",
         "gauge",

@@ -1,16 +1,20 @@
 //! `strata serve`: a single node on the embedded default (local directory) or any
 //! S3-compatible store.
 
+use crate::metrics_http::StatsSource;
 use anyhow::{Context, Result};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_cache::{BlockCache, CacheConfig};
 use strata_compactor::{CompactionOptions, Compactor};
-use strata_compute::server::KvService;
-use strata_compute::{Db, DbOptions};
-use strata_manifest::{EmbeddedManifestStore, ManifestStore};
+use strata_compute::cluster::{ClusterNode, ClusterOptions};
+use strata_compute::server::{AdminService, KvService};
+use strata_compute::{Db, DbOptions, DbStats, EngineMetrics};
+use strata_manifest::etcd::Etcd;
+use strata_manifest::{EmbeddedManifestStore, EtcdSettings, ManifestStore};
 use strata_objstore::{open_store, Metered, RetryPolicy, S3Settings, StoreConfig};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
@@ -46,9 +50,32 @@ pub struct ServeArgs {
     /// Budget of all memtables together, MiB; writes wait above it.
     #[arg(long, default_value_t = 256)]
     pub write_buffer_mb: u64,
-    /// Run compaction in this process (the embedded default).
+    /// Run compaction in this process (the embedded default; in a cluster, of the
+    /// partitions this node owns).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub compaction: bool,
+    /// etcd client URL(s), comma-separated: join a cluster instead of running alone. Needs
+    /// `--object-store` shared by every node; `--data-dir` then holds only the cache.
+    #[arg(long, env = "STRATA_ETCD")]
+    pub etcd: Option<String>,
+    /// Key prefix of this cluster in etcd.
+    #[arg(long, default_value = "/strata", env = "STRATA_ETCD_PREFIX")]
+    pub etcd_prefix: String,
+    /// This node's id in the cluster (default: generated).
+    #[arg(long, env = "STRATA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address other nodes and clients use to reach this node (default: the listen address).
+    #[arg(long, env = "STRATA_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Hash-range partitions of a new cluster (an existing cluster keeps its own count).
+    #[arg(long, default_value_t = 16)]
+    pub partitions: u32,
+    /// TTL of the node's etcd lease, seconds: a dead node's partitions move after this.
+    #[arg(long, default_value_t = 2)]
+    pub lease_ttl_secs: u64,
+    /// Virtual nodes per node on the consistent-hash ring.
+    #[arg(long, default_value_t = 256)]
+    pub vnodes: u32,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -86,6 +113,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 .add_service(health_svc)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
+                .add_service(AdminService::new(kv.clone()).into_server())
                 .add_service(kv.into_server())
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -120,12 +148,78 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     })
     .await
     .context("opening block cache")?;
-    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
+    let metrics = Arc::new(EngineMetrics::default());
     let opts = DbOptions {
         memtable_bytes: args.memtable_mb << 20,
         write_buffer_bytes: args.write_buffer_mb << 20,
+        metrics: Some(metrics.clone()),
         ..Default::default()
     };
+    if let Some(endpoints) = &args.etcd {
+        if args.object_store.is_none() {
+            anyhow::bail!(
+                "--etcd needs --object-store: every node of a cluster must share one bucket"
+            );
+        }
+        let settings = EtcdSettings {
+            endpoints: endpoints.split(',').map(|s| s.trim().to_string()).collect(),
+            prefix: args.etcd_prefix.clone(),
+            request_timeout: Duration::from_secs(2),
+        };
+        let node_id = args.node_id.clone().unwrap_or_else(generated_node_id);
+        let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
+        let etcd = Etcd::connect(&settings)
+            .await
+            .with_context(|| format!("connecting to etcd at {endpoints}"))?;
+        let mut copts = ClusterOptions::new(node_id, advertise.clone());
+        copts.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(1));
+        copts.vnodes = args.vnodes;
+        copts.partitions = args.partitions.max(1);
+        copts.db = opts;
+        let node = ClusterNode::start(copts, etcd, store.clone(), cache.clone(), stop_rx.clone())
+            .await
+            .context("joining the cluster")?;
+        kv.set_cluster(node.clone(), advertise.clone());
+        let compactor_task = args
+            .compaction
+            .then(|| tokio::spawn(compact_owned(node.clone(), store.clone(), stop_rx.clone())));
+        let metrics_task = match args.metrics_listen {
+            Some(addr) => {
+                let n = node.clone();
+                let m = metrics.clone();
+                let source: StatsSource = Arc::new(move || (m.clone(), sum_stats(&n.serving())));
+                Some(spawn_metrics(addr, source, &meter, &cache, &stop_rx).await?)
+            }
+            None => None,
+        };
+        set_health(&health, ServingStatus::Serving).await;
+        tracing::info!(
+            "strata listening on {local} (node {} advertised as {advertise}, {} partitions, object store {}, etcd {endpoints})",
+            node.node_id(),
+            node.partitions(),
+            store.describe()
+        );
+        tokio::select! {
+            _ = &mut shutdown => {}
+            r = stop_rx.changed() => { r.ok(); }
+        }
+        tracing::info!("shutting down: handing partitions off");
+        set_health(&health, ServingStatus::NotServing).await;
+        node.shutdown(Duration::from_secs(20)).await;
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), grpc).await;
+        if let Some(t) = compactor_task {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
+        cache.close().await.context("closing the cache")?;
+        report_requests(&meter);
+        tracing::info!("stopped");
+        return Ok(());
+    }
+    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
     let started = std::time::Instant::now();
     let open = Db::open(opts, store.clone(), manifests.clone(), cache.clone());
     let (db, report) = tokio::select! {
@@ -157,18 +251,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let metrics_task = match args.metrics_listen {
         Some(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding metrics listener on {addr}"))?;
-            let bound = l.local_addr().context("metrics address")?;
-            tracing::info!("metrics on http://{bound}/metrics");
-            Some(tokio::spawn(crate::metrics_http::serve(
-                l,
-                db.clone(),
-                meter.clone(),
-                cache.clone(),
-                stop_rx.clone(),
-            )))
+            let d = db.clone();
+            let source: StatsSource = Arc::new(move || (metrics.clone(), d.stats()));
+            Some(spawn_metrics(addr, source, &meter, &cache, &stop_rx).await?)
         }
         None => None,
     };
@@ -253,4 +338,93 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// A node id for a node started without `--node-id`.
+fn generated_node_id() -> String {
+    format!("node-{:08x}", rand::random::<u32>())
+}
+
+/// Keeps one compactor running per partition this node owns.
+async fn compact_owned(
+    node: ClusterNode,
+    store: Arc<dyn strata_objstore::Store>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut owned = node.owned();
+    let mut running: HashMap<
+        u32,
+        (
+            tokio::sync::watch::Sender<bool>,
+            tokio::task::JoinHandle<()>,
+        ),
+    > = HashMap::new();
+    loop {
+        let want = owned.borrow_and_update().clone();
+        running.retain(|p, (tx, _)| {
+            let keep = want.contains(p);
+            if !keep {
+                let _ = tx.send(true);
+            }
+            keep
+        });
+        for p in want {
+            running.entry(p).or_insert_with(|| {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                let manifests: Arc<dyn ManifestStore> = node.manifests();
+                let c = Compactor::new(store.clone(), manifests, p, CompactionOptions::default());
+                (tx, tokio::spawn(c.run(rx)))
+            });
+        }
+        tokio::select! {
+            r = owned.changed() => if r.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    for (_, (tx, t)) in running {
+        let _ = tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+}
+
+async fn spawn_metrics(
+    addr: SocketAddr,
+    source: StatsSource,
+    meter: &Metered,
+    cache: &BlockCache,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let l = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics listener on {addr}"))?;
+    let bound = l.local_addr().context("metrics address")?;
+    tracing::info!("metrics on http://{bound}/metrics");
+    Ok(tokio::spawn(crate::metrics_http::serve(
+        l,
+        source,
+        meter.clone(),
+        cache.clone(),
+        stop.clone(),
+    )))
+}
+
+/// One summary of several engines (a node's partitions).
+fn sum_stats(dbs: &[Db]) -> DbStats {
+    let mut t = DbStats::default();
+    for db in dbs {
+        let s = db.stats();
+        t.visible_seq = t.visible_seq.max(s.visible_seq);
+        t.memtable_bytes += s.memtable_bytes;
+        t.immutable_memtables += s.immutable_memtables;
+        t.manifest_version = t.manifest_version.max(s.manifest_version);
+        t.l0_files += s.l0_files;
+        t.sst_bytes += s.sst_bytes;
+        for (i, n) in s.level_files.iter().enumerate() {
+            if t.level_files.len() <= i {
+                t.level_files.resize(i + 1, 0);
+            }
+            t.level_files[i] += n;
+        }
+    }
+    t
 }

@@ -6,182 +6,34 @@
 //!   with an empty data dir (local disk is only a cache) that reads everything back;
 //! - `kill -9` in the middle of concurrent durable writes, twice, each time restarting on a
 //!   fresh empty data dir: every acknowledged write reads back;
-//! - the cost of durability: WAL PUT requests per durable write, printed.
+//! - the cost of durability: WAL PUT requests per durable write, printed;
+//! - the launchers of tests/common/infra.rs: `S3::restart` and `Etcd::restart` keep the data
+//!   and the endpoint.
 //!
 //! Without a built server (`infra/s3.sh build`) the tests are skipped with a message, unless
-//! `STRATA_REQUIRE_S3=1` (CI), which makes a missing server a failure.
+//! `STRATA_REQUIRE_S3=1` (CI), which makes a missing server a failure; likewise without etcd
+//! (`infra/etcd.sh install`), unless `STRATA_REQUIRE_ETCD=1` or `STRATA_REQUIRE_S3=1`.
 
 mod common;
 
 use bytes::Bytes;
+use common::infra::{Etcd, BUCKET, S3};
 use common::{Server, ServerOpts};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_compute::pb;
 use strata_compute::pb::kv_client::KvClient;
-use strata_objstore::{open_store, RetryPolicy, S3Settings, StoreConfig};
+use strata_objstore::PutMode;
 use tonic::transport::Channel;
 
 type Kv = KvClient<Channel>;
-
-const BUCKET: &str = "strata-it";
-const ACCESS_KEY: &str = "strata-it";
-const SECRET_KEY: &str = "strata-it-secret";
-const REGION: &str = "us-east-1";
-
-// ---------------------------------------------------------------------------------------------
-// The S3 server
-// ---------------------------------------------------------------------------------------------
-
-/// A running infra/s3-server, killed on drop.
-struct S3 {
-    child: Child,
-    endpoint: String,
-    root: tempfile::TempDir,
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn server_bin() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("STRATA_S3_SERVER_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!(
-                "STRATA_S3_SERVER_BIN={} does not exist",
-                p.display()
-            ))
-        };
-    }
-    let mut dirs = Vec::new();
-    if let Ok(t) = std::env::var("STRATA_INFRA_TARGET_DIR") {
-        dirs.push(PathBuf::from(t));
-    }
-    dirs.push(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join("infra"),
-    );
-    let mut tried = Vec::new();
-    for d in dirs {
-        for profile in ["release", "debug"] {
-            let p = d.join(profile).join("strata-s3-server");
-            if p.is_file() {
-                return Ok(p);
-            }
-            tried.push(p.display().to_string());
-        }
-    }
-    Err(format!(
-        "strata-s3-server not built (looked at {}); run infra/s3.sh build",
-        tried.join(", ")
-    ))
-}
-
-impl S3 {
-    /// Starts the server, or returns `None` (skip) when it is not built and
-    /// `STRATA_REQUIRE_S3` is not `1`.
-    fn start() -> Option<S3> {
-        let bin = match server_bin() {
-            Ok(b) => b,
-            Err(e) => {
-                let require = std::env::var("STRATA_REQUIRE_S3").is_ok_and(|v| v == "1");
-                assert!(!require, "STRATA_REQUIRE_S3=1 but {e}");
-                eprintln!("SKIPPED (set STRATA_REQUIRE_S3=1 to make this a failure): {e}");
-                return None;
-            }
-        };
-        let root = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(&bin)
-            .arg("--root")
-            .arg(root.path())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .args(["--bucket", BUCKET])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("{} did not start within 30 s", bin.display()));
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the S3 server: {line:?}"))
-            .trim()
-            .to_string();
-        Some(S3 {
-            child,
-            endpoint: format!("http://{addr}"),
-            root,
-        })
-    }
-
-    /// The client environment, as `infra/s3.sh env` prints it. Empty values override stray
-    /// variables of the test's own environment (the server ignores empty ones).
-    fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-            ("AWS_ENDPOINT_URL_S3", ""),
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-            ("AWS_SESSION_TOKEN", ""),
-            ("AWS_REGION", REGION),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    }
-
-    /// Object counts under `s3://BUCKET/prefix`, grouped by kind (`wal`, `sst`, `manifest`, ...).
-    async fn census(&self, prefix: &str) -> BTreeMap<String, (usize, u64)> {
-        let (store, _) = open_store(&StoreConfig {
-            url: format!("s3://{BUCKET}/{prefix}"),
-            s3: S3Settings {
-                endpoint: Some(self.endpoint.clone()),
-                region: Some(REGION.into()),
-                access_key_id: Some(ACCESS_KEY.into()),
-                secret_access_key: Some(SECRET_KEY.into()),
-                session_token: None,
-            },
-            retry: RetryPolicy::default(),
-        })
-        .expect("open store for census");
-        let mut out: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-        for o in store.list("").await.expect("list bucket") {
-            // Names look like `HASH-pPARTITION/KIND/ID.ext`; group by KIND.
-            let kind = o.path.split('/').nth(1).unwrap_or("other").to_string();
-            let e = out.entry(kind).or_default();
-            e.0 += 1;
-            e.1 += o.size;
-        }
-        out
-    }
-}
 
 /// `strata serve` on `s3://BUCKET/prefix`, with metrics on a free port.
 fn serve(s3: &S3, data_dir: &Path, prefix: &str, memtable_mb: u64) -> Server {
@@ -436,7 +288,7 @@ async fn serves_from_s3_and_restarts_with_an_empty_data_dir() {
     let bytes_on_s3: u64 = s3.census(prefix).await.values().map(|(_, b)| *b).sum();
     eprintln!(
         "S3 data dir {} holds {} KiB of objects",
-        s3.root.path().display(),
+        s3.root().display(),
         bytes_on_s3 >> 10
     );
 }
@@ -698,4 +550,58 @@ async fn wal_puts_per_durable_write() {
     let mut c = server.client().await;
     assert_eq!(scan_all(&mut c, "seq/").await.len(), N);
     assert_eq!(scan_all(&mut c, "par/").await.len(), N);
+}
+
+/// The test harness itself: `S3::restart` serves the same data on the same port again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_launcher_restarts_on_the_same_port_keeping_data() {
+    let Some(mut s3) = S3::start() else { return };
+    let endpoint = s3.endpoint().to_string();
+    let store = s3.store("launcher");
+    let data = Bytes::from_static(b"kept across a restart");
+    store
+        .put("a/object", data.clone(), PutMode::Create)
+        .await
+        .expect("put");
+    s3.stop();
+    let addr = endpoint.trim_start_matches("http://");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "stopped S3 server still accepts connections on {addr}"
+    );
+    s3.restart();
+    assert_eq!(s3.endpoint(), endpoint);
+    // The client made before the restart reconnects.
+    assert_eq!(
+        store.get("a/object").await.expect("get after restart"),
+        data
+    );
+}
+
+/// The test harness itself: `Etcd::restart` keeps the data (and the endpoint), after a clean
+/// stop and after `kill -9`.
+#[test]
+fn etcd_launcher_restarts_keeping_data() {
+    let Some(mut etcd) = Etcd::start() else {
+        return;
+    };
+    let endpoint = etcd.endpoint.clone();
+    etcd.etcdctl(&["put", "launcher/k", "v1"]);
+    etcd.restart();
+    assert_eq!(etcd.endpoint, endpoint);
+    assert_eq!(etcd.etcdctl(&["get", "launcher/k"]), "launcher/k\nv1\n");
+    etcd.etcdctl(&["put", "launcher/k", "v2"]);
+    etcd.kill9();
+    let addr = endpoint.trim_start_matches("http://");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "killed etcd still accepts connections on {addr}"
+    );
+    etcd.restart();
+    assert_eq!(
+        etcd.etcdctl(&["get", "--print-value-only", "launcher/k"]),
+        "v2\n"
+    );
+    etcd.stop();
+    etcd.stop();
 }

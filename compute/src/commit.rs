@@ -270,8 +270,14 @@ impl Committer {
         match msg {
             Msg::Write(w) => {
                 if self.inner.state.load(Ordering::Acquire) != STATE_OPEN {
-                    let _ = w.reply.send(Err(EngineError::Unavailable(
+                    let _ = w.reply.send(Err(EngineError::NotServing(
                         "this node lost ownership of the partition".into(),
+                    )));
+                    return;
+                }
+                if self.inner.opts.lease.as_ref().is_some_and(|l| !l.valid()) {
+                    let _ = w.reply.send(Err(EngineError::NotServing(
+                        "this node's ownership lease has lapsed".into(),
                     )));
                     return;
                 }
@@ -483,8 +489,20 @@ impl Committer {
                 self.inner.durable_seq.send_modify(|d| {
                     *d = (*d).max(f.group.max_seq);
                 });
+                // A node whose lease lapsed while the PUT was in flight must not acknowledge:
+                // a new owner may already serve the partition. The segment did land, so the
+                // outcome is unknown (the new owner's replay may or may not include it).
+                let lapsed = self.inner.opts.lease.as_ref().is_some_and(|l| !l.valid());
                 for (reply, outcomes) in f.group.waiters {
-                    let _ = reply.send(Ok(outcomes));
+                    let _ = reply.send(if lapsed {
+                        Err(EngineError::Unavailable(
+                            "write outcome unknown: this node's ownership lease lapsed before \
+                             the write was acknowledged"
+                                .into(),
+                        ))
+                    } else {
+                        Ok(outcomes)
+                    });
                 }
                 None
             }
@@ -497,7 +515,7 @@ impl Committer {
                 );
                 self.inner.state.store(STATE_FENCED, Ordering::Release);
                 self.inner.flush_wanted.notify_waiters();
-                let err = EngineError::Unavailable(
+                let err = EngineError::NotServing(
                     "write not applied: this node was fenced by a newer writer of the partition"
                         .into(),
                 );

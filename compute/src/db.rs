@@ -44,6 +44,11 @@ pub struct DbOptions {
     pub sst: SstOptions,
     /// How long a request waits for its WAL PUT before it gets `UNAVAILABLE`.
     pub write_timeout: Duration,
+    /// In a cluster: the node's ownership lease. Nothing is read or acknowledged while it
+    /// is not known to be valid (a frozen node that wakes up past its lease serves nothing).
+    pub lease: Option<crate::LeaseGuard>,
+    /// Counters to add to; a node shares one set across its partitions. Fresh when `None`.
+    pub metrics: Option<Arc<EngineMetrics>>,
 }
 
 impl Default for DbOptions {
@@ -55,6 +60,8 @@ impl Default for DbOptions {
             max_group_bytes: 8 << 20,
             sst: SstOptions::default(),
             write_timeout: Duration::from_secs(10),
+            lease: None,
+            metrics: None,
         }
     }
 }
@@ -111,7 +118,7 @@ pub(crate) struct DbInner {
     pub flush_wanted: Notify,
     pub flushed: Notify,
     pub next_memtable_id: AtomicU64,
-    pub metrics: EngineMetrics,
+    pub metrics: Arc<EngineMetrics>,
     /// Serializes installation of versions (flush and manifest watcher).
     pub install_lock: tokio::sync::Mutex<()>,
 }
@@ -347,7 +354,7 @@ impl Db {
             flush_wanted: Notify::new(),
             flushed: Notify::new(),
             next_memtable_id: AtomicU64::new(2),
-            metrics: EngineMetrics::default(),
+            metrics: opts.metrics.clone().unwrap_or_default(),
             install_lock: tokio::sync::Mutex::new(()),
         });
         let (commit, commit_task) = commit::start(inner.clone(), max_seq + 1, fence_id + 1);
@@ -374,11 +381,20 @@ impl Db {
     fn check_open(&self) -> EngineResult<()> {
         match self.inner.state.load(Ordering::Acquire) {
             STATE_OPEN => Ok(()),
-            STATE_FENCED => Err(EngineError::Unavailable(
+            STATE_FENCED => Err(EngineError::NotServing(
                 "this node lost ownership of the partition (fenced by a newer writer)".into(),
             )),
             _ => Err(EngineError::Closed),
+        }?;
+        if let Some(l) = &self.inner.opts.lease {
+            if !l.valid() {
+                return Err(EngineError::NotServing(format!(
+                    "partition {}: this node's ownership lease has lapsed",
+                    self.inner.opts.partition
+                )));
+            }
         }
+        Ok(())
     }
 
     /// Snapshot for readers: the visible seq first, then the view, so every entry with a seq
@@ -555,6 +571,29 @@ impl Db {
             t.abort();
         }
         Ok(())
+    }
+
+    /// Stops serving at once without flushing: for a node that lost its lease, whose
+    /// partitions may already have a new owner. Nothing unacknowledged becomes acknowledged.
+    pub fn abandon(&self) {
+        self.inner.state.store(STATE_FENCED, Ordering::Release);
+        self.inner.flush_wanted.notify_waiters();
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    /// The partition this engine serves.
+    pub fn partition(&self) -> u32 {
+        self.inner.opts.partition
+    }
+
+    /// Largest durable seq and largest seq in a flushed SST.
+    pub fn progress(&self) -> (u64, u64) {
+        let durable = *self.inner.durable_seq.borrow();
+        let flushed = self.inner.view.read().version.manifest.last_flushed_seq;
+        (durable, flushed)
     }
 
     /// The writer epoch of this open (random; distinguishes writers in WAL headers).

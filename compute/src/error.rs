@@ -15,6 +15,10 @@ pub enum EngineError {
     /// gets this error is unknown (like a timeout), and nothing acknowledged is lost.
     #[error("{0}")]
     Unavailable(String),
+    /// This node does not serve the partition (not its owner, opening, deposed, or its
+    /// lease lapsed) and applied nothing: the request may be retried, on the owner.
+    #[error("{0}")]
+    NotServing(String),
     /// Stored data failed a checksum or could not be decoded.
     #[error("data corruption: {0}")]
     Corruption(String),
@@ -52,7 +56,8 @@ impl From<strata_manifest::ManifestError> for EngineError {
         match e {
             M::Store(s) => s.into(),
             M::Corrupt { .. } => EngineError::Corruption(e.to_string()),
-            M::Conflict { .. } => EngineError::Unavailable(e.to_string()),
+            M::Conflict { .. } | M::Etcd(_) => EngineError::Unavailable(e.to_string()),
+            M::NotOwner { .. } => EngineError::NotServing(e.to_string()),
         }
     }
 }
@@ -63,9 +68,29 @@ impl From<EngineError> for tonic::Status {
             EngineError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
             EngineError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             EngineError::Unavailable(m) => tonic::Status::unavailable(m),
-            EngineError::Closed => tonic::Status::unavailable("server is shutting down"),
+            EngineError::Closed => retryable("server is shutting down".into()),
+            EngineError::NotServing(m) => retryable(m),
             EngineError::Corruption(m) => tonic::Status::data_loss(m),
             EngineError::Internal(m) => tonic::Status::internal(m),
         }
     }
+}
+
+/// gRPC metadata key on `UNAVAILABLE` answers whose request was certainly not applied (so
+/// a client may resend it, even a non-idempotent write, to the partition's owner).
+pub const RETRY_SAFE_HEADER: &str = "x-strata-retry-safe";
+
+/// `UNAVAILABLE` marked as safe to retry: nothing was applied.
+pub fn retryable(msg: String) -> tonic::Status {
+    let mut s = tonic::Status::unavailable(msg);
+    s.metadata_mut().insert(
+        RETRY_SAFE_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
+}
+
+/// Whether `s` says its request was certainly not applied.
+pub fn is_retry_safe(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable && s.metadata().get(RETRY_SAFE_HEADER).is_some()
 }

@@ -203,6 +203,10 @@ where
                     EngineError::Internal("manifest vanished after a conflict".into())
                 })?;
             }
+            Err(e @ ManifestError::NotOwner { .. }) => {
+                inner.state.store(STATE_FENCED, Ordering::Release);
+                return Err(e.into());
+            }
             Err(e) => return Err(e.into()),
         }
     }

