@@ -73,7 +73,8 @@ impl DurabilityArg {
 /// Flags of `strata bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Server address, HOST:PORT or a full http:// URI.
+    /// Server address, HOST:PORT or a full http:// URI; several comma-separated addresses
+    /// (nodes of one cluster) spread the connections over them.
     #[arg(long, env = "STRATA_TARGET", default_value = DEFAULT_TARGET)]
     pub target: String,
     /// What to run.
@@ -233,6 +234,10 @@ struct Ctx {
     pool: ValuePool,
     durability: i32,
     consistency: i32,
+    /// Partitions of the target (1 for a single node). A batch write is sent as one request
+    /// per partition its keys fall in, concurrently: a cluster keeps batches within one
+    /// partition.
+    partitions: u32,
 }
 
 /// A ready-to-send request.
@@ -322,11 +327,55 @@ fn build(ctx: &Ctx, rng: &mut SmallRng, plan: OpPlan) -> (Req, u64) {
     }
 }
 
+/// A batch write, split by partition and sent concurrently.
+async fn batch_write(
+    client: &mut KvClient<Channel>,
+    r: pb::BatchWriteRequest,
+    partitions: u32,
+) -> Result<(), tonic::Status> {
+    if partitions <= 1 {
+        client.batch_write(r).await?;
+        return Ok(());
+    }
+    let mut groups: std::collections::BTreeMap<u32, Vec<pb::WriteOp>> = Default::default();
+    for op in r.ops {
+        let key = match &op.op {
+            Some(pb::write_op::Op::Put(p)) => &p.key,
+            Some(pb::write_op::Op::Delete(d)) => &d.key,
+            None => continue,
+        };
+        groups
+            .entry(strata_format::partition_of(key, partitions))
+            .or_default()
+            .push(op);
+    }
+    let sends = groups.into_values().map(|ops| {
+        let mut c = client.clone();
+        let req = pb::BatchWriteRequest {
+            ops,
+            durability: r.durability,
+        };
+        async move { c.batch_write(req).await }
+    });
+    futures::future::try_join_all(sends).await?;
+    Ok(())
+}
+
+/// Partitions of the cluster behind `channel` (1 for a single node or an older server).
+async fn partitions_of(channel: Channel) -> u32 {
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    match admin.cluster_map(pb::ClusterMapRequest {}).await {
+        Ok(m) => m.into_inner().partitions.max(1),
+        Err(_) => 1,
+    }
+}
+
 /// Sends one request and waits for the whole answer (the whole stream for scans).
 async fn execute(
     client: &mut KvClient<Channel>,
     req: Req,
     bytes_written: u64,
+    partitions: u32,
 ) -> Result<Outcome, tonic::Status> {
     let mut o = Outcome {
         bytes_written,
@@ -361,7 +410,7 @@ async fn execute(
         }
         Req::BatchWrite(r) => {
             let n = r.ops.len() as u64;
-            client.batch_write(r).await?;
+            batch_write(client, r, partitions).await?;
             o.items = n;
         }
         Req::Delete(r) => {
@@ -446,7 +495,7 @@ async fn client_loop(
         let kind = plan.kind();
         let (req, bytes_written) = build(&ctx, &mut rng, plan);
         let t0 = Instant::now();
-        let result = execute(&mut client, req, bytes_written).await;
+        let result = execute(&mut client, req, bytes_written, ctx.partitions).await;
         let latency = t0.elapsed();
         match result {
             Ok(o) => {
@@ -528,7 +577,7 @@ async fn preload(
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match client.batch_write(req.clone()).await {
+                    match batch_write(&mut client, req.clone(), ctx.partitions).await {
                         Ok(_) => break,
                         Err(s) if attempt < PRELOAD_ATTEMPTS && is_retryable(s.code()) => {
                             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -614,10 +663,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     let timeout = Duration::from_millis(args.timeout_ms);
+    let targets: Vec<&str> = args
+        .target
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    anyhow::ensure!(!targets.is_empty(), "--target: no address given");
     let channels = futures::future::try_join_all(
-        (0..plan.channels).map(|_| client_cli::connect(&args.target, timeout)),
+        (0..plan.channels).map(|i| client_cli::connect(targets[i % targets.len()], timeout)),
     )
     .await?;
+    let partitions = partitions_of(channels[0].clone()).await;
     let clients: Vec<KvClient<Channel>> = (0..args.clients)
         .map(|i| client_cli::kv_client(channels[i / args.clients_per_channel].clone()))
         .collect();
@@ -628,6 +685,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         pool: ValuePool::new(&mut pool_rng),
         durability: args.durability.to_pb(),
         consistency: args.consistency.to_pb(),
+        partitions,
     });
 
     let preload_summary = if plan.preload {
@@ -865,6 +923,7 @@ mod tests {
             pool: ValuePool::new(&mut rng),
             durability: pb::Durability::Buffered as i32,
             consistency: pb::Consistency::Eventual as i32,
+            partitions: 1,
         };
         let (req, bytes) = build(&ctx, &mut rng, OpPlan::BatchWrite(vec![(1, 10), (2, 20)]));
         assert_eq!(bytes, 50 + 10 + 50 + 20);

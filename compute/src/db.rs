@@ -584,6 +584,11 @@ impl Db {
         }
     }
 
+    /// Whether the engine stopped serving by itself (a newer writer fenced it).
+    pub fn is_fenced(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) == STATE_FENCED
+    }
+
     /// The partition this engine serves.
     pub fn partition(&self) -> u32 {
         self.inner.opts.partition

@@ -119,28 +119,42 @@ impl KvService {
     /// Runs `f` against partition `p`'s current route, retrying while the partition moves
     /// (answers marked retry-safe: nothing was applied). A forwarded request is not retried
     /// here: the node that forwarded it retries, with a fresh route.
-    async fn on_partition<T, F, Fut>(
-        &self,
-        p: u32,
-        forwarded: bool,
-        f: F,
-    ) -> Result<(T, String), Status>
+    async fn on_partition<T, F, Fut>(&self, p: u32, ctx: Ctx, f: F) -> Result<(T, String), Status>
     where
         F: Fn(Route) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let deadline = Instant::now() + MOVE_RETRY_BUDGET;
+        let forwarded = ctx.forwarded;
+        let deadline = Instant::now() + ctx.budget;
+        let hard = ctx.answer_by.map(|d| tokio::time::Instant::now() + d);
         let mut backoff = Duration::from_millis(10);
         loop {
-            let res = match self.route(p) {
-                Ok(Route::Remote(addr)) if forwarded => Err(retryable(format!(
-                    "partition {p} is not served by this node (owner: {addr})"
-                ))),
-                Ok(Route::Remote(addr)) => f(Route::Remote(addr.clone())).await.map(|t| (t, addr)),
-                Ok(route) => f(route)
+            let attempt = async {
+                match self.route(p) {
+                    Ok(Route::Remote(addr)) if forwarded => Err(retryable(format!(
+                        "partition {p} is not served by this node (owner: {addr})"
+                    ))),
+                    Ok(Route::Remote(addr)) => {
+                        f(Route::Remote(addr.clone())).await.map(|t| (t, addr))
+                    }
+                    Ok(route) => f(route)
+                        .await
+                        .map(|t| (t, self.me.get().cloned().unwrap_or_default())),
+                    Err(e) => Err(e),
+                }
+            };
+            // Answer before the client's deadline: an UNAVAILABLE it can act on rather than
+            // its own DEADLINE_EXCEEDED (or tonic's CANCELLED).
+            let res = match hard {
+                Some(at) => tokio::time::timeout_at(at, attempt)
                     .await
-                    .map(|t| (t, self.me.get().cloned().unwrap_or_default())),
-                Err(e) => Err(e),
+                    .unwrap_or_else(|_| {
+                        Err(Status::unavailable(
+                            "outcome unknown: the request's deadline passed while the partition \
+                         or its storage did not answer",
+                        ))
+                    }),
+                None => attempt.await,
             };
             match res {
                 Err(s)
@@ -160,6 +174,49 @@ impl KvService {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+}
+
+/// What a request allows: whether it was forwarded by a peer, and how long it may spend
+/// waiting for its partition to settle (the retry budget, cut to the client's deadline).
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    forwarded: bool,
+    budget: Duration,
+    /// Time from now by which an answer must be sent (from the client's deadline).
+    answer_by: Option<Duration>,
+}
+
+fn ctx<T>(req: &Request<T>) -> Ctx {
+    let mut budget = MOVE_RETRY_BUDGET;
+    let timeout = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    if let Some(t) = timeout {
+        // Leave the last quarter of the client's deadline for the attempt itself.
+        budget = budget.min(t.mul_f64(0.75));
+    }
+    Ctx {
+        forwarded: forwarded_partition(req).is_some(),
+        budget,
+        answer_by: timeout.map(|t| t.mul_f64(0.9)),
+    }
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><unit>`, units H M S m u n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The partition a forwarded request names, if it is one.
@@ -342,13 +399,13 @@ impl KvService {
     async fn open_part_scan(
         &self,
         p: u32,
-        forwarded: bool,
+        cx: Ctx,
         req: &pb::ScanRequest,
         start: &Bytes,
         end: &Option<Bytes>,
     ) -> Result<PartScan, Status> {
         let (src, _) = self
-            .on_partition(p, forwarded, |route| {
+            .on_partition(p, cx, |route| {
                 let req = req.clone();
                 let (start, end) = (start.clone(), end.clone());
                 async move {
@@ -372,13 +429,13 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let fwd = forwarded_partition(&req);
+        let cx = ctx(&req);
         let r = req.into_inner();
         check_key("key", &r.key)?;
         check_consistency("consistency", r.consistency)?;
         let p = self.partition_of(&r.key)?;
         let (res, owner) = self
-            .on_partition(p, fwd.is_some(), |route| {
+            .on_partition(p, cx, |route| {
                 let r = r.clone();
                 async move {
                     match route {
@@ -394,13 +451,13 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let fwd = forwarded_partition(&req);
+        let cx = ctx(&req);
         let r = req.into_inner();
         let d = durable("durability", r.durability)?;
         let op = put_op("", r.clone())?;
         let p = self.partition_of(&op.key)?;
         let (res, owner) = self
-            .on_partition(p, fwd.is_some(), |route| {
+            .on_partition(p, cx, |route| {
                 let (r, op) = (r.clone(), op.clone());
                 async move {
                     match route {
@@ -424,13 +481,13 @@ impl Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let fwd = forwarded_partition(&req);
+        let cx = ctx(&req);
         let r = req.into_inner();
         let d = durable("durability", r.durability)?;
         let op = delete_op("", r.clone())?;
         let p = self.partition_of(&op.key)?;
         let (res, owner) = self
-            .on_partition(p, fwd.is_some(), |route| {
+            .on_partition(p, cx, |route| {
                 let (r, op) = (r.clone(), op.clone());
                 async move {
                     match route {
@@ -459,7 +516,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
-        let fwd = forwarded_partition(&req);
+        let cx = ctx(&req);
         let r = req.into_inner();
         check_consistency("consistency", r.consistency)?;
         check_batch_len("keys", r.keys.len())?;
@@ -476,7 +533,7 @@ impl Kv for KvService {
             let consistency = r.consistency;
             async move {
                 let (res, _) = self
-                    .on_partition(p, fwd.is_some(), |route| {
+                    .on_partition(p, cx, |route| {
                         let keys = keys.clone();
                         async move {
                             match route {
@@ -523,7 +580,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::BatchWriteRequest>,
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
-        let fwd = forwarded_partition(&req);
+        let cx = ctx(&req);
         let r = req.into_inner();
         let d = durable("durability", r.durability)?;
         check_batch_len("ops", r.ops.len())?;
@@ -563,7 +620,7 @@ impl Kv for KvService {
             )));
         }
         let (res, owner) = self
-            .on_partition(p, fwd.is_some(), |route| {
+            .on_partition(p, cx, |route| {
                 let (r, ops) = (r.clone(), ops.clone());
                 async move {
                     match route {
@@ -592,6 +649,7 @@ impl Kv for KvService {
         req: Request<pb::ScanRequest>,
     ) -> Result<Response<Self::ScanStream>, Status> {
         let fwd = forwarded_partition(&req);
+        let cx = ctx(&req);
         let r = req.into_inner();
         check_consistency("consistency", r.consistency)?;
         for (field, v) in [("start", &r.start), ("end", &r.end), ("prefix", &r.prefix)] {
@@ -625,9 +683,7 @@ impl Kv for KvService {
         for p in parts {
             heads.push(Head {
                 buf: Default::default(),
-                src: self
-                    .open_part_scan(p, fwd.is_some(), &r, &start, &end)
-                    .await?,
+                src: self.open_part_scan(p, cx, &r, &start, &end).await?,
                 done: false,
             });
         }
@@ -743,6 +799,15 @@ pub fn key_successor(key: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+    }
 
     #[test]
     fn prefix_end_increments_last_non_ff_byte() {

@@ -239,19 +239,23 @@ impl Etcd {
 
     /// Renews a lease once; returns the remaining TTL in seconds (0: the lease is gone).
     pub async fn keep_alive(&self, lease: i64) -> ManifestResult<i64> {
-        let (mut keeper, mut stream) = self
-            .client
-            .clone()
-            .lease_keep_alive(lease)
-            .await
-            .map_err(|e| unavailable("lease keep-alive", e))?;
-        keeper
-            .keep_alive()
-            .await
-            .map_err(|e| unavailable("lease keep-alive", e))?;
+        // etcd answers an expired (or revoked) lease with "lease not found", at whichever step
+        // it notices: that is an answer (the lease is gone), not an outage.
+        let gone = |e: &etcd_client::Error| e.to_string().contains("lease not found");
+        let (mut keeper, mut stream) = match self.client.clone().lease_keep_alive(lease).await {
+            Ok(ks) => ks,
+            Err(e) if gone(&e) => return Ok(0),
+            Err(e) => return Err(unavailable("lease keep-alive", e)),
+        };
+        match keeper.keep_alive().await {
+            Ok(()) => {}
+            Err(e) if gone(&e) => return Ok(0),
+            Err(e) => return Err(unavailable("lease keep-alive", e)),
+        }
         match stream.message().await {
             Ok(Some(r)) => Ok(r.ttl()),
             Ok(None) => Err(unavailable("lease keep-alive", "stream closed")),
+            Err(e) if gone(&e) => Ok(0),
             Err(e) => Err(unavailable("lease keep-alive", e)),
         }
     }

@@ -578,6 +578,13 @@ impl Ver {
         }
     }
 
+    /// The least the version can be.
+    fn bound(self) -> u64 {
+        match self {
+            Ver::Known(c) | Ver::AtLeast(c) => c,
+        }
+    }
+
     /// The version of a write of unknown version applied on top of this one.
     fn bump(self) -> Ver {
         match self {
@@ -593,14 +600,14 @@ struct State {
     ver: Ver,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Cond {
     None,
     IfAbsent,
     IfVersion(u64),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Res {
     /// Applied; the version it wrote, if known.
     Ok(Option<u64>),
@@ -611,7 +618,7 @@ enum Res {
 }
 
 /// An op's effect on the model.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Eff {
     Read(Option<(u32, u64)>),
     /// Put (`val: Some`) or delete (`val: None`); `found` only for deletes.
@@ -689,6 +696,27 @@ fn apply(eff: &Eff, s: State) -> Option<State> {
     }
 }
 
+/// The highest version the key may have right before `eff` for it to apply (`u64::MAX`: any).
+/// Versions never decrease along a linearization, so once the state's version is past the cap
+/// of a definite op not yet linearized, that op can never be linearized.
+fn cap(eff: &Eff) -> u64 {
+    match *eff {
+        Eff::Read(Some((_, r))) => r,
+        Eff::Read(None) => u64::MAX,
+        Eff::Mutate { cond, res, .. } => {
+            let by_cond = match cond {
+                Cond::IfVersion(e) => e,
+                _ => u64::MAX,
+            };
+            match res {
+                Res::Ok(Some(w)) => by_cond.min(w.saturating_sub(1)),
+                Res::Ok(None) => by_cond,
+                Res::CondFailed | Res::Unknown => u64::MAX,
+            }
+        }
+    }
+}
+
 /// A prepared op of one key.
 #[derive(Clone, Copy, Debug)]
 struct KOp {
@@ -709,6 +737,14 @@ struct Prepared<'a> {
     def: Vec<KOp>,
     /// Ops with an unknown outcome, sorted by invoke.
     unk: Vec<KOp>,
+    /// `cap_suffix_min[i]`: least `cap` of `def[i..]`.
+    cap_suffix_min: Vec<u64>,
+    /// Unknown ops grouped by identical effect, each group in invoke order. The search only
+    /// ever applies a group's ops in that order (they are interchangeable once available), so
+    /// the applied ones are always a prefix of their group.
+    groups: Vec<Vec<usize>>,
+    /// `group_of[k]`: the group of `unk[k]`.
+    group_of: Vec<usize>,
     /// `ignored[id]`: why the op is ignored.
     ignored_why: Vec<Option<&'static str>>,
     ignored: usize,
@@ -727,6 +763,9 @@ fn prepare<'a>(
         ops,
         def: Vec::new(),
         unk: Vec::new(),
+        cap_suffix_min: Vec::new(),
+        groups: Vec::new(),
+        group_of: Vec::new(),
         ignored: 0,
         values: Vec::new(),
         init: State {
@@ -831,6 +870,19 @@ fn prepare<'a>(
             });
         }
     }
+    let mut group_ids: HashMap<Eff, usize> = HashMap::new();
+    for (k, u) in p.unk.iter().enumerate() {
+        let g = *group_ids.entry(u.eff).or_insert_with(|| {
+            p.groups.push(Vec::new());
+            p.groups.len() - 1
+        });
+        p.groups[g].push(k);
+        p.group_of.push(g);
+    }
+    p.cap_suffix_min = vec![u64::MAX; p.def.len() + 1];
+    for i in (0..p.def.len()).rev() {
+        p.cap_suffix_min[i] = p.cap_suffix_min[i + 1].min(cap(&p.def[i].eff));
+    }
     Ok(p)
 }
 
@@ -882,18 +934,32 @@ struct SearchResult {
     best_path: Vec<Cand>,
 }
 
-/// The search position; `first_*` = first op not linearized, `hi_*` = one past the last one
-/// linearized.
+/// The search position.
 #[derive(Clone)]
 struct Pos {
     state: State,
     done_def: Bits,
+    /// Definite ops linearized.
+    ndone: usize,
+    /// First definite op not linearized; one past the last one linearized.
+    first_def: usize,
+    hi_def: usize,
     done_unk: Bits,
+    /// First unknown op not applied; one past the last one applied.
+    first_unk: usize,
+    hi_unk: usize,
+    /// Applied ops per group of unknown ops (always the group's first ones).
+    group_applied: Vec<usize>,
+}
+
+/// What `Pos::mark` changes besides bits, for `Pos::unmark`.
+#[derive(Clone, Copy)]
+struct Undo {
+    state: State,
     first_def: usize,
     hi_def: usize,
     first_unk: usize,
     hi_unk: usize,
-    ndone: usize,
 }
 
 impl Pos {
@@ -901,17 +967,26 @@ impl Pos {
         Pos {
             state: p.init,
             done_def: Bits::new(p.def.len()),
-            done_unk: Bits::new(p.unk.len()),
+            ndone: 0,
             first_def: 0,
             hi_def: 0,
+            done_unk: Bits::new(p.unk.len()),
             first_unk: 0,
             hi_unk: 0,
-            ndone: 0,
+            group_applied: vec![0; p.groups.len()],
         }
     }
 
-    /// Marks `c` linearized (bookkeeping only; the caller sets the state).
-    fn mark(&mut self, p: &Prepared, c: Cand) {
+    /// Linearizes `c`, moving to state `ns`.
+    fn mark(&mut self, p: &Prepared, c: Cand, ns: State) -> Undo {
+        let undo = Undo {
+            state: self.state,
+            first_def: self.first_def,
+            hi_def: self.hi_def,
+            first_unk: self.first_unk,
+            hi_unk: self.hi_unk,
+        };
+        self.state = ns;
         match c {
             Cand::Def(i) => {
                 self.done_def.set(i);
@@ -921,16 +996,49 @@ impl Pos {
                     self.first_def += 1;
                 }
             }
-            Cand::Unk(i) => {
-                self.done_unk.set(i);
-                self.hi_unk = self.hi_unk.max(i + 1);
+            Cand::Unk(k) => {
+                self.done_unk.set(k);
+                self.group_applied[p.group_of[k]] += 1;
+                self.hi_unk = self.hi_unk.max(k + 1);
                 while self.first_unk < p.unk.len() && self.done_unk.get(self.first_unk) {
                     self.first_unk += 1;
                 }
             }
         }
+        undo
     }
 
+    fn unmark(&mut self, p: &Prepared, c: Cand, undo: Undo) {
+        match c {
+            Cand::Def(i) => {
+                self.done_def.clear(i);
+                self.ndone -= 1;
+            }
+            Cand::Unk(k) => {
+                self.done_unk.clear(k);
+                self.group_applied[p.group_of[k]] -= 1;
+            }
+        }
+        self.state = undo.state;
+        self.first_def = undo.first_def;
+        self.hi_def = undo.hi_def;
+        self.first_unk = undo.first_unk;
+        self.hi_unk = undo.hi_unk;
+    }
+
+    /// Whether some definite op not linearized yet can no longer be linearized because the
+    /// version is already past its cap.
+    fn dead(&self, p: &Prepared) -> bool {
+        let mut least = p.cap_suffix_min[self.hi_def];
+        for i in self.first_def..self.hi_def {
+            if !self.done_def.get(i) {
+                least = least.min(cap(&p.def[i].eff));
+            }
+        }
+        self.state.ver.bound() > least
+    }
+
+    /// Identifies the position exactly (bits below `first_*` are all set, from `hi_*` on clear).
     fn memo_key(&self) -> (Box<[u64]>, State) {
         let mut v = Vec::with_capacity(8);
         self.done_def.encode(self.first_def, self.hi_def, &mut v);
@@ -961,45 +1069,45 @@ impl Pos {
         let s = self.state;
         let (defs, min_resp) = self.minimal_defs(p);
         let mut out = Vec::new();
-        let mut def_ok = Vec::with_capacity(defs.len());
+        let mut blocked: Vec<&Eff> = Vec::new();
         for &i in &defs {
-            let next = apply(&p.def[i].eff, s);
-            if next == Some(s) {
+            match apply(&p.def[i].eff, s) {
                 // A minimal definite op that leaves the state unchanged (a read, a failed
                 // condition) can always be linearized right now: in any valid completion, moving
                 // it here keeps every state equal or more permissive. No branching needed.
-                return vec![(Cand::Def(i), s)];
+                Some(ns) if ns == s => return vec![(Cand::Def(i), s)],
+                Some(ns) => out.push((Cand::Def(i), ns)),
+                None => blocked.push(&p.def[i].eff),
             }
-            if let Some(ns) = next {
-                out.push((Cand::Def(i), ns));
-            }
-            def_ok.push(next.is_some());
         }
-        let unks: Vec<usize> = (self.first_unk..p.unk.len())
-            .take_while(|&k| p.unk[k].invoke <= min_resp)
-            .filter(|&k| !self.done_unk.get(k))
-            .collect();
-        let unk_ok: Vec<bool> = unks.iter().map(|&k| apply(&p.unk[k].eff, s).is_some()).collect();
-        for (&k, &ok) in unks.iter().zip(&unk_ok) {
-            if !ok {
+        // Unknown ops: an available one stays available forever (its response is +inf), so of
+        // a group of identical ones only the first not applied yet is a candidate. Conditional
+        // ones whose expected version is already passed can never apply again.
+        let bound = s.ver.bound();
+        let mut unks: Vec<(usize, State)> = Vec::new();
+        for (g, members) in p.groups.iter().enumerate() {
+            let Some(&k) = members.get(self.group_applied[g]) else {
+                continue;
+            };
+            let eff = &p.unk[k].eff;
+            if p.unk[k].invoke > min_resp
+                || matches!(eff, Eff::Mutate { cond: Cond::IfVersion(e), .. } if *e < bound)
+            {
                 continue;
             }
-            let ns = apply(&p.unk[k].eff, s).expect("applicable");
-            // Take an unknown op into effect only if that enables a candidate op that is blocked
-            // right now. Sound and complete: if a valid completion applies unknown op U and then
-            // X, with X already applicable before U, then U can be moved after X (X a read of
-            // absent or a failed condition: both unchanged by the swap) or dropped (otherwise X
-            // leaves an equal or more permissive state without U). Repeating that yields a valid
-            // completion where every applied unknown op enables the op right after it.
-            let enables = defs
-                .iter()
-                .zip(&def_ok)
-                .any(|(&i, &ok)| !ok && apply(&p.def[i].eff, ns).is_some())
-                || unks
-                    .iter()
-                    .zip(&unk_ok)
-                    .any(|(&j, &ok)| !ok && j != k && apply(&p.unk[j].eff, ns).is_some());
-            if enables {
+            match apply(eff, s) {
+                Some(ns) => unks.push((k, ns)),
+                None => blocked.push(eff),
+            }
+        }
+        // Take an unknown op into effect only if that unblocks an op. Sound and complete: if a
+        // valid completion applies unknown op U and then X, with X already applicable before U,
+        // then U can be moved after X (X a read of absent or a failed condition: both unchanged
+        // by the swap) or dropped (otherwise X leaves an equal or more permissive state without
+        // U). Repeating that yields a valid completion where every applied unknown op unblocks
+        // the op right after it.
+        for (k, ns) in unks {
+            if blocked.iter().any(|eff| apply(eff, ns).is_some()) {
                 out.push((Cand::Unk(k), ns));
             }
         }
@@ -1009,11 +1117,17 @@ impl Pos {
 }
 
 struct Frame {
-    /// The op linearized to reach this node (None at the root) and the state before it.
-    via: Option<(Cand, State)>,
-    /// Bookkeeping of the parent, restored on backtracking.
-    parent: Option<(usize, usize, usize, usize)>,
+    /// The op linearized to reach this node (None at the root), and how to undo it.
+    via: Option<(Cand, Undo)>,
+    /// Successors not tried yet, the next one last.
     cands: Vec<(Cand, State)>,
+}
+
+/// The ops linearized along `stack`, then `last`.
+fn path_to(stack: &[Frame], last: Cand) -> Vec<Cand> {
+    let mut path: Vec<Cand> = stack.iter().filter_map(|f| f.via.map(|(c, _)| c)).collect();
+    path.push(last);
+    path
 }
 
 fn search(p: &Prepared, max_steps: u64) -> SearchResult {
@@ -1032,61 +1146,41 @@ fn search(p: &Prepared, max_steps: u64) -> SearchResult {
     let mut seen: HashSet<(Box<[u64]>, State)> = HashSet::new();
     let mut stack = vec![Frame {
         via: None,
-        parent: None,
         cands: pos.successors(p),
     }];
     while let Some(top) = stack.last_mut() {
         let Some((c, ns)) = top.cands.pop() else {
-            let frame = stack.pop().expect("stack is not empty");
-            if let (Some((c, prev)), Some((fd, hd, fu, hu))) = (frame.via, frame.parent) {
-                match c {
-                    Cand::Def(i) => {
-                        pos.done_def.clear(i);
-                        pos.ndone -= 1;
-                    }
-                    Cand::Unk(i) => pos.done_unk.clear(i),
-                }
-                (pos.first_def, pos.hi_def, pos.first_unk, pos.hi_unk) = (fd, hd, fu, hu);
-                pos.state = prev;
+            if let Some((c, undo)) = stack.pop().and_then(|f| f.via) {
+                pos.unmark(p, c, undo);
             }
             continue;
         };
-        let parent = (pos.first_def, pos.hi_def, pos.first_unk, pos.hi_unk);
-        let prev = pos.state;
-        pos.mark(p, c);
-        pos.state = ns;
+        let undo = pos.mark(p, c, ns);
         if pos.ndone == p.def.len() {
             return result(End::Linearizable, steps + 1, best_path);
         }
-        if !seen.insert(pos.memo_key()) {
-            // Explored before: undo and try the next candidate.
-            match c {
-                Cand::Def(i) => {
-                    pos.done_def.clear(i);
-                    pos.ndone -= 1;
-                }
-                Cand::Unk(i) => pos.done_unk.clear(i),
+        let dead = pos.dead(p);
+        if dead || !seen.insert(pos.memo_key()) {
+            // Hopeless or explored before: undo and try the next candidate. (A hopeless node
+            // still counts for the report: it shows which op got stranded.)
+            if dead && pos.ndone > best_done {
+                best_done = pos.ndone;
+                best_path = path_to(&stack, c);
             }
-            (pos.first_def, pos.hi_def, pos.first_unk, pos.hi_unk) = parent;
-            pos.state = prev;
+            pos.unmark(p, c, undo);
             continue;
         }
         steps += 1;
         if pos.ndone > best_done {
             best_done = pos.ndone;
-            best_path = stack
-                .iter()
-                .filter_map(|f| f.via.map(|(c, _)| c))
-                .chain(std::iter::once(c))
-                .collect();
+            best_path = path_to(&stack, c);
         }
         if steps >= max_steps {
             return result(End::GaveUp, steps, best_path);
         }
         let cands = pos.successors(p);
         stack.push(Frame {
-            via: Some((c, prev)),
-            parent: Some(parent),
+            via: Some((c, undo)),
             cands,
         });
     }
@@ -1247,8 +1341,8 @@ impl Prepared<'_> {
                 Cand::Def(i) => &self.def[i].eff,
                 Cand::Unk(i) => &self.unk[i].eff,
             };
-            pos.state = apply(eff, pos.state).expect("the best path replays");
-            pos.mark(self, c);
+            let ns = apply(eff, pos.state).expect("the best path replays");
+            pos.mark(self, c, ns);
             in_prefix[self.id_of(c)] = true;
         }
         const MAX_ORDER: usize = 60;
@@ -1275,17 +1369,31 @@ impl Prepared<'_> {
             }
         );
         let _ = writeln!(r, "state after it: {}", self.show_state(pos.state));
-        let (next, _) = pos.minimal_defs(self);
-        let _ = writeln!(
-            r,
-            "definite ops that could come next, none consistent with that state (nor with any \
-             reordering the search tried):"
-        );
-        for &i in &next {
-            let _ = writeln!(r, "    {}", self.show_op(self.def[i].id));
+        let stranded: Vec<usize> = (0..self.def.len())
+            .filter(|&i| !pos.done_def.get(i) && cap(&self.def[i].eff) < pos.state.ver.bound())
+            .collect();
+        if !stranded.is_empty() {
+            let _ = writeln!(
+                r,
+                "definite ops left behind (they need an older version than the state has):"
+            );
+            for &i in &stranded {
+                let need = cap(&self.def[i].eff);
+                let _ = writeln!(r, "    {}   (needs version <= {need})", self.show_op(self.def[i].id));
+            }
         }
-        let focus = next
+        let (next, _) = pos.minimal_defs(self);
+        let _ = writeln!(r, "definite ops that could come next, by real time:");
+        for &i in &next {
+            let fits = match apply(&self.def[i].eff, pos.state) {
+                Some(_) => "fits that state, but every continuation failed",
+                None => "does not fit that state",
+            };
+            let _ = writeln!(r, "    {}   ({fits})", self.show_op(self.def[i].id));
+        }
+        let focus = stranded
             .first()
+            .or(next.first())
             .map_or(self.ops.len().saturating_sub(1), |&i| self.def[i].id);
         self.dump(&mut r, &in_prefix, focus);
         Violation {
@@ -1709,7 +1817,7 @@ mod tests {
                 };
                 h.push(Op::completed(i, K, OpKind::delete(), 0, 100, out));
             }
-            h.push(read(99, (50, 60), Some(("never", 1))));
+            h.push(read(99, (50, 60), Some(("never", 1_000_000))));
             h
         };
         let v = check_with_limit(&history(20), 50).unwrap_err();
@@ -1768,20 +1876,67 @@ mod tests {
     /// A history produced by a true register: ops linearize at increasing instants `t`, and each
     /// op's interval is jittered around its instant, so intervals overlap heavily.
     fn random_history(rng: &mut XorShift, n: u64, nkeys: u64, unknown_pct: u64) -> History {
+        let gen = Gen {
+            n,
+            nkeys,
+            unknown_pct,
+            ..Gen::default()
+        };
+        random_history_and_truth(rng, &gen).0
+    }
+
+    /// Parameters of generated histories.
+    struct Gen {
+        n: u64,
+        nkeys: u64,
+        /// Percentage of ops with unknown outcome (half of which take effect).
+        unknown_pct: u64,
+        /// Ops linearize about 10 ns apart; invoke and response are up to `jitter` ns away.
+        jitter: u64,
+        /// Every write writes a distinct value (else values come from 6 choices).
+        unique_values: bool,
+    }
+
+    impl Default for Gen {
+        fn default() -> Gen {
+            Gen {
+                n: 100,
+                nkeys: 1,
+                unknown_pct: 0,
+                jitter: 60,
+                unique_values: false,
+            }
+        }
+    }
+
+    /// Also returns the true linearization as a sequential history (op `i` at `[2i, 2i+1]`).
+    fn random_history_and_truth(rng: &mut XorShift, gen: &Gen) -> (History, History) {
+        let Gen {
+            n,
+            nkeys,
+            unknown_pct,
+            jitter,
+            unique_values,
+        } = *gen;
+        let mut truth = History::new();
         let mut regs: Vec<Option<(Vec<u8>, u64)>> = vec![None; nkeys as usize];
         let mut seq = rng.below(5);
-        let mut t = 1_000u64;
+        let mut t = 1_000_000u64;
         let mut h = History::new();
         for _ in 0..n {
             t += 1 + rng.below(20);
             let k = rng.below(nkeys) as usize;
             let key = format!("k{k}");
             let client = rng.below(8) as usize;
-            let invoke = t - rng.below(60);
-            let response = t + rng.below(60);
+            let invoke = t.saturating_sub(rng.below(jitter));
+            let response = t + rng.below(jitter);
             let unknown = rng.chance(unknown_pct);
             let takes_effect = !unknown || rng.chance(50);
-            let value = format!("v{}", rng.below(6)).into_bytes();
+            let value = if unique_values {
+                format!("v{}", truth.len()).into_bytes()
+            } else {
+                format!("v{}", rng.below(6)).into_bytes()
+            };
             let reg = &mut regs[k];
             let cur = reg.as_ref().map(|r| r.1);
             let expect = match cur {
@@ -1824,9 +1979,12 @@ mod tests {
                     Outcome::Written(seq)
                 }
             };
+            let (ti, tr) = (2 * truth.len() as u64, 2 * truth.len() as u64 + 1);
             let op = if unknown {
+                truth.push(Op::unknown(client, &key, kind.clone(), ti));
                 Op::unknown(client, &key, kind, invoke)
             } else {
+                truth.push(Op::completed(client, &key, kind.clone(), ti, tr, outcome.clone()));
                 Op::completed(client, &key, kind, invoke, response, outcome)
             };
             h.push(op);
@@ -1841,7 +1999,7 @@ mod tests {
             let j = rng.below(i as u64 + 1) as usize;
             h.ops.swap(i, j);
         }
-        h
+        (h, truth)
     }
 
     #[test]
@@ -1884,13 +2042,268 @@ mod tests {
         assert!(checked > 100);
     }
 
+    /// Plain Wing–Gong search without memo or any pruning: the reference for small histories.
+    fn brute_force(p: &Prepared) -> bool {
+        fn go(p: &Prepared, done_def: &mut [bool], done_unk: &mut [bool], s: State) -> bool {
+            let Some(min_resp) = (0..p.def.len())
+                .filter(|&i| !done_def[i])
+                .map(|i| p.def[i].response)
+                .min()
+            else {
+                return true;
+            };
+            for i in 0..p.def.len() {
+                if !done_def[i] && p.def[i].invoke <= min_resp {
+                    if let Some(ns) = apply(&p.def[i].eff, s) {
+                        done_def[i] = true;
+                        if go(p, done_def, done_unk, ns) {
+                            return true;
+                        }
+                        done_def[i] = false;
+                    }
+                }
+            }
+            for k in 0..p.unk.len() {
+                if !done_unk[k] && p.unk[k].invoke <= min_resp {
+                    if let Some(ns) = apply(&p.unk[k].eff, s) {
+                        done_unk[k] = true;
+                        if go(p, done_def, done_unk, ns) {
+                            return true;
+                        }
+                        done_unk[k] = false;
+                    }
+                }
+            }
+            false
+        }
+        go(p, &mut vec![false; p.def.len()], &mut vec![false; p.unk.len()], p.init)
+    }
+
+    /// Randomly damages one op of `h` (value, version, outcome or timing).
+    fn mutate(rng: &mut XorShift, h: &mut History) {
+        let i = rng.below(h.ops.len() as u64) as usize;
+        let op = &mut h.ops[i];
+        match rng.below(6) {
+            0 => match &mut op.outcome {
+                Outcome::Read(Some((_, v))) | Outcome::Written(v) => {
+                    *v = (*v + rng.below(5)).saturating_sub(2)
+                }
+                _ => op.outcome = Outcome::Unknown,
+            },
+            1 => match &mut op.outcome {
+                Outcome::Read(r) => {
+                    *r = r.take().map(|(_, v)| (format!("v{}", rng.below(6)).into_bytes(), v))
+                }
+                _ => op.outcome = Outcome::PreconditionFailed,
+            },
+            2 => {
+                op.outcome = match &op.kind {
+                    OpKind::Read => Outcome::Read(None),
+                    OpKind::Delete { .. } => Outcome::Deleted {
+                        found: Some(rng.chance(50)),
+                        version: None,
+                    },
+                    _ => Outcome::Written(1 + rng.below(20)),
+                }
+            }
+            3 => {
+                if let Some(r) = op.response.as_mut() {
+                    *r += 100;
+                    op.invoke += 100;
+                }
+            }
+            4 => {
+                if op.outcome != Outcome::Unknown {
+                    op.outcome = Outcome::Unknown;
+                    op.response = None;
+                }
+            }
+            _ => {
+                if op.invoke >= 100 {
+                    op.invoke -= 100;
+                    if let Some(r) = op.response.as_mut() {
+                        *r -= 100;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unstructured small histories: random ops, values, versions and times (mostly not
+    /// linearizable; exercises odd corners such as unknown versions).
+    fn garbage_history(rng: &mut XorShift, n: u64) -> History {
+        let mut h = History::new();
+        for i in 0..n {
+            let value = format!("v{}", rng.below(3));
+            let ver = rng.below(8);
+            let kind = match rng.below(6) {
+                0 | 1 => OpKind::Read,
+                2 => OpKind::write(&value),
+                3 => OpKind::cas(ver, &value),
+                4 => OpKind::put_if_absent(&value),
+                _ => OpKind::Delete {
+                    if_version: rng.chance(50).then_some(ver),
+                },
+            };
+            let conditional = matches!(
+                kind,
+                OpKind::Cas { .. } | OpKind::PutIfAbsent { .. } | OpKind::Delete { if_version: Some(_) }
+            );
+            let outcome = if rng.chance(30) && kind != OpKind::Read {
+                Outcome::Unknown
+            } else if conditional && rng.chance(30) {
+                Outcome::PreconditionFailed
+            } else {
+                match &kind {
+                    OpKind::Read if rng.chance(25) => Outcome::Read(None),
+                    OpKind::Read => Outcome::Read(Some((value.into_bytes(), 1 + rng.below(8)))),
+                    OpKind::Delete { .. } => Outcome::Deleted {
+                        found: rng.chance(60).then(|| rng.chance(50)),
+                        version: rng.chance(60).then(|| 1 + rng.below(8)),
+                    },
+                    _ => Outcome::Written(1 + rng.below(8)),
+                }
+            };
+            let invoke = rng.below(40);
+            let response = (outcome != Outcome::Unknown).then(|| invoke + rng.below(25));
+            h.push(Op::new(i as usize, "k0", kind, invoke, response, outcome));
+        }
+        h
+    }
+
+    #[test]
+    fn search_agrees_with_brute_force() {
+        let mut rng = XorShift(0xdead_beef_cafe_f00d);
+        let (mut pass, mut fail) = (0, 0);
+        for iter in 0..3_000 {
+            let n = 2 + rng.below(7);
+            let unknown_pct = [0, 20, 40][iter % 3];
+            let mut h = if iter % 2 == 0 {
+                random_history(&mut rng, n, 1, unknown_pct)
+            } else {
+                garbage_history(&mut rng, n)
+            };
+            if h.is_empty() {
+                continue;
+            }
+            for _ in 0..rng.below(3) {
+                mutate(&mut rng, &mut h);
+            }
+            let mut ops: Vec<&Op> = h.ops.iter().collect();
+            ops.sort_by_key(|o| o.invoke);
+            let Ok(p) = prepare(b"k0", ops, None) else {
+                continue; // malformed after mutation
+            };
+            let expected = brute_force(&p);
+            match (check(&h), expected) {
+                (Ok(_), true) => pass += 1,
+                (Err(v), false) if v.kind == ViolationKind::NotLinearizable => fail += 1,
+                (got, _) => panic!(
+                    "iteration {iter}: brute force says linearizable={expected}, check says {got:?}\n{:#?}",
+                    h.ops
+                ),
+            }
+        }
+        assert!(pass > 300 && fail > 150, "pass {pass} fail {fail}");
+    }
+
     #[test]
     fn long_history_checks_quickly() {
         let mut rng = XorShift(42);
         for unknown_pct in [0, 2, 10] {
-            let h = random_history(&mut rng, 5_000, 1, unknown_pct);
+            let gen = Gen {
+                n: 5_000,
+                unknown_pct,
+                ..Gen::default()
+            };
+            let (h, truth) = random_history_and_truth(&mut rng, &gen);
+            assert_ok(&truth);
             let s = assert_ok(&h);
             assert!(s.steps < 100_000, "{s}");
+        }
+    }
+
+    #[test]
+    #[ignore = "benchmark: cargo test --release -- --ignored --nocapture"]
+    fn bench_concurrency() {
+        let mut rng = XorShift(7);
+        for jitter in [60, 200, 500, 1000] {
+            for unknown_pct in [0, 5, 20] {
+                let gen = Gen {
+                    n: 3_000,
+                    unknown_pct,
+                    jitter,
+                    ..Gen::default()
+                };
+                let (h, _) = random_history_and_truth(&mut rng, &gen);
+                let t = Instant::now();
+                let r = check(&h);
+                let ok = match &r {
+                    Ok(s) => format!("{s}"),
+                    Err(v) => format!("{:?}", v.kind),
+                };
+                println!("jitter {jitter} unknown {unknown_pct}%: {:?} {ok}", t.elapsed());
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "benchmark: cargo test --release -- --ignored --nocapture"]
+    fn bench_violations() {
+        let mut rng = XorShift(11);
+        for (jitter, unknown_pct, unique_values) in [
+            (60, 0, false),
+            (60, 5, true),
+            (60, 20, true),
+            (500, 5, true),
+            (500, 20, true),
+            (60, 1, false),
+            (60, 5, false),
+            (500, 5, false),
+        ] {
+            {
+                let gen = Gen {
+                    n: 3_000,
+                    unknown_pct,
+                    jitter,
+                    unique_values,
+                    ..Gen::default()
+                };
+                let (mut h, _) = random_history_and_truth(&mut rng, &gen);
+                h.ops.sort_by_key(|o| o.invoke);
+                // Wrong value at the right version, in the middle.
+                let mid = h.ops.len() / 2;
+                let i = (mid..h.ops.len())
+                    .find(|&i| matches!(h.ops[i].outcome, Outcome::Read(Some(_))))
+                    .unwrap();
+                let mut h1 = h.clone();
+                if let Outcome::Read(Some((v, _))) = &mut h1.ops[i].outcome {
+                    v.push(b'!');
+                }
+                // Stale read: the value of the write before.
+                let mut h2 = h.clone();
+                let w = (0..mid)
+                    .rev()
+                    .find(|&j| matches!(h2.ops[j].outcome, Outcome::Written(_)) && h2.ops[j].kind != OpKind::Read)
+                    .unwrap();
+                let (val, ver) = match (&h2.ops[w].kind, &h2.ops[w].outcome) {
+                    (OpKind::Write { value } | OpKind::Cas { value, .. } | OpKind::PutIfAbsent { value }, Outcome::Written(v)) => (value.clone(), *v),
+                    _ => unreachable!(),
+                };
+                h2.push(Op::completed(9, "k0", OpKind::Read, h2.ops[i].invoke + 3 * jitter, h2.ops[i].invoke + 3 * jitter + 5, Outcome::Read(Some((val, ver)))));
+                for (name, h) in [("wrong value", h1), ("stale read", h2)] {
+                    let t = Instant::now();
+                    let r = check(&h);
+                    let res = match &r {
+                        Ok(s) => format!("PASSED?! {s}"),
+                        Err(v) => format!("{:?}", v.kind),
+                    };
+                    println!(
+                        "jitter {jitter} unknown {unknown_pct}% unique {unique_values} {name}: {:?} {res}",
+                        t.elapsed()
+                    );
+                }
+            }
         }
     }
 

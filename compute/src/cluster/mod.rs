@@ -471,19 +471,37 @@ fn reconcile(node: &ClusterNode, view: &ClusterView) {
     for p in 0..inner.partitions {
         let want = ring.owner(p);
         let owner = view.owners.get(&p);
-        let (held, tenure, serving) = match inner.parts.read().get(&p) {
-            Some(part) => (
-                true,
-                part.tenure,
-                matches!(part.state, PartState::Serving(_)),
-            ),
-            None => (false, 0, false),
+        let (held, tenure, serving, fenced) = match inner.parts.read().get(&p) {
+            Some(part) => match &part.state {
+                PartState::Serving(db) => (true, part.tenure, true, db.is_fenced()),
+                _ => (true, part.tenure, false, false),
+            },
+            None => (false, 0, false, false),
         };
         if held {
             // Our owner key is gone or belongs to a later tenure: we are deposed. (Only a view
             // read after our key was created can tell.)
             let deposed =
                 view.revision >= tenure && owner.is_none_or(|o| o.create_revision != tenure);
+            if serving && fenced && !deposed {
+                // Our engine was fenced although we still hold the owner key (another writer
+                // opened the partition while etcd was unreachable, or by hand). Give the key
+                // up: the ring's choice re-acquires it and replays, fencing that writer.
+                inner.parts.write().remove(&p);
+                inner.manifests.clear_owned(p);
+                node.publish_owned();
+                tracing::warn!(
+                    partition = p,
+                    "our engine was fenced; releasing the partition"
+                );
+                let etcd = inner.etcd.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = etcd.release(p, tenure).await {
+                        tracing::warn!(partition = p, error = %e, "release failed; our lease will expire it");
+                    }
+                });
+                continue;
+            }
             if serving && deposed {
                 if let Some(Part {
                     state: PartState::Serving(db),

@@ -1,0 +1,370 @@
+//! Strata's Rust client.
+//!
+//! It keeps the cluster's routing table (`strata.v1.Admin/ClusterMap`), hashes each key to
+//! its partition exactly as the servers do ([`strata_format::partition_of`]) and sends the
+//! request straight to the owner. When partitions move (a node joins, drains or dies) it
+//! refreshes the table and retries, within a deadline, every failure that certainly applied
+//! nothing: answers marked retry-safe by the server, and connections that could not even be
+//! opened. A write whose outcome is unknown (the connection broke after sending it) is never
+//! resent: that is the caller's decision, and it gets `UNAVAILABLE`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tonic::Status> {
+//! let client = strata_client::Client::connect(&["127.0.0.1:50051"]).await?;
+//! let version = client.put("greeting", "hello").await?;
+//! assert_eq!(client.get("greeting").await?.map(|(v, _)| v), Some("hello".into()));
+//! # let _ = version; Ok(()) }
+//! ```
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use pb::admin_client::AdminClient;
+use pb::kv_client::KvClient;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Generated protobuf and gRPC client code for `strata.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("strata.v1");
+}
+
+/// Metadata the server puts on `UNAVAILABLE` answers that applied nothing.
+const RETRY_SAFE_HEADER: &str = "x-strata-retry-safe";
+/// Largest gRPC message.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Deadline of one attempt.
+    pub request_timeout: Duration,
+    /// How long a request keeps retrying while its partition moves.
+    pub retry_budget: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(20),
+            retry_budget: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Map {
+    partitions: u32,
+    /// Owner address per partition ("" = none known).
+    owners: Vec<String>,
+    /// Every known node address.
+    nodes: Vec<String>,
+    revision: i64,
+}
+
+/// A routing client. Cheap to clone; share one per process.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    seeds: Vec<String>,
+    opts: ClientOptions,
+    map: RwLock<Arc<Map>>,
+    conns: Mutex<HashMap<String, Channel>>,
+    /// Round-robin cursor over nodes for requests with no known owner.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// Whether a failed attempt certainly applied nothing.
+pub fn is_retry_safe(s: &Status) -> bool {
+    if s.code() != Code::Unavailable {
+        return false;
+    }
+    if s.metadata().get(RETRY_SAFE_HEADER).is_some() {
+        return true;
+    }
+    // The connection could not be opened: the request never left this process.
+    let msg = format!("{s:?}").to_ascii_lowercase();
+    msg.contains("connection refused") || msg.contains("tcp connect error")
+}
+
+fn normalize(addr: &str) -> String {
+    addr.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+impl Client {
+    /// Connects through any of `seeds` (`host:port`) and loads the routing table.
+    pub async fn connect(seeds: &[&str]) -> Result<Client, Status> {
+        Self::connect_with(seeds, ClientOptions::default()).await
+    }
+
+    /// [`Client::connect`] with options.
+    pub async fn connect_with(seeds: &[&str], opts: ClientOptions) -> Result<Client, Status> {
+        if seeds.is_empty() {
+            return Err(Status::invalid_argument(
+                "seeds: at least one address needed",
+            ));
+        }
+        let c = Client {
+            inner: Arc::new(Inner {
+                seeds: seeds.iter().map(|s| normalize(s)).collect(),
+                opts,
+                map: RwLock::new(Arc::new(Map::default())),
+                conns: Mutex::new(HashMap::new()),
+                next: Default::default(),
+            }),
+        };
+        c.refresh().await?;
+        Ok(c)
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        if let Some(c) = self.inner.conns.lock().get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(self.inner.opts.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        self.inner.conns.lock().insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn kv(&self, addr: &str) -> Result<KvClient<Channel>, Status> {
+        Ok(KvClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Re-reads the routing table from any reachable node.
+    pub async fn refresh(&self) -> Result<(), Status> {
+        let mut candidates: Vec<String> = self.inner.map.read().nodes.clone();
+        for s in &self.inner.seeds {
+            if !candidates.contains(s) {
+                candidates.push(s.clone());
+            }
+        }
+        let mut last = Status::unavailable("no node answered");
+        for addr in candidates {
+            let mut admin = AdminClient::new(self.channel(&addr)?);
+            match admin.cluster_map(pb::ClusterMapRequest {}).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let mut owners = vec![String::new(); r.partitions.max(1) as usize];
+                    for o in &r.owners {
+                        if let Some(slot) = owners.get_mut(o.partition as usize) {
+                            *slot = normalize(&o.addr);
+                        }
+                    }
+                    let mut nodes: Vec<String> =
+                        r.nodes.iter().map(|n| normalize(&n.addr)).collect();
+                    if nodes.is_empty() {
+                        nodes.push(addr.clone());
+                    }
+                    let mut map = self.inner.map.write();
+                    // Never go back to an older table (answers from a lagging node).
+                    if r.revision >= map.revision || map.partitions == 0 {
+                        *map = Arc::new(Map {
+                            partitions: r.partitions.max(1),
+                            owners,
+                            nodes,
+                            revision: r.revision,
+                        });
+                    }
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Number of partitions of the cluster (1 for a single node).
+    pub fn partitions(&self) -> u32 {
+        self.inner.map.read().partitions.max(1)
+    }
+
+    /// The partition `key` belongs to.
+    pub fn partition_of(&self, key: &[u8]) -> u32 {
+        strata_format::partition_of(key, self.partitions())
+    }
+
+    /// Where to send a request for `partition`: its owner, or any node (which forwards).
+    fn target(&self, partition: Option<u32>) -> String {
+        let map = self.inner.map.read().clone();
+        if let Some(p) = partition {
+            if let Some(a) = map.owners.get(p as usize).filter(|a| !a.is_empty()) {
+                return a.clone();
+            }
+        }
+        let nodes = if map.nodes.is_empty() {
+            &self.inner.seeds
+        } else {
+            &map.nodes
+        };
+        let i = self
+            .inner
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        nodes[i % nodes.len()].clone()
+    }
+
+    /// Runs `f` on the right node, retrying retry-safe failures (and, for `idempotent`
+    /// requests, every `UNAVAILABLE`) with a fresh routing table until the budget is spent.
+    async fn call<T, F, Fut>(
+        &self,
+        partition: Option<u32>,
+        idempotent: bool,
+        f: F,
+    ) -> Result<T, Status>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.opts.retry_budget;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let addr = self.target(partition);
+            let res = f(self.kv(&addr)?).await;
+            match res {
+                Err(s)
+                    if (is_retry_safe(&s) || (idempotent && s.code() == Code::Unavailable))
+                        && Instant::now() + backoff < deadline =>
+                {
+                    tracing::debug!(addr, error = %s, "retrying elsewhere");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    // Best effort: with every node down the next attempt fails again anyway.
+                    let _ = self.refresh().await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The value and version of `key`, or `None`.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<(Bytes, u64)>, Status> {
+        let key = key.into();
+        let p = self.partition_of(&key);
+        let r = self
+            .call(Some(p), true, |mut c| {
+                let key = key.clone();
+                async move {
+                    c.get(pb::GetRequest {
+                        key,
+                        consistency: pb::Consistency::Strong as i32,
+                    })
+                    .await
+                }
+            })
+            .await?
+            .into_inner();
+        Ok(r.found.then_some((r.value, r.version)))
+    }
+
+    /// Stores `value` under `key`; returns the write's version.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64, Status> {
+        self.put_request(pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A put with every option (TTL, conditions, durability).
+    pub async fn put_request(&self, req: pb::PutRequest) -> Result<u64, Status> {
+        let p = self.partition_of(&req.key);
+        let r = self
+            .call(Some(p), false, |mut c| {
+                let req = req.clone();
+                async move { c.put(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().version)
+    }
+
+    /// Deletes `key`; returns whether a live value was there, and the tombstone's version.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<(bool, u64), Status> {
+        self.delete_request(pb::DeleteRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// A delete with every option.
+    pub async fn delete_request(&self, req: pb::DeleteRequest) -> Result<(bool, u64), Status> {
+        let p = self.partition_of(&req.key);
+        let r = self
+            .call(Some(p), false, |mut c| {
+                let req = req.clone();
+                async move { c.delete(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok((r.found, r.version))
+    }
+
+    /// Several keys; one result per key, in order.
+    pub async fn batch_get(&self, keys: Vec<Bytes>) -> Result<Vec<pb::GetResponse>, Status> {
+        let p = keys.first().map(|k| self.partition_of(k));
+        let single = keys.iter().all(|k| Some(self.partition_of(k)) == p);
+        let r = self
+            .call(if single { p } else { None }, true, |mut c| {
+                let keys = keys.clone();
+                async move {
+                    c.batch_get(pb::BatchGetRequest {
+                        keys,
+                        consistency: pb::Consistency::Strong as i32,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        Ok(r.into_inner().results)
+    }
+
+    /// An all-or-nothing batch (its keys must share one partition in a cluster).
+    pub async fn batch_write(&self, req: pb::BatchWriteRequest) -> Result<Vec<u64>, Status> {
+        let p = req.ops.iter().find_map(|o| match &o.op {
+            Some(pb::write_op::Op::Put(p)) => Some(self.partition_of(&p.key)),
+            Some(pb::write_op::Op::Delete(d)) => Some(self.partition_of(&d.key)),
+            None => None,
+        });
+        let r = self
+            .call(p, false, |mut c| {
+                let req = req.clone();
+                async move { c.batch_write(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().versions)
+    }
+
+    /// Every live entry of a scan, in key order (any node merges all partitions).
+    pub async fn scan(&self, req: pb::ScanRequest) -> Result<Vec<pb::KeyValue>, Status> {
+        self.call(None, true, |mut c| {
+            let req = req.clone();
+            async move {
+                let mut st = c.scan(req).await?.into_inner();
+                let mut out = Vec::new();
+                while let Some(r) = st.next().await {
+                    out.extend(r?.entries);
+                }
+                Ok(out)
+            }
+        })
+        .await
+    }
+}

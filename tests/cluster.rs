@@ -1,0 +1,718 @@
+//! Strata as a cluster: several real `strata serve` nodes on loopback sharing one real etcd
+//! (infra/etcd.sh) and one real S3-compatible server (infra/s3-server).
+//!
+//! - `kill -9` of a partition owner in the middle of concurrent writes through every node:
+//!   every acknowledged write reads back from every surviving node; the time from the kill to
+//!   the first successful write on a moved partition is printed;
+//! - a node frozen with SIGSTOP past its lease and resumed serves no stale read, acknowledges
+//!   nothing it should not, and steps down by itself;
+//! - a linearizability check of single-key reads, writes and compare-and-sets across a failover;
+//! - adding a node and draining a node under load: the client library sees no error;
+//! - etcd and the S3 server restarting under load: `UNAVAILABLE` while down (never a hang
+//!   past the deadline), nothing acknowledged lost, service back by itself.
+
+mod common;
+
+use bytes::Bytes;
+use common::infra::{Etcd, BUCKET, S3};
+use common::{Server, ServerOpts, BIN};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use strata_compute::pb;
+use strata_compute::pb::admin_client::AdminClient;
+use strata_compute::pb::kv_client::KvClient;
+use tonic::transport::Channel;
+
+type Kv = KvClient<Channel>;
+
+/// A cluster of nodes on one etcd and one bucket prefix.
+struct Cluster {
+    etcd_url: String,
+    s3_env: Vec<(String, String)>,
+    prefix: String,
+    nodes: Vec<Option<Server>>,
+    ids: Vec<String>,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    fn start(s3: &S3, etcd: &Etcd, n: usize, prefix: &str) -> Cluster {
+        let mut c = Cluster {
+            etcd_url: etcd.endpoint.clone(),
+            s3_env: s3.env(),
+            prefix: prefix.to_string(),
+            nodes: Vec::new(),
+            ids: Vec::new(),
+            dirs: Vec::new(),
+        };
+        for _ in 0..n {
+            c.add_node();
+        }
+        c
+    }
+
+    /// Starts one more node; returns its index.
+    fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let id = format!("n{}", i + 1);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = ServerOpts {
+            extra_args: vec![
+                "--etcd".into(),
+                self.etcd_url.clone(),
+                "--object-store".into(),
+                format!("s3://{BUCKET}/{}", self.prefix),
+                "--node-id".into(),
+                id.clone(),
+                "--memtable-mb".into(),
+                "4".into(),
+                "--lease-ttl-secs".into(),
+                "2".into(),
+            ],
+            env: self.s3_env.clone(),
+        };
+        let s = Server::start_with(dir.path(), opts);
+        self.nodes.push(Some(s));
+        self.ids.push(id);
+        self.dirs.push(dir);
+        i
+    }
+
+    fn node(&self, i: usize) -> &Server {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .collect()
+    }
+
+    async fn client(&self, i: usize) -> Kv {
+        self.node(i).client().await
+    }
+
+    async fn map(&self, i: usize) -> pb::ClusterMapResponse {
+        let ch = Channel::from_shared(self.node(i).url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect admin");
+        AdminClient::new(ch)
+            .cluster_map(pb::ClusterMapRequest {})
+            .await
+            .expect("cluster map")
+            .into_inner()
+    }
+
+    /// Waits until every partition has an owner with an epoch among the running nodes, as
+    /// node `via` sees it, and the ownership matches `pred`.
+    async fn wait_settled<F>(
+        &self,
+        via: usize,
+        timeout: Duration,
+        pred: F,
+    ) -> pb::ClusterMapResponse
+    where
+        F: Fn(&pb::ClusterMapResponse) -> bool,
+    {
+        let deadline = Instant::now() + timeout;
+        let live: Vec<String> = self.live().iter().map(|&i| self.ids[i].clone()).collect();
+        loop {
+            let m = self.map(via).await;
+            let all_owned = m
+                .owners
+                .iter()
+                .all(|o| live.contains(&o.node_id) && o.epoch != 0);
+            if all_owned && pred(&m) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not settle within {timeout:?}: {m:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut s) = self.nodes[i].take() {
+            s.kill9();
+        }
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.node(i).child.id()
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(BIN)
+            .arg("ctl")
+            .args(["--etcd", &self.etcd_url])
+            .args(args)
+            .output()
+            .expect("run strata ctl");
+        assert!(
+            out.status.success(),
+            "strata ctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn owned_by(m: &pb::ClusterMapResponse, id: &str) -> Vec<u32> {
+    m.owners
+        .iter()
+        .filter(|o| o.node_id == id)
+        .map(|o| o.partition)
+        .collect()
+}
+
+/// A key of `partition` (of `partitions`), distinct per `tag` and `n`.
+fn key_in(partition: u32, partitions: u32, tag: &str, n: usize) -> Bytes {
+    let mut j = 0u64;
+    loop {
+        let k = format!("{tag}-{n}-{j}");
+        if strata_format::partition_of(k.as_bytes(), partitions) == partition {
+            return Bytes::from(k);
+        }
+        j += 1;
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+async fn put(
+    c: &mut Kv,
+    key: Bytes,
+    value: Bytes,
+    timeout: Duration,
+) -> Result<u64, tonic::Status> {
+    let mut req = tonic::Request::new(pb::PutRequest {
+        key,
+        value,
+        ..Default::default()
+    });
+    req.set_timeout(timeout);
+    c.put(req).await.map(|r| r.into_inner().version)
+}
+
+async fn get(c: &mut Kv, key: &Bytes) -> Result<Option<(Bytes, u64)>, tonic::Status> {
+    let r = c
+        .get(pb::GetRequest {
+            key: key.clone(),
+            consistency: 0,
+        })
+        .await?
+        .into_inner();
+    Ok(r.found.then_some((r.value, r.version)))
+}
+
+/// Acknowledged writes: key -> value (every key is written once).
+type Acked = Arc<Mutex<BTreeMap<Bytes, Bytes>>>;
+
+/// Writes unique keys through node `first` (moving to the next live node when a node stops
+/// answering) until `stop`; records every acknowledged write.
+async fn writer(
+    id: usize,
+    addrs: Vec<String>,
+    first: usize,
+    acked: Acked,
+    stop: Arc<AtomicBool>,
+) -> (u64, u64) {
+    let mut which = first;
+    let connect = |a: &str| {
+        let ch = Channel::from_shared(format!("http://{a}"))
+            .expect("url")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        KvClient::new(ch)
+    };
+    let mut c = connect(&addrs[which]);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = Bytes::from(format!("w{id}-{n:06}"));
+        let value = Bytes::from(format!("value of w{id}-{n} {}", "x".repeat(n % 200)));
+        match put(&mut c, key.clone(), value.clone(), Duration::from_secs(15)).await {
+            Ok(_) => {
+                ok += 1;
+                acked.lock().unwrap().insert(key, value);
+            }
+            Err(_) => {
+                failed += 1;
+                which = (which + 1) % addrs.len();
+                c = connect(&addrs[which]);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// Every acknowledged write reads back through node `i`.
+async fn verify_from(c: &Cluster, i: usize, acked: &BTreeMap<Bytes, Bytes>) {
+    let mut kv = c.client(i).await;
+    for (k, v) in acked {
+        let got = get(&mut kv, k)
+            .await
+            .unwrap_or_else(|e| panic!("get {k:?} via node {}: {e}", c.ids[i]));
+        assert_eq!(
+            got.as_ref().map(|g| &g.0),
+            Some(v),
+            "acknowledged write {k:?} lost or wrong when read via node {}",
+            c.ids[i]
+        );
+    }
+}
+
+fn infra() -> Option<(S3, Etcd)> {
+    let s3 = S3::start()?;
+    let etcd = Etcd::start()?;
+    Some((s3, etcd))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_of_an_owner_mid_load_loses_no_acknowledged_write() {
+    let Some((s3, etcd)) = infra() else { return };
+    let mut c = Cluster::start(&s3, &etcd, 3, "kill9");
+    let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let partitions = m.partitions;
+    // The victim: the node owning the most partitions.
+    let victim = (0..3)
+        .max_by_key(|&i| owned_by(&m, &c.ids[i]).len())
+        .expect("three nodes");
+    let moved = owned_by(&m, &c.ids[victim]);
+    assert!(!moved.is_empty());
+    let addrs: Vec<String> = (0..3).map(|i| c.node(i).addr.clone()).collect();
+    let acked: Acked = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..6)
+        .map(|w| tokio::spawn(writer(w, addrs.clone(), w % 3, acked.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let survivor = (victim + 1) % 3;
+    let before_kill = acked.lock().unwrap().len();
+    c.kill9(victim);
+    let killed_at = Instant::now();
+    // First successful write to a partition that lived on the victim, through a survivor.
+    let mut probe = c.client(survivor).await;
+    let mut n = 0;
+    let failover = loop {
+        n += 1;
+        let k = key_in(moved[n % moved.len()], partitions, "probe", n);
+        match put(
+            &mut probe,
+            k,
+            Bytes::from_static(b"p"),
+            Duration::from_secs(15),
+        )
+        .await
+        {
+            Ok(_) => break killed_at.elapsed(),
+            Err(e) => {
+                assert!(
+                    killed_at.elapsed() < Duration::from_secs(30),
+                    "no failover: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    println!(
+        "FAILOVER: first write to a moved partition succeeded {:.0} ms after kill -9 \
+         ({} partitions moved)",
+        failover.as_secs_f64() * 1000.0,
+        moved.len()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for w in writers {
+        let (o, f) = w.await.expect("writer");
+        ok += o;
+        failed += f;
+    }
+    println!("writers: {ok} acknowledged ({before_kill} before the kill), {failed} failed");
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > before_kill,
+        "no write acknowledged after the kill"
+    );
+    for i in c.live() {
+        verify_from(&c, i, &acked).await;
+    }
+    // Ownership converged on the survivors.
+    let m = c
+        .wait_settled(survivor, Duration::from_secs(10), |_| true)
+        .await;
+    assert!(owned_by(&m, &c.ids[victim]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
+    let Some((s3, etcd)) = infra() else { return };
+    let c = Cluster::start(&s3, &etcd, 3, "zombie");
+    let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let partitions = m.partitions;
+    let zombie = (0..3)
+        .max_by_key(|&i| owned_by(&m, &c.ids[i]).len())
+        .expect("nodes");
+    let other = (zombie + 1) % 3;
+    let p = owned_by(&m, &c.ids[zombie])[0];
+    let key = key_in(p, partitions, "register", 0);
+    let mut via_zombie = c.client(zombie).await;
+    let mut via_other = c.client(other).await;
+    put(
+        &mut via_zombie,
+        key.clone(),
+        Bytes::from_static(b"old"),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("first write");
+    // Make sure the zombie serves `key` from memory: it has the value cached in its memtable.
+    assert_eq!(
+        get(&mut via_zombie, &key).await.expect("read").map(|g| g.0),
+        Some(Bytes::from_static(b"old"))
+    );
+
+    signal(c.pid(zombie), "STOP");
+    let frozen_at = Instant::now();
+    // Writes sent to the frozen node while it is stopped: they queue in its socket.
+    let stuck: Vec<_> = (0..4)
+        .map(|n| {
+            let mut cl = via_zombie.clone();
+            let k = key_in(p, partitions, "stuck", n);
+            tokio::spawn(async move {
+                let r = put(
+                    &mut cl,
+                    k.clone(),
+                    Bytes::from_static(b"s"),
+                    Duration::from_secs(30),
+                )
+                .await;
+                (k, r)
+            })
+        })
+        .collect();
+    // The others take the partition over and write a new value.
+    let m2 = c
+        .wait_settled(other, Duration::from_secs(20), |m| {
+            owned_by(m, &c.ids[zombie]).is_empty()
+        })
+        .await;
+    let new_owner = m2.owners[p as usize].node_id.clone();
+    put(
+        &mut via_other,
+        key.clone(),
+        Bytes::from_static(b"new"),
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("write on the new owner");
+    println!(
+        "zombie {} frozen {:.1} s; partition {p} now on {new_owner}",
+        c.ids[zombie],
+        frozen_at.elapsed().as_secs_f64()
+    );
+    signal(c.pid(zombie), "CONT");
+
+    // Its first answers after waking: never the stale value it still holds in memory.
+    let got = get(&mut via_zombie, &key)
+        .await
+        .expect("read via the woken node");
+    assert_eq!(
+        got.map(|g| g.0),
+        Some(Bytes::from_static(b"new")),
+        "stale read from a zombie"
+    );
+    // Writes queued while it was frozen either failed or were applied by the new owner:
+    // whatever was acknowledged is there.
+    for s in stuck {
+        let (k, r) = s.await.expect("stuck writer");
+        if r.is_ok() {
+            assert_eq!(
+                get(&mut via_other, &k).await.expect("read").map(|g| g.0),
+                Some(Bytes::from_static(b"s")),
+                "a write acknowledged after the freeze is missing"
+            );
+        }
+    }
+    // It stepped down by itself, rejoined, and serves again through the normal path.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.node(zombie).log_text().contains("stepping down") {
+        assert!(
+            Instant::now() < deadline,
+            "the woken node never stepped down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = c.node(zombie).log_text();
+    assert!(
+        log.contains("rejoined the cluster") || log.contains("ownership moved without us"),
+        "no rejoin in the log"
+    );
+    put(
+        &mut via_zombie,
+        key.clone(),
+        Bytes::from_static(b"after"),
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("write through the rejoined node");
+    assert_eq!(
+        get(&mut via_other, &key).await.expect("read").map(|g| g.0),
+        Some(Bytes::from_static(b"after"))
+    );
+}
+
+/// Writes and reads through the client library until `stop`; counts errors it surfaced.
+async fn library_load(
+    client: strata_client::Client,
+    id: usize,
+    acked: Acked,
+    errors: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+) {
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = Bytes::from(format!("lib{id}-{n:06}"));
+        let value = Bytes::from(format!("v{n}"));
+        match client.put(key.clone(), value.clone()).await {
+            Ok(_) => {
+                acked.lock().unwrap().insert(key.clone(), value.clone());
+            }
+            Err(e) => errors.lock().unwrap().push(format!("put {key:?}: {e}")),
+        }
+        match client.get(key.clone()).await {
+            Ok(Some((v, _))) if v == value => {}
+            Ok(other) if acked.lock().unwrap().contains_key(&key) => errors
+                .lock()
+                .unwrap()
+                .push(format!("get {key:?}: wrong answer {other:?}")),
+            Ok(_) => {}
+            Err(e) => errors.lock().unwrap().push(format!("get {key:?}: {e}")),
+        }
+        ops.fetch_add(2, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_and_draining_nodes_under_load_surfaces_no_error() {
+    let Some((s3, etcd)) = infra() else { return };
+    let mut c = Cluster::start(&s3, &etcd, 2, "rebalance");
+    c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let seeds = [c.node(0).addr.clone()];
+    let client = strata_client::Client::connect(&[seeds[0].as_str()])
+        .await
+        .expect("client");
+    let acked: Acked = Default::default();
+    let errors: Arc<Mutex<Vec<String>>> = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(library_load(
+                client.clone(),
+                i,
+                acked.clone(),
+                errors.clone(),
+                stop.clone(),
+                ops.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A third node joins: it gets about a third of the partitions.
+    let added = c.add_node();
+    let t = Instant::now();
+    let m = c
+        .wait_settled(0, Duration::from_secs(30), |m| {
+            !owned_by(m, &c.ids[added]).is_empty()
+        })
+        .await;
+    println!(
+        "node {} joined and owns {} of {} partitions after {:.1} s",
+        c.ids[added],
+        owned_by(&m, &c.ids[added]).len(),
+        m.partitions,
+        t.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Drain the first node: its partitions move away, it keeps running.
+    let drained = c.ids[0].clone();
+    c.ctl(&["drain", &drained]);
+    let t = Instant::now();
+    let m = c
+        .wait_settled(1, Duration::from_secs(30), |m| {
+            owned_by(m, &drained).is_empty()
+        })
+        .await;
+    println!("{drained} drained after {:.1} s", t.elapsed().as_secs_f64());
+    let status = c.ctl(&["status"]);
+    assert!(
+        status.contains("draining"),
+        "status does not show the drain:\n{status}"
+    );
+    println!("{status}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+    let errors = errors.lock().unwrap().clone();
+    let acked = acked.lock().unwrap().clone();
+    println!(
+        "{} ops through the client library, {} writes acknowledged, {} errors",
+        ops.load(Ordering::Relaxed),
+        acked.len(),
+        errors.len()
+    );
+    assert!(errors.is_empty(), "errors reached the client: {errors:#?}");
+    assert!(m.owners.iter().all(|o| o.node_id != drained));
+    for i in c.live() {
+        verify_from(&c, i, &acked).await;
+    }
+}
+
+/// Writes unique keys through node 0 with a deadline, recording outcomes and how long each
+/// failure took.
+async fn deadline_writer(
+    addr: String,
+    id: usize,
+    acked: Acked,
+    failures: Arc<Mutex<Vec<(tonic::Code, Duration)>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect_lazy();
+    let mut c = KvClient::new(ch);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = Bytes::from(format!("d{id}-{n:06}"));
+        let t = Instant::now();
+        match put(
+            &mut c,
+            key.clone(),
+            Bytes::from_static(b"v"),
+            Duration::from_secs(4),
+        )
+        .await
+        {
+            Ok(_) => {
+                acked.lock().unwrap().insert(key, Bytes::from_static(b"v"));
+            }
+            Err(e) => {
+                failures.lock().unwrap().push((e.code(), t.elapsed()));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_and_s3_restarts_under_load_lose_nothing() {
+    let Some((mut s3, mut etcd)) = infra() else {
+        return;
+    };
+    let c = Cluster::start(&s3, &etcd, 2, "restarts");
+    c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let addr = c.node(0).addr.clone();
+    let acked: Acked = Default::default();
+    let failures: Arc<Mutex<Vec<(tonic::Code, Duration)>>> = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(deadline_writer(
+                addr.clone(),
+                i,
+                acked.clone(),
+                failures.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let count = |a: &Acked| a.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    for round in ["etcd", "s3"] {
+        let before = count(&acked);
+        match round {
+            "etcd" => etcd.kill9(),
+            _ => s3.stop(),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        match round {
+            "etcd" => etcd.restart(),
+            _ => s3.restart(),
+        }
+        let back = Instant::now();
+        let during = count(&acked);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&acked) < during + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "writes did not resume after the {round} restart"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "{round} down 5 s: {} writes acknowledged before, writes resumed {:.1} s after it came back",
+            before,
+            back.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("writer");
+    }
+    let failures = failures.lock().unwrap().clone();
+    let mut by_code: HashMap<String, usize> = HashMap::new();
+    for (code, took) in &failures {
+        *by_code.entry(format!("{code:?}")).or_default() += 1;
+        assert!(
+            *took < Duration::from_secs(6),
+            "a request hung {took:?} past its 4 s deadline"
+        );
+        assert!(
+            matches!(
+                code,
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ),
+            "unexpected failure code {code:?}"
+        );
+    }
+    println!("failures while down: {by_code:?}");
+    assert!(
+        failures.iter().any(|(c, _)| *c == tonic::Code::Unavailable),
+        "no UNAVAILABLE while etcd or S3 was down"
+    );
+    let acked = acked.lock().unwrap().clone();
+    for i in c.live() {
+        verify_from(&c, i, &acked).await;
+    }
+}
