@@ -12,6 +12,9 @@
 //!   past the deadline), nothing acknowledged lost, service back by itself.
 
 mod common;
+// Only here (not in common/mod.rs): its own unit tests then run once, in this binary.
+#[path = "common/linearize.rs"]
+mod linearize;
 
 use bytes::Bytes;
 use common::infra::{Etcd, BUCKET, S3};
@@ -715,4 +718,157 @@ async fn etcd_and_s3_restarts_under_load_lose_nothing() {
     for i in c.live() {
         verify_from(&c, i, &acked).await;
     }
+}
+
+/// One client of the linearizability test: random reads, writes and compare-and-sets on a
+/// few keys, through one node (the next one when it stops answering), every op recorded.
+async fn register_client(
+    id: usize,
+    addrs: Vec<String>,
+    keys: Vec<Bytes>,
+    rec: linearize::Recorder,
+    stop: Arc<AtomicBool>,
+) {
+    use linearize::OpKind;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(id as u64 * 7919 + 1);
+    let connect = |a: &str| {
+        let ch = Channel::from_shared(format!("http://{a}"))
+            .expect("url")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        KvClient::new(ch)
+    };
+    let mut which = id % addrs.len();
+    let mut c = connect(&addrs[which]);
+    let mut seen: HashMap<Bytes, u64> = HashMap::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = keys[rng.random_range(0..keys.len())].clone();
+        let roll: u32 = rng.random_range(0..10);
+        let failed = if roll < 4 {
+            let p = rec.invoke(id, &key, OpKind::read());
+            let mut req = tonic::Request::new(pb::GetRequest {
+                key: key.clone(),
+                consistency: pb::Consistency::Strong as i32,
+            });
+            req.set_timeout(Duration::from_secs(5));
+            match c.get(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.found {
+                        seen.insert(key.clone(), r.version);
+                    }
+                    p.read(r.found.then(|| (r.value.to_vec(), r.version)));
+                    false
+                }
+                Err(_) => {
+                    p.unknown();
+                    true
+                }
+            }
+        } else {
+            let value = format!("c{id}-{n}").into_bytes();
+            let expected = seen.get(&key).copied().filter(|_| roll >= 7);
+            let (kind, condition) = match expected {
+                Some(e) => (
+                    OpKind::cas(e, &value),
+                    Some(pb::put_request::Condition::IfVersion(e)),
+                ),
+                None => (OpKind::write(&value), None),
+            };
+            let p = rec.invoke(id, &key, kind);
+            let mut req = tonic::Request::new(pb::PutRequest {
+                key: key.clone(),
+                value: Bytes::from(value),
+                condition,
+                ..Default::default()
+            });
+            req.set_timeout(Duration::from_secs(5));
+            match c.put(req).await {
+                Ok(r) => {
+                    let v = r.into_inner().version;
+                    seen.insert(key.clone(), v);
+                    p.written(v);
+                    false
+                }
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                    p.precondition_failed();
+                    seen.remove(&key);
+                    false
+                }
+                Err(s) if strata_compute::is_retry_safe(&s) => {
+                    p.rejected();
+                    true
+                }
+                Err(_) => {
+                    p.unknown();
+                    true
+                }
+            }
+        };
+        if failed {
+            which = (which + 1) % addrs.len();
+            c = connect(&addrs[which]);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_key_histories_across_a_failover_are_linearizable() {
+    let Some((s3, etcd)) = infra() else { return };
+    let mut c = Cluster::start(&s3, &etcd, 3, "linearizable");
+    let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let victim = (0..3)
+        .max_by_key(|&i| owned_by(&m, &c.ids[i]).len())
+        .expect("nodes");
+    let moved = owned_by(&m, &c.ids[victim]);
+    let others: Vec<u32> = (0..m.partitions).filter(|p| !moved.contains(p)).collect();
+    // Three registers on the partitions that fail over, two that stay.
+    let mut keys: Vec<Bytes> = (0..3)
+        .map(|i| key_in(moved[i % moved.len()], m.partitions, "reg", i))
+        .collect();
+    keys.extend((0..2).map(|i| key_in(others[i % others.len()], m.partitions, "reg", 10 + i)));
+    let addrs: Vec<String> = (0..3).map(|i| c.node(i).addr.clone()).collect();
+    let rec = linearize::Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|id| {
+            tokio::spawn(register_client(
+                id,
+                addrs.clone(),
+                keys.clone(),
+                rec.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.kill9(victim);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        t.await.expect("client");
+    }
+    let history = rec.history();
+    match history.check() {
+        Ok(stats) => println!("LINEARIZABLE across the failover: {stats:?}"),
+        Err(v) => panic!("not linearizable: {v}"),
+    }
+    let ops = history.ops();
+    let after_kill_writes = ops
+        .iter()
+        .filter(|o| matches!(o.outcome, linearize::Outcome::Written(_)))
+        .count();
+    assert!(
+        ops.len() > 200,
+        "too few ops to mean anything: {}",
+        ops.len()
+    );
+    assert!(
+        after_kill_writes > 50,
+        "too few successful writes: {after_kill_writes}"
+    );
 }

@@ -159,6 +159,7 @@ pub(crate) fn start(
             group: Group::default(),
             accepting: true,
             shutdown_waiters: Vec::new(),
+            deferred: Vec::new(),
         }
         .run(),
     );
@@ -196,6 +197,9 @@ struct Committer {
     group: Group,
     accepting: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
+    /// Failed-condition answers waiting for the state they observed to become durable:
+    /// (largest seq that state includes, reply, error).
+    deferred: Vec<(u64, Reply, EngineError)>,
 }
 
 impl Committer {
@@ -359,10 +363,20 @@ impl Committer {
                     Some(v) => format!("the key exists with version {v}"),
                     None => "the key is absent".to_string(),
                 };
-                let _ = w.reply.send(Err(EngineError::FailedPrecondition(format!(
+                let err = EngineError::FailedPrecondition(format!(
                     "condition {what} failed for op {i} (key of {} bytes): {have}; nothing was applied",
                     op.key.len()
-                ))));
+                ));
+                // The check may have seen writes that are not durable yet. Answering before
+                // they land would let a client learn of a state that a crash can still undo,
+                // or that a read issued after this answer does not see (not linearizable):
+                // the answer waits until everything sequenced so far is durable.
+                let observed = self.next_seq - 1;
+                if observed <= *self.inner.durable_seq.borrow() {
+                    let _ = w.reply.send(Err(err));
+                } else {
+                    self.deferred.push((observed, w.reply, err));
+                }
                 return;
             }
             outcomes.push(OpOutcome {
@@ -493,6 +507,20 @@ impl Committer {
                 // a new owner may already serve the partition. The segment did land, so the
                 // outcome is unknown (the new owner's replay may or may not include it).
                 let lapsed = self.inner.opts.lease.as_ref().is_some_and(|l| !l.valid());
+                let durable = f.group.max_seq;
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+                    .into_iter()
+                    .partition(|(observed, _, _)| *observed <= durable);
+                self.deferred = waiting;
+                for (_, reply, err) in ready {
+                    let _ = reply.send(if lapsed {
+                        Err(EngineError::NotServing(
+                            "this node's ownership lease has lapsed".into(),
+                        ))
+                    } else {
+                        Err(err)
+                    });
+                }
                 for (reply, outcomes) in f.group.waiters {
                     let _ = reply.send(if lapsed {
                         Err(EngineError::Unavailable(
@@ -523,6 +551,9 @@ impl Committer {
                     let _ = reply.send(Err(err.clone()));
                 }
                 for (reply, _) in std::mem::take(&mut self.group.waiters) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                for (_, reply, _) in std::mem::take(&mut self.deferred) {
                     let _ = reply.send(Err(err.clone()));
                 }
                 self.group = Group::default();

@@ -220,3 +220,42 @@ async fn a_store_outage_makes_writes_unavailable_and_loses_nothing() {
     assert_eq!(get(&db, "k2").await, k2);
     db.close(Duration::from_secs(5)).await.unwrap();
 }
+
+/// Found by the cluster's linearizability check: a failed condition must not be answered
+/// before the state it was checked against is durable and visible. Otherwise a client learns
+/// "the version is no longer 1" and a read it issues afterwards still sees version 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_condition_is_answered_only_once_what_it_saw_is_visible() {
+    use strata_objstore::{FaultInjecting, Faults};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::default();
+    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let db = open_on(store, DbOptions::default()).await;
+    let v1 = db
+        .write(vec![put("k", "one", Cond::None)], true)
+        .await
+        .unwrap()[0]
+        .version;
+    // The next write's WAL PUT is slow: it is sequenced at once but visible only when it lands.
+    faults.set_latency(Duration::from_millis(400));
+    let slow = {
+        let db = db.clone();
+        tokio::spawn(async move { db.write(vec![put("k", "two", Cond::None)], true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    faults.set_latency(Duration::ZERO);
+    let err = db
+        .write(vec![put("k", "cas", Cond::IfVersion(v1))], true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::FailedPrecondition(_)), "{err}");
+    // The CAS failed because "two" replaced version v1: a read now must see "two".
+    let (value, version) = get(&db, "k").await.unwrap();
+    assert_eq!(
+        value, "two",
+        "a read after a failed CAS saw the state the CAS ruled out"
+    );
+    assert!(version > v1);
+    slow.await.unwrap().unwrap();
+}

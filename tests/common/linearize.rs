@@ -502,7 +502,10 @@ pub fn check(history: &History) -> Result<CheckStats, Violation> {
 
 /// Checks `history`, giving up on a key after `max_steps_per_key` search steps. All keys are
 /// checked; a definite violation is reported in preference to a key the search gave up on.
-pub fn check_with_limit(history: &History, max_steps_per_key: u64) -> Result<CheckStats, Violation> {
+pub fn check_with_limit(
+    history: &History,
+    max_steps_per_key: u64,
+) -> Result<CheckStats, Violation> {
     let mut by_key: BTreeMap<&[u8], Vec<&Op>> = BTreeMap::new();
     for op in &history.ops {
         by_key.entry(&op.key).or_default().push(op);
@@ -800,15 +803,12 @@ fn prepare<'a>(
         }
         let eff = match &op.kind {
             OpKind::Read => match &op.outcome {
-                Outcome::Read(r) => Eff::Read(
-                    r.as_ref()
-                        .map(|(v, ver)| (intern(v, &mut p.values), *ver)),
-                ),
+                Outcome::Read(r) => {
+                    Eff::Read(r.as_ref().map(|(v, ver)| (intern(v, &mut p.values), *ver)))
+                }
                 _ => return Err(p.malformed(id, "a read needs a Read outcome")),
             },
-            OpKind::Write { value }
-            | OpKind::Cas { value, .. }
-            | OpKind::PutIfAbsent { value } => {
+            OpKind::Write { value } | OpKind::Cas { value, .. } | OpKind::PutIfAbsent { value } => {
                 let cond = match &op.kind {
                     OpKind::Cas {
                         expected_version, ..
@@ -1038,11 +1038,11 @@ impl Pos {
         self.state.ver.bound() > least
     }
 
-    /// Identifies the position exactly (bits below `first_*` are all set, from `hi_*` on clear).
+    /// Identifies the definite ops linearized and the state (bits below `first_def` are all
+    /// set, from `hi_def` on clear).
     fn memo_key(&self) -> (Box<[u64]>, State) {
-        let mut v = Vec::with_capacity(8);
+        let mut v = Vec::with_capacity(4);
         self.done_def.encode(self.first_def, self.hi_def, &mut v);
-        self.done_unk.encode(self.first_unk, self.hi_unk, &mut v);
         (v.into_boxed_slice(), self.state)
     }
 
@@ -1116,6 +1116,31 @@ impl Pos {
     }
 }
 
+/// Positions visited. A position with the same definite ops linearized and the same state as
+/// a visited one, and a superset of its unknown ops applied, has fewer options left, so it
+/// cannot succeed where the visited one failed. (A visited position is never an ancestor of
+/// one it dominates: every unknown op raises the version, so the state would differ.)
+#[derive(Default)]
+struct Memo {
+    /// (definite ops linearized, state) -> unknown-op sets applied (an antichain).
+    seen: HashMap<(Box<[u64]>, State), Vec<Box<[u64]>>>,
+}
+
+impl Memo {
+    /// Records `pos`; false if it is dominated by a position visited before.
+    fn visit(&mut self, pos: &Pos) -> bool {
+        let subset = |a: &[u64], b: &[u64]| a.iter().zip(b).all(|(x, y)| x & !y == 0);
+        let unk = &pos.done_unk.0;
+        let sets = self.seen.entry(pos.memo_key()).or_default();
+        if sets.iter().any(|s| subset(s, unk)) {
+            return false;
+        }
+        sets.retain(|s| !subset(unk, s));
+        sets.push(unk.clone().into_boxed_slice());
+        true
+    }
+}
+
 struct Frame {
     /// The op linearized to reach this node (None at the root), and how to undo it.
     via: Option<(Cand, Undo)>,
@@ -1143,7 +1168,7 @@ fn search(p: &Prepared, max_steps: u64) -> SearchResult {
     if p.def.is_empty() {
         return result(End::Linearizable, 0, best_path);
     }
-    let mut seen: HashSet<(Box<[u64]>, State)> = HashSet::new();
+    let mut memo = Memo::default();
     let mut stack = vec![Frame {
         via: None,
         cands: pos.successors(p),
@@ -1160,7 +1185,7 @@ fn search(p: &Prepared, max_steps: u64) -> SearchResult {
             return result(End::Linearizable, steps + 1, best_path);
         }
         let dead = pos.dead(p);
-        if dead || !seen.insert(pos.memo_key()) {
+        if dead || !memo.visit(&pos) {
             // Hopeless or explored before: undo and try the next candidate. (A hopeless node
             // still counts for the report: it shows which op got stranded.)
             if dead && pos.ndone > best_done {
@@ -1379,7 +1404,11 @@ impl Prepared<'_> {
             );
             for &i in &stranded {
                 let need = cap(&self.def[i].eff);
-                let _ = writeln!(r, "    {}   (needs version <= {need})", self.show_op(self.def[i].id));
+                let _ = writeln!(
+                    r,
+                    "    {}   (needs version <= {need})",
+                    self.show_op(self.def[i].id)
+                );
             }
         }
         let (next, _) = pos.minimal_defs(self);
@@ -1496,8 +1525,22 @@ mod tests {
                 },
             ),
             read(0, (14, 15), None),
-            Op::completed(2, K, OpKind::put_if_absent("d"), 16, 17, Outcome::Written(11)),
-            Op::completed(2, K, OpKind::put_if_absent("e"), 18, 19, Outcome::PreconditionFailed),
+            Op::completed(
+                2,
+                K,
+                OpKind::put_if_absent("d"),
+                16,
+                17,
+                Outcome::Written(11),
+            ),
+            Op::completed(
+                2,
+                K,
+                OpKind::put_if_absent("e"),
+                18,
+                19,
+                Outcome::PreconditionFailed,
+            ),
             read(0, (20, 21), Some(("d", 11))),
         ]);
         let s = assert_ok(&h);
@@ -1671,7 +1714,10 @@ mod tests {
         ]);
         assert_violation(&h);
         // A read whose version does not match the value's write.
-        let h = hist(vec![write(0, "a", (0, 10), 5), read(1, (20, 30), Some(("a", 4)))]);
+        let h = hist(vec![
+            write(0, "a", (0, 10), 5),
+            read(1, (20, 30), Some(("a", 4))),
+        ]);
         assert_violation(&h);
     }
 
@@ -1794,13 +1840,41 @@ mod tests {
 
     #[test]
     fn malformed_ops_are_reported() {
-        let h = hist(vec![Op::completed(0, K, OpKind::Read, 0, 10, Outcome::Written(1))]);
+        let h = hist(vec![Op::completed(
+            0,
+            K,
+            OpKind::Read,
+            0,
+            10,
+            Outcome::Written(1),
+        )]);
         assert_eq!(check(&h).unwrap_err().kind, ViolationKind::Malformed);
-        let h = hist(vec![Op::completed(0, K, OpKind::write("a"), 10, 5, Outcome::Written(1))]);
+        let h = hist(vec![Op::completed(
+            0,
+            K,
+            OpKind::write("a"),
+            10,
+            5,
+            Outcome::Written(1),
+        )]);
         assert_eq!(check(&h).unwrap_err().kind, ViolationKind::Malformed);
-        let h = hist(vec![Op::new(0, K, OpKind::write("a"), 10, None, Outcome::Written(1))]);
+        let h = hist(vec![Op::new(
+            0,
+            K,
+            OpKind::write("a"),
+            10,
+            None,
+            Outcome::Written(1),
+        )]);
         assert_eq!(check(&h).unwrap_err().kind, ViolationKind::Malformed);
-        let h = hist(vec![Op::completed(0, K, OpKind::write("a"), 0, 10, Outcome::PreconditionFailed)]);
+        let h = hist(vec![Op::completed(
+            0,
+            K,
+            OpKind::write("a"),
+            0,
+            10,
+            Outcome::PreconditionFailed,
+        )]);
         assert_eq!(check(&h).unwrap_err().kind, ViolationKind::Malformed);
     }
 
@@ -1847,8 +1921,14 @@ mod tests {
         let v = assert_violation(&h);
         let text = format!("{v:?}");
         assert!(text.contains("NOT LINEARIZABLE"), "{text}");
-        assert!(text.contains("longest linearizable prefix: 2 of 3"), "{text}");
-        assert!(text.contains("#1    c1   [       2.000us ..        3.000us] write \"b\" -> ok v2"), "{text}");
+        assert!(
+            text.contains("longest linearizable prefix: 2 of 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("#1    c1   [       2.000us ..        3.000us] write \"b\" -> ok v2"),
+            "{text}"
+        );
         assert!(text.contains("state after it: \"b\" v2"), "{text}");
     }
 
@@ -1953,7 +2033,10 @@ mod tests {
                 _ => OpKind::delete_if(expect),
             };
             let holds = match &kind {
-                OpKind::Cas { .. } | OpKind::Delete { if_version: Some(_) } => cur == Some(expect),
+                OpKind::Cas { .. }
+                | OpKind::Delete {
+                    if_version: Some(_),
+                } => cur == Some(expect),
                 OpKind::PutIfAbsent { .. } => cur.is_none(),
                 _ => true,
             };
@@ -1984,14 +2067,28 @@ mod tests {
                 truth.push(Op::unknown(client, &key, kind.clone(), ti));
                 Op::unknown(client, &key, kind, invoke)
             } else {
-                truth.push(Op::completed(client, &key, kind.clone(), ti, tr, outcome.clone()));
+                truth.push(Op::completed(
+                    client,
+                    &key,
+                    kind.clone(),
+                    ti,
+                    tr,
+                    outcome.clone(),
+                ));
                 Op::completed(client, &key, kind, invoke, response, outcome)
             };
             h.push(op);
             if rng.chance(3) {
                 // Rejected noise: ignored by the checker.
                 let kind = OpKind::write(b"rejected-noise");
-                h.push(Op::completed(client, &key, kind, invoke, response, Outcome::Rejected));
+                h.push(Op::completed(
+                    client,
+                    &key,
+                    kind,
+                    invoke,
+                    response,
+                    Outcome::Rejected,
+                ));
             }
         }
         // Shuffle the recording order: the checker must not depend on it.
@@ -2076,7 +2173,12 @@ mod tests {
             }
             false
         }
-        go(p, &mut vec![false; p.def.len()], &mut vec![false; p.unk.len()], p.init)
+        go(
+            p,
+            &mut vec![false; p.def.len()],
+            &mut vec![false; p.unk.len()],
+            p.init,
+        )
     }
 
     /// Randomly damages one op of `h` (value, version, outcome or timing).
@@ -2092,7 +2194,9 @@ mod tests {
             },
             1 => match &mut op.outcome {
                 Outcome::Read(r) => {
-                    *r = r.take().map(|(_, v)| (format!("v{}", rng.below(6)).into_bytes(), v))
+                    *r = r
+                        .take()
+                        .map(|(_, v)| (format!("v{}", rng.below(6)).into_bytes(), v))
                 }
                 _ => op.outcome = Outcome::PreconditionFailed,
             },
@@ -2147,7 +2251,11 @@ mod tests {
             };
             let conditional = matches!(
                 kind,
-                OpKind::Cas { .. } | OpKind::PutIfAbsent { .. } | OpKind::Delete { if_version: Some(_) }
+                OpKind::Cas { .. }
+                    | OpKind::PutIfAbsent { .. }
+                    | OpKind::Delete {
+                        if_version: Some(_)
+                    }
             );
             let outcome = if rng.chance(30) && kind != OpKind::Read {
                 Outcome::Unknown
@@ -2242,7 +2350,10 @@ mod tests {
                     Ok(s) => format!("{s}"),
                     Err(v) => format!("{:?}", v.kind),
                 };
-                println!("jitter {jitter} unknown {unknown_pct}%: {:?} {ok}", t.elapsed());
+                println!(
+                    "jitter {jitter} unknown {unknown_pct}%: {:?} {ok}",
+                    t.elapsed()
+                );
             }
         }
     }
@@ -2284,13 +2395,28 @@ mod tests {
                 let mut h2 = h.clone();
                 let w = (0..mid)
                     .rev()
-                    .find(|&j| matches!(h2.ops[j].outcome, Outcome::Written(_)) && h2.ops[j].kind != OpKind::Read)
+                    .find(|&j| {
+                        matches!(h2.ops[j].outcome, Outcome::Written(_))
+                            && h2.ops[j].kind != OpKind::Read
+                    })
                     .unwrap();
                 let (val, ver) = match (&h2.ops[w].kind, &h2.ops[w].outcome) {
-                    (OpKind::Write { value } | OpKind::Cas { value, .. } | OpKind::PutIfAbsent { value }, Outcome::Written(v)) => (value.clone(), *v),
+                    (
+                        OpKind::Write { value }
+                        | OpKind::Cas { value, .. }
+                        | OpKind::PutIfAbsent { value },
+                        Outcome::Written(v),
+                    ) => (value.clone(), *v),
                     _ => unreachable!(),
                 };
-                h2.push(Op::completed(9, "k0", OpKind::Read, h2.ops[i].invoke + 3 * jitter, h2.ops[i].invoke + 3 * jitter + 5, Outcome::Read(Some((val, ver)))));
+                h2.push(Op::completed(
+                    9,
+                    "k0",
+                    OpKind::Read,
+                    h2.ops[i].invoke + 3 * jitter,
+                    h2.ops[i].invoke + 3 * jitter + 5,
+                    Outcome::Read(Some((val, ver))),
+                ));
                 for (name, h) in [("wrong value", h1), ("stale read", h2)] {
                     let t = Instant::now();
                     let r = check(&h);
