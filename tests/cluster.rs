@@ -872,3 +872,100 @@ async fn single_key_histories_across_a_failover_are_linearizable() {
         "too few successful writes: {after_kill_writes}"
     );
 }
+
+async fn eventual_get(
+    c: &mut Kv,
+    key: &Bytes,
+    session: Option<&str>,
+) -> (Option<Bytes>, tonic::metadata::MetadataMap) {
+    let mut req = tonic::Request::new(pb::GetRequest {
+        key: key.clone(),
+        consistency: pb::Consistency::Eventual as i32,
+    });
+    if let Some(s) = session {
+        req.metadata_mut()
+            .insert("x-strata-session", s.parse().expect("token"));
+    }
+    let resp = c.get(req).await.expect("eventual get");
+    let md = resp.metadata().clone();
+    let r = resp.into_inner();
+    (r.found.then_some(r.value), md)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eventual_reads_on_any_node_are_bounded_and_sessions_read_their_writes() {
+    let Some((s3, etcd)) = infra() else { return };
+    let c = Cluster::start(&s3, &etcd, 2, "eventual");
+    let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let p = owned_by(&m, &c.ids[0])[0];
+    let key = key_in(p, m.partitions, "ev", 0);
+    let mut owner = c.client(0).await;
+    let mut other = c.client(1).await;
+    let resp = owner
+        .put(pb::PutRequest {
+            key: key.clone(),
+            value: Bytes::from_static(b"v1"),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    let token = resp
+        .metadata()
+        .get("x-strata-session")
+        .expect("a write returns a session token")
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    let version = resp.into_inner().version;
+    assert_eq!(token, format!("{p}:{version}"));
+
+    // Another node answers from flushed data and says how far that goes.
+    let (v, md) = eventual_get(&mut other, &key, None).await;
+    let flushed: u64 = md
+        .get("x-strata-flushed-seq")
+        .expect("eventual reads say what they reflect")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(md.get("x-strata-stale-ms").is_some());
+    if flushed < version {
+        assert_eq!(
+            v, None,
+            "a replica read returned a write beyond its flushed data"
+        );
+    }
+    // With the session token it reads its own write (the owner answers).
+    let (v, _) = eventual_get(&mut other, &key, Some(&token)).await;
+    assert_eq!(v, Some(Bytes::from_static(b"v1")));
+
+    // Once the owner flushes (memtables of 4 MiB), the other node serves the write itself.
+    let big = Bytes::from(vec![7u8; 100 << 10]);
+    for n in 0..60 {
+        let k = key_in(p, m.partitions, "filler", n);
+        put(&mut owner, k, big.clone(), Duration::from_secs(10))
+            .await
+            .expect("filler write");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (v, md) = eventual_get(&mut other, &key, None).await;
+        if v.as_deref() == Some(b"v1") {
+            assert!(
+                md.get("x-strata-flushed-seq").is_some(),
+                "answered by the owner"
+            );
+            println!(
+                "replica read after the flush: flushed seq {:?}, stale seqs {:?}",
+                md.get("x-strata-flushed-seq"),
+                md.get("x-strata-stale-seqs")
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "flushed write never visible on the other node"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -8,6 +8,7 @@ mod flush;
 mod lease;
 mod memtable;
 mod metrics;
+mod replica;
 mod scan;
 pub mod server;
 mod sst_reader;
@@ -19,6 +20,7 @@ pub use db::{store_uid, Db, DbOptions, DbStats, RecoveryReport};
 pub use error::{is_retry_safe, retryable, EngineError, EngineResult, RETRY_SAFE_HEADER};
 pub use lease::LeaseGuard;
 pub use metrics::EngineMetrics;
+pub use replica::ReplicaRead;
 pub use scan::Scanner;
 
 /// Generated protobuf and gRPC code for `strata.v1`.

@@ -38,6 +38,16 @@ const MOVE_RETRY_BUDGET: Duration = Duration::from_secs(8);
 pub const FORWARDED_HEADER: &str = "x-strata-forwarded-partition";
 /// Response metadata: the partition that served the request.
 pub const PARTITION_HEADER: &str = "x-strata-partition";
+/// Session token: write responses carry `PARTITION:VERSION`; an eventually consistent read that
+/// sends back the tokens it holds (comma-separated) sees at least those writes.
+pub const SESSION_HEADER: &str = "x-strata-session";
+/// Eventually consistent read answers: every write of the partition up to this seq is reflected.
+pub const FLUSHED_SEQ_HEADER: &str = "x-strata-flushed-seq";
+/// Eventually consistent read answers: writes the owner had made durable beyond that, when it
+/// last published its progress (about once a second).
+pub const STALE_SEQS_HEADER: &str = "x-strata-stale-seqs";
+/// Eventually consistent read answers: age of the data read, in milliseconds (since the flush).
+pub const STALE_MS_HEADER: &str = "x-strata-stale-ms";
 /// Response metadata: the address of the partition's owner (where a smart client should send
 /// the key next time).
 pub const OWNER_HEADER: &str = "x-strata-owner";
@@ -236,6 +246,25 @@ fn forward<T>(p: u32, msg: T) -> Request<T> {
     r
 }
 
+/// The newest write of partition `p` a session token says the client has seen.
+fn session_seq<T>(req: &Request<T>, p: u32) -> Option<u64> {
+    let v = req.metadata().get(SESSION_HEADER)?.to_str().ok()?;
+    v.split(',')
+        .filter_map(|t| t.trim().split_once(':'))
+        .filter(|(tp, _)| tp.parse::<u32>().ok() == Some(p))
+        .filter_map(|(_, seq)| seq.parse::<u64>().ok())
+        .max()
+}
+
+/// A write's response: routing hints plus the session token of the write.
+fn answer_write<T>(msg: T, p: u32, owner: &str, version: u64) -> Response<T> {
+    let mut r = answer(msg, p, owner);
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(format!("{p}:{version}")) {
+        r.metadata_mut().insert(SESSION_HEADER, v);
+    }
+    r
+}
+
 /// A response with the routing hints.
 fn answer<T>(msg: T, p: u32, owner: &str) -> Response<T> {
     let mut r = Response::new(msg);
@@ -396,6 +425,38 @@ struct Head {
 }
 
 impl KvService {
+    /// An eventually consistent read served here from flushed data, if this node does not own
+    /// the partition and the session allows it.
+    async fn eventual_get(
+        &self,
+        p: u32,
+        key: &[u8],
+        session: Option<u64>,
+    ) -> Result<Option<Response<pb::GetResponse>>, Status> {
+        let Backend::Cluster(node) = self.backend()? else {
+            return Ok(None);
+        };
+        let Some((read, stale)) = node.replica_get(p, key, session).await.map_err(status)? else {
+            return Ok(None);
+        };
+        let mut resp = answer(found(read.value), p, "");
+        let md = resp.metadata_mut();
+        md.insert(
+            FLUSHED_SEQ_HEADER,
+            tonic::metadata::MetadataValue::from(read.flushed_seq),
+        );
+        md.insert(
+            STALE_MS_HEADER,
+            tonic::metadata::MetadataValue::from(
+                strata_manifest::now_ms().saturating_sub(read.manifest_ms),
+            ),
+        );
+        if let Some(s) = stale {
+            md.insert(STALE_SEQS_HEADER, tonic::metadata::MetadataValue::from(s));
+        }
+        Ok(Some(resp))
+    }
+
     async fn open_part_scan(
         &self,
         p: u32,
@@ -430,10 +491,19 @@ impl KvService {
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let cx = ctx(&req);
+        let session = self
+            .partition_of(&req.get_ref().key)
+            .ok()
+            .and_then(|p| session_seq(&req, p));
         let r = req.into_inner();
         check_key("key", &r.key)?;
         check_consistency("consistency", r.consistency)?;
         let p = self.partition_of(&r.key)?;
+        if r.consistency == pb::Consistency::Eventual as i32 && !cx.forwarded {
+            if let Some(resp) = self.eventual_get(p, &r.key, session).await? {
+                return Ok(resp);
+            }
+        }
         let (res, owner) = self
             .on_partition(p, cx, |route| {
                 let r = r.clone();
@@ -474,7 +544,8 @@ impl Kv for KvService {
                 }
             })
             .await?;
-        Ok(answer(res, p, &owner))
+        let v = res.version;
+        Ok(answer_write(res, p, &owner, v))
     }
 
     async fn delete(
@@ -509,7 +580,8 @@ impl Kv for KvService {
                 }
             })
             .await?;
-        Ok(answer(res, p, &owner))
+        let v = res.version;
+        Ok(answer_write(res, p, &owner, v))
     }
 
     async fn batch_get(
@@ -639,7 +711,8 @@ impl Kv for KvService {
                 }
             })
             .await?;
-        Ok(answer(res, p, &owner))
+        let v = res.versions.iter().copied().max().unwrap_or(0);
+        Ok(answer_write(res, p, &owner, v))
     }
 
     type ScanStream = ScanStream;

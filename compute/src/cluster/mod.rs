@@ -20,9 +20,11 @@
 
 pub mod ring;
 
-use crate::db::{Db, DbOptions};
+use crate::db::{store_uid, Db, DbOptions};
 use crate::error::EngineError;
 use crate::pb;
+use crate::replica::{ReplicaRead, Replicas};
+use crate::sst_reader::BlockSource;
 use crate::LeaseGuard;
 use parking_lot::{Mutex, RwLock};
 use ring::Ring;
@@ -103,6 +105,8 @@ struct Inner {
     opens: Semaphore,
     stop: watch::Receiver<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Flushed data of partitions owned elsewhere, for eventually consistent reads.
+    replicas: Replicas,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -139,6 +143,14 @@ impl ClusterNode {
     ) -> Result<ClusterNode, EngineError> {
         let cfg = etcd.init_config(opts.partitions).await?;
         let manifests = Arc::new(EtcdManifestStore::new(etcd.clone(), store.clone()));
+        let replicas = Replicas::new(
+            BlockSource {
+                store: store.clone(),
+                cache: cache.clone(),
+                store_uid: store_uid(&store).await?,
+            },
+            manifests.clone(),
+        );
         let lease = LeaseGuard::new();
         let ttl_secs = opts.lease_ttl.as_secs().max(1) as i64;
         let sent = Instant::now();
@@ -166,6 +178,7 @@ impl ClusterNode {
             owned_tx: watch::channel(BTreeSet::new()).0,
             stop,
             tasks: Mutex::new(Vec::new()),
+            replicas,
         });
         tracing::info!(
             node = %inner.opts.node_id,
@@ -239,6 +252,34 @@ impl ClusterNode {
                 "partition {p} has no owner right now (failover in progress)"
             ))),
         }
+    }
+
+    /// An eventually consistent read of `key` (partition `p`) from flushed data, for a
+    /// partition this node does not own. `None` when the owner must answer instead: we own
+    /// it, or the session saw writes newer than the flushed data. Also returns how many
+    /// writes the owner last published beyond that data (the staleness), when known.
+    pub async fn replica_get(
+        &self,
+        p: u32,
+        key: &[u8],
+        session_seq: Option<u64>,
+    ) -> Result<Option<(ReplicaRead, Option<u64>)>, EngineError> {
+        if self.inner.parts.read().contains_key(&p) {
+            return Ok(None);
+        }
+        let view = self.inner.view.read().clone();
+        let want = view.manifests.get(&p).copied().unwrap_or(0);
+        let r = self.inner.replicas.get(p, key, want).await?;
+        if session_seq.is_some_and(|s| s > r.flushed_seq) {
+            return Ok(None);
+        }
+        let stale = view
+            .stats
+            .values()
+            .flatten()
+            .find(|s| s.partition == p)
+            .map(|s| s.durable_seq.saturating_sub(r.flushed_seq));
+        Ok(Some((r, stale)))
     }
 
     /// The routing table for smart clients.
@@ -563,6 +604,7 @@ async fn open(node: ClusterNode, p: u32) {
         Err(e) => return forget(e.to_string()),
     };
     inner.manifests.set_owned(p, tenure);
+    inner.replicas.forget(p);
     if let Some(part) = inner.parts.write().get_mut(&p) {
         part.tenure = tenure;
     }
