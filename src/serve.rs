@@ -175,7 +175,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         copts.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(1));
         copts.vnodes = args.vnodes;
         copts.partitions = args.partitions.max(1);
-        copts.db = opts;
+        // The node's write-buffer budget is shared out over partitions: a node may own many
+        // (all of them, alone), and each engine enforces its own share. Twice the even share,
+        // because a node of a cluster owns only some of them.
+        let share = ((args.write_buffer_mb << 20) * 2 / u64::from(copts.partitions)).max(16 << 20);
+        copts.db = DbOptions {
+            write_buffer_bytes: share,
+            memtable_bytes: opts.memtable_bytes.min(share / 2),
+            ..opts
+        };
         let node = ClusterNode::start(copts, etcd, store.clone(), cache.clone(), stop_rx.clone())
             .await
             .context("joining the cluster")?;

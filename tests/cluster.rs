@@ -515,7 +515,17 @@ async fn library_load(
             Ok(_) => {}
             Err(e) => errors.lock().unwrap().push(format!("get {key:?}: {e}")),
         }
-        ops.fetch_add(2, Ordering::Relaxed);
+        // Eventually consistent, through any node, yet it reads its own write (session).
+        match client.get_eventual(key.clone()).await {
+            Ok(Some((v, _))) if v == value => {}
+            Ok(other) if acked.lock().unwrap().contains_key(&key) => errors
+                .lock()
+                .unwrap()
+                .push(format!("eventual get {key:?}: missed our own write: {other:?}")),
+            Ok(_) => {}
+            Err(e) => errors.lock().unwrap().push(format!("eventual get {key:?}: {e}")),
+        }
+        ops.fetch_add(3, Ordering::Relaxed);
     }
 }
 

@@ -33,6 +33,8 @@ pub mod pb {
     tonic::include_proto!("strata.v1");
 }
 
+/// Session token metadata (`PARTITION:VERSION`) on write answers and eventual reads.
+const SESSION_HEADER: &str = "x-strata-session";
 /// Metadata the server puts on `UNAVAILABLE` answers that applied nothing.
 const RETRY_SAFE_HEADER: &str = "x-strata-retry-safe";
 /// Largest gRPC message.
@@ -80,6 +82,9 @@ struct Inner {
     conns: Mutex<HashMap<String, Channel>>,
     /// Round-robin cursor over nodes for requests with no known owner.
     next: std::sync::atomic::AtomicUsize,
+    /// This client's session: the newest version it wrote per partition (from the servers'
+    /// session tokens), so its eventually consistent reads still see its own writes.
+    session: Mutex<HashMap<u32, u64>>,
 }
 
 /// Whether a failed attempt certainly applied nothing.
@@ -121,6 +126,7 @@ impl Client {
                 map: RwLock::new(Arc::new(Map::default())),
                 conns: Mutex::new(HashMap::new()),
                 next: Default::default(),
+                session: Mutex::new(HashMap::new()),
             }),
         };
         c.refresh().await?;
@@ -273,6 +279,54 @@ impl Client {
         Ok(r.found.then_some((r.value, r.version)))
     }
 
+    /// Remembers the session token of a write answer.
+    fn note_session(&self, md: &tonic::metadata::MetadataMap) {
+        let Some((p, v)) = md
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.split_once(':'))
+            .and_then(|(p, v)| Some((p.parse::<u32>().ok()?, v.parse::<u64>().ok()?)))
+        else {
+            return;
+        };
+        let mut s = self.inner.session.lock();
+        let e = s.entry(p).or_insert(0);
+        *e = (*e).max(v);
+    }
+
+    /// An eventually consistent read: any node may answer from flushed data (cheaper, and
+    /// it spreads load), but never older than this client's own writes (read-your-writes).
+    pub async fn get_eventual(
+        &self,
+        key: impl Into<Bytes>,
+    ) -> Result<Option<(Bytes, u64)>, Status> {
+        let key = key.into();
+        let p = self.partition_of(&key);
+        let token = self
+            .inner
+            .session
+            .lock()
+            .get(&p)
+            .map(|v| format!("{p}:{v}"));
+        let r = self
+            .call(None, true, |mut c| {
+                let (key, token) = (key.clone(), token.clone());
+                async move {
+                    let mut req = tonic::Request::new(pb::GetRequest {
+                        key,
+                        consistency: pb::Consistency::Eventual as i32,
+                    });
+                    if let Some(t) = token.and_then(|t| t.parse().ok()) {
+                        req.metadata_mut().insert(SESSION_HEADER, t);
+                    }
+                    c.get(req).await
+                }
+            })
+            .await?
+            .into_inner();
+        Ok(r.found.then_some((r.value, r.version)))
+    }
+
     /// Stores `value` under `key`; returns the write's version.
     pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64, Status> {
         self.put_request(pb::PutRequest {
@@ -292,6 +346,7 @@ impl Client {
                 async move { c.put(req).await }
             })
             .await?;
+        self.note_session(r.metadata());
         Ok(r.into_inner().version)
     }
 
@@ -312,8 +367,9 @@ impl Client {
                 let req = req.clone();
                 async move { c.delete(req).await }
             })
-            .await?
-            .into_inner();
+            .await?;
+        self.note_session(r.metadata());
+        let r = r.into_inner();
         Ok((r.found, r.version))
     }
 
@@ -349,6 +405,7 @@ impl Client {
                 async move { c.batch_write(req).await }
             })
             .await?;
+        self.note_session(r.metadata());
         Ok(r.into_inner().versions)
     }
 

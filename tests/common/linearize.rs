@@ -596,7 +596,7 @@ impl Ver {
     }
 }
 
-/// Model state: interned value (None = absent) and version.
+/// Model state: interned value (None = absent; `ANON`: a value no read returned) and version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct State {
     val: Option<u32>,
@@ -719,6 +719,9 @@ fn cap(eff: &Eff) -> u64 {
         }
     }
 }
+
+/// The value id standing for every value no definite read returned.
+const ANON: u32 = u32::MAX;
 
 /// A prepared op of one key.
 #[derive(Clone, Copy, Debug)]
@@ -870,6 +873,27 @@ fn prepare<'a>(
             });
         }
     }
+    // Values no definite read returned cannot be told apart: make them one value, so that
+    // unknown ops writing them become interchangeable (one group) and positions merge.
+    let observed: HashSet<u32> = p
+        .def
+        .iter()
+        .filter_map(|o| match o.eff {
+            Eff::Read(Some((v, _))) => Some(v),
+            _ => None,
+        })
+        .collect();
+    let anonymize = |val: &mut Option<u32>| {
+        if val.is_some_and(|v| !observed.contains(&v)) {
+            *val = Some(ANON);
+        }
+    };
+    for o in p.def.iter_mut().chain(p.unk.iter_mut()) {
+        if let Eff::Mutate { val, .. } = &mut o.eff {
+            anonymize(val);
+        }
+    }
+    anonymize(&mut p.init.val);
     let mut group_ids: HashMap<Eff, usize> = HashMap::new();
     for (k, u) in p.unk.iter().enumerate() {
         let g = *group_ids.entry(u.eff).or_insert_with(|| {
@@ -1213,10 +1237,7 @@ fn search(p: &Prepared, max_steps: u64) -> SearchResult {
         let lens: Vec<usize> = memo.seen.values().map(|v| v.len()).collect();
         let max = lens.iter().max().copied().unwrap_or(0);
         let total: usize = lens.iter().sum();
-        eprintln!(
-            "steps {steps} keys {} sets {total} max antichain {max}",
-            lens.len()
-        );
+        eprintln!("steps {steps} keys {} sets {total} max antichain {max} groups {}", lens.len(), p.groups.len());
     }
     result(End::NotLinearizable, steps, best_path)
 }
@@ -1315,6 +1336,7 @@ impl Prepared<'_> {
         };
         match s.val {
             None => format!("absent (version {ver})"),
+            Some(ANON) => format!("(a value no read returned) {ver}"),
             Some(v) => format!("{} {ver}", show_bytes(&self.values[v as usize])),
         }
     }
@@ -2372,8 +2394,10 @@ mod tests {
     fn bench_violations() {
         let mut rng = XorShift(11);
         for (jitter, unknown_pct, unique_values) in [
-            (60, 5, true),
+            (60, 0, false),
             (60, 10, true),
+            (60, 5, true),
+            (60, 20, true),
             (500, 5, true),
             (500, 20, true),
             (60, 1, false),
