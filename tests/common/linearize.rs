@@ -54,6 +54,9 @@ use std::time::Instant;
 /// Search steps allowed per key before the checker gives up.
 pub const DEFAULT_MAX_STEPS: u64 = 2_000_000;
 
+/// At most this many sets of unknown ops are remembered per (definite ops, state) position.
+const MAX_ANTICHAIN: usize = 32;
+
 /// At most this many ops of a key are printed in a report.
 const MAX_DUMP_OPS: usize = 300;
 
@@ -1160,6 +1163,10 @@ impl Memo {
             return false;
         }
         sets.retain(|s| !subset(unk, s));
+        if sets.len() >= MAX_ANTICHAIN {
+            // Forgetting a position only costs pruning, never correctness.
+            sets.remove(0);
+        }
         sets.push(unk.clone().into_boxed_slice());
         true
     }
@@ -1232,12 +1239,6 @@ fn search(p: &Prepared, max_steps: u64) -> SearchResult {
             via: Some((c, undo)),
             cands,
         });
-    }
-    if std::env::var("LIN_DEBUG").is_ok() {
-        let lens: Vec<usize> = memo.seen.values().map(|v| v.len()).collect();
-        let max = lens.iter().max().copied().unwrap_or(0);
-        let total: usize = lens.iter().sum();
-        eprintln!("steps {steps} keys {} sets {total} max antichain {max} groups {}", lens.len(), p.groups.len());
     }
     result(End::NotLinearizable, steps, best_path)
 }
@@ -2394,14 +2395,6 @@ mod tests {
     fn bench_violations() {
         let mut rng = XorShift(11);
         for (jitter, unknown_pct, unique_values) in [
-            (60, 0, false),
-            (60, 10, true),
-            (60, 5, true),
-            (60, 20, true),
-            (500, 5, true),
-            (500, 20, true),
-            (60, 1, false),
-            (60, 5, false),
             (500, 5, false),
         ] {
             {
