@@ -80,7 +80,11 @@ mod partition_tests {
             counts[p as usize] += 1;
         }
         assert!(counts.iter().all(|&c| c > 800 && c < 1200), "{counts:?}");
-        // A snapshot: clients in other languages must agree with this mapping.
-        assert_eq!(partition_of(b"key-1", 16), partition_of(b"key-1", 16));
+        // Pinned: clients in other languages must compute exactly this. xxh3_64("key-1") is
+        // 0x2d29f1336b0229f9, whose top 4 bits are 2.
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(b"key-1"), 0x2d29_f133_6b02_29f9);
+        assert_eq!(partition_of(b"key-1", 16), 2);
+        assert_eq!(partition_of(b"user:42", 16), 9);
+        assert_eq!(partition_of(b"key-1", 1), 0);
     }
 }
