@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// What to run.
     #[arg(long, value_enum, default_value_t = Workload::Default)]
     pub workload: Workload,
+    /// On a cluster, send every request to the targets and let nodes forward (default: route
+    /// each key straight to its partition's owner, as the client library does).
+    #[arg(long)]
+    pub forward: bool,
     /// Concurrent clients (each keeps one request in flight).
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -238,6 +242,9 @@ struct Ctx {
     /// per partition its keys fall in, concurrently: a cluster keeps batches within one
     /// partition.
     partitions: u32,
+    /// Per partition, clients connected straight to its owner (empty: every request goes to
+    /// the client's own target, and cluster nodes forward what they do not own).
+    direct: Vec<Vec<KvClient<Channel>>>,
 }
 
 /// A ready-to-send request.
@@ -361,12 +368,56 @@ async fn batch_write(
     Ok(())
 }
 
-/// Partitions of the cluster behind `channel` (1 for a single node or an older server).
-async fn partitions_of(channel: Channel) -> u32 {
+/// The routing table of the cluster behind `channel` (`None` for a single node or an older
+/// server).
+async fn cluster_map(channel: Channel) -> Option<pb::ClusterMapResponse> {
     let mut admin = pb::admin_client::AdminClient::new(channel);
-    match admin.cluster_map(pb::ClusterMapRequest {}).await {
-        Ok(m) => m.into_inner().partitions.max(1),
-        Err(_) => 1,
+    let m = admin
+        .cluster_map(pb::ClusterMapRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    (m.partitions > 1).then_some(m)
+}
+
+/// Channels straight to each partition's owner, `per_node` connections per node.
+async fn direct_clients(
+    map: &pb::ClusterMapResponse,
+    per_node: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Vec<KvClient<Channel>>>> {
+    let mut by_addr: std::collections::HashMap<String, Vec<KvClient<Channel>>> = Default::default();
+    let mut out = vec![Vec::new(); map.partitions as usize];
+    for o in &map.owners {
+        if o.addr.is_empty() {
+            continue;
+        }
+        if !by_addr.contains_key(&o.addr) {
+            let chans = futures::future::try_join_all(
+                (0..per_node.max(1)).map(|_| client_cli::connect(&o.addr, timeout)),
+            )
+            .await?;
+            by_addr.insert(
+                o.addr.clone(),
+                chans.into_iter().map(client_cli::kv_client).collect(),
+            );
+        }
+        if let Some(slot) = out.get_mut(o.partition as usize) {
+            *slot = by_addr[&o.addr].clone();
+        }
+    }
+    Ok(out)
+}
+
+/// The key a request is routed by (none for batch writes, which are split per partition
+/// anyway, and scans, which span every partition).
+fn routing_key(req: &Req) -> Option<&[u8]> {
+    match req {
+        Req::Get(r) => Some(&r.key),
+        Req::Put(r) => Some(&r.key),
+        Req::Delete(r) => Some(&r.key),
+        Req::BatchGet(r) => r.keys.first().map(|k| &k[..]),
+        Req::BatchWrite(_) | Req::Scan(_) => None,
     }
 }
 
@@ -468,7 +519,7 @@ fn lock_recorder(r: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
 
 #[allow(clippy::too_many_arguments)]
 async fn client_loop(
-    mut client: KvClient<Channel>,
+    client: KvClient<Channel>,
     mut generator: OpGenerator,
     mut rng: SmallRng,
     ctx: Arc<Ctx>,
@@ -494,8 +545,17 @@ async fn client_loop(
         };
         let kind = plan.kind();
         let (req, bytes_written) = build(&ctx, &mut rng, plan);
+        // Straight to the owner when we know it (a cluster); else through our target.
+        let direct = routing_key(&req)
+            .and_then(|k| {
+                ctx.direct
+                    .get(strata_format::partition_of(k, ctx.partitions) as usize)
+            })
+            .filter(|cs| !cs.is_empty())
+            .map(|cs| cs[rng.random_range(0..cs.len())].clone());
+        let mut c = direct.unwrap_or_else(|| client.clone());
         let t0 = Instant::now();
-        let result = execute(&mut client, req, bytes_written, ctx.partitions).await;
+        let result = execute(&mut c, req, bytes_written, ctx.partitions).await;
         let latency = t0.elapsed();
         match result {
             Ok(o) => {
@@ -674,7 +734,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (0..plan.channels).map(|i| client_cli::connect(targets[i % targets.len()], timeout)),
     )
     .await?;
-    let partitions = partitions_of(channels[0].clone()).await;
+    let map = cluster_map(channels[0].clone()).await;
+    let partitions = map.as_ref().map(|m| m.partitions).unwrap_or(1);
+    let direct = match &map {
+        Some(m) if !args.forward => {
+            let nodes = m.nodes.len().max(1);
+            direct_clients(m, plan.channels.div_ceil(nodes), timeout).await?
+        }
+        _ => Vec::new(),
+    };
+    if let Some(m) = &map {
+        eprintln!(
+            "cluster: {} partitions on {} nodes; requests go {}",
+            m.partitions,
+            m.nodes.len(),
+            if args.forward {
+                "to the targets, which forward"
+            } else {
+                "straight to each key's owner"
+            }
+        );
+    }
     let clients: Vec<KvClient<Channel>> = (0..args.clients)
         .map(|i| client_cli::kv_client(channels[i / args.clients_per_channel].clone()))
         .collect();
@@ -686,6 +766,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         durability: args.durability.to_pb(),
         consistency: args.consistency.to_pb(),
         partitions,
+        direct,
     });
 
     let preload_summary = if plan.preload {
@@ -924,6 +1005,7 @@ mod tests {
             durability: pb::Durability::Buffered as i32,
             consistency: pb::Consistency::Eventual as i32,
             partitions: 1,
+            direct: Vec::new(),
         };
         let (req, bytes) = build(&ctx, &mut rng, OpPlan::BatchWrite(vec![(1, 10), (2, 20)]));
         assert_eq!(bytes, 50 + 10 + 50 + 20);

@@ -518,12 +518,14 @@ async fn library_load(
         // Eventually consistent, through any node, yet it reads its own write (session).
         match client.get_eventual(key.clone()).await {
             Ok(Some((v, _))) if v == value => {}
-            Ok(other) if acked.lock().unwrap().contains_key(&key) => errors
+            Ok(other) if acked.lock().unwrap().contains_key(&key) => errors.lock().unwrap().push(
+                format!("eventual get {key:?}: missed our own write: {other:?}"),
+            ),
+            Ok(_) => {}
+            Err(e) => errors
                 .lock()
                 .unwrap()
-                .push(format!("eventual get {key:?}: missed our own write: {other:?}")),
-            Ok(_) => {}
-            Err(e) => errors.lock().unwrap().push(format!("eventual get {key:?}: {e}")),
+                .push(format!("eventual get {key:?}: {e}")),
         }
         ops.fetch_add(3, Ordering::Relaxed);
     }
