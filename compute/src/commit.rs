@@ -464,7 +464,17 @@ impl Committer {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            store.put(&path, body, PutMode::Create).await
+            match store.put(&path, body.clone(), PutMode::Create).await {
+                // A retry of a segment whose earlier PUT failed may find that PUT's object:
+                // an earlier attempt can land although its answer was lost. Our own bytes
+                // there mean it landed; anything else means a newer writer fenced us.
+                Err(StoreError::AlreadyExists(p)) if attempts > 1 => match store.get(&path).await {
+                    Ok(existing) if existing == body => Ok(()),
+                    Ok(_) => Err(StoreError::AlreadyExists(p)),
+                    Err(e) => Err(e),
+                },
+                other => other,
+            }
         });
         InFlight {
             segment_id,

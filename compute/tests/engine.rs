@@ -260,3 +260,32 @@ async fn a_failed_condition_is_answered_only_once_what_it_saw_is_visible() {
     assert!(version > v1);
     slow.await.unwrap().unwrap();
 }
+
+/// A WAL PUT that landed although its answer was lost is retried with the same name: the
+/// retry finds our own segment there, which is success, not a newer writer's fence.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wal_put_whose_answer_was_lost_does_not_fence_the_writer() {
+    use strata_objstore::{FaultInjecting, Faults};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::default();
+    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let db = open_on(store, DbOptions::default()).await;
+    faults.lose_next_put_response();
+    // Its outcome is unknown to the writer (the answer was lost) ...
+    let r = db.write(vec![put("k", "landed", Cond::None)], true).await;
+    assert!(matches!(r, Err(EngineError::Unavailable(_))), "{r:?}");
+    // ... but the engine keeps serving, and the write did land.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match db.write(vec![put("k2", "next", Cond::None)], true).await {
+            Ok(_) => break,
+            Err(EngineError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the writer fenced itself: {e}"),
+        }
+    }
+    assert_eq!(get(&db, "k").await.map(|v| v.0), Some("landed".into()));
+    assert_eq!(get(&db, "k2").await.map(|v| v.0), Some("next".into()));
+}
