@@ -98,6 +98,7 @@ start() {
     "$bin" --name strata-dev --data-dir "$DIR/data" \
         --listen-client-urls "$c" --advertise-client-urls "$c" \
         --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" \
+        --auto-compaction-mode revision --auto-compaction-retention 1000 \
         "${bootstrap[@]}" \
         </dev/null >>"$DIR/log" 2>&1 &
     echo $! >"$DIR/pid"
