@@ -123,13 +123,22 @@ impl Cluster {
     {
         let deadline = Instant::now() + timeout;
         let live: Vec<String> = self.live().iter().map(|&i| self.ids[i].clone()).collect();
+        // Settled = every partition owned by a running node, and no move for 600 ms (hand-offs
+        // of a rebalance happen within a few hundred ms of each other).
+        let mut last: Option<(Vec<String>, Instant)> = None;
         loop {
             let m = self.map(via).await;
             let all_owned = m
                 .owners
                 .iter()
                 .all(|o| live.contains(&o.node_id) && o.epoch != 0);
-            if all_owned && pred(&m) {
+            let owners: Vec<String> = m.owners.iter().map(|o| o.node_id.clone()).collect();
+            let stable_since = match &last {
+                Some((prev, since)) if *prev == owners => *since,
+                _ => Instant::now(),
+            };
+            last = Some((owners, stable_since));
+            if all_owned && pred(&m) && stable_since.elapsed() >= Duration::from_millis(600) {
                 return m;
             }
             assert!(

@@ -144,9 +144,22 @@ impl KvService {
                     Ok(Route::Remote(addr)) if forwarded => Err(retryable(format!(
                         "partition {p} is not served by this node (owner: {addr})"
                     ))),
-                    Ok(Route::Remote(addr)) => {
-                        f(Route::Remote(addr.clone())).await.map(|t| (t, addr))
-                    }
+                    Ok(Route::Remote(addr)) => f(Route::Remote(addr.clone()))
+                        .await
+                        .map(|t| (t, addr.clone()))
+                        .map_err(|s| {
+                            // The owner we know of cannot be reached (it may have just died):
+                            // the request never got there, so it may go wherever the
+                            // partition is next.
+                            if unreachable_peer(&s) {
+                                retryable(format!(
+                                    "partition {p}: owner {addr} unreachable: {}",
+                                    s.message()
+                                ))
+                            } else {
+                                s
+                            }
+                        }),
                     Ok(route) => f(route)
                         .await
                         .map(|t| (t, self.me.get().cloned().unwrap_or_default())),
@@ -184,6 +197,16 @@ impl KvService {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+}
+
+/// Whether a forwarded request failed because the peer could not be connected to (so it was
+/// never sent).
+fn unreachable_peer(s: &Status) -> bool {
+    if s.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let m = format!("{s:?}").to_ascii_lowercase();
+    m.contains("tcp connect error") || m.contains("connection refused")
 }
 
 /// What a request allows: whether it was forwarded by a peer, and how long it may spend
