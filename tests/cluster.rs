@@ -990,3 +990,55 @@ async fn eventual_reads_on_any_node_are_bounded_and_sessions_read_their_writes()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_with_sigterm_hands_its_partitions_off_quickly() {
+    let Some((s3, etcd)) = infra() else { return };
+    let mut c = Cluster::start(&s3, &etcd, 3, "sigterm");
+    let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let leaving = (0..3)
+        .max_by_key(|&i| owned_by(&m, &c.ids[i]).len())
+        .expect("nodes");
+    let moved = owned_by(&m, &c.ids[leaving]);
+    let survivor = (leaving + 1) % 3;
+    let mut kv = c.client(survivor).await;
+    // Acknowledged writes on the partitions that will move, some still only in memtables.
+    let mut acked = BTreeMap::new();
+    for (n, &p) in moved.iter().enumerate() {
+        let k = key_in(p, m.partitions, "handoff", n);
+        let v = Bytes::from(format!("v{n}"));
+        put(&mut kv, k.clone(), v.clone(), Duration::from_secs(10))
+            .await
+            .expect("write before the stop");
+        acked.insert(k, v);
+    }
+    let t = Instant::now();
+    let mut leaving_node = c.nodes[leaving].take().expect("running");
+    assert!(
+        leaving_node.terminate(),
+        "the node did not exit cleanly on SIGTERM"
+    );
+    let stopped = t.elapsed();
+    // Its partitions were handed off (flushed, released, lease revoked): no lease to wait out.
+    let k = key_in(moved[0], m.partitions, "after", 0);
+    put(
+        &mut kv,
+        k,
+        Bytes::from_static(b"x"),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("write after the hand-off");
+    println!(
+        "HANDOFF: SIGTERM to exit {:.0} ms, first write on a moved partition {:.0} ms after SIGTERM",
+        stopped.as_secs_f64() * 1000.0,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    assert!(
+        leaving_node.log_text().contains("partition handed off"),
+        "no hand-off in the log"
+    );
+    for i in c.live() {
+        verify_from(&c, i, &acked).await;
+    }
+}
