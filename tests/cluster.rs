@@ -989,6 +989,34 @@ async fn eventual_reads_on_any_node_are_bounded_and_sessions_read_their_writes()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // BatchGet and Scan with EVENTUAL on the other node: its flushed replicas of every
+    // partition (and the owners' data for what it owns) merged as usual.
+    let got = other
+        .batch_get(pb::BatchGetRequest {
+            keys: vec![key.clone(), Bytes::from_static(b"ev-missing")],
+            consistency: pb::Consistency::Eventual as i32,
+        })
+        .await
+        .expect("eventual batch get")
+        .into_inner()
+        .results;
+    assert_eq!(got.len(), 2);
+    assert!(got[0].found && got[0].value == Bytes::from_static(b"v1"));
+    assert!(!got[1].found);
+    let mut st = other
+        .scan(pb::ScanRequest {
+            prefix: Bytes::from_static(b"ev-"),
+            consistency: pb::Consistency::Eventual as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("eventual scan")
+        .into_inner();
+    let mut keys = Vec::new();
+    while let Some(chunk) = st.message().await.expect("scan chunk") {
+        keys.extend(chunk.entries.into_iter().map(|e| e.key));
+    }
+    assert_eq!(keys, vec![key.clone()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -73,16 +73,25 @@ impl Replicas {
         Ok(keep)
     }
 
+    /// A reader's view of partition `p`'s flushed data, no older than manifest version `want`.
+    pub(crate) async fn view(&self, p: u32, want: u64) -> EngineResult<Arc<View>> {
+        Ok(Arc::new(Self::view_of(self.version(p, want, false).await?)))
+    }
+
+    fn view_of(version: Arc<Version>) -> View {
+        View {
+            active: Arc::new(Memtable::new(0)),
+            imms: Vec::new(),
+            version,
+        }
+    }
+
     /// Reads `key` of partition `p` from flushed data no older than manifest version `want`.
     pub(crate) async fn get(&self, p: u32, key: &[u8], want: u64) -> EngineResult<ReplicaRead> {
         let mut force = false;
         loop {
             let version = self.version(p, want, force).await?;
-            let view = View {
-                active: Arc::new(Memtable::new(0)),
-                imms: Vec::new(),
-                version: version.clone(),
-            };
+            let view = Self::view_of(version.clone());
             match Db::get_entry(&view, key, Snap::LATEST).await {
                 Ok(e) => {
                     return Ok(ReplicaRead {

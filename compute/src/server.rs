@@ -129,7 +129,7 @@ impl KvService {
     /// Runs `f` against partition `p`'s current route, retrying while the partition moves
     /// (answers marked retry-safe: nothing was applied). A forwarded request is not retried
     /// here: the node that forwarded it retries, with a fresh route.
-    async fn on_partition<T, F, Fut>(&self, p: u32, ctx: Ctx, f: F) -> Result<(T, String), Status>
+    async fn on_partition<T, F, Fut>(&self, p: u32, ctx: &Ctx, f: F) -> Result<(T, String), Status>
     where
         F: Fn(Route) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -211,12 +211,14 @@ fn unreachable_peer(s: &Status) -> bool {
 
 /// What a request allows: whether it was forwarded by a peer, and how long it may spend
 /// waiting for its partition to settle (the retry budget, cut to the client's deadline).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Ctx {
     forwarded: bool,
     budget: Duration,
     /// Time from now by which an answer must be sent (from the client's deadline).
     answer_by: Option<Duration>,
+    /// Session tokens the request carries: newest version seen per partition.
+    sessions: Arc<HashMap<u32, u64>>,
 }
 
 fn ctx<T>(req: &Request<T>) -> Ctx {
@@ -234,6 +236,7 @@ fn ctx<T>(req: &Request<T>) -> Ctx {
         forwarded: forwarded_partition(req).is_some(),
         budget,
         answer_by: timeout.map(|t| t.mul_f64(0.9)),
+        sessions: Arc::new(sessions(req)),
     }
 }
 
@@ -269,14 +272,25 @@ fn forward<T>(p: u32, msg: T) -> Request<T> {
     r
 }
 
-/// The newest write of partition `p` a session token says the client has seen.
-fn session_seq<T>(req: &Request<T>, p: u32) -> Option<u64> {
-    let v = req.metadata().get(SESSION_HEADER)?.to_str().ok()?;
-    v.split(',')
+/// The newest write per partition that the request's session tokens say the client has seen.
+fn sessions<T>(req: &Request<T>) -> HashMap<u32, u64> {
+    let mut out: HashMap<u32, u64> = HashMap::new();
+    let Some(v) = req
+        .metadata()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return out;
+    };
+    for (p, seq) in v
+        .split(',')
         .filter_map(|t| t.trim().split_once(':'))
-        .filter(|(tp, _)| tp.parse::<u32>().ok() == Some(p))
-        .filter_map(|(_, seq)| seq.parse::<u64>().ok())
-        .max()
+        .filter_map(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u64>().ok()?)))
+    {
+        let e = out.entry(p).or_insert(0);
+        *e = (*e).max(seq);
+    }
+    out
 }
 
 /// A write's response: routing hints plus the session token of the write.
@@ -480,16 +494,48 @@ impl KvService {
         Ok(Some(resp))
     }
 
+    /// Eventually consistent reads of several keys of partition `p` from flushed data here,
+    /// if allowed (see [`KvService::eventual_get`]).
+    async fn eventual_multi(
+        &self,
+        p: u32,
+        keys: &[Bytes],
+        session: Option<u64>,
+    ) -> Result<Option<Vec<pb::GetResponse>>, Status> {
+        let Backend::Cluster(node) = self.backend()? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            match node.replica_get(p, k, session).await.map_err(status)? {
+                Some((r, _)) => out.push(found(r.value)),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
     async fn open_part_scan(
         &self,
         p: u32,
-        cx: Ctx,
+        cx: &Ctx,
         req: &pb::ScanRequest,
         start: &Bytes,
         end: &Option<Bytes>,
     ) -> Result<PartScan, Status> {
+        if req.consistency == pb::Consistency::Eventual as i32 && !cx.forwarded {
+            if let Backend::Cluster(node) = self.backend()? {
+                if let Some(s) = node
+                    .replica_scan(p, start.clone(), end.clone(), cx.sessions.get(&p).copied())
+                    .await
+                    .map_err(status)?
+                {
+                    return Ok(PartScan::Local(s));
+                }
+            }
+        }
         let (src, _) = self
-            .on_partition(p, cx, |route| {
+            .on_partition(p, &cx, |route| {
                 let req = req.clone();
                 let (start, end) = (start.clone(), end.clone());
                 async move {
@@ -514,21 +560,20 @@ impl KvService {
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let cx = ctx(&req);
-        let session = self
-            .partition_of(&req.get_ref().key)
-            .ok()
-            .and_then(|p| session_seq(&req, p));
         let r = req.into_inner();
         check_key("key", &r.key)?;
         check_consistency("consistency", r.consistency)?;
         let p = self.partition_of(&r.key)?;
         if r.consistency == pb::Consistency::Eventual as i32 && !cx.forwarded {
-            if let Some(resp) = self.eventual_get(p, &r.key, session).await? {
+            if let Some(resp) = self
+                .eventual_get(p, &r.key, cx.sessions.get(&p).copied())
+                .await?
+            {
                 return Ok(resp);
             }
         }
         let (res, owner) = self
-            .on_partition(p, cx, |route| {
+            .on_partition(p, &cx, |route| {
                 let r = r.clone();
                 async move {
                     match route {
@@ -550,7 +595,7 @@ impl Kv for KvService {
         let op = put_op("", r.clone())?;
         let p = self.partition_of(&op.key)?;
         let (res, owner) = self
-            .on_partition(p, cx, |route| {
+            .on_partition(p, &cx, |route| {
                 let (r, op) = (r.clone(), op.clone());
                 async move {
                     match route {
@@ -581,7 +626,7 @@ impl Kv for KvService {
         let op = delete_op("", r.clone())?;
         let p = self.partition_of(&op.key)?;
         let (res, owner) = self
-            .on_partition(p, cx, |route| {
+            .on_partition(p, &cx, |route| {
                 let (r, op) = (r.clone(), op.clone());
                 async move {
                     match route {
@@ -623,12 +668,21 @@ impl Kv for KvService {
         for (i, k) in r.keys.iter().enumerate() {
             groups.entry(self.partition_of(k)?).or_default().push(i);
         }
+        let cx = &cx;
         let reads = groups.into_iter().map(|(p, idx)| {
             let keys: Vec<Bytes> = idx.iter().map(|&i| r.keys[i].clone()).collect();
             let consistency = r.consistency;
             async move {
+                if consistency == pb::Consistency::Eventual as i32 && !cx.forwarded {
+                    if let Some(res) = self
+                        .eventual_multi(p, &keys, cx.sessions.get(&p).copied())
+                        .await?
+                    {
+                        return Ok::<_, Status>((idx, res));
+                    }
+                }
                 let (res, _) = self
-                    .on_partition(p, cx, |route| {
+                    .on_partition(p, &cx, |route| {
                         let keys = keys.clone();
                         async move {
                             match route {
@@ -715,7 +769,7 @@ impl Kv for KvService {
             )));
         }
         let (res, owner) = self
-            .on_partition(p, cx, |route| {
+            .on_partition(p, &cx, |route| {
                 let (r, ops) = (r.clone(), ops.clone());
                 async move {
                     match route {
@@ -779,7 +833,7 @@ impl Kv for KvService {
         for p in parts {
             heads.push(Head {
                 buf: Default::default(),
-                src: self.open_part_scan(p, cx, &r, &start, &end).await?,
+                src: self.open_part_scan(p, &cx, &r, &start, &end).await?,
                 done: false,
             });
         }

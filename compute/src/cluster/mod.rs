@@ -282,6 +282,38 @@ impl ClusterNode {
         Ok(Some((r, stale)))
     }
 
+    /// An eventually consistent scan of partition `p` from flushed data (same rules as
+    /// [`ClusterNode::replica_get`]).
+    pub async fn replica_scan(
+        &self,
+        p: u32,
+        start: bytes::Bytes,
+        end: Option<bytes::Bytes>,
+        session_seq: Option<u64>,
+    ) -> Result<Option<crate::Scanner>, EngineError> {
+        if self.inner.parts.read().contains_key(&p) {
+            return Ok(None);
+        }
+        let want = self
+            .inner
+            .view
+            .read()
+            .manifests
+            .get(&p)
+            .copied()
+            .unwrap_or(0);
+        let view = self.inner.replicas.view(p, want).await?;
+        if session_seq.is_some_and(|s| s > view.version.manifest.last_flushed_seq) {
+            return Ok(None);
+        }
+        Ok(Some(crate::scan::Scanner::new(
+            view,
+            crate::memtable::Snap::LATEST,
+            start,
+            end,
+        )))
+    }
+
     /// The routing table for smart clients.
     pub fn cluster_map(&self) -> pb::ClusterMapResponse {
         let view = self.inner.view.read().clone();
