@@ -535,7 +535,7 @@ impl KvService {
             }
         }
         let (src, _) = self
-            .on_partition(p, &cx, |route| {
+            .on_partition(p, cx, |route| {
                 let req = req.clone();
                 let (start, end) = (start.clone(), end.clone());
                 async move {
@@ -682,7 +682,7 @@ impl Kv for KvService {
                     }
                 }
                 let (res, _) = self
-                    .on_partition(p, &cx, |route| {
+                    .on_partition(p, cx, |route| {
                         let keys = keys.clone();
                         async move {
                             match route {
