@@ -84,6 +84,12 @@ fn rows(v: &ClusterView) -> BTreeMap<u32, serde_json::Value> {
         .map(|s| (s.partition, s.clone()))
         .collect();
     let n = v.config.map(|c| c.partitions).unwrap_or(0);
+    let hot = hot_partitions(
+        &progress
+            .values()
+            .map(|s| (s.partition, s.writes_per_sec))
+            .collect::<Vec<_>>(),
+    );
     (0..n)
         .map(|p| {
             let o = v.owners.get(&p);
@@ -101,9 +107,24 @@ fn rows(v: &ClusterView) -> BTreeMap<u32, serde_json::Value> {
                     "flushed_seq": flushed,
                     "unflushed_seqs": durable.saturating_sub(flushed),
                     "memtable_bytes": pr.map(|s| s.memtable_bytes).unwrap_or(0),
+                    "writes_per_sec": pr.map(|s| s.writes_per_sec).unwrap_or(0),
+                    "hot": hot.contains(&p),
                 }),
             )
         })
+        .collect()
+}
+
+/// Partitions whose write rate is far above the others': more than 4x the median and at least
+/// 20 writes/s. (Shown, not acted on: partitions do not split yet.)
+fn hot_partitions(rates: &[(u32, u64)]) -> Vec<u32> {
+    let mut sorted: Vec<u64> = rates.iter().map(|r| r.1).collect();
+    sorted.sort_unstable();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+    rates
+        .iter()
+        .filter(|(_, r)| *r >= 20 && *r > median.saturating_mul(4))
+        .map(|(p, _)| *p)
         .collect()
 }
 
@@ -165,25 +186,46 @@ fn status_text(v: &ClusterView) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10}",
-        "PARTITION", "OWNER", "EPOCH", "MANIFEST", "DURABLE SEQ", "FLUSHED SEQ", "LAG"
+        "\n{:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9}",
+        "PARTITION", "OWNER", "EPOCH", "MANIFEST", "DURABLE SEQ", "FLUSHED SEQ", "LAG", "WRITES/S"
     );
     for (p, r) in rows(v) {
         let get = |k: &str| r.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        let hot = if r.get("hot").and_then(|x| x.as_bool()) == Some(true) {
+            "  HOT"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "{p:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10}",
+            "{p:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9}{hot}",
             r.get("owner").and_then(|x| x.as_str()).unwrap_or("-"),
             r.get("epoch").and_then(|x| x.as_str()).unwrap_or("-"),
             get("manifest_version"),
             get("durable_seq"),
             get("flushed_seq"),
             get("unflushed_seqs"),
+            get("writes_per_sec"),
         );
     }
     let _ = writeln!(
         s,
-        "\nLAG: writes durable in the WAL but not yet in an SST (what a failover replays)."
+        "\nLAG: writes durable in the WAL but not yet in an SST (what a failover replays).\n\
+         HOT: more than 4x the median write rate (at least 20/s); partitions do not split yet."
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hot_partitions;
+
+    #[test]
+    fn flags_partitions_far_above_the_median() {
+        let rates = [(0, 50), (1, 60), (2, 55), (3, 900), (4, 58)];
+        assert_eq!(hot_partitions(&rates), vec![3]);
+        // Idle clusters have no hot partitions, however skewed.
+        assert!(hot_partitions(&[(0, 0), (1, 0), (2, 15)]).is_empty());
+        assert!(hot_partitions(&[]).is_empty());
+    }
 }

@@ -1070,3 +1070,64 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_off_quickly() {
         verify_from(&c, i, &acked).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_skewed_workload_shows_its_hot_partition_in_ctl_status() {
+    let Some((s3, etcd)) = infra() else { return };
+    let c = Cluster::start(&s3, &etcd, 2, "hot");
+    let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let hot = 5u32 % m.partitions;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Eight writers on one partition, one writer spread over all of them.
+    let mut tasks = Vec::new();
+    for w in 0..9 {
+        let mut kv = c.client(w % 2).await;
+        let stop = stop.clone();
+        let partitions = m.partitions;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let p = if w < 8 {
+                    hot
+                } else {
+                    (n % partitions as usize) as u32
+                };
+                let k = key_in(p, partitions, &format!("skew{w}"), n);
+                let _ = put(
+                    &mut kv,
+                    k,
+                    Bytes::from_static(b"v"),
+                    Duration::from_secs(10),
+                )
+                .await;
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let json: serde_json::Value =
+            serde_json::from_str(&c.ctl(&["status", "--json"])).expect("status json");
+        let flagged: Vec<u64> = json["partition_table"]
+            .as_array()
+            .expect("table")
+            .iter()
+            .filter(|r| r["hot"].as_bool() == Some(true))
+            .filter_map(|r| r["partition"].as_u64())
+            .collect();
+        if flagged == vec![u64::from(hot)] {
+            break c.ctl(&["status"]);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {hot} never flagged alone as hot: {flagged:?}"
+        );
+    };
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    println!("{status}");
+    assert!(status.contains("HOT"));
+}

@@ -112,6 +112,9 @@ pub struct PartitionProgress {
     pub manifest_version: u64,
     /// Bytes in memtables (not yet flushed).
     pub memtable_bytes: u64,
+    /// Writes per second over the last publishing interval.
+    #[serde(default)]
+    pub writes_per_sec: u64,
 }
 
 /// Everything under the cluster prefix, read at one revision.

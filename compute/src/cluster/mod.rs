@@ -479,6 +479,8 @@ async fn reconcile_loop(node: ClusterNode) {
     let inner = &node.inner;
     let mut stop = inner.stop.clone();
     let mut last_stats = Instant::now() - Duration::from_secs(10);
+    // Per partition: durable seq and when we saw it, for write rates.
+    let mut seen: HashMap<u32, (u64, Instant)> = HashMap::new();
     loop {
         match inner.etcd.view().await {
             Ok(view) => {
@@ -490,19 +492,34 @@ async fn reconcile_loop(node: ClusterNode) {
         }
         if last_stats.elapsed() >= Duration::from_secs(1) && inner.lease.valid() {
             last_stats = Instant::now();
+            let now = Instant::now();
             let stats: Vec<PartitionProgress> = node
                 .serving()
                 .iter()
                 .map(|db| {
                     let (durable, flushed) = db.progress();
                     let s = db.stats();
+                    let p = db.partition();
+                    // Seqs count written ops, so their growth is the partition's write rate.
+                    let rate = match seen.insert(p, (durable, now)) {
+                        Some((prev, at)) if durable >= prev => {
+                            let secs = now.duration_since(at).as_secs_f64();
+                            if secs > 0.0 {
+                                ((durable - prev) as f64 / secs) as u64
+                            } else {
+                                0
+                            }
+                        }
+                        _ => 0,
+                    };
                     PartitionProgress {
-                        partition: db.partition(),
+                        partition: p,
                         epoch: db.writer_epoch(),
                         durable_seq: durable,
                         flushed_seq: flushed,
                         manifest_version: s.manifest_version,
                         memtable_bytes: s.memtable_bytes,
+                        writes_per_sec: rate,
                     }
                 })
                 .collect();
