@@ -24,6 +24,7 @@ use crate::{ManifestError, ManifestResult, ManifestStore, Watchers};
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -389,6 +390,50 @@ impl Etcd {
             o.epoch = epochs.get(p).copied();
         }
         Ok(v)
+    }
+
+    /// Wakes `notify` whenever something under the cluster prefix changes other than the
+    /// published progress (membership, ownership, epochs, pointers, drains), until `stop`.
+    /// A broken watch is re-created after a pause; callers still poll as a fallback, since a
+    /// watch can miss nothing that a later full read would not show.
+    pub async fn watch_changes(
+        &self,
+        notify: Arc<tokio::sync::Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let prefix = format!("{}/", self.prefix);
+        let stats = format!("{prefix}stats/");
+        loop {
+            let opened = self
+                .client
+                .clone()
+                .watch(prefix.clone(), Some(WatchOptions::new().with_prefix()))
+                .await;
+            if let Ok(mut stream) = opened {
+                loop {
+                    let msg = tokio::select! {
+                        m = stream.message() => m,
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    match msg {
+                        Ok(Some(r)) => {
+                            let relevant = r.events().iter().any(|e| {
+                                e.kv()
+                                    .is_none_or(|kv| !kv.key().starts_with(stats.as_bytes()))
+                            });
+                            if relevant {
+                                notify.notify_one();
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
     }
 
     /// Takes ownership of `p` if nobody holds it. Returns the owner key's creation revision

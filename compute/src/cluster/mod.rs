@@ -52,7 +52,8 @@ pub struct ClusterOptions {
     /// Partition count used when this node creates the cluster (an existing cluster keeps
     /// its own).
     pub partitions: u32,
-    /// How often the node re-reads the cluster state.
+    /// How often the node re-reads the cluster state without being told of a change (an etcd
+    /// watch wakes it at once when membership or ownership changes).
     pub poll_interval: Duration,
     /// Template of every partition engine's options.
     pub db: DbOptions,
@@ -69,7 +70,7 @@ impl ClusterOptions {
             lease_ttl: Duration::from_secs(2),
             vnodes: 256,
             partitions: 16,
-            poll_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(500),
             db: DbOptions::default(),
             max_concurrent_opens: 4,
         }
@@ -107,6 +108,8 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Flushed data of partitions owned elsewhere, for eventually consistent reads.
     replicas: Replicas,
+    /// Woken by the etcd watch when membership or ownership changes.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -179,6 +182,7 @@ impl ClusterNode {
             stop,
             tasks: Mutex::new(Vec::new()),
             replicas,
+            changed: Arc::new(tokio::sync::Notify::new()),
         });
         tracing::info!(
             node = %inner.opts.node_id,
@@ -190,7 +194,15 @@ impl ClusterNode {
         let node = ClusterNode { inner };
         let t1 = tokio::spawn(lease_loop(node.clone()));
         let t2 = tokio::spawn(reconcile_loop(node.clone()));
-        node.inner.tasks.lock().extend([t1, t2]);
+        let t3 = {
+            let (etcd, changed, stop) = (
+                node.inner.etcd.clone(),
+                node.inner.changed.clone(),
+                node.inner.stop.clone(),
+            );
+            tokio::spawn(async move { etcd.watch_changes(changed, stop).await })
+        };
+        node.inner.tasks.lock().extend([t1, t2, t3]);
         Ok(node)
     }
 
@@ -534,6 +546,7 @@ async fn reconcile_loop(node: ClusterNode) {
         }
         tokio::select! {
             _ = tokio::time::sleep(inner.opts.poll_interval) => {}
+            _ = inner.changed.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
