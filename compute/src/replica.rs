@@ -8,8 +8,8 @@
 //! the read to the owner instead (read-your-writes).
 //!
 //! SSTs of a replaced manifest stay readable for the GC grace period (5 minutes by default), far
-//! longer than the moment it takes a node to notice a new manifest (an etcd watch); a read that still finds an
-//! object gone reloads the manifest and retries once.
+//! longer than a node takes to notice a new manifest (an etcd watch wakes it); a read that still
+//! finds an object gone reloads the manifest and retries once.
 
 use crate::db::{live, now_ms, open_version, Db};
 use crate::error::{EngineError, EngineResult};
