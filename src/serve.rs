@@ -168,9 +168,6 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         };
         let node_id = args.node_id.clone().unwrap_or_else(generated_node_id);
         let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
-        let etcd = Etcd::connect(&settings)
-            .await
-            .with_context(|| format!("connecting to etcd at {endpoints}"))?;
         let mut copts = ClusterOptions::new(node_id, advertise.clone());
         copts.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(1));
         copts.vnodes = args.vnodes;
@@ -184,9 +181,51 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             memtable_bytes: opts.memtable_bytes.min(share / 2),
             ..opts
         };
-        let node = ClusterNode::start(copts, etcd, store.clone(), cache.clone(), stop_rx.clone())
-            .await
-            .context("joining the cluster")?;
+        // etcd (or S3) being down when a node starts is an outage like any other: keep
+        // trying (health says NOT_SERVING, KV answers UNAVAILABLE) until it is back.
+        let mut attempt = 0u32;
+        let node = loop {
+            let joined = async {
+                let etcd = Etcd::connect(&settings)
+                    .await
+                    .with_context(|| format!("connecting to etcd at {endpoints}"))?;
+                ClusterNode::start(
+                    copts.clone(),
+                    etcd,
+                    store.clone(),
+                    cache.clone(),
+                    stop_rx.clone(),
+                )
+                .await
+                .context("joining the cluster")
+            };
+            let res = tokio::select! {
+                r = joined => r,
+                _ = &mut shutdown => {
+                    let _ = stop_tx.send(true);
+                    return Ok(());
+                }
+            };
+            match res {
+                Ok(node) => break node,
+                Err(e) => {
+                    attempt += 1;
+                    let wait = Duration::from_millis((250u64 << attempt.min(4)).min(4000));
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        attempt,
+                        "cannot join the cluster yet; retrying in {wait:?}"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut shutdown => {
+                            let _ = stop_tx.send(true);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        };
         kv.set_cluster(node.clone(), advertise.clone());
         let compactor_task = args
             .compaction

@@ -1131,3 +1131,50 @@ async fn a_skewed_workload_shows_its_hot_partition_in_ctl_status() {
     println!("{status}");
     assert!(status.contains("HOT"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_started_while_etcd_is_down_joins_when_it_comes_back() {
+    let Some((s3, mut etcd)) = infra() else {
+        return;
+    };
+    etcd.kill9();
+    let opts = ServerOpts {
+        extra_args: vec![
+            "--etcd".into(),
+            etcd.endpoint.clone(),
+            "--object-store".into(),
+            format!("s3://{BUCKET}/late-etcd"),
+            "--node-id".into(),
+            "late".into(),
+        ],
+        env: s3.env(),
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().to_path_buf();
+    let starting = tokio::task::spawn_blocking(move || Server::try_start_with(&path, opts));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !starting.is_finished(),
+        "the node gave up or served without etcd"
+    );
+    etcd.restart();
+    let node = starting
+        .await
+        .expect("join task")
+        .expect("the node joined once etcd was back");
+    assert!(node.log_text().contains("cannot join the cluster yet"));
+    let mut kv = node.client().await;
+    let k = Bytes::from_static(b"late-key");
+    put(
+        &mut kv,
+        k.clone(),
+        Bytes::from_static(b"v"),
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("write once joined");
+    assert_eq!(
+        get(&mut kv, &k).await.expect("read").map(|g| g.0),
+        Some(Bytes::from_static(b"v"))
+    );
+}
