@@ -10,6 +10,10 @@
 //! A server that is not installed is skipped with a message, unless `STRATA_REQUIRE_S3=1`
 //! (CI sets it): then a missing server fails the test, so CI cannot pass by skipping.
 
+// The S3 test-server launcher the root package's tests use too.
+#[path = "../../tests/common/infra.rs"]
+mod infra;
+
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -94,49 +98,8 @@ fn unavailable(what: &str, why: &str) -> Option<S3Server> {
     None
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("objstore/ has a parent")
-        .to_path_buf()
-}
-
-/// Where `infra/s3.sh build` puts the server, or `STRATA_S3_SERVER_BIN`.
-fn our_server_bin() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("STRATA_S3_SERVER_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!(
-                "STRATA_S3_SERVER_BIN={} does not exist",
-                p.display()
-            ))
-        };
-    }
-    let mut dirs = Vec::new();
-    if let Ok(t) = std::env::var("STRATA_INFRA_TARGET_DIR") {
-        dirs.push(PathBuf::from(t));
-    }
-    dirs.push(repo_root().join("target").join("infra"));
-    let mut tried = Vec::new();
-    for d in dirs {
-        for profile in ["release", "debug"] {
-            let p = d.join(profile).join("strata-s3-server");
-            if p.is_file() {
-                return Ok(p);
-            }
-            tried.push(p.display().to_string());
-        }
-    }
-    Err(format!(
-        "strata-s3-server not built (looked at {}); run infra/s3.sh build",
-        tried.join(", ")
-    ))
-}
-
 fn start_ours() -> Option<S3Server> {
-    let bin = match our_server_bin() {
+    let bin = match infra::server_bin() {
         Ok(b) => b,
         Err(e) => return unavailable("infra/s3-server", &e),
     };

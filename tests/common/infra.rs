@@ -47,6 +47,16 @@ impl Drop for S3 {
     }
 }
 
+/// The repository root: this file is compiled into the root package's tests and into member
+/// crates' tests (`objstore/tests/conformance.rs`), so walk up to the directory with `infra/`.
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|d| d.join("infra").join("s3.sh").is_file())
+        .unwrap_or(here)
+        .to_path_buf()
+}
+
 /// The built `strata-s3-server`: `$STRATA_S3_SERVER_BIN`, or the release or debug build under
 /// `$STRATA_INFRA_TARGET_DIR` or `target/infra`.
 pub fn server_bin() -> Result<PathBuf, String> {
@@ -65,11 +75,7 @@ pub fn server_bin() -> Result<PathBuf, String> {
     if let Ok(t) = std::env::var("STRATA_INFRA_TARGET_DIR") {
         dirs.push(PathBuf::from(t));
     }
-    dirs.push(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join("infra"),
-    );
+    dirs.push(repo_root().join("target").join("infra"));
     let mut tried = Vec::new();
     for d in dirs {
         for profile in ["release", "debug"] {
@@ -284,7 +290,7 @@ pub struct Etcd {
 }
 
 fn etcd_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/etcd.sh")
+    repo_root().join("infra/etcd.sh")
 }
 
 /// Whether `name` is an executable file on `PATH` (or in /usr/bin, where Debian puts etcd).
