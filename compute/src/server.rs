@@ -218,7 +218,7 @@ struct Ctx {
     /// Time from now by which an answer must be sent (from the client's deadline).
     answer_by: Option<Duration>,
     /// Session tokens the request carries: newest version seen per partition.
-    sessions: Arc<HashMap<u32, u64>>,
+    sessions: HashMap<u32, u64>,
 }
 
 fn ctx<T>(req: &Request<T>) -> Ctx {
@@ -236,7 +236,7 @@ fn ctx<T>(req: &Request<T>) -> Ctx {
         forwarded: forwarded_partition(req).is_some(),
         budget,
         answer_by: timeout.map(|t| t.mul_f64(0.9)),
-        sessions: Arc::new(sessions(req)),
+        sessions: sessions(req),
     }
 }
 
