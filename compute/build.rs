@@ -6,10 +6,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("strata_descriptor.bin"))
         .bytes(".")
         .compile_protos(
-            &["proto/strata/v1/kv.proto", "proto/strata/v1/admin.proto"],
+            &[
+                "proto/strata/v1/kv.proto",
+                "proto/strata/v1/admin.proto",
+                "proto/strata/v1/txn.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto/strata/v1/kv.proto");
     println!("cargo:rerun-if-changed=proto/strata/v1/admin.proto");
+    println!("cargo:rerun-if-changed=proto/strata/v1/txn.proto");
     Ok(())
 }

@@ -12,6 +12,7 @@ use strata_cache::{BlockCache, CacheConfig};
 use strata_compactor::{CompactionOptions, Compactor};
 use strata_compute::cluster::{ClusterNode, ClusterOptions};
 use strata_compute::server::{AdminService, KvService};
+use strata_compute::TxnService;
 use strata_compute::{Db, DbOptions, DbStats, EngineMetrics};
 use strata_manifest::etcd::Etcd;
 use strata_manifest::{EmbeddedManifestStore, EtcdSettings, ManifestStore};
@@ -114,6 +115,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(AdminService::new(kv.clone()).into_server())
+                .add_service(TxnService::new(kv.clone()).into_server())
                 .add_service(kv.into_server())
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|s| *s).await;

@@ -9,7 +9,10 @@
 //! - a linearizability check of single-key reads, writes and compare-and-sets across a failover;
 //! - adding a node and draining a node under load: the client library sees no error;
 //! - etcd and the S3 server restarting under load: `UNAVAILABLE` while down (never a hang
-//!   past the deadline), nothing acknowledged lost, service back by itself.
+//!   past the deadline), nothing acknowledged lost, service back by itself;
+//! - `BatchWrite`s spanning partitions stay all-or-nothing (and never seen half-applied)
+//!   across a `kill -9`, and a coordinator that dies after preparing or after deciding leaves
+//!   neither half a transaction nor a locked key.
 
 mod common;
 // Only here (not in common/mod.rs): its own unit tests then run once, in this binary.
@@ -58,6 +61,11 @@ impl Cluster {
 
     /// Starts one more node; returns its index.
     fn add_node(&mut self) -> usize {
+        self.add_node_with(Vec::new())
+    }
+
+    /// Starts one more node with extra environment variables; returns its index.
+    fn add_node_with(&mut self, env: Vec<(String, String)>) -> usize {
         let i = self.nodes.len();
         let id = format!("n{}", i + 1);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -74,7 +82,7 @@ impl Cluster {
                 "--lease-ttl-secs".into(),
                 "2".into(),
             ],
-            env: self.s3_env.clone(),
+            env: self.s3_env.iter().cloned().chain(env).collect(),
         };
         let s = Server::start_with(dir.path(), opts);
         self.nodes.push(Some(s));
@@ -1177,4 +1185,313 @@ async fn a_node_started_while_etcd_is_down_joins_when_it_comes_back() {
         get(&mut kv, &k).await.expect("read").map(|g| g.0),
         Some(Bytes::from_static(b"v"))
     );
+}
+
+/// A cross-partition batch writing `value` to every key.
+async fn batch_put(
+    c: &mut Kv,
+    keys: &[Bytes],
+    value: &str,
+    timeout: Duration,
+) -> Result<Vec<u64>, tonic::Status> {
+    let mut req = tonic::Request::new(pb::BatchWriteRequest {
+        ops: keys
+            .iter()
+            .map(|k| pb::WriteOp {
+                op: Some(pb::write_op::Op::Put(pb::PutRequest {
+                    key: k.clone(),
+                    value: Bytes::copy_from_slice(value.as_bytes()),
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        durability: 0,
+    });
+    req.set_timeout(timeout);
+    c.batch_write(req).await.map(|r| r.into_inner().versions)
+}
+
+/// The integer a transaction test key holds (0 when absent).
+fn counter(v: Option<(Bytes, u64)>) -> u64 {
+    v.map(|(b, _)| {
+        std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX)
+    })
+    .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cross_partition_batches_stay_atomic_across_a_kill9() {
+    let Some((s3, etcd)) = infra() else {
+        return;
+    };
+    let mut c = Cluster::start(&s3, &etcd, 3, "txn-kill9");
+    let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let parts = m.partitions;
+    // Pair j: two keys in different partitions, each pair written by one writer with an
+    // increasing counter, so a reader that sees counter n in one key must see >= n in the
+    // other afterwards (the transaction that wrote n was decided before the first read).
+    const PAIRS: usize = 6;
+    let pairs: Vec<[Bytes; 2]> = (0..PAIRS)
+        .map(|j| {
+            let pa = (j as u32 * 5) % parts;
+            let pb = (pa + 1 + j as u32 * 3) % parts;
+            [key_in(pa, parts, "txa", j), key_in(pb, parts, "txb", j)]
+        })
+        .collect();
+    let addrs: Vec<String> = c.live().iter().map(|&i| c.node(i).addr.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0; PAIRS]));
+    let connect = |a: &str| {
+        KvClient::new(
+            Channel::from_shared(format!("http://{a}"))
+                .expect("url")
+                .connect_timeout(Duration::from_secs(1))
+                .connect_lazy(),
+        )
+    };
+    let mut writers = Vec::new();
+    for (j, keys) in pairs.iter().cloned().enumerate() {
+        let (addrs, stop, acked) = (addrs.clone(), stop.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let mut which = j % addrs.len();
+            let mut kv = connect(&addrs[which]);
+            let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let t = Instant::now();
+                match batch_put(&mut kv, &keys, &n.to_string(), Duration::from_secs(15)).await {
+                    Ok(v) => {
+                        assert_eq!(v.len(), 2);
+                        assert!(v.iter().all(|&v| v > 0), "versions {v:?}");
+                        ok += 1;
+                        lat.push(t.elapsed());
+                        acked.lock().unwrap()[j] = n;
+                    }
+                    Err(_) => {
+                        failed += 1;
+                        which = (which + 1) % addrs.len();
+                        kv = connect(&addrs[which]);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (ok, failed, lat)
+        }));
+    }
+    let violations: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let reads_checked = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for r in 0..3usize {
+        let (addrs, stop, pairs, violations, checked) = (
+            addrs.clone(),
+            stop.clone(),
+            pairs.clone(),
+            violations.clone(),
+            reads_checked.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let j = (i * 7 + r) % PAIRS;
+                let (first, second) = if i.is_multiple_of(2) { (0, 1) } else { (1, 0) };
+                let mut kv = connect(&addrs[(i + r) % addrs.len()]);
+                let Ok(x) = get(&mut kv, &pairs[j][first]).await else {
+                    continue;
+                };
+                let mut kv = connect(&addrs[(i + r + 1) % addrs.len()]);
+                let Ok(y) = get(&mut kv, &pairs[j][second]).await else {
+                    continue;
+                };
+                let (x, y) = (counter(x), counter(y));
+                checked.fetch_add(1, Ordering::Relaxed);
+                if y < x {
+                    violations.lock().unwrap().push(format!(
+                        "pair {j}: read {x} from key {first}, then {y} from key {second}"
+                    ));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let victim = 1;
+    c.kill9(victim);
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed, mut lat) = (0, 0, Vec::new());
+    for w in writers {
+        let (o, f, l) = w.await.expect("writer");
+        ok += o;
+        failed += f;
+        lat.extend(l);
+    }
+    for r in readers {
+        r.await.expect("reader");
+    }
+    lat.sort();
+    let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)));
+    println!(
+        "cross-partition batches: {ok} committed, {failed} failed; latency p50 {:?} p99 {:?}; \
+         {} read pairs checked; kill at +4 s, run ended {:?} after it",
+        pct(0.5),
+        pct(0.99),
+        reads_checked.load(Ordering::Relaxed),
+        killed.elapsed()
+    );
+    assert!(ok > 20, "too few transactions committed: {ok}");
+    let v = violations.lock().unwrap().clone();
+    assert!(v.is_empty(), "half-applied transactions observed: {v:?}");
+    c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    // Every pair is whole (both keys from one transaction) and holds at least the last
+    // acknowledged one, read through every survivor. Intents of transactions the dead node
+    // coordinated are resolved by the owners within the transaction timeout.
+    let acked = acked.lock().unwrap().clone();
+    for i in c.live() {
+        let mut kv = c.client(i).await;
+        for (j, keys) in pairs.iter().enumerate() {
+            let a = counter(get(&mut kv, &keys[0]).await.expect("read a"));
+            let b = counter(get(&mut kv, &keys[1]).await.expect("read b"));
+            assert_eq!(a, b, "pair {j} half-applied (via node {})", c.ids[i]);
+            assert!(
+                a >= acked[j],
+                "pair {j}: acknowledged {} lost, have {a}",
+                acked[j]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
+    let Some((s3, etcd)) = infra() else {
+        return;
+    };
+    let mut c = Cluster::start(&s3, &etcd, 2, "txn-coord");
+    let fp = |name: &str| vec![("STRATA_FAILPOINT".to_string(), name.to_string())];
+    let after_prepare = c.add_node_with(fp("txn-after-prepare"));
+    let after_decide = c.add_node_with(fp("txn-after-decide"));
+    // The crashing coordinators own nothing: only their coordination dies with them.
+    for i in [after_prepare, after_decide] {
+        c.ctl(&["drain", &c.ids[i]]);
+    }
+    let (np, nd) = (c.ids[after_prepare].clone(), c.ids[after_decide].clone());
+    let m = c
+        .wait_settled(0, Duration::from_secs(30), |m| {
+            owned_by(m, &np).is_empty() && owned_by(m, &nd).is_empty()
+        })
+        .await;
+    let parts = m.partitions;
+    let keys = [key_in(3, parts, "coord", 0), key_in(11, parts, "coord", 1)];
+    let mut kv = c.client(0).await;
+    batch_put(&mut kv, &keys, "0", Duration::from_secs(10))
+        .await
+        .expect("initial batch");
+
+    // Crash after every partition prepared, before the decision: the owners abort it.
+    let mut dying = c.client(after_prepare).await;
+    let err = batch_put(&mut dying, &keys, "1", Duration::from_secs(10))
+        .await
+        .expect_err("the coordinator dies");
+    println!("coordinator died after prepare: {err}");
+    let t = Instant::now();
+    for k in &keys {
+        let mut req = tonic::Request::new(pb::GetRequest {
+            key: k.clone(),
+            consistency: 0,
+        });
+        req.set_timeout(Duration::from_secs(15));
+        let got = kv.get(req).await.expect("read after abort").into_inner();
+        assert_eq!(
+            &got.value[..],
+            b"0",
+            "a transaction that never decided applied"
+        );
+    }
+    println!(
+        "locks of the undecided transaction released (aborted) after {:?}",
+        t.elapsed()
+    );
+
+    // Crash right after the decision to commit: the owners apply it.
+    let mut dying = c.client(after_decide).await;
+    let err = batch_put(&mut dying, &keys, "2", Duration::from_secs(10))
+        .await
+        .expect_err("the coordinator dies");
+    println!("coordinator died after deciding: {err}");
+    let t = Instant::now();
+    for k in &keys {
+        let mut req = tonic::Request::new(pb::GetRequest {
+            key: k.clone(),
+            consistency: 0,
+        });
+        req.set_timeout(Duration::from_secs(15));
+        let got = kv.get(req).await.expect("read after commit").into_inner();
+        assert_eq!(
+            &got.value[..],
+            b"2",
+            "a committed transaction was not applied"
+        );
+    }
+    println!(
+        "the committed transaction was applied by the owners after {:?}",
+        t.elapsed()
+    );
+    // No key stays locked: plain writes and another transaction go through at once.
+    let t = Instant::now();
+    put(
+        &mut kv,
+        keys[0].clone(),
+        Bytes::from_static(b"3"),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("plain write");
+    batch_put(&mut kv, &keys, "4", Duration::from_secs(5))
+        .await
+        .expect("next transaction");
+    assert!(t.elapsed() < Duration::from_secs(3), "keys stayed locked");
+    // A condition failing in one partition applies nothing in the other.
+    let mut req = tonic::Request::new(pb::BatchWriteRequest {
+        ops: vec![
+            pb::WriteOp {
+                op: Some(pb::write_op::Op::Put(pb::PutRequest {
+                    key: keys[0].clone(),
+                    value: Bytes::from_static(b"5"),
+                    ..Default::default()
+                })),
+            },
+            pb::WriteOp {
+                op: Some(pb::write_op::Op::Put(pb::PutRequest {
+                    key: keys[1].clone(),
+                    value: Bytes::from_static(b"5"),
+                    condition: Some(pb::put_request::Condition::IfAbsent(true)),
+                    ..Default::default()
+                })),
+            },
+        ],
+        durability: 0,
+    });
+    req.set_timeout(Duration::from_secs(5));
+    let err = kv.batch_write(req).await.expect_err("condition fails");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    for k in &keys {
+        let got = get(&mut kv, k).await.expect("read").map(|g| g.0);
+        assert_eq!(got.as_deref(), Some(&b"4"[..]));
+    }
+    // Reserved keys are refused, naming the field.
+    let err = put(
+        &mut kv,
+        Bytes::from_static(b"\xff\xffstrata/txn/x"),
+        Bytes::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect_err("reserved key");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("key"), "{err}");
 }

@@ -281,17 +281,19 @@ impl Client {
 
     /// Remembers the session token of a write answer.
     fn note_session(&self, md: &tonic::metadata::MetadataMap) {
-        let Some((p, v)) = md
-            .get(SESSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|t| t.split_once(':'))
-            .and_then(|(p, v)| Some((p.parse::<u32>().ok()?, v.parse::<u64>().ok()?)))
-        else {
+        let Some(v) = md.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
             return;
         };
+        // One token per partition written (a batch across partitions carries several).
         let mut s = self.inner.session.lock();
-        let e = s.entry(p).or_insert(0);
-        *e = (*e).max(v);
+        for (p, v) in v
+            .split(',')
+            .filter_map(|t| t.trim().split_once(':'))
+            .filter_map(|(p, v)| Some((p.parse::<u32>().ok()?, v.parse::<u64>().ok()?)))
+        {
+            let e = s.entry(p).or_insert(0);
+            *e = (*e).max(v);
+        }
     }
 
     /// An eventually consistent read: any node may answer from flushed data (cheaper, and
@@ -392,7 +394,8 @@ impl Client {
         Ok(r.into_inner().results)
     }
 
-    /// An all-or-nothing batch (its keys must share one partition in a cluster).
+    /// An all-or-nothing batch. Keys in several partitions commit as a transaction (two-phase,
+    /// through a durable record), coordinated by the node the batch is sent to.
     pub async fn batch_write(&self, req: pb::BatchWriteRequest) -> Result<Vec<u64>, Status> {
         let p = req.ops.iter().find_map(|o| match &o.op {
             Some(pb::write_op::Op::Put(p)) => Some(self.partition_of(&p.key)),

@@ -19,6 +19,11 @@
 use crate::db::{now_ms, Db, DbInner, STATE_FENCED, STATE_OPEN};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::{Memtable, Snap};
+use crate::txn::{
+    decode_intent, encode_intent, from_write_op, intent_key, to_write_op, IntentState,
+    MARKER_TTL_MS,
+};
+use crate::version::View;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -69,9 +74,21 @@ pub struct OpOutcome {
 
 type Reply = oneshot::Sender<EngineResult<Vec<OpOutcome>>>;
 
+/// What a write is, for cross-partition transactions (see `txn.rs`).
+#[derive(Debug, Clone)]
+pub(crate) enum Role {
+    /// An ordinary write: refused (nothing applied) if it touches a locked key.
+    Plain,
+    /// Check the ops' conditions, lock their keys and write the intent record.
+    Prepare { txn: Arc<str>, created_ms: u64 },
+    /// Apply (commit) or drop (abort) a prepared intent; its locks go when this is visible.
+    Resolve { txn: Arc<str>, commit: bool },
+}
+
 struct WriteReq {
     ops: Vec<WriteOp>,
     durable: bool,
+    role: Role,
     reply: Reply,
 }
 
@@ -92,6 +109,7 @@ impl CommitHandle {
         &self,
         ops: Vec<WriteOp>,
         durable: bool,
+        role: Role,
         timeout: Duration,
     ) -> EngineResult<Vec<OpOutcome>> {
         let (reply, rx) = oneshot::channel();
@@ -99,6 +117,7 @@ impl CommitHandle {
         let msg = Msg::Write(WriteReq {
             ops,
             durable,
+            role,
             reply,
         });
         match tokio::time::timeout_at(deadline, self.tx.send(msg)).await {
@@ -172,6 +191,8 @@ struct Group {
     waiters: Vec<(Reply, Vec<OpOutcome>)>,
     bytes: usize,
     max_seq: u64,
+    /// Transactions whose locks are released once this group is visible.
+    unlock: Vec<Arc<str>>,
 }
 
 impl Group {
@@ -315,14 +336,143 @@ impl Committer {
         self.inner.flush_wanted.notify_one();
     }
 
+    /// The decoded intent record or resolution marker of `txn` in this partition, if any.
+    async fn intent_state(view: &View, txn: &str) -> EngineResult<Option<IntentState>> {
+        let e = Db::get_entry(view, &intent_key(txn), Snap::LATEST).await?;
+        match crate::db::live(e, now_ms()) {
+            Some((v, _)) => Ok(Some(decode_intent(&v).map_err(|e| {
+                EngineError::Corruption(format!("intent record of transaction {txn}: {e}"))
+            })?)),
+            None => Ok(None),
+        }
+    }
+
     async fn apply(&mut self, w: WriteReq) {
         let now = now_ms();
         let view = self.inner.view.read().clone();
+        let WriteReq {
+            ops,
+            durable,
+            role,
+            reply,
+        } = w;
+        // What to sequence besides `ops`: the intent record (prepare) or the resolution
+        // marker (resolve), and which transaction's locks to take or release.
+        let mut marker: Option<IntentState> = None;
+        let mut lock: Option<(Arc<str>, u64)> = None;
+        let mut unlock: Option<Arc<str>> = None;
+        let mut txn_key: Option<Bytes> = None;
+        let ops = match role {
+            Role::Plain => {
+                if let Some(txn) = self.inner.locks.first_locked(ops.iter().map(|o| &o.key)) {
+                    let _ = reply.send(Err(EngineError::Locked(format!(
+                        "a key of this write is locked by transaction {txn}, which is being \
+                         committed; nothing was applied"
+                    ))));
+                    return;
+                }
+                ops
+            }
+            Role::Prepare { txn, created_ms } => {
+                if self.inner.locks.pending(&txn).is_some() {
+                    let _ = reply.send(Ok(Vec::new())); // a retried prepare: already done
+                    return;
+                }
+                match Self::intent_state(&view, &txn).await {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                    Ok(Some(IntentState::Aborted)) => {
+                        let _ = reply.send(Err(EngineError::Conflict(format!(
+                            "transaction {txn} was already aborted; nothing was applied"
+                        ))));
+                        return;
+                    }
+                    Ok(Some(_)) => {
+                        let _ = reply.send(Ok(Vec::new()));
+                        return;
+                    }
+                    Ok(None) => {}
+                }
+                if let Some(other) = self.inner.locks.first_locked(ops.iter().map(|o| &o.key)) {
+                    let _ = reply.send(Err(EngineError::Conflict(format!(
+                        "a key of transaction {txn} is locked by transaction {other}; \
+                         nothing was applied"
+                    ))));
+                    return;
+                }
+                marker = Some(IntentState::Prepared {
+                    created_ms,
+                    ops: ops.iter().map(from_write_op).collect(),
+                });
+                txn_key = Some(intent_key(&txn));
+                lock = Some((txn, created_ms));
+                ops
+            }
+            Role::Resolve { txn, commit } => match self.inner.locks.pending(&txn) {
+                Some(p) => {
+                    if p.resolving {
+                        let _ = reply.send(Err(EngineError::Locked(format!(
+                            "transaction {txn} is being resolved; retry"
+                        ))));
+                        return;
+                    }
+                    txn_key = Some(intent_key(&txn));
+                    unlock = Some(txn);
+                    if commit {
+                        marker = Some(IntentState::Committed {
+                            versions: Vec::new(),
+                        });
+                        p.ops.iter().map(to_write_op).collect()
+                    } else {
+                        marker = Some(IntentState::Aborted);
+                        Vec::new()
+                    }
+                }
+                None => {
+                    // Already resolved here, or never prepared: answer from the marker.
+                    let answer = match Self::intent_state(&view, &txn).await {
+                        Err(e) => Some(Err(e)),
+                        Ok(Some(IntentState::Committed { versions })) if commit => {
+                            Some(Ok(versions
+                                .into_iter()
+                                .map(|version| OpOutcome {
+                                    version,
+                                    found: false,
+                                })
+                                .collect()))
+                        }
+                        Ok(Some(IntentState::Aborted)) if !commit => Some(Ok(Vec::new())),
+                        // Never prepared here (or the prepare is still in flight): write an
+                        // aborted marker so a late prepare cannot install an intent.
+                        Ok(None) if !commit => None,
+                        Ok(other) => Some(Err(EngineError::Internal(format!(
+                            "asked to {} transaction {txn}, but this partition holds {}",
+                            if commit { "commit" } else { "abort" },
+                            match other {
+                                Some(IntentState::Committed { .. }) => "its commit",
+                                Some(IntentState::Aborted) => "its abort",
+                                Some(IntentState::Prepared { .. }) => "an unlocked intent",
+                                None => "no intent",
+                            }
+                        )))),
+                    };
+                    if let Some(r) = answer {
+                        let _ = reply.send(r);
+                        return;
+                    }
+                    marker = Some(IntentState::Aborted);
+                    txn_key = Some(intent_key(&txn));
+                    Vec::new()
+                }
+            },
+        };
         // Conditions and `found` see the latest state, durable or not: groups land in order,
         // so by the time this one lands every state it was checked against has landed too.
         let mut current: HashMap<&[u8], Option<(u64, bool)>> = HashMap::new();
-        let mut outcomes = Vec::with_capacity(w.ops.len());
-        for (i, op) in w.ops.iter().enumerate() {
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
             let needs_read = !matches!((&op.op, op.cond), (Op::Put { .. }, Cond::None));
             let state = if needs_read {
                 match current.get(op.key.as_ref()) {
@@ -331,7 +481,7 @@ impl Committer {
                         let e = match Db::get_entry(&view, &op.key, Snap::LATEST).await {
                             Ok(e) => e,
                             Err(err) => {
-                                let _ = w.reply.send(Err(err));
+                                let _ = reply.send(Err(err));
                                 return;
                             }
                         };
@@ -373,9 +523,9 @@ impl Committer {
                 // the answer waits until everything sequenced so far is durable.
                 let observed = self.next_seq - 1;
                 if observed <= *self.inner.durable_seq.borrow() {
-                    let _ = w.reply.send(Err(err));
+                    let _ = reply.send(Err(err));
                 } else {
-                    self.deferred.push((observed, w.reply, err));
+                    self.deferred.push((observed, reply, err));
                 }
                 return;
             }
@@ -384,9 +534,20 @@ impl Committer {
                 found: live_version.is_some(),
             });
         }
-        let mut entries = Vec::with_capacity(w.ops.len());
+        if let Some(txn) = &unlock {
+            // Only the commit loop touches this flag, so the check above still holds.
+            self.inner.locks.start_resolving(txn);
+        }
+        // A prepare applies none of its ops yet: only the intent record is written.
+        let ops = if lock.is_some() {
+            outcomes.clear();
+            Vec::new()
+        } else {
+            ops
+        };
+        let mut entries = Vec::with_capacity(ops.len() + 1);
         let mut bytes = 0;
-        for (op, out) in w.ops.into_iter().zip(outcomes.iter_mut()) {
+        for (op, out) in ops.into_iter().zip(outcomes.iter_mut()) {
             let seq = self.next_seq;
             self.next_seq += 1;
             out.version = seq;
@@ -413,25 +574,53 @@ impl Committer {
             bytes += e.key.len() + e.value.len() + 32;
             entries.push(e);
         }
+        if let (Some(state), Some(key)) = (marker, txn_key) {
+            let (state, expires_at_ms) = match state {
+                IntentState::Committed { .. } => (
+                    IntentState::Committed {
+                        versions: outcomes.iter().map(|o| o.version).collect(),
+                    },
+                    now.saturating_add(MARKER_TTL_MS),
+                ),
+                IntentState::Aborted => (state, now.saturating_add(MARKER_TTL_MS)),
+                prepared => (prepared, 0),
+            };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let e = Entry {
+                key,
+                seq,
+                kind: Kind::Put,
+                expires_at_ms,
+                value: encode_intent(&state),
+            };
+            bytes += e.key.len() + e.value.len() + 32;
+            entries.push(e);
+            if let (Some((txn, created_ms)), IntentState::Prepared { ops, .. }) = (lock, state) {
+                // Locked from sequencing on: everything after this in the stream sees it.
+                self.inner.locks.lock(&txn, created_ms, ops);
+            }
+        }
         {
             let active = self.inner.view.read().active.clone();
             for e in &entries {
-                active.insert(e, !w.durable);
+                active.insert(e, !durable);
             }
         }
         let max_seq = self.next_seq - 1;
         self.group.max_seq = max_seq;
         self.group.bytes += bytes;
         self.group.batches.push(entries);
+        self.group.unlock.extend(unlock);
         let m = &self.inner.metrics;
         m.writes.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
-        if w.durable {
-            self.group.waiters.push((w.reply, outcomes));
+        if durable {
+            self.group.waiters.push((reply, outcomes));
         } else {
             // Buffered: visible and acknowledged now; durable with its group, or lost in a crash.
             // Only buffered entries become visible early: durable ones wait for their PUT.
             self.inner.buffered_seq.fetch_max(max_seq, Ordering::SeqCst);
-            let _ = w.reply.send(Ok(outcomes));
+            let _ = reply.send(Ok(outcomes));
         }
     }
 
@@ -513,6 +702,10 @@ impl Committer {
                 self.inner.durable_seq.send_modify(|d| {
                     *d = (*d).max(f.group.max_seq);
                 });
+                // Only now: a reader that finds a key unlocked must see its resolve.
+                for txn in &f.group.unlock {
+                    self.inner.locks.unlock(txn);
+                }
                 // A node whose lease lapsed while the PUT was in flight must not acknowledge:
                 // a new owner may already serve the partition. The segment did land, so the
                 // outcome is unknown (the new owner's replay may or may not include it).

@@ -6,7 +6,7 @@
 //! the writers get their acknowledgement. Flush turns frozen memtables into SSTs once every
 //! seq in them is durable, and commits a manifest that moves the WAL replay point.
 
-use crate::commit::{self, CommitHandle, Cond, Op, OpOutcome, WriteOp};
+use crate::commit::{self, CommitHandle, Cond, Op, OpOutcome, Role, WriteOp};
 use crate::error::{EngineError, EngineResult};
 use crate::flush;
 use crate::memtable::{Memtable, Snap};
@@ -121,6 +121,8 @@ pub(crate) struct DbInner {
     pub metrics: Arc<EngineMetrics>,
     /// Serializes installation of versions (flush and manifest watcher).
     pub install_lock: tokio::sync::Mutex<()>,
+    /// Keys locked by prepared cross-partition transactions (see `txn.rs`).
+    pub locks: crate::txn::Locks,
 }
 
 impl std::fmt::Debug for DbInner {
@@ -148,6 +150,8 @@ pub struct RecoveryReport {
     pub replayed_entries: u64,
     pub fence_segment: u64,
     pub next_seq: u64,
+    /// Prepared cross-partition transactions found (their keys are locked until resolved).
+    pub prepared_txns: u64,
 }
 
 pub(crate) use strata_manifest::now_ms;
@@ -356,7 +360,11 @@ impl Db {
             next_memtable_id: AtomicU64::new(2),
             metrics: opts.metrics.clone().unwrap_or_default(),
             install_lock: tokio::sync::Mutex::new(()),
+            locks: crate::txn::Locks::default(),
         });
+        // Prepared transactions lock their keys again before anything is served: the intent
+        // records came back with the WAL replay (or an SST).
+        report.prepared_txns = relock_prepared(&inner).await?;
         let (commit, commit_task) = commit::start(inner.clone(), max_seq + 1, fence_id + 1);
         let flush_task = tokio::spawn(flush::run(inner.clone()));
         let watch_task = tokio::spawn(flush::watch_manifests(inner.clone()));
@@ -440,6 +448,10 @@ impl Db {
     pub async fn get(&self, key: &[u8]) -> EngineResult<Option<(Bytes, u64)>> {
         self.check_open()?;
         self.inner.metrics.gets.fetch_add(1, Ordering::Relaxed);
+        if !self.inner.locks.is_empty() {
+            let key = Bytes::copy_from_slice(key);
+            self.wait_unlocked(|l| l.first_locked([&key])).await?;
+        }
         let (seq, view) = self.snapshot();
         let e = Self::get_entry(&view, key, seq).await?;
         Ok(live(e, now_ms()))
@@ -452,6 +464,7 @@ impl Db {
             .metrics
             .gets
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        self.wait_unlocked(|l| l.first_locked(keys)).await?;
         let (seq, view) = self.snapshot();
         let now = now_ms();
         let mut out = Vec::with_capacity(keys.len());
@@ -463,11 +476,29 @@ impl Db {
 
     /// Applies `ops` atomically: all conditions are checked against the state before the
     /// batch; one failed condition fails the whole batch with nothing applied.
+    ///
+    /// A write touching a key locked by a transaction being committed waits for it.
     pub async fn write(&self, ops: Vec<WriteOp>, durable: bool) -> EngineResult<Vec<OpOutcome>> {
         self.check_open()?;
-        self.commit
-            .submit(ops, durable, self.inner.opts.write_timeout)
-            .await
+        let timeout = self.inner.opts.write_timeout;
+        if self.inner.locks.is_empty() {
+            // The common case, without a copy of the ops. (A lock taken meanwhile makes the
+            // commit loop refuse the write, retry-safe.)
+            return self.commit.submit(ops, durable, Role::Plain, timeout).await;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let keys: Vec<Bytes> = ops.iter().map(|o| o.key.clone()).collect();
+            self.wait_unlocked(|l| l.first_locked(&keys)).await?;
+            match self
+                .commit
+                .submit(ops.clone(), durable, Role::Plain, timeout)
+                .await
+            {
+                Err(EngineError::Locked(_)) if tokio::time::Instant::now() < deadline => {}
+                r => return r,
+            }
+        }
     }
 
     /// Convenience: an unconditional durable put.
@@ -486,10 +517,105 @@ impl Db {
     }
 
     /// Starts a scan over a snapshot.
+    ///
+    /// Not async, so it cannot wait for locked keys: callers use [`Db::scan_unlocked`] first.
     pub fn scan(&self, start: Bytes, end: Option<Bytes>) -> EngineResult<crate::scan::Scanner> {
         self.check_open()?;
         let (seq, view) = self.snapshot();
         Ok(crate::scan::Scanner::new(view, seq, start, end))
+    }
+
+    /// Starts a scan once no key in `[start, end)` is locked by a transaction being committed.
+    pub async fn scan_unlocked(
+        &self,
+        start: Bytes,
+        end: Option<Bytes>,
+    ) -> EngineResult<crate::scan::Scanner> {
+        self.check_open()?;
+        self.wait_unlocked(|l| l.locked_in_range(&start, end.as_deref()))
+            .await?;
+        self.scan(start, end)
+    }
+
+    /// Waits (up to the write timeout) until `locked` finds no key locked by a prepared
+    /// transaction. Readers check this *before* taking their snapshot: a lock is released
+    /// only once the resolve is visible, so a snapshot taken after the check sees it.
+    async fn wait_unlocked(
+        &self,
+        locked: impl Fn(&crate::txn::Locks) -> Option<Arc<str>>,
+    ) -> EngineResult<()> {
+        if self.inner.locks.is_empty() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.opts.write_timeout;
+        self.inner
+            .locks
+            .wait_until_free(deadline, locked)
+            .await
+            .map_err(|txn| {
+                EngineError::Locked(format!(
+                    "partition {}: a key is locked by transaction {txn}, still unresolved after \
+                     {:?}; nothing was applied",
+                    self.inner.opts.partition, self.inner.opts.write_timeout
+                ))
+            })
+    }
+
+    /// Phase one of a cross-partition transaction here: checks the ops' conditions, locks
+    /// their keys and makes the intent durable. Idempotent for the same `txn`.
+    pub async fn txn_prepare(
+        &self,
+        txn: &str,
+        created_ms: u64,
+        ops: Vec<WriteOp>,
+    ) -> EngineResult<()> {
+        self.check_open()?;
+        self.commit
+            .submit(
+                ops,
+                true,
+                Role::Prepare {
+                    txn: Arc::from(txn),
+                    created_ms,
+                },
+                self.inner.opts.write_timeout,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Phase three: applies (commit) or drops (abort) the intent of `txn`; answers the
+    /// versions the ops got (in prepare order; empty on abort). Idempotent.
+    pub async fn txn_resolve(&self, txn: &str, commit: bool) -> EngineResult<Vec<u64>> {
+        self.check_open()?;
+        let deadline = tokio::time::Instant::now() + self.inner.opts.write_timeout;
+        loop {
+            let r = self
+                .commit
+                .submit(
+                    Vec::new(),
+                    true,
+                    Role::Resolve {
+                        txn: Arc::from(txn),
+                        commit,
+                    },
+                    self.inner.opts.write_timeout,
+                )
+                .await;
+            match r {
+                // A concurrent resolve of the same transaction is landing: wait for it and
+                // answer from its marker.
+                Err(EngineError::Locked(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => return r.map(|o| o.into_iter().map(|o| o.version).collect()),
+            }
+        }
+    }
+
+    /// Transactions prepared here and not yet resolved: (id, created_ms).
+    pub fn prepared_txns(&self) -> Vec<(String, u64)> {
+        self.inner.locks.all_pending()
     }
 
     /// Engine metrics.
@@ -714,4 +840,43 @@ pub(crate) async fn open_version(
         l0,
         levels,
     })
+}
+
+/// Re-locks the keys of every prepared transaction whose intent record is in the partition.
+async fn relock_prepared(inner: &Arc<DbInner>) -> EngineResult<u64> {
+    let view = inner.view.read().clone();
+    let snap = Snap {
+        durable: inner.visible_seq.load(Ordering::SeqCst),
+        buffered: 0,
+    };
+    let start = Bytes::from_static(crate::txn::INTENT_PREFIX);
+    let end = crate::server::prefix_end(crate::txn::INTENT_PREFIX);
+    let mut scan = crate::scan::Scanner::new_system(view, snap, start, end);
+    let mut n = 0;
+    while !scan.is_done() {
+        for (key, value, _) in scan.next_chunk(256).await? {
+            let txn = std::str::from_utf8(&key[crate::txn::INTENT_PREFIX.len()..])
+                .map_err(|e| EngineError::Corruption(format!("intent key is not a txn id: {e}")))?
+                .to_string();
+            match crate::txn::decode_intent(&value) {
+                Ok(crate::txn::IntentState::Prepared { created_ms, ops }) => {
+                    tracing::info!(
+                        partition = inner.opts.partition,
+                        txn = %txn,
+                        keys = ops.len(),
+                        "prepared transaction found on open; its keys stay locked until resolved"
+                    );
+                    inner.locks.lock(&txn, created_ms, ops);
+                    n += 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(EngineError::Corruption(format!(
+                        "intent record of transaction {txn}: {e}"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(n)
 }

@@ -19,6 +19,14 @@ pub enum EngineError {
     /// lease lapsed) and applied nothing: the request may be retried, on the owner.
     #[error("{0}")]
     NotServing(String),
+    /// A key is locked by a cross-partition transaction being committed; nothing was applied
+    /// (retry once it is resolved).
+    #[error("{0}")]
+    Locked(String),
+    /// A cross-partition transaction could not commit (it conflicted with another one or was
+    /// aborted); nothing was applied, and the whole transaction may be retried.
+    #[error("{0}")]
+    Conflict(String),
     /// Stored data failed a checksum or could not be decoded.
     #[error("data corruption: {0}")]
     Corruption(String),
@@ -69,7 +77,8 @@ impl From<EngineError> for tonic::Status {
             EngineError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             EngineError::Unavailable(m) => tonic::Status::unavailable(m),
             EngineError::Closed => retryable("server is shutting down".into()),
-            EngineError::NotServing(m) => retryable(m),
+            EngineError::NotServing(m) | EngineError::Locked(m) => retryable(m),
+            EngineError::Conflict(m) => tonic::Status::aborted(m),
             EngineError::Corruption(m) => tonic::Status::data_loss(m),
             EngineError::Internal(m) => tonic::Status::internal(m),
         }

@@ -12,6 +12,8 @@ mod replica;
 mod scan;
 pub mod server;
 mod sst_reader;
+pub mod txn;
+mod txn_coord;
 mod version;
 mod wal_gc;
 
@@ -22,6 +24,7 @@ pub use lease::LeaseGuard;
 pub use metrics::EngineMetrics;
 pub use replica::ReplicaRead;
 pub use scan::Scanner;
+pub use txn_coord::TxnService;
 
 /// Generated protobuf and gRPC code for `strata.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -24,6 +24,8 @@ pub struct Scanner {
     end: Option<Bytes>,
     done: bool,
     now: u64,
+    /// User scans never see the store's own records (`txn::SYSTEM_PREFIX`).
+    hide_system: bool,
 }
 
 impl Scanner {
@@ -36,6 +38,20 @@ impl Scanner {
             end,
             done,
             now: now_ms(),
+            hide_system: true,
+        }
+    }
+
+    /// A scan that includes the store's own records.
+    pub(crate) fn new_system(
+        view: Arc<View>,
+        snap: Snap,
+        start: Bytes,
+        end: Option<Bytes>,
+    ) -> Self {
+        Scanner {
+            hide_system: false,
+            ..Self::new(view, snap, start, end)
         }
     }
 
@@ -108,6 +124,9 @@ impl Scanner {
         for (k, e) in merged {
             if bound.as_ref().is_some_and(|b| k > *b) {
                 break;
+            }
+            if self.hide_system && crate::txn::is_system_key(&k) {
+                continue;
             }
             if let Some((v, ver)) = live(Some(e), self.now) {
                 out.push((k, v, ver));

@@ -53,7 +53,7 @@ pub const STALE_MS_HEADER: &str = "x-strata-stale-ms";
 pub const OWNER_HEADER: &str = "x-strata-owner";
 
 #[derive(Clone, Debug)]
-enum Backend {
+pub(crate) enum Backend {
     Single(Db),
     Cluster(ClusterNode),
 }
@@ -63,7 +63,7 @@ enum Backend {
 #[derive(Clone, Debug, Default)]
 pub struct KvService {
     backend: Arc<OnceLock<Backend>>,
-    peers: Arc<Mutex<HashMap<String, KvClient<Channel>>>>,
+    peers: Arc<Mutex<HashMap<String, Channel>>>,
     /// This node's advertised address (for `x-strata-owner` on local answers).
     me: Arc<OnceLock<String>>,
 }
@@ -86,7 +86,7 @@ impl KvService {
         let _ = self.backend.set(Backend::Cluster(node));
     }
 
-    fn backend(&self) -> Result<&Backend, Status> {
+    pub(crate) fn backend(&self) -> Result<&Backend, Status> {
         self.backend
             .get()
             .ok_or_else(|| retryable("server is recovering; retry shortly".into()))
@@ -103,14 +103,15 @@ impl KvService {
         Ok(strata_format::partition_of(key, self.partitions()?))
     }
 
-    fn route(&self, p: u32) -> Result<Route, Status> {
+    pub(crate) fn route(&self, p: u32) -> Result<Route, Status> {
         match self.backend()? {
             Backend::Single(db) => Ok(Route::Local(db.clone())),
             Backend::Cluster(n) => n.route(p).map_err(status),
         }
     }
 
-    fn peer(&self, addr: &str) -> Result<KvClient<Channel>, Status> {
+    /// The (lazily connected) channel to a peer node.
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, Status> {
         if let Some(c) = self.peers.lock().get(addr) {
             return Ok(c.clone());
         }
@@ -119,17 +120,25 @@ impl KvService {
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
-        let c = KvClient::new(ch)
+        self.peers.lock().insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn peer(&self, addr: &str) -> Result<KvClient<Channel>, Status> {
+        Ok(KvClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        self.peers.lock().insert(addr.to_string(), c.clone());
-        Ok(c)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     /// Runs `f` against partition `p`'s current route, retrying while the partition moves
     /// (answers marked retry-safe: nothing was applied). A forwarded request is not retried
     /// here: the node that forwarded it retries, with a fresh route.
-    async fn on_partition<T, F, Fut>(&self, p: u32, ctx: &Ctx, f: F) -> Result<(T, String), Status>
+    pub(crate) async fn on_partition<T, F, Fut>(
+        &self,
+        p: u32,
+        ctx: &Ctx,
+        f: F,
+    ) -> Result<(T, String), Status>
     where
         F: Fn(Route) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -212,16 +221,16 @@ fn unreachable_peer(s: &Status) -> bool {
 /// What a request allows: whether it was forwarded by a peer, and how long it may spend
 /// waiting for its partition to settle (the retry budget, cut to the client's deadline).
 #[derive(Debug, Clone)]
-struct Ctx {
-    forwarded: bool,
-    budget: Duration,
+pub(crate) struct Ctx {
+    pub(crate) forwarded: bool,
+    pub(crate) budget: Duration,
     /// Time from now by which an answer must be sent (from the client's deadline).
-    answer_by: Option<Duration>,
+    pub(crate) answer_by: Option<Duration>,
     /// Session tokens the request carries: newest version seen per partition.
-    sessions: HashMap<u32, u64>,
+    pub(crate) sessions: HashMap<u32, u64>,
 }
 
-fn ctx<T>(req: &Request<T>) -> Ctx {
+pub(crate) fn ctx<T>(req: &Request<T>) -> Ctx {
     let mut budget = MOVE_RETRY_BUDGET;
     let timeout = req
         .metadata()
@@ -256,7 +265,7 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 }
 
 /// The partition a forwarded request names, if it is one.
-fn forwarded_partition<T>(req: &Request<T>) -> Option<u32> {
+pub(crate) fn forwarded_partition<T>(req: &Request<T>) -> Option<u32> {
     req.metadata()
         .get(FORWARDED_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -264,7 +273,7 @@ fn forwarded_partition<T>(req: &Request<T>) -> Option<u32> {
 }
 
 /// A request to forward to partition `p`'s owner.
-fn forward<T>(p: u32, msg: T) -> Request<T> {
+pub(crate) fn forward<T>(p: u32, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut()
         .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from(p));
@@ -320,6 +329,12 @@ fn check_key(field: &str, key: &[u8]) -> Result<(), Status> {
             key.len()
         )));
     }
+    if crate::txn::is_system_key(key) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: keys starting with {:?} are reserved for the store's own records",
+            String::from_utf8_lossy(crate::txn::SYSTEM_PREFIX)
+        )));
+    }
     Ok(())
 }
 
@@ -360,7 +375,7 @@ fn check_batch_len(field: &str, n: usize) -> Result<(), Status> {
     Ok(())
 }
 
-fn put_op(field: &str, p: pb::PutRequest) -> Result<WriteOp, Status> {
+pub(crate) fn put_op(field: &str, p: pb::PutRequest) -> Result<WriteOp, Status> {
     check_key(&format!("{field}key"), &p.key)?;
     check_value(&format!("{field}value"), &p.value)?;
     let cond = match p.condition {
@@ -378,7 +393,7 @@ fn put_op(field: &str, p: pb::PutRequest) -> Result<WriteOp, Status> {
     })
 }
 
-fn delete_op(field: &str, d: pb::DeleteRequest) -> Result<WriteOp, Status> {
+pub(crate) fn delete_op(field: &str, d: pb::DeleteRequest) -> Result<WriteOp, Status> {
     check_key(&format!("{field}key"), &d.key)?;
     Ok(WriteOp {
         key: d.key,
@@ -387,7 +402,7 @@ fn delete_op(field: &str, d: pb::DeleteRequest) -> Result<WriteOp, Status> {
     })
 }
 
-fn status(e: EngineError) -> Status {
+pub(crate) fn status(e: EngineError) -> Status {
     e.into()
 }
 
@@ -540,9 +555,9 @@ impl KvService {
                 let (start, end) = (start.clone(), end.clone());
                 async move {
                     match route {
-                        Route::Local(db) => {
-                            Ok(PartScan::Local(db.scan(start, end).map_err(status)?))
-                        }
+                        Route::Local(db) => Ok(PartScan::Local(
+                            db.scan_unlocked(start, end).await.map_err(status)?,
+                        )),
                         Route::Remote(addr) => {
                             let mut c = self.peer(&addr)?;
                             let st = c.scan(forward(p, req)).await?.into_inner();
@@ -750,23 +765,28 @@ impl Kv for KvService {
             return Ok(Response::new(pb::BatchWriteResponse::default()));
         }
         let p = self.partition_of(&ops[0].key)?;
-        if let Some((i, other)) = ops
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                (
-                    i,
-                    strata_format::partition_of(&o.key, self.partitions().unwrap_or(1)),
-                )
-            })
-            .find(|(_, q)| *q != p)
-        {
-            // All-or-nothing across partitions needs a distributed commit, which this
-            // version does not have: refuse rather than half-apply.
-            return Err(Status::invalid_argument(format!(
-                "ops[{i}].key: maps to partition {other} but ops[0].key to partition {p}; \
-                 a batch must stay within one partition (limit: 1 partition per batch)"
-            )));
+        let mut parts: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, o) in ops.iter().enumerate() {
+            parts.entry(self.partition_of(&o.key)?).or_default().push(i);
+        }
+        if parts.len() > 1 {
+            if cx.forwarded {
+                return Err(Status::invalid_argument(
+                    "a forwarded batch must stay within its partition",
+                ));
+            }
+            let Backend::Cluster(node) = self.backend()? else {
+                return Err(Status::internal("several partitions on a single node"));
+            };
+            if !d {
+                return Err(Status::invalid_argument(
+                    "durability: a batch spanning partitions commits through a durable \
+                     transaction record; DURABILITY_BUFFERED is only allowed within one partition",
+                ));
+            }
+            return self
+                .cross_partition_write(node.clone(), &cx, parts, ops)
+                .await;
         }
         let (res, owner) = self
             .on_partition(p, &cx, |route| {

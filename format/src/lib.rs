@@ -22,6 +22,7 @@ mod entry;
 mod error;
 mod manifest;
 mod sst;
+mod txn;
 mod wal;
 
 pub use entry::{internal_cmp, Entry, Kind};
@@ -34,6 +35,7 @@ pub use sst::{
     SstFooter, SstIndex, SstOptions, SstProps, BLOCK_TRAILER_LEN, SST_FOOTER_LEN,
     SST_FORMAT_VERSION, SST_MAGIC,
 };
+pub use txn::{decode_intent, encode_intent, IntentState, TxnOp};
 pub use wal::{
     decode_wal_segment, encode_wal_segment, WalSegmentHeader, WAL_FORMAT_VERSION, WAL_HEADER_LEN,
     WAL_MAGIC, WAL_TRAILER_LEN, WAL_TRAILER_MAGIC,

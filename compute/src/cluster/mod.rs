@@ -202,7 +202,8 @@ impl ClusterNode {
             );
             tokio::spawn(async move { etcd.watch_changes(changed, stop).await })
         };
-        node.inner.tasks.lock().extend([t1, t2, t3]);
+        let t4 = tokio::spawn(txn_resolver_loop(node.clone()));
+        node.inner.tasks.lock().extend([t1, t2, t3, t4]);
         Ok(node)
     }
 
@@ -214,6 +215,11 @@ impl ClusterNode {
     /// Number of partitions of the cluster.
     pub fn partitions(&self) -> u32 {
         self.inner.partitions
+    }
+
+    /// The cluster's etcd handle.
+    pub fn etcd(&self) -> &Etcd {
+        &self.inner.etcd
     }
 
     /// The manifest store (for in-process compaction of owned partitions).
@@ -487,6 +493,23 @@ async fn lease_loop(node: ClusterNode) {
 }
 
 /// Converges ownership towards the ring, and publishes progress.
+/// Resolves prepared transactions whose coordinator went silent, on the partitions served
+/// here (including ones that arrived with a failover: their intents came back on open).
+async fn txn_resolver_loop(node: ClusterNode) {
+    let mut stop = node.inner.stop.clone();
+    loop {
+        for db in node.serving() {
+            if !db.prepared_txns().is_empty() {
+                crate::txn_coord::resolve_stale_intents(&node.inner.etcd, &db).await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 async fn reconcile_loop(node: ClusterNode) {
     let inner = &node.inner;
     let mut stop = inner.stop.clone();

@@ -1,0 +1,260 @@
+//! Cross-partition transactions: the participant side (one partition's engine).
+//!
+//! A `BatchWrite` whose keys span partitions commits in two phases (the coordinator is in
+//! `txn_coord.rs`, the durable transaction record in etcd):
+//!
+//! 1. **Prepare** at every partition: the commit loop checks the ops' conditions, refuses if a
+//!    key is locked by another transaction, and writes one *intent record* — the partition's
+//!    ops, not yet applied — under the system key `INTENT_PREFIX ++ txn id`. From sequencing
+//!    on, the keys are locked in memory: plain writes wait, reads wait, other prepares fail.
+//!    The intent is an ordinary WAL entry, so it survives a crash of the owner: a new owner
+//!    rebuilds the locks from intent records before serving (see `Db::open`).
+//! 2. **Decision** in the transaction record (pending → committed, or → aborted), a single
+//!    compare-and-swap: the commit point.
+//! 3. **Resolve** at every partition: commit applies the intent's ops and replaces the intent
+//!    by a `Committed` marker (with the versions written); abort replaces it by an `Aborted`
+//!    marker. Markers expire after `MARKER_TTL_MS`; they make resolves idempotent and stop a
+//!    delayed prepare from installing an intent after its transaction was aborted.
+//!
+//! Invariants:
+//! - A key is unlocked only once its resolve is *visible* (the resolve's segment landed and
+//!   `visible_seq` moved past it), so a read that finds a key unlocked after a decision sees
+//!   the transaction's outcome: no reader ever sees one partition's half of a transaction
+//!   committed and, afterwards, another partition's half missing.
+//! - Between prepare and resolve nothing else writes a locked key, so the conditions checked
+//!   at prepare still hold when the ops are applied.
+//! - A participant never decides by itself: an intent whose coordinator went silent is
+//!   resolved from the record; a pending record is first swung to aborted (the same CAS the
+//!   coordinator's commit races against), so both sides agree on one outcome.
+
+use crate::commit::{Cond, Op, WriteOp};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+pub use strata_format::{decode_intent, encode_intent, IntentState, TxnOp};
+use tokio::sync::Notify;
+
+/// Keys reserved for the store's own records; user keys may not start with it.
+pub const SYSTEM_PREFIX: &[u8] = b"\xff\xffstrata/";
+/// Intent records and resolution markers: `INTENT_PREFIX ++ txn id`.
+pub const INTENT_PREFIX: &[u8] = b"\xff\xffstrata/txn/";
+/// How long a resolution marker is kept (it only has to outlive any in-flight prepare and
+/// coordinator retries, which are bounded by request deadlines of seconds).
+pub const MARKER_TTL_MS: u64 = 3_600_000;
+/// An intent older than this whose transaction is still pending is aborted by the partition's
+/// owner (the coordinator is presumed dead). A live coordinator finishes well within it:
+/// its whole prepare phase is bounded by `PREPARE_BUDGET` in `txn_coord.rs`.
+pub const TXN_TIMEOUT_MS: u64 = 4_000;
+
+/// Whether `key` is in the reserved system keyspace.
+pub fn is_system_key(key: &[u8]) -> bool {
+    key.starts_with(SYSTEM_PREFIX)
+}
+
+/// The key of a transaction's intent record.
+pub fn intent_key(txn: &str) -> Bytes {
+    let mut k = Vec::with_capacity(INTENT_PREFIX.len() + txn.len());
+    k.extend_from_slice(INTENT_PREFIX);
+    k.extend_from_slice(txn.as_bytes());
+    Bytes::from(k)
+}
+
+/// An intent op as an engine write (its condition was checked at prepare).
+pub(crate) fn to_write_op(op: &TxnOp) -> WriteOp {
+    WriteOp {
+        key: op.key.clone(),
+        op: match &op.value {
+            Some(v) => Op::Put {
+                value: v.clone(),
+                ttl_ms: op.ttl_ms,
+            },
+            None => Op::Delete,
+        },
+        cond: Cond::None,
+    }
+}
+
+/// The intent form of an engine write.
+pub(crate) fn from_write_op(op: &WriteOp) -> TxnOp {
+    match &op.op {
+        Op::Put { value, ttl_ms } => TxnOp {
+            key: op.key.clone(),
+            value: Some(value.clone()),
+            ttl_ms: *ttl_ms,
+        },
+        Op::Delete => TxnOp {
+            key: op.key.clone(),
+            value: None,
+            ttl_ms: 0,
+        },
+    }
+}
+
+/// A prepared transaction this partition holds locks for.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub ops: Vec<TxnOp>,
+    pub created_ms: u64,
+    /// A resolve is sequenced and waiting for its segment to land.
+    pub resolving: bool,
+}
+
+#[derive(Debug, Default)]
+struct LockTable {
+    by_key: HashMap<Bytes, Arc<str>>,
+    pending: HashMap<Arc<str>, Pending>,
+}
+
+/// The partition's transaction locks (in memory; rebuilt from intent records on open).
+#[derive(Debug, Default)]
+pub(crate) struct Locks {
+    table: Mutex<LockTable>,
+    /// Number of locked keys, read without the mutex on the hot path.
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl Locks {
+    /// Whether no key is locked (fast path: nothing to wait for).
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
+    /// The transaction holding the first locked key among `keys`.
+    pub fn first_locked<'a>(&self, keys: impl IntoIterator<Item = &'a Bytes>) -> Option<Arc<str>> {
+        if self.is_empty() {
+            return None;
+        }
+        let t = self.table.lock();
+        keys.into_iter().find_map(|k| t.by_key.get(k).cloned())
+    }
+
+    /// The transaction holding a locked key in `[start, end)`.
+    pub fn locked_in_range(&self, start: &[u8], end: Option<&[u8]>) -> Option<Arc<str>> {
+        if self.is_empty() {
+            return None;
+        }
+        let t = self.table.lock();
+        t.by_key
+            .iter()
+            .find(|(k, _)| k.as_ref() >= start && end.is_none_or(|e| k.as_ref() < e))
+            .map(|(_, txn)| txn.clone())
+    }
+
+    pub fn pending(&self, txn: &str) -> Option<Pending> {
+        self.table.lock().pending.get(txn).cloned()
+    }
+
+    /// Every prepared transaction: (id, created_ms).
+    pub fn all_pending(&self) -> Vec<(String, u64)> {
+        self.table
+            .lock()
+            .pending
+            .iter()
+            .map(|(k, p)| (k.to_string(), p.created_ms))
+            .collect()
+    }
+
+    /// Locks the keys of a prepared transaction.
+    pub fn lock(&self, txn: &str, created_ms: u64, ops: Vec<TxnOp>) {
+        let mut t = self.table.lock();
+        let id: Arc<str> = Arc::from(txn);
+        for op in &ops {
+            t.by_key.insert(op.key.clone(), id.clone());
+        }
+        t.pending.insert(
+            id,
+            Pending {
+                ops,
+                created_ms,
+                resolving: false,
+            },
+        );
+        self.count.store(t.by_key.len(), Ordering::Release);
+    }
+
+    /// Marks a transaction's resolve as sequenced; false if it is unknown or already resolving.
+    pub fn start_resolving(&self, txn: &str) -> bool {
+        let mut t = self.table.lock();
+        match t.pending.get_mut(txn) {
+            Some(p) if !p.resolving => {
+                p.resolving = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Releases a transaction's locks (its resolve is visible) and wakes the waiters.
+    pub fn unlock(&self, txn: &str) {
+        {
+            let mut t = self.table.lock();
+            if let Some(p) = t.pending.remove(txn) {
+                for op in p.ops {
+                    if t.by_key.get(&op.key).is_some_and(|h| h.as_ref() == txn) {
+                        t.by_key.remove(&op.key);
+                    }
+                }
+            }
+            self.count.store(t.by_key.len(), Ordering::Release);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `locked()` reports nothing, or the deadline passes (then returns the
+    /// transaction still holding a lock).
+    pub async fn wait_until_free(
+        &self,
+        deadline: tokio::time::Instant,
+        locked: impl Fn(&Locks) -> Option<Arc<str>>,
+    ) -> Result<(), Arc<str>> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let Some(txn) = locked(self) else {
+                return Ok(());
+            };
+            // The poll bound is a backstop against a missed wake-up; unlocks notify.
+            let wake =
+                deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(txn);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_are_released_per_transaction() {
+        let l = Locks::default();
+        let op = |k: &'static [u8]| TxnOp {
+            key: Bytes::from_static(k),
+            value: None,
+            ttl_ms: 0,
+        };
+        l.lock("t1", 1, vec![op(b"a"), op(b"b")]);
+        assert_eq!(
+            l.first_locked([&Bytes::from_static(b"b")]).as_deref(),
+            Some("t1")
+        );
+        assert!(l.locked_in_range(b"c", None).is_none());
+        assert!(l.locked_in_range(b"a", Some(b"b")).is_some());
+        assert!(l.start_resolving("t1"));
+        assert!(!l.start_resolving("t1"));
+        l.unlock("t1");
+        assert!(l.is_empty());
+        assert!(l.first_locked([&Bytes::from_static(b"a")]).is_none());
+    }
+}
