@@ -83,16 +83,24 @@ fn rows(v: &ClusterView) -> BTreeMap<u32, serde_json::Value> {
         .flatten()
         .map(|s| (s.partition, s.clone()))
         .collect();
-    let n = v.config.map(|c| c.partitions).unwrap_or(0);
+    let map = v.partition_map();
     let hot = hot_partitions(
         &progress
             .values()
             .map(|s| (s.partition, s.writes_per_sec))
             .collect::<Vec<_>>(),
     );
-    (0..n)
+    map.ids()
+        .into_iter()
         .map(|p| {
             let o = v.owners.get(&p);
+            let range = map.range_of(p).map(|(a, b)| {
+                format!(
+                    "{:016x}-{}",
+                    a,
+                    b.map_or("end".to_string(), |b| format!("{b:016x}"))
+                )
+            });
             let pr = progress.get(&p);
             let durable = pr.map(|s| s.durable_seq).unwrap_or(0);
             let flushed = pr.map(|s| s.flushed_seq).unwrap_or(0);
@@ -109,6 +117,7 @@ fn rows(v: &ClusterView) -> BTreeMap<u32, serde_json::Value> {
                     "memtable_bytes": pr.map(|s| s.memtable_bytes).unwrap_or(0),
                     "writes_per_sec": pr.map(|s| s.writes_per_sec).unwrap_or(0),
                     "hot": hot.contains(&p),
+                    "hash_range": range,
                 }),
             )
         })
@@ -116,7 +125,7 @@ fn rows(v: &ClusterView) -> BTreeMap<u32, serde_json::Value> {
 }
 
 /// Partitions whose write rate is far above the others': more than 4x the median and at least
-/// 20 writes/s. (Shown, not acted on: partitions do not split yet.)
+/// 20 writes/s. (Nodes split partitions that stay hot above their own `--split-writes-per-sec`.)
 fn hot_partitions(rates: &[(u32, u64)]) -> Vec<u32> {
     let mut sorted: Vec<u64> = rates.iter().map(|r| r.1).collect();
     sorted.sort_unstable();
@@ -144,6 +153,8 @@ fn status_json(v: &ClusterView) -> serde_json::Value {
     serde_json::json!({
         "revision": v.revision,
         "partitions": v.config.map(|c| c.partitions),
+        "partition_count": v.partition_map().ids().len(),
+        "split": v.partmap.is_some(),
         "nodes": nodes,
         "partition_table": rows(v).into_values().collect::<Vec<_>>(),
     })
@@ -156,13 +167,22 @@ fn status_text(v: &ClusterView) -> String {
         return "no cluster here yet (no node has joined)\n".into();
     };
     let owned = v.owners.len();
+    let count = v.partition_map().ids().len();
     let _ = writeln!(
         s,
-        "cluster: {} nodes, {} partitions ({} owned, {} without an owner), etcd revision {}",
+        "cluster: {} nodes, {} partitions ({} owned, {} without an owner{}), etcd revision {}",
         v.nodes.len(),
-        cfg.partitions,
+        count,
         owned,
-        cfg.partitions as usize - owned.min(cfg.partitions as usize),
+        count - owned.min(count),
+        if count as u32 != cfg.partitions {
+            format!(
+                "; created with {}, the rest split off hot ones",
+                cfg.partitions
+            )
+        } else {
+            String::new()
+        },
         v.revision
     );
     let _ = writeln!(
@@ -211,7 +231,8 @@ fn status_text(v: &ClusterView) -> String {
     let _ = writeln!(
         s,
         "\nLAG: writes durable in the WAL but not yet in an SST (what a failover replays).\n\
-         HOT: more than 4x the median write rate (at least 20/s); partitions do not split yet."
+         HOT: more than 4x the median write rate (at least 20/s); a partition that stays hot\n\
+         above the nodes' --split-writes-per-sec splits its hash range in two."
     );
     s
 }

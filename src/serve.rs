@@ -77,6 +77,13 @@ pub struct ServeArgs {
     /// Virtual nodes per node on the consistent-hash ring.
     #[arg(long, default_value_t = 256)]
     pub vnodes: u32,
+    /// A partition this node owns splits in two when it writes at least this many ops per
+    /// second, and 4x the median partition, for --split-after-secs (0: never split).
+    #[arg(long, default_value_t = 2000)]
+    pub split_writes_per_sec: u64,
+    /// How long a partition must stay hot before it splits, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub split_after_secs: u64,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -173,6 +180,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let mut copts = ClusterOptions::new(node_id, advertise.clone());
         copts.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(1));
         copts.vnodes = args.vnodes;
+        copts.split_writes_per_sec = args.split_writes_per_sec;
+        copts.split_after = Duration::from_secs(args.split_after_secs);
         copts.partitions = args.partitions.max(1);
         // The node's write-buffer budget is shared out over partitions: a node may own many
         // (all of them, alone), and each engine enforces its own share. Twice the even share,

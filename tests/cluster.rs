@@ -41,10 +41,16 @@ struct Cluster {
     nodes: Vec<Option<Server>>,
     ids: Vec<String>,
     dirs: Vec<tempfile::TempDir>,
+    /// Extra `strata serve` flags for every node.
+    args: Vec<String>,
 }
 
 impl Cluster {
     fn start(s3: &S3, etcd: &Etcd, n: usize, prefix: &str) -> Cluster {
+        Self::start_with_args(s3, etcd, n, prefix, &[])
+    }
+
+    fn start_with_args(s3: &S3, etcd: &Etcd, n: usize, prefix: &str, args: &[&str]) -> Cluster {
         let mut c = Cluster {
             etcd_url: etcd.endpoint.clone(),
             s3_env: s3.env(),
@@ -52,6 +58,7 @@ impl Cluster {
             nodes: Vec::new(),
             ids: Vec::new(),
             dirs: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         for _ in 0..n {
             c.add_node();
@@ -81,7 +88,10 @@ impl Cluster {
                 "4".into(),
                 "--lease-ttl-secs".into(),
                 "2".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(self.args.iter().cloned())
+            .collect(),
             env: self.s3_env.iter().cloned().chain(env).collect(),
         };
         let s = Server::start_with(dir.path(), opts);
@@ -1494,4 +1504,174 @@ async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
     .expect_err("reserved key");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("key"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_partition_splits_under_load_and_loses_nothing() {
+    let Some((s3, etcd)) = infra() else { return };
+    let c = Cluster::start_with_args(
+        &s3,
+        &etcd,
+        2,
+        "split",
+        &["--split-writes-per-sec", "50", "--split-after-secs", "2"],
+    );
+    let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let parts = m.partitions;
+    let hot = 5u32 % parts;
+    // Keys of every partition first (some of them will change partition with the split).
+    let mut kv = c.client(0).await;
+    let mut before: BTreeMap<Bytes, u64> = BTreeMap::new();
+    for i in 0..(parts as usize * 6) {
+        let k = key_in(i as u32 % parts, parts, "pre", i);
+        let v = put(&mut kv, k.clone(), k.clone(), Duration::from_secs(15))
+            .await
+            .expect("preload");
+        before.insert(k, v);
+    }
+    // Six writers on the hot partition (through both nodes), one spread over the others.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..7usize {
+        let mut kv = c.client(w % 2).await;
+        let (stop, acked, failures) = (stop.clone(), acked.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let p = if w < 6 {
+                    hot
+                } else {
+                    (n % parts as usize) as u32
+                };
+                let k = key_in(p, parts, &format!("hot{w}"), n);
+                match put(&mut kv, k.clone(), k.clone(), Duration::from_secs(15)).await {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert(k.clone(), k);
+                    }
+                    Err(e) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("write failed: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    let split_map = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let m = c.map(0).await;
+        if !m.ranges.is_empty() {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "partition {hot} never split"
+        );
+    };
+    println!(
+        "partition {hot} split {:?} into the load; map: {:?}",
+        started.elapsed(),
+        split_map.ranges
+    );
+    // Keep writing across the split for a while, then check everything.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "the split surfaced errors to clients"
+    );
+    let m = c
+        .wait_settled(0, Duration::from_secs(30), |m| {
+            m.owners.len() > parts as usize
+        })
+        .await;
+    let new_ids: Vec<u32> = m
+        .owners
+        .iter()
+        .map(|o| o.partition)
+        .filter(|&p| p >= parts)
+        .collect();
+    assert!(!new_ids.is_empty(), "no new partition: {m:?}");
+    let map = strata_format::PartitionMap::from_ranges(
+        m.ranges.iter().map(|r| (r.start, r.partition)).collect(),
+    )
+    .expect("a valid partition map");
+    let acked = acked.lock().unwrap().clone();
+    let moved = acked
+        .keys()
+        .chain(before.keys())
+        .filter(|k| new_ids.contains(&map.partition_of(k)))
+        .count();
+    assert!(moved > 0, "no written key belongs to the new partition");
+    println!(
+        "{} acknowledged writes during the run, {moved} keys now served by new partitions {new_ids:?}",
+        acked.len()
+    );
+    // Every write, before and during the split, reads back through both nodes.
+    for i in c.live() {
+        verify_from(&c, i, &acked).await;
+        let mut kv = c.client(i).await;
+        for (k, v) in &before {
+            let got = get(&mut kv, k).await.expect("read").expect("present");
+            assert_eq!(got.1, *v, "version of {k:?} changed");
+        }
+    }
+    // A full scan sees each key exactly once: the split partition's copy of the moved half
+    // stays hidden.
+    let mut kv = c.client(1).await;
+    let mut st = kv
+        .scan(pb::ScanRequest::default())
+        .await
+        .expect("scan")
+        .into_inner();
+    let mut seen: Vec<Bytes> = Vec::new();
+    while let Some(r) = st.message().await.expect("scan chunk") {
+        seen.extend(r.entries.into_iter().map(|e| e.key));
+    }
+    let mut want: Vec<Bytes> = acked.keys().chain(before.keys()).cloned().collect();
+    want.sort();
+    assert_eq!(seen.len(), want.len(), "scan saw duplicates or missed keys");
+    assert_eq!(seen, want);
+    // Versions keep growing on a moved key, and ctl status shows the new partitions.
+    let moved_key = before
+        .keys()
+        .find(|k| new_ids.contains(&map.partition_of(k)))
+        .or_else(|| {
+            acked
+                .keys()
+                .find(|k| new_ids.contains(&map.partition_of(k)))
+        })
+        .cloned()
+        .expect("a moved key");
+    let old = get(&mut kv, &moved_key)
+        .await
+        .expect("read")
+        .expect("present")
+        .1;
+    let new = put(
+        &mut kv,
+        moved_key.clone(),
+        Bytes::from_static(b"after"),
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("write a moved key");
+    assert!(new > old, "version went from {old} to {new}");
+    let status = c.ctl(&["status"]);
+    println!("{status}");
+    assert!(status.contains("split off hot ones"), "{status}");
+    for i in c.live() {
+        for l in c.node(i).log_text().lines() {
+            if l.contains("split transaction") {
+                println!("{}: {l}", c.ids[i]);
+            }
+        }
+    }
 }

@@ -61,7 +61,9 @@ impl Default for ClientOptions {
 #[derive(Debug, Default)]
 struct Map {
     partitions: u32,
-    /// Owner address per partition ("" = none known).
+    /// Hash ranges after a split (`None`: uniform over `partitions`).
+    ranges: Option<strata_format::PartitionMap>,
+    /// Owner address per partition id ("" = none known).
     owners: Vec<String>,
     /// Every known node address.
     nodes: Vec<String>,
@@ -167,7 +169,8 @@ impl Client {
             match admin.cluster_map(pb::ClusterMapRequest {}).await {
                 Ok(r) => {
                     let r = r.into_inner();
-                    let mut owners = vec![String::new(); r.partitions.max(1) as usize];
+                    let ids = r.owners.iter().map(|o| o.partition + 1).max().unwrap_or(0);
+                    let mut owners = vec![String::new(); r.partitions.max(1).max(ids) as usize];
                     for o in &r.owners {
                         if let Some(slot) = owners.get_mut(o.partition as usize) {
                             *slot = normalize(&o.addr);
@@ -181,8 +184,17 @@ impl Client {
                     let mut map = self.inner.map.write();
                     // Never go back to an older table (answers from a lagging node).
                     if r.revision >= map.revision || map.partitions == 0 {
+                        let ranges = (!r.ranges.is_empty())
+                            .then(|| {
+                                strata_format::PartitionMap::from_ranges(
+                                    r.ranges.iter().map(|h| (h.start, h.partition)).collect(),
+                                )
+                                .ok()
+                            })
+                            .flatten();
                         *map = Arc::new(Map {
                             partitions: r.partitions.max(1),
+                            ranges,
                             owners,
                             nodes,
                             revision: r.revision,
@@ -201,9 +213,13 @@ impl Client {
         self.inner.map.read().partitions.max(1)
     }
 
-    /// The partition `key` belongs to.
+    /// The partition `key` belongs to (by the partition map, once partitions split).
     pub fn partition_of(&self, key: &[u8]) -> u32 {
-        strata_format::partition_of(key, self.partitions())
+        let map = self.inner.map.read();
+        match &map.ranges {
+            Some(r) => r.partition_of(key),
+            None => strata_format::partition_of(key, map.partitions.max(1)),
+        }
     }
 
     /// Where to send a request for `partition`: its owner, or any node (which forwards).

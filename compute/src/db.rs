@@ -49,6 +49,10 @@ pub struct DbOptions {
     pub lease: Option<crate::LeaseGuard>,
     /// Counters to add to; a node shares one set across its partitions. Fresh when `None`.
     pub metrics: Option<Arc<EngineMetrics>>,
+    /// In a cluster: the key-hash range `[start, end)` this partition serves (`end` `None` =
+    /// up to 2^64). After a split the partition's older data still holds keys of the other
+    /// half; scans leave them out. `None` serves every key.
+    pub hash_range: Option<(u64, Option<u64>)>,
 }
 
 impl Default for DbOptions {
@@ -62,6 +66,7 @@ impl Default for DbOptions {
             write_timeout: Duration::from_secs(10),
             lease: None,
             metrics: None,
+            hash_range: None,
         }
     }
 }
@@ -447,6 +452,7 @@ impl Db {
     /// The live value of `key`: `(value, version)`, or `None` if absent, deleted or expired.
     pub async fn get(&self, key: &[u8]) -> EngineResult<Option<(Bytes, u64)>> {
         self.check_open()?;
+        self.check_keys(std::iter::once(key))?;
         self.inner.metrics.gets.fetch_add(1, Ordering::Relaxed);
         if !self.inner.locks.is_empty() {
             let key = Bytes::copy_from_slice(key);
@@ -460,6 +466,7 @@ impl Db {
     /// Several keys from one snapshot.
     pub async fn multi_get(&self, keys: &[Bytes]) -> EngineResult<Vec<Option<(Bytes, u64)>>> {
         self.check_open()?;
+        self.check_keys(keys.iter().map(|k| k.as_ref()))?;
         self.inner
             .metrics
             .gets
@@ -480,6 +487,7 @@ impl Db {
     /// A write touching a key locked by a transaction being committed waits for it.
     pub async fn write(&self, ops: Vec<WriteOp>, durable: bool) -> EngineResult<Vec<OpOutcome>> {
         self.check_open()?;
+        self.check_keys(ops.iter().map(|o| o.key.as_ref()))?;
         let timeout = self.inner.opts.write_timeout;
         if self.inner.locks.is_empty() {
             // The common case, without a copy of the ops. (A lock taken meanwhile makes the
@@ -522,7 +530,36 @@ impl Db {
     pub fn scan(&self, start: Bytes, end: Option<Bytes>) -> EngineResult<crate::scan::Scanner> {
         self.check_open()?;
         let (seq, view) = self.snapshot();
-        Ok(crate::scan::Scanner::new(view, seq, start, end))
+        Ok(crate::scan::Scanner::new(view, seq, start, end)
+            .with_hash_range(self.inner.opts.hash_range))
+    }
+
+    /// Refuses (retry-safe) keys outside this partition's hash range: a request routed with a
+    /// partition map older than a split. Never lets the other half's keys into this partition.
+    fn check_keys<'a>(&self, mut keys: impl Iterator<Item = &'a [u8]>) -> EngineResult<()> {
+        if self.inner.opts.hash_range.is_none() {
+            return Ok(());
+        }
+        if keys.any(|k| !self.serves_key(k)) {
+            return Err(EngineError::NotServing(format!(
+                "partition {} no longer serves this key (it split); retry with the new map",
+                self.inner.opts.partition
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `key` belongs to this partition's hash range.
+    pub fn serves_key(&self, key: &[u8]) -> bool {
+        self.inner
+            .opts
+            .hash_range
+            .is_none_or(|r| strata_format::hash_in_range(xxhash_rust::xxh3::xxh3_64(key), r))
+    }
+
+    /// The hash range this engine serves.
+    pub fn hash_range(&self) -> Option<(u64, Option<u64>)> {
+        self.inner.opts.hash_range
     }
 
     /// Starts a scan once no key in `[start, end)` is locked by a transaction being committed.
@@ -570,6 +607,7 @@ impl Db {
         ops: Vec<WriteOp>,
     ) -> EngineResult<()> {
         self.check_open()?;
+        self.check_keys(ops.iter().map(|o| o.key.as_ref()))?;
         self.commit
             .submit(
                 ops,
@@ -609,6 +647,83 @@ impl Db {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 r => return r.map(|o| o.into_iter().map(|o| o.version).collect()),
+            }
+        }
+    }
+
+    /// For a split (the engine closed and fully flushed): copies the live entries whose key
+    /// hash is in `range` — latest version each, with version and expiry — into new SSTs under
+    /// partition `target`'s prefix. Returns them (as L0 files) and the largest seq this
+    /// partition ever assigned, which the new partition continues above.
+    pub(crate) async fn export_for_split(
+        &self,
+        target: u32,
+        range: (u64, Option<u64>),
+    ) -> EngineResult<(Vec<strata_format::SstInfo>, u64)> {
+        let view = self.inner.view.read().clone();
+        if !view.imms.is_empty() || !view.active.is_empty() {
+            return Err(EngineError::Unavailable(
+                "memtables were not flushed before the split".into(),
+            ));
+        }
+        if !self.inner.locks.is_empty() || !self.inner.locks.all_pending().is_empty() {
+            return Err(EngineError::Unavailable(
+                "prepared transactions arrived before the split".into(),
+            ));
+        }
+        let last_seq = (*self.inner.durable_seq.borrow())
+            .max(view.version.manifest.last_flushed_seq)
+            .max(self.inner.visible_seq.load(Ordering::SeqCst));
+        let mut scan = crate::scan::Scanner::new(view, Snap::LATEST, Bytes::new(), None)
+            .with_hash_range(Some(range));
+        let mut files = Vec::new();
+        let mut builder = strata_format::SstBuilder::new(self.inner.opts.sst.clone());
+        while !scan.is_done() {
+            for e in scan.next_entries(1024).await? {
+                builder.add(&e)?;
+                if builder.estimated_size() >= SPLIT_SST_BYTES {
+                    let full = std::mem::replace(
+                        &mut builder,
+                        strata_format::SstBuilder::new(self.inner.opts.sst.clone()),
+                    );
+                    files.push(self.put_split_sst(target, full).await?);
+                }
+            }
+        }
+        if !builder.is_empty() {
+            files.push(self.put_split_sst(target, builder).await?);
+        }
+        // L0 is newest first; these do not overlap, so any order reads the same.
+        Ok((files, last_seq))
+    }
+
+    async fn put_split_sst(
+        &self,
+        target: u32,
+        builder: strata_format::SstBuilder,
+    ) -> EngineResult<strata_format::SstInfo> {
+        let (data, props) = builder.finish()?;
+        loop {
+            let id = strata_manifest::layout::new_sst_id();
+            match self
+                .inner
+                .store
+                .put(
+                    &strata_manifest::layout::sst_path(target, id),
+                    data.clone(),
+                    PutMode::Create,
+                )
+                .await
+            {
+                Ok(()) => {
+                    return Ok(strata_format::SstInfo {
+                        id,
+                        level: 0,
+                        props,
+                    })
+                }
+                Err(StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -753,6 +868,9 @@ pub(crate) fn live(e: Option<Entry>, now: u64) -> Option<(Bytes, u64)> {
     }
     Some((e.value, e.seq))
 }
+
+/// Target size of the SSTs a split writes for the new partition.
+const SPLIT_SST_BYTES: usize = 32 << 20;
 
 /// Low bits of a writer epoch that are random; the high bits are the fence segment id.
 const EPOCH_RANDOM_BITS: u32 = 24;

@@ -6,14 +6,14 @@
 //! cursor moves past them. The scanner holds its view, so a flush or compaction during the
 //! scan changes nothing it sees.
 
-use crate::db::{live, now_ms};
+use crate::db::now_ms;
 use crate::error::EngineResult;
 use crate::memtable::Snap;
 use crate::version::View;
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use strata_format::Entry;
+use strata_format::{Entry, Kind};
 
 /// A scan in progress.
 #[derive(Debug)]
@@ -26,6 +26,8 @@ pub struct Scanner {
     now: u64,
     /// User scans never see the store's own records (`txn::SYSTEM_PREFIX`).
     hide_system: bool,
+    /// Only keys whose hash is in this range (a split partition's other half is left out).
+    hash_range: Option<(u64, Option<u64>)>,
 }
 
 impl Scanner {
@@ -39,7 +41,14 @@ impl Scanner {
             done,
             now: now_ms(),
             hide_system: true,
+            hash_range: None,
         }
+    }
+
+    /// Leaves out keys whose hash is outside `range` (`None`: none left out).
+    pub(crate) fn with_hash_range(mut self, range: Option<(u64, Option<u64>)>) -> Self {
+        self.hash_range = range;
+        self
     }
 
     /// A scan that includes the store's own records.
@@ -64,6 +73,16 @@ impl Scanner {
     /// only at the end of the scan... or when a stretch held only deleted keys, so callers
     /// loop until [`Scanner::is_done`].
     pub async fn next_chunk(&mut self, n: usize) -> EngineResult<Vec<(Bytes, Bytes, u64)>> {
+        Ok(self
+            .next_entries(n)
+            .await?
+            .into_iter()
+            .map(|e| (e.key, e.value, e.seq))
+            .collect())
+    }
+
+    /// Like [`Scanner::next_chunk`], as entries (with their expiry).
+    pub(crate) async fn next_entries(&mut self, n: usize) -> EngineResult<Vec<Entry>> {
         if self.done {
             return Ok(Vec::new());
         }
@@ -128,8 +147,13 @@ impl Scanner {
             if self.hide_system && crate::txn::is_system_key(&k) {
                 continue;
             }
-            if let Some((v, ver)) = live(Some(e), self.now) {
-                out.push((k, v, ver));
+            if let Some(r) = self.hash_range {
+                if !strata_format::hash_in_range(xxhash_rust::xxh3::xxh3_64(&k), r) {
+                    continue;
+                }
+            }
+            if e.kind == Kind::Put && (e.expires_at_ms == 0 || e.expires_at_ms > self.now) {
+                out.push(e);
             }
         }
         match bound {

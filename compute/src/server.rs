@@ -92,15 +92,11 @@ impl KvService {
             .ok_or_else(|| retryable("server is recovering; retry shortly".into()))
     }
 
-    fn partitions(&self) -> Result<u32, Status> {
-        Ok(match self.backend()? {
-            Backend::Single(_) => 1,
-            Backend::Cluster(n) => n.partitions(),
-        })
-    }
-
     fn partition_of(&self, key: &[u8]) -> Result<u32, Status> {
-        Ok(strata_format::partition_of(key, self.partitions()?))
+        Ok(match self.backend()? {
+            Backend::Single(_) => 0,
+            Backend::Cluster(n) => n.map().partition_of(key),
+        })
     }
 
     pub(crate) fn route(&self, p: u32) -> Result<Route, Status> {
@@ -133,14 +129,18 @@ impl KvService {
     /// Runs `f` against partition `p`'s current route, retrying while the partition moves
     /// (answers marked retry-safe: nothing was applied). A forwarded request is not retried
     /// here: the node that forwarded it retries, with a fresh route.
+    ///
+    /// With `key`, the partition is looked up again on every attempt: a partition that split
+    /// while the request waited sends the key to the half that now serves it.
     pub(crate) async fn on_partition<T, F, Fut>(
         &self,
         p: u32,
+        key: Option<&[u8]>,
         ctx: &Ctx,
         f: F,
     ) -> Result<(T, String), Status>
     where
-        F: Fn(Route) -> Fut,
+        F: Fn(Route, u32) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let forwarded = ctx.forwarded;
@@ -148,12 +148,16 @@ impl KvService {
         let hard = ctx.answer_by.map(|d| tokio::time::Instant::now() + d);
         let mut backoff = Duration::from_millis(10);
         loop {
+            let p = match key {
+                Some(k) => self.partition_of(k)?,
+                None => p,
+            };
             let attempt = async {
                 match self.route(p) {
                     Ok(Route::Remote(addr)) if forwarded => Err(retryable(format!(
                         "partition {p} is not served by this node (owner: {addr})"
                     ))),
-                    Ok(Route::Remote(addr)) => f(Route::Remote(addr.clone()))
+                    Ok(Route::Remote(addr)) => f(Route::Remote(addr.clone()), p)
                         .await
                         .map(|t| (t, addr.clone()))
                         .map_err(|s| {
@@ -169,7 +173,7 @@ impl KvService {
                                 s
                             }
                         }),
-                    Ok(route) => f(route)
+                    Ok(route) => f(route, p)
                         .await
                         .map(|t| (t, self.me.get().cloned().unwrap_or_default())),
                     Err(e) => Err(e),
@@ -550,7 +554,7 @@ impl KvService {
             }
         }
         let (src, _) = self
-            .on_partition(p, cx, |route| {
+            .on_partition(p, None, cx, |route, p| {
                 let req = req.clone();
                 let (start, end) = (start.clone(), end.clone());
                 async move {
@@ -588,7 +592,7 @@ impl Kv for KvService {
             }
         }
         let (res, owner) = self
-            .on_partition(p, &cx, |route| {
+            .on_partition(p, Some(&r.key), &cx, |route, p| {
                 let r = r.clone();
                 async move {
                     match route {
@@ -600,6 +604,8 @@ impl Kv for KvService {
                 }
             })
             .await?;
+        // The partition that served it (it may have split while the request waited).
+        let p = self.partition_of(&r.key)?;
         Ok(answer(res, p, &owner))
     }
 
@@ -610,7 +616,7 @@ impl Kv for KvService {
         let op = put_op("", r.clone())?;
         let p = self.partition_of(&op.key)?;
         let (res, owner) = self
-            .on_partition(p, &cx, |route| {
+            .on_partition(p, Some(&op.key), &cx, |route, p| {
                 let (r, op) = (r.clone(), op.clone());
                 async move {
                     match route {
@@ -628,6 +634,7 @@ impl Kv for KvService {
             })
             .await?;
         let v = res.version;
+        let p = self.partition_of(&op.key)?;
         Ok(answer_write(res, p, &owner, v))
     }
 
@@ -641,7 +648,7 @@ impl Kv for KvService {
         let op = delete_op("", r.clone())?;
         let p = self.partition_of(&op.key)?;
         let (res, owner) = self
-            .on_partition(p, &cx, |route| {
+            .on_partition(p, Some(&op.key), &cx, |route, p| {
                 let (r, op) = (r.clone(), op.clone());
                 async move {
                     match route {
@@ -664,6 +671,7 @@ impl Kv for KvService {
             })
             .await?;
         let v = res.version;
+        let p = self.partition_of(&op.key)?;
         Ok(answer_write(res, p, &owner, v))
     }
 
@@ -697,7 +705,7 @@ impl Kv for KvService {
                     }
                 }
                 let (res, _) = self
-                    .on_partition(p, cx, |route| {
+                    .on_partition(p, None, cx, |route, p| {
                         let keys = keys.clone();
                         async move {
                             match route {
@@ -789,7 +797,7 @@ impl Kv for KvService {
                 .await;
         }
         let (res, owner) = self
-            .on_partition(p, &cx, |route| {
+            .on_partition(p, None, &cx, |route, p| {
                 let (r, ops) = (r.clone(), ops.clone());
                 async move {
                     match route {
@@ -847,7 +855,10 @@ impl Kv for KvService {
         // ordered streams of every partition (keys of different partitions never collide).
         let parts: Vec<u32> = match fwd {
             Some(p) => vec![p],
-            None => (0..self.partitions()?).collect(),
+            None => match self.backend()? {
+                Backend::Single(_) => vec![0],
+                Backend::Cluster(n) => n.map().ids(),
+            },
         };
         let mut heads = Vec::with_capacity(parts.len());
         for p in parts {

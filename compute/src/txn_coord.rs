@@ -138,7 +138,7 @@ impl KvService {
             let pops: Vec<WriteOp> = idx.iter().map(|&i| ops[i].clone()).collect();
             let (id, pcx) = (&id, &pcx);
             async move {
-                self.on_partition(p, pcx, |route| {
+                self.on_partition(p, None, pcx, |route, p| {
                     let pops = pops.clone();
                     async move {
                         match route {
@@ -221,7 +221,7 @@ impl KvService {
         let resolves = parts.keys().map(|&p| {
             let (id, rcx) = (&id, &rcx);
             async move {
-                self.on_partition(p, rcx, |route| async move {
+                self.on_partition(p, None, rcx, |route, p| async move {
                     match route {
                         Route::Local(db) => db.txn_resolve(id, commit).await.map_err(status),
                         Route::Remote(addr) => {
@@ -398,12 +398,6 @@ impl pb::txn_server::Txn for TxnService {
                     )))
                 }
             };
-            if strata_format::partition_of(&op.key, self.kv_partitions()?) != r.partition {
-                return Err(Status::invalid_argument(format!(
-                    "ops[{i}].key: does not belong to partition {}",
-                    r.partition
-                )));
-            }
             ops.push(op);
         }
         db.txn_prepare(&r.txn_id, r.created_ms, ops)
@@ -420,15 +414,6 @@ impl pb::txn_server::Txn for TxnService {
         let db = self.local(r.partition, &r.txn_id)?;
         let versions = db.txn_resolve(&r.txn_id, r.commit).await.map_err(status)?;
         Ok(Response::new(pb::TxnResolveResponse { versions }))
-    }
-}
-
-impl TxnService {
-    fn kv_partitions(&self) -> Result<u32, Status> {
-        match self.kv.backend()? {
-            Backend::Cluster(n) => Ok(n.partitions()),
-            Backend::Single(_) => Ok(1),
-        }
     }
 }
 

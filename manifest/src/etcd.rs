@@ -135,6 +135,21 @@ pub struct ClusterView {
     pub draining: Vec<String>,
     /// Published progress by node.
     pub stats: BTreeMap<String, Vec<PartitionProgress>>,
+    /// The partition map's ranges `(start hash, partition)` once a partition split, and the
+    /// key's modification revision; `None` while the map is the uniform one of the config.
+    pub partmap: Option<(Vec<(u64, u32)>, i64)>,
+}
+
+impl ClusterView {
+    /// The partition map in force (uniform over the configured count until a split).
+    pub fn partition_map(&self) -> strata_format::PartitionMap {
+        self.partmap
+            .as_ref()
+            .and_then(|(r, _)| strata_format::PartitionMap::from_ranges(r.clone()).ok())
+            .unwrap_or_else(|| {
+                strata_format::PartitionMap::uniform(self.config.map_or(1, |c| c.partitions))
+            })
+    }
 }
 
 /// The state of a cross-partition transaction: its record in etcd is the commit point.
@@ -401,6 +416,11 @@ impl Etcd {
                     }
                 }
                 "drain" => v.draining.push(name.to_string()),
+                "partmap" => {
+                    if let Ok(r) = serde_json::from_slice::<Vec<(u64, u32)>>(kv.value()) {
+                        v.partmap = Some((r, kv.mod_revision()));
+                    }
+                }
                 "stats" => {
                     if let Ok(s) = serde_json::from_slice::<Vec<PartitionProgress>>(kv.value()) {
                         v.stats.insert(name.to_string(), s);
@@ -658,6 +678,55 @@ impl EtcdManifestStore {
             manifest_prefix(p),
             rand::random::<u64>()
         )
+    }
+
+    /// Splits partition `parent`: installs `map` (in which `child` serves part of the
+    /// parent's old range) and `child`'s first manifest, in one transaction that holds only if
+    /// the partition map is still the one the split was planned on (`map_revision`, 0 = never
+    /// written) and we still own `parent` (`tenure`). Returns whether it committed; on `false`
+    /// nothing changed (the child's manifest body stays unreferenced).
+    pub async fn commit_split(
+        &self,
+        parent: u32,
+        tenure: i64,
+        map_revision: i64,
+        map: &strata_format::PartitionMap,
+        child: u32,
+        child_manifest: &Manifest,
+    ) -> ManifestResult<bool> {
+        let e = &self.etcd;
+        let path = Self::unique_path(child, child_manifest.version);
+        let ptr = serde_json::to_vec(&Pointer {
+            version: child_manifest.version,
+            path: path.clone(),
+        })
+        .map_err(|err| unavailable("encode manifest pointer", err))?;
+        let body = serde_json::to_vec(map.ranges())
+            .map_err(|err| unavailable("encode partition map", err))?;
+        self.store
+            .put(&path, encode_manifest(child_manifest), PutMode::Create)
+            .await?;
+        let map_key = e.key("partmap");
+        let compares = vec![
+            if map_revision == 0 {
+                Compare::create_revision(map_key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(map_key.clone(), CompareOp::Equal, map_revision)
+            },
+            Compare::create_revision(e.owner_key(parent), CompareOp::Equal, tenure),
+            Compare::create_revision(e.pointer_key(child), CompareOp::Equal, 0),
+        ];
+        let ops = vec![
+            TxnOp::put(map_key, body, None),
+            TxnOp::put(e.pointer_key(child), ptr, None),
+        ];
+        let resp = e
+            .client
+            .clone()
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await
+            .map_err(|err| unavailable("commit partition split", err))?;
+        Ok(resp.succeeded())
     }
 
     /// Pointer, epoch and owner keys of `p` in one read.

@@ -19,6 +19,7 @@
 //! passed on its own monotonic clock ([`LeaseGuard`]).
 
 pub mod ring;
+mod split;
 
 use crate::db::{store_uid, Db, DbOptions};
 use crate::error::EngineError;
@@ -33,6 +34,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_cache::BlockCache;
+use strata_format::PartitionMap;
 use strata_manifest::etcd::{ClusterView, Etcd, NodeInfo, OwnerInfo, PartitionProgress};
 use strata_manifest::{now_ms, EtcdManifestStore};
 use strata_objstore::Store;
@@ -59,6 +61,11 @@ pub struct ClusterOptions {
     pub db: DbOptions,
     /// Most partitions opened at once.
     pub max_concurrent_opens: usize,
+    /// A partition writing at least this many ops per second (and 4× the median partition)
+    /// for `split_after` splits in two; 0 never splits.
+    pub split_writes_per_sec: u64,
+    /// How long a partition must stay hot before it splits.
+    pub split_after: Duration,
 }
 
 impl ClusterOptions {
@@ -73,6 +80,8 @@ impl ClusterOptions {
             poll_interval: Duration::from_millis(500),
             db: DbOptions::default(),
             max_concurrent_opens: 4,
+            split_writes_per_sec: 2000,
+            split_after: Duration::from_secs(30),
         }
     }
 }
@@ -110,6 +119,10 @@ struct Inner {
     replicas: Replicas,
     /// Woken by the etcd watch when membership or ownership changes.
     changed: Arc<tokio::sync::Notify>,
+    /// Which hash range each partition serves (uniform until a hot partition splits).
+    map: RwLock<Arc<PartitionMap>>,
+    /// Hot-partition split policy and state.
+    split: split::SplitState,
 }
 
 /// A running cluster node. Cheap to clone.
@@ -183,6 +196,8 @@ impl ClusterNode {
             tasks: Mutex::new(Vec::new()),
             replicas,
             changed: Arc::new(tokio::sync::Notify::new()),
+            map: RwLock::new(Arc::new(PartitionMap::uniform(cfg.partitions))),
+            split: split::SplitState::default(),
         });
         tracing::info!(
             node = %inner.opts.node_id,
@@ -212,9 +227,31 @@ impl ClusterNode {
         &self.inner.opts.node_id
     }
 
-    /// Number of partitions of the cluster.
+    /// Number of partitions the cluster was created with (ids may exceed it after splits:
+    /// see [`ClusterNode::map`]).
     pub fn partitions(&self) -> u32 {
         self.inner.partitions
+    }
+
+    /// The partition map in force, as this node last read it.
+    pub fn map(&self) -> Arc<PartitionMap> {
+        self.inner.map.read().clone()
+    }
+
+    /// Splits partition `p` (owned here) in two now, whatever its load (see `split.rs`).
+    /// Returns the new partition's id, or `None` if there was nothing to do.
+    pub async fn split_partition(&self, p: u32) -> Result<Option<u32>, EngineError> {
+        split::split(self, p).await
+    }
+
+    /// Adopts a newer view (and its partition map).
+    fn install_view(&self, view: Arc<ClusterView>) {
+        let map = view.partition_map();
+        if **self.inner.map.read() != map {
+            tracing::info!(ranges = map.ranges().len(), "partition map changed");
+            *self.inner.map.write() = Arc::new(map);
+        }
+        *self.inner.view.write() = view;
     }
 
     /// The cluster's etcd handle.
@@ -324,18 +361,19 @@ impl ClusterNode {
         if session_seq.is_some_and(|s| s > view.version.manifest.last_flushed_seq) {
             return Ok(None);
         }
-        Ok(Some(crate::scan::Scanner::new(
-            view,
-            crate::memtable::Snap::LATEST,
-            start,
-            end,
-        )))
+        Ok(Some(
+            crate::scan::Scanner::new(view, crate::memtable::Snap::LATEST, start, end)
+                .with_hash_range(self.map().range_of(p)),
+        ))
     }
 
     /// The routing table for smart clients.
     pub fn cluster_map(&self) -> pb::ClusterMapResponse {
         let view = self.inner.view.read().clone();
-        let owners = (0..self.inner.partitions)
+        let map = self.map();
+        let owners = map
+            .ids()
+            .into_iter()
             .map(|p| match view.owners.get(&p) {
                 Some(o) => pb::PartitionOwner {
                     partition: p,
@@ -364,6 +402,14 @@ impl ClusterNode {
             nodes,
             revision: view.revision,
             node_id: self.inner.opts.node_id.clone(),
+            ranges: if view.partmap.is_some() {
+                map.ranges()
+                    .iter()
+                    .map(|&(start, partition)| pb::HashRange { start, partition })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -520,7 +566,7 @@ async fn reconcile_loop(node: ClusterNode) {
         match inner.etcd.view().await {
             Ok(view) => {
                 let view = Arc::new(view);
-                *inner.view.write() = view.clone();
+                node.install_view(view.clone());
                 reconcile(&node, &view);
             }
             Err(e) => tracing::debug!(error = %e, "reading the cluster state failed"),
@@ -558,6 +604,8 @@ async fn reconcile_loop(node: ClusterNode) {
                     }
                 })
                 .collect();
+            let view = inner.view.read().clone();
+            split::consider(&node, &view, &stats);
             let id = inner.lease_id.load(Ordering::SeqCst);
             if let Err(e) = inner
                 .etcd
@@ -594,7 +642,8 @@ fn reconcile(node: &ClusterNode, view: &ClusterView) {
     } else {
         Ring::new(eligible, inner.opts.vnodes)
     };
-    for p in 0..inner.partitions {
+    let map = node.map();
+    for p in map.ids() {
         let want = ring.owner(p);
         let owner = view.owners.get(&p);
         let (held, tenure, serving, fenced) = match inner.parts.read().get(&p) {
@@ -693,10 +742,18 @@ async fn open(node: ClusterNode, p: u32) {
     if let Some(part) = inner.parts.write().get_mut(&p) {
         part.tenure = tenure;
     }
+    open_engine(node.clone(), p, tenure).await;
+}
+
+/// Opens the engine of `p`, whose owner key we hold with `tenure` (marked `Opening`), with
+/// the hash range the current partition map gives it. On failure the partition is released.
+async fn open_engine(node: ClusterNode, p: u32, tenure: i64) {
+    let inner = &node.inner;
     let started = Instant::now();
     let mut opts = inner.opts.db.clone();
     opts.partition = p;
     opts.lease = Some(inner.lease.clone());
+    opts.hash_range = node.map().range_of(p);
     let manifests: Arc<dyn strata_manifest::ManifestStore> = inner.manifests.clone();
     match Db::open(opts, inner.store.clone(), manifests, inner.cache.clone()).await {
         Ok((db, report)) => {
