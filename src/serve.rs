@@ -430,7 +430,13 @@ async fn compact_owned(
             running.entry(p).or_insert_with(|| {
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 let manifests: Arc<dyn ManifestStore> = node.manifests();
-                let c = Compactor::new(store.clone(), manifests, p, CompactionOptions::default());
+                // The range as of now: a later split of p reopens it, and this compactor
+                // with it; until then a stale (wider) range only keeps more than needed.
+                let opts = CompactionOptions {
+                    hash_range: node.map().range_of(p),
+                    ..CompactionOptions::default()
+                };
+                let c = Compactor::new(store.clone(), manifests, p, opts);
                 (tx, tokio::spawn(c.run(rx)))
             });
         }

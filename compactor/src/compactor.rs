@@ -473,6 +473,7 @@ impl Compactor {
 
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Bytes, SstProps)>(1);
         let deeper = job.deeper.clone();
+        let hash_range = self.inner.opts.hash_range;
         let sst_opts = self.inner.opts.sst.clone();
         let target = self.inner.opts.target_file_bytes;
         let now = now_ms();
@@ -482,6 +483,16 @@ impl Compactor {
                 tx.blocking_send(out)
                     .map_err(|_| anyhow!("the output writer stopped"))
             };
+            let mut sources = sources;
+            if let Some(r) = hash_range {
+                // Keys split off to another partition: no reader of this one ever asks for
+                // them, and every version of them goes, so nothing older can resurface.
+                for src in &mut sources {
+                    src.retain(|e| {
+                        strata_format::hash_in_range(strata_format::key_hash(&e.key), r)
+                    });
+                }
+            }
             let counts = merge(sources, now, &deeper, |e| match cutter.add(&e)? {
                 Some(out) => send(out),
                 None => Ok(()),

@@ -63,6 +63,10 @@ pub struct CompactionOptions {
     /// and compacted inputs whose deletion was lost with a restart. In-flight outputs are far
     /// younger; default 1 h.
     pub orphan_grace: Duration,
+    /// In a cluster: the key-hash range the partition serves. After a split, the partition's
+    /// older SSTs still hold the other half's keys (served elsewhere now, never read here);
+    /// compaction drops them. `None` keeps every key.
+    pub hash_range: Option<(u64, Option<u64>)>,
 }
 
 impl Default for CompactionOptions {
@@ -76,6 +80,7 @@ impl Default for CompactionOptions {
             sst: SstOptions::default(),
             gc_grace: Duration::from_secs(5 * 60),
             orphan_grace: Duration::from_secs(60 * 60),
+            hash_range: None,
         }
     }
 }

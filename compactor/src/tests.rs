@@ -659,6 +659,7 @@ async fn random_workload_matches_the_model() {
         },
         gc_grace: Duration::ZERO,
         orphan_grace: Duration::from_secs(3600),
+        hash_range: None,
     };
     let c = env.compactor(opts);
     let mut rng = StdRng::seed_from_u64(0x5eed_c0de);
@@ -753,4 +754,41 @@ async fn orphan_sweep_deletes_only_old_unreferenced_ssts() {
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(!left.contains(&two_hours_ago));
     assert!(left.contains(&fresh));
+}
+
+#[tokio::test]
+async fn keys_outside_the_partitions_hash_range_are_dropped() {
+    let env = Env::new().await;
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let mut seq = 0;
+    for chunk in keys.chunks(10) {
+        let mut entries = Vec::new();
+        for k in chunk {
+            seq += 1;
+            entries.push(put(k, seq, "v"));
+        }
+        env.flush(entries).await;
+    }
+    // The lower half of the hash space stays; the upper half was split off.
+    let range = (0u64, Some(1u64 << 63));
+    let inside =
+        |k: &str| strata_format::hash_in_range(strata_format::key_hash(k.as_bytes()), range);
+    let opts = CompactionOptions {
+        hash_range: Some(range),
+        ..small_opts()
+    };
+    let c = env.compactor(opts);
+    let r = c.compact_once().await.unwrap().unwrap();
+    let expected = keys.iter().filter(|k| inside(k)).count();
+    assert!(
+        expected > 0 && expected < keys.len(),
+        "both halves are used"
+    );
+    assert_eq!(r.entries_out as usize, expected);
+    let after = env.latest().await;
+    let files = env.load_files(&after).await;
+    for k in &keys {
+        let got = read(&after, &files, k.as_bytes());
+        assert_eq!(got.is_some(), inside(k), "{k}");
+    }
 }

@@ -31,7 +31,7 @@ pub use error::{FormatError, Result};
 pub use manifest::{
     decode_manifest, encode_manifest, Manifest, SstInfo, MANIFEST_FORMAT_VERSION, MANIFEST_MAGIC,
 };
-pub use partmap::{hash_in_range, InvalidPartitionMap, PartitionMap};
+pub use partmap::{hash_in_range, key_hash, InvalidPartitionMap, PartitionMap};
 pub use sst::{
     decode_props, read_all_entries, BlockHandle, BloomFilter, Compression, DataBlock, SstBuilder,
     SstFooter, SstIndex, SstOptions, SstProps, BLOCK_TRAILER_LEN, SST_FOOTER_LEN,

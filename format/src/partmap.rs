@@ -111,6 +111,11 @@ impl PartitionMap {
     }
 }
 
+/// A key's position in the hash space (what partition ranges are ranges of).
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
 /// Whether the hash `h` is in `[start, end)` (`end` `None` = up to 2^64).
 pub fn hash_in_range(h: u64, range: (u64, Option<u64>)) -> bool {
     h >= range.0 && range.1.is_none_or(|e| h < e)
