@@ -83,7 +83,7 @@ fn rows(v: &ClusterView) -> BTreeMap<u32, serde_json::Value> {
         .flatten()
         .map(|s| (s.partition, s.clone()))
         .collect();
-    let map = v.partition_map();
+    let map = v.partition_map_or_uniform();
     let hot = hot_partitions(
         &progress
             .values()
@@ -153,7 +153,8 @@ fn status_json(v: &ClusterView) -> serde_json::Value {
     serde_json::json!({
         "revision": v.revision,
         "partitions": v.config.map(|c| c.partitions),
-        "partition_count": v.partition_map().ids().len(),
+        "partition_count": v.partition_map_or_uniform().ids().len(),
+        "partition_map_error": v.partition_map().err(),
         "split": v.partmap.is_some(),
         "nodes": nodes,
         "partition_table": rows(v).into_values().collect::<Vec<_>>(),
@@ -167,7 +168,10 @@ fn status_text(v: &ClusterView) -> String {
         return "no cluster here yet (no node has joined)\n".into();
     };
     let owned = v.owners.len();
-    let count = v.partition_map().ids().len();
+    if let Err(e) = v.partition_map() {
+        let _ = writeln!(s, "WARNING: {e}; showing the uniform map");
+    }
+    let count = v.partition_map_or_uniform().ids().len();
     let _ = writeln!(
         s,
         "cluster: {} nodes, {} partitions ({} owned, {} without an owner{}), etcd revision {}",

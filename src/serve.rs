@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// How long a partition must stay hot before it splits, seconds.
     #[arg(long, default_value_t = 30)]
     pub split_after_secs: u64,
+    /// No partition splits once the cluster has this many.
+    #[arg(long, default_value_t = 1024)]
+    pub split_max_partitions: usize,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -182,6 +185,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         copts.vnodes = args.vnodes;
         copts.split_writes_per_sec = args.split_writes_per_sec;
         copts.split_after = Duration::from_secs(args.split_after_secs);
+        copts.split_max_partitions = args.split_max_partitions;
         copts.partitions = args.partitions.max(1);
         // The node's write-buffer budget is shared out over partitions: a node may own many
         // (all of them, alone), and each engine enforces its own share. Twice the even share,

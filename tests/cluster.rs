@@ -1354,6 +1354,8 @@ async fn cross_partition_batches_stay_atomic_across_a_kill9() {
         killed.elapsed()
     );
     assert!(ok > 20, "too few transactions committed: {ok}");
+    let checked = reads_checked.load(Ordering::Relaxed);
+    assert!(checked > 50, "too few read pairs checked: {checked}");
     let v = violations.lock().unwrap().clone();
     assert!(v.is_empty(), "half-applied transactions observed: {v:?}");
     c.wait_settled(0, Duration::from_secs(30), |_| true).await;
@@ -1426,6 +1428,13 @@ async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
         "locks of the undecided transaction released (aborted) after {:?}",
         t.elapsed()
     );
+    // The read waited for the owners to give up on the silent coordinator (it did not just
+    // read past the prepared intent).
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "the read did not wait for the prepared transaction: {:?}",
+        t.elapsed()
+    );
 
     // Crash right after the decision to commit: the owners apply it.
     let mut dying = c.client(after_decide).await;
@@ -1449,6 +1458,11 @@ async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
     }
     println!(
         "the committed transaction was applied by the owners after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "the read did not wait for the decided transaction: {:?}",
         t.elapsed()
     );
     // No key stays locked: plain writes and another transaction go through at once.
@@ -1514,7 +1528,14 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
         &etcd,
         2,
         "split",
-        &["--split-writes-per-sec", "50", "--split-after-secs", "2"],
+        &[
+            "--split-writes-per-sec",
+            "50",
+            "--split-after-secs",
+            "2",
+            "--split-max-partitions",
+            "17",
+        ],
     );
     let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
     let parts = m.partitions;
@@ -1529,7 +1550,9 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
             .expect("preload");
         before.insert(k, v);
     }
-    // Six writers on the hot partition (through both nodes), one spread over the others.
+    // Six writers on the hot partition (through both nodes), one spread over the others, and
+    // one committing batches that span the hot partition and another (transactions), while a
+    // reader checks BatchGets of keys across partitions.
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
     let failures = Arc::new(AtomicU64::new(0));
@@ -1556,6 +1579,64 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
                         eprintln!("write failed: {e}");
                     }
                 }
+            }
+        }));
+    }
+    let batches = Arc::new(AtomicU64::new(0));
+    {
+        let mut kv = c.client(1).await;
+        let (stop, acked, failures, batches) = (
+            stop.clone(),
+            acked.clone(),
+            failures.clone(),
+            batches.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let keys = [
+                    key_in(hot, parts, "txhot", n),
+                    key_in((hot + 3) % parts, parts, "txcold", n),
+                ];
+                match batch_put(&mut kv, &keys, "b", Duration::from_secs(15)).await {
+                    Ok(_) => {
+                        batches.fetch_add(1, Ordering::Relaxed);
+                        let mut a = acked.lock().unwrap();
+                        for k in keys {
+                            a.insert(k, Bytes::from_static(b"b"));
+                        }
+                    }
+                    Err(e) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("batch failed: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    {
+        let mut kv = c.client(0).await;
+        let (stop, failures) = (stop.clone(), failures.clone());
+        let keys: Vec<Bytes> = before.keys().take(24).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut req = tonic::Request::new(pb::BatchGetRequest {
+                    keys: keys.clone(),
+                    consistency: 0,
+                });
+                req.set_timeout(Duration::from_secs(15));
+                match kv.batch_get(req).await {
+                    Ok(r) => assert!(
+                        r.into_inner().results.iter().all(|g| g.found),
+                        "a preloaded key went missing from a BatchGet"
+                    ),
+                    Err(e) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("batch get failed: {e}");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }));
     }
@@ -1587,11 +1668,20 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
         0,
         "the split surfaced errors to clients"
     );
+    assert!(
+        batches.load(Ordering::Relaxed) > 5,
+        "too few cross-partition batches"
+    );
     let m = c
         .wait_settled(0, Duration::from_secs(30), |m| {
             m.owners.len() > parts as usize
         })
         .await;
+    assert_eq!(
+        m.owners.len(),
+        17,
+        "exactly one split (the cap is 17 partitions)"
+    );
     let new_ids: Vec<u32> = m
         .owners
         .iter()

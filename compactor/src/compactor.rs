@@ -488,9 +488,7 @@ impl Compactor {
                 // Keys split off to another partition: no reader of this one ever asks for
                 // them, and every version of them goes, so nothing older can resurface.
                 for src in &mut sources {
-                    src.retain(|e| {
-                        strata_format::hash_in_range(strata_format::key_hash(&e.key), r)
-                    });
+                    src.retain(|e| keep_key(&e.key, r));
                 }
             }
             let counts = merge(sources, now, &deeper, |e| match cutter.add(&e)? {
@@ -679,4 +677,12 @@ fn log_report(r: &CompactionReport) {
         trivial_move = r.trivial_move,
         "compaction committed"
     );
+}
+
+/// Whether compaction of a partition serving the hash range `r` keeps `key`. The store's own
+/// records (transaction intents and markers) live in the partition whose transaction wrote
+/// them, whatever their hash, and always stay.
+fn keep_key(key: &[u8], r: (u64, Option<u64>)) -> bool {
+    strata_format::is_system_key(key)
+        || strata_format::hash_in_range(strata_format::key_hash(key), r)
 }

@@ -759,36 +759,45 @@ async fn orphan_sweep_deletes_only_old_unreferenced_ssts() {
 #[tokio::test]
 async fn keys_outside_the_partitions_hash_range_are_dropped() {
     let env = Env::new().await;
-    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    // User keys, and the store's own records (transaction intents), whose hash says nothing.
+    let keys: Vec<Bytes> = (0..40)
+        .map(|i| Bytes::from(format!("key-{i}")))
+        .chain((0..8).map(|i| {
+            let mut k = strata_format::INTENT_PREFIX.to_vec();
+            k.extend_from_slice(format!("t{i}").as_bytes());
+            Bytes::from(k)
+        }))
+        .collect();
     let mut seq = 0;
     for chunk in keys.chunks(10) {
         let mut entries = Vec::new();
         for k in chunk {
             seq += 1;
-            entries.push(put(k, seq, "v"));
+            entries.push(Entry::put(k.clone(), seq, "v"));
         }
         env.flush(entries).await;
     }
     // The lower half of the hash space stays; the upper half was split off.
     let range = (0u64, Some(1u64 << 63));
-    let inside =
-        |k: &str| strata_format::hash_in_range(strata_format::key_hash(k.as_bytes()), range);
+    let inside = |k: &[u8]| strata_format::hash_in_range(strata_format::key_hash(k), range);
+    let system = |k: &[u8]| strata_format::is_system_key(k);
     let opts = CompactionOptions {
         hash_range: Some(range),
         ..small_opts()
     };
     let c = env.compactor(opts);
     let r = c.compact_once().await.unwrap().unwrap();
-    let expected = keys.iter().filter(|k| inside(k)).count();
+    let expected = keys.iter().filter(|k| inside(k) || system(k)).count();
+    assert!(expected < keys.len(), "some keys are outside the range");
     assert!(
-        expected > 0 && expected < keys.len(),
-        "both halves are used"
+        keys.iter().any(|k| system(k) && !inside(k)),
+        "some system record hashes outside the range"
     );
     assert_eq!(r.entries_out as usize, expected);
     let after = env.latest().await;
     let files = env.load_files(&after).await;
     for k in &keys {
-        let got = read(&after, &files, k.as_bytes());
-        assert_eq!(got.is_some(), inside(k), "{k}");
+        let got = read(&after, &files, k);
+        assert_eq!(got.is_some(), inside(k) || system(k), "{k:?}");
     }
 }

@@ -218,9 +218,10 @@ struct Committer {
     group: Group,
     accepting: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
-    /// Failed-condition answers waiting for the state they observed to become durable:
-    /// (largest seq that state includes, reply, error).
-    deferred: Vec<(u64, Reply, EngineError)>,
+    /// Answers derived from state that may not be durable yet (failed conditions, repeated
+    /// transaction prepares and resolves answered from what is already there), waiting for
+    /// it: (largest seq that state includes, reply, answer).
+    deferred: Vec<(u64, Reply, EngineResult<Vec<OpOutcome>>)>,
 }
 
 impl Committer {
@@ -336,6 +337,18 @@ impl Committer {
         self.inner.flush_wanted.notify_one();
     }
 
+    /// Sends `answer` once everything sequenced so far is durable: it was derived from state
+    /// that may still be in flight, and must not be acted on before a crash can no longer
+    /// undo that state.
+    fn answer_when_durable(&mut self, reply: Reply, answer: EngineResult<Vec<OpOutcome>>) {
+        let observed = self.next_seq - 1;
+        if observed <= *self.inner.durable_seq.borrow() {
+            let _ = reply.send(answer);
+        } else {
+            self.deferred.push((observed, reply, answer));
+        }
+    }
+
     /// The decoded intent record or resolution marker of `txn` in this partition, if any.
     async fn intent_state(view: &View, txn: &str) -> EngineResult<Option<IntentState>> {
         let e = Db::get_entry(view, &intent_key(txn), Snap::LATEST).await?;
@@ -374,8 +387,17 @@ impl Committer {
                 ops
             }
             Role::Prepare { txn, created_ms } => {
+                if self.inner.refuse_prepares.load(Ordering::SeqCst) {
+                    let _ = reply.send(Err(EngineError::Conflict(format!(
+                        "partition {} is splitting; transaction {txn} not prepared, nothing \
+                         was applied",
+                        self.inner.opts.partition
+                    ))));
+                    return;
+                }
                 if self.inner.locks.pending(&txn).is_some() {
-                    let _ = reply.send(Ok(Vec::new())); // a retried prepare: already done
+                    // A repeated prepare: done once its intent is durable.
+                    self.answer_when_durable(reply, Ok(Vec::new()));
                     return;
                 }
                 match Self::intent_state(&view, &txn).await {
@@ -384,13 +406,14 @@ impl Committer {
                         return;
                     }
                     Ok(Some(IntentState::Aborted)) => {
-                        let _ = reply.send(Err(EngineError::Conflict(format!(
+                        let err = EngineError::Conflict(format!(
                             "transaction {txn} was already aborted; nothing was applied"
-                        ))));
+                        ));
+                        self.answer_when_durable(reply, Err(err));
                         return;
                     }
                     Ok(Some(_)) => {
-                        let _ = reply.send(Ok(Vec::new()));
+                        self.answer_when_durable(reply, Ok(Vec::new()));
                         return;
                     }
                     Ok(None) => {}
@@ -459,7 +482,7 @@ impl Committer {
                         )))),
                     };
                     if let Some(r) = answer {
-                        let _ = reply.send(r);
+                        self.answer_when_durable(reply, r);
                         return;
                     }
                     marker = Some(IntentState::Aborted);
@@ -521,12 +544,7 @@ impl Committer {
                 // they land would let a client learn of a state that a crash can still undo,
                 // or that a read issued after this answer does not see (not linearizable):
                 // the answer waits until everything sequenced so far is durable.
-                let observed = self.next_seq - 1;
-                if observed <= *self.inner.durable_seq.borrow() {
-                    let _ = reply.send(Err(err));
-                } else {
-                    self.deferred.push((observed, reply, err));
-                }
+                self.answer_when_durable(reply, Err(err));
                 return;
             }
             outcomes.push(OpOutcome {
@@ -596,9 +614,9 @@ impl Committer {
             };
             bytes += e.key.len() + e.value.len() + 32;
             entries.push(e);
-            if let (Some((txn, created_ms)), IntentState::Prepared { ops, .. }) = (lock, state) {
+            if let (Some((txn, _)), IntentState::Prepared { ops, .. }) = (lock, state) {
                 // Locked from sequencing on: everything after this in the stream sees it.
-                self.inner.locks.lock(&txn, created_ms, ops);
+                self.inner.locks.lock(&txn, ops);
             }
         }
         {
@@ -715,13 +733,13 @@ impl Committer {
                     .into_iter()
                     .partition(|(observed, _, _)| *observed <= durable);
                 self.deferred = waiting;
-                for (_, reply, err) in ready {
+                for (_, reply, answer) in ready {
                     let _ = reply.send(if lapsed {
                         Err(EngineError::NotServing(
                             "this node's ownership lease has lapsed".into(),
                         ))
                     } else {
-                        Err(err)
+                        answer
                     });
                 }
                 for (reply, outcomes) in f.group.waiters {

@@ -128,6 +128,9 @@ pub(crate) struct DbInner {
     pub install_lock: tokio::sync::Mutex<()>,
     /// Keys locked by prepared cross-partition transactions (see `txn.rs`).
     pub locks: crate::txn::Locks,
+    /// Set while the partition prepares to split: new transaction prepares are refused
+    /// (retry-safe for their coordinator) so the prepared ones can drain.
+    pub refuse_prepares: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for DbInner {
@@ -366,6 +369,7 @@ impl Db {
             metrics: opts.metrics.clone().unwrap_or_default(),
             install_lock: tokio::sync::Mutex::new(()),
             locks: crate::txn::Locks::default(),
+            refuse_prepares: std::sync::atomic::AtomicBool::new(false),
         });
         // Prepared transactions lock their keys again before anything is served: the intent
         // records came back with the WAL replay (or an SST).
@@ -728,8 +732,30 @@ impl Db {
         }
     }
 
-    /// Transactions prepared here and not yet resolved: (id, created_ms).
-    pub fn prepared_txns(&self) -> Vec<(String, u64)> {
+    /// Refuses new transaction prepares and waits (up to `timeout`) until no transaction is
+    /// prepared here; true if none is. Refusal stays on when it succeeds (the caller is about
+    /// to close the engine); it is lifted when it fails.
+    pub async fn drain_prepared(&self, timeout: Duration) -> bool {
+        self.inner.refuse_prepares.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let drained = self
+            .inner
+            .locks
+            .wait_until_free(deadline, |l| {
+                l.all_pending()
+                    .first()
+                    .map(|(id, _)| Arc::from(id.as_str()))
+            })
+            .await
+            .is_ok();
+        if !drained {
+            self.inner.refuse_prepares.store(false, Ordering::SeqCst);
+        }
+        drained
+    }
+
+    /// Transactions prepared here and not yet resolved: (id, how long they have been locked).
+    pub fn prepared_txns(&self) -> Vec<(String, Duration)> {
         self.inner.locks.all_pending()
     }
 
@@ -977,14 +1003,14 @@ async fn relock_prepared(inner: &Arc<DbInner>) -> EngineResult<u64> {
                 .map_err(|e| EngineError::Corruption(format!("intent key is not a txn id: {e}")))?
                 .to_string();
             match crate::txn::decode_intent(&value) {
-                Ok(crate::txn::IntentState::Prepared { created_ms, ops }) => {
+                Ok(crate::txn::IntentState::Prepared { ops, .. }) => {
                     tracing::info!(
                         partition = inner.opts.partition,
                         txn = %txn,
                         keys = ops.len(),
                         "prepared transaction found on open; its keys stay locked until resolved"
                     );
-                    inner.locks.lock(&txn, created_ms, ops);
+                    inner.locks.lock(&txn, ops);
                     n += 1;
                 }
                 Ok(_) => {}

@@ -36,6 +36,8 @@ const MOVE_RETRY_BUDGET: Duration = Duration::from_secs(8);
 /// that gets a forwarded request it does not own answers (retry-safe) `UNAVAILABLE` instead of
 /// forwarding again, so requests never loop.
 pub const FORWARDED_HEADER: &str = "x-strata-forwarded-partition";
+/// On retry-safe errors: the request was grouped by an outdated partition map.
+pub const MAP_CHANGED_HEADER: &str = "x-strata-map-changed";
 /// Response metadata: the partition that served the request.
 pub const PARTITION_HEADER: &str = "x-strata-partition";
 /// Session token: write responses carry `PARTITION:VERSION`; an eventually consistent read that
@@ -145,6 +147,7 @@ impl KvService {
     {
         let forwarded = ctx.forwarded;
         let deadline = Instant::now() + ctx.budget;
+        let map_rev = self.map_revision();
         let hard = ctx.answer_by.map(|d| tokio::time::Instant::now() + d);
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -193,6 +196,15 @@ impl KvService {
                 None => attempt.await,
             };
             match res {
+                // A multi-key request grouped by an older map: let the caller group it again.
+                Err(s)
+                    if key.is_none()
+                        && is_retry_safe(&s)
+                        && (self.map_revision() != map_rev
+                            || s.metadata().get(MAP_CHANGED_HEADER).is_some()) =>
+                {
+                    return Err(s)
+                }
                 Err(s)
                     if !forwarded && is_retry_safe(&s) && Instant::now() + backoff < deadline =>
                 {
@@ -575,6 +587,186 @@ impl KvService {
     }
 }
 
+impl KvService {
+    /// The revision of the partition map this node routes by (0 on a single node).
+    fn map_revision(&self) -> i64 {
+        match self.backend.get() {
+            Some(Backend::Cluster(n)) => n.map_revision(),
+            _ => 0,
+        }
+    }
+
+    /// A peer said our partition map is outdated: read the current one before regrouping.
+    async fn refresh_if_outdated(&self, s: &Status) {
+        if s.metadata().get(MAP_CHANGED_HEADER).is_some() {
+            if let Some(Backend::Cluster(n)) = self.backend.get() {
+                n.refresh_view().await;
+            }
+        }
+    }
+
+    /// Whether a multi-key request that failed with `s` should be grouped by partition again
+    /// and retried: it applied nothing, and the map changed since it was grouped.
+    fn regroup(&self, s: &Status, rev: i64, deadline: Instant) -> bool {
+        (is_retry_safe(s) || s.metadata().get(MAP_CHANGED_HEADER).is_some())
+            && self.map_revision() != rev
+            && Instant::now() < deadline
+    }
+
+    /// One attempt at a BatchGet, grouped by the partition map as it is now.
+    async fn batch_get_once(
+        &self,
+        cx: &Ctx,
+        r: pb::BatchGetRequest,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let cx = cx.clone();
+        check_consistency("consistency", r.consistency)?;
+        check_batch_len("keys", r.keys.len())?;
+        for (i, k) in r.keys.iter().enumerate() {
+            check_key(&format!("keys[{i}]"), k)?;
+        }
+        // Keys grouped by partition; each group is read from one snapshot of its partition.
+        let mut groups: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, k) in r.keys.iter().enumerate() {
+            groups.entry(self.partition_of(k)?).or_default().push(i);
+        }
+        let cx = &cx;
+        let reads = groups.into_iter().map(|(p, idx)| {
+            let keys: Vec<Bytes> = idx.iter().map(|&i| r.keys[i].clone()).collect();
+            let consistency = r.consistency;
+            async move {
+                if consistency == pb::Consistency::Eventual as i32 && !cx.forwarded {
+                    if let Some(res) = self
+                        .eventual_multi(p, &keys, cx.sessions.get(&p).copied())
+                        .await?
+                    {
+                        return Ok::<_, Status>((idx, res));
+                    }
+                }
+                let (res, _) = self
+                    .on_partition(p, None, cx, |route, p| {
+                        let keys = keys.clone();
+                        async move {
+                            match route {
+                                Route::Local(db) => Ok(db
+                                    .multi_get(&keys)
+                                    .await
+                                    .map_err(status)?
+                                    .into_iter()
+                                    .map(found)
+                                    .collect::<Vec<_>>()),
+                                Route::Remote(addr) => Ok(self
+                                    .peer(&addr)?
+                                    .batch_get(forward(
+                                        p,
+                                        pb::BatchGetRequest { keys, consistency },
+                                    ))
+                                    .await?
+                                    .into_inner()
+                                    .results),
+                            }
+                        }
+                    })
+                    .await?;
+                if res.len() != idx.len() {
+                    return Err(Status::internal(format!(
+                        "partition {p} answered {} results for {} keys",
+                        res.len(),
+                        idx.len()
+                    )));
+                }
+                Ok::<_, Status>((idx, res))
+            }
+        });
+        let mut results = vec![pb::GetResponse::default(); r.keys.len()];
+        for (idx, res) in futures::future::try_join_all(reads).await? {
+            for (i, g) in idx.into_iter().zip(res) {
+                results[i] = g;
+            }
+        }
+        Ok(Response::new(pb::BatchGetResponse { results }))
+    }
+
+    /// One attempt at a BatchWrite, grouped by the partition map as it is now.
+    async fn batch_write_once(
+        &self,
+        cx: &Ctx,
+        r: pb::BatchWriteRequest,
+    ) -> Result<Response<pb::BatchWriteResponse>, Status> {
+        let cx = cx.clone();
+        let d = durable("durability", r.durability)?;
+        check_batch_len("ops", r.ops.len())?;
+        let mut ops = Vec::with_capacity(r.ops.len());
+        for (i, op) in r.ops.iter().cloned().enumerate() {
+            // Each op's own durability is ignored: the batch's applies.
+            ops.push(match op.op {
+                Some(pb::write_op::Op::Put(p)) => put_op(&format!("ops[{i}].put."), p)?,
+                Some(pb::write_op::Op::Delete(dl)) => delete_op(&format!("ops[{i}].delete."), dl)?,
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "ops[{i}]: op must be set to put or delete"
+                    )))
+                }
+            });
+        }
+        if ops.is_empty() {
+            return Ok(Response::new(pb::BatchWriteResponse::default()));
+        }
+        let p = self.partition_of(&ops[0].key)?;
+        let mut parts: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, o) in ops.iter().enumerate() {
+            parts.entry(self.partition_of(&o.key)?).or_default().push(i);
+        }
+        if parts.len() > 1 {
+            if cx.forwarded {
+                // The forwarding node grouped the batch by an older partition map.
+                let mut s = retryable(
+                    "the partition map changed (a partition split); group the batch again".into(),
+                );
+                s.metadata_mut().insert(
+                    MAP_CHANGED_HEADER,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                return Err(s);
+            }
+            let Backend::Cluster(node) = self.backend()? else {
+                return Err(Status::internal("several partitions on a single node"));
+            };
+            if !d {
+                return Err(Status::invalid_argument(
+                    "durability: a batch spanning partitions commits through a durable \
+                     transaction record; DURABILITY_BUFFERED is only allowed within one partition",
+                ));
+            }
+            return self
+                .cross_partition_write(node.clone(), &cx, parts, ops)
+                .await;
+        }
+        let (res, owner) = self
+            .on_partition(p, None, &cx, |route, p| {
+                let (r, ops) = (r.clone(), ops.clone());
+                async move {
+                    match route {
+                        Route::Local(db) => {
+                            let out = db.write(ops, d).await.map_err(status)?;
+                            Ok(pb::BatchWriteResponse {
+                                versions: out.into_iter().map(|o| o.version).collect(),
+                            })
+                        }
+                        Route::Remote(addr) => Ok(self
+                            .peer(&addr)?
+                            .batch_write(forward(p, r))
+                            .await?
+                            .into_inner()),
+                    }
+                }
+            })
+            .await?;
+        let v = res.versions.iter().copied().max().unwrap_or(0);
+        Ok(answer_write(res, p, &owner, v))
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -681,71 +873,19 @@ impl Kv for KvService {
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
         let cx = ctx(&req);
         let r = req.into_inner();
-        check_consistency("consistency", r.consistency)?;
-        check_batch_len("keys", r.keys.len())?;
-        for (i, k) in r.keys.iter().enumerate() {
-            check_key(&format!("keys[{i}]"), k)?;
-        }
-        // Keys grouped by partition; each group is read from one snapshot of its partition.
-        let mut groups: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
-        for (i, k) in r.keys.iter().enumerate() {
-            groups.entry(self.partition_of(k)?).or_default().push(i);
-        }
-        let cx = &cx;
-        let reads = groups.into_iter().map(|(p, idx)| {
-            let keys: Vec<Bytes> = idx.iter().map(|&i| r.keys[i].clone()).collect();
-            let consistency = r.consistency;
-            async move {
-                if consistency == pb::Consistency::Eventual as i32 && !cx.forwarded {
-                    if let Some(res) = self
-                        .eventual_multi(p, &keys, cx.sessions.get(&p).copied())
-                        .await?
-                    {
-                        return Ok::<_, Status>((idx, res));
-                    }
-                }
-                let (res, _) = self
-                    .on_partition(p, None, cx, |route, p| {
-                        let keys = keys.clone();
-                        async move {
-                            match route {
-                                Route::Local(db) => Ok(db
-                                    .multi_get(&keys)
-                                    .await
-                                    .map_err(status)?
-                                    .into_iter()
-                                    .map(found)
-                                    .collect::<Vec<_>>()),
-                                Route::Remote(addr) => Ok(self
-                                    .peer(&addr)?
-                                    .batch_get(forward(
-                                        p,
-                                        pb::BatchGetRequest { keys, consistency },
-                                    ))
-                                    .await?
-                                    .into_inner()
-                                    .results),
-                            }
-                        }
-                    })
-                    .await?;
-                if res.len() != idx.len() {
-                    return Err(Status::internal(format!(
-                        "partition {p} answered {} results for {} keys",
-                        res.len(),
-                        idx.len()
-                    )));
-                }
-                Ok::<_, Status>((idx, res))
+        let deadline = Instant::now() + cx.budget;
+        loop {
+            let rev = self.map_revision();
+            let res = self.batch_get_once(&cx, r.clone()).await;
+            if let Err(s) = &res {
+                self.refresh_if_outdated(s).await;
             }
-        });
-        let mut results = vec![pb::GetResponse::default(); r.keys.len()];
-        for (idx, res) in futures::future::try_join_all(reads).await? {
-            for (i, g) in idx.into_iter().zip(res) {
-                results[i] = g;
+            match res {
+                // A partition split under the batch: group the keys again.
+                Err(s) if self.regroup(&s, rev, deadline) => {}
+                other => return other,
             }
         }
-        Ok(Response::new(pb::BatchGetResponse { results }))
     }
 
     async fn batch_write(
@@ -754,70 +894,18 @@ impl Kv for KvService {
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
         let cx = ctx(&req);
         let r = req.into_inner();
-        let d = durable("durability", r.durability)?;
-        check_batch_len("ops", r.ops.len())?;
-        let mut ops = Vec::with_capacity(r.ops.len());
-        for (i, op) in r.ops.iter().cloned().enumerate() {
-            // Each op's own durability is ignored: the batch's applies.
-            ops.push(match op.op {
-                Some(pb::write_op::Op::Put(p)) => put_op(&format!("ops[{i}].put."), p)?,
-                Some(pb::write_op::Op::Delete(dl)) => delete_op(&format!("ops[{i}].delete."), dl)?,
-                None => {
-                    return Err(Status::invalid_argument(format!(
-                        "ops[{i}]: op must be set to put or delete"
-                    )))
-                }
-            });
-        }
-        if ops.is_empty() {
-            return Ok(Response::new(pb::BatchWriteResponse::default()));
-        }
-        let p = self.partition_of(&ops[0].key)?;
-        let mut parts: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
-        for (i, o) in ops.iter().enumerate() {
-            parts.entry(self.partition_of(&o.key)?).or_default().push(i);
-        }
-        if parts.len() > 1 {
-            if cx.forwarded {
-                return Err(Status::invalid_argument(
-                    "a forwarded batch must stay within its partition",
-                ));
+        let deadline = Instant::now() + cx.budget;
+        loop {
+            let rev = self.map_revision();
+            let res = self.batch_write_once(&cx, r.clone()).await;
+            if let Err(s) = &res {
+                self.refresh_if_outdated(s).await;
             }
-            let Backend::Cluster(node) = self.backend()? else {
-                return Err(Status::internal("several partitions on a single node"));
-            };
-            if !d {
-                return Err(Status::invalid_argument(
-                    "durability: a batch spanning partitions commits through a durable \
-                     transaction record; DURABILITY_BUFFERED is only allowed within one partition",
-                ));
+            match res {
+                Err(s) if self.regroup(&s, rev, deadline) => {}
+                other => return other,
             }
-            return self
-                .cross_partition_write(node.clone(), &cx, parts, ops)
-                .await;
         }
-        let (res, owner) = self
-            .on_partition(p, None, &cx, |route, p| {
-                let (r, ops) = (r.clone(), ops.clone());
-                async move {
-                    match route {
-                        Route::Local(db) => {
-                            let out = db.write(ops, d).await.map_err(status)?;
-                            Ok(pb::BatchWriteResponse {
-                                versions: out.into_iter().map(|o| o.version).collect(),
-                            })
-                        }
-                        Route::Remote(addr) => Ok(self
-                            .peer(&addr)?
-                            .batch_write(forward(p, r))
-                            .await?
-                            .into_inner()),
-                    }
-                }
-            })
-            .await?;
-        let v = res.versions.iter().copied().max().unwrap_or(0);
-        Ok(answer_write(res, p, &owner, v))
     }
 
     type ScanStream = ScanStream;

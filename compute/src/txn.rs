@@ -33,13 +33,11 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-pub use strata_format::{decode_intent, encode_intent, IntentState, TxnOp};
+pub use strata_format::{
+    decode_intent, encode_intent, is_system_key, IntentState, TxnOp, INTENT_PREFIX, SYSTEM_PREFIX,
+};
 use tokio::sync::Notify;
 
-/// Keys reserved for the store's own records; user keys may not start with it.
-pub const SYSTEM_PREFIX: &[u8] = b"\xff\xffstrata/";
-/// Intent records and resolution markers: `INTENT_PREFIX ++ txn id`.
-pub const INTENT_PREFIX: &[u8] = b"\xff\xffstrata/txn/";
 /// How long a resolution marker is kept (it only has to outlive any in-flight prepare and
 /// coordinator retries, which are bounded by request deadlines of seconds).
 pub const MARKER_TTL_MS: u64 = 3_600_000;
@@ -47,11 +45,6 @@ pub const MARKER_TTL_MS: u64 = 3_600_000;
 /// owner (the coordinator is presumed dead). A live coordinator finishes well within it:
 /// its whole prepare phase is bounded by `PREPARE_BUDGET` in `txn_coord.rs`.
 pub const TXN_TIMEOUT_MS: u64 = 4_000;
-
-/// Whether `key` is in the reserved system keyspace.
-pub fn is_system_key(key: &[u8]) -> bool {
-    key.starts_with(SYSTEM_PREFIX)
-}
 
 /// The key of a transaction's intent record.
 pub fn intent_key(txn: &str) -> Bytes {
@@ -96,7 +89,10 @@ pub(crate) fn from_write_op(op: &WriteOp) -> TxnOp {
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
     pub ops: Vec<TxnOp>,
-    pub created_ms: u64,
+    /// When this engine locked it (prepare, or re-lock on open): the age that decides when
+    /// the owner stops waiting for the coordinator, on this node's monotonic clock (another
+    /// node's wall clock may be off).
+    pub since: std::time::Instant,
     /// A resolve is sequenced and waiting for its segment to land.
     pub resolving: bool,
 }
@@ -147,18 +143,18 @@ impl Locks {
         self.table.lock().pending.get(txn).cloned()
     }
 
-    /// Every prepared transaction: (id, created_ms).
-    pub fn all_pending(&self) -> Vec<(String, u64)> {
+    /// Every prepared transaction: (id, how long it has been locked here).
+    pub fn all_pending(&self) -> Vec<(String, std::time::Duration)> {
         self.table
             .lock()
             .pending
             .iter()
-            .map(|(k, p)| (k.to_string(), p.created_ms))
+            .map(|(k, p)| (k.to_string(), p.since.elapsed()))
             .collect()
     }
 
     /// Locks the keys of a prepared transaction.
-    pub fn lock(&self, txn: &str, created_ms: u64, ops: Vec<TxnOp>) {
+    pub fn lock(&self, txn: &str, ops: Vec<TxnOp>) {
         let mut t = self.table.lock();
         let id: Arc<str> = Arc::from(txn);
         for op in &ops {
@@ -168,7 +164,7 @@ impl Locks {
             id,
             Pending {
                 ops,
-                created_ms,
+                since: std::time::Instant::now(),
                 resolving: false,
             },
         );
@@ -244,7 +240,7 @@ mod tests {
             value: None,
             ttl_ms: 0,
         };
-        l.lock("t1", 1, vec![op(b"a"), op(b"b")]);
+        l.lock("t1", vec![op(b"a"), op(b"b")]);
         assert_eq!(
             l.first_locked([&Bytes::from_static(b"b")]).as_deref(),
             Some("t1")

@@ -417,19 +417,18 @@ impl pb::txn_server::Txn for TxnService {
     }
 }
 
-/// Resolves the intents of `db` whose coordinator went silent: any older than
+/// Resolves the intents of `db` whose coordinator went silent: any locked here for longer than
 /// `TXN_TIMEOUT_MS` is decided from its record (a pending one is aborted first).
 pub(crate) async fn resolve_stale_intents(etcd: &strata_manifest::etcd::Etcd, db: &crate::Db) {
-    let now = strata_manifest::now_ms();
-    for (id, created_ms) in db.prepared_txns() {
-        if now.saturating_sub(created_ms) < TXN_TIMEOUT_MS {
+    for (id, age) in db.prepared_txns() {
+        if age < Duration::from_millis(TXN_TIMEOUT_MS) {
             continue;
         }
         let commit = match etcd.txn_decide(&id, TxnState::Aborted).await {
             Ok(Some(TxnState::Committed)) => true,
             Ok(Some(_)) => false,
-            // No record: the coordinator deletes it only after every partition resolved,
-            // so an intent without one was never decided to commit.
+            // No record: the coordinator deletes it only after every partition resolved, and
+            // the janitor only long after; an intent without one never committed.
             Ok(None) => false,
             Err(e) => {
                 tracing::warn!(txn = %id, error = %e, "cannot read a stale transaction's record");
@@ -447,4 +446,38 @@ pub(crate) async fn resolve_stale_intents(etcd: &strata_manifest::etcd::Etcd, db
             Err(e) => tracing::warn!(txn = %id, error = %e, "resolving a stale transaction failed"),
         }
     }
+}
+
+/// A pending record this old belongs to a coordinator that died before deciding (live ones
+/// decide within `PREPARE_BUDGET`): the janitor aborts it.
+const JANITOR_ABORT_PENDING_MS: u64 = 10 * 60 * 1000;
+/// A decided record this old is deleted by the janitor. Owners resolve intents within seconds
+/// of their coordinator going silent, so a record is only needed this long if a partition
+/// stayed unavailable for a day (an intent that outlives its record is aborted).
+const JANITOR_DELETE_DECIDED_MS: u64 = 24 * 3600 * 1000;
+
+/// Cleans up transaction records left by coordinators that died: aborts old pending ones,
+/// deletes long-decided ones. Returns (aborted, deleted).
+pub(crate) async fn txn_janitor(etcd: &strata_manifest::etcd::Etcd) -> (usize, usize) {
+    let Ok(records) = etcd.txn_list().await else {
+        return (0, 0);
+    };
+    let now = strata_manifest::now_ms();
+    let (mut aborted, mut deleted) = (0, 0);
+    for (id, rec) in records {
+        let age = now.saturating_sub(rec.created_ms);
+        let pending = rec.state == TxnState::Pending;
+        if pending && age >= JANITOR_ABORT_PENDING_MS {
+            if etcd.txn_decide(&id, TxnState::Aborted).await.is_ok() {
+                aborted += 1;
+            }
+        } else if !pending && age >= JANITOR_DELETE_DECIDED_MS && etcd.txn_delete(&id).await.is_ok()
+        {
+            deleted += 1;
+        }
+    }
+    if aborted + deleted > 0 {
+        tracing::info!(aborted, deleted, "transaction records cleaned up");
+    }
+    (aborted, deleted)
 }

@@ -37,7 +37,9 @@ pub use sst::{
     SstFooter, SstIndex, SstOptions, SstProps, BLOCK_TRAILER_LEN, SST_FOOTER_LEN,
     SST_FORMAT_VERSION, SST_MAGIC,
 };
-pub use txn::{decode_intent, encode_intent, IntentState, TxnOp};
+pub use txn::{
+    decode_intent, encode_intent, is_system_key, IntentState, TxnOp, INTENT_PREFIX, SYSTEM_PREFIX,
+};
 pub use wal::{
     decode_wal_segment, encode_wal_segment, WalSegmentHeader, WAL_FORMAT_VERSION, WAL_HEADER_LEN,
     WAL_MAGIC, WAL_TRAILER_LEN, WAL_TRAILER_MAGIC,

@@ -21,6 +21,16 @@ use crate::codec::{len_u32, put_u32, put_u64, Reader};
 use crate::error::{corrupt, Result};
 
 const WHAT: &str = "transaction intent";
+
+/// Keys reserved for the store's own records; user keys may not start with it.
+pub const SYSTEM_PREFIX: &[u8] = b"\xff\xffstrata/";
+/// Intent records and resolution markers: `INTENT_PREFIX ++ txn id`.
+pub const INTENT_PREFIX: &[u8] = b"\xff\xffstrata/txn/";
+
+/// Whether `key` is in the reserved system keyspace.
+pub fn is_system_key(key: &[u8]) -> bool {
+    key.starts_with(SYSTEM_PREFIX)
+}
 const INTENT_MAGIC: &[u8; 4] = b"STXI";
 const INTENT_VERSION: u8 = 1;
 

@@ -141,14 +141,24 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// The partition map in force (uniform over the configured count until a split).
-    pub fn partition_map(&self) -> strata_format::PartitionMap {
-        self.partmap
-            .as_ref()
-            .and_then(|(r, _)| strata_format::PartitionMap::from_ranges(r.clone()).ok())
-            .unwrap_or_else(|| {
-                strata_format::PartitionMap::uniform(self.config.map_or(1, |c| c.partitions))
-            })
+    /// The partition map in force (uniform over the configured count until a split), and the
+    /// revision of the `partmap` key (0 while there is none). An unreadable map is an error:
+    /// guessing could let two partitions serve one key.
+    pub fn partition_map(&self) -> Result<(strata_format::PartitionMap, i64), String> {
+        match (&self.partmap, &self.config) {
+            (Some((r, rev)), _) => strata_format::PartitionMap::from_ranges(r.clone())
+                .map(|m| (m, *rev))
+                .map_err(|e| format!("partition map at revision {rev}: {e}")),
+            (None, Some(c)) => Ok((strata_format::PartitionMap::uniform(c.partitions), 0)),
+            (None, None) => Err("the cluster has no config yet".into()),
+        }
+    }
+
+    /// [`ClusterView::partition_map`] for display: the uniform map when it cannot be read.
+    pub fn partition_map_or_uniform(&self) -> strata_format::PartitionMap {
+        self.partition_map().map(|(m, _)| m).unwrap_or_else(|_| {
+            strata_format::PartitionMap::uniform(self.config.map_or(1, |c| c.partitions))
+        })
     }
 }
 
@@ -417,9 +427,10 @@ impl Etcd {
                 }
                 "drain" => v.draining.push(name.to_string()),
                 "partmap" => {
-                    if let Ok(r) = serde_json::from_slice::<Vec<(u64, u32)>>(kv.value()) {
-                        v.partmap = Some((r, kv.mod_revision()));
-                    }
+                    // An undecodable map becomes an empty one, which `partition_map` refuses.
+                    let r =
+                        serde_json::from_slice::<Vec<(u64, u32)>>(kv.value()).unwrap_or_default();
+                    v.partmap = Some((r, kv.mod_revision()));
                 }
                 "stats" => {
                     if let Ok(s) = serde_json::from_slice::<Vec<PartitionProgress>>(kv.value()) {
@@ -479,8 +490,33 @@ impl Etcd {
         }
     }
 
+    /// Transaction records live beside the cluster prefix, not under it: the watch and the
+    /// full-state reads every node does on membership changes never see them.
+    fn txn_prefix(&self) -> String {
+        format!("{}-txns/", self.prefix)
+    }
+
     fn txn_key(&self, id: &str) -> String {
-        self.key(&format!("txns/{id}"))
+        format!("{}{id}", self.txn_prefix())
+    }
+
+    /// Every transaction record: (id, record).
+    pub async fn txn_list(&self) -> ManifestResult<Vec<(String, TxnRecord)>> {
+        let prefix = self.txn_prefix();
+        let r = self
+            .client
+            .clone()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| unavailable("list txn records", e))?;
+        Ok(r.kvs()
+            .iter()
+            .filter_map(|kv| {
+                let id = kv.key_str().ok()?.strip_prefix(&prefix)?.to_string();
+                let rec = serde_json::from_slice(kv.value()).ok()?;
+                Some((id, rec))
+            })
+            .collect())
     }
 
     /// Creates a transaction's record (state pending). Fails if the id exists.
@@ -683,8 +719,9 @@ impl EtcdManifestStore {
     /// Splits partition `parent`: installs `map` (in which `child` serves part of the
     /// parent's old range) and `child`'s first manifest, in one transaction that holds only if
     /// the partition map is still the one the split was planned on (`map_revision`, 0 = never
-    /// written) and we still own `parent` (`tenure`). Returns whether it committed; on `false`
-    /// nothing changed (the child's manifest body stays unreferenced).
+    /// written) and we still own `parent` (`tenure`). Returns the etcd revision of the new
+    /// map if it committed; on `None` nothing changed (the child's manifest body stays
+    /// unreferenced).
     pub async fn commit_split(
         &self,
         parent: u32,
@@ -693,7 +730,7 @@ impl EtcdManifestStore {
         map: &strata_format::PartitionMap,
         child: u32,
         child_manifest: &Manifest,
-    ) -> ManifestResult<bool> {
+    ) -> ManifestResult<Option<i64>> {
         let e = &self.etcd;
         let path = Self::unique_path(child, child_manifest.version);
         let ptr = serde_json::to_vec(&Pointer {
@@ -726,7 +763,9 @@ impl EtcdManifestStore {
             .txn(Txn::new().when(compares).and_then(ops))
             .await
             .map_err(|err| unavailable("commit partition split", err))?;
-        Ok(resp.succeeded())
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
     }
 
     /// Pointer, epoch and owner keys of `p` in one read.

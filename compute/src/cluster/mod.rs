@@ -66,6 +66,8 @@ pub struct ClusterOptions {
     pub split_writes_per_sec: u64,
     /// How long a partition must stay hot before it splits.
     pub split_after: Duration,
+    /// No split once the cluster has this many partitions.
+    pub split_max_partitions: usize,
 }
 
 impl ClusterOptions {
@@ -82,6 +84,7 @@ impl ClusterOptions {
             max_concurrent_opens: 4,
             split_writes_per_sec: 2000,
             split_after: Duration::from_secs(30),
+            split_max_partitions: 1024,
         }
     }
 }
@@ -119,8 +122,9 @@ struct Inner {
     replicas: Replicas,
     /// Woken by the etcd watch when membership or ownership changes.
     changed: Arc<tokio::sync::Notify>,
-    /// Which hash range each partition serves (uniform until a hot partition splits).
-    map: RwLock<Arc<PartitionMap>>,
+    /// Which hash range each partition serves (uniform until a hot partition splits), and
+    /// the etcd revision of that map (0: the uniform one). Only ever moves forward.
+    map: RwLock<(Arc<PartitionMap>, i64)>,
     /// Hot-partition split policy and state.
     split: split::SplitState,
 }
@@ -196,7 +200,7 @@ impl ClusterNode {
             tasks: Mutex::new(Vec::new()),
             replicas,
             changed: Arc::new(tokio::sync::Notify::new()),
-            map: RwLock::new(Arc::new(PartitionMap::uniform(cfg.partitions))),
+            map: RwLock::new((Arc::new(PartitionMap::uniform(cfg.partitions)), 0)),
             split: split::SplitState::default(),
         });
         tracing::info!(
@@ -235,7 +239,35 @@ impl ClusterNode {
 
     /// The partition map in force, as this node last read it.
     pub fn map(&self) -> Arc<PartitionMap> {
-        self.inner.map.read().clone()
+        self.inner.map.read().0.clone()
+    }
+
+    /// Reads the cluster state (and partition map) from etcd now, instead of waiting for the
+    /// watch: for a request a peer refused because our map is older than its.
+    pub async fn refresh_view(&self) {
+        match self.inner.etcd.view().await {
+            Ok(v) => self.install_view(Arc::new(v)),
+            Err(e) => tracing::debug!(error = %e, "refreshing the cluster state failed"),
+        }
+    }
+
+    /// The etcd revision of the partition map in force (0: the uniform one).
+    pub fn map_revision(&self) -> i64 {
+        self.inner.map.read().1
+    }
+
+    /// Adopts partition map `map` read at revision `rev`, unless ours is newer (a view read
+    /// before our own split committed must not undo it).
+    pub(crate) fn adopt_map(&self, map: PartitionMap, rev: i64) {
+        let mut cur = self.inner.map.write();
+        if rev > cur.1 {
+            tracing::info!(
+                ranges = map.ranges().len(),
+                revision = rev,
+                "partition map changed"
+            );
+            *cur = (Arc::new(map), rev);
+        }
     }
 
     /// Splits partition `p` (owned here) in two now, whatever its load (see `split.rs`).
@@ -246,10 +278,9 @@ impl ClusterNode {
 
     /// Adopts a newer view (and its partition map).
     fn install_view(&self, view: Arc<ClusterView>) {
-        let map = view.partition_map();
-        if **self.inner.map.read() != map {
-            tracing::info!(ranges = map.ranges().len(), "partition map changed");
-            *self.inner.map.write() = Arc::new(map);
+        match view.partition_map() {
+            Ok((map, rev)) => self.adopt_map(map, rev),
+            Err(e) => tracing::error!(error = %e, "ignoring an unreadable partition map"),
         }
         *self.inner.view.write() = view;
     }
@@ -543,10 +574,19 @@ async fn lease_loop(node: ClusterNode) {
 /// here (including ones that arrived with a failover: their intents came back on open).
 async fn txn_resolver_loop(node: ClusterNode) {
     let mut stop = node.inner.stop.clone();
+    let mut last_janitor = Instant::now();
     loop {
         for db in node.serving() {
             if !db.prepared_txns().is_empty() {
                 crate::txn_coord::resolve_stale_intents(&node.inner.etcd, &db).await;
+            }
+        }
+        // One node sweeps the records of dead coordinators: the owner of the first partition.
+        if last_janitor.elapsed() >= Duration::from_secs(60) {
+            last_janitor = Instant::now();
+            let first = node.map().ids().first().copied();
+            if first.is_some_and(|p| node.serving().iter().any(|db| db.partition() == p)) {
+                crate::txn_coord::txn_janitor(&node.inner.etcd).await;
             }
         }
         tokio::select! {
@@ -753,7 +793,14 @@ async fn open_engine(node: ClusterNode, p: u32, tenure: i64) {
     let mut opts = inner.opts.db.clone();
     opts.partition = p;
     opts.lease = Some(inner.lease.clone());
-    opts.hash_range = node.map().range_of(p);
+    let Some(range) = node.map().range_of(p) else {
+        // Not in the map we know (it cannot shrink, so this is a map we have not read yet):
+        // serving it without a range could take keys another partition serves.
+        tracing::warn!(partition = p, "not in our partition map; not opening it");
+        release_after_failed_open(&node, p, tenure).await;
+        return;
+    };
+    opts.hash_range = Some(range);
     let manifests: Arc<dyn strata_manifest::ManifestStore> = inner.manifests.clone();
     match Db::open(opts, inner.store.clone(), manifests, inner.cache.clone()).await {
         Ok((db, report)) => {
@@ -780,12 +827,22 @@ async fn open_engine(node: ClusterNode, p: u32, tenure: i64) {
         }
         Err(e) => {
             tracing::warn!(partition = p, error = %e, "opening partition failed; releasing it");
-            if let Err(e) = inner.etcd.release(p, tenure).await {
-                tracing::warn!(partition = p, error = %e, "release failed; our lease will expire it");
-            }
-            inner.manifests.clear_owned(p);
-            inner.parts.write().remove(&p);
+            release_after_failed_open(&node, p, tenure).await;
         }
+    }
+}
+
+/// Gives up partition `p` after its engine could not be opened under `tenure`.
+async fn release_after_failed_open(node: &ClusterNode, p: u32, tenure: i64) {
+    let inner = &node.inner;
+    if let Err(e) = inner.etcd.release(p, tenure).await {
+        tracing::warn!(partition = p, error = %e, "release failed; our lease will expire it");
+    }
+    // Only our own tenure's entry: a later acquisition of p must not lose its bookkeeping.
+    let mut parts = inner.parts.write();
+    if parts.get(&p).is_some_and(|part| part.tenure == tenure) {
+        parts.remove(&p);
+        inner.manifests.clear_owned(p);
     }
 }
 

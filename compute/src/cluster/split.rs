@@ -21,8 +21,9 @@
 //! acknowledged for its half because `p` was closed (nothing in flight) before the copy. A
 //! split that fails before the transaction changes nothing (its SSTs are unreferenced); a
 //! transaction whose outcome is unknown is resolved by re-reading the map before `p` serves
-//! again. A partition with prepared cross-partition transactions does not split (their
-//! intents live in `p`'s keyspace and would be resolved there).
+//! again. Prepared cross-partition transactions keep their intents in `p`, so first new
+//! prepares are refused (their coordinators retry) and the prepared ones drain (up to 3 s);
+//! if they do not, the split is skipped and tried again later.
 //!
 //! What `p` keeps of the upper half is dead weight until compaction rewrites it; scans of `p`
 //! leave those keys out (`DbOptions::hash_range`).
@@ -32,7 +33,6 @@ use crate::error::{EngineError, EngineResult};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_format::Manifest;
 use strata_manifest::etcd::{ClusterView, PartitionProgress};
@@ -66,9 +66,11 @@ pub(crate) fn consider(node: &ClusterNode, view: &ClusterView, mine: &[Partition
     for s in mine {
         rates.insert(s.partition, s.writes_per_sec);
     }
-    let mut all: Vec<u64> = node
-        .map()
-        .ids()
+    let ids = node.map().ids();
+    if ids.len() >= opts.split_max_partitions {
+        return;
+    }
+    let mut all: Vec<u64> = ids
         .iter()
         .map(|p| rates.get(p).copied().unwrap_or(0))
         .collect();
@@ -128,8 +130,7 @@ pub(crate) fn consider(node: &ClusterNode, view: &ClusterView, mine: &[Partition
 pub async fn split(node: &ClusterNode, p: u32) -> EngineResult<Option<u32>> {
     let inner = &node.inner;
     let view = inner.view.read().clone();
-    let map_rev = view.partmap.as_ref().map_or(0, |(_, r)| *r);
-    let map = view.partition_map();
+    let (map, map_rev) = view.partition_map().map_err(EngineError::Unavailable)?;
     if *node.map() != map {
         return Err(EngineError::Unavailable(
             "the partition map is changing; split later".into(),
@@ -151,13 +152,22 @@ pub async fn split(node: &ClusterNode, p: u32) -> EngineResult<Option<u32>> {
         let PartState::Serving(db) = &part.state else {
             return Ok(None);
         };
-        if !db.prepared_txns().is_empty() {
-            return Ok(None);
-        }
-        let db = db.clone();
-        part.state = PartState::Releasing;
-        (db, part.tenure)
+        (db.clone(), part.tenure)
     };
+    // Prepared transactions keep their intents in p: let them finish (new ones are refused,
+    // and their coordinators retry) before taking p out of service.
+    if !db.drain_prepared(Duration::from_secs(3)).await {
+        return Ok(None);
+    }
+    {
+        let mut parts = inner.parts.write();
+        match parts.get_mut(&p) {
+            Some(part) if part.tenure == tenure && matches!(part.state, PartState::Serving(_)) => {
+                part.state = PartState::Releasing
+            }
+            _ => return Ok(None),
+        }
+    }
     node.publish_owned();
     let started = Instant::now();
     let attempt = async {
@@ -174,56 +184,66 @@ pub async fn split(node: &ClusterNode, p: u32) -> EngineResult<Option<u32>> {
             levels: Vec::new(),
             created_ms: now_ms(),
         };
-        let ok = inner
+        let rev = inner
             .manifests
             .commit_split(p, tenure, map_rev, &new_map, q, &child)
             .await?;
-        Ok::<_, EngineError>((ok, files))
+        Ok::<_, EngineError>((rev, files))
     }
     .await;
     let committed = match attempt {
-        Ok((ok, files)) => {
+        Ok((rev, files)) => {
             tracing::info!(
                 partition = p,
                 new_partition = q,
                 files,
-                committed = ok,
+                committed = rev.is_some(),
                 ms = started.elapsed().as_millis() as u64,
                 "split transaction"
             );
-            ok
+            if let Some(rev) = rev {
+                node.adopt_map(new_map.clone(), rev);
+            }
+            rev.is_some()
         }
         Err(EngineError::Unavailable(m)) if m.contains("commit partition split") => {
             // The transaction's outcome is unknown: learn it before p serves again, or p
             // could take writes for keys the new partition already serves.
-            learn_split_outcome(node, q).await?
+            learn_split_outcome(node, &new_map).await
         }
         Err(e) => {
             tracing::warn!(partition = p, error = %e, "split abandoned before committing");
             false
         }
     };
-    if committed {
-        *inner.map.write() = Arc::new(new_map);
-    }
-    if let Some(part) = inner.parts.write().get_mut(&p) {
-        part.state = PartState::Opening;
+    // Reopen p (serving the range the map now gives it) unless it stopped being ours meanwhile.
+    {
+        let mut parts = inner.parts.write();
+        match parts.get_mut(&p) {
+            Some(part) if part.tenure == tenure => part.state = PartState::Opening,
+            _ => return Ok(committed.then_some(q)),
+        }
     }
     super::open_engine(node.clone(), p, tenure).await;
     Ok(committed.then_some(q))
 }
 
-/// Whether the partition map in etcd has partition `q` (a split whose commit had no answer).
-async fn learn_split_outcome(node: &ClusterNode, q: u32) -> EngineResult<bool> {
-    for _ in 0..150 {
+/// Whether the map in etcd is the one our split planned (a split whose commit got no
+/// answer). Keeps asking until etcd answers: until then the partition stays closed, since
+/// serving it with the wrong range could let two partitions take one key. Adopts what it read.
+async fn learn_split_outcome(node: &ClusterNode, planned: &strata_format::PartitionMap) -> bool {
+    loop {
         match node.inner.etcd.view().await {
-            Ok(v) => return Ok(v.partition_map().range_of(q).is_some()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(v) => match v.partition_map() {
+                Ok((map, rev)) => {
+                    let ours = map == *planned;
+                    node.adopt_map(map, rev);
+                    return ours;
+                }
+                Err(e) => tracing::error!(error = %e, "unreadable partition map after a split"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot read the partition map yet"),
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Without knowing, p must not serve: leave it out of service; losing the lease (etcd is
-    // unreachable) makes this node step down, and the next owner reads the map first.
-    Err(EngineError::Unavailable(
-        "could not learn whether the split committed; the partition stays closed".into(),
-    ))
 }
