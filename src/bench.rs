@@ -149,6 +149,10 @@ pub struct BenchArgs {
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
+    /// On a cluster, send each measured BatchWrite whole, so one whose keys span partitions
+    /// commits as a cross-partition transaction (by default it is split per partition).
+    #[arg(long)]
+    pub txn: bool,
 }
 
 /// Validated settings derived from the flags.
@@ -245,6 +249,8 @@ struct Ctx {
     /// Per partition, clients connected straight to its owner (empty: every request goes to
     /// the client's own target, and cluster nodes forward what they do not own).
     direct: Vec<Vec<KvClient<Channel>>>,
+    /// Measured batch writes go whole (cross-partition transactions on a cluster).
+    txn: bool,
 }
 
 /// A ready-to-send request.
@@ -555,7 +561,8 @@ async fn client_loop(
             .map(|cs| cs[rng.random_range(0..cs.len())].clone());
         let mut c = direct.unwrap_or_else(|| client.clone());
         let t0 = Instant::now();
-        let result = execute(&mut c, req, bytes_written, ctx.partitions).await;
+        let split_into = if ctx.txn { 1 } else { ctx.partitions };
+        let result = execute(&mut c, req, bytes_written, split_into).await;
         let latency = t0.elapsed();
         match result {
             Ok(o) => {
@@ -767,6 +774,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         consistency: args.consistency.to_pb(),
         partitions,
         direct,
+        txn: args.txn,
     });
 
     let preload_summary = if plan.preload {
@@ -1006,6 +1014,7 @@ mod tests {
             consistency: pb::Consistency::Eventual as i32,
             partitions: 1,
             direct: Vec::new(),
+            txn: false,
         };
         let (req, bytes) = build(&ctx, &mut rng, OpPlan::BatchWrite(vec![(1, 10), (2, 20)]));
         assert_eq!(bytes, 50 + 10 + 50 + 20);
