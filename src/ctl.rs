@@ -118,6 +118,11 @@ fn rows(v: &ClusterView) -> BTreeMap<u32, serde_json::Value> {
                     "writes_per_sec": pr.map(|s| s.writes_per_sec).unwrap_or(0),
                     "hot": hot.contains(&p),
                     "hash_range": range,
+                    "l0_files": pr.map(|s| s.l0_files).unwrap_or(0),
+                    "level_files": pr.map(|s| s.level_files.clone()).unwrap_or_default(),
+                    "sst_bytes": pr.map(|s| s.sst_bytes).unwrap_or(0),
+                    "read_amplification": pr.map(|s| s.read_amplification()).unwrap_or(0),
+                    "compactor": v.compaction_claims.get(&p).map(|c| c.0.clone()),
                 }),
             )
         })
@@ -150,7 +155,21 @@ fn status_json(v: &ClusterView) -> serde_json::Value {
             })
         })
         .collect();
+    let compactors: Vec<_> = v
+        .compactors
+        .values()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.id,
+                "partitions": v.compaction_claims.values().filter(|w| w.0 == c.id).count(),
+                "jobs": c.jobs,
+                "bytes_in": c.bytes_in,
+                "bytes_out": c.bytes_out,
+            })
+        })
+        .collect();
     serde_json::json!({
+        "compactors": compactors,
         "revision": v.revision,
         "partitions": v.config.map(|c| c.partitions),
         "partition_count": v.partition_map_or_uniform().ids().len(),
@@ -208,10 +227,45 @@ fn status_text(v: &ClusterView) -> String {
             let _ = writeln!(s, "{d:<20} {:<24} {:>10}  draining (not running)", "-", 0);
         }
     }
+    if v.compactors.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nno compactor workers: nodes compact the partitions they own"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "\n{:<20} {:>10} {:>8} {:>12} {:>12}",
+            "COMPACTOR", "PARTITIONS", "JOBS", "MB READ", "MB WRITTEN"
+        );
+        for c in v.compactors.values() {
+            let claimed = v.compaction_claims.values().filter(|w| w.0 == c.id).count();
+            let _ = writeln!(
+                s,
+                "{:<20} {:>10} {:>8} {:>12.1} {:>12.1}",
+                c.id,
+                claimed,
+                c.jobs,
+                c.bytes_in as f64 / 1e6,
+                c.bytes_out as f64 / 1e6
+            );
+        }
+    }
     let _ = writeln!(
         s,
-        "\n{:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9}",
-        "PARTITION", "OWNER", "EPOCH", "MANIFEST", "DURABLE SEQ", "FLUSHED SEQ", "LAG", "WRITES/S"
+        "\n{:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9} {:>4} {:>9} {:>9} {:>5}",
+        "PARTITION",
+        "OWNER",
+        "EPOCH",
+        "MANIFEST",
+        "DURABLE SEQ",
+        "FLUSHED SEQ",
+        "LAG",
+        "WRITES/S",
+        "L0",
+        "LEVELS",
+        "SST MB",
+        "R-AMP"
     );
     for (p, r) in rows(v) {
         let get = |k: &str| r.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
@@ -220,9 +274,23 @@ fn status_text(v: &ClusterView) -> String {
         } else {
             ""
         };
+        let levels: Vec<String> = r
+            .get("level_files")
+            .and_then(|x| x.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|n| n.as_u64().unwrap_or(0).to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let levels = if levels.iter().all(|l| l == "0") {
+            "-".to_string()
+        } else {
+            levels.join("/")
+        };
         let _ = writeln!(
             s,
-            "{p:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9}{hot}",
+            "{p:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9} {:>4} {:>9} {:>9.1} {:>5}{hot}",
             r.get("owner").and_then(|x| x.as_str()).unwrap_or("-"),
             r.get("epoch").and_then(|x| x.as_str()).unwrap_or("-"),
             get("manifest_version"),
@@ -230,11 +298,16 @@ fn status_text(v: &ClusterView) -> String {
             get("flushed_seq"),
             get("unflushed_seqs"),
             get("writes_per_sec"),
+            get("l0_files"),
+            levels,
+            get("sst_bytes") as f64 / 1e6,
+            get("read_amplification"),
         );
     }
     let _ = writeln!(
         s,
         "\nLAG: writes durable in the WAL but not yet in an SST (what a failover replays).\n\
+         LEVELS: files in L1/L2/...; R-AMP: SSTs a point read may consult (L0 files + levels).\n\
          HOT: more than 4x the median write rate (at least 20/s); a partition that stays hot\n\
          above the nodes' --split-writes-per-sec splits its hash range in two."
     );

@@ -1,7 +1,8 @@
-//! The `strata` command: serve, bench, ctl, and a human client (get/put/delete/scan).
+//! The `strata` command: serve, compactor, bench, ctl, and a human client (get/put/delete/scan).
 
 mod bench;
 mod client_cli;
+mod compactor_cmd;
 mod ctl;
 mod metrics_http;
 mod serve;
@@ -26,6 +27,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Drive a server over gRPC and report throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Run a compaction worker of a cluster (workers share the partitions through etcd).
+    Compactor(compactor_cmd::CompactorArgs),
     /// Administer a cluster through etcd: status, drain, undrain.
     Ctl(ctl::CtlArgs),
     #[command(flatten)]
@@ -62,6 +65,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             init_tracing();
             rt.block_on(serve::run(args))
+        }
+        Command::Compactor(args) => {
+            init_tracing();
+            rt.block_on(compactor_cmd::run(args))
         }
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Ctl(args) => rt.block_on(ctl::run(args)),

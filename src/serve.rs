@@ -381,7 +381,7 @@ fn absolute(p: &std::path::Path) -> PathBuf {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -421,8 +421,28 @@ async fn compact_owned(
             tokio::task::JoinHandle<()>,
         ),
     > = HashMap::new();
+    let mut fleet_seen = false;
     loop {
-        let want = owned.borrow_and_update().clone();
+        // A compactor fleet (`strata compactor` workers registered in etcd) takes over the
+        // cluster's compaction: then this node runs none.
+        let fleet = node.compactor_fleet_size() > 0;
+        if fleet != fleet_seen {
+            fleet_seen = fleet;
+            tracing::info!(
+                fleet,
+                "{}",
+                if fleet {
+                    "compactor workers are registered: leaving compaction to them"
+                } else {
+                    "no compactor workers: compacting owned partitions here"
+                }
+            );
+        }
+        let want = if fleet {
+            Default::default()
+        } else {
+            owned.borrow_and_update().clone()
+        };
         running.retain(|p, (tx, _)| {
             let keep = want.contains(p);
             if !keep {
@@ -447,6 +467,7 @@ async fn compact_owned(
         tokio::select! {
             r = owned.changed() => if r.is_err() { break },
             _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
     for (_, (tx, t)) in running {

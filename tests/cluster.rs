@@ -1765,3 +1765,228 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
         }
     }
 }
+
+/// A `strata compactor` worker process, killed when dropped.
+struct Worker {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Worker {
+    fn start(c: &Cluster, id: &str, dir: &std::path::Path) -> Worker {
+        let log = dir.join(format!("{id}.log"));
+        let child = std::process::Command::new(BIN)
+            .args(["compactor", "--etcd", &c.etcd_url, "--object-store"])
+            .arg(format!("s3://{BUCKET}/{}", c.prefix))
+            .args(["--worker-id", id, "--lease-ttl-secs", "2"])
+            .envs(c.s3_env.iter().cloned())
+            .env("STRATA_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("worker log"))
+            .spawn()
+            .expect("start strata compactor");
+        Worker { child, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- last lines of {}:", self.log.display());
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `strata ctl status --json` document.
+fn status_json(c: &Cluster) -> serde_json::Value {
+    serde_json::from_str(&c.ctl(&["status", "--json"])).expect("status json")
+}
+
+/// Waits until `pred` holds for the status document.
+async fn wait_status(
+    c: &Cluster,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status_json(c);
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {timeout:?}: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Writes `n` values of `size` bytes per writer through the nodes; returns what was acked.
+async fn bulk_write(
+    c: &Cluster,
+    tag: &str,
+    writers: usize,
+    n: usize,
+    size: usize,
+) -> BTreeMap<Bytes, Bytes> {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut kv = c.client(c.live()[w % c.live().len()]).await;
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = BTreeMap::new();
+            for i in 0..n {
+                let k = Bytes::from(format!("{tag}-{w}-{i:05}"));
+                let v = Bytes::from(format!("{i:08}").repeat(size / 8));
+                put(&mut kv, k.clone(), v.clone(), Duration::from_secs(15))
+                    .await
+                    .expect("bulk write");
+                acked.insert(k, v);
+            }
+            acked
+        }));
+    }
+    let mut all = BTreeMap::new();
+    for t in tasks {
+        all.extend(t.await.expect("writer"));
+    }
+    all
+}
+
+fn partitions_of(s: &serde_json::Value) -> Vec<serde_json::Value> {
+    s["partition_table"].as_array().cloned().unwrap_or_default()
+}
+
+/// Every partition has files below L0 and fewer than the L0 trigger in L0: compaction ran.
+fn compacted(s: &serde_json::Value) -> bool {
+    let parts = partitions_of(s);
+    !parts.is_empty()
+        && parts.iter().all(|p| {
+            p["l0_files"].as_u64().unwrap_or(99) < 4
+                && p["level_files"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|n| n.as_u64().unwrap_or(0) > 0))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compactor_fleet_takes_over_compaction_and_survives_a_kill9() {
+    let Some((s3, etcd)) = infra() else { return };
+    // Four partitions with 1 MiB memtables: a few MB of writes fill L0.
+    let c = Cluster::start_with_args(
+        &s3,
+        &etcd,
+        2,
+        "fleet",
+        &["--partitions", "4", "--memtable-mb", "1"],
+    );
+    c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut w1 = Some(Worker::start(&c, "w1", dir.path()));
+    let w2 = Worker::start(&c, "w2", dir.path());
+    // Both workers register and share the four partitions' compaction.
+    wait_status(
+        &c,
+        "two workers claiming every partition",
+        Duration::from_secs(30),
+        |s| {
+            let claims: Vec<String> = partitions_of(s)
+                .iter()
+                .filter_map(|p| p["compactor"].as_str().map(str::to_string))
+                .collect();
+            s["compactors"].as_array().is_some_and(|a| a.len() == 2)
+                && claims.len() == 4
+                && claims.iter().any(|w| w == "w1")
+                && claims.iter().any(|w| w == "w2")
+        },
+    )
+    .await;
+    // The nodes hand compaction over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in c.live() {
+        assert!(
+            c.node(i).log_text().contains("leaving compaction to them"),
+            "node {} still compacts in-process",
+            c.ids[i]
+        );
+    }
+    let t = Instant::now();
+    let mut acked = bulk_write(&c, "fleet1", 8, 400, 8 << 10).await;
+    let s = wait_status(
+        &c,
+        "every partition compacted by the fleet",
+        Duration::from_secs(60),
+        compacted,
+    )
+    .await;
+    println!(
+        "round 1: {} writes of 8 KiB, compacted after {:?}",
+        acked.len(),
+        t.elapsed()
+    );
+    let jobs: u64 = s["compactors"]
+        .as_array()
+        .map(|a| a.iter().map(|w| w["jobs"].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0);
+    assert!(jobs >= 4, "the workers report {jobs} jobs");
+    println!("{}", c.ctl(&["status"]));
+
+    // kill -9 one worker: the other takes every partition over and keeps compacting.
+    if let Some(mut w) = w1.take() {
+        w.child.kill().expect("kill -9 w1");
+        let _ = w.child.wait();
+    }
+    let killed = Instant::now();
+    wait_status(
+        &c,
+        "w2 claiming every partition",
+        Duration::from_secs(30),
+        |s| {
+            partitions_of(s)
+                .iter()
+                .all(|p| p["compactor"].as_str() == Some("w2"))
+        },
+    )
+    .await;
+    println!(
+        "w2 took over every partition {:?} after the kill",
+        killed.elapsed()
+    );
+    let before: Vec<u64> = partitions_of(&status_json(&c))
+        .iter()
+        .map(|p| p["manifest_version"].as_u64().unwrap_or(0))
+        .collect();
+    acked.extend(bulk_write(&c, "fleet2", 8, 400, 8 << 10).await);
+    wait_status(
+        &c,
+        "every partition compacted again",
+        Duration::from_secs(60),
+        |s| {
+            compacted(s)
+                && partitions_of(s)
+                    .iter()
+                    .zip(&before)
+                    .all(|(p, b)| p["manifest_version"].as_u64().unwrap_or(0) > *b)
+        },
+    )
+    .await;
+    assert!(w2.log_text().contains("claimed the partition's compaction"));
+    // Nothing was lost to compaction or to the kill.
+    for i in c.live() {
+        verify_from(&c, i, &acked).await;
+    }
+}

@@ -26,6 +26,7 @@
 )]
 
 mod compactor;
+pub mod fleet;
 mod merge;
 mod plan;
 

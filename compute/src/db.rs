@@ -861,6 +861,11 @@ impl Db {
         self.inner.opts.partition
     }
 
+    /// Version of the manifest this engine reads from.
+    pub fn manifest_version(&self) -> u64 {
+        self.inner.view.read().version.manifest.version
+    }
+
     /// Largest durable seq and largest seq in a flushed SST.
     pub fn progress(&self) -> (u64, u64) {
         let durable = *self.inner.durable_seq.borrow();

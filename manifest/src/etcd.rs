@@ -116,6 +116,23 @@ pub struct PartitionProgress {
     /// Writes per second over the last publishing interval.
     #[serde(default)]
     pub writes_per_sec: u64,
+    /// Files in L0.
+    #[serde(default)]
+    pub l0_files: u64,
+    /// Files per level below L0 (`[L1, L2, …]`).
+    #[serde(default)]
+    pub level_files: Vec<u64>,
+    /// Bytes of every SST of the current manifest.
+    #[serde(default)]
+    pub sst_bytes: u64,
+}
+
+impl PartitionProgress {
+    /// Read amplification of a point read that misses the memtables: how many SSTs it may
+    /// have to consult (every L0 file, plus one per non-empty level).
+    pub fn read_amplification(&self) -> u64 {
+        self.l0_files + self.level_files.iter().filter(|&&n| n > 0).count() as u64
+    }
 }
 
 /// Everything under the cluster prefix, read at one revision.
@@ -135,6 +152,10 @@ pub struct ClusterView {
     pub draining: Vec<String>,
     /// Published progress by node.
     pub stats: BTreeMap<String, Vec<PartitionProgress>>,
+    /// Compactor workers registered (under their leases), by worker id.
+    pub compactors: BTreeMap<String, CompactorInfo>,
+    /// Compaction claims: partition -> (worker id, creation revision of the claim).
+    pub compaction_claims: BTreeMap<u32, (String, i64)>,
     /// The partition map's ranges `(start hash, partition)` once a partition split, and the
     /// key's modification revision; `None` while the map is the uniform one of the config.
     pub partmap: Option<(Vec<(u64, u32)>, i64)>,
@@ -160,6 +181,20 @@ impl ClusterView {
             strata_format::PartitionMap::uniform(self.config.map_or(1, |c| c.partitions))
         })
     }
+}
+
+/// A registered compactor worker (`P/compactors/{id}`, under the worker's lease).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct CompactorInfo {
+    pub id: String,
+    pub started_ms: u64,
+    /// Totals since the worker started: compaction jobs committed, bytes read, bytes written.
+    #[serde(default)]
+    pub jobs: u64,
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
 }
 
 /// The state of a cross-partition transaction: its record in etcd is the commit point.
@@ -337,6 +372,67 @@ impl Etcd {
         Ok(())
     }
 
+    /// Registers (or refreshes) a compactor worker under its lease.
+    pub async fn register_compactor(&self, info: &CompactorInfo, lease: i64) -> ManifestResult<()> {
+        let body = serde_json::to_vec(info).map_err(|e| unavailable("encode compactor", e))?;
+        self.client
+            .clone()
+            .put(
+                self.key(&format!("compactors/{}", info.id)),
+                body,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|e| unavailable("register compactor", e))?;
+        Ok(())
+    }
+
+    /// Claims the compaction of partition `p` for `worker` (under its lease) if nobody holds
+    /// it. Returns the claim's creation revision, or `None` if another worker holds it.
+    pub async fn claim_compaction(
+        &self,
+        p: u32,
+        worker: &str,
+        lease: i64,
+    ) -> ManifestResult<Option<i64>> {
+        let key = self.key(&format!("compaction/{p:05}"));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                worker,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("claim compaction", e))?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Gives up the compaction claim on `p` created at `create_revision` (if still ours).
+    pub async fn release_compaction(&self, p: u32, create_revision: i64) -> ManifestResult<bool> {
+        let key = self.key(&format!("compaction/{p:05}"));
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                create_revision,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("release compaction", e))?;
+        Ok(resp.succeeded())
+    }
+
     /// Publishes a node's partition progress under its lease.
     pub async fn publish_stats(
         &self,
@@ -426,6 +522,17 @@ impl Etcd {
                     }
                 }
                 "drain" => v.draining.push(name.to_string()),
+                "compactors" => {
+                    if let Ok(c) = serde_json::from_slice::<CompactorInfo>(kv.value()) {
+                        v.compactors.insert(name.to_string(), c);
+                    }
+                }
+                "compaction" => {
+                    if let (Ok(p), Ok(w)) = (name.parse::<u32>(), kv.value_str()) {
+                        v.compaction_claims
+                            .insert(p, (w.to_string(), kv.create_revision()));
+                    }
+                }
                 "partmap" => {
                     // An undecodable map becomes an empty one, which `partition_map` refuses.
                     let r =

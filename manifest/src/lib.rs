@@ -10,6 +10,7 @@
 mod embedded;
 pub mod etcd;
 pub mod layout;
+pub mod ring;
 
 pub use embedded::EmbeddedManifestStore;
 pub use etcd::{EtcdManifestStore, EtcdSettings};

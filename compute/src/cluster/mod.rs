@@ -18,7 +18,8 @@
 //! pointer (epoch-guarded etcd transactions), and serves nothing once its lease deadline has
 //! passed on its own monotonic clock ([`LeaseGuard`]).
 
-pub mod ring;
+/// Placement of partitions on nodes (shared with the compactor fleet).
+pub use strata_manifest::ring;
 mod split;
 
 use crate::db::{store_uid, Db, DbOptions};
@@ -249,6 +250,11 @@ impl ClusterNode {
             Ok(v) => self.install_view(Arc::new(v)),
             Err(e) => tracing::debug!(error = %e, "refreshing the cluster state failed"),
         }
+    }
+
+    /// Compactor workers registered in the cluster (0: nodes compact their own partitions).
+    pub fn compactor_fleet_size(&self) -> usize {
+        self.inner.view.read().compactors.len()
     }
 
     /// The etcd revision of the partition map in force (0: the uniform one).
@@ -570,6 +576,27 @@ async fn lease_loop(node: ClusterNode) {
 }
 
 /// Converges ownership towards the ring, and publishes progress.
+/// Loads manifests that another process committed for partitions we serve (a compactor
+/// worker's commits): the engine installs them (its manifest watcher), so reads move to the
+/// compacted files long before the worker deletes the inputs after their grace period.
+fn adopt_remote_manifests(node: &ClusterNode, view: &ClusterView) {
+    for db in node.serving() {
+        let p = db.partition();
+        if view
+            .manifests
+            .get(&p)
+            .is_some_and(|&v| v > db.manifest_version())
+        {
+            let manifests = node.inner.manifests.clone();
+            tokio::spawn(async move {
+                if let Err(e) = strata_manifest::ManifestStore::load_latest(&*manifests, p).await {
+                    tracing::debug!(partition = p, error = %e, "loading a newer manifest failed");
+                }
+            });
+        }
+    }
+}
+
 /// Resolves prepared transactions whose coordinator went silent, on the partitions served
 /// here (including ones that arrived with a failover: their intents came back on open).
 async fn txn_resolver_loop(node: ClusterNode) {
@@ -608,6 +635,7 @@ async fn reconcile_loop(node: ClusterNode) {
                 let view = Arc::new(view);
                 node.install_view(view.clone());
                 reconcile(&node, &view);
+                adopt_remote_manifests(&node, &view);
             }
             Err(e) => tracing::debug!(error = %e, "reading the cluster state failed"),
         }
@@ -641,6 +669,9 @@ async fn reconcile_loop(node: ClusterNode) {
                         manifest_version: s.manifest_version,
                         memtable_bytes: s.memtable_bytes,
                         writes_per_sec: rate,
+                        l0_files: s.l0_files,
+                        level_files: s.level_files.clone(),
+                        sst_bytes: s.sst_bytes,
                     }
                 })
                 .collect();

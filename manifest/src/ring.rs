@@ -1,4 +1,5 @@
-//! Consistent hashing of partitions onto nodes with virtual nodes.
+//! Consistent hashing of partitions onto nodes (serving nodes, compactor workers) with
+//! virtual nodes.
 //!
 //! Each node owns `vnodes` points on a 64-bit ring (xxh3 of `node#i`); a partition goes to
 //! the first point at or after its own position. Adding or removing one of N nodes moves

@@ -1,0 +1,253 @@
+//! The compactor fleet: `strata compactor` worker processes sharing a cluster's compaction.
+//!
+//! Each worker registers under its own etcd lease (`P/compactors/{id}`). Partitions are spread
+//! over the registered workers with the same consistent-hash ring the serving nodes use; a
+//! worker claims the compaction of each partition the ring gives it with a key under its lease
+//! (`P/compaction/{p}`, create-if-absent) and runs a [`Compactor`] for it. When workers come
+//! or go the ring moves about 1/N of the partitions; a worker gives up claims the ring no
+//! longer gives it (stop its compactor, then delete the claim), and a worker that dies loses
+//! its lease, so its claims vanish and the ring's choice claims them within a lease TTL.
+//!
+//! Why a job interrupted anywhere is harmless: outputs are created under fresh ids and become
+//! visible only through the manifest commit, which is a compare-and-swap of the partition's
+//! manifest pointer guarded by the owner's epoch; a crashed job's outputs are orphans, deleted
+//! by the orphan sweep after `orphan_grace`. Two compactors briefly running on one partition
+//! (a claim moving) cannot corrupt it either: the second commit rebases, finds its inputs gone
+//! and abandons. Serving nodes stop compacting in-process while any worker is registered.
+
+use crate::{CompactionOptions, Compactor};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_manifest::etcd::{CompactorInfo, Etcd};
+use strata_manifest::ring::Ring;
+use strata_manifest::{now_ms, EtcdManifestStore, ManifestStore};
+use strata_objstore::Store;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Settings of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Worker id (unique among the cluster's workers).
+    pub id: String,
+    /// TTL of the worker's etcd lease: a dead worker's partitions move after about this.
+    pub lease_ttl: Duration,
+    /// How often the worker re-reads the cluster and rebalances.
+    pub poll: Duration,
+    /// Virtual nodes per worker on the ring.
+    pub vnodes: u32,
+    /// Compaction knobs (the hash range is set per partition from the partition map).
+    pub compaction: CompactionOptions,
+}
+
+impl WorkerOptions {
+    /// Defaults for worker `id`.
+    pub fn new(id: String) -> Self {
+        WorkerOptions {
+            id,
+            lease_ttl: Duration::from_secs(5),
+            poll: Duration::from_secs(1),
+            vnodes: 256,
+            compaction: CompactionOptions::default(),
+        }
+    }
+}
+
+struct Claimed {
+    create_revision: i64,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs a worker until `stop` turns true: registers, claims, compacts, and on the way out
+/// stops its compactors (finishing jobs in progress), releases its claims and revokes its lease.
+pub async fn run_worker(
+    etcd: Etcd,
+    store: Arc<dyn Store>,
+    opts: WorkerOptions,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let manifests = Arc::new(EtcdManifestStore::new(etcd.clone(), store.clone()));
+    let claimed: Arc<Mutex<HashMap<u32, Claimed>>> = Arc::default();
+    // Every compactor this worker ran, for its published totals.
+    let ever: Arc<Mutex<Vec<Compactor>>> = Arc::default();
+    let mut lease: Option<(i64, Instant)> = None;
+    let ttl = opts.lease_ttl.as_secs().max(1) as i64;
+    let mut info = CompactorInfo {
+        id: opts.id.clone(),
+        started_ms: now_ms(),
+        ..Default::default()
+    };
+    let mut last_renew = Instant::now();
+    loop {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        // Lease: take one, keep it alive; on losing it, every claim is gone with it.
+        let lease_id = match lease {
+            Some((id, _)) if last_renew.elapsed() < opts.lease_ttl / 3 => Some(id),
+            Some((id, _)) => match etcd.keep_alive(id).await {
+                Ok(left) if left > 0 => {
+                    last_renew = Instant::now();
+                    Some(id)
+                }
+                Ok(_) => {
+                    warn!(worker = %opts.id, "lease lost; dropping every claim");
+                    stop_all(&claimed).await;
+                    lease = None;
+                    None
+                }
+                Err(e) => {
+                    // Unknown: keep working only while the lease surely still holds.
+                    if last_renew.elapsed() >= opts.lease_ttl * 4 / 5 {
+                        warn!(worker = %opts.id, error = %e, "cannot renew the lease; pausing");
+                        stop_all(&claimed).await;
+                        lease = None;
+                    }
+                    lease.map(|l| l.0)
+                }
+            },
+            None => match etcd.grant_lease(ttl).await {
+                Ok((id, _)) => {
+                    lease = Some((id, Instant::now()));
+                    last_renew = Instant::now();
+                    Some(id)
+                }
+                Err(e) => {
+                    warn!(worker = %opts.id, error = %e, "cannot get a lease yet");
+                    None
+                }
+            },
+        };
+        if let Some(lease_id) = lease_id {
+            // Totals over the compactors this worker runs (published for `strata ctl status`).
+            {
+                let (jobs, bytes_in, bytes_out) = ever.lock().iter().fold((0, 0, 0), |a, c| {
+                    let s = c.stats();
+                    (a.0 + s.jobs, a.1 + s.bytes_in, a.2 + s.bytes_out)
+                });
+                (info.jobs, info.bytes_in, info.bytes_out) = (jobs, bytes_in, bytes_out);
+            }
+            if let Err(e) = etcd.register_compactor(&info, lease_id).await {
+                warn!(worker = %opts.id, error = %e, "registering failed");
+            } else {
+                rebalance(&etcd, &store, &manifests, &opts, &claimed, &ever, lease_id).await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(opts.poll) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    info!(worker = %opts.id, "stopping: finishing jobs and releasing claims");
+    let held: Vec<(u32, i64)> = claimed
+        .lock()
+        .iter()
+        .map(|(p, c)| (*p, c.create_revision))
+        .collect();
+    stop_all(&claimed).await;
+    for (p, rev) in held {
+        let _ = etcd.release_compaction(p, rev).await;
+    }
+    if let Some((id, _)) = lease {
+        let _ = etcd.revoke(id).await;
+    }
+    Ok(())
+}
+
+/// Claims what the ring gives us and nobody holds; gives up what it no longer gives us, and
+/// forgets claims that vanished (expired or deleted by hand).
+async fn rebalance(
+    etcd: &Etcd,
+    store: &Arc<dyn Store>,
+    manifests: &Arc<EtcdManifestStore>,
+    opts: &WorkerOptions,
+    claimed: &Arc<Mutex<HashMap<u32, Claimed>>>,
+    ever: &Arc<Mutex<Vec<Compactor>>>,
+    lease: i64,
+) {
+    let view = match etcd.view().await {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(worker = %opts.id, error = %e, "reading the cluster failed");
+            return;
+        }
+    };
+    let Ok((map, _)) = view.partition_map() else {
+        return;
+    };
+    let ring = Ring::new(view.compactors.keys().cloned(), opts.vnodes);
+    let ids = map.ids();
+    // Give up: claims no longer ours by the ring, or gone from etcd.
+    let mine: Vec<(u32, i64)> = claimed
+        .lock()
+        .iter()
+        .map(|(p, c)| (*p, c.create_revision))
+        .collect();
+    for (p, rev) in mine {
+        let still_held = view
+            .compaction_claims
+            .get(&p)
+            .is_some_and(|(w, r)| *w == opts.id && *r == rev);
+        let wanted = ring.owner(p) == Some(opts.id.as_str()) && ids.contains(&p);
+        if still_held && wanted {
+            continue;
+        }
+        let c = claimed.lock().remove(&p);
+        if let Some(c) = c {
+            let _ = c.stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(30), c.task).await;
+        }
+        if still_held {
+            let _ = etcd.release_compaction(p, rev).await;
+            info!(worker = %opts.id, partition = p, "handed the partition's compaction over");
+        } else {
+            warn!(worker = %opts.id, partition = p, "our compaction claim vanished");
+        }
+    }
+    // Claim: ours by the ring, held by nobody.
+    for p in ids {
+        if ring.owner(p) != Some(opts.id.as_str())
+            || view.compaction_claims.contains_key(&p)
+            || claimed.lock().contains_key(&p)
+        {
+            continue;
+        }
+        match etcd.claim_compaction(p, &opts.id, lease).await {
+            Ok(Some(rev)) => {
+                let copts = CompactionOptions {
+                    hash_range: map.range_of(p),
+                    ..opts.compaction.clone()
+                };
+                let ms: Arc<dyn ManifestStore> = manifests.clone();
+                let compactor = Compactor::new(store.clone(), ms, p, copts);
+                let (tx, rx) = watch::channel(false);
+                let task = tokio::spawn(compactor.clone().run(rx));
+                ever.lock().push(compactor.clone());
+                info!(worker = %opts.id, partition = p, "claimed the partition's compaction");
+                claimed.lock().insert(
+                    p,
+                    Claimed {
+                        create_revision: rev,
+                        stop: tx,
+                        task,
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(e) => warn!(worker = %opts.id, partition = p, error = %e, "claim failed"),
+        }
+    }
+}
+
+async fn stop_all(claimed: &Arc<Mutex<HashMap<u32, Claimed>>>) {
+    let all: Vec<Claimed> = claimed.lock().drain().map(|(_, c)| c).collect();
+    for c in &all {
+        let _ = c.stop.send(true);
+    }
+    for c in all {
+        let _ = tokio::time::timeout(Duration::from_secs(30), c.task).await;
+    }
+}

@@ -1,0 +1,71 @@
+//! `strata compactor`: a compaction worker of a cluster's fleet (see `compactor/src/fleet.rs`).
+
+use anyhow::{Context, Result};
+use std::time::Duration;
+use strata_compactor::fleet::{run_worker, WorkerOptions};
+use strata_manifest::etcd::Etcd;
+use strata_manifest::EtcdSettings;
+use strata_objstore::{open_store, RetryPolicy, S3Settings, StoreConfig};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompactorArgs {
+    /// etcd client URL(s) of the cluster, comma-separated.
+    #[arg(long, env = "STRATA_ETCD")]
+    pub etcd: String,
+    /// Key prefix of the cluster in etcd.
+    #[arg(long, default_value = "/strata", env = "STRATA_ETCD_PREFIX")]
+    pub etcd_prefix: String,
+    /// The cluster's object store: `s3://BUCKET/PREFIX` (or `file:///DIR` on one machine).
+    #[arg(long, env = "STRATA_OBJECT_STORE")]
+    pub object_store: String,
+    /// Endpoint of an S3-compatible server (default: `AWS_ENDPOINT_URL`).
+    #[arg(long, env = "STRATA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// This worker's id among the cluster's compactors (default: generated).
+    #[arg(long, env = "STRATA_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// TTL of the worker's etcd lease, seconds: a dead worker's partitions move after this.
+    #[arg(long, default_value_t = 5)]
+    pub lease_ttl_secs: u64,
+}
+
+pub async fn run(args: CompactorArgs) -> Result<()> {
+    let mut s3 = S3Settings::from_env();
+    if let Some(ep) = &args.s3_endpoint {
+        s3.endpoint = Some(ep.clone());
+    }
+    let (store, _meter) = open_store(&StoreConfig {
+        url: args.object_store.clone(),
+        s3,
+        retry: RetryPolicy::default(),
+    })
+    .with_context(|| format!("opening object store {}", args.object_store))?;
+    let settings = EtcdSettings {
+        endpoints: args.etcd.split(',').map(|s| s.trim().to_string()).collect(),
+        prefix: args.etcd_prefix.clone(),
+        request_timeout: Duration::from_secs(2),
+    };
+    let etcd = Etcd::connect(&settings)
+        .await
+        .with_context(|| format!("connecting to etcd at {}", args.etcd))?;
+    let id = args
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| format!("compactor-{:08x}", rand::random::<u32>()));
+    let mut opts = WorkerOptions::new(id.clone());
+    opts.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(1));
+    tracing::info!(
+        worker = %id,
+        object_store = %store.describe(),
+        etcd = %args.etcd,
+        "compactor worker starting"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(run_worker(etcd, store, opts, stop_rx));
+    crate::serve::shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    worker.await.context("worker task")??;
+    tracing::info!("stopped");
+    Ok(())
+}
