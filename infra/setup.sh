@@ -2,7 +2,8 @@
 # Install what a fresh Debian machine needs to build and test Strata. Idempotent, and quiet
 # when everything is already there.
 #
-#   infra/setup.sh            everything: apt packages (protoc, curl, etcd), moto, s3 server
+#   infra/setup.sh            everything: apt packages (protoc, curl, etcd), moto, pyarrow +
+#                             duckdb (export tests), s3 server
 #   infra/setup.sh --no-etcd  skip etcd (only the cluster tests need it)
 #
 # - protobuf-compiler (protoc: tonic-prost-build and etcd-client's build scripts need it), curl,
@@ -49,6 +50,22 @@ fi
 
 # --- Python: moto -------------------------------------------------------------------------
 "$INFRA_DIR/moto.sh" install
+
+# --- Python: pyarrow + DuckDB, the readers the Parquet export tests check against ----------
+PYARROW_VERSION="26.0.1"
+DUCKDB_VERSION="2.0.0"
+if ! python3 - "$PYARROW_VERSION" "$DUCKDB_VERSION" >/dev/null 2>&1 <<'PY'
+import sys
+import importlib.metadata as m
+assert m.version("pyarrow") == sys.argv[1]
+assert m.version("duckdb") == sys.argv[2]
+PY
+then
+    say "setup: installing pyarrow==$PYARROW_VERSION duckdb==$DUCKDB_VERSION ..."
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        "pyarrow==$PYARROW_VERSION" "duckdb==$DUCKDB_VERSION" >&2 ||
+        die "pip install pyarrow duckdb failed"
+fi
 
 # --- Rust tools ---------------------------------------------------------------------------
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (rustup) first"

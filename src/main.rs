@@ -1,9 +1,10 @@
-//! The `strata` command: serve, compactor, bench, ctl, and a human client (get/put/delete/scan).
+//! The `strata` command: serve, compactor, export, bench, ctl, and a human client (get/put/delete/scan).
 
 mod bench;
 mod client_cli;
 mod compactor_cmd;
 mod ctl;
+mod export_cmd;
 mod metrics_http;
 mod serve;
 
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run a compaction worker of a cluster (workers share the partitions through etcd).
     Compactor(compactor_cmd::CompactorArgs),
+    /// Write a consistent snapshot of the store as Parquet (for DuckDB, Spark, pyarrow...).
+    Export(export_cmd::ExportArgs),
     /// Administer a cluster through etcd: status, drain, undrain.
     Ctl(ctl::CtlArgs),
     #[command(flatten)]
@@ -70,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing();
             rt.block_on(compactor_cmd::run(args))
         }
+        Command::Export(args) => rt.block_on(export_cmd::run(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Ctl(args) => rt.block_on(ctl::run(args)),
         Command::Client(cmd) => rt.block_on(client_cli::run(cmd)),

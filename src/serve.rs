@@ -371,7 +371,7 @@ fn report_requests(meter: &Metered) {
     );
 }
 
-fn absolute(p: &std::path::Path) -> PathBuf {
+pub(crate) fn absolute(p: &std::path::Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {

@@ -26,6 +26,7 @@
 )]
 
 mod compactor;
+pub mod export;
 pub mod fleet;
 mod merge;
 mod plan;

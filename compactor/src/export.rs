@@ -1,0 +1,432 @@
+//! `strata export`: a consistent snapshot of the store as Parquet files, for analytics.
+//!
+//! Per partition, the snapshot is the partition's latest manifest plus every WAL segment from
+//! its replay point on, as listed when the export reads the partition: every write
+//! acknowledged before the export began is in a segment that existed then (a write is
+//! acknowledged only once its segment landed), whether or not a server is running. Nothing is
+//! written to the store being exported (no fencing, no manifest commit), so a live server is
+//! not disturbed.
+//!
+//! Files: `part-{partition:05}-{n:04}.parquet`, rows sorted by key, with columns
+//! `key` (binary), `value` (binary), `version` (uint64), `expires_at` (timestamp ms UTC,
+//! nullable), `partition` (uint32), `deleted` (bool; only true in incremental exports), plus
+//! `_manifest.json` listing the files, their row counts and the snapshot (per partition: the
+//! manifest version and the largest seq included). Deleted and expired keys are left out of a
+//! full export.
+//!
+//! Incremental export (`since`): only keys whose newest version is above the seq the previous
+//! export recorded for their partition, with `deleted = true` rows for deletions that are still
+//! visible as tombstones. A reader applies the files of each export in order.
+
+use anyhow::{anyhow, bail, Context, Result};
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use strata_format::{
+    decode_wal_segment, hash_in_range, is_system_key, key_hash, read_all_entries, Entry, Kind,
+};
+use strata_manifest::layout::{parse_wal_path, sst_path, wal_path, wal_prefix};
+use strata_manifest::{now_ms, ManifestStore};
+use strata_objstore::{PutMode, Store, StoreError};
+
+/// Name of the export's manifest.
+pub const EXPORT_MANIFEST: &str = "_manifest.json";
+
+/// One partition to export, with the hash range it serves (`None`: every key).
+#[derive(Debug, Clone)]
+pub struct ExportPartition {
+    pub partition: u32,
+    pub hash_range: Option<(u64, Option<u64>)>,
+}
+
+/// Export settings.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// A file is closed once its rows pass about this many bytes (keys + values).
+    pub target_file_bytes: u64,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// Incremental: the previous export's manifest (only newer versions are exported).
+    pub since: Option<ExportManifest>,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            target_file_bytes: 128 << 20,
+            row_group_rows: 64 * 1024,
+            since: None,
+        }
+    }
+}
+
+/// `_manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportManifest {
+    pub format: String,
+    pub created_ms: u64,
+    /// `full`, or `incremental` (then `since_created_ms` names the previous export).
+    pub kind: String,
+    #[serde(default)]
+    pub since_created_ms: Option<u64>,
+    pub partitions: Vec<PartitionSnapshot>,
+    pub files: Vec<ExportFile>,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// What an export saw of one partition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionSnapshot {
+    pub partition: u32,
+    pub manifest_version: u64,
+    /// Every write of the partition with a seq up to this is reflected.
+    pub max_seq: u64,
+    pub wal_segments: u64,
+    pub ssts: u64,
+}
+
+/// One Parquet file of an export.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportFile {
+    pub path: String,
+    pub partition: u32,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// Progress callbacks: bytes of source data read so far, of an estimated total.
+pub trait Progress: Send + Sync {
+    fn set_total(&self, bytes: u64);
+    fn add(&self, bytes: u64);
+}
+
+impl Progress for () {
+    fn set_total(&self, _: u64) {}
+    fn add(&self, _: u64) {}
+}
+
+fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Binary, false),
+        Field::new("value", DataType::Binary, false),
+        Field::new("version", DataType::UInt64, false),
+        Field::new(
+            "expires_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("partition", DataType::UInt32, false),
+        Field::new("deleted", DataType::Boolean, false),
+    ]))
+}
+
+/// Exports `partitions` of the store behind `store`/`manifests` to `dest` under `prefix`.
+pub async fn export(
+    store: Arc<dyn Store>,
+    manifests: Arc<dyn ManifestStore>,
+    partitions: &[ExportPartition],
+    dest: Arc<dyn Store>,
+    prefix: &str,
+    opts: &ExportOptions,
+    progress: &dyn Progress,
+) -> Result<ExportManifest> {
+    let prefix = prefix.trim_end_matches('/');
+    let join = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        }
+    };
+    let created_ms = now_ms();
+    // Estimate the total for the progress bar from the manifests' SST sizes.
+    let mut total = 0u64;
+    for part in partitions {
+        if let Some(m) = manifests.load_latest(part.partition).await? {
+            total +=
+                m.l0.iter()
+                    .chain(m.levels.iter().flatten())
+                    .map(|f| f.props.file_size)
+                    .sum::<u64>();
+        }
+    }
+    progress.set_total(total);
+    let since: BTreeMap<u32, u64> = opts
+        .since
+        .as_ref()
+        .map(|m| {
+            m.partitions
+                .iter()
+                .map(|p| (p.partition, p.max_seq))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = ExportManifest {
+        format: "strata-export-v1".into(),
+        created_ms,
+        kind: if opts.since.is_some() {
+            "incremental".into()
+        } else {
+            "full".into()
+        },
+        since_created_ms: opts.since.as_ref().map(|m| m.created_ms),
+        partitions: Vec::new(),
+        files: Vec::new(),
+        rows: 0,
+        bytes: 0,
+    };
+    for part in partitions {
+        let p = part.partition;
+        let (snap, entries) = read_partition(&store, &*manifests, p, progress).await?;
+        let floor = since.get(&p).copied();
+        let rows: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| !is_system_key(&e.key))
+            .filter(|e| {
+                part.hash_range
+                    .is_none_or(|r| hash_in_range(key_hash(&e.key), r))
+            })
+            .filter(|e| match floor {
+                // Incremental: what changed, deletions included.
+                Some(f) => e.seq > f,
+                None => e.kind == Kind::Put && !e.is_expired(created_ms),
+            })
+            .collect();
+        for (n, chunk) in chunks(&rows, opts.target_file_bytes).into_iter().enumerate() {
+            let name = join(&format!("part-{p:05}-{n:04}.parquet"));
+            let data = encode_parquet(chunk, p, opts.row_group_rows)?;
+            let bytes = data.len() as u64;
+            put_replacing(&*dest, &name, data).await?;
+            out.rows += chunk.len() as u64;
+            out.bytes += bytes;
+            out.files.push(ExportFile {
+                path: name,
+                partition: p,
+                rows: chunk.len() as u64,
+                bytes,
+            });
+        }
+        out.partitions.push(snap);
+    }
+    let body = serde_json::to_vec_pretty(&out).context("encoding the export manifest")?;
+    put_replacing(&*dest, &join(EXPORT_MANIFEST), Bytes::from(body)).await?;
+    Ok(out)
+}
+
+/// Reads a previous export's manifest (for an incremental export).
+pub async fn read_export_manifest(dest: &dyn Store, prefix: &str) -> Result<ExportManifest> {
+    let prefix = prefix.trim_end_matches('/');
+    let path = if prefix.is_empty() {
+        EXPORT_MANIFEST.to_string()
+    } else {
+        format!("{prefix}/{EXPORT_MANIFEST}")
+    };
+    let data = dest
+        .get(&path)
+        .await
+        .with_context(|| format!("reading {path}"))?;
+    serde_json::from_slice(&data).with_context(|| format!("decoding {path}"))
+}
+
+/// Writes `name`, replacing an older object of that name (a re-run into the same place).
+async fn put_replacing(dest: &dyn Store, name: &str, data: Bytes) -> Result<()> {
+    dest.put(name, data, PutMode::Overwrite)
+        .await
+        .with_context(|| format!("writing {name}"))
+}
+
+/// The partition's state as of now: newest version of every key (tombstones included), from
+/// the latest manifest's SSTs and the WAL segments from its replay point on. Retries from a
+/// newer manifest if a segment or SST disappears under it (a flush moved the replay point and
+/// WAL GC ran, or compaction GC deleted an input).
+async fn read_partition(
+    store: &Arc<dyn Store>,
+    manifests: &dyn ManifestStore,
+    p: u32,
+    progress: &dyn Progress,
+) -> Result<(PartitionSnapshot, Vec<Entry>)> {
+    for attempt in 0.. {
+        match read_partition_once(store, manifests, p, progress).await {
+            Err(e) if attempt < 5 && is_not_found(&e) => {
+                tracing::info!(
+                    partition = p,
+                    "an input vanished while exporting; re-reading"
+                );
+            }
+            r => return r,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<StoreError>(),
+            Some(StoreError::NotFound(_))
+        )
+    })
+}
+
+async fn read_partition_once(
+    store: &Arc<dyn Store>,
+    manifests: &dyn ManifestStore,
+    p: u32,
+    progress: &dyn Progress,
+) -> Result<(PartitionSnapshot, Vec<Entry>)> {
+    let Some(m) = manifests.load_latest(p).await? else {
+        return Ok((
+            PartitionSnapshot {
+                partition: p,
+                manifest_version: 0,
+                max_seq: 0,
+                wal_segments: 0,
+                ssts: 0,
+            },
+            Vec::new(),
+        ));
+    };
+    let mut newest: BTreeMap<Bytes, Entry> = BTreeMap::new();
+    let mut keep = |e: Entry| match newest.get(&e.key) {
+        Some(cur) if cur.seq >= e.seq => {}
+        _ => {
+            newest.insert(e.key.clone(), e);
+        }
+    };
+    let mut max_seq = m.last_flushed_seq;
+    let files: Vec<_> =
+        m.l0.iter()
+            .chain(m.levels.iter().flatten())
+            .cloned()
+            .collect();
+    for f in &files {
+        let path = sst_path(p, f.id);
+        let data = store
+            .get(&path)
+            .await
+            .with_context(|| format!("reading {path}"))?;
+        let entries = read_all_entries(&data).map_err(|e| anyhow!("SST {path} is corrupt: {e}"))?;
+        progress.add(data.len() as u64);
+        for e in entries {
+            keep(e);
+        }
+    }
+    // WAL segments from the replay point on, in order; ids are consecutive.
+    let mut ids: Vec<u64> = store
+        .list(&wal_prefix(p))
+        .await
+        .with_context(|| format!("listing the WAL of partition {p}"))?
+        .iter()
+        .filter_map(|o| parse_wal_path(&o.path))
+        .filter(|&id| id >= m.wal_replay_from)
+        .collect();
+    ids.sort_unstable();
+    for w in ids.windows(2) {
+        if w[1] != w[0] + 1 {
+            bail!(
+                "WAL segment {} of partition {p} is missing",
+                wal_path(p, w[0] + 1)
+            );
+        }
+    }
+    for &id in &ids {
+        let path = wal_path(p, id);
+        let data = store
+            .get(&path)
+            .await
+            .with_context(|| format!("reading {path}"))?;
+        let (_, batches) =
+            decode_wal_segment(&data).map_err(|e| anyhow!("WAL segment {path} is corrupt: {e}"))?;
+        for e in batches.into_iter().flatten() {
+            if e.seq > m.last_flushed_seq {
+                max_seq = max_seq.max(e.seq);
+                keep(e);
+            }
+        }
+    }
+    Ok((
+        PartitionSnapshot {
+            partition: p,
+            manifest_version: m.version,
+            max_seq,
+            wal_segments: ids.len() as u64,
+            ssts: files.len() as u64,
+        },
+        newest.into_values().collect(),
+    ))
+}
+
+/// Splits rows (sorted by key) into files of about `target` bytes.
+fn chunks(rows: &[Entry], target: u64) -> Vec<&[Entry]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, e) in rows.iter().enumerate() {
+        bytes += (e.key.len() + e.value.len() + 24) as u64;
+        if bytes >= target {
+            out.push(&rows[start..=i]);
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
+/// Encodes rows as one Parquet file (row groups of `row_group_rows`, Snappy-compressed).
+fn encode_parquet(rows: &[Entry], partition: u32, row_group_rows: usize) -> Result<Bytes> {
+    let schema = schema();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .set_created_by(format!("strata {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))
+        .context("starting a Parquet file")?;
+    for batch in rows.chunks(row_group_rows.max(1)) {
+        let mut key = BinaryBuilder::new();
+        let mut value = BinaryBuilder::new();
+        let mut version = UInt64Builder::new();
+        let mut expires = TimestampMillisecondBuilder::new().with_timezone("UTC");
+        let mut part = UInt32Builder::new();
+        let mut deleted = BooleanBuilder::new();
+        for e in batch {
+            key.append_value(&e.key);
+            let is_delete = e.kind == Kind::Delete;
+            value.append_value(if is_delete { &[][..] } else { &e.value[..] });
+            version.append_value(e.seq);
+            if e.expires_at_ms == 0 || is_delete {
+                expires.append_null();
+            } else {
+                expires.append_value(e.expires_at_ms as i64);
+            }
+            part.append_value(partition);
+            deleted.append_value(is_delete);
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(key.finish()),
+            Arc::new(value.finish()),
+            Arc::new(version.finish()),
+            Arc::new(expires.finish()),
+            Arc::new(part.finish()),
+            Arc::new(deleted.finish()),
+        ];
+        let rb = RecordBatch::try_new(schema.clone(), cols).context("building a record batch")?;
+        w.write(&rb).context("writing Parquet rows")?;
+    }
+    w.close().context("finishing a Parquet file")?;
+    Ok(Bytes::from(buf))
+}

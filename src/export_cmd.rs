@@ -1,0 +1,174 @@
+//! `strata export`: a consistent snapshot of the store as Parquet (see
+//! `compactor/src/export.rs`), from an embedded data dir or a cluster, to `file://` or `s3://`.
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_compactor::export::{
+    export, read_export_manifest, ExportOptions, ExportPartition, Progress,
+};
+use strata_manifest::etcd::Etcd;
+use strata_manifest::{EmbeddedManifestStore, EtcdManifestStore, EtcdSettings, ManifestStore};
+use strata_objstore::{open_store, RetryPolicy, S3Settings, Store, StoreConfig};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// Destination: `file:///DIR` or `s3://BUCKET/PREFIX`.
+    #[arg(long)]
+    pub to: String,
+    /// Export an archival snapshot instead of the latest state.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Only what changed since the export at this URL (its `_manifest.json`); rows carry a
+    /// `deleted` flag for deletions.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The embedded store's data dir (as `strata serve --data-dir`).
+    #[arg(long, env = "STRATA_DATA_DIR", conflicts_with = "etcd")]
+    pub data_dir: Option<PathBuf>,
+    /// A cluster's etcd URL(s), comma-separated (with `--object-store`).
+    #[arg(long, env = "STRATA_ETCD")]
+    pub etcd: Option<String>,
+    /// Key prefix of the cluster in etcd.
+    #[arg(long, default_value = "/strata", env = "STRATA_ETCD_PREFIX")]
+    pub etcd_prefix: String,
+    /// The store's object store URL (a cluster's bucket; default for `--data-dir`:
+    /// DATA_DIR/objects).
+    #[arg(long, env = "STRATA_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// Endpoint of an S3-compatible server, for source and destination.
+    #[arg(long, env = "STRATA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Target size of each Parquet file, MiB (of keys and values).
+    #[arg(long, default_value_t = 128)]
+    pub file_mb: u64,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn set_total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+    }
+    fn add(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+fn open(url: &str, endpoint: &Option<String>) -> Result<Arc<dyn Store>> {
+    let mut s3 = S3Settings::from_env();
+    if let Some(ep) = endpoint {
+        s3.endpoint = Some(ep.clone());
+    }
+    let (store, _) = open_store(&StoreConfig {
+        url: url.to_string(),
+        s3,
+        retry: RetryPolicy::default(),
+    })
+    .with_context(|| format!("opening object store {url}"))?;
+    Ok(store)
+}
+
+pub async fn run(args: ExportArgs) -> Result<()> {
+    if let Some(id) = &args.snapshot {
+        bail!("--snapshot {id}: archival snapshots are not built yet; export the latest state");
+    }
+    let (store, manifests, partitions): (Arc<dyn Store>, Arc<dyn ManifestStore>, _) =
+        match (&args.etcd, &args.data_dir) {
+            (Some(etcd_url), _) => {
+                let Some(url) = &args.object_store else {
+                    bail!("--etcd needs --object-store (the cluster's bucket)");
+                };
+                let store = open(url, &args.s3_endpoint)?;
+                let etcd = Etcd::connect(&EtcdSettings {
+                    endpoints: etcd_url.split(',').map(|s| s.trim().to_string()).collect(),
+                    prefix: args.etcd_prefix.clone(),
+                    request_timeout: Duration::from_secs(5),
+                })
+                .await
+                .with_context(|| format!("connecting to etcd at {etcd_url}"))?;
+                let view = etcd.view().await.context("reading the cluster")?;
+                let (map, _) = view
+                    .partition_map()
+                    .map_err(|e| anyhow::anyhow!("reading the partition map: {e}"))?;
+                let parts: Vec<ExportPartition> = map
+                    .ids()
+                    .into_iter()
+                    .map(|p| ExportPartition {
+                        partition: p,
+                        hash_range: map.range_of(p),
+                    })
+                    .collect();
+                let m: Arc<dyn ManifestStore> =
+                    Arc::new(EtcdManifestStore::new(etcd, store.clone()));
+                (store, m, parts)
+            }
+            (None, Some(dir)) => {
+                let url = args.object_store.clone().unwrap_or_else(|| {
+                    format!(
+                        "file://{}",
+                        crate::serve::absolute(&dir.join("objects")).display()
+                    )
+                });
+                let store = open(&url, &args.s3_endpoint)?;
+                let m: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
+                let parts = vec![ExportPartition {
+                    partition: 0,
+                    hash_range: None,
+                }];
+                (store, m, parts)
+            }
+            (None, None) => {
+                bail!("name the store: --data-dir DIR, or --etcd URL --object-store URL")
+            }
+        };
+    let dest = open(&args.to, &args.s3_endpoint)?;
+    let since = match &args.since {
+        Some(url) => {
+            let prev = open(url, &args.s3_endpoint)?;
+            Some(read_export_manifest(&*prev, "").await?)
+        }
+        None => None,
+    };
+    let opts = ExportOptions {
+        target_file_bytes: args.file_mb.max(1) << 20,
+        since,
+        ..ExportOptions::default()
+    };
+    let bar = if args.no_progress {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "exporting [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    let progress = Bar(bar.clone());
+    let started = Instant::now();
+    let m = export(store, manifests, &partitions, dest, "", &opts, &progress).await?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let read: u64 = bar.position();
+    println!(
+        "exported {} rows in {} files ({:.1} MB of Parquet) from {} partitions to {} in {:.2} s \
+         ({:.1} MB/s of SSTs read); manifest: {}/_manifest.json",
+        m.rows,
+        m.files.len(),
+        m.bytes as f64 / 1e6,
+        m.partitions.len(),
+        args.to,
+        secs,
+        read as f64 / 1e6 / secs.max(1e-9),
+        args.to.trim_end_matches('/'),
+    );
+    Ok(())
+}
