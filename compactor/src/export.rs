@@ -202,7 +202,10 @@ pub async fn export(
                 None => e.kind == Kind::Put && !e.is_expired(created_ms),
             })
             .collect();
-        for (n, chunk) in chunks(&rows, opts.target_file_bytes).into_iter().enumerate() {
+        for (n, chunk) in chunks(&rows, opts.target_file_bytes)
+            .into_iter()
+            .enumerate()
+        {
             let name = join(&format!("part-{p:05}-{n:04}.parquet"));
             let data = encode_parquet(chunk, p, opts.row_group_rows)?;
             let bytes = data.len() as u64;
@@ -255,7 +258,9 @@ async fn read_partition(
     p: u32,
     progress: &dyn Progress,
 ) -> Result<(PartitionSnapshot, Vec<Entry>)> {
-    for attempt in 0.. {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         match read_partition_once(store, manifests, p, progress).await {
             Err(e) if attempt < 5 && is_not_found(&e) => {
                 tracing::info!(
@@ -266,7 +271,6 @@ async fn read_partition(
             r => return r,
         }
     }
-    unreachable!("the loop returns")
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {
