@@ -160,7 +160,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     let read: u64 = bar.position();
     println!(
         "exported {} rows in {} files ({:.1} MB of Parquet) from {} partitions to {} in {:.2} s \
-         ({:.1} MB/s of SSTs read); manifest: {}/_manifest.json",
+         ({:.1} MB/s of SSTs and WAL read); manifest: {}/_manifest.json",
         m.rows,
         m.files.len(),
         m.bytes as f64 / 1e6,

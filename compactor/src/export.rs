@@ -351,6 +351,7 @@ async fn read_partition_once(
             .with_context(|| format!("reading {path}"))?;
         let (_, batches) =
             decode_wal_segment(&data).map_err(|e| anyhow!("WAL segment {path} is corrupt: {e}"))?;
+        progress.add(data.len() as u64);
         for e in batches.into_iter().flatten() {
             if e.seq > m.last_flushed_seq {
                 max_seq = max_seq.max(e.seq);
