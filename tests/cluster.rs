@@ -1750,7 +1750,7 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
     println!("{}", String::from_utf8_lossy(&export_out.stdout).trim());
     let expected: serde_json::Map<String, serde_json::Value> = acked
         .iter()
-        .chain(before.iter().map(|(k, _)| (k, k)))
+        .chain(before.keys().map(|k| (k, k)))
         .map(|(k, v)| {
             let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
             (
