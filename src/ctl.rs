@@ -165,6 +165,7 @@ fn status_json(v: &ClusterView) -> serde_json::Value {
                 "jobs": c.jobs,
                 "bytes_in": c.bytes_in,
                 "bytes_out": c.bytes_out,
+                "write_amplification": c.write_amplification(),
             })
         })
         .collect();
@@ -235,19 +236,20 @@ fn status_text(v: &ClusterView) -> String {
     } else {
         let _ = writeln!(
             s,
-            "\n{:<20} {:>10} {:>8} {:>12} {:>12}",
-            "COMPACTOR", "PARTITIONS", "JOBS", "MB READ", "MB WRITTEN"
+            "\n{:<20} {:>10} {:>8} {:>12} {:>12} {:>6}",
+            "COMPACTOR", "PARTITIONS", "JOBS", "MB READ", "MB WRITTEN", "W-AMP"
         );
         for c in v.compactors.values() {
             let claimed = v.compaction_claims.values().filter(|w| w.0 == c.id).count();
             let _ = writeln!(
                 s,
-                "{:<20} {:>10} {:>8} {:>12.1} {:>12.1}",
+                "{:<20} {:>10} {:>8} {:>12.1} {:>12.1} {:>6.2}",
                 c.id,
                 claimed,
                 c.jobs,
                 c.bytes_in as f64 / 1e6,
-                c.bytes_out as f64 / 1e6
+                c.bytes_out as f64 / 1e6,
+                c.write_amplification()
             );
         }
     }

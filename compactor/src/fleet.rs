@@ -124,11 +124,18 @@ pub async fn run_worker(
         if let Some(lease_id) = lease_id {
             // Totals over the compactors this worker runs (published for `strata ctl status`).
             {
-                let (jobs, bytes_in, bytes_out) = ever.lock().iter().fold((0, 0, 0), |a, c| {
-                    let s = c.stats();
-                    (a.0 + s.jobs, a.1 + s.bytes_in, a.2 + s.bytes_out)
-                });
-                (info.jobs, info.bytes_in, info.bytes_out) = (jobs, bytes_in, bytes_out);
+                let (jobs, bytes_in, bytes_out, l0) =
+                    ever.lock().iter().fold((0, 0, 0, 0), |a, c| {
+                        let s = c.stats();
+                        (
+                            a.0 + s.jobs,
+                            a.1 + s.bytes_in,
+                            a.2 + s.bytes_out,
+                            a.3 + s.l0_bytes_in,
+                        )
+                    });
+                (info.jobs, info.bytes_in, info.bytes_out, info.l0_bytes_in) =
+                    (jobs, bytes_in, bytes_out, l0);
             }
             if let Err(e) = etcd.register_compactor(&info, lease_id).await {
                 warn!(worker = %opts.id, error = %e, "registering failed");

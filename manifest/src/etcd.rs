@@ -195,6 +195,22 @@ pub struct CompactorInfo {
     pub bytes_in: u64,
     #[serde(default)]
     pub bytes_out: u64,
+    /// Bytes of L0 files compacted: about what the nodes flushed, the base of write
+    /// amplification.
+    #[serde(default)]
+    pub l0_bytes_in: u64,
+}
+
+impl CompactorInfo {
+    /// Write amplification of the worker's compactions so far: bytes written by flushes
+    /// (≈ L0 bytes compacted) plus by compactions, over the flushed bytes. 0 until known.
+    pub fn write_amplification(&self) -> f64 {
+        if self.l0_bytes_in == 0 {
+            0.0
+        } else {
+            (self.l0_bytes_in + self.bytes_out) as f64 / self.l0_bytes_in as f64
+        }
+    }
 }
 
 /// The state of a cross-partition transaction: its record in etcd is the commit point.
