@@ -53,6 +53,10 @@ pub struct DbOptions {
     /// up to 2^64). After a split the partition's older data still holds keys of the other
     /// half; scans leave them out. `None` serves every key.
     pub hash_range: Option<(u64, Option<u64>)>,
+    /// A scan stops (`ABORTED`, "snapshot too old") once its view is this old: compaction
+    /// deletes replaced files `gc_grace` (5 min) after replacing them, so a view must never be
+    /// used past that (see `docs/gc.md`). Keep it below the compactors' grace.
+    pub max_snapshot_age: Duration,
 }
 
 impl Default for DbOptions {
@@ -67,6 +71,7 @@ impl Default for DbOptions {
             lease: None,
             metrics: None,
             hash_range: None,
+            max_snapshot_age: MAX_SNAPSHOT_AGE,
         }
     }
 }
@@ -535,7 +540,8 @@ impl Db {
         self.check_open()?;
         let (seq, view) = self.snapshot();
         Ok(crate::scan::Scanner::new(view, seq, start, end)
-            .with_hash_range(self.inner.opts.hash_range))
+            .with_hash_range(self.inner.opts.hash_range)
+            .with_max_age(Some(self.inner.opts.max_snapshot_age)))
     }
 
     /// Refuses (retry-safe) keys outside this partition's hash range: a request routed with a
@@ -899,6 +905,10 @@ pub(crate) fn live(e: Option<Entry>, now: u64) -> Option<(Bytes, u64)> {
     }
     Some((e.value, e.seq))
 }
+
+/// Default bound on a scan's view age: below the compactors' default 5 min `gc_grace`, with
+/// room for the time a node takes to adopt a manifest another process committed.
+pub const MAX_SNAPSHOT_AGE: Duration = Duration::from_secs(240);
 
 /// Target size of the SSTs a split writes for the new partition.
 const SPLIT_SST_BYTES: usize = 32 << 20;

@@ -24,7 +24,8 @@ pub enum EngineError {
     #[error("{0}")]
     Locked(String),
     /// A cross-partition transaction could not commit (it conflicted with another one or was
-    /// aborted); nothing was applied, and the whole transaction may be retried.
+    /// aborted; nothing was applied, and the whole transaction may be retried), or a scan's
+    /// snapshot grew too old to continue (restart it). gRPC `ABORTED`.
     #[error("{0}")]
     Conflict(String),
     /// Stored data failed a checksum or could not be decoded.

@@ -18,7 +18,7 @@ mod version;
 mod wal_gc;
 
 pub use commit::{Cond, Op, OpOutcome, WriteOp};
-pub use db::{store_uid, Db, DbOptions, DbStats, RecoveryReport};
+pub use db::{store_uid, Db, DbOptions, DbStats, RecoveryReport, MAX_SNAPSHOT_AGE};
 pub use error::{is_retry_safe, retryable, EngineError, EngineResult, RETRY_SAFE_HEADER};
 pub use lease::LeaseGuard;
 pub use metrics::EngineMetrics;

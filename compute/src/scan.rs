@@ -28,6 +28,10 @@ pub struct Scanner {
     hide_system: bool,
     /// Only keys whose hash is in this range (a split partition's other half is left out).
     hash_range: Option<(u64, Option<u64>)>,
+    /// When the view was taken, and how long it may be used (files it lists may be deleted
+    /// by compaction's GC after a grace period: `docs/gc.md`).
+    taken: std::time::Instant,
+    max_age: Option<std::time::Duration>,
 }
 
 impl Scanner {
@@ -42,7 +46,15 @@ impl Scanner {
             now: now_ms(),
             hide_system: true,
             hash_range: None,
+            taken: std::time::Instant::now(),
+            max_age: None,
         }
+    }
+
+    /// Stops the scan with "snapshot too old" once its view is older than `age`.
+    pub(crate) fn with_max_age(mut self, age: Option<std::time::Duration>) -> Self {
+        self.max_age = age;
+        self
     }
 
     /// Leaves out keys whose hash is outside `range` (`None`: none left out).
@@ -85,6 +97,15 @@ impl Scanner {
     pub(crate) async fn next_entries(&mut self, n: usize) -> EngineResult<Vec<Entry>> {
         if self.done {
             return Ok(Vec::new());
+        }
+        if let Some(age) = self.max_age {
+            if self.taken.elapsed() > age {
+                return Err(crate::error::EngineError::Conflict(format!(
+                    "scan snapshot too old (over {} s): files it reads may have been compacted \
+                     away; restart the scan after the last key received",
+                    age.as_secs()
+                )));
+            }
         }
         let n = n.max(1);
         let end = self.end.as_deref();

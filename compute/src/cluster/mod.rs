@@ -400,7 +400,8 @@ impl ClusterNode {
         }
         Ok(Some(
             crate::scan::Scanner::new(view, crate::memtable::Snap::LATEST, start, end)
-                .with_hash_range(self.map().range_of(p)),
+                .with_hash_range(self.map().range_of(p))
+                .with_max_age(Some(self.inner.opts.db.max_snapshot_age)),
         ))
     }
 
