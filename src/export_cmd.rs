@@ -78,6 +78,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     if let Some(id) = &args.snapshot {
         bail!("--snapshot {id}: archival snapshots are not built yet; export the latest state");
     }
+    let mut cluster: Option<(Etcd, i64)> = None;
     let (store, manifests, partitions): (Arc<dyn Store>, Arc<dyn ManifestStore>, _) =
         match (&args.etcd, &args.data_dir) {
             (Some(etcd_url), _) => {
@@ -93,9 +94,10 @@ pub async fn run(args: ExportArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("connecting to etcd at {etcd_url}"))?;
                 let view = etcd.view().await.context("reading the cluster")?;
-                let (map, _) = view
+                let (map, map_rev) = view
                     .partition_map()
                     .map_err(|e| anyhow::anyhow!("reading the partition map: {e}"))?;
+                cluster = Some((etcd.clone(), map_rev));
                 let parts: Vec<ExportPartition> = map
                     .ids()
                     .into_iter()
@@ -138,6 +140,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     let opts = ExportOptions {
         target_file_bytes: args.file_mb.max(1) << 20,
         since,
+        map_revision: cluster.as_ref().map_or(0, |c| c.1),
         ..ExportOptions::default()
     };
     let bar = if args.no_progress {
@@ -154,8 +157,33 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     };
     let progress = Bar(bar.clone());
     let started = Instant::now();
-    let m = export(store, manifests, &partitions, dest, "", &opts, &progress).await?;
+    let m = export(
+        store,
+        manifests,
+        &partitions,
+        dest.clone(),
+        "",
+        &opts,
+        &progress,
+    )
+    .await?;
     bar.finish_and_clear();
+    // A partition that split during the export moved half its keys to a partition the export
+    // did not read (and compaction may drop them from the old one): refuse the result.
+    if let Some((etcd, rev)) = &cluster {
+        let now = etcd.view().await.context("re-reading the cluster")?;
+        let (_, now_rev) = now
+            .partition_map()
+            .map_err(|e| anyhow::anyhow!("re-reading the partition map: {e}"))?;
+        if now_rev != *rev {
+            let _ = dest.delete(strata_compactor::export::EXPORT_MANIFEST).await;
+            bail!(
+                "a partition split during the export (partition map revision {rev} -> \
+                 {now_rev}); its result is incomplete and its _manifest.json was removed: \
+                 export again into a new place"
+            );
+        }
+    }
     let secs = started.elapsed().as_secs_f64();
     let read: u64 = bar.position();
     println!(

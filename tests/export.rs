@@ -150,6 +150,14 @@ async fn export_reads_back_in_pyarrow_and_duckdb_and_increments_apply() {
     ]);
     println!("{summary}");
     check(&full, &live);
+    // A second export into the same place is refused (readers of `*.parquet` would mix them).
+    let again = std::process::Command::new(BIN)
+        .args(["export", "--data-dir", data_dir, "--no-progress", "--to"])
+        .arg(format!("file://{}", full.display()))
+        .output()
+        .expect("run strata export");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 
     // Incremental: changes after the first export, read from a restarted server.
     let server = Server::start_with(

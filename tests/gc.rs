@@ -61,21 +61,31 @@ async fn env(max_snapshot_age: Duration) -> Env {
     }
 }
 
-/// Compacts the four L0 files into one and lets GC delete them (grace 1 s).
-async fn compact_and_collect(e: &Env) {
+/// Compacts the four L0 files into one (GC grace 3 s).
+async fn compact(e: &Env) -> Compactor {
     let c = Compactor::new(
         e.store.clone(),
         e.manifests.clone(),
         0,
         CompactionOptions {
-            gc_grace: Duration::from_secs(1),
+            gc_grace: Duration::from_secs(3),
             ..CompactionOptions::default()
         },
     );
     let r = c.compact_once().await.expect("compact").expect("a job");
     assert_eq!(r.input_files, 4);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c
+}
+
+/// Lets the grace pass and GC delete the replaced files.
+async fn collect(c: &Compactor) {
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(c.collect_garbage().await.expect("gc"), 4, "inputs deleted");
+}
+
+async fn compact_and_collect(e: &Env) {
+    let c = compact(e).await;
+    collect(&c).await;
 }
 
 async fn drain(s: &mut strata_compute::Scanner) -> Result<usize, EngineError> {
@@ -88,11 +98,16 @@ async fn drain(s: &mut strata_compute::Scanner) -> Result<usize, EngineError> {
 
 #[tokio::test]
 async fn a_slow_scan_gets_a_clean_error_and_never_reads_deleted_files() {
-    // The bound (0.5 s) is below the GC grace (1 s), as 4 min is below 5 min by default.
-    let e = env(Duration::from_millis(500)).await;
+    // The bound (2 s) is below the GC grace (3 s), as 4 min is below 5 min by default.
+    let e = env(Duration::from_secs(2)).await;
     let mut slow = e.db.scan(Bytes::new(), None).expect("scan");
+    let mut quick = e.db.scan(Bytes::new(), None).expect("scan");
     assert_eq!(slow.next_chunk(100).await.expect("first chunk").len(), 100);
-    compact_and_collect(&e).await;
+    let c = compact(&e).await;
+    // An old view used within its bound reads everything, though its files were replaced:
+    // they are deleted only after the grace, which is longer than the bound.
+    assert_eq!(drain(&mut quick).await.expect("quick scan"), 2000);
+    collect(&c).await;
     // Its files are gone, and it is past its bound: a clean "snapshot too old".
     let err = drain(&mut slow).await.expect_err("the slow scan must stop");
     assert!(

@@ -97,6 +97,8 @@ struct Inner {
     /// Inputs dropped by a commit, deleted once their grace period has passed.
     pending: Mutex<Vec<PendingDelete>>,
     stats: Mutex<CompactorStats>,
+    /// SSTs seen unreferenced (and older than `orphan_grace`) by an earlier sweep, and when.
+    orphans: Mutex<std::collections::HashMap<u64, Instant>>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +143,7 @@ impl Compactor {
                 cursors: Mutex::new(Vec::new()),
                 pending: Mutex::new(Vec::new()),
                 stats: Mutex::new(CompactorStats::default()),
+                orphans: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -169,7 +172,9 @@ impl Compactor {
         let p = self.inner.partition;
         let mut changes = self.inner.manifests.subscribe(p);
         let mut backoff = BACKOFF_MIN;
-        let mut next_sweep = Instant::now();
+        // Not at once: a compactor that just took a partition over does not know what its
+        // predecessor replaced a moment ago (see `sweep_orphans`).
+        let mut next_sweep = Instant::now() + self.inner.opts.gc_grace;
         info!(partition = p, "compactor started");
         loop {
             if *shutdown.borrow_and_update() {
@@ -327,6 +332,13 @@ impl Compactor {
             .await
             .context("listing SSTs")?;
         let mut deleted = 0;
+        // An old SST can become unreferenced at any moment (a compaction replaces it): its age
+        // says nothing about how long ago. So an SST is deleted only once it has been seen
+        // unreferenced for `gc_grace`, like the inputs this compactor queues itself — also
+        // those of a predecessor whose queue was lost with it.
+        let mut candidates = self.inner.orphans.lock().clone();
+        let mut seen_now = std::collections::HashMap::new();
+        let mut due = Vec::new();
         for id in listed.iter().filter_map(|o| parse_sst_path(&o.path)) {
             let created_ms = sst_created_ms(id);
             if live.contains(&id)
@@ -335,6 +347,14 @@ impl Compactor {
             {
                 continue;
             }
+            let first_seen = candidates.remove(&id).unwrap_or_else(Instant::now);
+            seen_now.insert(id, first_seen);
+            if first_seen.elapsed() >= self.inner.opts.gc_grace {
+                due.push(id);
+            }
+        }
+        *self.inner.orphans.lock() = seen_now;
+        for id in due {
             let path = sst_path(p, id);
             self.inner
                 .store

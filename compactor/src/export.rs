@@ -57,6 +57,8 @@ pub struct ExportOptions {
     pub row_group_rows: usize,
     /// Incremental: the previous export's manifest (only newer versions are exported).
     pub since: Option<ExportManifest>,
+    /// Revision of the partition map `partitions` came from (recorded in the manifest).
+    pub map_revision: i64,
 }
 
 impl Default for ExportOptions {
@@ -65,6 +67,7 @@ impl Default for ExportOptions {
             target_file_bytes: 128 << 20,
             row_group_rows: 64 * 1024,
             since: None,
+            map_revision: 0,
         }
     }
 }
@@ -82,6 +85,9 @@ pub struct ExportManifest {
     pub files: Vec<ExportFile>,
     pub rows: u64,
     pub bytes: u64,
+    /// Revision of the cluster's partition map the export followed (0: uniform or embedded).
+    #[serde(default)]
+    pub map_revision: i64,
 }
 
 /// What an export saw of one partition.
@@ -148,6 +154,18 @@ pub async fn export(
             format!("{prefix}/{name}")
         }
     };
+    let existing = dest
+        .list(prefix)
+        .await
+        .with_context(|| format!("listing the destination {prefix:?}"))?;
+    if let Some(o) = existing.first() {
+        bail!(
+            "the destination is not empty ({} objects, e.g. {}): an export goes into a place of its \
+             own, so readers of `*.parquet` never mix two exports",
+            existing.len(),
+            o.path
+        );
+    }
     let created_ms = now_ms();
     // Estimate the total for the progress bar from the manifests' SST sizes.
     let mut total = 0u64;
@@ -184,11 +202,17 @@ pub async fn export(
         files: Vec::new(),
         rows: 0,
         bytes: 0,
+        map_revision: opts.map_revision,
     };
     for part in partitions {
         let p = part.partition;
         let (snap, entries) = read_partition(&store, &*manifests, p, progress).await?;
-        let floor = since.get(&p).copied();
+        // Incremental: a partition the earlier export did not have (split off since) gets
+        // everything, deletions included.
+        let floor = opts
+            .since
+            .as_ref()
+            .map(|_| since.get(&p).copied().unwrap_or(0));
         let rows: Vec<Entry> = entries
             .into_iter()
             .filter(|e| !is_system_key(&e.key))
@@ -200,6 +224,13 @@ pub async fn export(
                 // Incremental: what changed, deletions included.
                 Some(f) => e.seq > f,
                 None => e.kind == Kind::Put && !e.is_expired(created_ms),
+            })
+            .map(|mut e| {
+                // An expired value is, to a reader applying increments, a deletion.
+                if e.kind == Kind::Put && e.is_expired(created_ms) {
+                    e.kind = Kind::Delete;
+                }
+                e
             })
             .collect();
         for (n, chunk) in chunks(&rows, opts.target_file_bytes)
@@ -273,12 +304,25 @@ async fn read_partition(
     }
 }
 
+/// An input moved under the export (collected after a flush or compaction): read the
+/// partition again from its newer manifest.
+#[derive(Debug)]
+struct Reread(String);
+
+impl std::fmt::Display for Reread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Reread {}
+
 fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<StoreError>(),
             Some(StoreError::NotFound(_))
-        )
+        ) || c.downcast_ref::<Reread>().is_some()
     })
 }
 
@@ -335,6 +379,27 @@ async fn read_partition_once(
         .filter(|&id| id >= m.wal_replay_from)
         .collect();
     ids.sort_unstable();
+    // The tail must start exactly at the replay point: if the first listed segment is later,
+    // segments [replay point, first) were collected because a flush moved the replay point
+    // past them — their writes are in an SST this manifest does not list. Read again from the
+    // newer manifest (as when a segment vanishes while reading).
+    match ids.first() {
+        Some(&first) if first != m.wal_replay_from => {
+            return Err(anyhow!(Reread(format!(
+                "WAL of partition {p} starts at {first}, after the replay point {}",
+                m.wal_replay_from
+            ))));
+        }
+        None => {
+            let now = manifests.load_latest(p).await?;
+            if now.as_ref().map(|n| n.version) != Some(m.version) {
+                return Err(anyhow!(Reread(format!(
+                    "manifest of partition {p} moved while its WAL was listed"
+                ))));
+            }
+        }
+        Some(_) => {}
+    }
     for w in ids.windows(2) {
         if w[1] != w[0] + 1 {
             bail!(
@@ -349,8 +414,11 @@ async fn read_partition_once(
             .get(&path)
             .await
             .with_context(|| format!("reading {path}"))?;
-        let (_, batches) =
+        let (hdr, batches) =
             decode_wal_segment(&data).map_err(|e| anyhow!("WAL segment {path} is corrupt: {e}"))?;
+        if hdr.segment_id != id {
+            bail!("WAL segment {path} says it is segment {}", hdr.segment_id);
+        }
         progress.add(data.len() as u64);
         for e in batches.into_iter().flatten() {
             if e.seq > m.last_flushed_seq {

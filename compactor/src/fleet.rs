@@ -57,6 +57,8 @@ impl WorkerOptions {
 
 struct Claimed {
     create_revision: i64,
+    /// The hash range the compactor was started with (restarted when a split changes it).
+    range: Option<(u64, Option<u64>)>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -182,8 +184,12 @@ async fn rebalance(
             return;
         }
     };
-    let Ok((map, _)) = view.partition_map() else {
-        return;
+    let map = match view.partition_map() {
+        Ok((map, _)) => map,
+        Err(e) => {
+            warn!(worker = %opts.id, error = %e, "unreadable partition map; not rebalancing");
+            return;
+        }
     };
     let ring = Ring::new(view.compactors.keys().cloned(), opts.vnodes);
     let ids = map.ids();
@@ -198,21 +204,35 @@ async fn rebalance(
             .compaction_claims
             .get(&p)
             .is_some_and(|(w, r)| *w == opts.id && *r == rev);
-        let wanted = ring.owner(p) == Some(opts.id.as_str()) && ids.contains(&p);
+        // A split changed the partition's range: hand it over and claim it again, so its
+        // compactor drops the moved half.
+        let same_range = claimed
+            .lock()
+            .get(&p)
+            .is_some_and(|c| c.range == map.range_of(p));
+        let wanted = ring.owner(p) == Some(opts.id.as_str()) && ids.contains(&p) && same_range;
         if still_held && wanted {
             continue;
         }
-        let c = claimed.lock().remove(&p);
-        if let Some(c) = c {
-            let _ = c.stop.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(30), c.task).await;
-        }
-        if still_held {
-            let _ = etcd.release_compaction(p, rev).await;
-            info!(worker = %opts.id, partition = p, "handed the partition's compaction over");
-        } else {
+        let Some(c) = claimed.lock().remove(&p) else {
+            continue;
+        };
+        if !still_held {
             warn!(worker = %opts.id, partition = p, "our compaction claim vanished");
         }
+        // In the background: a job in progress finishes first (up to 30 s), and the main
+        // loop keeps renewing the lease meanwhile. The claim goes only after the compactor
+        // stopped, so the next worker never overlaps a job of ours.
+        let etcd = etcd.clone();
+        let id = opts.id.clone();
+        tokio::spawn(async move {
+            let _ = c.stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(30), c.task).await;
+            if still_held {
+                let _ = etcd.release_compaction(p, rev).await;
+                info!(worker = %id, partition = p, "handed the partition's compaction over");
+            }
+        });
     }
     // Claim: ours by the ring, held by nobody.
     for p in ids {
@@ -238,6 +258,7 @@ async fn rebalance(
                     p,
                     Claimed {
                         create_revision: rev,
+                        range: map.range_of(p),
                         stop: tx,
                         task,
                     },

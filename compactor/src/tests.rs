@@ -801,3 +801,34 @@ async fn keys_outside_the_partitions_hash_range_are_dropped() {
         assert_eq!(got.is_some(), inside(k) || system(k), "{k:?}");
     }
 }
+
+#[tokio::test]
+async fn an_old_unreferenced_sst_is_swept_only_after_being_seen_so_for_the_grace() {
+    // An old SST that a compaction replaced a moment ago looks exactly like this: old by its
+    // id, unreferenced. A compactor that just took over (its predecessor's deletion queue
+    // lost) must still give readers of older versions the grace.
+    let env = Env::new().await;
+    env.flush(vec![put("a", 1, "v")]).await;
+    let two_hours_ago = (now_ms() - 2 * 3600 * 1000) << 20;
+    env.store
+        .put(
+            &sst_path(P, two_hours_ago),
+            Bytes::from_static(b"replaced"),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    let c = env.compactor(CompactionOptions {
+        gc_grace: Duration::from_millis(300),
+        ..small_opts()
+    });
+    assert_eq!(c.sweep_orphans().await.unwrap(), 0, "first seen: kept");
+    assert!(env.sst_objects().await.contains(&two_hours_ago));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        c.sweep_orphans().await.unwrap(),
+        1,
+        "seen for the grace: swept"
+    );
+    assert!(!env.sst_objects().await.contains(&two_hours_ago));
+}

@@ -867,6 +867,15 @@ impl Db {
         self.inner.opts.partition
     }
 
+    /// Installs `m` (committed by another process: a compactor worker) if it is newer than
+    /// the version this engine reads from. Idempotent; callers retry on failure.
+    pub async fn adopt_manifest(&self, m: Arc<strata_format::Manifest>) -> EngineResult<()> {
+        if m.version <= self.manifest_version() {
+            return Ok(());
+        }
+        crate::flush::install(&self.inner, m).await
+    }
+
     /// Version of the manifest this engine reads from.
     pub fn manifest_version(&self) -> u64 {
         self.inner.view.read().version.manifest.version

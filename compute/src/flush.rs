@@ -234,7 +234,7 @@ pub(crate) async fn watch_manifests(inner: Arc<DbInner>) {
     }
 }
 
-async fn install(inner: &Arc<DbInner>, m: Arc<Manifest>) -> EngineResult<()> {
+pub(crate) async fn install(inner: &Arc<DbInner>, m: Arc<Manifest>) -> EngineResult<()> {
     let _guard = inner.install_lock.lock().await;
     let current = inner.view.read().clone();
     if m.version <= current.version.manifest.version {

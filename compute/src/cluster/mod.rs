@@ -576,10 +576,9 @@ async fn lease_loop(node: ClusterNode) {
     }
 }
 
-/// Converges ownership towards the ring, and publishes progress.
 /// Loads manifests that another process committed for partitions we serve (a compactor
-/// worker's commits): the engine installs them (its manifest watcher), so reads move to the
-/// compacted files long before the worker deletes the inputs after their grace period.
+/// worker's commits) and installs them, so reads move to the compacted files long before the
+/// worker deletes the inputs after their grace period.
 fn adopt_remote_manifests(node: &ClusterNode, view: &ClusterView) {
     for db in node.serving() {
         let p = db.partition();
@@ -588,10 +587,20 @@ fn adopt_remote_manifests(node: &ClusterNode, view: &ClusterView) {
             .get(&p)
             .is_some_and(|&v| v > db.manifest_version())
         {
+            // Installed explicitly (not only through the manifest watch, whose notification a
+            // failed install would use up): retried on every pass until the engine has it.
             let manifests = node.inner.manifests.clone();
             tokio::spawn(async move {
-                if let Err(e) = strata_manifest::ManifestStore::load_latest(&*manifests, p).await {
-                    tracing::debug!(partition = p, error = %e, "loading a newer manifest failed");
+                match strata_manifest::ManifestStore::load_latest(&*manifests, p).await {
+                    Ok(Some(m)) => {
+                        if let Err(e) = db.adopt_manifest(m).await {
+                            tracing::warn!(partition = p, error = %e, "installing a newer manifest failed; retrying");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(partition = p, error = %e, "loading a newer manifest failed")
+                    }
                 }
             });
         }
@@ -624,6 +633,7 @@ async fn txn_resolver_loop(node: ClusterNode) {
     }
 }
 
+/// Converges ownership towards the ring, and publishes progress.
 async fn reconcile_loop(node: ClusterNode) {
     let inner = &node.inner;
     let mut stop = inner.stop.clone();
