@@ -9,7 +9,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use strata_format::{read_all_entries, Entry, Manifest, SstInfo, SstProps};
-use strata_manifest::layout::{new_sst_id, parse_sst_path, sst_created_ms, sst_path, sst_prefix};
+use strata_manifest::layout::{
+    manifest_prefix, new_sst_id, parse_sst_path, sst_created_ms, sst_path, sst_prefix,
+};
 use strata_manifest::{ManifestError, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
 use tokio::sync::watch;
@@ -99,6 +101,8 @@ struct Inner {
     stats: Mutex<CompactorStats>,
     /// SSTs seen unreferenced (and older than `orphan_grace`) by an earlier sweep, and when.
     orphans: Mutex<std::collections::HashMap<u64, Instant>>,
+    /// Manifest bodies seen collectable by an earlier sweep, and when.
+    old_manifests: Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +148,7 @@ impl Compactor {
                 pending: Mutex::new(Vec::new()),
                 stats: Mutex::new(CompactorStats::default()),
                 orphans: Mutex::new(std::collections::HashMap::new()),
+                old_manifests: Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -182,6 +187,15 @@ impl Compactor {
             }
             if Instant::now() >= next_sweep {
                 next_sweep = Instant::now() + ORPHAN_SWEEP_EVERY;
+                match self.sweep_manifests().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(partition = p, deleted = n, "deleted old manifest versions"),
+                    Err(e) => warn!(
+                        partition = p,
+                        error = format!("{e:#}"),
+                        "sweeping old manifests failed"
+                    ),
+                }
                 match self.sweep_orphans().await {
                     Ok(0) => {}
                     Ok(n) => info!(partition = p, deleted = n, "deleted orphaned SSTs"),
@@ -364,6 +378,54 @@ impl Compactor {
             deleted += 1;
         }
         self.inner.stats.lock().files_deleted += deleted as u64;
+        Ok(deleted)
+    }
+
+    /// Deletes manifest bodies more than `MANIFESTS_KEPT` versions behind the latest (and
+    /// bodies of commits that lost their race at such versions), once seen so for
+    /// `gc_grace`. Returns how many were deleted.
+    ///
+    /// Why this is safe: recovery, flushes, compactions, replicas and exports only ever load
+    /// the latest manifest (through the pointer, or the highest version present); a reader
+    /// holding an older version holds it in memory and never reads its body again.
+    pub async fn sweep_manifests(&self) -> anyhow::Result<usize> {
+        let p = self.inner.partition;
+        let Some(m) = self.inner.manifests.load_latest(p).await? else {
+            return Ok(0);
+        };
+        let keep_from = m.version.saturating_sub(MANIFESTS_KEPT);
+        let listed = self
+            .inner
+            .store
+            .list(&manifest_prefix(p))
+            .await
+            .context("listing manifests")?;
+        let mut seen = self.inner.old_manifests.lock().clone();
+        let mut seen_now = std::collections::HashMap::new();
+        let mut due = Vec::new();
+        for o in &listed {
+            let Some(version) = manifest_body_version(&o.path) else {
+                continue;
+            };
+            if version >= keep_from {
+                continue;
+            }
+            let first = seen.remove(&o.path).unwrap_or_else(Instant::now);
+            if first.elapsed() >= self.inner.opts.gc_grace {
+                due.push(o.path.clone());
+            }
+            seen_now.insert(o.path.clone(), first);
+        }
+        *self.inner.old_manifests.lock() = seen_now;
+        let mut deleted = 0;
+        for path in due {
+            self.inner
+                .store
+                .delete(&path)
+                .await
+                .with_context(|| format!("deleting old manifest {path}"))?;
+            deleted += 1;
+        }
         Ok(deleted)
     }
 
@@ -697,6 +759,16 @@ fn log_report(r: &CompactionReport) {
         trivial_move = r.trivial_move,
         "compaction committed"
     );
+}
+
+/// Manifest versions kept behind the latest (for inspection and point-in-time debugging).
+const MANIFESTS_KEPT: u64 = 16;
+
+/// The version in a manifest body's name: `{version:020}.manifest` (embedded store) or
+/// `{version:020}-{nonce}.manifest` (etcd store).
+fn manifest_body_version(path: &str) -> Option<u64> {
+    let name = path.rsplit('/').next()?.strip_suffix(".manifest")?;
+    name.split('-').next()?.parse().ok()
 }
 
 /// Whether compaction of a partition serving the hash range `r` keeps `key`. The store's own

@@ -832,3 +832,34 @@ async fn an_old_unreferenced_sst_is_swept_only_after_being_seen_so_for_the_grace
     );
     assert!(!env.sst_objects().await.contains(&two_hours_ago));
 }
+
+#[tokio::test]
+async fn old_manifest_versions_are_swept_after_the_grace_and_the_latest_stays() {
+    let env = Env::new().await;
+    for i in 0..30 {
+        env.flush(vec![put(&format!("k{i}"), i + 1, "v")]).await;
+    }
+    let latest = env.latest().await;
+    assert_eq!(latest.version, 31);
+    let bodies = || async {
+        env.store
+            .list(&strata_manifest::layout::manifest_prefix(P))
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(bodies().await, 31);
+    let c = env.compactor(CompactionOptions {
+        gc_grace: Duration::from_millis(200),
+        ..small_opts()
+    });
+    assert_eq!(c.sweep_manifests().await.unwrap(), 0, "first seen: kept");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Versions 1..=14 go; the 16 behind the latest and the latest stay.
+    assert_eq!(c.sweep_manifests().await.unwrap(), 14);
+    assert_eq!(bodies().await, 17);
+    assert_eq!(env.latest().await.as_ref(), latest.as_ref());
+    // And the store keeps working on top of it.
+    env.flush(vec![put("after", 99, "v")]).await;
+    assert_eq!(env.latest().await.version, 32);
+}
