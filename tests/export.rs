@@ -16,8 +16,8 @@ use tonic::transport::Channel;
 
 type Kv = KvClient<Channel>;
 
-/// hex(key) -> (value, version, deleted, expires_at)
-type Model = BTreeMap<String, (Vec<u8>, u64, bool, Option<u64>)>;
+/// hex(key) -> (value, version, deleted, expiry window [lo, hi] in ms)
+type Model = BTreeMap<String, (Vec<u8>, u64, bool, Option<(u64, u64)>)>;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -28,8 +28,11 @@ fn write_expected(path: &Path, m: &Model) {
         .iter()
         .map(|(k, (v, ver, del, exp))| {
             let mut o = serde_json::json!({"value": hex(v), "version": ver, "deleted": del});
-            if let Some(e) = exp {
-                o["expires_at"] = serde_json::json!(e);
+            match exp {
+                Some((lo, hi)) => o["expires_between"] = serde_json::json!([lo, hi]),
+                // Keys without a TTL must export a null expiry.
+                None if !del => o["expires_at"] = serde_json::Value::Null,
+                None => {}
             }
             (k.clone(), o)
         })
@@ -133,9 +136,15 @@ async fn export_reads_back_in_pyarrow_and_duckdb_and_increments_apply() {
     let bin_val: Vec<u8> = (0..=255u8).collect();
     let ver = put(&mut kv, &bin_key, &bin_val, 0).await;
     live.insert(hex(&bin_key), (bin_val, ver, false, None));
+    // The server stamps "now + ttl": between our clock's readings around the put.
+    let lo = strata_manifest::now_ms() + 3_600_000;
     let ver = put(&mut kv, b"ttl:long", b"lives", 3_600_000).await;
+    let hi = strata_manifest::now_ms() + 3_600_000;
     put(&mut kv, b"ttl:short", b"gone", 1).await;
-    live.insert(hex(b"ttl:long"), (b"lives".to_vec(), ver, false, None));
+    live.insert(
+        hex(b"ttl:long"),
+        (b"lives".to_vec(), ver, false, Some((lo, hi))),
+    );
     // Crash: what was acknowledged is in SSTs or only in the WAL.
     server.kill9();
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -4,7 +4,7 @@
     check_export.py EXPORT_DIR EXPECTED_JSON
 
 EXPECTED_JSON maps hex(key) -> {"value": hex, "version": int or null (any), "deleted": bool (optional),
-"expires_at": int ms or null (optional)}. Both readers must see exactly those rows: no key
+"expires_at": int ms or null (optional), "expires_between": [lo, hi] ms (optional)}. Both readers must see exactly those rows: no key
 missing, none extra, every value and version equal. Exits 1 with the differences otherwise.
 """
 import json
@@ -79,11 +79,14 @@ def main():
                 fail(f"pyarrow: key {k} appears twice")
             got[k] = (row["value"].hex(), row["version"], row["deleted"])
             exp = want_full.get(k, {})
-            if "expires_at" in exp:
-                ts = row["expires_at"]
-                ms = None if ts is None else int(ts.timestamp() * 1000)
-                if ms != exp["expires_at"]:
-                    fail(f"pyarrow: key {k} expires_at {ms}, expected {exp['expires_at']}")
+            ts = row["expires_at"]
+            ms = None if ts is None else int(ts.timestamp() * 1000)
+            if "expires_at" in exp and ms != exp["expires_at"]:
+                fail(f"pyarrow: key {k} expires_at {ms}, expected {exp['expires_at']}")
+            if "expires_between" in exp:
+                lo, hi = exp["expires_between"]
+                if ms is None or not lo <= ms <= hi:
+                    fail(f"pyarrow: key {k} expires_at {ms}, expected within [{lo}, {hi}]")
     compare("pyarrow", got, want)
 
     # DuckDB: an independent Parquet reader over the same files.
