@@ -103,13 +103,32 @@ struct Inner {
     orphans: Mutex<std::collections::HashMap<u64, Instant>>,
     /// Manifest bodies seen collectable by an earlier sweep, and when.
     old_manifests: Mutex<std::collections::HashMap<String, Instant>>,
+    /// See [`Compactor::with_reader_floor`].
+    reader_floor: Mutex<Option<FloorFn>>,
+}
+
+/// A [`ReaderFloor`] that debug-prints as a placeholder.
+#[derive(Clone)]
+struct FloorFn(ReaderFloor);
+
+impl std::fmt::Debug for FloorFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReaderFloor")
+    }
 }
 
 #[derive(Debug, Clone)]
 struct PendingDelete {
     id: u64,
     due: Instant,
+    /// The manifest version whose commit dropped it: with a reader floor, it goes only once
+    /// the partition's owner reads from this version or a newer one.
+    version: u64,
 }
+
+/// The manifest version the partition's owner reads from, when known (for a compactor in
+/// another process than the owner: see [`Compactor::with_reader_floor`]).
+pub type ReaderFloor = Arc<dyn Fn(u32) -> Option<u64> + Send + Sync>;
 
 /// How one step ended.
 #[derive(Debug)]
@@ -149,8 +168,18 @@ impl Compactor {
                 stats: Mutex::new(CompactorStats::default()),
                 orphans: Mutex::new(std::collections::HashMap::new()),
                 old_manifests: Mutex::new(std::collections::HashMap::new()),
+                reader_floor: Mutex::new(None),
             }),
         }
+    }
+
+    /// Makes deletions of compacted inputs wait, beyond `gc_grace`, until `floor` says the
+    /// partition's owner reads from the version that dropped them (`None`: unknown, keep
+    /// waiting). For a compactor outside the owner's process, whose commits the owner adopts
+    /// only when it notices them.
+    pub fn with_reader_floor(self, floor: ReaderFloor) -> Self {
+        *self.inner.reader_floor.lock() = Some(FloorFn(floor));
+        self
     }
 
     /// The partition this compactor serves.
@@ -288,7 +317,21 @@ impl Compactor {
         let now = Instant::now();
         let due: Vec<PendingDelete> = {
             let mut pending = self.inner.pending.lock();
-            let (due, keep) = pending.drain(..).partition(|d| d.due <= now);
+            // With a reader floor, the grace counts only once the owner has moved past the
+            // version that dropped the file (an owner that cannot adopt keeps it alive).
+            let floor = self
+                .inner
+                .reader_floor
+                .lock()
+                .as_ref()
+                .map(|f| (f.0)(self.inner.partition));
+            let (due, keep) = pending.drain(..).partition(|d| {
+                d.due <= now
+                    && match floor {
+                        None => true,
+                        Some(v) => v.is_some_and(|v| v >= d.version),
+                    }
+            });
             *pending = keep;
             due
         };
@@ -519,7 +562,11 @@ impl Compactor {
             self.inner
                 .pending
                 .lock()
-                .extend(job.inputs().map(|f| PendingDelete { id: f.id, due }));
+                .extend(job.inputs().map(|f| PendingDelete {
+                    id: f.id,
+                    due,
+                    version,
+                }));
             if job.input_level == 0 {
                 let l0: u64 = job.upper.iter().map(|f| f.props.file_size).sum();
                 self.inner.stats.lock().l0_bytes_in += l0;

@@ -75,6 +75,9 @@ pub async fn run_worker(
     let claimed: Arc<Mutex<HashMap<u32, Claimed>>> = Arc::default();
     // Every compactor this worker ran, for its published totals.
     let ever: Arc<Mutex<Vec<Compactor>>> = Arc::default();
+    // The manifest version each partition's owner reads from (published in etcd): compacted
+    // inputs are deleted only once the owner has moved past the commit that dropped them.
+    let floors: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
     let mut lease: Option<(i64, Instant)> = None;
     let ttl = opts.lease_ttl.as_secs().max(1) as i64;
     let mut info = CompactorInfo {
@@ -142,7 +145,10 @@ pub async fn run_worker(
             if let Err(e) = etcd.register_compactor(&info, lease_id).await {
                 warn!(worker = %opts.id, error = %e, "registering failed");
             } else {
-                rebalance(&etcd, &store, &manifests, &opts, &claimed, &ever, lease_id).await;
+                rebalance(
+                    &etcd, &store, &manifests, &opts, &claimed, &ever, &floors, lease_id,
+                )
+                .await;
             }
         }
         tokio::select! {
@@ -168,6 +174,7 @@ pub async fn run_worker(
 
 /// Claims what the ring gives us and nobody holds; gives up what it no longer gives us, and
 /// forgets claims that vanished (expired or deleted by hand).
+#[allow(clippy::too_many_arguments)] // the worker's pieces of state, each shared differently
 async fn rebalance(
     etcd: &Etcd,
     store: &Arc<dyn Store>,
@@ -175,6 +182,7 @@ async fn rebalance(
     opts: &WorkerOptions,
     claimed: &Arc<Mutex<HashMap<u32, Claimed>>>,
     ever: &Arc<Mutex<Vec<Compactor>>>,
+    floors: &Arc<Mutex<HashMap<u32, u64>>>,
     lease: i64,
 ) {
     let view = match etcd.view().await {
@@ -191,6 +199,12 @@ async fn rebalance(
             return;
         }
     };
+    *floors.lock() = view
+        .stats
+        .values()
+        .flatten()
+        .map(|s| (s.partition, s.manifest_version))
+        .collect();
     let ring = Ring::new(view.compactors.keys().cloned(), opts.vnodes);
     let ids = map.ids();
     // Give up: claims no longer ours by the ring, or gone from etcd.
@@ -249,7 +263,9 @@ async fn rebalance(
                     ..opts.compaction.clone()
                 };
                 let ms: Arc<dyn ManifestStore> = manifests.clone();
-                let compactor = Compactor::new(store.clone(), ms, p, copts);
+                let f = floors.clone();
+                let compactor = Compactor::new(store.clone(), ms, p, copts)
+                    .with_reader_floor(Arc::new(move |p| f.lock().get(&p).copied()));
                 let (tx, rx) = watch::channel(false);
                 let task = tokio::spawn(compactor.clone().run(rx));
                 ever.lock().push(compactor.clone());

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use strata_format::SstOptions;
 
-pub use compactor::{Compactor, CompactorStats};
+pub use compactor::{Compactor, CompactorStats, ReaderFloor};
 pub use plan::{level_target_bytes, plan, plan_with_cursors, Job};
 
 /// Knobs of leveled compaction.

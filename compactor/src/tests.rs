@@ -863,3 +863,27 @@ async fn old_manifest_versions_are_swept_after_the_grace_and_the_latest_stays() 
     env.flush(vec![put("after", 99, "v")]).await;
     assert_eq!(env.latest().await.version, 32);
 }
+
+#[tokio::test]
+async fn with_a_reader_floor_inputs_wait_for_the_owner_to_adopt_the_commit() {
+    let env = Env::new().await;
+    for i in 0..4 {
+        env.flush(vec![put("k", i + 1, "v")]).await;
+    }
+    let owner_reads = Arc::new(parking_lot::Mutex::new(Some(5u64)));
+    let f = owner_reads.clone();
+    let c = env
+        .compactor(small_opts())
+        .with_reader_floor(Arc::new(move |_| *f.lock()));
+    let r = c.compact_once().await.unwrap().unwrap();
+    // The grace (zero) has passed, but the owner still reads an older version: kept.
+    assert_eq!(c.collect_garbage().await.unwrap(), 0);
+    *owner_reads.lock() = None; // owner unknown (down): kept
+    assert_eq!(c.collect_garbage().await.unwrap(), 0);
+    *owner_reads.lock() = Some(r.manifest_version);
+    assert_eq!(
+        c.collect_garbage().await.unwrap(),
+        4,
+        "owner adopted: deleted"
+    );
+}
