@@ -1378,6 +1378,49 @@ async fn cross_partition_batches_stay_atomic_across_a_kill9() {
     }
 }
 
+/// Sends a batch writing `value` to `keys` through node `dying` (whose failpoint kills it
+/// mid-transaction), then reads every key through `kv`: each must hold `expect`, and the read
+/// must have waited for the owners to settle the transaction (its keys were locked).
+async fn crash_coordinator_then_read(
+    c: &Cluster,
+    dying: usize,
+    kv: &mut Kv,
+    keys: &[Bytes],
+    value: &str,
+    expect: &[u8],
+    outcome: &str,
+) {
+    let mut d = c.client(dying).await;
+    let err = batch_put(&mut d, keys, value, Duration::from_secs(10))
+        .await
+        .expect_err("the coordinator dies");
+    println!("coordinator {} died: {err}", c.ids[dying]);
+    let t = Instant::now();
+    for k in keys {
+        let mut req = tonic::Request::new(pb::GetRequest {
+            key: k.clone(),
+            consistency: 0,
+        });
+        req.set_timeout(Duration::from_secs(15));
+        let got = kv
+            .get(req)
+            .await
+            .expect("read after the crash")
+            .into_inner();
+        assert_eq!(&got.value[..], expect, "the transaction was not {outcome}");
+    }
+    println!(
+        "the transaction was {outcome} by the owners after {:?}",
+        t.elapsed()
+    );
+    // The read waited for the owners to settle it (it did not read past the locked keys).
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "the read did not wait for the transaction: {:?}",
+        t.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
     let Some((s3, etcd)) = infra() else {
@@ -1405,66 +1448,9 @@ async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
         .expect("initial batch");
 
     // Crash after every partition prepared, before the decision: the owners abort it.
-    let mut dying = c.client(after_prepare).await;
-    let err = batch_put(&mut dying, &keys, "1", Duration::from_secs(10))
-        .await
-        .expect_err("the coordinator dies");
-    println!("coordinator died after prepare: {err}");
-    let t = Instant::now();
-    for k in &keys {
-        let mut req = tonic::Request::new(pb::GetRequest {
-            key: k.clone(),
-            consistency: 0,
-        });
-        req.set_timeout(Duration::from_secs(15));
-        let got = kv.get(req).await.expect("read after abort").into_inner();
-        assert_eq!(
-            &got.value[..],
-            b"0",
-            "a transaction that never decided applied"
-        );
-    }
-    println!(
-        "locks of the undecided transaction released (aborted) after {:?}",
-        t.elapsed()
-    );
-    // The read waited for the owners to give up on the silent coordinator (it did not just
-    // read past the prepared intent).
-    assert!(
-        t.elapsed() >= Duration::from_millis(1500),
-        "the read did not wait for the prepared transaction: {:?}",
-        t.elapsed()
-    );
-
+    crash_coordinator_then_read(&c, after_prepare, &mut kv, &keys, "1", b"0", "aborted").await;
     // Crash right after the decision to commit: the owners apply it.
-    let mut dying = c.client(after_decide).await;
-    let err = batch_put(&mut dying, &keys, "2", Duration::from_secs(10))
-        .await
-        .expect_err("the coordinator dies");
-    println!("coordinator died after deciding: {err}");
-    let t = Instant::now();
-    for k in &keys {
-        let mut req = tonic::Request::new(pb::GetRequest {
-            key: k.clone(),
-            consistency: 0,
-        });
-        req.set_timeout(Duration::from_secs(15));
-        let got = kv.get(req).await.expect("read after commit").into_inner();
-        assert_eq!(
-            &got.value[..],
-            b"2",
-            "a committed transaction was not applied"
-        );
-    }
-    println!(
-        "the committed transaction was applied by the owners after {:?}",
-        t.elapsed()
-    );
-    assert!(
-        t.elapsed() >= Duration::from_millis(1500),
-        "the read did not wait for the decided transaction: {:?}",
-        t.elapsed()
-    );
+    crash_coordinator_then_read(&c, after_decide, &mut kv, &keys, "2", b"2", "applied").await;
     // No key stays locked: plain writes and another transaction go through at once.
     let t = Instant::now();
     put(

@@ -605,6 +605,30 @@ impl KvService {
         }
     }
 
+    /// Runs `once` (a multi-key request, grouped by partition inside) again while a split
+    /// moves its keys under it: re-reading the map when a peer says ours is outdated, and
+    /// regrouping as long as the attempt applied nothing and the budget lasts.
+    async fn regrouping<R, T, F, Fut>(&self, r: R, once: F, budget: Duration) -> Result<T, Status>
+    where
+        R: Clone,
+        F: Fn(R) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + budget;
+        loop {
+            let rev = self.map_revision();
+            match once(r.clone()).await {
+                Err(s) => {
+                    self.refresh_if_outdated(&s).await;
+                    if !self.regroup(&s, rev, deadline) {
+                        return Err(s);
+                    }
+                }
+                ok => return ok,
+            }
+        }
+    }
+
     /// Whether a multi-key request that failed with `s` should be grouped by partition again
     /// and retried: it applied nothing, and the map changed since it was grouped.
     fn regroup(&self, s: &Status, rev: i64, deadline: Instant) -> bool {
@@ -873,19 +897,8 @@ impl Kv for KvService {
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
         let cx = ctx(&req);
         let r = req.into_inner();
-        let deadline = Instant::now() + cx.budget;
-        loop {
-            let rev = self.map_revision();
-            let res = self.batch_get_once(&cx, r.clone()).await;
-            if let Err(s) = &res {
-                self.refresh_if_outdated(s).await;
-            }
-            match res {
-                // A partition split under the batch: group the keys again.
-                Err(s) if self.regroup(&s, rev, deadline) => {}
-                other => return other,
-            }
-        }
+        self.regrouping(r, |r| self.batch_get_once(&cx, r), cx.budget)
+            .await
     }
 
     async fn batch_write(
@@ -894,18 +907,8 @@ impl Kv for KvService {
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
         let cx = ctx(&req);
         let r = req.into_inner();
-        let deadline = Instant::now() + cx.budget;
-        loop {
-            let rev = self.map_revision();
-            let res = self.batch_write_once(&cx, r.clone()).await;
-            if let Err(s) = &res {
-                self.refresh_if_outdated(s).await;
-            }
-            match res {
-                Err(s) if self.regroup(&s, rev, deadline) => {}
-                other => return other,
-            }
-        }
+        self.regrouping(r, |r| self.batch_write_once(&cx, r), cx.budget)
+            .await
     }
 
     type ScanStream = ScanStream;

@@ -3,37 +3,11 @@
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_cache::{BlockCache, CacheConfig};
 use strata_compute::{Cond, Db, DbOptions, EngineError, Op, WriteOp};
-use strata_manifest::{EmbeddedManifestStore, ManifestStore};
 use strata_objstore::{LocalStore, Store};
 
-async fn open(dir: &std::path::Path, opts: DbOptions) -> Db {
-    open_on(Arc::new(LocalStore::open(dir).unwrap()), opts).await
-}
-
-async fn open_on(store: Arc<dyn Store>, opts: DbOptions) -> Db {
-    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
-    let cache = BlockCache::open(CacheConfig {
-        memory_bytes: 8 << 20,
-        disk_dir: None,
-        disk_bytes: 0,
-    })
-    .await
-    .unwrap();
-    Db::open(opts, store, manifests, cache).await.unwrap().0
-}
-
-fn put(key: &str, value: &str, cond: Cond) -> WriteOp {
-    WriteOp {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        op: Op::Put {
-            value: Bytes::copy_from_slice(value.as_bytes()),
-            ttl_ms: 0,
-        },
-        cond,
-    }
-}
+mod common;
+use common::{open, open_on, put};
 
 fn del(key: &str, cond: Cond) -> WriteOp {
     WriteOp {

@@ -3,36 +3,11 @@
 //! markers make resolves idempotent and refuse late prepares.
 
 use bytes::Bytes;
-use std::sync::Arc;
 use std::time::Duration;
-use strata_cache::{BlockCache, CacheConfig};
-use strata_compute::{Cond, Db, DbOptions, EngineError, Op, WriteOp};
-use strata_manifest::{EmbeddedManifestStore, ManifestStore};
-use strata_objstore::{LocalStore, Store};
+use strata_compute::{Cond, Db, DbOptions, EngineError};
 
-async fn open(dir: &std::path::Path, opts: DbOptions) -> Db {
-    let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir).unwrap());
-    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
-    let cache = BlockCache::open(CacheConfig {
-        memory_bytes: 8 << 20,
-        disk_dir: None,
-        disk_bytes: 0,
-    })
-    .await
-    .unwrap();
-    Db::open(opts, store, manifests, cache).await.unwrap().0
-}
-
-fn put(key: &str, value: &str, cond: Cond) -> WriteOp {
-    WriteOp {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        op: Op::Put {
-            value: Bytes::copy_from_slice(value.as_bytes()),
-            ttl_ms: 0,
-        },
-        cond,
-    }
-}
+mod common;
+use common::{open, put};
 
 async fn get(db: &Db, key: &str) -> Option<String> {
     db.get(key.as_bytes())

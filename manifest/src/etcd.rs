@@ -375,31 +375,40 @@ impl Etcd {
 
     /// Registers (or re-registers) a node under `lease`.
     pub async fn register(&self, node: &NodeInfo, lease: i64) -> ManifestResult<()> {
-        let body = serde_json::to_vec(node).map_err(|e| unavailable("encode node", e))?;
-        self.client
-            .clone()
-            .put(
-                self.key(&format!("nodes/{}", node.id)),
-                body,
-                Some(PutOptions::new().with_lease(lease)),
-            )
+        self.put_under_lease(&format!("nodes/{}", node.id), node, lease, "register node")
             .await
-            .map_err(|e| unavailable("register node", e))?;
-        Ok(())
     }
 
     /// Registers (or refreshes) a compactor worker under its lease.
     pub async fn register_compactor(&self, info: &CompactorInfo, lease: i64) -> ManifestResult<()> {
-        let body = serde_json::to_vec(info).map_err(|e| unavailable("encode compactor", e))?;
+        self.put_under_lease(
+            &format!("compactors/{}", info.id),
+            info,
+            lease,
+            "register compactor",
+        )
+        .await
+    }
+
+    /// Puts `value` as JSON at `rest` under the cluster prefix, attached to `lease` (it
+    /// vanishes with the lease).
+    async fn put_under_lease<T: Serialize>(
+        &self,
+        rest: &str,
+        value: &T,
+        lease: i64,
+        what: &'static str,
+    ) -> ManifestResult<()> {
+        let body = serde_json::to_vec(value).map_err(|e| unavailable(what, e))?;
         self.client
             .clone()
             .put(
-                self.key(&format!("compactors/{}", info.id)),
+                self.key(rest),
                 body,
                 Some(PutOptions::new().with_lease(lease)),
             )
             .await
-            .map_err(|e| unavailable("register compactor", e))?;
+            .map_err(|e| unavailable(what, e))?;
         Ok(())
     }
 
@@ -456,17 +465,8 @@ impl Etcd {
         stats: &[PartitionProgress],
         lease: i64,
     ) -> ManifestResult<()> {
-        let body = serde_json::to_vec(stats).map_err(|e| unavailable("encode stats", e))?;
-        self.client
-            .clone()
-            .put(
-                self.key(&format!("stats/{node}")),
-                body,
-                Some(PutOptions::new().with_lease(lease)),
-            )
+        self.put_under_lease(&format!("stats/{node}"), &stats, lease, "publish stats")
             .await
-            .map_err(|e| unavailable("publish stats", e))?;
-        Ok(())
     }
 
     /// Marks (or unmarks) a node for draining.

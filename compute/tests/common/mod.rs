@@ -1,0 +1,36 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use std::sync::Arc;
+use strata_cache::{BlockCache, CacheConfig};
+use strata_compute::{Cond, Db, DbOptions, Op, WriteOp};
+use strata_manifest::{EmbeddedManifestStore, ManifestStore};
+use strata_objstore::{LocalStore, Store};
+
+pub async fn open(dir: &std::path::Path, opts: DbOptions) -> Db {
+    open_on(Arc::new(LocalStore::open(dir).unwrap()), opts).await
+}
+
+pub async fn open_on(store: Arc<dyn Store>, opts: DbOptions) -> Db {
+    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
+    let cache = BlockCache::open(CacheConfig {
+        memory_bytes: 8 << 20,
+        disk_dir: None,
+        disk_bytes: 0,
+    })
+    .await
+    .unwrap();
+    Db::open(opts, store, manifests, cache).await.unwrap().0
+}
+
+pub fn put(key: &str, value: &str, cond: Cond) -> WriteOp {
+    WriteOp {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        op: Op::Put {
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            ttl_ms: 0,
+        },
+        cond,
+    }
+}
