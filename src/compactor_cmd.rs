@@ -27,6 +27,8 @@ pub struct CompactorArgs {
     /// TTL of the worker's etcd lease, seconds: a dead worker's partitions move after this.
     #[arg(long, default_value_t = 5)]
     pub lease_ttl_secs: u64,
+    #[command(flatten)]
+    pub compaction: crate::compaction_args::CompactionArgs,
 }
 
 pub async fn run(args: CompactorArgs) -> Result<()> {
@@ -54,6 +56,7 @@ pub async fn run(args: CompactorArgs) -> Result<()> {
         .unwrap_or_else(|| format!("compactor-{:08x}", rand::random::<u32>()));
     let mut opts = WorkerOptions::new(id.clone());
     opts.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(1));
+    opts.compaction = args.compaction.options(opts.compaction);
     tracing::info!(
         worker = %id,
         object_store = %store.describe(),

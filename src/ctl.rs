@@ -122,6 +122,12 @@ fn rows(v: &ClusterView) -> BTreeMap<u32, serde_json::Value> {
                     "level_files": pr.map(|s| s.level_files.clone()).unwrap_or_default(),
                     "sst_bytes": pr.map(|s| s.sst_bytes).unwrap_or(0),
                     "read_amplification": pr.map(|s| s.read_amplification()).unwrap_or(0),
+                    "space_amplification": pr.map(|s| s.space_amplification()).unwrap_or(0.0),
+                    "write_amplification": v
+                        .compaction_claims
+                        .get(&p)
+                        .and_then(|c| v.compactors.get(&c.0))
+                        .and_then(|w| w.partition_write_amplification(p)),
                     "compactor": v.compaction_claims.get(&p).map(|c| c.0.clone()),
                 }),
             )
@@ -140,6 +146,37 @@ fn hot_partitions(rates: &[(u32, u64)]) -> Vec<u32> {
         .filter(|(_, r)| *r >= 20 && *r > median.saturating_mul(4))
         .map(|(p, _)| *p)
         .collect()
+}
+
+/// Compaction throughput: bytes read per second of job time, in MB/s (0 before any job).
+fn mb_per_sec(bytes: u64, millis: u64) -> f64 {
+    if millis == 0 {
+        0.0
+    } else {
+        bytes as f64 / 1e3 / millis as f64
+    }
+}
+
+/// Files per level: `3/10/40` for the first levels, or only the non-empty ones as
+/// `L27:3 L32:40` when there are many (size-tiered and time-window keep runs deep).
+fn format_levels(levels: &[u64]) -> String {
+    if levels.iter().all(|&n| n == 0) {
+        "-".to_string()
+    } else if levels.len() <= 6 {
+        levels
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("/")
+    } else {
+        levels
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, n)| format!("L{}:{n}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 fn status_json(v: &ClusterView) -> serde_json::Value {
@@ -166,6 +203,8 @@ fn status_json(v: &ClusterView) -> serde_json::Value {
                 "bytes_in": c.bytes_in,
                 "bytes_out": c.bytes_out,
                 "write_amplification": c.write_amplification(),
+                "busy_millis": c.busy_millis,
+                "mb_per_sec": mb_per_sec(c.bytes_in, c.busy_millis),
             })
         })
         .collect();
@@ -236,26 +275,27 @@ fn status_text(v: &ClusterView) -> String {
     } else {
         let _ = writeln!(
             s,
-            "\n{:<20} {:>10} {:>8} {:>12} {:>12} {:>6}",
-            "COMPACTOR", "PARTITIONS", "JOBS", "MB READ", "MB WRITTEN", "W-AMP"
+            "\n{:<20} {:>10} {:>8} {:>12} {:>12} {:>6} {:>7}",
+            "COMPACTOR", "PARTITIONS", "JOBS", "MB READ", "MB WRITTEN", "W-AMP", "MB/S"
         );
         for c in v.compactors.values() {
             let claimed = v.compaction_claims.values().filter(|w| w.0 == c.id).count();
             let _ = writeln!(
                 s,
-                "{:<20} {:>10} {:>8} {:>12.1} {:>12.1} {:>6.2}",
+                "{:<20} {:>10} {:>8} {:>12.1} {:>12.1} {:>6.2} {:>7.1}",
                 c.id,
                 claimed,
                 c.jobs,
                 c.bytes_in as f64 / 1e6,
                 c.bytes_out as f64 / 1e6,
-                c.write_amplification()
+                c.write_amplification(),
+                mb_per_sec(c.bytes_in, c.busy_millis)
             );
         }
     }
     let _ = writeln!(
         s,
-        "\n{:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9} {:>4} {:>9} {:>9} {:>5}",
+        "\n{:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9} {:>4} {:>9} {:>9} {:>5} {:>5} {:>5}",
         "PARTITION",
         "OWNER",
         "EPOCH",
@@ -267,7 +307,9 @@ fn status_text(v: &ClusterView) -> String {
         "L0",
         "LEVELS",
         "SST MB",
-        "R-AMP"
+        "R-AMP",
+        "S-AMP",
+        "W-AMP"
     );
     for (p, r) in rows(v) {
         let get = |k: &str| r.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
@@ -276,23 +318,19 @@ fn status_text(v: &ClusterView) -> String {
         } else {
             ""
         };
-        let levels: Vec<String> = r
+        let levels: Vec<u64> = r
             .get("level_files")
             .and_then(|x| x.as_array())
-            .map(|a| {
-                a.iter()
-                    .map(|n| n.as_u64().unwrap_or(0).to_string())
-                    .collect()
-            })
+            .map(|a| a.iter().map(|n| n.as_u64().unwrap_or(0)).collect())
             .unwrap_or_default();
-        let levels = if levels.iter().all(|l| l == "0") {
-            "-".to_string()
-        } else {
-            levels.join("/")
+        let levels = format_levels(&levels);
+        let amp = |k: &str| match r.get(k).and_then(|x| x.as_f64()) {
+            Some(a) if a > 0.0 => format!("{a:.2}"),
+            _ => "-".to_string(),
         };
         let _ = writeln!(
             s,
-            "{p:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9} {:>4} {:>9} {:>9.1} {:>5}{hot}",
+            "{p:>9}  {:<20} {:>16} {:>8} {:>12} {:>12} {:>10} {:>9} {:>4} {:>9} {:>9.1} {:>5} {:>5} {:>5}{hot}",
             r.get("owner").and_then(|x| x.as_str()).unwrap_or("-"),
             r.get("epoch").and_then(|x| x.as_str()).unwrap_or("-"),
             get("manifest_version"),
@@ -304,12 +342,16 @@ fn status_text(v: &ClusterView) -> String {
             levels,
             get("sst_bytes") as f64 / 1e6,
             get("read_amplification"),
+            amp("space_amplification"),
+            amp("write_amplification"),
         );
     }
     let _ = writeln!(
         s,
         "\nLAG: writes durable in the WAL but not yet in an SST (what a failover replays).\n\
          LEVELS: files in L1/L2/...; R-AMP: SSTs a point read may consult (L0 files + levels).\n\
+         S-AMP: SST bytes / bytes of the deepest level; W-AMP: bytes flushed + compacted /\n\
+         bytes flushed, from the partition's compactor worker (- when unknown).\n\
          HOT: more than 4x the median write rate (at least 20/s); a partition that stays hot\n\
          above the nodes' --split-writes-per-sec splits its hash range in two."
     );

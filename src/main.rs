@@ -2,6 +2,7 @@
 
 mod bench;
 mod client_cli;
+mod compaction_args;
 mod compactor_cmd;
 mod ctl;
 mod export_cmd;

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use strata_cache::BlockCache;
+use strata_compactor::CompactorStats;
 use strata_compute::{DbStats, EngineMetrics};
 use strata_objstore::Metered;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,8 +24,9 @@ pub async fn serve(
         let Ok((mut sock, _)) = accepted else {
             continue;
         };
-        let (m, st) = source();
-        let body = render(&m, &st, &meter, &cache);
+        let (m, st, compactions) = source();
+        let mut body = render(&m, &st, &meter, &cache);
+        render_compaction(&mut body, &st, &compactions);
         tokio::spawn(async move {
             // Read the request head (it may arrive in pieces) before answering, so the
             // response never races an unread request into a connection reset.
@@ -56,9 +58,16 @@ pub async fn serve(
     }
 }
 
-/// The engine counters and state summary to export (one engine, or a node's partitions).
-pub type StatsSource =
-    std::sync::Arc<dyn Fn() -> (std::sync::Arc<EngineMetrics>, DbStats) + Send + Sync>;
+/// The engine counters and state summary to export (one engine, or a node's partitions),
+/// and the stats of the compactors running in the process, by partition.
+pub type StatsSource = std::sync::Arc<
+    dyn Fn() -> (
+            std::sync::Arc<EngineMetrics>,
+            DbStats,
+            Vec<(u32, CompactorStats)>,
+        ) + Send
+        + Sync,
+>;
 
 pub fn render(m: &EngineMetrics, st: &DbStats, meter: &Metered, cache: &BlockCache) -> String {
     let mut s = String::new();
@@ -185,4 +194,75 @@ pub fn render(m: &EngineMetrics, st: &DbStats, meter: &Metered, cache: &BlockCac
         cs.memory_used_bytes,
     );
     s
+}
+
+/// Compaction metrics, per partition compacted in this process (label `partition`), and the
+/// space amplification of the engines served here.
+pub fn render_compaction(s: &mut String, st: &DbStats, compactions: &[(u32, CompactorStats)]) {
+    let space_amp = if st.last_level_bytes == 0 {
+        0.0
+    } else {
+        st.sst_bytes as f64 / st.last_level_bytes as f64
+    };
+    let _ = writeln!(
+        s,
+        "# HELP strata_space_amplification SST bytes over bytes of the deepest non-empty level (0: nothing below L0).\n# TYPE strata_space_amplification gauge\nstrata_space_amplification {space_amp}"
+    );
+    type Field = fn(&CompactorStats) -> f64;
+    let fields: [(&str, &str, &str, Field); 8] = [
+        (
+            "strata_compaction_jobs_total",
+            "counter",
+            "Compaction jobs committed.",
+            |c| c.jobs as f64,
+        ),
+        (
+            "strata_compaction_bytes_read_total",
+            "counter",
+            "Bytes of SSTs read by compaction.",
+            |c| c.bytes_in as f64,
+        ),
+        (
+            "strata_compaction_bytes_written_total",
+            "counter",
+            "Bytes of SSTs written by compaction.",
+            |c| c.bytes_out as f64,
+        ),
+        (
+            "strata_compaction_l0_bytes_total",
+            "counter",
+            "Bytes of L0 SSTs compacted (about the bytes flushed).",
+            |c| c.l0_bytes_in as f64,
+        ),
+        (
+            "strata_compaction_busy_seconds_total",
+            "counter",
+            "Time spent in jobs that merged data.",
+            |c| c.busy_millis as f64 / 1e3,
+        ),
+        (
+            "strata_compaction_expired_files_dropped_total",
+            "counter",
+            "SSTs dropped whole, unread, because all their values had expired.",
+            |c| c.expired_files_dropped as f64,
+        ),
+        (
+            "strata_compaction_pending_deletions",
+            "gauge",
+            "Compacted inputs waiting for their grace period.",
+            |c| c.pending_deletions as f64,
+        ),
+        (
+            "strata_write_amplification",
+            "gauge",
+            "Bytes flushed and compacted over bytes flushed (0: no L0 compaction yet).",
+            |c| c.write_amplification,
+        ),
+    ];
+    for (name, kind, help, get) in fields {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (p, c) in compactions {
+            let _ = writeln!(s, "{name}{{partition=\"{p}\"}} {}", get(c));
+        }
+    }
 }

@@ -55,6 +55,8 @@ pub struct ServeArgs {
     /// partitions this node owns).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub compaction: bool,
+    #[command(flatten)]
+    pub compaction_opts: crate::compaction_args::CompactionArgs,
     /// etcd client URL(s), comma-separated: join a cluster instead of running alone. Needs
     /// `--object-store` shared by every node; `--data-dir` then holds only the cache.
     #[arg(long, env = "STRATA_ETCD")]
@@ -242,14 +244,28 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             }
         };
         kv.set_cluster(node.clone(), advertise.clone());
-        let compactor_task = args
-            .compaction
-            .then(|| tokio::spawn(compact_owned(node.clone(), store.clone(), stop_rx.clone())));
+        let registry = CompactorRegistry::default();
+        let compactor_task = args.compaction.then(|| {
+            let opts = args.compaction_opts.options(CompactionOptions::default());
+            tokio::spawn(compact_owned(
+                node.clone(),
+                store.clone(),
+                opts,
+                registry.clone(),
+                stop_rx.clone(),
+            ))
+        });
         let metrics_task = match args.metrics_listen {
             Some(addr) => {
                 let n = node.clone();
                 let m = metrics.clone();
-                let source: StatsSource = Arc::new(move || (m.clone(), sum_stats(&n.serving())));
+                let source: StatsSource = Arc::new(move || {
+                    (
+                        m.clone(),
+                        sum_stats(&n.serving()),
+                        compaction_stats(&registry),
+                    )
+                });
                 Some(spawn_metrics(addr, source, &meter, &cache, &stop_rx).await?)
             }
             None => None,
@@ -299,14 +315,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         "recovered"
     );
 
+    let registry = CompactorRegistry::default();
     let compactor_task = if args.compaction {
         let c = Compactor::new(
             store.clone(),
             manifests.clone(),
             0,
-            CompactionOptions::default(),
+            args.compaction_opts.options(CompactionOptions::default()),
         );
         let rx = stop_rx.clone();
+        registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(0, c.clone());
         Some(tokio::spawn(c.run(rx)))
     } else {
         None
@@ -314,7 +335,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let metrics_task = match args.metrics_listen {
         Some(addr) => {
             let d = db.clone();
-            let source: StatsSource = Arc::new(move || (metrics.clone(), d.stats()));
+            let source: StatsSource =
+                Arc::new(move || (metrics.clone(), d.stats(), compaction_stats(&registry)));
             Some(spawn_metrics(addr, source, &meter, &cache, &stop_rx).await?)
         }
         None => None,
@@ -411,6 +433,8 @@ fn generated_node_id() -> String {
 async fn compact_owned(
     node: ClusterNode,
     store: Arc<dyn strata_objstore::Store>,
+    compaction: CompactionOptions,
+    registry: CompactorRegistry,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut owned = node.owned();
@@ -447,6 +471,7 @@ async fn compact_owned(
             let keep = want.contains(p);
             if !keep {
                 let _ = tx.send(true);
+                registry.lock().unwrap_or_else(|e| e.into_inner()).remove(p);
             }
             keep
         });
@@ -458,9 +483,13 @@ async fn compact_owned(
                 // with it; until then a stale (wider) range only keeps more than needed.
                 let opts = CompactionOptions {
                     hash_range: node.map().range_of(p),
-                    ..CompactionOptions::default()
+                    ..compaction.clone()
                 };
                 let c = Compactor::new(store.clone(), manifests, p, opts);
+                registry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(p, c.clone());
                 (tx, tokio::spawn(c.run(rx)))
             });
         }
@@ -497,6 +526,17 @@ async fn spawn_metrics(
     )))
 }
 
+/// The compactors running in this process, by partition (for metrics).
+type CompactorRegistry = Arc<std::sync::Mutex<std::collections::BTreeMap<u32, Compactor>>>;
+
+fn compaction_stats(r: &CompactorRegistry) -> Vec<(u32, strata_compactor::CompactorStats)> {
+    r.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(p, c)| (*p, c.stats()))
+        .collect()
+}
+
 /// One summary of several engines (a node's partitions).
 fn sum_stats(dbs: &[Db]) -> DbStats {
     let mut t = DbStats::default();
@@ -508,6 +548,7 @@ fn sum_stats(dbs: &[Db]) -> DbStats {
         t.manifest_version = t.manifest_version.max(s.manifest_version);
         t.l0_files += s.l0_files;
         t.sst_bytes += s.sst_bytes;
+        t.last_level_bytes += s.last_level_bytes;
         for (i, n) in s.level_files.iter().enumerate() {
             if t.level_files.len() <= i {
                 t.level_files.resize(i + 1, 0);

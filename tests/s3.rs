@@ -37,18 +37,33 @@ type Kv = KvClient<Channel>;
 
 /// `strata serve` on `s3://BUCKET/prefix`, with metrics on a free port.
 fn serve(s3: &S3, data_dir: &Path, prefix: &str, memtable_mb: u64) -> Server {
-    let opts = ServerOpts {
-        extra_args: vec![
-            "--object-store".into(),
-            format!("s3://{BUCKET}/{prefix}"),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-            "--memtable-mb".into(),
-            memtable_mb.to_string(),
-        ],
-        env: s3.env(),
-    };
-    Server::start_with(data_dir, opts)
+    try_serve(s3, data_dir, prefix, memtable_mb, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`serve`], with more flags; the server's log if it does not start.
+fn try_serve(
+    s3: &S3,
+    data_dir: &Path,
+    prefix: &str,
+    memtable_mb: u64,
+    extra: &[&str],
+) -> Result<Server, String> {
+    let mut extra_args: Vec<String> = vec![
+        "--object-store".into(),
+        format!("s3://{BUCKET}/{prefix}"),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+        "--memtable-mb".into(),
+        memtable_mb.to_string(),
+    ];
+    extra_args.extend(extra.iter().map(|a| a.to_string()));
+    Server::try_start_with(
+        data_dir,
+        ServerOpts {
+            extra_args,
+            env: s3.env(),
+        },
+    )
 }
 
 /// Reads one metric from the server's Prometheus endpoint.
@@ -604,4 +619,109 @@ fn etcd_launcher_restarts_keeping_data() {
     );
     etcd.stop();
     etcd.stop();
+}
+
+/// Time-window compaction on S3: SSTs holding only values whose TTL has passed are dropped
+/// whole, without being read, while keys without a TTL stay; a bad strategy name is refused
+/// at startup naming the flag and the choices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn time_window_compaction_drops_expired_ssts_whole() {
+    let Some(s3) = S3::start() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err = try_serve(
+        &s3,
+        dir.path(),
+        "tw-bad",
+        1,
+        &["--compaction-strategy", "fastest"],
+    )
+    .err()
+    .expect("a bad strategy must be refused");
+    assert!(
+        err.contains("--compaction-strategy")
+            && err.contains("leveled, size-tiered or time-window"),
+        "{err}"
+    );
+
+    let server = try_serve(
+        &s3,
+        dir.path(),
+        "tw",
+        1,
+        &[
+            "--compaction-strategy",
+            "time-window",
+            "--compaction-window-secs",
+            "1",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut c = server.client().await;
+    // About 1.3 MiB of keys without TTL first (their own SSTs, mostly), then 4 waves of
+    // 1.3 MiB that expire 3 s after being written: more than a memtable each, so flushed.
+    // 16 puts in flight at a time.
+    async fn put_all(c: &Kv, keys: Vec<(String, Bytes)>, ttl_ms: u64) {
+        use futures::StreamExt;
+        futures::stream::iter(keys)
+            .for_each_concurrent(16, |(k, value)| {
+                let mut c = c.clone();
+                async move {
+                    c.put(pb::PutRequest {
+                        key: key(&k),
+                        value,
+                        durability: pb::Durability::Durable as i32,
+                        ttl_ms,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("put {k}: {e}"));
+                }
+            })
+            .await;
+    }
+    let keep: Vec<(String, Bytes)> = (0..1300)
+        .map(|i| (format!("keep/{i:05}"), value_for("keep", i, 1024)))
+        .collect();
+    put_all(&c, keep, 0).await;
+    let ttl_ms = 3_000;
+    let started = Instant::now();
+    for wave in 0..4u32 {
+        let keys = (0..1300)
+            .map(|i| {
+                let k = format!("ttl/{wave}/{i:05}");
+                let v = value_for(&k, wave, 1024);
+                (k, v)
+            })
+            .collect();
+        put_all(&c, keys, ttl_ms).await;
+    }
+    let all_expired = Instant::now() + Duration::from_millis(ttl_ms + 100);
+    eprintln!("wrote 4 waves in {:?}", started.elapsed());
+    // Expired SSTs go within about a second of their expiry (the compactor polls every
+    // second); allow for the writes taking time and slow CI.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dropped = "strata_compaction_expired_files_dropped_total{partition=\"0\"}";
+    loop {
+        let n = metric(&server, dropped);
+        if n > 0 {
+            eprintln!("{n} expired SSTs dropped whole");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no SST dropped whole within 60 s; log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep_until(all_expired.into()).await;
+    assert!(scan_all(&mut c, "ttl/").await.is_empty());
+    assert_eq!(get(&mut c, "ttl/0/00007").await, None);
+    for i in (0..1300).step_by(13) {
+        let k = format!("keep/{i:05}");
+        let (v, _) = get(&mut c, &k).await.unwrap_or_else(|| panic!("{k} lost"));
+        assert_eq!(v, value_for("keep", i, 1024), "{k}");
+    }
+    assert_eq!(scan_all(&mut c, "keep/").await.len(), 1300);
+    assert!(metric(&server, "strata_compaction_jobs_total{partition=\"0\"}") > 0);
 }

@@ -43,6 +43,11 @@ pub struct CompactorStats {
     pub jobs: u64,
     /// Jobs that only moved a file down a level.
     pub trivial_moves: u64,
+    /// SSTs dropped whole, unread, because every value in them had expired.
+    pub expired_files_dropped: u64,
+    /// Wall time of the jobs that merged data, in milliseconds (planning to commit): the
+    /// base of compaction throughput, `bytes_in / busy_millis`.
+    pub busy_millis: u64,
     /// Jobs abandoned because the manifest changed under them.
     pub abandoned: u64,
     /// Jobs that failed with an error.
@@ -154,8 +159,11 @@ impl Compactor {
         store: Arc<dyn Store>,
         manifests: Arc<dyn ManifestStore>,
         partition: u32,
-        opts: CompactionOptions,
+        mut opts: CompactionOptions,
     ) -> Self {
+        if let Some(s) = opts.strategy_overrides.get(&partition) {
+            opts.strategy = *s;
+        }
         Compactor {
             inner: Arc::new(Inner {
                 store,
@@ -483,7 +491,11 @@ impl Compactor {
                 stats.jobs += 1;
                 if r.trivial_move {
                     stats.trivial_moves += 1;
+                } else if r.drop_expired {
+                    stats.expired_files_dropped += r.input_files as u64;
+                    stats.dropped_expired += r.dropped_expired;
                 } else {
+                    stats.busy_millis += r.millis;
                     stats.files_in += r.input_files as u64;
                     stats.files_out += r.output_files as u64;
                     stats.bytes_in += r.input_bytes;
@@ -525,15 +537,21 @@ impl Compactor {
             "compaction planned on manifest {}",
             m.version
         );
-        let (outputs, counts) = if job.trivial_move {
-            let moved = job.upper.clone();
-            let n: u64 = moved.iter().map(|f| f.props.entries).sum();
+        let n: u64 = job.upper.iter().map(|f| f.props.entries).sum();
+        let (outputs, counts, parts) = if job.trivial_move {
             let counts = MergeCounts {
                 entries_in: n,
                 entries_out: n,
                 ..MergeCounts::default()
             };
-            (moved, counts)
+            (job.upper.clone(), counts, 0)
+        } else if job.drop_expired {
+            let counts = MergeCounts {
+                entries_in: n,
+                dropped_expired: n,
+                ..MergeCounts::default()
+            };
+            (Vec::new(), counts, 0)
         } else {
             self.execute(&job).await?
         };
@@ -541,13 +559,13 @@ impl Compactor {
             Committed::Version(v) => v,
             Committed::Abandoned(why) => {
                 info!(partition = p, reason = why, "compaction abandoned");
-                if !job.trivial_move {
+                if !job.metadata_only() {
                     self.delete_outputs(&outputs).await;
                 }
                 return Ok(Outcome::Abandoned);
             }
         };
-        if job.input_level >= 1 {
+        if job.input_level >= 1 && !job.drop_expired {
             let mut cursors = self.inner.cursors.lock();
             if cursors.len() < job.input_level {
                 cursors.resize(job.input_level, None);
@@ -567,7 +585,7 @@ impl Compactor {
                     due,
                     version,
                 }));
-            if job.input_level == 0 {
+            if job.input_level == 0 && !job.drop_expired {
                 let l0: u64 = job.upper.iter().map(|f| f.props.file_size).sum();
                 self.inner.stats.lock().l0_bytes_in += l0;
             }
@@ -588,30 +606,37 @@ impl Compactor {
             millis: started.elapsed().as_millis() as u64,
             manifest_version: version,
             trivial_move: job.trivial_move,
+            drop_expired: job.drop_expired,
+            subcompactions: parts,
         }))
     }
 
     /// Reads and merges the inputs of `job` and writes the outputs (not yet referenced by
-    /// any manifest). On failure, the outputs already written are deleted.
-    pub(crate) async fn execute(&self, job: &Job) -> anyhow::Result<(Vec<SstInfo>, MergeCounts)> {
+    /// any manifest); also returns the number of parts the merge ran in. On failure, the
+    /// outputs already written are deleted.
+    ///
+    /// A large job is cut into parts by user key (every version of a key lands in one part)
+    /// that merge in parallel, each cutting its own outputs: parts cover disjoint, ordered
+    /// key ranges, so their outputs never overlap.
+    pub(crate) async fn execute(
+        &self,
+        job: &Job,
+    ) -> anyhow::Result<(Vec<SstInfo>, MergeCounts, usize)> {
         let sources: Vec<Vec<Entry>> = futures::stream::iter(job.inputs().cloned())
             .map(|info| self.read_input(info))
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
 
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Bytes, SstProps)>(1);
-        let deeper = job.deeper.clone();
-        let hash_range = self.inner.opts.hash_range;
-        let sst_opts = self.inner.opts.sst.clone();
-        let target = self.inner.opts.target_file_bytes;
-        let now = now_ms();
-        let merging = tokio::task::spawn_blocking(move || -> anyhow::Result<MergeCounts> {
-            let mut cutter = Cutter::new(sst_opts, target);
-            let send = |out| {
-                tx.blocking_send(out)
-                    .map_err(|_| anyhow!("the output writer stopped"))
-            };
+        let opts = &self.inner.opts;
+        let parts = if opts.subcompactions > 1 && job.input_bytes() >= opts.subcompaction_min_bytes
+        {
+            opts.subcompactions
+        } else {
+            1
+        };
+        let hash_range = opts.hash_range;
+        let pieces = tokio::task::spawn_blocking(move || {
             let mut sources = sources;
             if let Some(r) = hash_range {
                 // Keys split off to another partition: no reader of this one ever asks for
@@ -620,21 +645,46 @@ impl Compactor {
                     src.retain(|e| keep_key(&e.key, r));
                 }
             }
-            let counts = merge(sources, now, &deeper, |e| match cutter.add(&e)? {
-                Some(out) => send(out),
-                None => Ok(()),
-            })?;
-            if let Some(out) = cutter.finish()? {
-                send(out)?;
-            }
-            Ok(counts)
-        });
+            split_by_key(sources, parts)
+        })
+        .await
+        .map_err(|e| anyhow!("the task cutting the job into parts failed: {e}"))?;
+        let parts = pieces.len();
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<(Bytes, SstProps)>(parts.max(1));
+        let now = now_ms();
+        let mut merges = Vec::with_capacity(parts);
+        for piece in pieces {
+            let tx = tx.clone();
+            let deeper = job.deeper.clone();
+            let mut cutter = Cutter::new(opts.sst.clone(), opts.target_file_bytes);
+            merges.push(tokio::task::spawn_blocking(
+                move || -> anyhow::Result<MergeCounts> {
+                    let send = |out| {
+                        tx.blocking_send(out)
+                            .map_err(|_| anyhow!("the output writer stopped"))
+                    };
+                    let counts = merge(piece, now, &deeper, |e| match cutter.add(&e)? {
+                        Some(out) => send(out),
+                        None => Ok(()),
+                    })?;
+                    if let Some(out) = cutter.finish()? {
+                        send(out)?;
+                    }
+                    Ok(counts)
+                },
+            ));
+        }
+        drop(tx);
 
         let level = job.output_level as u32;
         let mut written = Vec::new();
         let mut write_err = None;
-        while let Some((data, props)) = rx.recv().await {
-            match self.write_output(data).await {
+        let mut uploads = tokio_stream_of(rx)
+            .map(|(data, props)| async move { (self.write_output(data).await, props) })
+            .buffer_unordered(parts.max(1));
+        while let Some((res, props)) = uploads.next().await {
+            match res {
                 Ok(id) => written.push(SstInfo { id, level, props }),
                 Err(e) => {
                     write_err = Some(e);
@@ -642,19 +692,27 @@ impl Compactor {
                 }
             }
         }
-        drop(rx);
-        let merged = merging
-            .await
-            .map_err(|e| anyhow!("the merge task failed: {e}"))
-            .and_then(|r| r.context("merging compaction inputs"));
-        let result = match (write_err, merged) {
-            (Some(e), _) => Err(e),
-            (None, Err(e)) => Err(e),
-            (None, Ok(counts)) => Ok(counts),
-        };
-        match result {
-            Ok(counts) => Ok((written, counts)),
-            Err(e) => {
+        drop(uploads);
+        let mut counts = MergeCounts::default();
+        let mut merge_err = None;
+        for m in merges {
+            match m
+                .await
+                .map_err(|e| anyhow!("a merge task failed: {e}"))
+                .and_then(|r| r.context("merging compaction inputs"))
+            {
+                Ok(c) => counts.add(&c),
+                Err(e) => {
+                    merge_err.get_or_insert(e);
+                }
+            }
+        }
+        match write_err.or(merge_err) {
+            None => {
+                written.sort_by(|a, b| a.props.smallest_key.cmp(&b.props.smallest_key));
+                Ok((written, counts, parts))
+            }
+            Some(e) => {
                 self.delete_outputs(&written).await;
                 Err(e)
             }
@@ -772,13 +830,79 @@ impl Compactor {
         let Ok(Some(latest)) = self.inner.manifests.load_latest(self.inner.partition).await else {
             return false;
         };
+        if job.drop_expired {
+            // Dropped files are listed nowhere once the drop landed.
+            let listed: std::collections::HashSet<u64> = latest
+                .l0
+                .iter()
+                .chain(latest.levels.iter().flatten())
+                .map(|f| f.id)
+                .collect();
+            return job.upper.iter().all(|f| !listed.contains(&f.id));
+        }
         let Some(first) = outputs.first() else {
             return false;
         };
-        crate::plan::level(&latest, job.output_level)
-            .iter()
-            .any(|f| f.id == first.id)
+        if job.trivial_move {
+            // Landed: listed in a level other than the one it moved out of (a tiered commit
+            // may renumber the level it went to).
+            return latest.levels.iter().enumerate().any(|(i, files)| {
+                i + 1 != job.input_level && files.iter().any(|f| f.id == first.id)
+            });
+        }
+        // Fresh ids: listed anywhere means landed (a tiered commit renumbers levels).
+        latest.levels.iter().flatten().any(|f| f.id == first.id)
     }
+}
+
+/// The receiving end of a channel as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Cuts sorted sources into at most `parts` pieces by user key: piece `i` of every source
+/// holds the keys in `[b(i-1), b(i))` for boundaries `b` taken at quantiles of a sample of
+/// all keys. All versions of a key land in the same piece (sources are in internal key
+/// order: key ascending, then seq descending).
+fn split_by_key(sources: Vec<Vec<Entry>>, parts: usize) -> Vec<Vec<Vec<Entry>>> {
+    let total: usize = sources.iter().map(Vec::len).sum();
+    if parts <= 1 || total < parts * 2 {
+        return vec![sources];
+    }
+    let step = (total / (parts * 64)).max(1);
+    let mut sample: Vec<&Bytes> = sources
+        .iter()
+        .flat_map(|src| src.iter().step_by(step).map(|e| &e.key))
+        .collect();
+    sample.sort();
+    sample.dedup();
+    let mut bounds: Vec<Bytes> = (1..parts)
+        .filter_map(|i| sample.get(i * sample.len() / parts).map(|k| (*k).clone()))
+        .collect();
+    bounds.dedup();
+    if bounds.is_empty() {
+        return vec![sources];
+    }
+    let mut pieces: Vec<Vec<Vec<Entry>>> =
+        vec![Vec::with_capacity(sources.len()); bounds.len() + 1];
+    for mut src in sources {
+        // From the last boundary down, so each split_off takes the tail beyond it.
+        let mut tails = Vec::with_capacity(bounds.len());
+        for b in bounds.iter().rev() {
+            let at = src.partition_point(|e| e.key < *b);
+            tails.push(src.split_off(at));
+        }
+        tails.push(src);
+        for (piece, part) in pieces.iter_mut().zip(tails.into_iter().rev()) {
+            if !part.is_empty() {
+                piece.push(part);
+            }
+        }
+    }
+    pieces.retain(|p| !p.is_empty());
+    pieces
 }
 
 async fn wait_for_change(changes: &mut watch::Receiver<Option<Arc<Manifest>>>) {
@@ -804,6 +928,8 @@ fn log_report(r: &CompactionReport) {
         millis = r.millis,
         version = r.manifest_version,
         trivial_move = r.trivial_move,
+        drop_expired = r.drop_expired,
+        subcompactions = r.subcompactions,
         "compaction committed"
     );
 }

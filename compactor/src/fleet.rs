@@ -129,18 +129,26 @@ pub async fn run_worker(
         if let Some(lease_id) = lease_id {
             // Totals over the compactors this worker runs (published for `strata ctl status`).
             {
-                let (jobs, bytes_in, bytes_out, l0) =
-                    ever.lock().iter().fold((0, 0, 0, 0), |a, c| {
-                        let s = c.stats();
-                        (
-                            a.0 + s.jobs,
-                            a.1 + s.bytes_in,
-                            a.2 + s.bytes_out,
-                            a.3 + s.l0_bytes_in,
-                        )
-                    });
+                let mut per: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+                let (mut jobs, mut bytes_in, mut bytes_out, mut l0, mut busy) = (0, 0, 0, 0, 0);
+                for c in ever.lock().iter() {
+                    let s = c.stats();
+                    jobs += s.jobs;
+                    bytes_in += s.bytes_in;
+                    bytes_out += s.bytes_out;
+                    l0 += s.l0_bytes_in;
+                    busy += s.busy_millis;
+                    let e = per.entry(c.partition()).or_default();
+                    e.0 += s.l0_bytes_in;
+                    e.1 += s.bytes_out;
+                }
                 (info.jobs, info.bytes_in, info.bytes_out, info.l0_bytes_in) =
                     (jobs, bytes_in, bytes_out, l0);
+                info.busy_millis = busy;
+                info.partition_bytes = per
+                    .into_iter()
+                    .map(|(p, (l0, out))| (p, [l0, out]))
+                    .collect();
             }
             if let Err(e) = etcd.register_compactor(&info, lease_id).await {
                 warn!(worker = %opts.id, error = %e, "registering failed");

@@ -30,6 +30,7 @@ pub mod export;
 pub mod fleet;
 mod merge;
 mod plan;
+mod tiered;
 
 #[cfg(test)]
 mod tests;
@@ -39,12 +40,79 @@ use std::time::Duration;
 use strata_format::SstOptions;
 
 pub use compactor::{Compactor, CompactorStats, ReaderFloor};
-pub use plan::{level_target_bytes, plan, plan_with_cursors, Job};
+pub use plan::{level_target_bytes, plan, plan_at, plan_with_cursors, Job};
 
-/// Knobs of leveled compaction.
+/// How a partition's SSTs are organised and merged.
+///
+/// All three keep the same manifest invariants: L0 files newest first, every level a sorted
+/// run of non-overlapping files, and for any key, a shallower place holds a newer version
+/// than a deeper one. Readers need nothing else, so a partition can switch strategy at any
+/// time (the next jobs reshape it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Leveled (the default): each level ~`level_multiplier` times the one above; low space
+    /// and read amplification, more rewriting.
+    #[default]
+    Leveled,
+    /// Size-tiered ("universal"): every level is one sorted run, ordered by age; runs of
+    /// similar size are merged together. Less rewriting, more space and read amplification.
+    SizeTiered,
+    /// Time windows for TTL data: runs are grouped by the window their values expire in;
+    /// runs of one window are merged together, never with another window, so a window's
+    /// SSTs expire together and are dropped whole without being read.
+    TimeWindow {
+        /// Width of a window, in milliseconds of expiry time.
+        window_ms: u64,
+    },
+}
+
+impl Strategy {
+    /// Parses `leveled`, `size-tiered` or `time-window` (the window comes separately).
+    pub fn parse(name: &str, window: Duration) -> Result<Strategy, String> {
+        match name {
+            "leveled" => Ok(Strategy::Leveled),
+            "size-tiered" | "tiered" | "universal" => Ok(Strategy::SizeTiered),
+            "time-window" | "twcs" => Ok(Strategy::TimeWindow {
+                window_ms: (window.as_millis() as u64).max(1),
+            }),
+            other => Err(format!(
+                "unknown compaction strategy {other:?}: expected leveled, size-tiered or time-window"
+            )),
+        }
+    }
+
+    /// Whether every level is a whole sorted run (size-tiered and time-window).
+    pub fn is_tiered(&self) -> bool {
+        !matches!(self, Strategy::Leveled)
+    }
+}
+
+/// Knobs of compaction.
 #[derive(Debug, Clone)]
 pub struct CompactionOptions {
-    /// Number of L0 files that triggers an L0 → L1 compaction (default 4).
+    /// How SSTs are organised (default leveled).
+    pub strategy: Strategy,
+    /// Per-partition strategies that override `strategy` (a [`Compactor`] applies the one
+    /// of its partition).
+    pub strategy_overrides: std::collections::BTreeMap<u32, Strategy>,
+    /// Size-tiered: runs are merged while the next older run is at most this many percent
+    /// larger than the runs merged so far (default 1, as in RocksDB's universal compaction).
+    pub size_ratio_percent: u64,
+    /// Size-tiered: every run is merged into one when the runs above the oldest hold more
+    /// than this many percent of its bytes (default 200).
+    pub max_space_amp_percent: u64,
+    /// Size-tiered and time-window: levels available to runs (default 32). Runs are kept
+    /// packed at the deepest levels; when none is free, a merge takes the next older run too.
+    pub tiered_levels: usize,
+    /// Size-tiered and time-window: number of sorted runs (each L0 file is one) that
+    /// triggers a merge (default 4; the leveled strategy uses `l0_trigger`).
+    pub run_trigger: usize,
+    /// A job whose inputs hold at least `subcompaction_min_bytes` is cut by key range into
+    /// up to this many parts merged in parallel (default 2; 1 turns it off).
+    pub subcompactions: usize,
+    /// See `subcompactions` (default 32 MiB).
+    pub subcompaction_min_bytes: u64,
+    /// Leveled: number of L0 files that triggers an L0 → L1 compaction (default 4).
     pub l0_trigger: usize,
     /// Size target of L1 in bytes (default 256 MiB).
     pub l1_target_bytes: u64,
@@ -74,6 +142,14 @@ pub struct CompactionOptions {
 impl Default for CompactionOptions {
     fn default() -> Self {
         CompactionOptions {
+            strategy: Strategy::Leveled,
+            strategy_overrides: Default::default(),
+            size_ratio_percent: 1,
+            max_space_amp_percent: 200,
+            tiered_levels: 32,
+            run_trigger: 4,
+            subcompactions: 2,
+            subcompaction_min_bytes: 32 << 20,
             l0_trigger: 4,
             l1_target_bytes: 256 << 20,
             level_multiplier: 10,
@@ -121,6 +197,12 @@ pub struct CompactionReport {
     /// counts and sizes above describe the moved SST (on both sides). Trivial moves are not
     /// counted in the byte totals of [`CompactorStats`].
     pub trivial_move: bool,
+    /// True when the job dropped whole SSTs whose values had all expired, unread: the input
+    /// counts describe them, nothing was written, `dropped_expired` counts their entries.
+    pub drop_expired: bool,
+    /// Parts the merge was cut into by key range and run in parallel (1 for an uncut job,
+    /// 0 for a job that read no data).
+    pub subcompactions: usize,
 }
 
 pub(crate) use strata_manifest::now_ms;

@@ -17,6 +17,16 @@ pub(crate) struct MergeCounts {
     pub dropped_expired: u64,
 }
 
+impl MergeCounts {
+    /// Adds the counts of another part of the same job.
+    pub(crate) fn add(&mut self, other: &MergeCounts) {
+        self.entries_in += other.entries_in;
+        self.entries_out += other.entries_out;
+        self.dropped_tombstones += other.dropped_tombstones;
+        self.dropped_expired += other.dropped_expired;
+    }
+}
+
 /// Answers "does any level deeper than the output level hold a file whose key range covers
 /// this key?" for keys asked in ascending order, in amortized constant time per key.
 pub(crate) struct DeeperRanges<'a> {

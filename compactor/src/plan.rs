@@ -1,23 +1,30 @@
-//! Leveled planning, and rebasing a finished job onto the latest manifest. Both are pure.
+//! Planning (leveled here, size-tiered and time-window in `tiered.rs`, whole-SST expiry for
+//! all), and rebasing a finished job onto the latest manifest. All pure.
 
 use std::collections::HashSet;
 
 use bytes::Bytes;
 use strata_format::{Manifest, SstInfo};
 
-use crate::CompactionOptions;
+use crate::{CompactionOptions, Strategy};
 
 /// One compaction job, as planned on one manifest version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     /// Version of the manifest the job was planned on.
     pub base_version: u64,
-    /// Level compacted out of (0 = L0).
+    /// Level compacted out of (0 = L0): the newest level holding inputs.
     pub input_level: usize,
-    /// Level the outputs go to (`input_level + 1`).
+    /// Level the outputs go to (`input_level + 1` for leveled; for size-tiered and
+    /// time-window merges, the level of the oldest run merged, or a free level above the
+    /// next older run when only L0 files are merged).
     pub output_level: usize,
-    /// Inputs from `input_level` (for L0: all of L0, newest first).
+    /// Inputs from `input_level` (for L0: a suffix of L0, newest first). For a drop job:
+    /// the expired SSTs dropped, each with its `level`.
     pub upper: Vec<SstInfo>,
+    /// Inputs from the levels strictly between `input_level` and `output_level`, newest
+    /// first (size-tiered and time-window merges take whole runs; empty for leveled).
+    pub middle: Vec<SstInfo>,
     /// Files of `output_level` overlapping the upper inputs, sorted by smallest key.
     pub lower: Vec<SstInfo>,
     /// Smallest key of all inputs.
@@ -31,17 +38,28 @@ pub struct Job {
     /// The single upper input overlaps nothing in `output_level` and has nothing to drop:
     /// the commit just moves it down a level, without reading or writing data.
     pub trivial_move: bool,
+    /// Every SST in `upper` holds only values expired by now, and no older SST that is kept
+    /// overlaps it (nothing can resurface): the commit removes them, unread.
+    pub drop_expired: bool,
+    /// Size-tiered and time-window: after the commit, the non-empty levels are renumbered to
+    /// occupy the deepest of this many levels (order kept; metadata only), so that a merge
+    /// of L0 files always finds a free level above the newest run.
+    pub pack_levels: Option<usize>,
 }
 
 impl Job {
-    /// Every input, upper level first (newest first for L0), then lower.
+    /// Every input: upper level first (newest first for L0), then the middle levels, then
+    /// the output level.
     pub fn inputs(&self) -> impl Iterator<Item = &SstInfo> {
-        self.upper.iter().chain(self.lower.iter())
+        self.upper
+            .iter()
+            .chain(self.middle.iter())
+            .chain(self.lower.iter())
     }
 
     /// Number of input files.
     pub fn input_files(&self) -> usize {
-        self.upper.len() + self.lower.len()
+        self.upper.len() + self.middle.len() + self.lower.len()
     }
 
     /// Bytes of the input files.
@@ -53,6 +71,11 @@ impl Job {
     /// value of the inputs can go.
     pub fn is_bottom(&self) -> bool {
         self.deeper.iter().all(Vec::is_empty)
+    }
+
+    /// True when the commit reads and writes no data (trivial moves and drops).
+    pub fn metadata_only(&self) -> bool {
+        self.trivial_move || self.drop_expired
     }
 }
 
@@ -71,19 +94,65 @@ pub fn plan(m: &Manifest, opts: &CompactionOptions) -> Option<Job> {
     plan_with_cursors(m, opts, &[])
 }
 
-/// Like [`plan`]; `cursors[n - 1]` is the largest key of the last file compacted out of
-/// level `n`, and the file picked there is the first one starting after it (wrapping
-/// around), so successive jobs sweep the key space round-robin.
+/// Like [`plan_at`], at the current time.
 pub fn plan_with_cursors(
     m: &Manifest,
     opts: &CompactionOptions,
     cursors: &[Option<Bytes>],
 ) -> Option<Job> {
+    plan_at(m, opts, cursors, crate::now_ms())
+}
+
+/// Plans the next job on `m` at time `now_ms`: first dropping whole SSTs whose values have
+/// all expired (any strategy), then the strategy's own job. For leveled, `cursors[n - 1]`
+/// is the largest key of the last file compacted out of level `n`, and the file picked
+/// there is the first one starting after it (wrapping around), so successive jobs sweep the
+/// key space round-robin.
+pub fn plan_at(
+    m: &Manifest,
+    opts: &CompactionOptions,
+    cursors: &[Option<Bytes>],
+    now_ms: u64,
+) -> Option<Job> {
+    let pack = opts
+        .strategy
+        .is_tiered()
+        .then_some(opts.tiered_levels.max(2));
+    let dropped = expired_drops(m, now_ms);
+    if !dropped.is_empty() {
+        let (smallest_key, largest_key) = key_range(&dropped).unwrap_or_default();
+        let level = dropped.iter().map(|f| f.level as usize).min().unwrap_or(0);
+        return Some(Job {
+            base_version: m.version,
+            input_level: level,
+            output_level: level,
+            upper: dropped,
+            middle: Vec::new(),
+            lower: Vec::new(),
+            smallest_key,
+            largest_key,
+            deeper: Vec::new(),
+            trivial_move: false,
+            drop_expired: true,
+            pack_levels: pack,
+        });
+    }
+    match opts.strategy {
+        Strategy::Leveled => plan_leveled(m, opts, cursors),
+        Strategy::SizeTiered | Strategy::TimeWindow { .. } => crate::tiered::plan_tiered(m, opts)
+            .map(|mut job| {
+                job.pack_levels = pack;
+                job
+            }),
+    }
+}
+
+fn plan_leveled(m: &Manifest, opts: &CompactionOptions, cursors: &[Option<Bytes>]) -> Option<Job> {
     if !m.l0.is_empty() && m.l0.len() >= opts.l0_trigger.max(1) {
         let upper = m.l0.clone();
         let (lo, hi) = key_range(&upper)?;
         let lower = overlapping(level(m, 1), &lo, &hi);
-        return Some(build_job(m, 0, upper, lower, false));
+        return Some(build_job(m, 0, 1, upper, Vec::new(), lower, false));
     }
     let max_levels = opts.max_levels.max(1);
     for n in 1..max_levels {
@@ -107,20 +176,34 @@ pub fn plan_with_cursors(
         );
         let trivial =
             lower.is_empty() && picked.props.tombstones == 0 && picked.props.expiring == 0;
-        return Some(build_job(m, n, vec![picked], lower, trivial));
+        return Some(build_job(
+            m,
+            n,
+            n + 1,
+            vec![picked],
+            Vec::new(),
+            lower,
+            trivial,
+        ));
     }
     None
 }
 
-fn build_job(
+pub(crate) fn build_job(
     m: &Manifest,
     input_level: usize,
+    output_level: usize,
     upper: Vec<SstInfo>,
+    middle: Vec<SstInfo>,
     lower: Vec<SstInfo>,
     trivial_move: bool,
 ) -> Job {
-    let output_level = input_level + 1;
-    let all: Vec<SstInfo> = upper.iter().chain(lower.iter()).cloned().collect();
+    let all: Vec<SstInfo> = upper
+        .iter()
+        .chain(middle.iter())
+        .chain(lower.iter())
+        .cloned()
+        .collect();
     let (smallest_key, largest_key) = key_range(&all).unwrap_or_default();
     let deeper = deeper_overlaps(m, output_level, &smallest_key, &largest_key);
     Job {
@@ -128,11 +211,14 @@ fn build_job(
         input_level,
         output_level,
         upper,
+        middle,
         lower,
         smallest_key,
         largest_key,
         deeper,
         trivial_move,
+        drop_expired: false,
+        pack_levels: None,
     }
 }
 
@@ -144,11 +230,11 @@ pub(crate) fn level(m: &Manifest, n: usize) -> &[SstInfo] {
         .unwrap_or_default()
 }
 
-fn overlaps(f: &SstInfo, lo: &[u8], hi: &[u8]) -> bool {
+pub(crate) fn overlaps(f: &SstInfo, lo: &[u8], hi: &[u8]) -> bool {
     f.props.smallest_key.as_ref() <= hi && f.props.largest_key.as_ref() >= lo
 }
 
-fn overlapping(files: &[SstInfo], lo: &[u8], hi: &[u8]) -> Vec<SstInfo> {
+pub(crate) fn overlapping(files: &[SstInfo], lo: &[u8], hi: &[u8]) -> Vec<SstInfo> {
     files
         .iter()
         .filter(|f| overlaps(f, lo, hi))
@@ -156,7 +242,7 @@ fn overlapping(files: &[SstInfo], lo: &[u8], hi: &[u8]) -> Vec<SstInfo> {
         .collect()
 }
 
-fn key_range(files: &[SstInfo]) -> Option<(Bytes, Bytes)> {
+pub(crate) fn key_range(files: &[SstInfo]) -> Option<(Bytes, Bytes)> {
     let lo = files.iter().map(|f| &f.props.smallest_key).min()?.clone();
     let hi = files.iter().map(|f| &f.props.largest_key).max()?.clone();
     Some((lo, hi))
@@ -179,22 +265,110 @@ fn ids(files: &[SstInfo]) -> HashSet<u64> {
     files.iter().map(|f| f.id).collect()
 }
 
+/// Whether every entry of the SST is a value that has expired at `now_ms`.
+fn fully_expired(f: &SstInfo, now_ms: u64) -> bool {
+    f.props.entries > 0
+        && f.props.tombstones == 0
+        && f.props.expiring == f.props.entries
+        && f.props.max_expires_at_ms != 0
+        && f.props.max_expires_at_ms <= now_ms
+}
+
+/// Every SST of `m` paired with its level (0 = L0), oldest place first: the deepest level
+/// first, L0 last and oldest L0 file first. Within a level files do not overlap, so their
+/// order there does not matter.
+fn oldest_first(m: &Manifest) -> Vec<(usize, &SstInfo)> {
+    let mut out = Vec::new();
+    for (i, files) in m.levels.iter().enumerate().rev() {
+        out.extend(files.iter().map(|f| (i + 1, f)));
+    }
+    out.extend(m.l0.iter().rev().map(|f| (0, f)));
+    out
+}
+
+/// SSTs that can be dropped whole: every value in them has expired, and no kept SST in an
+/// older place overlaps them, so no older version of any of their keys can resurface (a
+/// newer version above them shadows them anyway). Returned with `level` set to where they
+/// are.
+pub(crate) fn expired_drops(m: &Manifest, now_ms: u64) -> Vec<SstInfo> {
+    let mut kept: Vec<&SstInfo> = Vec::new();
+    let mut dropped = Vec::new();
+    for (level, f) in oldest_first(m) {
+        let lo = f.props.smallest_key.as_ref();
+        let hi = f.props.largest_key.as_ref();
+        if fully_expired(f, now_ms) && !kept.iter().any(|k| overlaps(k, lo, hi)) {
+            let mut f = f.clone();
+            f.level = level as u32;
+            dropped.push(f);
+        } else {
+            kept.push(f);
+        }
+    }
+    dropped
+}
+
 /// The manifest that commits `job` (whose results are `outputs`) on top of `latest`, or the
 /// reason the job must be abandoned.
 ///
 /// The successor copies everything of `latest` (writer epoch, WAL replay point, flushed seq,
 /// next SST id, L0 files flushed since planning) except that the inputs are replaced by the
 /// outputs. The job is abandoned when an input is no longer where it was planned, or when
-/// files overlapping the job's key range appeared in the output level or in a deeper level
-/// (the keep/drop decisions of the merge would no longer hold).
+/// files overlapping the job's key range appeared in a level it writes to or in a deeper
+/// level (the keep/drop decisions of the merge would no longer hold).
 pub(crate) fn rebase(
     latest: &Manifest,
     job: &Job,
     outputs: &[SstInfo],
     now_ms: u64,
 ) -> Result<Manifest, String> {
+    let mut next = if job.drop_expired {
+        rebase_drop(latest, job, now_ms)?
+    } else {
+        rebase_merge(latest, job, outputs)?
+    };
+    next.version = latest.version + 1;
+    next.created_ms = now_ms;
+    if let Some(n) = job.pack_levels {
+        pack(&mut next, n);
+    }
+    Ok(next)
+}
+
+fn rebase_drop(latest: &Manifest, job: &Job, now_ms: u64) -> Result<Manifest, String> {
+    let drop_ids = ids(&job.upper);
+    for f in &job.upper {
+        let place: &[SstInfo] = if f.level == 0 {
+            &latest.l0
+        } else {
+            level(latest, f.level as usize)
+        };
+        if !place.iter().any(|g| g.id == f.id) {
+            return Err(format!("expired SST {} is no longer in L{}", f.id, f.level));
+        }
+    }
+    // Re-check on the latest manifest: every dropped SST must still be droppable with the
+    // others gone and everything else kept.
+    let mut kept: Vec<&SstInfo> = Vec::new();
+    for (_, f) in oldest_first(latest) {
+        if drop_ids.contains(&f.id) {
+            let (lo, hi) = (f.props.smallest_key.as_ref(), f.props.largest_key.as_ref());
+            if !fully_expired(f, now_ms) || kept.iter().any(|k| overlaps(k, lo, hi)) {
+                return Err(format!("SST {} can no longer be dropped whole", f.id));
+            }
+        } else {
+            kept.push(f);
+        }
+    }
+    let mut next = latest.clone();
+    next.l0.retain(|f| !drop_ids.contains(&f.id));
+    for files in &mut next.levels {
+        files.retain(|f| !drop_ids.contains(&f.id));
+    }
+    Ok(next)
+}
+
+fn rebase_merge(latest: &Manifest, job: &Job, outputs: &[SstInfo]) -> Result<Manifest, String> {
     let upper_ids = ids(&job.upper);
-    let lower_ids = ids(&job.lower);
     let upper_level: &[SstInfo] = if job.input_level == 0 {
         &latest.l0
     } else {
@@ -221,21 +395,28 @@ pub(crate) fn rebase(
             }
         }
     }
-    let out_level = level(latest, job.output_level);
-    let present = ids(out_level);
-    if let Some(id) = lower_ids.iter().find(|id| !present.contains(id)) {
-        return Err(format!(
-            "input SST {id} is no longer in L{}",
-            job.output_level
-        ));
-    }
-    if let Some(f) = out_level
+    // The levels below the input level that the job reads or writes: every input planned
+    // there must still be there, and every file there overlapping the job must be an input.
+    let below_ids: HashSet<u64> = job
+        .middle
         .iter()
-        .find(|f| !lower_ids.contains(&f.id) && overlaps(f, &job.smallest_key, &job.largest_key))
-    {
+        .chain(job.lower.iter())
+        .map(|f| f.id)
+        .collect();
+    let mut present = HashSet::new();
+    for n in (job.input_level + 1)..=job.output_level {
+        for f in level(latest, n) {
+            present.insert(f.id);
+            if !below_ids.contains(&f.id) && overlaps(f, &job.smallest_key, &job.largest_key) {
+                return Err(format!("SST {} overlapping the job appeared in L{n}", f.id));
+            }
+        }
+    }
+    if let Some(id) = below_ids.iter().find(|id| !present.contains(id)) {
         return Err(format!(
-            "SST {} overlapping the job appeared in L{}",
-            f.id, job.output_level
+            "input SST {id} is no longer in L{}..=L{}",
+            job.input_level + 1,
+            job.output_level
         ));
     }
     let planned: HashSet<u64> = job.deeper.iter().flatten().map(|f| f.id).collect();
@@ -254,12 +435,9 @@ pub(crate) fn rebase(
     }
 
     let mut next = latest.clone();
-    next.version = latest.version + 1;
-    next.created_ms = now_ms;
-    if job.input_level == 0 {
-        next.l0.retain(|f| !upper_ids.contains(&f.id));
-    } else if let Some(files) = next.levels.get_mut(job.input_level - 1) {
-        files.retain(|f| !upper_ids.contains(&f.id));
+    next.l0.retain(|f| !upper_ids.contains(&f.id));
+    for files in &mut next.levels {
+        files.retain(|f| !upper_ids.contains(&f.id) && !below_ids.contains(&f.id));
     }
     while next.levels.len() < job.output_level {
         next.levels.push(Vec::new());
@@ -268,7 +446,6 @@ pub(crate) fn rebase(
         .levels
         .get_mut(job.output_level - 1)
         .ok_or_else(|| "output level missing".to_string())?;
-    files.retain(|f| !lower_ids.contains(&f.id));
     files.extend(outputs.iter().cloned().map(|mut f| {
         f.level = job.output_level as u32;
         f
@@ -285,6 +462,21 @@ pub(crate) fn rebase(
         }
     }
     Ok(next)
+}
+
+/// Renumbers the non-empty levels of `m` to occupy the deepest of `n` levels, in order
+/// (metadata only: every level stays a sorted run and keeps its place relative to the
+/// others). Never shrinks below the levels already in use.
+pub(crate) fn pack(m: &mut Manifest, n: usize) {
+    let runs: Vec<Vec<SstInfo>> = m.levels.drain(..).filter(|l| !l.is_empty()).collect();
+    let total = n.max(runs.len());
+    m.levels = vec![Vec::new(); total - runs.len()];
+    m.levels.extend(runs);
+    for (i, files) in m.levels.iter_mut().enumerate() {
+        for f in files {
+            f.level = (i + 1) as u32;
+        }
+    }
 }
 
 #[cfg(test)]

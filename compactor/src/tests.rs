@@ -16,7 +16,7 @@ use strata_objstore::{ObjectStoreBackend, PutMode, Store};
 use tokio::sync::watch;
 
 use crate::compactor::Committed;
-use crate::{now_ms, plan, CompactionOptions, Compactor};
+use crate::{now_ms, plan, CompactionOptions, Compactor, Strategy};
 
 const P: u32 = 3;
 const EPOCH: u64 = 7;
@@ -481,7 +481,7 @@ async fn new_l0_files_flushed_during_the_job_stay_in_l0() {
     let c = env.compactor(small_opts());
     let base = env.latest().await;
     let job = plan(&base, &small_opts()).unwrap();
-    let (outputs, counts) = c.execute(&job).await.unwrap();
+    let (outputs, counts, _) = c.execute(&job).await.unwrap();
     assert_eq!(counts.entries_out, 1);
     // The engine flushes meanwhile.
     let fresh = env.flush(vec![put("k", 50, "newest")]).await;
@@ -646,8 +646,32 @@ async fn run_compacts_on_manifest_changes_and_stops_on_shutdown() {
 /// round, and the store ends up holding exactly the referenced SSTs.
 #[tokio::test]
 async fn random_workload_matches_the_model() {
+    model_check(Strategy::Leveled, 1).await;
+}
+
+#[tokio::test]
+async fn random_workload_matches_the_model_with_subcompactions() {
+    model_check(Strategy::Leveled, 3).await;
+}
+
+#[tokio::test]
+async fn random_workload_matches_the_model_size_tiered() {
+    model_check(Strategy::SizeTiered, 2).await;
+}
+
+#[tokio::test]
+async fn random_workload_matches_the_model_time_window() {
+    model_check(Strategy::TimeWindow { window_ms: 1000 }, 2).await;
+}
+
+async fn model_check(strategy: Strategy, subcompactions: usize) {
     let env = Env::new().await;
     let opts = CompactionOptions {
+        strategy,
+        run_trigger: 3,
+        tiered_levels: 6,
+        subcompactions,
+        subcompaction_min_bytes: 0,
         l0_trigger: 3,
         l1_target_bytes: 12 << 10,
         level_multiplier: 3,
@@ -660,6 +684,7 @@ async fn random_workload_matches_the_model() {
         gc_grace: Duration::ZERO,
         orphan_grace: Duration::from_secs(3600),
         hash_range: None,
+        ..CompactionOptions::default()
     };
     let c = env.compactor(opts);
     let mut rng = StdRng::seed_from_u64(0x5eed_c0de);
@@ -716,9 +741,20 @@ async fn random_workload_matches_the_model() {
     }
     let m = env.latest().await;
     assert!(m.levels.len() >= 2, "{} levels", m.levels.len());
-    assert!(reports
-        .iter()
-        .any(|r| r.input_level >= 1 && !r.trivial_move));
+    if strategy == Strategy::Leveled {
+        assert!(reports
+            .iter()
+            .any(|r| r.input_level >= 1 && !r.trivial_move));
+    } else {
+        // Runs packed at the deepest of the 6 levels, merged in place.
+        assert!(reports
+            .iter()
+            .any(|r| r.output_level == 6 && r.input_files > 1));
+        assert!(!m.levels[5].is_empty());
+    }
+    if subcompactions > 1 {
+        assert!(reports.iter().any(|r| r.subcompactions > 1));
+    }
     assert!(reports.iter().any(|r| r.dropped_tombstones > 0));
     assert!(reports.iter().any(|r| r.dropped_expired > 0));
     let s = c.stats();

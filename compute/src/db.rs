@@ -787,6 +787,14 @@ impl Db {
                 .chain(view.version.levels.iter().flatten())
                 .map(|r| r.info.props.file_size)
                 .sum(),
+            last_level_bytes: view
+                .version
+                .levels
+                .iter()
+                .rev()
+                .find(|l| !l.is_empty())
+                .map(|l| l.iter().map(|r| r.info.props.file_size).sum())
+                .unwrap_or(0),
         }
     }
 
@@ -904,6 +912,8 @@ pub struct DbStats {
     pub l0_files: u64,
     pub level_files: Vec<u64>,
     pub sst_bytes: u64,
+    /// Bytes of the deepest non-empty level.
+    pub last_level_bytes: u64,
 }
 
 /// An entry as a live value, or `None` for tombstones and expired values.

@@ -125,6 +125,9 @@ pub struct PartitionProgress {
     /// Bytes of every SST of the current manifest.
     #[serde(default)]
     pub sst_bytes: u64,
+    /// Bytes of the deepest non-empty level (about the live data once compacted).
+    #[serde(default)]
+    pub last_level_bytes: u64,
 }
 
 impl PartitionProgress {
@@ -132,6 +135,17 @@ impl PartitionProgress {
     /// have to consult (every L0 file, plus one per non-empty level).
     pub fn read_amplification(&self) -> u64 {
         self.l0_files + self.level_files.iter().filter(|&&n| n > 0).count() as u64
+    }
+
+    /// Space amplification, estimated as every SST byte over the bytes of the deepest
+    /// non-empty level (which holds most live data once compacted, as RocksDB estimates
+    /// it). 0 while nothing is below L0.
+    pub fn space_amplification(&self) -> f64 {
+        if self.last_level_bytes == 0 {
+            0.0
+        } else {
+            self.sst_bytes as f64 / self.last_level_bytes as f64
+        }
     }
 }
 
@@ -199,6 +213,14 @@ pub struct CompactorInfo {
     /// amplification.
     #[serde(default)]
     pub l0_bytes_in: u64,
+    /// Wall time spent in jobs that merged data, milliseconds: `bytes_in / busy_millis` is
+    /// the worker's compaction throughput.
+    #[serde(default)]
+    pub busy_millis: u64,
+    /// Per partition this worker compacted: `[l0_bytes_in, bytes_out]`, the terms of
+    /// [`CompactorInfo::partition_write_amplification`].
+    #[serde(default)]
+    pub partition_bytes: std::collections::BTreeMap<u32, [u64; 2]>,
 }
 
 impl CompactorInfo {
@@ -210,6 +232,12 @@ impl CompactorInfo {
         } else {
             (self.l0_bytes_in + self.bytes_out) as f64 / self.l0_bytes_in as f64
         }
+    }
+
+    /// Write amplification of one partition's compactions by this worker, if it has any.
+    pub fn partition_write_amplification(&self, p: u32) -> Option<f64> {
+        let [l0, out] = *self.partition_bytes.get(&p)?;
+        (l0 > 0).then(|| (l0 + out) as f64 / l0 as f64)
     }
 }
 

@@ -683,6 +683,7 @@ async fn reconcile_loop(node: ClusterNode) {
                         l0_files: s.l0_files,
                         level_files: s.level_files.clone(),
                         sst_bytes: s.sst_bytes,
+                        last_level_bytes: s.last_level_bytes,
                     }
                 })
                 .collect();
