@@ -40,9 +40,134 @@ pub enum CtlCommand {
     Drain { node: String },
     /// Let NODE own partitions again.
     Undrain { node: String },
+    /// Archival snapshots: pinned, consistent manifest sets of the store.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+        /// An embedded store's data dir (as `strata serve --data-dir`); without it, the
+        /// cluster named by `--etcd` and `--object-store`.
+        #[arg(long, env = "STRATA_DATA_DIR", global = true)]
+        data_dir: Option<std::path::PathBuf>,
+        /// The store's object store URL (a cluster's bucket; default for `--data-dir`:
+        /// DATA_DIR/objects).
+        #[arg(long, env = "STRATA_OBJECT_STORE", global = true)]
+        object_store: Option<String>,
+        /// Endpoint of an S3-compatible server.
+        #[arg(long, env = "STRATA_S3_ENDPOINT", global = true)]
+        s3_endpoint: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum SnapshotAction {
+    /// Pin the current state of every partition (acknowledged writes still only in the WAL
+    /// included); prints the snapshot's id.
+    Create,
+    /// Snapshots with their time, partitions and pinned bytes.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot; SSTs only it referenced are collected by the compactors later.
+    Delete { id: String },
+}
+
+/// How long a snapshot may take to pin one partition: well below the compactors' default
+/// 5 min grace before deleting compacted inputs (see `compactor/src/snapshot.rs`).
+const MAX_PIN_DELAY: Duration = Duration::from_secs(120);
+
+async fn snapshot(
+    args: &CtlArgs,
+    action: &SnapshotAction,
+    data_dir: Option<&std::path::Path>,
+    object_store: Option<&str>,
+    s3_endpoint: &Option<String>,
+) -> Result<()> {
+    use strata_compactor::snapshot::{create_snapshot, delete_snapshot, list_snapshots};
+    let etcd = data_dir.is_none().then_some(args.etcd.as_str());
+    let source = crate::export_cmd::open_source(
+        data_dir,
+        etcd,
+        &args.etcd_prefix,
+        object_store,
+        s3_endpoint,
+    )
+    .await?;
+    match action {
+        SnapshotAction::Create => {
+            let started = std::time::Instant::now();
+            let rev = source.cluster.as_ref().map_or(0, |c| c.1);
+            let r = create_snapshot(
+                source.store,
+                source.manifests,
+                &source.partitions,
+                rev,
+                MAX_PIN_DELAY,
+            )
+            .await?;
+            let wal: u64 = r.partitions.iter().map(|p| p.wal_entries).sum();
+            println!(
+                "created snapshot {} of {} partitions ({:.1} MB of SSTs pinned, {wal} writes                  from the WAL) in {:.2} s",
+                r.id,
+                r.partitions.len(),
+                r.bytes() as f64 / 1e6,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        SnapshotAction::List { json } => {
+            let all = list_snapshots(&*source.store).await?;
+            if *json {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|(id, r)| serde_json::json!({"id": id, "complete": r.is_some(), "record": r}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<24} {:<24} {:>10} {:>12}",
+                    "SNAPSHOT", "CREATED (UTC ms)", "PARTITIONS", "PINNED MB"
+                );
+                for (id, r) in &all {
+                    match r {
+                        Some(r) => println!(
+                            "{id:<24} {:<24} {:>10} {:>12.1}",
+                            r.created_ms,
+                            r.partitions.len(),
+                            r.bytes() as f64 / 1e6
+                        ),
+                        None => println!(
+                            "{id:<24} incomplete (a create that did not finish; delete it)"
+                        ),
+                    }
+                }
+            }
+        }
+        SnapshotAction::Delete { id } => {
+            let n = delete_snapshot(&*source.store, id).await?;
+            println!("deleted snapshot {id} ({n} partition manifests)");
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(args: CtlArgs) -> Result<()> {
+    if let CtlCommand::Snapshot {
+        action,
+        data_dir,
+        object_store,
+        s3_endpoint,
+    } = &args.command
+    {
+        return snapshot(
+            &args,
+            action,
+            data_dir.as_deref(),
+            object_store.as_deref(),
+            s3_endpoint,
+        )
+        .await;
+    }
     let etcd = Etcd::connect(&EtcdSettings {
         endpoints: args.etcd.split(',').map(|s| s.trim().to_string()).collect(),
         prefix: args.etcd_prefix.clone(),
@@ -65,6 +190,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 .context("marking the node")?;
             println!("draining {node}: its partitions move to the other nodes");
         }
+        CtlCommand::Snapshot { .. } => {} // handled above, without etcd
         CtlCommand::Undrain { node } => {
             etcd.set_drain(&node, false)
                 .await

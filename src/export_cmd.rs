@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use strata_compactor::export::{
     export, read_export_manifest, ExportOptions, ExportPartition, Progress,
 };
+use strata_compactor::snapshot::SnapshotManifests;
 use strata_manifest::etcd::Etcd;
 use strata_manifest::{EmbeddedManifestStore, EtcdManifestStore, EtcdSettings, ManifestStore};
 use strata_objstore::{open_store, RetryPolicy, S3Settings, Store, StoreConfig};
@@ -18,7 +19,7 @@ pub struct ExportArgs {
     /// Destination: `file:///DIR` or `s3://BUCKET/PREFIX`.
     #[arg(long)]
     pub to: String,
-    /// Export an archival snapshot instead of the latest state.
+    /// Export an archival snapshot (`strata ctl snapshot create`) instead of the latest state.
     #[arg(long)]
     pub snapshot: Option<String>,
     /// Only what changed since the export at this URL (its `_manifest.json`); rows carry a
@@ -74,61 +75,108 @@ fn open(url: &str, endpoint: &Option<String>) -> Result<Arc<dyn Store>> {
     Ok(store)
 }
 
-pub async fn run(args: ExportArgs) -> Result<()> {
-    if let Some(id) = &args.snapshot {
-        bail!("--snapshot {id}: archival snapshots are not built yet; export the latest state");
-    }
-    let mut cluster: Option<(Etcd, i64)> = None;
-    let (store, manifests, partitions): (Arc<dyn Store>, Arc<dyn ManifestStore>, _) =
-        match (&args.etcd, &args.data_dir) {
-            (Some(etcd_url), _) => {
-                let Some(url) = &args.object_store else {
-                    bail!("--etcd needs --object-store (the cluster's bucket)");
-                };
-                let store = open(url, &args.s3_endpoint)?;
-                let etcd = Etcd::connect(&EtcdSettings {
-                    endpoints: etcd_url.split(',').map(|s| s.trim().to_string()).collect(),
-                    prefix: args.etcd_prefix.clone(),
-                    request_timeout: Duration::from_secs(5),
+/// A store to read: its objects, manifests and partitions (with the cluster's etcd and
+/// partition map revision for a cluster).
+pub(crate) struct Source {
+    pub store: Arc<dyn Store>,
+    pub manifests: Arc<dyn ManifestStore>,
+    pub partitions: Vec<ExportPartition>,
+    pub cluster: Option<(Etcd, i64)>,
+}
+
+/// Opens an embedded store (`data_dir`, objects under DATA_DIR/objects unless
+/// `object_store` names them) or a cluster (`etcd` + `object_store`).
+pub(crate) async fn open_source(
+    data_dir: Option<&std::path::Path>,
+    etcd: Option<&str>,
+    etcd_prefix: &str,
+    object_store: Option<&str>,
+    s3_endpoint: &Option<String>,
+) -> Result<Source> {
+    match (etcd, data_dir) {
+        (Some(etcd_url), _) => {
+            let Some(url) = object_store else {
+                bail!("--etcd needs --object-store (the cluster's bucket)");
+            };
+            let store = open(url, s3_endpoint)?;
+            let etcd = Etcd::connect(&EtcdSettings {
+                endpoints: etcd_url.split(',').map(|s| s.trim().to_string()).collect(),
+                prefix: etcd_prefix.to_string(),
+                request_timeout: Duration::from_secs(5),
+            })
+            .await
+            .with_context(|| format!("connecting to etcd at {etcd_url}"))?;
+            let view = etcd.view().await.context("reading the cluster")?;
+            let (map, map_rev) = view
+                .partition_map()
+                .map_err(|e| anyhow::anyhow!("reading the partition map: {e}"))?;
+            let partitions: Vec<ExportPartition> = map
+                .ids()
+                .into_iter()
+                .map(|p| ExportPartition {
+                    partition: p,
+                    hash_range: map.range_of(p),
                 })
-                .await
-                .with_context(|| format!("connecting to etcd at {etcd_url}"))?;
-                let view = etcd.view().await.context("reading the cluster")?;
-                let (map, map_rev) = view
-                    .partition_map()
-                    .map_err(|e| anyhow::anyhow!("reading the partition map: {e}"))?;
-                cluster = Some((etcd.clone(), map_rev));
-                let parts: Vec<ExportPartition> = map
-                    .ids()
-                    .into_iter()
-                    .map(|p| ExportPartition {
-                        partition: p,
-                        hash_range: map.range_of(p),
-                    })
-                    .collect();
-                let m: Arc<dyn ManifestStore> =
-                    Arc::new(EtcdManifestStore::new(etcd, store.clone()));
-                (store, m, parts)
-            }
-            (None, Some(dir)) => {
-                let url = args.object_store.clone().unwrap_or_else(|| {
-                    format!(
-                        "file://{}",
-                        crate::serve::absolute(&dir.join("objects")).display()
-                    )
-                });
-                let store = open(&url, &args.s3_endpoint)?;
-                let m: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
-                let parts = vec![ExportPartition {
+                .collect();
+            let manifests: Arc<dyn ManifestStore> =
+                Arc::new(EtcdManifestStore::new(etcd.clone(), store.clone()));
+            Ok(Source {
+                store,
+                manifests,
+                partitions,
+                cluster: Some((etcd, map_rev)),
+            })
+        }
+        (None, Some(dir)) => {
+            let url = object_store.map(str::to_string).unwrap_or_else(|| {
+                format!(
+                    "file://{}",
+                    crate::serve::absolute(&dir.join("objects")).display()
+                )
+            });
+            let store = open(&url, s3_endpoint)?;
+            let manifests: Arc<dyn ManifestStore> =
+                Arc::new(EmbeddedManifestStore::new(store.clone()));
+            Ok(Source {
+                store,
+                manifests,
+                partitions: vec![ExportPartition {
                     partition: 0,
                     hash_range: None,
-                }];
-                (store, m, parts)
-            }
-            (None, None) => {
-                bail!("name the store: --data-dir DIR, or --etcd URL --object-store URL")
-            }
-        };
+                }],
+                cluster: None,
+            })
+        }
+        (None, None) => {
+            bail!("name the store: --data-dir DIR, or --etcd URL --object-store URL")
+        }
+    }
+}
+
+pub async fn run(args: ExportArgs) -> Result<()> {
+    let source = open_source(
+        args.data_dir.as_deref(),
+        args.etcd.as_deref(),
+        &args.etcd_prefix,
+        args.object_store.as_deref(),
+        &args.s3_endpoint,
+    )
+    .await?;
+    let (store, manifests, partitions, cluster) = match &args.snapshot {
+        // A snapshot is fixed: no split can change it under the export.
+        Some(id) => {
+            let snap = SnapshotManifests::load(&*source.store, id).await?;
+            let parts = snap.partitions();
+            let m: Arc<dyn ManifestStore> = Arc::new(snap);
+            (source.store, m, parts, None)
+        }
+        None => (
+            source.store,
+            source.manifests,
+            source.partitions,
+            source.cluster,
+        ),
+    };
     let dest = open(&args.to, &args.s3_endpoint)?;
     let since = match &args.since {
         Some(url) => {

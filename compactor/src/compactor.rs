@@ -347,6 +347,24 @@ impl Compactor {
             return Ok(0);
         }
         let p = self.inner.partition;
+        // Inputs an archival snapshot references stay; once it is deleted, the orphan sweep
+        // finds them unreferenced. Pins unknown: delete nothing now.
+        let pinned = match crate::snapshot::pinned_ssts(&*self.inner.store, p).await {
+            Ok(pinned) => pinned,
+            Err(e) => {
+                self.inner.pending.lock().extend(due);
+                return Err(e.context("reading snapshot pins before deleting compacted inputs"));
+            }
+        };
+        let (kept, due): (Vec<PendingDelete>, Vec<PendingDelete>) =
+            due.into_iter().partition(|d| pinned.contains(&d.id));
+        if !kept.is_empty() {
+            debug!(
+                partition = p,
+                kept = kept.len(),
+                "compacted inputs pinned by a snapshot kept"
+            );
+        }
         let mut deleted = 0;
         let mut failed = Vec::new();
         let mut first_err = None;
@@ -381,11 +399,18 @@ impl Compactor {
         let Some(m) = self.inner.manifests.load_latest(p).await? else {
             return Ok(0);
         };
-        let live: std::collections::HashSet<u64> =
+        // Referenced: by the latest manifest, or by an archival snapshot (pins read after the
+        // manifest, so an SST a snapshot took from it is in one or the other).
+        let mut live: std::collections::HashSet<u64> =
             m.l0.iter()
                 .chain(m.levels.iter().flatten())
                 .map(|f| f.id)
                 .collect();
+        live.extend(
+            crate::snapshot::pinned_ssts(&*self.inner.store, p)
+                .await
+                .context("reading snapshot pins before sweeping orphans")?,
+        );
         let queued: std::collections::HashSet<u64> =
             self.inner.pending.lock().iter().map(|d| d.id).collect();
         let grace_ms = self.inner.opts.orphan_grace.as_millis() as u64;

@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_format::{
     decode_wal_segment, hash_in_range, is_system_key, key_hash, read_all_entries, Entry, Kind,
+    Manifest,
 };
 use strata_manifest::layout::{parse_wal_path, sst_path, wal_path, wal_prefix};
 use strata_manifest::{now_ms, ManifestStore};
@@ -283,7 +284,7 @@ async fn put_replacing(dest: &dyn Store, name: &str, data: Bytes) -> Result<()> 
 /// the latest manifest's SSTs and the WAL segments from its replay point on. Retries from a
 /// newer manifest if a segment or SST disappears under it (a flush moved the replay point and
 /// WAL GC ran, or compaction GC deleted an input).
-async fn read_partition(
+pub(crate) async fn read_partition(
     store: &Arc<dyn Store>,
     manifests: &dyn ManifestStore,
     p: u32,
@@ -307,7 +308,7 @@ async fn read_partition(
 /// An input moved under the export (collected after a flush or compaction): read the
 /// partition again from its newer manifest.
 #[derive(Debug)]
-struct Reread(String);
+pub(crate) struct Reread(pub(crate) String);
 
 impl std::fmt::Display for Reread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -317,7 +318,7 @@ impl std::fmt::Display for Reread {
 
 impl std::error::Error for Reread {}
 
-fn is_not_found(e: &anyhow::Error) -> bool {
+pub(crate) fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<StoreError>(),
@@ -351,7 +352,7 @@ async fn read_partition_once(
             newest.insert(e.key.clone(), e);
         }
     };
-    let mut max_seq = m.last_flushed_seq;
+    let max_seq = m.last_flushed_seq;
     let files: Vec<_> =
         m.l0.iter()
             .chain(m.levels.iter().flatten())
@@ -369,6 +370,45 @@ async fn read_partition_once(
             keep(e);
         }
     }
+    let tail = read_wal_tail(store, manifests, p, &m, progress).await?;
+    let max_seq = max_seq.max(tail.max_seq);
+    for e in tail.entries {
+        keep(e);
+    }
+    Ok((
+        PartitionSnapshot {
+            partition: p,
+            manifest_version: m.version,
+            max_seq,
+            wal_segments: tail.segments,
+            ssts: files.len() as u64,
+        },
+        newest.into_values().collect(),
+    ))
+}
+
+/// The writes of a partition that are in its WAL but in no SST of manifest `m`.
+pub(crate) struct WalTail {
+    /// In WAL order (seq ascending).
+    pub entries: Vec<Entry>,
+    /// Largest seq among them (0 when none).
+    pub max_seq: u64,
+    /// Segments read.
+    pub segments: u64,
+}
+
+/// Reads the WAL of partition `p` from `m`'s replay point on, keeping the entries above its
+/// flushed seq. Fails with an error [`is_not_found`] recognises when the WAL moved under the
+/// read (read again from a newer manifest).
+pub(crate) async fn read_wal_tail(
+    store: &Arc<dyn Store>,
+    manifests: &dyn ManifestStore,
+    p: u32,
+    m: &Manifest,
+    progress: &dyn Progress,
+) -> Result<WalTail> {
+    let mut max_seq = 0;
+    let mut entries = Vec::new();
     // WAL segments from the replay point on, in order; ids are consecutive.
     let mut ids: Vec<u64> = store
         .list(&wal_prefix(p))
@@ -423,20 +463,15 @@ async fn read_partition_once(
         for e in batches.into_iter().flatten() {
             if e.seq > m.last_flushed_seq {
                 max_seq = max_seq.max(e.seq);
-                keep(e);
+                entries.push(e);
             }
         }
     }
-    Ok((
-        PartitionSnapshot {
-            partition: p,
-            manifest_version: m.version,
-            max_seq,
-            wal_segments: ids.len() as u64,
-            ssts: files.len() as u64,
-        },
-        newest.into_values().collect(),
-    ))
+    Ok(WalTail {
+        entries,
+        max_seq,
+        segments: ids.len() as u64,
+    })
 }
 
 /// Splits rows (sorted by key) into files of about `target` bytes.

@@ -30,6 +30,7 @@ pub mod export;
 pub mod fleet;
 mod merge;
 mod plan;
+pub mod snapshot;
 mod tiered;
 
 #[cfg(test)]

@@ -923,3 +923,68 @@ async fn with_a_reader_floor_inputs_wait_for_the_owner_to_adopt_the_commit() {
         "owner adopted: deleted"
     );
 }
+
+/// Archival snapshots pin their SSTs: compaction GC and the orphan sweep keep every file a
+/// snapshot references (the snapshot still reads back whole), and once the snapshot is
+/// deleted the orphan sweep collects them.
+#[tokio::test]
+async fn snapshot_pins_survive_gc_until_the_snapshot_is_deleted() {
+    use crate::export::ExportPartition;
+    use crate::snapshot::{create_snapshot, delete_snapshot, list_snapshots, SnapshotManifests};
+    let env = Env::new().await;
+    for i in 0..4u64 {
+        env.flush(vec![put("a", 10 + i, "old"), put("b", 20 + i, "old")])
+            .await;
+    }
+    let parts = [ExportPartition {
+        partition: P,
+        hash_range: None,
+    }];
+    let manifests: Arc<dyn ManifestStore> = env.manifests.clone();
+    let snap = create_snapshot(
+        env.store.clone(),
+        manifests,
+        &parts,
+        0,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let pinned = referenced(&*env.latest().await);
+    assert_eq!(pinned.len(), 4);
+    assert_eq!(snap.partitions[0].ssts, 4);
+    let c = env.compactor(CompactionOptions {
+        gc_grace: Duration::ZERO,
+        orphan_grace: Duration::ZERO,
+        ..small_opts()
+    });
+    while c.compact_once().await.unwrap().is_some() {}
+    c.collect_garbage().await.unwrap();
+    c.sweep_orphans().await.unwrap();
+    c.sweep_orphans().await.unwrap();
+    let objects = env.sst_objects().await;
+    assert!(pinned.is_subset(&objects), "{pinned:?} vs {objects:?}");
+    // The snapshot reads back as it was, from its own manifest.
+    let s = SnapshotManifests::load(&*env.store, &snap.id)
+        .await
+        .unwrap();
+    let m = s.load_latest(P).await.unwrap().unwrap();
+    assert_eq!(referenced(&m), pinned);
+    let files = env.load_files(&m).await;
+    assert_eq!(
+        visible(read(&m, &files, b"a")).map(|e| e.value),
+        Some(Bytes::from("old"))
+    );
+    assert_eq!(list_snapshots(&*env.store).await.unwrap().len(), 1);
+
+    delete_snapshot(&*env.store, &snap.id).await.unwrap();
+    assert!(list_snapshots(&*env.store).await.unwrap().is_empty());
+    assert!(SnapshotManifests::load(&*env.store, &snap.id)
+        .await
+        .is_err());
+    c.sweep_orphans().await.unwrap();
+    c.sweep_orphans().await.unwrap();
+    let live = referenced(&*env.latest().await);
+    assert_eq!(env.sst_objects().await, live, "unpinned inputs collected");
+    assert!(live.is_disjoint(&pinned));
+}
