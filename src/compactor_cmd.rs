@@ -36,6 +36,7 @@ pub async fn run(args: CompactorArgs) -> Result<()> {
     if let Some(ep) = &args.s3_endpoint {
         s3.endpoint = Some(ep.clone());
     }
+    let roots = strata_objstore::Roots::new(s3.clone(), RetryPolicy::default());
     let (store, _meter) = open_store(&StoreConfig {
         url: args.object_store.clone(),
         s3,
@@ -57,6 +58,7 @@ pub async fn run(args: CompactorArgs) -> Result<()> {
     let mut opts = WorkerOptions::new(id.clone());
     opts.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(1));
     opts.compaction = args.compaction.options(opts.compaction);
+    opts.compaction.roots = roots;
     tracing::info!(
         worker = %id,
         object_store = %store.describe(),

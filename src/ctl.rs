@@ -40,6 +40,31 @@ pub enum CtlCommand {
     Drain { node: String },
     /// Let NODE own partitions again.
     Undrain { node: String },
+    /// Bring back a snapshot as a new keyspace at `--to`, reading its SSTs where they are
+    /// (nothing copied). Start the new keyspace's server(s) once it finishes.
+    Restore {
+        /// Snapshot id (`strata ctl snapshot list`).
+        #[arg(long)]
+        snapshot: String,
+        /// The new keyspace's object store: `file:///NEWDIR/objects` (then `strata serve
+        /// --data-dir NEWDIR`) or `s3://BUCKET/NEW_PREFIX`. Must be empty.
+        #[arg(long)]
+        to: String,
+        /// For a cluster's snapshot: the new keyspace's etcd prefix (its nodes join with
+        /// `--etcd-prefix` set to it). Must be unused.
+        #[arg(long)]
+        to_etcd_prefix: Option<String>,
+        /// The source: an embedded store's data dir; without it, the cluster named by
+        /// `--etcd` and `--object-store`.
+        #[arg(long, env = "STRATA_DATA_DIR")]
+        data_dir: Option<std::path::PathBuf>,
+        /// The source's object store URL (default for `--data-dir`: DATA_DIR/objects).
+        #[arg(long, env = "STRATA_OBJECT_STORE")]
+        object_store: Option<String>,
+        /// Endpoint of an S3-compatible server (source and target).
+        #[arg(long, env = "STRATA_S3_ENDPOINT")]
+        s3_endpoint: Option<String>,
+    },
     /// Archival snapshots: pinned, consistent manifest sets of the store.
     Snapshot {
         #[command(subcommand)]
@@ -70,7 +95,129 @@ pub enum SnapshotAction {
         json: bool,
     },
     /// Delete a snapshot; SSTs only it referenced are collected by the compactors later.
-    Delete { id: String },
+    Delete {
+        id: String,
+        /// Delete even though keyspaces were restored from it (they read its SSTs in place
+        /// until their compactions rewrite them).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `strata ctl restore`: the snapshot's manifests become the first manifests of a new
+/// keyspace whose SSTs stay where they are.
+async fn restore(
+    args: &CtlArgs,
+    id: &str,
+    to: &str,
+    to_etcd_prefix: Option<&str>,
+    data_dir: Option<&std::path::Path>,
+    object_store: Option<&str>,
+    s3_endpoint: &Option<String>,
+) -> Result<()> {
+    use strata_compactor::snapshot::{mark_restored, restored_manifest, SnapshotManifests};
+    use strata_manifest::ManifestStore as _;
+    let started = std::time::Instant::now();
+    let etcd_url = data_dir.is_none().then_some(args.etcd.as_str());
+    let source = crate::export_cmd::open_source(
+        data_dir,
+        etcd_url,
+        &args.etcd_prefix,
+        object_store,
+        s3_endpoint,
+    )
+    .await?;
+    let snap = SnapshotManifests::load(&*source.store, id).await?;
+    let target = crate::export_cmd::open(to, s3_endpoint)?;
+    if to.trim_end_matches('/') == source.url.trim_end_matches('/') {
+        anyhow::bail!("--to {to} is the source itself: restore into a new, empty place");
+    }
+    let existing = target.list("").await.context("listing the target")?;
+    if let Some(o) = existing.first() {
+        anyhow::bail!(
+            "the target {to} is not empty ({} objects, e.g. {}): restore into a new place",
+            existing.len(),
+            o.path
+        );
+    }
+    let parts = snap.partitions();
+    let uniform = strata_format::PartitionMap::uniform(parts.len() as u32);
+    let mut manifests = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let m = snap.load_latest(part.partition).await?.with_context(|| {
+            format!(
+                "snapshot {id} lists no manifest for partition {}",
+                part.partition
+            )
+        })?;
+        manifests.push((part.partition, restored_manifest(&m, &source.url)));
+    }
+    match to_etcd_prefix {
+        None => {
+            if parts.len() != 1 || parts[0].partition != 0 || parts[0].hash_range.is_some() {
+                anyhow::bail!(
+                    "snapshot {id} holds {} partitions: restore it as a cluster with                      --to-etcd-prefix",
+                    parts.len()
+                );
+            }
+            let store = strata_manifest::EmbeddedManifestStore::new(target.clone());
+            for (p, m) in &manifests {
+                store
+                    .commit(*p, m)
+                    .await
+                    .with_context(|| format!("installing the manifest of partition {p}"))?;
+            }
+        }
+        Some(prefix) => {
+            // The new keyspace keeps the snapshot's partitions; a map with splits is not
+            // restorable yet (its ranges would have to be installed too).
+            let split = parts
+                .iter()
+                .any(|p| p.hash_range != uniform.range_of(p.partition))
+                || parts.len() as u32 != uniform.ids().len() as u32;
+            if split {
+                anyhow::bail!(
+                    "snapshot {id} was taken after partition splits: restoring a split                      partition map is not supported yet"
+                );
+            }
+            let etcd = strata_manifest::etcd::Etcd::connect(&EtcdSettings {
+                endpoints: args.etcd.split(',').map(|s| s.trim().to_string()).collect(),
+                prefix: prefix.to_string(),
+                request_timeout: Duration::from_secs(5),
+            })
+            .await
+            .with_context(|| format!("connecting to etcd at {}", args.etcd))?;
+            let view = etcd.view().await.context("reading the target prefix")?;
+            if view.config.is_some() || !view.nodes.is_empty() {
+                anyhow::bail!("etcd prefix {prefix} is in use: restore into an unused one");
+            }
+            etcd.init_config(parts.len() as u32)
+                .await
+                .context("writing the new cluster's config")?;
+            let store = strata_manifest::EtcdManifestStore::new(etcd, target.clone());
+            for (p, m) in &manifests {
+                if !store
+                    .install_restored(*p, m)
+                    .await
+                    .with_context(|| format!("installing the manifest of partition {p}"))?
+                {
+                    anyhow::bail!("partition {p} of {prefix} already has a manifest");
+                }
+            }
+        }
+    }
+    mark_restored(&*source.store, id, to).await?;
+    let ssts: usize = manifests
+        .iter()
+        .map(|(_, m)| m.l0.len() + m.levels.iter().map(Vec::len).sum::<usize>())
+        .sum();
+    println!(
+        "restored snapshot {id} ({} partitions, {ssts} SSTs read in place, {:.1} MB, nothing          copied) to {to} in {:.2} s",
+        manifests.len(),
+        snap.record.bytes() as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// How long a snapshot may take to pin one partition: well below the compactors' default
@@ -143,8 +290,8 @@ async fn snapshot(
                 }
             }
         }
-        SnapshotAction::Delete { id } => {
-            let n = delete_snapshot(&*source.store, id).await?;
+        SnapshotAction::Delete { id, force } => {
+            let n = delete_snapshot(&*source.store, id, *force).await?;
             println!("deleted snapshot {id} ({n} partition manifests)");
         }
     }
@@ -152,6 +299,26 @@ async fn snapshot(
 }
 
 pub async fn run(args: CtlArgs) -> Result<()> {
+    if let CtlCommand::Restore {
+        snapshot,
+        to,
+        to_etcd_prefix,
+        data_dir,
+        object_store,
+        s3_endpoint,
+    } = &args.command
+    {
+        return restore(
+            &args,
+            snapshot,
+            to,
+            to_etcd_prefix.as_deref(),
+            data_dir.as_deref(),
+            object_store.as_deref(),
+            s3_endpoint,
+        )
+        .await;
+    }
     if let CtlCommand::Snapshot {
         action,
         data_dir,
@@ -190,7 +357,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 .context("marking the node")?;
             println!("draining {node}: its partitions move to the other nodes");
         }
-        CtlCommand::Snapshot { .. } => {} // handled above, without etcd
+        CtlCommand::Snapshot { .. } | CtlCommand::Restore { .. } => {} // handled above
         CtlCommand::Undrain { node } => {
             etcd.set_drain(&node, false)
                 .await

@@ -61,11 +61,17 @@ impl Progress for Bar {
     }
 }
 
-fn open(url: &str, endpoint: &Option<String>) -> Result<Arc<dyn Store>> {
+/// S3 settings from the environment, with `endpoint` if given.
+pub(crate) fn settings(endpoint: &Option<String>) -> S3Settings {
     let mut s3 = S3Settings::from_env();
     if let Some(ep) = endpoint {
         s3.endpoint = Some(ep.clone());
     }
+    s3
+}
+
+pub(crate) fn open(url: &str, endpoint: &Option<String>) -> Result<Arc<dyn Store>> {
+    let s3 = settings(endpoint);
     let (store, _) = open_store(&StoreConfig {
         url: url.to_string(),
         s3,
@@ -78,6 +84,8 @@ fn open(url: &str, endpoint: &Option<String>) -> Result<Arc<dyn Store>> {
 /// A store to read: its objects, manifests and partitions (with the cluster's etcd and
 /// partition map revision for a cluster).
 pub(crate) struct Source {
+    /// The store's URL, absolute (what a restored keyspace records to read it again).
+    pub url: String,
     pub store: Arc<dyn Store>,
     pub manifests: Arc<dyn ManifestStore>,
     pub partitions: Vec<ExportPartition>,
@@ -121,6 +129,7 @@ pub(crate) async fn open_source(
             let manifests: Arc<dyn ManifestStore> =
                 Arc::new(EtcdManifestStore::new(etcd.clone(), store.clone()));
             Ok(Source {
+                url: url.to_string(),
                 store,
                 manifests,
                 partitions,
@@ -138,6 +147,7 @@ pub(crate) async fn open_source(
             let manifests: Arc<dyn ManifestStore> =
                 Arc::new(EmbeddedManifestStore::new(store.clone()));
             Ok(Source {
+                url,
                 store,
                 manifests,
                 partitions: vec![ExportPartition {
@@ -189,6 +199,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         target_file_bytes: args.file_mb.max(1) << 20,
         since,
         map_revision: cluster.as_ref().map_or(0, |c| c.1),
+        roots: strata_objstore::Roots::new(settings(&args.s3_endpoint), RetryPolicy::default()),
         ..ExportOptions::default()
     };
     let bar = if args.no_progress {

@@ -149,6 +149,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     if let Some(ep) = &args.s3_endpoint {
         s3.endpoint = Some(ep.clone());
     }
+    let roots = strata_objstore::Roots::new(s3.clone(), RetryPolicy::default());
     let (store, meter) = open_store(&StoreConfig {
         url: url.clone(),
         s3,
@@ -167,6 +168,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         memtable_bytes: args.memtable_mb << 20,
         write_buffer_bytes: args.write_buffer_mb << 20,
         metrics: Some(metrics.clone()),
+        roots: roots.clone(),
         ..Default::default()
     };
     if let Some(endpoints) = &args.etcd {
@@ -246,7 +248,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         kv.set_cluster(node.clone(), advertise.clone());
         let registry = CompactorRegistry::default();
         let compactor_task = args.compaction.then(|| {
-            let opts = args.compaction_opts.options(CompactionOptions::default());
+            let opts = args.compaction_opts.options(CompactionOptions {
+                roots: roots.clone(),
+                ..CompactionOptions::default()
+            });
             tokio::spawn(compact_owned(
                 node.clone(),
                 store.clone(),
@@ -321,7 +326,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             store.clone(),
             manifests.clone(),
             0,
-            args.compaction_opts.options(CompactionOptions::default()),
+            args.compaction_opts.options(CompactionOptions {
+                roots: roots.clone(),
+                ..CompactionOptions::default()
+            }),
         );
         let rx = stop_rx.clone();
         registry

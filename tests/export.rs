@@ -225,10 +225,13 @@ fn ctl_snapshot(data_dir: &str, args: &[&str]) -> (bool, String) {
 }
 
 /// An archival snapshot taken from a running server (writes only in its WAL included) exports
-/// exactly as the store was then, whatever changed since; `list` shows it; once deleted it
-/// can no longer be exported.
+/// exactly as the store was then, whatever changed since; `list` shows it. Restored into a new
+/// keyspace it copies no SST, serves every key with its old value and version, takes new
+/// writes above them, compacts the source's SSTs into its own, and survives a `kill -9`; the
+/// source is untouched. Deleting a snapshot something was restored from needs `--force`; once
+/// deleted it can no longer be exported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_exports_the_store_as_it_was() {
+async fn a_snapshot_exports_and_restores_the_store_as_it_was() {
     let data = tempfile::tempdir().expect("temp dir");
     let out = tempfile::tempdir().expect("temp dir");
     let server = Server::start_with(
@@ -274,7 +277,104 @@ async fn a_snapshot_exports_the_store_as_it_was() {
     );
     check(&dest, &then);
 
+    // Restore into a new keyspace: nothing copied, every key as it was, writable.
+    let restored = tempfile::tempdir().expect("temp dir");
+    let to = format!("file://{}/objects", restored.path().display());
+    let out_restore = std::process::Command::new(BIN)
+        .args([
+            "ctl",
+            "restore",
+            "--snapshot",
+            &id,
+            "--data-dir",
+            data_dir,
+            "--to",
+            &to,
+        ])
+        .output()
+        .expect("run strata ctl restore");
+    assert!(
+        out_restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out_restore.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&out_restore.stdout).trim());
+    let ssts_in = |dir: &Path| -> usize {
+        walk(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+            .count()
+    };
+    assert_eq!(ssts_in(restored.path()), 0, "a restore copies no SST");
+    // The source's server keeps running; a second server serves the restored keyspace.
+    let mut b_server = Server::start_with(
+        restored.path(),
+        ServerOpts {
+            extra_args: vec!["--memtable-mb".into(), "1".into()],
+            ..Default::default()
+        },
+    );
+    let mut b = b_server.client().await;
+    let expect_then = |b: &mut Kv| {
+        let mut b = b.clone();
+        let then = then.clone();
+        async move {
+            for i in (0..2500u32).step_by(7) {
+                let k = format!("k{i:05}");
+                let (v, ver, _, _) = &then[&hex(k.as_bytes())];
+                let r = b
+                    .get(pb::GetRequest {
+                        key: Bytes::from(k.clone()),
+                        consistency: 0,
+                    })
+                    .await
+                    .expect("get")
+                    .into_inner();
+                assert!(r.found, "{k} missing from the restored keyspace");
+                assert_eq!((&r.value[..], r.version), (&v[..], *ver), "{k}");
+            }
+        }
+    };
+    expect_then(&mut b).await;
+    let max_then = then.values().map(|e| e.1).max().unwrap_or(0);
+    // Writes to the restored keyspace: versions continue above the snapshot's; enough of
+    // them that its compaction merges the source's SSTs into its own.
+    let mut newest = 0;
+    for i in 0..4000u32 {
+        let k = format!("b{i:05}");
+        newest = put(&mut b, k.as_bytes(), "r".repeat(1000).as_bytes(), 0).await;
+    }
+    assert!(newest > max_then);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !b_server.log_text().contains("compaction committed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction in the restored keyspace"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ssts_in(restored.path()) > 0);
+    expect_then(&mut b).await;
+    // A restart reads the restored manifests (with their foreign root) again.
+    b_server.kill9();
+    let b_server = Server::start_with(restored.path(), ServerOpts::default());
+    let mut b = b_server.client().await;
+    expect_then(&mut b).await;
+    // The source is untouched by all this.
+    let r = kv
+        .get(pb::GetRequest {
+            key: Bytes::from("k00003"),
+            consistency: 0,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(&r.value[..], b"later");
+
+    // The snapshot backs the restored keyspace: deleting it needs --force.
     let (ok, text) = ctl_snapshot(data_dir, &["delete", &id]);
+    assert!(!ok && text.contains("--force"), "{text}");
+    let (ok, text) = ctl_snapshot(data_dir, &["delete", &id, "--force"]);
     assert!(ok, "{text}");
     let (_, text) = ctl_snapshot(data_dir, &["list"]);
     assert!(!text.contains(&id), "{text}");
@@ -297,4 +397,21 @@ async fn a_snapshot_exports_the_store_as_it_was() {
         "{}",
         String::from_utf8_lossy(&gone.stderr)
     );
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

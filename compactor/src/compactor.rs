@@ -602,14 +602,15 @@ impl Compactor {
         }
         if !job.trivial_move {
             let due = Instant::now() + self.inner.opts.gc_grace;
-            self.inner
-                .pending
-                .lock()
-                .extend(job.inputs().map(|f| PendingDelete {
-                    id: f.id,
-                    due,
-                    version,
-                }));
+            self.inner.pending.lock().extend(
+                job.inputs()
+                    .filter(|f| job.root_of(f.id).is_none())
+                    .map(|f| PendingDelete {
+                        id: f.id,
+                        due,
+                        version,
+                    }),
+            );
             if job.input_level == 0 && !job.drop_expired {
                 let l0: u64 = job.upper.iter().map(|f| f.props.file_size).sum();
                 self.inner.stats.lock().l0_bytes_in += l0;
@@ -648,7 +649,10 @@ impl Compactor {
         job: &Job,
     ) -> anyhow::Result<(Vec<SstInfo>, MergeCounts, usize)> {
         let sources: Vec<Vec<Entry>> = futures::stream::iter(job.inputs().cloned())
-            .map(|info| self.read_input(info))
+            .map(|info| {
+                let root = job.root_of(info.id).map(str::to_string);
+                self.read_input(info, root)
+            })
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
@@ -745,12 +749,22 @@ impl Compactor {
     }
 
     /// Reads one input whole, verifying every checksum.
-    async fn read_input(&self, info: SstInfo) -> anyhow::Result<Vec<Entry>> {
-        let path = sst_path(self.inner.partition, info.id);
-        let data = self
-            .inner
-            .store
-            .get(&path)
+    async fn read_input(&self, info: SstInfo, root: Option<String>) -> anyhow::Result<Vec<Entry>> {
+        let key = sst_path(self.inner.partition, info.id);
+        // An input under another root (a restored keyspace's unchanged SST) is read there.
+        let (store, path) = match &root {
+            None => (self.inner.store.clone(), key.clone()),
+            Some(url) => (
+                self.inner
+                    .opts
+                    .roots
+                    .get(url)
+                    .with_context(|| format!("opening the root {url} of input {key}"))?,
+                format!("{url}/{key}"),
+            ),
+        };
+        let data = store
+            .get(&key)
             .await
             .with_context(|| format!("reading compaction input {path} (L{})", info.level))?;
         if data.len() as u64 != info.props.file_size {

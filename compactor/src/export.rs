@@ -37,7 +37,7 @@ use strata_format::{
 };
 use strata_manifest::layout::{parse_wal_path, sst_path, wal_path, wal_prefix};
 use strata_manifest::{now_ms, ManifestStore};
-use strata_objstore::{PutMode, Store, StoreError};
+use strata_objstore::{PutMode, Roots, Store, StoreError};
 
 /// Name of the export's manifest.
 pub const EXPORT_MANIFEST: &str = "_manifest.json";
@@ -60,6 +60,8 @@ pub struct ExportOptions {
     pub since: Option<ExportManifest>,
     /// Revision of the partition map `partitions` came from (recorded in the manifest).
     pub map_revision: i64,
+    /// Opens the other roots a manifest may name for some SSTs (restored keyspaces).
+    pub roots: Roots,
 }
 
 impl Default for ExportOptions {
@@ -69,6 +71,7 @@ impl Default for ExportOptions {
             row_group_rows: 64 * 1024,
             since: None,
             map_revision: 0,
+            roots: Roots::default(),
         }
     }
 }
@@ -207,7 +210,7 @@ pub async fn export(
     };
     for part in partitions {
         let p = part.partition;
-        let (snap, entries) = read_partition(&store, &*manifests, p, progress).await?;
+        let (snap, entries) = read_partition(&store, &opts.roots, &*manifests, p, progress).await?;
         // Incremental: a partition the earlier export did not have (split off since) gets
         // everything, deletions included.
         let floor = opts
@@ -286,6 +289,7 @@ async fn put_replacing(dest: &dyn Store, name: &str, data: Bytes) -> Result<()> 
 /// WAL GC ran, or compaction GC deleted an input).
 pub(crate) async fn read_partition(
     store: &Arc<dyn Store>,
+    roots: &Roots,
     manifests: &dyn ManifestStore,
     p: u32,
     progress: &dyn Progress,
@@ -293,7 +297,7 @@ pub(crate) async fn read_partition(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match read_partition_once(store, manifests, p, progress).await {
+        match read_partition_once(store, roots, manifests, p, progress).await {
             Err(e) if attempt < 5 && is_not_found(&e) => {
                 tracing::info!(
                     partition = p,
@@ -329,6 +333,7 @@ pub(crate) fn is_not_found(e: &anyhow::Error) -> bool {
 
 async fn read_partition_once(
     store: &Arc<dyn Store>,
+    roots: &Roots,
     manifests: &dyn ManifestStore,
     p: u32,
     progress: &dyn Progress,
@@ -360,10 +365,20 @@ async fn read_partition_once(
             .collect();
     for f in &files {
         let path = sst_path(p, f.id);
-        let data = store
+        // An SST of a restored keyspace's source is read under its root.
+        let (src, shown) = match m.root_of(f.id) {
+            None => (store.clone(), path.clone()),
+            Some(url) => (
+                roots
+                    .get(url)
+                    .with_context(|| format!("opening the root {url}"))?,
+                format!("{url}/{path}"),
+            ),
+        };
+        let data = src
             .get(&path)
             .await
-            .with_context(|| format!("reading {path}"))?;
+            .with_context(|| format!("reading {shown}"))?;
         let entries = read_all_entries(&data).map_err(|e| anyhow!("SST {path} is corrupt: {e}"))?;
         progress.add(data.len() as u64);
         for e in entries {

@@ -138,6 +138,8 @@ pub struct CompactionOptions {
     /// older SSTs still hold the other half's keys (served elsewhere now, never read here);
     /// compaction drops them. `None` keeps every key.
     pub hash_range: Option<(u64, Option<u64>)>,
+    /// Opens the other store roots a manifest may name (see [`strata_format::SstRoot`]).
+    pub roots: strata_objstore::Roots,
 }
 
 impl Default for CompactionOptions {
@@ -160,6 +162,7 @@ impl Default for CompactionOptions {
             gc_grace: Duration::from_secs(5 * 60),
             orphan_grace: Duration::from_secs(60 * 60),
             hash_range: None,
+            roots: strata_objstore::Roots::default(),
         }
     }
 }

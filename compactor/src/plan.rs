@@ -45,6 +45,9 @@ pub struct Job {
     /// occupy the deepest of this many levels (order kept; metadata only), so that a merge
     /// of L0 files always finds a free level above the newest run.
     pub pack_levels: Option<usize>,
+    /// The base manifest's foreign roots: inputs listed there are read from that root, and
+    /// never deleted by this store's GC (they belong to the source of a restore).
+    pub roots: Vec<strata_format::SstRoot>,
 }
 
 impl Job {
@@ -71,6 +74,14 @@ impl Job {
     /// value of the inputs can go.
     pub fn is_bottom(&self) -> bool {
         self.deeper.iter().all(Vec::is_empty)
+    }
+
+    /// The root an input lives under, `None` for this store's own.
+    pub fn root_of(&self, id: u64) -> Option<&str> {
+        self.roots
+            .iter()
+            .find(|r| r.ids.contains(&id))
+            .map(|r| r.url.as_str())
     }
 
     /// True when the commit reads and writes no data (trivial moves and drops).
@@ -135,6 +146,7 @@ pub fn plan_at(
             trivial_move: false,
             drop_expired: true,
             pack_levels: pack,
+            roots: m.roots.clone(),
         });
     }
     match opts.strategy {
@@ -219,6 +231,7 @@ pub(crate) fn build_job(
         trivial_move,
         drop_expired: false,
         pack_levels: None,
+        roots: m.roots.clone(),
     }
 }
 
@@ -331,6 +344,7 @@ pub(crate) fn rebase(
     if let Some(n) = job.pack_levels {
         pack(&mut next, n);
     }
+    next.prune_roots();
     Ok(next)
 }
 

@@ -195,7 +195,8 @@ async fn pin_partition(
     // them could be deleted: within gc_grace of reading the manifest, and while they exist.
     let mut missing = None;
     if started.elapsed() <= max_pin_delay {
-        for f in &files {
+        // SSTs under another root are the source keyspace's: its own pins protect them.
+        for f in files.iter().filter(|f| snap.root_of(f.id).is_none()) {
             match store.head(&sst_path(p, f.id)).await {
                 Ok(_) => {}
                 Err(StoreError::NotFound(_)) => {
@@ -268,8 +269,9 @@ async fn read_record(store: &dyn Store, id: &str) -> Result<SnapshotRecord> {
 
 /// Deletes snapshot `id`: its record first (so it is no longer listed as complete), then its
 /// manifests. The SSTs only it referenced become unreferenced; the compactors' orphan sweep
-/// removes them.
-pub async fn delete_snapshot(store: &dyn Store, id: &str) -> Result<usize> {
+/// removes them. Refused while a keyspace restored from it may still read them, unless
+/// `force`.
+pub async fn delete_snapshot(store: &dyn Store, id: &str, force: bool) -> Result<usize> {
     let prefix = format!("{SNAPSHOTS_PREFIX}{id}/");
     let objects = store
         .list(&prefix)
@@ -277,6 +279,23 @@ pub async fn delete_snapshot(store: &dyn Store, id: &str) -> Result<usize> {
         .with_context(|| format!("listing {prefix}"))?;
     if objects.is_empty() {
         bail!("no snapshot {id:?} (see `strata ctl snapshot list`)");
+    }
+    let restored: Vec<&str> = objects
+        .iter()
+        .filter(|o| o.path.starts_with(&format!("{prefix}restored/")))
+        .map(|o| o.path.as_str())
+        .collect();
+    if !restored.is_empty() && !force {
+        let mut targets = Vec::new();
+        for path in &restored {
+            if let Ok(b) = store.get(path).await {
+                targets.push(String::from_utf8_lossy(&b).into_owned());
+            }
+        }
+        bail!(
+            "snapshot {id} was restored to {}: those keyspaces read its SSTs in place until              their compactions rewrite them; delete it anyway with --force",
+            targets.join(", ")
+        );
     }
     let record = record_path(id);
     if objects.iter().any(|o| o.path == record) {
@@ -385,6 +404,49 @@ impl ManifestStore for SnapshotManifests {
     fn subscribe(&self, partition: u32) -> tokio::sync::watch::Receiver<Option<Arc<Manifest>>> {
         tokio::sync::watch::channel(self.manifests.get(&partition).cloned()).1
     }
+}
+
+/// The first manifest of one partition of a keyspace restored from snapshot manifest `snap`,
+/// taken of the store at `source_url`: the snapshot's tree, with every SST read where it is
+/// (under the source's root, or under the root the snapshot already named for it). Nothing
+/// is copied; new writes continue above the snapshot's seqs.
+pub fn restored_manifest(snap: &Manifest, source_url: &str) -> Manifest {
+    let mut roots: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for f in snap.l0.iter().chain(snap.levels.iter().flatten()) {
+        let url = snap.root_of(f.id).unwrap_or(source_url);
+        roots.entry(url.to_string()).or_default().push(f.id);
+    }
+    Manifest {
+        version: 1,
+        writer_epoch: 0,
+        last_flushed_seq: snap.last_flushed_seq,
+        wal_replay_from: 1,
+        next_sst_id: 1,
+        l0: snap.l0.clone(),
+        levels: snap.levels.clone(),
+        created_ms: now_ms(),
+        roots: roots
+            .into_iter()
+            .map(|(url, ids)| strata_format::SstRoot { url, ids })
+            .collect(),
+    }
+}
+
+/// Records on the source that snapshot `id` was restored to `target_url` (so deleting the
+/// snapshot is refused while the restored keyspace may read its SSTs).
+pub async fn mark_restored(store: &dyn Store, id: &str, target_url: &str) -> Result<()> {
+    let name = format!(
+        "{SNAPSHOTS_PREFIX}{id}/restored/{:016x}",
+        xxhash_rust::xxh3::xxh3_64(target_url.as_bytes())
+    );
+    store
+        .put(
+            &name,
+            Bytes::from(target_url.to_string()),
+            PutMode::Overwrite,
+        )
+        .await
+        .with_context(|| format!("writing {name}"))
 }
 
 #[cfg(test)]

@@ -977,7 +977,7 @@ async fn snapshot_pins_survive_gc_until_the_snapshot_is_deleted() {
     );
     assert_eq!(list_snapshots(&*env.store).await.unwrap().len(), 1);
 
-    delete_snapshot(&*env.store, &snap.id).await.unwrap();
+    delete_snapshot(&*env.store, &snap.id, false).await.unwrap();
     assert!(list_snapshots(&*env.store).await.unwrap().is_empty());
     assert!(SnapshotManifests::load(&*env.store, &snap.id)
         .await

@@ -57,6 +57,9 @@ pub struct DbOptions {
     /// deletes replaced files `gc_grace` (5 min) after replacing them, so a view must never be
     /// used past that (see `docs/gc.md`). Keep it below the compactors' grace.
     pub max_snapshot_age: Duration,
+    /// Opens the other store roots a manifest may name (a keyspace restored from a snapshot
+    /// reads its source's unchanged SSTs in place).
+    pub roots: strata_objstore::Roots,
 }
 
 impl Default for DbOptions {
@@ -72,6 +75,7 @@ impl Default for DbOptions {
             metrics: None,
             hash_range: None,
             max_snapshot_age: MAX_SNAPSHOT_AGE,
+            roots: strata_objstore::Roots::default(),
         }
     }
 }
@@ -210,6 +214,7 @@ impl Db {
             store: store.clone(),
             cache,
             store_uid: uid,
+            roots: opts.roots.clone(),
         };
         // Fence: claim the next segment name with a create-if-absent marker. A previous
         // writer still running fails its next create (it never skips a name, and markers are
@@ -999,12 +1004,16 @@ pub(crate) async fn open_version(
     reuse: &HashMap<u64, Arc<SstReader>>,
 ) -> EngineResult<Version> {
     let open = |info: strata_format::SstInfo| {
-        let src = src.clone();
+        // An SST under another root (a restored keyspace) is read where it is.
+        let src = match manifest.root_of(info.id) {
+            None => Ok(src.clone()),
+            Some(url) => src.at_root(url),
+        };
         let existing = reuse.get(&info.id).cloned();
         async move {
             match existing {
                 Some(r) => Ok::<_, EngineError>(r),
-                None => Ok(Arc::new(SstReader::open(src, partition, info).await?)),
+                None => Ok(Arc::new(SstReader::open(src?, partition, info).await?)),
             }
         }
     };

@@ -16,6 +16,23 @@ pub struct BlockSource {
     pub store: Arc<dyn Store>,
     pub cache: BlockCache,
     pub store_uid: u64,
+    /// Other store roots a manifest may name for some of its SSTs.
+    pub roots: strata_objstore::Roots,
+}
+
+impl BlockSource {
+    /// The source for SSTs under another root: that root's store, and a cache uid of its
+    /// own (derived from the URL, so cached blocks survive restarts and never mix with this
+    /// store's SSTs of the same id).
+    pub fn at_root(&self, url: &str) -> EngineResult<BlockSource> {
+        let store = self.roots.get(url).map_err(EngineError::from)?;
+        Ok(BlockSource {
+            store,
+            cache: self.cache.clone(),
+            store_uid: self.store_uid ^ xxhash_rust::xxh3::xxh3_64(url.as_bytes()),
+            roots: self.roots.clone(),
+        })
+    }
 }
 
 impl std::fmt::Debug for SstReader {

@@ -29,7 +29,8 @@ mod wal;
 pub use entry::{internal_cmp, Entry, Kind};
 pub use error::{FormatError, Result};
 pub use manifest::{
-    decode_manifest, encode_manifest, Manifest, SstInfo, MANIFEST_FORMAT_VERSION, MANIFEST_MAGIC,
+    decode_manifest, encode_manifest, Manifest, SstInfo, SstRoot, MANIFEST_FORMAT_VERSION,
+    MANIFEST_MAGIC,
 };
 pub use partmap::{hash_in_range, key_hash, InvalidPartitionMap, PartitionMap};
 pub use sst::{

@@ -10,8 +10,12 @@
 //!       | u64 next_sst_id | u64 created_ms
 //!       | u32 n, SstInfo * n                      (L0, newest first)
 //!       | u32 levels, (u32 n, SstInfo * n) * levels   (L1, L2, ...)
+//!       | format 2 only: u32 roots, (u32 len, url bytes, u32 n, u64 id * n) * roots
 //! SstInfo: u64 id | u32 level | props payload (see the SST props block)
 //! ```
+//!
+//! Format 1 is written whenever `roots` is empty, so stores that never restored keep
+//! manifests older binaries read.
 
 use bytes::Bytes;
 
@@ -21,8 +25,9 @@ use crate::sst::{encode_props_payload, read_props_payload, SstProps};
 
 /// Magic at the start of every manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"STRATMAN";
-/// The manifest format version this code writes and reads.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// The newest manifest format version this code writes and reads (1 is read too, and written
+/// when there are no foreign roots).
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
 
 const WHAT: &str = "manifest";
 const HEADER_LEN: usize = 20;
@@ -59,6 +64,46 @@ pub struct Manifest {
     pub levels: Vec<Vec<SstInfo>>,
     /// Creation time, Unix milliseconds.
     pub created_ms: u64,
+    /// SSTs listed above that live under another store root (a keyspace restored from a
+    /// snapshot reads its source's unchanged SSTs in place). Every other SST is under this
+    /// store's own root.
+    pub roots: Vec<SstRoot>,
+}
+
+/// SSTs of a manifest that live under another store root.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SstRoot {
+    /// The root's object store URL (`s3://BUCKET/PREFIX`, `file:///DIR`).
+    pub url: String,
+    /// Ids of the SSTs there.
+    pub ids: Vec<u64>,
+}
+
+impl Manifest {
+    /// The root URL SST `id` lives under, or `None` for this store's own root.
+    pub fn root_of(&self, id: u64) -> Option<&str> {
+        self.roots
+            .iter()
+            .find(|r| r.ids.contains(&id))
+            .map(|r| r.url.as_str())
+    }
+
+    /// Drops root entries of SSTs the manifest no longer lists (compacted away).
+    pub fn prune_roots(&mut self) {
+        if self.roots.is_empty() {
+            return;
+        }
+        let listed: std::collections::HashSet<u64> = self
+            .l0
+            .iter()
+            .chain(self.levels.iter().flatten())
+            .map(|f| f.id)
+            .collect();
+        for r in &mut self.roots {
+            r.ids.retain(|id| listed.contains(id));
+        }
+        self.roots.retain(|r| !r.ids.is_empty());
+    }
 }
 
 /// Encodes a manifest.
@@ -68,7 +113,7 @@ pub struct Manifest {
 pub fn encode_manifest(m: &Manifest) -> Bytes {
     let mut out = Vec::new();
     out.extend_from_slice(&MANIFEST_MAGIC);
-    put_u32(&mut out, MANIFEST_FORMAT_VERSION);
+    put_u32(&mut out, if m.roots.is_empty() { 1 } else { 2 });
     put_u64(&mut out, 0); // body length, patched below
     for v in [
         m.version,
@@ -84,6 +129,17 @@ pub fn encode_manifest(m: &Manifest) -> Bytes {
     put_u32(&mut out, len_u32(m.levels.len(), "level count"));
     for level in &m.levels {
         put_ssts(&mut out, level);
+    }
+    if !m.roots.is_empty() {
+        put_u32(&mut out, len_u32(m.roots.len(), "root count"));
+        for r in &m.roots {
+            put_u32(&mut out, len_u32(r.url.len(), "root url"));
+            out.extend_from_slice(r.url.as_bytes());
+            put_u32(&mut out, len_u32(r.ids.len(), "root sst count"));
+            for id in &r.ids {
+                put_u64(&mut out, *id);
+            }
+        }
     }
     let body_len = (out.len() - HEADER_LEN) as u64;
     if let Some(slot) = out.get_mut(12..HEADER_LEN) {
@@ -111,7 +167,7 @@ pub fn decode_manifest(data: &[u8]) -> Result<Manifest> {
         return Err(corrupt(WHAT, format!("bad magic {magic:02x?}")));
     }
     let version = r.u32("format version")?;
-    if version != MANIFEST_FORMAT_VERSION {
+    if !(1..=MANIFEST_FORMAT_VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion {
             what: WHAT,
             version,
@@ -152,6 +208,21 @@ pub fn decode_manifest(data: &[u8]) -> Result<Manifest> {
     for _ in 0..levels {
         m.levels.push(read_ssts(&mut r)?);
     }
+    if version >= 2 {
+        let n = r.u32("root count")? as usize;
+        for _ in 0..n {
+            let len = r.u32("root url length")? as usize;
+            let url = r.bytes(len, "root url")?;
+            let url = String::from_utf8(url.to_vec())
+                .map_err(|_| corrupt(WHAT, "root url is not UTF-8"))?;
+            let count = r.u32("root sst count")? as usize;
+            let mut ids = Vec::with_capacity(count.min(r.remaining() / 8));
+            for _ in 0..count {
+                ids.push(r.u64("root sst id")?);
+            }
+            m.roots.push(SstRoot { url, ids });
+        }
+    }
     r.finish()?;
     Ok(m)
 }
@@ -167,4 +238,83 @@ fn read_ssts(r: &mut Reader<'_>) -> Result<Vec<SstInfo>> {
         });
     }
     Ok(ssts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_round_trip_in_format_2_and_format_1_stays_without_them() {
+        let mut m = Manifest {
+            version: 3,
+            ..Manifest::default()
+        };
+        let plain = encode_manifest(&m);
+        assert_eq!(plain.get(8..12), Some(&1u32.to_le_bytes()[..]));
+        assert_eq!(decode_manifest(&plain).unwrap(), m);
+        m.roots = vec![
+            SstRoot {
+                url: "s3://bucket/old".into(),
+                ids: vec![7, 9],
+            },
+            SstRoot {
+                url: "file:///srv/older".into(),
+                ids: vec![1],
+            },
+        ];
+        let enc = encode_manifest(&m);
+        assert_eq!(enc.get(8..12), Some(&2u32.to_le_bytes()[..]));
+        let back = decode_manifest(&enc).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.root_of(9), Some("s3://bucket/old"));
+        assert_eq!(back.root_of(1), Some("file:///srv/older"));
+        assert_eq!(back.root_of(2), None);
+        // Truncated root tables are corruption, not garbage.
+        let mut cut = enc.to_vec();
+        cut.truncate(cut.len() - 12);
+        assert!(decode_manifest(&cut).is_err());
+    }
+
+    #[test]
+    fn prune_roots_keeps_only_listed_ssts() {
+        let info = |id| SstInfo {
+            id,
+            level: 0,
+            props: crate::sst::SstProps {
+                smallest_key: Bytes::from_static(b"a"),
+                largest_key: Bytes::from_static(b"b"),
+                min_seq: 1,
+                max_seq: 1,
+                entries: 1,
+                tombstones: 0,
+                expiring: 0,
+                max_expires_at_ms: 0,
+                data_bytes: 1,
+                file_size: 1,
+            },
+        };
+        let mut m = Manifest {
+            l0: vec![info(7)],
+            roots: vec![
+                SstRoot {
+                    url: "a".into(),
+                    ids: vec![7, 8],
+                },
+                SstRoot {
+                    url: "b".into(),
+                    ids: vec![9],
+                },
+            ],
+            ..Manifest::default()
+        };
+        m.prune_roots();
+        assert_eq!(
+            m.roots,
+            vec![SstRoot {
+                url: "a".into(),
+                ids: vec![7]
+            }]
+        );
+    }
 }

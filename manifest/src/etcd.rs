@@ -867,6 +867,38 @@ impl EtcdManifestStore {
         )
     }
 
+    /// Installs the first manifest (`m.version` 1) of partition `p` of a keyspace being
+    /// restored: the body, then the pointer, created only if the partition has none. Restore
+    /// runs before any node of the new keyspace starts; the node that then owns `p` takes
+    /// over with a new epoch as after any failover. Returns false if `p` already had one.
+    pub async fn install_restored(&self, p: u32, m: &Manifest) -> ManifestResult<bool> {
+        let e = &self.etcd;
+        let path = Self::unique_path(p, m.version);
+        let ptr = serde_json::to_vec(&Pointer {
+            version: m.version,
+            path: path.clone(),
+        })
+        .map_err(|err| unavailable("encode manifest pointer", err))?;
+        self.store
+            .put(&path, encode_manifest(m), PutMode::Create)
+            .await?;
+        let resp = e
+            .client
+            .clone()
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        e.pointer_key(p),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([TxnOp::put(e.pointer_key(p), ptr, None)]),
+            )
+            .await
+            .map_err(|err| unavailable("install a restored manifest pointer", err))?;
+        Ok(resp.succeeded())
+    }
+
     /// Splits partition `parent`: installs `map` (in which `child` serves part of the
     /// parent's old range) and `child`'s first manifest, in one transaction that holds only if
     /// the partition map is still the one the split was planned on (`map_revision`, 0 = never

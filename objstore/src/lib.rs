@@ -24,7 +24,7 @@ pub use error::{StoreError, StoreResult};
 pub use fault::{FaultInjecting, Faults};
 pub use local::LocalStore;
 pub use metered::{Metered, RequestCounts};
-pub use open::{open_store, S3Settings, StoreConfig};
+pub use open::{open_store, Roots, S3Settings, StoreConfig};
 pub use remote::ObjectStoreBackend;
 pub use retry::{RetryPolicy, Retrying};
 

@@ -138,3 +138,56 @@ fn open_s3(rest: &str, s: &S3Settings) -> StoreResult<ObjectStoreBackend> {
         format!("s3://{rest}"),
     ))
 }
+
+/// Stores under other roots, opened on demand with this process's settings and cached: a
+/// keyspace restored from a snapshot reads its source's unchanged SSTs where they are.
+#[derive(Clone)]
+pub struct Roots {
+    s3: S3Settings,
+    retry: RetryPolicy,
+    opened: Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<dyn Store>>>>,
+}
+
+impl std::fmt::Debug for Roots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Roots")
+            .field("opened", &self.opened.lock().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Default for Roots {
+    /// S3 settings from the usual AWS variables, default retries.
+    fn default() -> Self {
+        Roots::new(S3Settings::from_env(), RetryPolicy::default())
+    }
+}
+
+impl Roots {
+    /// Roots opened with these settings.
+    pub fn new(s3: S3Settings, retry: RetryPolicy) -> Self {
+        Roots {
+            s3,
+            retry,
+            opened: Default::default(),
+        }
+    }
+
+    /// The store at `url` (`s3://BUCKET/PREFIX` or `file:///DIR`). `memory://` is refused: a
+    /// fresh in-memory store would be empty, never another root.
+    pub fn get(&self, url: &str) -> StoreResult<Arc<dyn Store>> {
+        if let Some(s) = self.opened.lock().get(url) {
+            return Ok(s.clone());
+        }
+        if url.starts_with("memory://") {
+            return Err(config_err(url, "an in-memory store cannot be another root"));
+        }
+        let (store, _) = open_store(&StoreConfig {
+            url: url.to_string(),
+            s3: self.s3.clone(),
+            retry: self.retry.clone(),
+        })?;
+        self.opened.lock().insert(url.to_string(), store.clone());
+        Ok(store)
+    }
+}

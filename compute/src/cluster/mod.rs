@@ -169,6 +169,7 @@ impl ClusterNode {
                 store: store.clone(),
                 cache: cache.clone(),
                 store_uid: store_uid(&store).await?,
+                roots: opts.db.roots.clone(),
             },
             manifests.clone(),
         );

@@ -183,6 +183,7 @@ pub async fn split(node: &ClusterNode, p: u32) -> EngineResult<Option<u32>> {
             l0: ssts,
             levels: Vec::new(),
             created_ms: now_ms(),
+            roots: Vec::new(),
         };
         let rev = inner
             .manifests
