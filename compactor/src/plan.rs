@@ -536,6 +536,7 @@ mod tests {
             next_sst_id: 500,
             l0,
             levels,
+            roots: Vec::new(),
             created_ms: 1,
         }
     }

@@ -40,6 +40,7 @@ impl Env {
             next_sst_id: 1,
             l0: vec![],
             levels: vec![],
+            roots: Vec::new(),
             created_ms: 1,
         };
         manifests.commit(P, &m).await.unwrap();

@@ -59,6 +59,7 @@ fn manifest() -> Manifest {
                 props: props("", "\u{ff}", 9),
             }],
         ],
+        roots: Vec::new(),
         created_ms: 1_720_000_000_000,
     }
 }

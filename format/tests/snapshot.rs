@@ -103,6 +103,7 @@ fn manifest() -> Manifest {
             level: 1,
             props: props(b"b", b"z", 1),
         }]],
+        roots: Vec::new(),
         created_ms: 1_700_000_100_000,
     }
 }
