@@ -156,7 +156,7 @@ async fn restore(
         None => {
             if parts.len() != 1 || parts[0].partition != 0 || parts[0].hash_range.is_some() {
                 anyhow::bail!(
-                    "snapshot {id} holds {} partitions: restore it as a cluster with                      --to-etcd-prefix",
+                    "snapshot {id} holds {} partitions: restore it as a cluster with --to-etcd-prefix",
                     parts.len()
                 );
             }
@@ -177,7 +177,7 @@ async fn restore(
                 || parts.len() as u32 != uniform.ids().len() as u32;
             if split {
                 anyhow::bail!(
-                    "snapshot {id} was taken after partition splits: restoring a split                      partition map is not supported yet"
+                    "snapshot {id} was taken after partition splits: restoring a split partition map is not supported yet"
                 );
             }
             let etcd = strata_manifest::etcd::Etcd::connect(&EtcdSettings {
@@ -212,7 +212,7 @@ async fn restore(
         .map(|(_, m)| m.l0.len() + m.levels.iter().map(Vec::len).sum::<usize>())
         .sum();
     println!(
-        "restored snapshot {id} ({} partitions, {ssts} SSTs read in place, {:.1} MB, nothing          copied) to {to} in {:.2} s",
+        "restored snapshot {id} ({} partitions, {ssts} SSTs read in place, {:.1} MB, nothing copied) to {to} in {:.2} s",
         manifests.len(),
         snap.record.bytes() as f64 / 1e6,
         started.elapsed().as_secs_f64()
@@ -255,7 +255,7 @@ async fn snapshot(
             .await?;
             let wal: u64 = r.partitions.iter().map(|p| p.wal_entries).sum();
             println!(
-                "created snapshot {} of {} partitions ({:.1} MB of SSTs pinned, {wal} writes                  from the WAL) in {:.2} s",
+                "created snapshot {} of {} partitions ({:.1} MB of SSTs pinned, {wal} writes from the WAL) in {:.2} s",
                 r.id,
                 r.partitions.len(),
                 r.bytes() as f64 / 1e6,

@@ -293,7 +293,7 @@ pub async fn delete_snapshot(store: &dyn Store, id: &str, force: bool) -> Result
             }
         }
         bail!(
-            "snapshot {id} was restored to {}: those keyspaces read its SSTs in place until              their compactions rewrite them; delete it anyway with --force",
+            "snapshot {id} was restored to {}: those keyspaces read its SSTs in place until their compactions rewrite them; delete it anyway with --force",
             targets.join(", ")
         );
     }
