@@ -21,6 +21,20 @@ pub struct CompactionArgs {
     /// (1 = off).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub subcompactions: u64,
+    /// Cold tier: SSTs that are cold (`--tier-min-level`, `--tier-min-age-secs`) move to this
+    /// root (`s3://BUCKET/PREFIX`, another bucket or prefix; `file:///DIR`). Reads of them
+    /// keep working, through the cache.
+    #[arg(long)]
+    pub tier_url: Option<String>,
+    /// S3 storage class of the cold copies (e.g. `STANDARD_IA`, `GLACIER_IR`).
+    #[arg(long, requires = "tier_url")]
+    pub tier_storage_class: Option<String>,
+    /// SSTs in this level or deeper are cold (1 = L1).
+    #[arg(long, requires = "tier_url", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tier_min_level: Option<u64>,
+    /// SSTs at least this old (seconds since written) are cold.
+    #[arg(long, requires = "tier_url")]
+    pub tier_min_age_secs: Option<u64>,
 }
 
 const NAMES: &str = "leveled, size-tiered or time-window";
@@ -43,6 +57,21 @@ fn parse_override(s: &str) -> Result<(u32, String), String> {
 }
 
 impl CompactionArgs {
+    /// Refuses combinations the parser cannot express.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.tier_url {
+            if self.tier_min_level.is_none() && self.tier_min_age_secs.is_none() {
+                anyhow::bail!(
+                    "--tier-url {url} needs --tier-min-level or --tier-min-age-secs (which SSTs are cold)"
+                );
+            }
+            if url.starts_with("memory://") {
+                anyhow::bail!("--tier-url {url}: the cold tier must be durable (s3:// or file://)");
+            }
+        }
+        Ok(())
+    }
+
     /// The options these flags describe, on top of `base`.
     pub fn options(&self, base: CompactionOptions) -> CompactionOptions {
         let window = Duration::from_secs(self.compaction_window_secs);
@@ -53,10 +82,20 @@ impl CompactionArgs {
             .iter()
             .map(|(p, name)| (*p, Strategy::parse(name, window).unwrap_or_default()))
             .collect();
+        let tier = self
+            .tier_url
+            .as_ref()
+            .map(|url| strata_compactor::TierOptions {
+                url: url.trim_end_matches('/').to_string(),
+                storage_class: self.tier_storage_class.clone(),
+                min_level: self.tier_min_level.map(|l| l as usize),
+                min_age: self.tier_min_age_secs.map(Duration::from_secs),
+            });
         CompactionOptions {
             strategy,
             strategy_overrides: overrides,
             subcompactions: self.subcompactions as usize,
+            tier,
             ..base
         }
     }

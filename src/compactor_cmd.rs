@@ -32,6 +32,7 @@ pub struct CompactorArgs {
 }
 
 pub async fn run(args: CompactorArgs) -> Result<()> {
+    args.compaction.check()?;
     let mut s3 = S3Settings::from_env();
     if let Some(ep) = &args.s3_endpoint {
         s3.endpoint = Some(ep.clone());

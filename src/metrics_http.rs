@@ -209,7 +209,19 @@ pub fn render_compaction(s: &mut String, st: &DbStats, compactions: &[(u32, Comp
         "# HELP strata_space_amplification SST bytes over bytes of the deepest non-empty level (0: nothing below L0).\n# TYPE strata_space_amplification gauge\nstrata_space_amplification {space_amp}"
     );
     type Field = fn(&CompactorStats) -> f64;
-    let fields: [(&str, &str, &str, Field); 8] = [
+    let fields: [(&str, &str, &str, Field); 10] = [
+        (
+            "strata_tiered_files_total",
+            "counter",
+            "SSTs moved to the cold tier.",
+            |c| c.tiered_files as f64,
+        ),
+        (
+            "strata_tiered_bytes_total",
+            "counter",
+            "Bytes of SSTs moved to the cold tier.",
+            |c| c.tiered_bytes as f64,
+        ),
         (
             "strata_compaction_jobs_total",
             "counter",

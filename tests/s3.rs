@@ -163,6 +163,26 @@ async fn scan_all(c: &mut Kv, prefix: &str) -> Vec<pb::KeyValue> {
     out
 }
 
+/// Durable puts, 16 in flight at a time.
+async fn put_all(c: &Kv, keys: Vec<(String, Bytes)>, ttl_ms: u64) {
+    use futures::StreamExt;
+    futures::stream::iter(keys)
+        .for_each_concurrent(16, |(k, value)| {
+            let mut c = c.clone();
+            async move {
+                c.put(pb::PutRequest {
+                    key: key(&k),
+                    value,
+                    durability: pb::Durability::Durable as i32,
+                    ttl_ms,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("put {k}: {e}"));
+            }
+        })
+        .await;
+}
 fn value_for(k: &str, round: u32, len: usize) -> Bytes {
     let mut v = format!("{k}@{round}:").into_bytes();
     let mut rng = StdRng::seed_from_u64(hash(k.as_bytes()) ^ round as u64);
@@ -659,26 +679,6 @@ async fn time_window_compaction_drops_expired_ssts_whole() {
     let mut c = server.client().await;
     // About 1.3 MiB of keys without TTL first (their own SSTs, mostly), then 4 waves of
     // 1.3 MiB that expire 3 s after being written: more than a memtable each, so flushed.
-    // 16 puts in flight at a time.
-    async fn put_all(c: &Kv, keys: Vec<(String, Bytes)>, ttl_ms: u64) {
-        use futures::StreamExt;
-        futures::stream::iter(keys)
-            .for_each_concurrent(16, |(k, value)| {
-                let mut c = c.clone();
-                async move {
-                    c.put(pb::PutRequest {
-                        key: key(&k),
-                        value,
-                        durability: pb::Durability::Durable as i32,
-                        ttl_ms,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap_or_else(|e| panic!("put {k}: {e}"));
-                }
-            })
-            .await;
-    }
     let keep: Vec<(String, Bytes)> = (0..1300)
         .map(|i| (format!("keep/{i:05}"), value_for("keep", i, 1024)))
         .collect();
@@ -724,4 +724,79 @@ async fn time_window_compaction_drops_expired_ssts_whole() {
     }
     assert_eq!(scan_all(&mut c, "keep/").await.len(), 1300);
     assert!(metric(&server, "strata_compaction_jobs_total{partition=\"0\"}") > 0);
+}
+
+/// Tiering on S3: with `--tier-url s3://BUCKET/PREFIX --tier-min-level 1`, compacted SSTs move
+/// to the cold prefix (storage class STANDARD: the S3 test server accepts only STANDARD and
+/// REDUCED_REDUNDANCY), and every key reads back — also after a `kill -9` and a restart on an
+/// empty data dir, whose empty cache sends reads to the cold tier. A tier without a rule for
+/// what is cold is refused at startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_ssts_tier_to_another_prefix_and_still_read() {
+    let Some(s3) = S3::start() else { return };
+    let cold = format!("s3://{BUCKET}/tiercold");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err = try_serve(&s3, dir.path(), "tierbad", 1, &["--tier-url", &cold])
+        .err()
+        .expect("a tier without a rule must be refused");
+    assert!(err.contains("--tier-min-level"), "{err}");
+    let flags = [
+        "--tier-url",
+        cold.as_str(),
+        "--tier-min-level",
+        "1",
+        "--tier-storage-class",
+        "STANDARD",
+    ];
+    let mut server =
+        try_serve(&s3, dir.path(), "tierhot", 1, &flags).unwrap_or_else(|e| panic!("{e}"));
+    let c = server.client().await;
+    let keys: Vec<(String, Bytes)> = (0..1400u32)
+        .map(|i| {
+            let k = format!("t/{i:05}");
+            let v = value_for(&k, 0, 4096);
+            (k, v)
+        })
+        .collect();
+    put_all(&c, keys.clone(), 0).await;
+    let tiered = "strata_tiered_files_total{partition=\"0\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&server, tiered) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing tiered within 60 s; log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let census = s3.census("tiercold").await;
+    assert!(census.contains_key("sst"), "{census:?}");
+    let check = |c: Kv| {
+        let keys = keys.clone();
+        async move {
+            let mut c = c;
+            for (k, v) in &keys {
+                let (got, _) = get(&mut c, k).await.unwrap_or_else(|| panic!("{k} lost"));
+                assert_eq!(&got, v, "{k}");
+            }
+        }
+    };
+    check(server.client().await).await;
+    server.kill9();
+    // Remove the hot copies of tiered SSTs now (GC would after its 5 min grace): the restarted
+    // server can only read those from the cold tier.
+    let (hot, cold_store) = (s3.store("tierhot"), s3.store("tiercold"));
+    let mut removed = 0;
+    for o in cold_store.list("").await.expect("list cold") {
+        if o.path.ends_with(".sst") && hot.head(&o.path).await.is_ok() {
+            hot.delete(&o.path).await.expect("delete hot copy");
+            removed += 1;
+        }
+    }
+    assert!(removed > 0);
+    eprintln!("{removed} hot copies removed");
+    let fresh = tempfile::tempdir().expect("temp dir");
+    let server =
+        try_serve(&s3, fresh.path(), "tierhot", 1, &flags).unwrap_or_else(|e| panic!("{e}"));
+    check(server.client().await).await;
 }

@@ -45,6 +45,9 @@ pub struct CompactorStats {
     pub trivial_moves: u64,
     /// SSTs dropped whole, unread, because every value in them had expired.
     pub expired_files_dropped: u64,
+    /// SSTs moved to the cold tier, and their bytes.
+    pub tiered_files: u64,
+    pub tiered_bytes: u64,
     /// Wall time of the jobs that merged data, in milliseconds (planning to commit): the
     /// base of compaction throughput, `bytes_in / busy_millis`.
     pub busy_millis: u64,
@@ -125,6 +128,8 @@ impl std::fmt::Debug for FloorFn {
 #[derive(Debug, Clone)]
 struct PendingDelete {
     id: u64,
+    /// The root it is under (`None`: this store's own; else this keyspace's cold tier).
+    root: Option<String>,
     due: Instant,
     /// The manifest version whose commit dropped it: with a reader floor, it goes only once
     /// the partition's owner reads from this version or a newer one.
@@ -370,7 +375,20 @@ impl Compactor {
         let mut first_err = None;
         for d in due {
             let path = sst_path(p, d.id);
-            match self.inner.store.delete(&path).await {
+            let store = match &d.root {
+                None => self.inner.store.clone(),
+                Some(url) => match self.inner.opts.roots.get(url) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        first_err.get_or_insert_with(|| {
+                            anyhow!(e).context(format!("opening the cold tier {url}"))
+                        });
+                        failed.push(d);
+                        continue;
+                    }
+                },
+            };
+            match store.delete(&path).await {
                 Ok(()) => deleted += 1,
                 Err(e) => {
                     first_err.get_or_insert_with(|| anyhow!(e).context(format!("deleting {path}")));
@@ -401,9 +419,12 @@ impl Compactor {
         };
         // Referenced: by the latest manifest, or by an archival snapshot (pins read after the
         // manifest, so an SST a snapshot took from it is in one or the other).
+        // SSTs the manifest reads from another root (the cold tier, a restore's source) do not
+        // keep a copy in this root alive: a tiered SST's hot copy is garbage once moved.
         let mut live: std::collections::HashSet<u64> =
             m.l0.iter()
                 .chain(m.levels.iter().flatten())
+                .filter(|f| m.root_of(f.id).is_none())
                 .map(|f| f.id)
                 .collect();
         live.extend(
@@ -519,6 +540,8 @@ impl Compactor {
                 } else if r.drop_expired {
                     stats.expired_files_dropped += r.input_files as u64;
                     stats.dropped_expired += r.dropped_expired;
+                } else if r.tiered {
+                    // Counted by the job (only what actually moved).
                 } else {
                     stats.busy_millis += r.millis;
                     stats.files_in += r.input_files as u64;
@@ -577,6 +600,14 @@ impl Compactor {
                 ..MergeCounts::default()
             };
             (Vec::new(), counts, 0)
+        } else if let Some(url) = &job.tier_to {
+            self.copy_to_tier(&job, url).await?;
+            let counts = MergeCounts {
+                entries_in: n,
+                entries_out: n,
+                ..MergeCounts::default()
+            };
+            (job.upper.clone(), counts, 0)
         } else {
             self.execute(&job).await?
         };
@@ -587,10 +618,15 @@ impl Compactor {
                 if !job.metadata_only() {
                     self.delete_outputs(&outputs).await;
                 }
+                if let Some(url) = &job.tier_to {
+                    // Copies no manifest ever referenced.
+                    let ids: Vec<u64> = job.upper.iter().map(|f| f.id).collect();
+                    self.delete_in_root(url, &ids).await;
+                }
                 return Ok(Outcome::Abandoned);
             }
         };
-        if job.input_level >= 1 && !job.drop_expired {
+        if job.input_level >= 1 && !job.drop_expired && job.tier_to.is_none() {
             let mut cursors = self.inner.cursors.lock();
             if cursors.len() < job.input_level {
                 cursors.resize(job.input_level, None);
@@ -600,17 +636,52 @@ impl Compactor {
                 *slot = Some(f.props.largest_key.clone());
             }
         }
-        if !job.trivial_move {
-            let due = Instant::now() + self.inner.opts.gc_grace;
-            self.inner.pending.lock().extend(
-                job.inputs()
-                    .filter(|f| job.root_of(f.id).is_none())
-                    .map(|f| PendingDelete {
+        let due = Instant::now() + self.inner.opts.gc_grace;
+        if let Some(url) = &job.tier_to {
+            // The hot copies of what moved go after the grace (older views read them); copies
+            // of SSTs compacted away meanwhile were never referenced and go now.
+            let latest = self.inner.manifests.load_latest(p).await.ok().flatten();
+            let moved: std::collections::HashSet<u64> = latest
+                .iter()
+                .flat_map(|m| m.roots.iter())
+                .filter(|r| r.owned && r.url == *url)
+                .flat_map(|r| r.ids.iter().copied())
+                .collect();
+            let (gone, stale): (Vec<&SstInfo>, Vec<&SstInfo>) =
+                job.upper.iter().partition(|f| moved.contains(&f.id));
+            self.inner
+                .pending
+                .lock()
+                .extend(gone.iter().map(|f| PendingDelete {
+                    id: f.id,
+                    root: None,
+                    due,
+                    version,
+                }));
+            let stale: Vec<u64> = stale.iter().map(|f| f.id).collect();
+            self.delete_in_root(url, &stale).await;
+            let mut stats = self.inner.stats.lock();
+            stats.tiered_files += gone.len() as u64;
+            stats.tiered_bytes += gone.iter().map(|f| f.props.file_size).sum::<u64>();
+        } else if !job.trivial_move {
+            // Inputs under another keyspace's root (a restore's source) are never deleted
+            // here; those in this keyspace's cold tier are deleted there.
+            self.inner
+                .pending
+                .lock()
+                .extend(job.inputs().filter_map(|f| {
+                    let root = match job.root_entry(f.id) {
+                        None => None,
+                        Some(r) if r.owned => Some(r.url.clone()),
+                        Some(_) => return None,
+                    };
+                    Some(PendingDelete {
                         id: f.id,
+                        root,
                         due,
                         version,
-                    }),
-            );
+                    })
+                }));
             if job.input_level == 0 && !job.drop_expired {
                 let l0: u64 = job.upper.iter().map(|f| f.props.file_size).sum();
                 self.inner.stats.lock().l0_bytes_in += l0;
@@ -634,6 +705,7 @@ impl Compactor {
             trivial_move: job.trivial_move,
             drop_expired: job.drop_expired,
             subcompactions: parts,
+            tiered: job.tier_to.is_some(),
         }))
     }
 
@@ -810,6 +882,80 @@ impl Compactor {
         bail!("no free SST id found for a compaction output of partition {p}")
     }
 
+    /// Copies the job's SSTs, unchanged and verified, to the cold root `url` (in the
+    /// configured storage class).
+    async fn copy_to_tier(&self, job: &Job, url: &str) -> anyhow::Result<()> {
+        let p = self.inner.partition;
+        let cold = self
+            .inner
+            .opts
+            .roots
+            .get(url)
+            .with_context(|| format!("opening the cold tier {url}"))?;
+        let class = self
+            .inner
+            .opts
+            .tier
+            .as_ref()
+            .and_then(|t| t.storage_class.clone());
+        for f in &job.upper {
+            let path = sst_path(p, f.id);
+            let data = self
+                .inner
+                .store
+                .get(&path)
+                .await
+                .with_context(|| format!("reading {path} to tier it"))?;
+            if data.len() as u64 != f.props.file_size {
+                bail!(
+                    "{path} is {} bytes, the manifest says {}",
+                    data.len(),
+                    f.props.file_size
+                );
+            }
+            // Never copy corruption into the cold tier: every block is verified first.
+            let check = data.clone();
+            let entries = tokio::task::spawn_blocking(move || read_all_entries(&check))
+                .await
+                .map_err(|e| anyhow!("verifying {path} failed: {e}"))?
+                .with_context(|| format!("{path} is corrupt; not tiered"))?;
+            if entries.len() as u64 != f.props.entries {
+                bail!(
+                    "{path} holds {} entries, the manifest says {}",
+                    entries.len(),
+                    f.props.entries
+                );
+            }
+            let put = match &class {
+                Some(c) => cold.put_class(&path, data, c).await,
+                None => cold.put(&path, data, PutMode::Overwrite).await,
+            };
+            put.with_context(|| format!("writing {url}/{path}"))?;
+        }
+        Ok(())
+    }
+
+    /// Best-effort deletion of SSTs under another root (this keyspace's cold tier) that no
+    /// manifest references.
+    async fn delete_in_root(&self, url: &str, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let store = match self.inner.opts.roots.get(url) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(url, error = %e, "cannot open the cold tier to delete unreferenced copies");
+                return;
+            }
+        };
+        for id in ids {
+            let path = sst_path(self.inner.partition, *id);
+            if let Err(e) = store.delete(&path).await {
+                warn!(url, path, error = %e, "deleting an unreferenced cold copy failed");
+            }
+        }
+    }
+
     /// Best-effort deletion of outputs no manifest references.
     async fn delete_outputs(&self, outputs: &[SstInfo]) {
         for f in outputs {
@@ -869,6 +1015,15 @@ impl Compactor {
         let Ok(Some(latest)) = self.inner.manifests.load_latest(self.inner.partition).await else {
             return false;
         };
+        if let Some(url) = &job.tier_to {
+            let Some(first) = job.upper.first() else {
+                return false;
+            };
+            return latest
+                .roots
+                .iter()
+                .any(|r| r.owned && r.url == *url && r.ids.contains(&first.id));
+        }
         if job.drop_expired {
             // Dropped files are listed nowhere once the drop landed.
             let listed: std::collections::HashSet<u64> = latest

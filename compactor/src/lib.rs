@@ -140,6 +140,32 @@ pub struct CompactionOptions {
     pub hash_range: Option<(u64, Option<u64>)>,
     /// Opens the other store roots a manifest may name (see [`strata_format::SstRoot`]).
     pub roots: strata_objstore::Roots,
+    /// Tiering of cold SSTs to another root; `None` (default): off.
+    pub tier: Option<TierOptions>,
+}
+
+/// Where cold SSTs go and which are cold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierOptions {
+    /// The cold root: `s3://BUCKET/PREFIX` (another bucket or prefix) or `file:///DIR`.
+    pub url: String,
+    /// S3 storage class of the copies there (e.g. `STANDARD_IA`, `GLACIER_IR`); `None`:
+    /// the bucket's default.
+    pub storage_class: Option<String>,
+    /// SSTs in this level or deeper (1 = L1) are cold.
+    pub min_level: Option<usize>,
+    /// SSTs at least this old (by creation) are cold.
+    pub min_age: Option<Duration>,
+}
+
+impl TierOptions {
+    /// Whether an SST of `level` (0 = L0) created at `created_ms` is cold at `now_ms`.
+    pub fn is_cold(&self, level: usize, created_ms: u64, now_ms: u64) -> bool {
+        self.min_level.is_some_and(|l| level >= l.max(1))
+            || self
+                .min_age
+                .is_some_and(|a| now_ms.saturating_sub(created_ms) >= a.as_millis() as u64)
+    }
 }
 
 impl Default for CompactionOptions {
@@ -163,6 +189,7 @@ impl Default for CompactionOptions {
             orphan_grace: Duration::from_secs(60 * 60),
             hash_range: None,
             roots: strata_objstore::Roots::default(),
+            tier: None,
         }
     }
 }
@@ -207,6 +234,9 @@ pub struct CompactionReport {
     /// Parts the merge was cut into by key range and run in parallel (1 for an uncut job,
     /// 0 for a job that read no data).
     pub subcompactions: usize,
+    /// True when the job moved SSTs to the cold tier (copied, unchanged; the input counts
+    /// describe them).
+    pub tiered: bool,
 }
 
 pub(crate) use strata_manifest::now_ms;

@@ -45,9 +45,13 @@ pub struct Job {
     /// occupy the deepest of this many levels (order kept; metadata only), so that a merge
     /// of L0 files always finds a free level above the newest run.
     pub pack_levels: Option<usize>,
-    /// The base manifest's foreign roots: inputs listed there are read from that root, and
-    /// never deleted by this store's GC (they belong to the source of a restore).
+    /// The base manifest's other roots: inputs listed there are read from that root; GC
+    /// deletes them there only from an owned root (this keyspace's cold tier), never from
+    /// another keyspace's (a restore's source).
     pub roots: Vec<strata_format::SstRoot>,
+    /// Tier job: `upper` lists cold SSTs (each with its `level`) that are copied unchanged
+    /// to the cold root named here; the commit points the manifest at the copies.
+    pub tier_to: Option<String>,
 }
 
 impl Job {
@@ -78,15 +82,17 @@ impl Job {
 
     /// The root an input lives under, `None` for this store's own.
     pub fn root_of(&self, id: u64) -> Option<&str> {
-        self.roots
-            .iter()
-            .find(|r| r.ids.contains(&id))
-            .map(|r| r.url.as_str())
+        self.root_entry(id).map(|r| r.url.as_str())
+    }
+
+    /// The root entry an input is listed under, `None` for this store's own root.
+    pub fn root_entry(&self, id: u64) -> Option<&strata_format::SstRoot> {
+        self.roots.iter().find(|r| r.ids.contains(&id))
     }
 
     /// True when the commit reads and writes no data (trivial moves and drops).
     pub fn metadata_only(&self) -> bool {
-        self.trivial_move || self.drop_expired
+        self.trivial_move || self.drop_expired || self.tier_to.is_some()
     }
 }
 
@@ -147,16 +153,61 @@ pub fn plan_at(
             drop_expired: true,
             pack_levels: pack,
             roots: m.roots.clone(),
+            tier_to: None,
         });
     }
-    match opts.strategy {
+    let job = match opts.strategy {
         Strategy::Leveled => plan_leveled(m, opts, cursors),
         Strategy::SizeTiered | Strategy::TimeWindow { .. } => crate::tiered::plan_tiered(m, opts)
             .map(|mut job| {
                 job.pack_levels = pack;
                 job
             }),
+    };
+    job.or_else(|| plan_tier(m, opts, now_ms))
+}
+
+/// SSTs moved to the cold tier per job.
+const TIER_BATCH: usize = 16;
+
+/// A tier job when nothing needs merging: up to [`TIER_BATCH`] cold SSTs still in this
+/// store's own root, deepest first.
+fn plan_tier(m: &Manifest, opts: &CompactionOptions, now_ms: u64) -> Option<Job> {
+    let tier = opts.tier.as_ref()?;
+    let mut cold: Vec<SstInfo> = Vec::new();
+    for (level, f) in oldest_first(m) {
+        if cold.len() >= TIER_BATCH {
+            break;
+        }
+        if m.root_of(f.id).is_none()
+            && tier.is_cold(level, strata_manifest::layout::sst_created_ms(f.id), now_ms)
+        {
+            let mut f = f.clone();
+            f.level = level as u32;
+            cold.push(f);
+        }
     }
+    if cold.is_empty() {
+        return None;
+    }
+    let (smallest_key, largest_key) = key_range(&cold).unwrap_or_default();
+    let level = cold.iter().map(|f| f.level as usize).min().unwrap_or(0);
+    Some(Job {
+        base_version: m.version,
+        input_level: level,
+        output_level: level,
+        upper: cold,
+        middle: Vec::new(),
+        lower: Vec::new(),
+        smallest_key,
+        largest_key,
+        deeper: Vec::new(),
+        trivial_move: false,
+        drop_expired: false,
+        pack_levels: None,
+        roots: m.roots.clone(),
+        tier_to: Some(tier.url.clone()),
+    })
 }
 
 fn plan_leveled(m: &Manifest, opts: &CompactionOptions, cursors: &[Option<Bytes>]) -> Option<Job> {
@@ -232,6 +283,7 @@ pub(crate) fn build_job(
         drop_expired: false,
         pack_levels: None,
         roots: m.roots.clone(),
+        tier_to: None,
     }
 }
 
@@ -334,7 +386,9 @@ pub(crate) fn rebase(
     outputs: &[SstInfo],
     now_ms: u64,
 ) -> Result<Manifest, String> {
-    let mut next = if job.drop_expired {
+    let mut next = if let Some(url) = &job.tier_to {
+        rebase_tier(latest, job, url)?
+    } else if job.drop_expired {
         rebase_drop(latest, job, now_ms)?
     } else {
         rebase_merge(latest, job, outputs)?
@@ -345,6 +399,37 @@ pub(crate) fn rebase(
         pack(&mut next, n);
     }
     next.prune_roots();
+    Ok(next)
+}
+
+/// Points the manifest at the cold copies of the job's SSTs that it still lists (where they
+/// are, unchanged: the copies are byte-identical). Abandoned if it lists none of them.
+fn rebase_tier(latest: &Manifest, job: &Job, url: &str) -> Result<Manifest, String> {
+    let listed: HashSet<u64> = latest
+        .l0
+        .iter()
+        .chain(latest.levels.iter().flatten())
+        .filter(|f| latest.root_of(f.id).is_none())
+        .map(|f| f.id)
+        .collect();
+    let moved: Vec<u64> = job
+        .upper
+        .iter()
+        .map(|f| f.id)
+        .filter(|id| listed.contains(id))
+        .collect();
+    if moved.is_empty() {
+        return Err("every SST of the tier job was compacted away meanwhile".into());
+    }
+    let mut next = latest.clone();
+    match next.roots.iter_mut().find(|r| r.url == url && r.owned) {
+        Some(r) => r.ids.extend(moved),
+        None => next.roots.push(strata_format::SstRoot {
+            url: url.to_string(),
+            ids: moved,
+            owned: true,
+        }),
+    }
     Ok(next)
 }
 

@@ -427,7 +427,12 @@ pub fn restored_manifest(snap: &Manifest, source_url: &str) -> Manifest {
         created_ms: now_ms(),
         roots: roots
             .into_iter()
-            .map(|(url, ids)| strata_format::SstRoot { url, ids })
+            .map(|(url, ids)| strata_format::SstRoot {
+                url,
+                ids,
+                // Another keyspace's SSTs: this one never deletes them.
+                owned: false,
+            })
             .collect(),
     }
 }

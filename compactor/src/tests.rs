@@ -989,3 +989,88 @@ async fn snapshot_pins_survive_gc_until_the_snapshot_is_deleted() {
     assert_eq!(env.sst_objects().await, live, "unpinned inputs collected");
     assert!(live.is_disjoint(&pinned));
 }
+
+/// Tiering: cold SSTs (L1 and deeper here) are copied unchanged to the cold root and the
+/// manifest points at the copies; the hot copies go after the grace; a later compaction reads
+/// the cold inputs from there and deletes them there once replaced.
+#[tokio::test]
+async fn cold_ssts_move_to_the_tier_and_compact_from_there() {
+    let env = Env::new().await;
+    let cold_dir = tempfile::tempdir().unwrap();
+    let cold_url = format!("file://{}", cold_dir.path().display());
+    let cold = strata_objstore::LocalStore::open(cold_dir.path()).unwrap();
+    let cold_ssts = || async {
+        cold.list(&sst_prefix(P))
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|o| parse_sst_path(&o.path))
+            .collect::<BTreeSet<u64>>()
+    };
+    let c = env.compactor(CompactionOptions {
+        tier: Some(crate::TierOptions {
+            url: cold_url.clone(),
+            storage_class: Some("STANDARD_IA".into()),
+            min_level: Some(1),
+            min_age: None,
+        }),
+        ..small_opts()
+    });
+    let mut seq = 0;
+    let mut round = |tag: &'static str| {
+        let mut batch = Vec::new();
+        for k in ["a", "b", "c"] {
+            seq += 1;
+            batch.push(put(k, seq, tag));
+        }
+        batch
+    };
+    for _ in 0..4 {
+        env.flush(round("one")).await;
+    }
+    let mut reports = Vec::new();
+    while let Some(r) = c.compact_once().await.unwrap() {
+        reports.push(r);
+    }
+    assert!(reports.iter().any(|r| r.tiered), "{reports:?}");
+    let m = env.latest().await;
+    let l1: BTreeSet<u64> = m.levels[0].iter().map(|f| f.id).collect();
+    assert!(!l1.is_empty());
+    assert_eq!(m.roots.len(), 1);
+    assert!(m.roots[0].owned && m.roots[0].url == cold_url);
+    assert_eq!(m.roots[0].ids.iter().copied().collect::<BTreeSet<_>>(), l1);
+    assert_eq!(cold_ssts().await, l1, "copied to the cold tier");
+    c.collect_garbage().await.unwrap();
+    assert!(
+        env.sst_objects().await.is_disjoint(&l1),
+        "hot copies deleted after the grace"
+    );
+    assert_eq!(c.stats().tiered_files, l1.len() as u64);
+
+    // New L0 files overlapping the cold L1: the merge reads the cold inputs from the tier.
+    for _ in 0..4 {
+        env.flush(round("two")).await;
+    }
+    while c.compact_once().await.unwrap().is_some() {}
+    c.collect_garbage().await.unwrap();
+    let m = env.latest().await;
+    let now_cold: BTreeSet<u64> = m.roots.iter().flat_map(|r| r.ids.clone()).collect();
+    assert!(
+        now_cold.is_disjoint(&l1),
+        "replaced cold inputs left the manifest"
+    );
+    assert!(cold_ssts().await.is_disjoint(&l1), "and the cold tier");
+    // Every key reads its newest value from the files the manifest lists, wherever they are.
+    let mut files = HashMap::new();
+    for f in m.l0.iter().chain(m.levels.iter().flatten()) {
+        let data = match m.root_of(f.id) {
+            None => env.store.get(&sst_path(P, f.id)).await.unwrap(),
+            Some(_) => cold.get(&sst_path(P, f.id)).await.unwrap(),
+        };
+        files.insert(f.id, read_all_entries(&data).unwrap());
+    }
+    for k in ["a", "b", "c"] {
+        let e = visible(read(&m, &files, k.as_bytes())).unwrap();
+        assert_eq!(e.value, Bytes::from("two"), "{k}");
+    }
+}

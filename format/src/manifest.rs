@@ -10,7 +10,7 @@
 //!       | u64 next_sst_id | u64 created_ms
 //!       | u32 n, SstInfo * n                      (L0, newest first)
 //!       | u32 levels, (u32 n, SstInfo * n) * levels   (L1, L2, ...)
-//!       | format 2 only: u32 roots, (u32 len, url bytes, u32 n, u64 id * n) * roots
+//!       | format 2 only: u32 roots, (u32 len, url bytes, u8 owned, u32 n, u64 id * n) * roots
 //! SstInfo: u64 id | u32 level | props payload (see the SST props block)
 //! ```
 //!
@@ -75,6 +75,9 @@ pub struct Manifest {
 pub struct SstRoot {
     /// The root's object store URL (`s3://BUCKET/PREFIX`, `file:///DIR`).
     pub url: String,
+    /// The keyspace's own cold tier (its GC deletes these SSTs there once unreferenced), as
+    /// opposed to another keyspace's root (a restore's source: never deleted from here).
+    pub owned: bool,
     /// Ids of the SSTs there.
     pub ids: Vec<u64>,
 }
@@ -135,6 +138,7 @@ pub fn encode_manifest(m: &Manifest) -> Bytes {
         for r in &m.roots {
             put_u32(&mut out, len_u32(r.url.len(), "root url"));
             out.extend_from_slice(r.url.as_bytes());
+            out.push(u8::from(r.owned));
             put_u32(&mut out, len_u32(r.ids.len(), "root sst count"));
             for id in &r.ids {
                 put_u64(&mut out, *id);
@@ -215,12 +219,17 @@ pub fn decode_manifest(data: &[u8]) -> Result<Manifest> {
             let url = r.bytes(len, "root url")?;
             let url = String::from_utf8(url.to_vec())
                 .map_err(|_| corrupt(WHAT, "root url is not UTF-8"))?;
+            let owned = match r.u8("root owned flag")? {
+                0 => false,
+                1 => true,
+                other => return Err(corrupt(WHAT, format!("root owned flag {other}"))),
+            };
             let count = r.u32("root sst count")? as usize;
             let mut ids = Vec::with_capacity(count.min(r.remaining() / 8));
             for _ in 0..count {
                 ids.push(r.u64("root sst id")?);
             }
-            m.roots.push(SstRoot { url, ids });
+            m.roots.push(SstRoot { url, ids, owned });
         }
     }
     r.finish()?;
@@ -257,10 +266,12 @@ mod tests {
             SstRoot {
                 url: "s3://bucket/old".into(),
                 ids: vec![7, 9],
+                owned: false,
             },
             SstRoot {
                 url: "file:///srv/older".into(),
                 ids: vec![1],
+                owned: true,
             },
         ];
         let enc = encode_manifest(&m);
@@ -300,10 +311,12 @@ mod tests {
                 SstRoot {
                     url: "a".into(),
                     ids: vec![7, 8],
+                    owned: false,
                 },
                 SstRoot {
                     url: "b".into(),
                     ids: vec![9],
+                    owned: true,
                 },
             ],
             ..Manifest::default()
@@ -313,7 +326,8 @@ mod tests {
             m.roots,
             vec![SstRoot {
                 url: "a".into(),
-                ids: vec![7]
+                ids: vec![7],
+                owned: false,
             }]
         );
     }

@@ -94,6 +94,10 @@ impl FaultInjecting {
 
 #[async_trait]
 impl Store for FaultInjecting {
+    async fn put_class(&self, path: &str, data: Bytes, storage_class: &str) -> StoreResult<()> {
+        self.gate("put", path).await?;
+        self.inner.put_class(path, data, storage_class).await
+    }
     async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> StoreResult<()> {
         self.gate("put", path).await?;
         let r = self.inner.put(path, data, mode).await;

@@ -59,6 +59,12 @@ pub struct ObjectInfo {
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Writes a whole object. It is durable when this returns `Ok`.
     async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> StoreResult<()>;
+    /// Writes (overwrites) an object in an S3 storage class (`x-amz-storage-class`, e.g.
+    /// `STANDARD_IA`). Stores without classes just write it.
+    async fn put_class(&self, path: &str, data: Bytes, storage_class: &str) -> StoreResult<()> {
+        let _ = storage_class;
+        self.put(path, data, PutMode::Overwrite).await
+    }
     /// Reads a whole object.
     async fn get(&self, path: &str) -> StoreResult<Bytes>;
     /// Reads `range` of an object; a range past the end is an error.

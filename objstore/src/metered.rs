@@ -98,6 +98,14 @@ impl Store for Metered {
         let r = self.inner.put(path, data, mode).await;
         self.done(r)
     }
+    async fn put_class(&self, path: &str, data: Bytes, storage_class: &str) -> StoreResult<()> {
+        self.c.puts.fetch_add(1, Ordering::Relaxed);
+        self.c
+            .bytes_put
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let r = self.inner.put_class(path, data, storage_class).await;
+        self.done(r)
+    }
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
         self.c.gets.fetch_add(1, Ordering::Relaxed);
         let r = self.inner.get(path).await;

@@ -129,6 +129,24 @@ impl Store for ObjectStoreBackend {
             .map_err(|e| map_err("put", path, e))
     }
 
+    async fn put_class(&self, path: &str, data: Bytes, storage_class: &str) -> StoreResult<()> {
+        let loc = self.location(path)?;
+        let mut attributes = object_store::Attributes::new();
+        attributes.insert(
+            object_store::Attribute::StorageClass,
+            storage_class.to_string().into(),
+        );
+        let opts = PutOptions {
+            attributes,
+            ..Default::default()
+        };
+        self.inner
+            .put_opts(&loc, PutPayload::from_bytes(data), opts)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("put", path, e))
+    }
+
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
         let loc = self.location(path)?;
         let res = self

@@ -121,6 +121,13 @@ impl Store for Retrying {
             (r, _) => r,
         }
     }
+    async fn put_class(&self, path: &str, data: Bytes, storage_class: &str) -> StoreResult<()> {
+        // An overwrite of identical bytes: retrying after an unknown outcome is harmless.
+        self.run("put", path, || {
+            self.inner.put_class(path, data.clone(), storage_class)
+        })
+        .await
+    }
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
         self.run("get", path, || self.inner.get(path)).await
     }
