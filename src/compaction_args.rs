@@ -57,9 +57,15 @@ fn parse_override(s: &str) -> Result<(u32, String), String> {
 }
 
 impl CompactionArgs {
-    /// Refuses combinations the parser cannot express.
-    pub fn check(&self) -> anyhow::Result<()> {
+    /// Refuses combinations the parser cannot express. `store_url` is the keyspace's own
+    /// object store, which the cold tier must not be.
+    pub fn check(&self, store_url: Option<&str>) -> anyhow::Result<()> {
         if let Some(url) = &self.tier_url {
+            if store_url.is_some_and(|s| s.trim_end_matches('/') == url.trim_end_matches('/')) {
+                anyhow::bail!(
+                    "--tier-url {url} is the store itself: the cold tier must be another bucket or prefix"
+                );
+            }
             if self.tier_min_level.is_none() && self.tier_min_age_secs.is_none() {
                 anyhow::bail!(
                     "--tier-url {url} needs --tier-min-level or --tier-min-age-secs (which SSTs are cold)"

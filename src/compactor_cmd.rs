@@ -32,7 +32,7 @@ pub struct CompactorArgs {
 }
 
 pub async fn run(args: CompactorArgs) -> Result<()> {
-    args.compaction.check()?;
+    args.compaction.check(Some(&args.object_store))?;
     let mut s3 = S3Settings::from_env();
     if let Some(ep) = &args.s3_endpoint {
         s3.endpoint = Some(ep.clone());

@@ -140,6 +140,30 @@ async fn restore(
             o.path
         );
     }
+    // The snapshot's SSTs may also live under other roots (its cold tier, an earlier
+    // restore's source): restoring into one of them would let the new keyspace's GC treat
+    // them as its own.
+    let target_url = to.trim_end_matches('/');
+    for p in &snap.record.partitions {
+        if let Some(m) = snap.load_latest(p.partition).await? {
+            if let Some(r) = m
+                .roots
+                .iter()
+                .find(|r| r.url.trim_end_matches('/') == target_url)
+            {
+                anyhow::bail!(
+                    "--to {to} holds SSTs the snapshot reads ({}): restore elsewhere",
+                    r.url
+                );
+            }
+        }
+    }
+    // Marked first: from now on the snapshot cannot be deleted without --force, so the
+    // SSTs the new keyspace is about to reference stay pinned.
+    mark_restored(&*source.store, id, to).await?;
+    SnapshotManifests::load(&*source.store, id)
+        .await
+        .context("the snapshot vanished while being restored")?;
     let parts = snap.partitions();
     let uniform = strata_format::PartitionMap::uniform(parts.len() as u32);
     let mut manifests = Vec::with_capacity(parts.len());
@@ -194,6 +218,12 @@ async fn restore(
             etcd.init_config(parts.len() as u32)
                 .await
                 .context("writing the new cluster's config")?;
+            // Outcomes of transactions whose intents the snapshot may hold.
+            for (tid, rec) in &snap.record.txns {
+                if let Err(e) = etcd.txn_begin(tid, rec).await {
+                    anyhow::bail!("copying transaction record {tid}: {e}");
+                }
+            }
             let store = strata_manifest::EtcdManifestStore::new(etcd, target.clone());
             for (p, m) in &manifests {
                 if !store
@@ -206,7 +236,6 @@ async fn restore(
             }
         }
     }
-    mark_restored(&*source.store, id, to).await?;
     let ssts: usize = manifests
         .iter()
         .map(|(_, m)| m.l0.len() + m.levels.iter().map(Vec::len).sum::<usize>())
@@ -251,6 +280,7 @@ async fn snapshot(
                 &source.partitions,
                 rev,
                 MAX_PIN_DELAY,
+                source.cluster.as_ref().map(|c| &c.0),
             )
             .await?;
             let wal: u64 = r.partitions.iter().map(|p| p.wal_entries).sum();

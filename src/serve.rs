@@ -92,7 +92,6 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    args.compaction_opts.check()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let listener = TcpListener::bind(args.listen)
@@ -146,6 +145,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             absolute(&args.data_dir.join("objects")).display()
         )
     });
+    args.compaction_opts.check(Some(&url))?;
     let mut s3 = S3Settings::from_env();
     if let Some(ep) = &args.s3_endpoint {
         s3.endpoint = Some(ep.clone());

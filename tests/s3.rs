@@ -747,6 +747,12 @@ async fn cold_ssts_tier_to_another_prefix_and_still_read() {
         "1",
         "--tier-storage-class",
         "STANDARD",
+        // A cache too small for the data: reads go to the store, from the root the manifest
+        // names.
+        "--cache-memory-mb",
+        "1",
+        "--cache-disk-mb",
+        "0",
     ];
     let mut server =
         try_serve(&s3, dir.path(), "tierhot", 1, &flags).unwrap_or_else(|e| panic!("{e}"));
@@ -782,9 +788,10 @@ async fn cold_ssts_tier_to_another_prefix_and_still_read() {
         }
     };
     check(server.client().await).await;
-    server.kill9();
-    // Remove the hot copies of tiered SSTs now (GC would after its 5 min grace): the restarted
-    // server can only read those from the cold tier.
+    // Remove the hot copies of tiered SSTs now (GC would after its 5 min grace): the running
+    // server (once it installed the tiered manifest) and a restarted one can only read those
+    // from the cold tier.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (hot, cold_store) = (s3.store("tierhot"), s3.store("tiercold"));
     let mut removed = 0;
     for o in cold_store.list("").await.expect("list cold") {
@@ -795,6 +802,8 @@ async fn cold_ssts_tier_to_another_prefix_and_still_read() {
     }
     assert!(removed > 0);
     eprintln!("{removed} hot copies removed");
+    check(server.client().await).await;
+    server.kill9();
     let fresh = tempfile::tempdir().expect("temp dir");
     let server =
         try_serve(&s3, fresh.path(), "tierhot", 1, &flags).unwrap_or_else(|e| panic!("{e}"));

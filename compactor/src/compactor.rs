@@ -611,7 +611,8 @@ impl Compactor {
         } else {
             self.execute(&job).await?
         };
-        let version = match self.commit(&job, &outputs).await? {
+        let (committed, next) = self.commit_returning(&job, &outputs).await?;
+        let version = match committed {
             Committed::Version(v) => v,
             Committed::Abandoned(why) => {
                 info!(partition = p, reason = why, "compaction abandoned");
@@ -637,18 +638,30 @@ impl Compactor {
             }
         }
         let due = Instant::now() + self.inner.opts.gc_grace;
-        if let Some(url) = &job.tier_to {
-            // The hot copies of what moved go after the grace (older views read them); copies
-            // of SSTs compacted away meanwhile were never referenced and go now.
-            let latest = self.inner.manifests.load_latest(p).await.ok().flatten();
-            let moved: std::collections::HashSet<u64> = latest
+        if let (Some(url), Some(next)) = (&job.tier_to, &next) {
+            // From the manifest this commit wrote (never a re-read, which may fail or be
+            // newer): what it moved loses its hot copy after the grace (older views read
+            // it). A copy of an SST that manifest no longer lists at all (compacted away
+            // meanwhile) was never referenced and goes now; one listed under a root (tiered
+            // by another compactor during a hand-over, to the same name) is left alone.
+            let moved: std::collections::HashSet<u64> = next
+                .roots
                 .iter()
-                .flat_map(|m| m.roots.iter())
                 .filter(|r| r.owned && r.url == *url)
                 .flat_map(|r| r.ids.iter().copied())
                 .collect();
-            let (gone, stale): (Vec<&SstInfo>, Vec<&SstInfo>) =
-                job.upper.iter().partition(|f| moved.contains(&f.id));
+            let listed: std::collections::HashSet<u64> = next
+                .l0
+                .iter()
+                .chain(next.levels.iter().flatten())
+                .map(|f| f.id)
+                .collect();
+            let gone: Vec<&SstInfo> = job.upper.iter().filter(|f| moved.contains(&f.id)).collect();
+            let stale: Vec<&SstInfo> = job
+                .upper
+                .iter()
+                .filter(|f| !listed.contains(&f.id))
+                .collect();
             self.inner
                 .pending
                 .lock()
@@ -967,7 +980,17 @@ impl Compactor {
     }
 
     /// Commits `job` with `outputs`, rebasing on the latest manifest after each conflict.
+    #[cfg(test)]
     pub(crate) async fn commit(&self, job: &Job, outputs: &[SstInfo]) -> anyhow::Result<Committed> {
+        Ok(self.commit_returning(job, outputs).await?.0)
+    }
+
+    /// Like [`Self::commit`], also returning the manifest committed.
+    async fn commit_returning(
+        &self,
+        job: &Job,
+        outputs: &[SstInfo],
+    ) -> anyhow::Result<(Committed, Option<Manifest>)> {
         let p = self.inner.partition;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let Some(latest) = self
@@ -977,14 +1000,17 @@ impl Compactor {
                 .await
                 .with_context(|| format!("loading the manifest of partition {p} to commit"))?
             else {
-                return Ok(Committed::Abandoned("the manifest disappeared".into()));
+                return Ok((
+                    Committed::Abandoned("the manifest disappeared".into()),
+                    None,
+                ));
             };
             let next = match rebase(&latest, job, outputs, now_ms()) {
                 Ok(next) => next,
-                Err(why) => return Ok(Committed::Abandoned(why)),
+                Err(why) => return Ok((Committed::Abandoned(why), None)),
             };
             match self.inner.manifests.commit(p, &next).await {
-                Ok(()) => return Ok(Committed::Version(next.version)),
+                Ok(()) => return Ok((Committed::Version(next.version), Some(next))),
                 Err(ManifestError::Conflict { .. }) => {
                     self.inner.stats.lock().commit_conflicts += 1;
                     debug!(
@@ -996,7 +1022,7 @@ impl Compactor {
                 Err(e) => {
                     // The commit may have landed anyway (a timed-out conditional create).
                     if self.landed(outputs, job).await {
-                        return Ok(Committed::Version(next.version));
+                        return Ok((Committed::Version(next.version), Some(next)));
                     }
                     return Err(anyhow!(e).context(format!(
                         "committing compaction of partition {p} as manifest version {}",

@@ -64,6 +64,11 @@ pub struct SnapshotRecord {
     /// Revision of the cluster's partition map (0: uniform or embedded).
     pub map_revision: i64,
     pub partitions: Vec<SnapshotPartition>,
+    /// A cluster's cross-partition transaction records seen while pinning (listed before and
+    /// after each partition): a partition pinned with a prepared intent learns its outcome
+    /// from them after a restore.
+    #[serde(default)]
+    pub txns: Vec<(String, strata_manifest::etcd::TxnRecord)>,
 }
 
 /// What a snapshot holds of one partition.
@@ -105,12 +110,27 @@ pub async fn create_snapshot(
     partitions: &[ExportPartition],
     map_revision: i64,
     max_pin_delay: Duration,
+    txns: Option<&strata_manifest::etcd::Etcd>,
 ) -> Result<SnapshotRecord> {
     let id = new_id();
     let created_ms = now_ms();
     let mut out = Vec::with_capacity(partitions.len());
+    let mut records: BTreeMap<String, strata_manifest::etcd::TxnRecord> = BTreeMap::new();
+    let mut list_txns = |found: Vec<(String, strata_manifest::etcd::TxnRecord)>| {
+        for (tid, rec) in found {
+            // A later listing's state wins (pending -> decided).
+            records.insert(tid, rec);
+        }
+    };
     for part in partitions {
         let p = part.partition;
+        if let Some(etcd) = txns {
+            list_txns(
+                etcd.txn_list()
+                    .await
+                    .context("listing transaction records")?,
+            );
+        }
         let mut attempt = 0;
         let snap = loop {
             attempt += 1;
@@ -125,6 +145,13 @@ pub async fn create_snapshot(
             hash_range: part.hash_range,
             ..snap
         });
+        if let Some(etcd) = txns {
+            list_txns(
+                etcd.txn_list()
+                    .await
+                    .context("listing transaction records")?,
+            );
+        }
     }
     let record = SnapshotRecord {
         format: "strata-snapshot-v1".into(),
@@ -132,6 +159,7 @@ pub async fn create_snapshot(
         created_ms,
         map_revision,
         partitions: out,
+        txns: records.into_iter().collect(),
     };
     let body = serde_json::to_vec_pretty(&record).context("encoding snapshot.json")?;
     store

@@ -948,6 +948,7 @@ async fn snapshot_pins_survive_gc_until_the_snapshot_is_deleted() {
         &parts,
         0,
         Duration::from_secs(60),
+        None,
     )
     .await
     .unwrap();

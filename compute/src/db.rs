@@ -1004,12 +1004,21 @@ pub(crate) async fn open_version(
     reuse: &HashMap<u64, Arc<SstReader>>,
 ) -> EngineResult<Version> {
     let open = |info: strata_format::SstInfo| {
-        // An SST under another root (a restored keyspace) is read where it is.
+        // An SST under another root (a restored keyspace's source, the cold tier) is read
+        // where it is.
         let src = match manifest.root_of(info.id) {
             None => Ok(src.clone()),
             Some(url) => src.at_root(url),
         };
-        let existing = reuse.get(&info.id).cloned();
+        // An open reader is reused only if it reads from the same root: a tiered SST keeps
+        // its id but moves, and its old (hot) copy is deleted after the grace.
+        let existing = match &src {
+            Ok(s) => reuse
+                .get(&info.id)
+                .filter(|r| r.store_uid() == s.store_uid)
+                .cloned(),
+            Err(_) => None,
+        };
         async move {
             match existing {
                 Some(r) => Ok::<_, EngineError>(r),

@@ -59,6 +59,11 @@ fn meta_err(path: &str, e: strata_format::FormatError) -> EngineError {
 }
 
 impl SstReader {
+    /// The cache uid of the store this reader reads from (differs per root).
+    pub fn store_uid(&self) -> u64 {
+        self.src.store_uid
+    }
+
     /// Opens an SST from storage: one GET for the footer, one for filter+index+props.
     pub async fn open(src: BlockSource, partition: u32, info: SstInfo) -> EngineResult<Self> {
         let path = sst_path(partition, info.id);
