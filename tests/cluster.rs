@@ -177,11 +177,14 @@ impl Cluster {
         self.node(i).child.id()
     }
 
+    /// `strata ctl` on this cluster (with its S3 settings: snapshots and restores read the
+    /// bucket); fails the test if it fails.
     fn ctl(&self, args: &[&str]) -> String {
         let out = std::process::Command::new(BIN)
             .arg("ctl")
             .args(["--etcd", &self.etcd_url])
             .args(args)
+            .envs(self.s3_env.iter().cloned())
             .output()
             .expect("run strata ctl");
         assert!(
@@ -2027,24 +2030,6 @@ async fn a_compactor_fleet_takes_over_compaction_and_survives_a_kill9() {
     }
 }
 
-/// `strata ctl` with the cluster's S3 settings in the environment (snapshot and restore read
-/// the bucket).
-fn ctl_s3(c: &Cluster, args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
-        .arg("ctl")
-        .args(["--etcd", &c.etcd_url])
-        .args(args)
-        .envs(c.s3_env.iter().cloned())
-        .output()
-        .expect("run strata ctl");
-    assert!(
-        out.status.success(),
-        "strata ctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A snapshot of a live 2-node cluster (writes still only in WALs included), restored into a
 /// new keyspace (new bucket prefix, new etcd prefix) without copying an SST: a node started on
 /// it serves every key with its value as of the snapshot, while the source, changed since,
@@ -2057,7 +2042,7 @@ async fn a_cluster_snapshot_restores_into_a_new_keyspace() {
     // 4 MiB memtables: some partitions flush SSTs, the rest is only in their WALs.
     let then = bulk_write(&c, "s", 4, 400, 4096).await;
     let src = format!("s3://{BUCKET}/snapsrc");
-    let out = ctl_s3(&c, &["snapshot", "create", "--object-store", &src]);
+    let out = c.ctl(&["snapshot", "create", "--object-store", &src]);
     let id = out
         .split("created snapshot ")
         .nth(1)
@@ -2065,20 +2050,17 @@ async fn a_cluster_snapshot_restores_into_a_new_keyspace() {
         .unwrap_or_else(|| panic!("no id in {out:?}"))
         .to_string();
     let later = bulk_write(&c, "s", 4, 400, 16).await;
-    let out = ctl_s3(
-        &c,
-        &[
-            "restore",
-            "--snapshot",
-            &id,
-            "--object-store",
-            &src,
-            "--to",
-            &format!("s3://{BUCKET}/snaprestored"),
-            "--to-etcd-prefix",
-            "/restored",
-        ],
-    );
+    let out = c.ctl(&[
+        "restore",
+        "--snapshot",
+        &id,
+        "--object-store",
+        &src,
+        "--to",
+        &format!("s3://{BUCKET}/snaprestored"),
+        "--to-etcd-prefix",
+        "/restored",
+    ]);
     println!("{}", out.trim());
     assert!(out.contains("nothing copied"), "{out}");
     let census = s3.census("snaprestored").await;

@@ -137,24 +137,10 @@ pub fn plan_at(
         .then_some(opts.tiered_levels.max(2));
     let dropped = expired_drops(m, now_ms);
     if !dropped.is_empty() {
-        let (smallest_key, largest_key) = key_range(&dropped).unwrap_or_default();
-        let level = dropped.iter().map(|f| f.level as usize).min().unwrap_or(0);
-        return Some(Job {
-            base_version: m.version,
-            input_level: level,
-            output_level: level,
-            upper: dropped,
-            middle: Vec::new(),
-            lower: Vec::new(),
-            smallest_key,
-            largest_key,
-            deeper: Vec::new(),
-            trivial_move: false,
-            drop_expired: true,
-            pack_levels: pack,
-            roots: m.roots.clone(),
-            tier_to: None,
-        });
+        let mut job = metadata_job(m, dropped);
+        job.drop_expired = true;
+        job.pack_levels = pack;
+        return Some(job);
     }
     let job = match opts.strategy {
         Strategy::Leveled => plan_leveled(m, opts, cursors),
@@ -190,13 +176,21 @@ fn plan_tier(m: &Manifest, opts: &CompactionOptions, now_ms: u64) -> Option<Job>
     if cold.is_empty() {
         return None;
     }
-    let (smallest_key, largest_key) = key_range(&cold).unwrap_or_default();
-    let level = cold.iter().map(|f| f.level as usize).min().unwrap_or(0);
-    Some(Job {
+    let mut job = metadata_job(m, cold);
+    job.tier_to = Some(tier.url.clone());
+    Some(job)
+}
+
+/// A job on `files` (each with its `level` set) that reads and writes no data; the caller
+/// says what it does (drop, tier).
+fn metadata_job(m: &Manifest, files: Vec<SstInfo>) -> Job {
+    let (smallest_key, largest_key) = key_range(&files).unwrap_or_default();
+    let level = files.iter().map(|f| f.level as usize).min().unwrap_or(0);
+    Job {
         base_version: m.version,
         input_level: level,
         output_level: level,
-        upper: cold,
+        upper: files,
         middle: Vec::new(),
         lower: Vec::new(),
         smallest_key,
@@ -206,8 +200,8 @@ fn plan_tier(m: &Manifest, opts: &CompactionOptions, now_ms: u64) -> Option<Job>
         drop_expired: false,
         pack_levels: None,
         roots: m.roots.clone(),
-        tier_to: Some(tier.url.clone()),
-    })
+        tier_to: None,
+    }
 }
 
 fn plan_leveled(m: &Manifest, opts: &CompactionOptions, cursors: &[Option<Bytes>]) -> Option<Job> {

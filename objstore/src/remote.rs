@@ -111,10 +111,20 @@ fn http_status(detail: &str) -> Option<u16> {
         .and_then(|t| t.parse().ok())
 }
 
+impl ObjectStoreBackend {
+    async fn put_with(&self, path: &str, data: Bytes, opts: PutOptions) -> StoreResult<()> {
+        let loc = self.location(path)?;
+        self.inner
+            .put_opts(&loc, PutPayload::from_bytes(data), opts)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("put", path, e))
+    }
+}
+
 #[async_trait]
 impl Store for ObjectStoreBackend {
     async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> StoreResult<()> {
-        let loc = self.location(path)?;
         let opts = PutOptions {
             mode: match mode {
                 PutMode::Overwrite => object_store::PutMode::Overwrite,
@@ -122,15 +132,10 @@ impl Store for ObjectStoreBackend {
             },
             ..Default::default()
         };
-        self.inner
-            .put_opts(&loc, PutPayload::from_bytes(data), opts)
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err("put", path, e))
+        self.put_with(path, data, opts).await
     }
 
     async fn put_class(&self, path: &str, data: Bytes, storage_class: &str) -> StoreResult<()> {
-        let loc = self.location(path)?;
         let mut attributes = object_store::Attributes::new();
         attributes.insert(
             object_store::Attribute::StorageClass,
@@ -140,11 +145,7 @@ impl Store for ObjectStoreBackend {
             attributes,
             ..Default::default()
         };
-        self.inner
-            .put_opts(&loc, PutPayload::from_bytes(data), opts)
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err("put", path, e))
+        self.put_with(path, data, opts).await
     }
 
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
