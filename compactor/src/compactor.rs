@@ -375,18 +375,20 @@ impl Compactor {
         let mut first_err = None;
         for d in due {
             let path = sst_path(p, d.id);
-            let store = match &d.root {
-                None => self.inner.store.clone(),
-                Some(url) => match self.inner.opts.roots.get(url) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        first_err.get_or_insert_with(|| {
-                            anyhow!(e).context(format!("opening the cold tier {url}"))
-                        });
-                        failed.push(d);
-                        continue;
-                    }
-                },
+            let store = match self
+                .inner
+                .opts
+                .roots
+                .store_for(&self.inner.store, d.root.as_deref())
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    first_err.get_or_insert_with(|| {
+                        anyhow!(e).context(format!("opening the root of {path}"))
+                    });
+                    failed.push(d);
+                    continue;
+                }
             };
             match store.delete(&path).await {
                 Ok(()) => deleted += 1,
@@ -421,12 +423,12 @@ impl Compactor {
         // manifest, so an SST a snapshot took from it is in one or the other).
         // SSTs the manifest reads from another root (the cold tier, a restore's source) do not
         // keep a copy in this root alive: a tiered SST's hot copy is garbage once moved.
-        let mut live: std::collections::HashSet<u64> =
-            m.l0.iter()
-                .chain(m.levels.iter().flatten())
-                .filter(|f| m.root_of(f.id).is_none())
-                .map(|f| f.id)
-                .collect();
+        let elsewhere = m.root_index();
+        let mut live: std::collections::HashSet<u64> = m
+            .ssts()
+            .filter(|f| !elsewhere.contains_key(&f.id))
+            .map(|f| f.id)
+            .collect();
         live.extend(
             crate::snapshot::pinned_ssts(&*self.inner.store, p)
                 .await
@@ -650,12 +652,7 @@ impl Compactor {
                 .filter(|r| r.owned && r.url == *url)
                 .flat_map(|r| r.ids.iter().copied())
                 .collect();
-            let listed: std::collections::HashSet<u64> = next
-                .l0
-                .iter()
-                .chain(next.levels.iter().flatten())
-                .map(|f| f.id)
-                .collect();
+            let listed: std::collections::HashSet<u64> = next.ssts().map(|f| f.id).collect();
             let gone: Vec<&SstInfo> = job.upper.iter().filter(|f| moved.contains(&f.id)).collect();
             let stale: Vec<&SstInfo> = job
                 .upper
@@ -837,16 +834,15 @@ impl Compactor {
     async fn read_input(&self, info: SstInfo, root: Option<String>) -> anyhow::Result<Vec<Entry>> {
         let key = sst_path(self.inner.partition, info.id);
         // An input under another root (a restored keyspace's unchanged SST) is read there.
-        let (store, path) = match &root {
-            None => (self.inner.store.clone(), key.clone()),
-            Some(url) => (
-                self.inner
-                    .opts
-                    .roots
-                    .get(url)
-                    .with_context(|| format!("opening the root {url} of input {key}"))?,
-                format!("{url}/{key}"),
-            ),
+        let store = self
+            .inner
+            .opts
+            .roots
+            .store_for(&self.inner.store, root.as_deref())
+            .with_context(|| format!("opening the root {root:?} of input {key}"))?;
+        let path = match &root {
+            None => key.clone(),
+            Some(url) => format!("{url}/{key}"),
         };
         let data = store
             .get(&key)
@@ -1052,12 +1048,7 @@ impl Compactor {
         }
         if job.drop_expired {
             // Dropped files are listed nowhere once the drop landed.
-            let listed: std::collections::HashSet<u64> = latest
-                .l0
-                .iter()
-                .chain(latest.levels.iter().flatten())
-                .map(|f| f.id)
-                .collect();
+            let listed: std::collections::HashSet<u64> = latest.ssts().map(|f| f.id).collect();
             return job.upper.iter().all(|f| !listed.contains(&f.id));
         }
         let Some(first) = outputs.first() else {

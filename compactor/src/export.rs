@@ -358,22 +358,17 @@ async fn read_partition_once(
         }
     };
     let max_seq = m.last_flushed_seq;
-    let files: Vec<_> =
-        m.l0.iter()
-            .chain(m.levels.iter().flatten())
-            .cloned()
-            .collect();
+    let files: Vec<_> = m.ssts().cloned().collect();
     for f in &files {
         let path = sst_path(p, f.id);
         // An SST of a restored keyspace's source is read under its root.
-        let (src, shown) = match m.root_of(f.id) {
-            None => (store.clone(), path.clone()),
-            Some(url) => (
-                roots
-                    .get(url)
-                    .with_context(|| format!("opening the root {url}"))?,
-                format!("{url}/{path}"),
-            ),
+        let root = m.root_of(f.id);
+        let src = roots
+            .store_for(store, root)
+            .with_context(|| format!("opening the root {root:?} of {path}"))?;
+        let shown = match root {
+            None => path.clone(),
+            Some(url) => format!("{url}/{path}"),
         };
         let data = src
             .get(&path)

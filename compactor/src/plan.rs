@@ -160,12 +160,13 @@ const TIER_BATCH: usize = 16;
 /// store's own root, deepest first.
 fn plan_tier(m: &Manifest, opts: &CompactionOptions, now_ms: u64) -> Option<Job> {
     let tier = opts.tier.as_ref()?;
+    let elsewhere = m.root_index();
     let mut cold: Vec<SstInfo> = Vec::new();
     for (level, f) in oldest_first(m) {
         if cold.len() >= TIER_BATCH {
             break;
         }
-        if m.root_of(f.id).is_none()
+        if !elsewhere.contains_key(&f.id)
             && tier.is_cold(level, strata_manifest::layout::sst_created_ms(f.id), now_ms)
         {
             let mut f = f.clone();
@@ -399,11 +400,10 @@ pub(crate) fn rebase(
 /// Points the manifest at the cold copies of the job's SSTs that it still lists (where they
 /// are, unchanged: the copies are byte-identical). Abandoned if it lists none of them.
 fn rebase_tier(latest: &Manifest, job: &Job, url: &str) -> Result<Manifest, String> {
+    let elsewhere = latest.root_index();
     let listed: HashSet<u64> = latest
-        .l0
-        .iter()
-        .chain(latest.levels.iter().flatten())
-        .filter(|f| latest.root_of(f.id).is_none())
+        .ssts()
+        .filter(|f| !elsewhere.contains_key(&f.id))
         .map(|f| f.id)
         .collect();
     let moved: Vec<u64> = job

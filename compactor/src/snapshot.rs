@@ -218,13 +218,16 @@ async fn pin_partition(
         .put(&path, encode_manifest(&snap), PutMode::Create)
         .await
         .with_context(|| format!("writing {path}"))?;
-    let files: Vec<&SstInfo> = snap.l0.iter().chain(snap.levels.iter().flatten()).collect();
+    let files: Vec<&SstInfo> = snap.ssts().collect();
     // The pin protects the SSTs from the compactors' GC only if it was written before any of
     // them could be deleted: within gc_grace of reading the manifest, and while they exist.
     let mut missing = None;
     if started.elapsed() <= max_pin_delay {
-        // SSTs under another root are the source keyspace's: its own pins protect them.
-        for f in files.iter().filter(|f| snap.root_of(f.id).is_none()) {
+        // SSTs under another root are checked by id pins only: this keyspace's cold tier
+        // (its GC honours the same pins) or a restore source's (protected by that source's
+        // snapshot).
+        let elsewhere = snap.root_index();
+        for f in files.iter().filter(|f| !elsewhere.contains_key(&f.id)) {
             match store.head(&sst_path(p, f.id)).await {
                 Ok(_) => {}
                 Err(StoreError::NotFound(_)) => {
@@ -359,7 +362,7 @@ pub async fn pinned_ssts(store: &dyn Store, p: u32) -> Result<HashSet<u64>> {
                 .with_context(|| format!("reading {}", o.path))?;
             let m = decode_manifest(&data)
                 .map_err(|e| anyhow!("snapshot manifest {} is corrupt: {e}", o.path))?;
-            pinned.extend(m.l0.iter().chain(m.levels.iter().flatten()).map(|f| f.id));
+            pinned.extend(m.ssts().map(|f| f.id));
         }
     }
     Ok(pinned)
@@ -440,7 +443,7 @@ impl ManifestStore for SnapshotManifests {
 /// is copied; new writes continue above the snapshot's seqs.
 pub fn restored_manifest(snap: &Manifest, source_url: &str) -> Manifest {
     let mut roots: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for f in snap.l0.iter().chain(snap.levels.iter().flatten()) {
+    for f in snap.ssts() {
         let url = snap.root_of(f.id).unwrap_or(source_url);
         roots.entry(url.to_string()).or_default().push(f.id);
     }

@@ -1003,12 +1003,13 @@ pub(crate) async fn open_version(
     manifest: Arc<Manifest>,
     reuse: &HashMap<u64, Arc<SstReader>>,
 ) -> EngineResult<Version> {
+    let roots = manifest.root_index();
     let open = |info: strata_format::SstInfo| {
         // An SST under another root (a restored keyspace's source, the cold tier) is read
         // where it is.
-        let src = match manifest.root_of(info.id) {
+        let src = match roots.get(&info.id) {
             None => Ok(src.clone()),
-            Some(url) => src.at_root(url),
+            Some(r) => src.at_root(&r.url),
         };
         // An open reader is reused only if it reads from the same root: a tiered SST keeps
         // its id but moves, and its old (hot) copy is deleted after the grace.

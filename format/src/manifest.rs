@@ -83,7 +83,13 @@ pub struct SstRoot {
 }
 
 impl Manifest {
-    /// The root URL SST `id` lives under, or `None` for this store's own root.
+    /// Every SST listed: L0 newest first, then each level in key order.
+    pub fn ssts(&self) -> impl Iterator<Item = &SstInfo> {
+        self.l0.iter().chain(self.levels.iter().flatten())
+    }
+
+    /// The root URL SST `id` lives under, or `None` for this store's own root. A scan of
+    /// the roots table: for many lookups, build [`Manifest::root_index`] once.
     pub fn root_of(&self, id: u64) -> Option<&str> {
         self.roots
             .iter()
@@ -91,17 +97,21 @@ impl Manifest {
             .map(|r| r.url.as_str())
     }
 
+    /// SST id → the root entry it is listed under, for every SST not in this store's own
+    /// root.
+    pub fn root_index(&self) -> std::collections::HashMap<u64, &SstRoot> {
+        self.roots
+            .iter()
+            .flat_map(|r| r.ids.iter().map(move |id| (*id, r)))
+            .collect()
+    }
+
     /// Drops root entries of SSTs the manifest no longer lists (compacted away).
     pub fn prune_roots(&mut self) {
         if self.roots.is_empty() {
             return;
         }
-        let listed: std::collections::HashSet<u64> = self
-            .l0
-            .iter()
-            .chain(self.levels.iter().flatten())
-            .map(|f| f.id)
-            .collect();
+        let listed: std::collections::HashSet<u64> = self.ssts().map(|f| f.id).collect();
         for r in &mut self.roots {
             r.ids.retain(|id| listed.contains(id));
         }

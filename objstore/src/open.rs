@@ -173,6 +173,19 @@ impl Roots {
         }
     }
 
+    /// `own` for `None`, else the store of root `url`: where an SST listed under that root
+    /// (or under none) is read and deleted.
+    pub fn store_for(
+        &self,
+        own: &Arc<dyn Store>,
+        url: Option<&str>,
+    ) -> StoreResult<Arc<dyn Store>> {
+        match url {
+            None => Ok(own.clone()),
+            Some(url) => self.get(url),
+        }
+    }
+
     /// The store at `url` (`s3://BUCKET/PREFIX` or `file:///DIR`). `memory://` is refused: a
     /// fresh in-memory store would be empty, never another root.
     pub fn get(&self, url: &str) -> StoreResult<Arc<dyn Store>> {
