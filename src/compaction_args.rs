@@ -35,6 +35,15 @@ pub struct CompactionArgs {
     /// SSTs at least this old (seconds since written) are cold.
     #[arg(long, requires = "tier_url")]
     pub tier_min_age_secs: Option<u64>,
+    /// Snapshot the store every this many seconds (0: no schedule). The interval is the most a
+    /// point-in-time restore (`strata ctl restore --at`) can lose; 300 meets a 5-minute RPO.
+    /// In a cluster one compactor worker at a time runs the schedule.
+    #[arg(long, default_value_t = 0)]
+    pub snapshot_every_secs: u64,
+    /// Scheduled snapshots are deleted once older than this (how far back a restore can go;
+    /// they pin the SSTs they reference until then). Snapshots made by hand are kept.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_keep_secs: u64,
 }
 
 const NAMES: &str = "leveled, size-tiered or time-window";
@@ -76,6 +85,14 @@ impl CompactionArgs {
             }
         }
         Ok(())
+    }
+
+    /// The snapshot schedule these flags describe, if any.
+    pub fn snapshot_schedule(&self) -> Option<strata_compactor::snapshot::SnapshotSchedule> {
+        (self.snapshot_every_secs > 0).then(|| strata_compactor::snapshot::SnapshotSchedule {
+            every: Duration::from_secs(self.snapshot_every_secs),
+            keep: Duration::from_secs(self.snapshot_keep_secs),
+        })
     }
 
     /// The options these flags describe, on top of `base`.

@@ -60,6 +60,7 @@ pub async fn run(args: CompactorArgs) -> Result<()> {
     opts.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(1));
     opts.compaction = args.compaction.options(opts.compaction);
     opts.compaction.roots = roots;
+    opts.snapshots = args.compaction.snapshot_schedule();
     tracing::info!(
         worker = %id,
         object_store = %store.describe(),

@@ -42,10 +42,16 @@ pub enum CtlCommand {
     Undrain { node: String },
     /// Bring back a snapshot as a new keyspace at `--to`, reading its SSTs where they are
     /// (nothing copied). Start the new keyspace's server(s) once it finishes.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["snapshot", "at"])))]
     Restore {
         /// Snapshot id (`strata ctl snapshot list`).
         #[arg(long)]
-        snapshot: String,
+        snapshot: Option<String>,
+        /// Point in time instead of a snapshot id: the store as of the newest snapshot taken
+        /// at or before it (RFC 3339 like `2026-11-22T14:05:00Z`, Unix milliseconds, or
+        /// `10m ago`). With `--snapshot-every-secs N` the result lags it by at most N s.
+        #[arg(long)]
+        at: Option<String>,
         /// The new keyspace's object store: `file:///NEWDIR/objects` (then `strata serve
         /// --data-dir NEWDIR`) or `s3://BUCKET/NEW_PREFIX`. Must be empty.
         #[arg(long)]
@@ -106,15 +112,22 @@ pub enum SnapshotAction {
 
 /// `strata ctl restore`: the snapshot's manifests become the first manifests of a new
 /// keyspace whose SSTs stay where they are.
-async fn restore(
-    args: &CtlArgs,
-    id: &str,
-    to: &str,
-    to_etcd_prefix: Option<&str>,
-    data_dir: Option<&std::path::Path>,
-    object_store: Option<&str>,
-    s3_endpoint: &Option<String>,
-) -> Result<()> {
+async fn restore(args: &CtlArgs) -> Result<()> {
+    let CtlCommand::Restore {
+        snapshot: id,
+        at,
+        to,
+        to_etcd_prefix,
+        data_dir,
+        object_store,
+        s3_endpoint,
+    } = &args.command
+    else {
+        anyhow::bail!("not a restore");
+    };
+    let (id, at, to) = (id.as_deref(), at.as_deref(), to.as_str());
+    let (to_etcd_prefix, data_dir) = (to_etcd_prefix.as_deref(), data_dir.as_deref());
+    let object_store = object_store.as_deref();
     use strata_compactor::snapshot::{mark_restored, restored_manifest, SnapshotManifests};
     use strata_manifest::ManifestStore as _;
     let started = std::time::Instant::now();
@@ -127,7 +140,25 @@ async fn restore(
         s3_endpoint,
     )
     .await?;
-    let snap = SnapshotManifests::load(&*source.store, id).await?;
+    let source_store = source.read.store.clone();
+    let id = match (id, at) {
+        (Some(id), _) => id.to_string(),
+        (None, Some(at)) => {
+            let at_ms = parse_time(at, strata_manifest::now_ms())?;
+            let r = strata_compactor::snapshot::snapshot_at(&*source_store, at_ms).await?;
+            println!(
+                "restoring snapshot {} taken at {} ({:.1} s before {})",
+                r.id,
+                format_ms(r.created_ms),
+                at_ms.saturating_sub(r.created_ms) as f64 / 1e3,
+                format_ms(at_ms)
+            );
+            r.id
+        }
+        (None, None) => anyhow::bail!("name what to restore: --snapshot ID or --at TIME"),
+    };
+    let id = id.as_str();
+    let snap = SnapshotManifests::load(&*source_store, id).await?;
     let target = crate::export_cmd::open(to, s3_endpoint)?;
     if to.trim_end_matches('/') == source.url.trim_end_matches('/') {
         anyhow::bail!("--to {to} is the source itself: restore into a new, empty place");
@@ -160,8 +191,8 @@ async fn restore(
     }
     // Marked first: from now on the snapshot cannot be deleted without --force, so the
     // SSTs the new keyspace is about to reference stay pinned.
-    mark_restored(&*source.store, id, to).await?;
-    SnapshotManifests::load(&*source.store, id)
+    mark_restored(&*source_store, id, to).await?;
+    SnapshotManifests::load(&*source_store, id)
         .await
         .context("the snapshot vanished while being restored")?;
     let parts = snap.partitions();
@@ -249,9 +280,44 @@ async fn restore(
     Ok(())
 }
 
-/// How long a snapshot may take to pin one partition: well below the compactors' default
-/// 5 min grace before deleting compacted inputs (see `compactor/src/snapshot.rs`).
-const MAX_PIN_DELAY: Duration = Duration::from_secs(120);
+/// Milliseconds since the epoch for `--at`: RFC 3339, Unix milliseconds, or `N{s,m,h,d} ago`
+/// (relative to `now_ms`).
+fn parse_time(s: &str, now_ms: u64) -> Result<u64> {
+    let t = s.trim();
+    if let Ok(ms) = t.parse::<u64>() {
+        return Ok(ms);
+    }
+    if let Some(rel) = t.strip_suffix("ago").map(str::trim) {
+        let split = rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len());
+        let (n, unit) = rel.split_at(split);
+        let unit_ms = match unit.trim() {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => 0,
+        };
+        if let (Ok(n), true) = (n.parse::<u64>(), unit_ms > 0) {
+            return Ok(now_ms.saturating_sub(n.saturating_mul(unit_ms)));
+        }
+    }
+    match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(d) if d.timestamp_millis() >= 0 => Ok(d.timestamp_millis() as u64),
+        _ => anyhow::bail!(
+            "--at {s:?}: expected RFC 3339 (2026-11-22T14:05:00Z), Unix milliseconds, or \
+             `N{{s,m,h,d}} ago`"
+        ),
+    }
+}
+
+/// `ms` since the epoch as RFC 3339 (UTC).
+fn format_ms(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+use strata_compactor::fleet_tasks::MAX_PIN_DELAY;
 
 async fn snapshot(
     args: &CtlArgs,
@@ -273,14 +339,16 @@ async fn snapshot(
     match action {
         SnapshotAction::Create => {
             let started = std::time::Instant::now();
-            let rev = source.cluster.as_ref().map_or(0, |c| c.1);
+            let src = source.read;
+            let rev = src.cluster.as_ref().map_or(0, |c| c.1);
             let r = create_snapshot(
-                source.store,
-                source.manifests,
-                &source.partitions,
+                src.store,
+                src.manifests,
+                &src.partitions,
                 rev,
                 MAX_PIN_DELAY,
-                source.cluster.as_ref().map(|c| &c.0),
+                src.cluster.as_ref().map(|c| &c.0),
+                false,
             )
             .await?;
             let wal: u64 = r.partitions.iter().map(|p| p.wal_entries).sum();
@@ -293,7 +361,7 @@ async fn snapshot(
             );
         }
         SnapshotAction::List { json } => {
-            let all = list_snapshots(&*source.store).await?;
+            let all = list_snapshots(&*source.read.store).await?;
             if *json {
                 let v: Vec<_> = all
                     .iter()
@@ -321,7 +389,7 @@ async fn snapshot(
             }
         }
         SnapshotAction::Delete { id, force } => {
-            let n = delete_snapshot(&*source.store, id, *force).await?;
+            let n = delete_snapshot(&*source.read.store, id, *force).await?;
             println!("deleted snapshot {id} ({n} partition manifests)");
         }
     }
@@ -329,25 +397,8 @@ async fn snapshot(
 }
 
 pub async fn run(args: CtlArgs) -> Result<()> {
-    if let CtlCommand::Restore {
-        snapshot,
-        to,
-        to_etcd_prefix,
-        data_dir,
-        object_store,
-        s3_endpoint,
-    } = &args.command
-    {
-        return restore(
-            &args,
-            snapshot,
-            to,
-            to_etcd_prefix.as_deref(),
-            data_dir.as_deref(),
-            object_store.as_deref(),
-            s3_endpoint,
-        )
-        .await;
+    if let CtlCommand::Restore { .. } = &args.command {
+        return restore(&args).await;
     }
     if let CtlCommand::Snapshot {
         action,
@@ -683,7 +734,27 @@ fn status_text(v: &ClusterView) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::hot_partitions;
+    use super::{hot_partitions, parse_time};
+
+    #[test]
+    fn restore_times_parse_in_three_forms() {
+        let now = 1_795_357_908_483;
+        assert_eq!(parse_time("1795357900000", now).unwrap(), 1_795_357_900_000);
+        assert_eq!(parse_time("10m ago", now).unwrap(), now - 600_000);
+        assert_eq!(parse_time("2d ago", now).unwrap(), now - 2 * 86_400_000);
+        assert_eq!(
+            parse_time("2026-11-22T14:31:48.483Z", now).unwrap(),
+            1_795_357_908_483
+        );
+        assert_eq!(
+            parse_time("2026-11-22T15:31:48.483+01:00", now).unwrap(),
+            1_795_357_908_483
+        );
+        for bad in ["yesterday", "10 parsecs ago", "2026-11-22", "-5"] {
+            let e = parse_time(bad, now).unwrap_err().to_string();
+            assert!(e.contains("--at") && e.contains("RFC 3339"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn flags_partitions_far_above_the_median() {

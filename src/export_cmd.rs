@@ -6,10 +6,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strata_compactor::export::{
-    export, read_export_manifest, ExportOptions, ExportPartition, Progress,
-};
-use strata_compactor::snapshot::SnapshotManifests;
+use strata_compactor::export::{ExportManifest, ExportPartition, Progress};
+use strata_compactor::fleet_tasks::{run_export, ExportRequest, ExportSource};
 use strata_manifest::etcd::Etcd;
 use strata_manifest::{EmbeddedManifestStore, EtcdManifestStore, EtcdSettings, ManifestStore};
 use strata_objstore::{open_store, RetryPolicy, S3Settings, Store, StoreConfig};
@@ -48,6 +46,11 @@ pub struct ExportArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Run the export on the cluster's compactor workers (`strata compactor`) instead of in
+    /// this process; this command follows its progress (interrupting it leaves the job
+    /// running). Needs `--etcd`.
+    #[arg(long, requires = "etcd")]
+    pub fleet: bool,
 }
 
 struct Bar(ProgressBar);
@@ -81,15 +84,11 @@ pub(crate) fn open(url: &str, endpoint: &Option<String>) -> Result<Arc<dyn Store
     Ok(store)
 }
 
-/// A store to read: its objects, manifests and partitions (with the cluster's etcd and
-/// partition map revision for a cluster).
+/// A store to read: its URL (absolute: what a restored keyspace records to read it again)
+/// and what an export reads of it.
 pub(crate) struct Source {
-    /// The store's URL, absolute (what a restored keyspace records to read it again).
     pub url: String,
-    pub store: Arc<dyn Store>,
-    pub manifests: Arc<dyn ManifestStore>,
-    pub partitions: Vec<ExportPartition>,
-    pub cluster: Option<(Etcd, i64)>,
+    pub read: ExportSource,
 }
 
 /// Opens an embedded store (`data_dir`, objects under DATA_DIR/objects unless
@@ -107,33 +106,12 @@ pub(crate) async fn open_source(
                 bail!("--etcd needs --object-store (the cluster's bucket)");
             };
             let store = open(url, s3_endpoint)?;
-            let etcd = Etcd::connect(&EtcdSettings {
-                endpoints: etcd_url.split(',').map(|s| s.trim().to_string()).collect(),
-                prefix: etcd_prefix.to_string(),
-                request_timeout: Duration::from_secs(5),
-            })
-            .await
-            .with_context(|| format!("connecting to etcd at {etcd_url}"))?;
-            let view = etcd.view().await.context("reading the cluster")?;
-            let (map, map_rev) = view
-                .partition_map()
-                .map_err(|e| anyhow::anyhow!("reading the partition map: {e}"))?;
-            let partitions: Vec<ExportPartition> = map
-                .ids()
-                .into_iter()
-                .map(|p| ExportPartition {
-                    partition: p,
-                    hash_range: map.range_of(p),
-                })
-                .collect();
+            let etcd = connect_etcd(etcd_url, etcd_prefix).await?;
             let manifests: Arc<dyn ManifestStore> =
                 Arc::new(EtcdManifestStore::new(etcd.clone(), store.clone()));
             Ok(Source {
                 url: url.to_string(),
-                store,
-                manifests,
-                partitions,
-                cluster: Some((etcd, map_rev)),
+                read: ExportSource::cluster(etcd, store, manifests).await?,
             })
         }
         (None, Some(dir)) => {
@@ -148,13 +126,15 @@ pub(crate) async fn open_source(
                 Arc::new(EmbeddedManifestStore::new(store.clone()));
             Ok(Source {
                 url,
-                store,
-                manifests,
-                partitions: vec![ExportPartition {
-                    partition: 0,
-                    hash_range: None,
-                }],
-                cluster: None,
+                read: ExportSource {
+                    store,
+                    manifests,
+                    partitions: vec![ExportPartition {
+                        partition: 0,
+                        hash_range: None,
+                    }],
+                    cluster: None,
+                },
             })
         }
         (None, None) => {
@@ -163,86 +143,56 @@ pub(crate) async fn open_source(
     }
 }
 
-pub async fn run(args: ExportArgs) -> Result<()> {
-    let source = open_source(
-        args.data_dir.as_deref(),
-        args.etcd.as_deref(),
-        &args.etcd_prefix,
-        args.object_store.as_deref(),
-        &args.s3_endpoint,
-    )
-    .await?;
-    let (store, manifests, partitions, cluster) = match &args.snapshot {
-        // A snapshot is fixed: no split can change it under the export.
-        Some(id) => {
-            let snap = SnapshotManifests::load(&*source.store, id).await?;
-            let parts = snap.partitions();
-            let m: Arc<dyn ManifestStore> = Arc::new(snap);
-            (source.store, m, parts, None)
-        }
-        None => (
-            source.store,
-            source.manifests,
-            source.partitions,
-            source.cluster,
-        ),
-    };
-    let dest = open(&args.to, &args.s3_endpoint)?;
-    let since = match &args.since {
-        Some(url) => {
-            let prev = open(url, &args.s3_endpoint)?;
-            Some(read_export_manifest(&*prev, "").await?)
-        }
-        None => None,
-    };
-    let opts = ExportOptions {
-        target_file_bytes: args.file_mb.max(1) << 20,
-        since,
-        map_revision: cluster.as_ref().map_or(0, |c| c.1),
-        roots: strata_objstore::Roots::new(settings(&args.s3_endpoint), RetryPolicy::default()),
-        ..ExportOptions::default()
-    };
-    let bar = if args.no_progress {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(
-                "exporting [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    };
-    let progress = Bar(bar.clone());
-    let started = Instant::now();
-    let m = export(
-        store,
-        manifests,
-        &partitions,
-        dest.clone(),
-        "",
-        &opts,
-        &progress,
-    )
-    .await?;
-    bar.finish_and_clear();
-    // A partition that split during the export moved half its keys to a partition the export
-    // did not read (and compaction may drop them from the old one): refuse the result.
-    if let Some((etcd, rev)) = &cluster {
-        let now = etcd.view().await.context("re-reading the cluster")?;
-        let (_, now_rev) = now
-            .partition_map()
-            .map_err(|e| anyhow::anyhow!("re-reading the partition map: {e}"))?;
-        if now_rev != *rev {
-            let _ = dest.delete(strata_compactor::export::EXPORT_MANIFEST).await;
-            bail!(
-                "a partition split during the export (partition map revision {rev} -> \
-                 {now_rev}); its result is incomplete and its _manifest.json was removed: \
-                 export again into a new place"
-            );
-        }
+async fn connect_etcd(etcd_url: &str, prefix: &str) -> Result<Etcd> {
+    Etcd::connect(&EtcdSettings {
+        endpoints: etcd_url.split(',').map(|s| s.trim().to_string()).collect(),
+        prefix: prefix.to_string(),
+        request_timeout: Duration::from_secs(5),
+    })
+    .await
+    .with_context(|| format!("connecting to etcd at {etcd_url}"))
+}
+
+fn progress_bar(hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
     }
+    let b = ProgressBar::new(0);
+    b.set_style(
+        ProgressStyle::with_template(
+            "exporting [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+pub async fn run(args: ExportArgs) -> Result<()> {
+    let request = ExportRequest {
+        to: args.to.clone(),
+        snapshot: args.snapshot.clone(),
+        since: args.since.clone(),
+        file_mb: args.file_mb,
+    };
+    let bar = progress_bar(args.no_progress);
+    let started = Instant::now();
+    let m = if args.fleet {
+        run_in_fleet(&args, request, &bar).await?
+    } else {
+        let source = open_source(
+            args.data_dir.as_deref(),
+            args.etcd.as_deref(),
+            &args.etcd_prefix,
+            args.object_store.as_deref(),
+            &args.s3_endpoint,
+        )
+        .await?;
+        let roots =
+            strata_objstore::Roots::new(settings(&args.s3_endpoint), RetryPolicy::default());
+        let progress = Bar(bar.clone());
+        run_export(source.read, &roots, &request, &progress).await?
+    };
+    bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let read: u64 = bar.position();
     println!(
@@ -258,4 +208,77 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         args.to.trim_end_matches('/'),
     );
     Ok(())
+}
+
+/// `--fleet`: asks the cluster's compactor workers to run the export and follows its progress.
+/// Interrupting this command leaves the job running in the fleet.
+async fn run_in_fleet(
+    args: &ExportArgs,
+    request: ExportRequest,
+    bar: &ProgressBar,
+) -> Result<ExportManifest> {
+    use strata_compactor::fleet_tasks::{ExportJob, JobState, EXPORT_JOBS};
+    let Some(etcd_url) = &args.etcd else {
+        bail!("--fleet needs the cluster's --etcd (its compactor workers run the export)");
+    };
+    let etcd = connect_etcd(etcd_url, &args.etcd_prefix).await?;
+    let view = etcd.view().await.context("reading the cluster")?;
+    if view.compactors.is_empty() {
+        bail!(
+            "--fleet: no `strata compactor` worker is registered under {}: start one, or export \
+             without --fleet",
+            args.etcd_prefix
+        );
+    }
+    // The workers open the destination with their own settings; checking it here as well
+    // gives a clear error before anything is queued.
+    let dest = open(&request.to, &args.s3_endpoint)?;
+    let existing = dest
+        .list("")
+        .await
+        .with_context(|| format!("listing the destination {}", request.to))?;
+    if let Some(o) = existing.first() {
+        bail!(
+            "the destination {} is not empty ({} objects, e.g. {}): an export goes into a place \
+             of its own",
+            request.to,
+            existing.len(),
+            o.path
+        );
+    }
+    let job = ExportJob::new(request);
+    etcd.job_create(EXPORT_JOBS, &job.id, job.encode()?)
+        .await
+        .context("queueing the export job")?;
+    tracing::info!(job = %job.id, "export queued for the compactor fleet");
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Some(body) = etcd
+            .job_get(EXPORT_JOBS, &job.id)
+            .await
+            .context("reading the export job")?
+        else {
+            bail!("export job {} vanished", job.id);
+        };
+        let now = ExportJob::decode(&body)?;
+        bar.set_length(now.total_bytes);
+        bar.set_position(now.read_bytes);
+        match now.state {
+            JobState::Pending | JobState::Running => {}
+            JobState::Done => {
+                let _ = etcd.job_delete(EXPORT_JOBS, &job.id).await;
+                return now
+                    .result
+                    .context("the export job finished without its manifest");
+            }
+            JobState::Failed => {
+                let _ = etcd.job_delete(EXPORT_JOBS, &job.id).await;
+                bail!(
+                    "the export failed on worker {}: {}",
+                    now.worker.as_deref().unwrap_or("?"),
+                    now.error.as_deref().unwrap_or("no reason recorded")
+                );
+            }
+        }
+    }
 }

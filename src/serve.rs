@@ -172,6 +172,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         roots: roots.clone(),
         ..Default::default()
     };
+    if args.etcd.is_some() && args.compaction_opts.snapshot_every_secs > 0 {
+        anyhow::bail!(
+            "--snapshot-every-secs: in a cluster the snapshot schedule runs on the `strata \
+             compactor` workers; pass it to them"
+        );
+    }
     if let Some(endpoints) = &args.etcd {
         if args.object_store.is_none() {
             anyhow::bail!(
@@ -341,6 +347,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     } else {
         None
     };
+    let schedule_task = args.compaction_opts.snapshot_schedule().map(|sched| {
+        tokio::spawn(strata_compactor::fleet_tasks::run_embedded_schedule(
+            store.clone(),
+            manifests.clone(),
+            sched,
+            strata_compactor::fleet_tasks::max_pin_delay(CompactionOptions::default().gc_grace),
+            stop_rx.clone(),
+        ))
+    });
     let metrics_task = match args.metrics_listen {
         Some(addr) => {
             let d = db.clone();
@@ -372,6 +387,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .context("closing the engine")?;
     if let Some(t) = compactor_task {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    if let Some(t) = schedule_task {
+        // A snapshot cut short stays incomplete; the schedule deletes it later.
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     if let Some(t) = metrics_task {

@@ -1811,11 +1811,16 @@ struct Worker {
 
 impl Worker {
     fn start(c: &Cluster, id: &str, dir: &std::path::Path) -> Worker {
+        Worker::start_with(c, id, dir, &[])
+    }
+
+    fn start_with(c: &Cluster, id: &str, dir: &std::path::Path, args: &[&str]) -> Worker {
         let log = dir.join(format!("{id}.log"));
         let child = std::process::Command::new(BIN)
             .args(["compactor", "--etcd", &c.etcd_url, "--object-store"])
             .arg(format!("s3://{BUCKET}/{}", c.prefix))
             .args(["--worker-id", id, "--lease-ttl-secs", "2"])
+            .args(args)
             .envs(c.s3_env.iter().cloned())
             .env("STRATA_LOG", "info")
             .stdin(std::process::Stdio::null())
@@ -2088,4 +2093,136 @@ async fn a_cluster_snapshot_restores_into_a_new_keyspace() {
         .expect("run strata ctl");
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("in use"));
+}
+
+/// The fleet's cluster-wide tasks: one worker at a time runs the snapshot schedule (scheduled
+/// snapshots appear every second and age out after their retention), `ctl restore --at T`
+/// brings back the keyspace as of T (writes after T absent), and `strata export --fleet` runs
+/// on a worker and reports the rows of every live key.
+#[tokio::test]
+async fn the_fleet_schedules_snapshots_restores_a_point_in_time_and_exports() {
+    let Some((s3, etcd)) = infra() else { return };
+    let c = Cluster::start_with_args(&s3, &etcd, 1, "fleettasks", &["--partitions", "4"]);
+    c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sched = ["--snapshot-every-secs", "1", "--snapshot-keep-secs", "10"];
+    let w1 = Worker::start_with(&c, "w1", dir.path(), &sched);
+    let w2 = Worker::start_with(&c, "w2", dir.path(), &sched);
+    let before = bulk_write(&c, "a", 2, 100, 64).await;
+    // Past one schedule interval (plus the poll): a snapshot holds every write above.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let t1 = strata_manifest::now_ms();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = bulk_write(&c, "b", 2, 100, 64).await;
+
+    // The store as of t1: `before` is there, `after` is not.
+    let src = format!("s3://{BUCKET}/fleettasks");
+    let out = c.ctl(&[
+        "restore",
+        "--at",
+        &t1.to_string(),
+        "--object-store",
+        &src,
+        "--to",
+        &format!("s3://{BUCKET}/pitr"),
+        "--to-etcd-prefix",
+        "/pitr",
+    ]);
+    println!("{}", out.trim());
+    assert!(
+        out.contains("restoring snapshot") && out.contains("-auto"),
+        "{out}"
+    );
+    let r = Cluster::start_with_args(
+        &s3,
+        &etcd,
+        1,
+        "pitr",
+        &["--partitions", "4", "--etcd-prefix", "/pitr"],
+    );
+    r.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    verify_from(&r, 0, &before).await;
+    let mut kv = r.client(0).await;
+    for k in after.keys() {
+        assert_eq!(
+            get(&mut kv, k).await.unwrap(),
+            None,
+            "{k:?} was written after t1"
+        );
+    }
+
+    // Retention: scheduled snapshots older than 10 s go (the one restored from stays).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let list: serde_json::Value =
+        serde_json::from_str(&c.ctl(&["snapshot", "list", "--json", "--object-store", &src]))
+            .unwrap();
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["complete"].as_bool() == Some(true))
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    println!("scheduled snapshots: {ids:?}");
+    assert!(ids.iter().all(|id| id.ends_with("-auto")), "{ids:?}");
+    assert!(
+        (5..=14).contains(&ids.len()),
+        "expected about 10 s worth of snapshots, got {ids:?}"
+    );
+    let ran = [&w1, &w2]
+        .iter()
+        .filter(|w| w.log_text().contains("scheduled snapshot created"))
+        .count();
+    assert!(ran >= 1, "no worker ran the schedule");
+    // A time before any kept snapshot is refused, naming the retention.
+    let err = std::process::Command::new(BIN)
+        .args(["ctl", "--etcd", &c.etcd_url, "restore", "--at", "1000"])
+        .args(["--object-store", &src, "--to-etcd-prefix", "/pitr-old"])
+        .args(["--to", &format!("s3://{BUCKET}/pitr-old")])
+        .envs(c.s3_env.iter().cloned())
+        .output()
+        .expect("run strata ctl");
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("oldest kept"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+
+    // Export on the fleet.
+    let out_dir = tempfile::tempdir().unwrap();
+    let to = format!("file://{}/x", out_dir.path().display());
+    let out = std::process::Command::new(BIN)
+        .args(["export", "--fleet", "--etcd", &c.etcd_url])
+        .args(["--object-store", &src, "--to", &to, "--no-progress"])
+        .envs(c.s3_env.iter().cloned())
+        .output()
+        .expect("run strata export");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "export --fleet failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", stdout.trim());
+    let want = before.len() + after.len();
+    assert!(
+        stdout.contains(&format!("exported {want} rows")),
+        "{stdout}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("x/_manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["rows"].as_u64(), Some(want as u64));
+    let logs = w1.log_text() + &w2.log_text();
+    assert!(logs.contains("export job done"), "no worker ran the export");
+    // A second export into the same place is refused before anything is queued.
+    let again = std::process::Command::new(BIN)
+        .args(["export", "--fleet", "--etcd", &c.etcd_url])
+        .args(["--object-store", &src, "--to", &to, "--no-progress"])
+        .envs(c.s3_env.iter().cloned())
+        .output()
+        .expect("run strata export");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 }

@@ -40,6 +40,8 @@ pub struct WorkerOptions {
     pub vnodes: u32,
     /// Compaction knobs (the hash range is set per partition from the partition map).
     pub compaction: CompactionOptions,
+    /// The cluster's snapshot schedule (run by one worker at a time); `None`: no schedule.
+    pub snapshots: Option<crate::snapshot::SnapshotSchedule>,
 }
 
 impl WorkerOptions {
@@ -51,6 +53,7 @@ impl WorkerOptions {
             poll: Duration::from_secs(1),
             vnodes: 256,
             compaction: CompactionOptions::default(),
+            snapshots: None,
         }
     }
 }
@@ -86,6 +89,22 @@ pub async fn run_worker(
         ..Default::default()
     };
     let mut last_renew = Instant::now();
+    // The cluster-wide tasks (snapshot schedule, export jobs) follow the worker's lease.
+    let (lease_tx, lease_rx) = watch::channel(None::<i64>);
+    let tasks = {
+        let ms: Arc<dyn ManifestStore> = manifests.clone();
+        tokio::spawn(crate::fleet_tasks::run_fleet_tasks(
+            etcd.clone(),
+            store.clone(),
+            ms,
+            opts.id.clone(),
+            opts.compaction.roots.clone(),
+            opts.snapshots,
+            crate::fleet_tasks::max_pin_delay(opts.compaction.gc_grace),
+            lease_rx,
+            stop.clone(),
+        ))
+    };
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -126,6 +145,7 @@ pub async fn run_worker(
                 }
             },
         };
+        lease_tx.send_replace(lease_id);
         if let Some(lease_id) = lease_id {
             // Totals over the compactors this worker runs (published for `strata ctl status`).
             {
@@ -171,6 +191,9 @@ pub async fn run_worker(
         .map(|(p, c)| (*p, c.create_revision))
         .collect();
     stop_all(&claimed).await;
+    // An export in progress is abandoned with the lease; another worker runs it again.
+    tasks.abort();
+    let _ = tasks.await;
     for (p, rev) in held {
         let _ = etcd.release_compaction(p, rev).await;
     }

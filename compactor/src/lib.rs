@@ -28,6 +28,7 @@
 mod compactor;
 pub mod export;
 pub mod fleet;
+pub mod fleet_tasks;
 mod merge;
 mod plan;
 pub mod snapshot;

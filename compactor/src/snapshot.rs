@@ -69,6 +69,9 @@ pub struct SnapshotRecord {
     /// from them after a restore.
     #[serde(default)]
     pub txns: Vec<(String, strata_manifest::etcd::TxnRecord)>,
+    /// Created by the snapshot schedule (deleted by it once older than its retention).
+    #[serde(default)]
+    pub scheduled: bool,
 }
 
 /// What a snapshot holds of one partition.
@@ -96,10 +99,25 @@ impl SnapshotRecord {
     }
 }
 
-/// A fresh snapshot id: creation time first, so ids list in creation order.
-fn new_id() -> String {
+/// Suffix of the ids of snapshots the schedule creates (and may delete once they age out).
+const SCHEDULED_SUFFIX: &str = "-auto";
+
+/// A fresh snapshot id: creation time first, so ids list in creation order; scheduled ones
+/// end in `-auto`, so the schedule never deletes a snapshot someone made by hand.
+fn new_id(created_ms: u64, scheduled: bool) -> String {
     // The low bits of a fresh SST id are random.
-    format!("{:013}-{:05x}", now_ms(), new_sst_id() & 0xf_ffff)
+    let suffix = if scheduled { SCHEDULED_SUFFIX } else { "" };
+    format!("{created_ms:013}-{:05x}{suffix}", new_sst_id() & 0xf_ffff)
+}
+
+/// Creation time (ms) a snapshot id starts with.
+pub fn id_created_ms(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+/// Whether the schedule created snapshot `id`.
+pub fn is_scheduled(id: &str) -> bool {
+    id.ends_with(SCHEDULED_SUFFIX)
 }
 
 /// Creates a snapshot of `partitions`. `max_pin_delay` must be below the compactors'
@@ -111,9 +129,10 @@ pub async fn create_snapshot(
     map_revision: i64,
     max_pin_delay: Duration,
     txns: Option<&strata_manifest::etcd::Etcd>,
+    scheduled: bool,
 ) -> Result<SnapshotRecord> {
-    let id = new_id();
     let created_ms = now_ms();
+    let id = new_id(created_ms, scheduled);
     let mut out = Vec::with_capacity(partitions.len());
     let mut records: BTreeMap<String, strata_manifest::etcd::TxnRecord> = BTreeMap::new();
     let mut list_txns = |found: Vec<(String, strata_manifest::etcd::TxnRecord)>| {
@@ -160,6 +179,7 @@ pub async fn create_snapshot(
         map_revision,
         partitions: out,
         txns: records.into_iter().collect(),
+        scheduled,
     };
     let body = serde_json::to_vec_pretty(&record).context("encoding snapshot.json")?;
     store
@@ -263,22 +283,8 @@ async fn pin_partition(
 /// Every snapshot in the store: complete ones with their record, and ids of incomplete ones
 /// (a `create` that did not finish; they pin their SSTs until deleted) with `None`.
 pub async fn list_snapshots(store: &dyn Store) -> Result<Vec<(String, Option<SnapshotRecord>)>> {
-    let objects = store
-        .list(SNAPSHOTS_PREFIX)
-        .await
-        .context("listing snapshots")?;
-    let mut ids: BTreeMap<String, bool> = BTreeMap::new();
-    for o in &objects {
-        let Some(rest) = o.path.strip_prefix(SNAPSHOTS_PREFIX) else {
-            continue;
-        };
-        if let Some((id, name)) = rest.split_once('/') {
-            let complete = ids.entry(id.to_string()).or_default();
-            *complete |= name == "snapshot.json";
-        }
-    }
-    let mut out = Vec::with_capacity(ids.len());
-    for (id, complete) in ids {
+    let mut out = Vec::new();
+    for (id, complete) in snapshot_ids(store).await? {
         let record = if complete {
             Some(read_record(store, &id).await?)
         } else {
@@ -344,6 +350,138 @@ pub async fn delete_snapshot(store: &dyn Store, id: &str, force: bool) -> Result
         n += 1;
     }
     Ok(n)
+}
+
+/// Automatic snapshots: one every `every`, each kept for `keep`. Together they bound what a
+/// restore can lose (`every`, the RPO) and how far back one can go (`keep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSchedule {
+    pub every: Duration,
+    pub keep: Duration,
+}
+
+impl SnapshotSchedule {
+    /// How often the schedule looks: often enough that a snapshot is at most a few seconds
+    /// late, rarely enough that listing the snapshots costs nothing.
+    pub fn poll(&self) -> Duration {
+        (self.every / 10).clamp(Duration::from_millis(200), Duration::from_secs(15))
+    }
+}
+
+/// What one look of the schedule did.
+#[derive(Debug, Default)]
+pub struct ScheduleTick {
+    pub created: Option<SnapshotRecord>,
+    pub deleted: Vec<String>,
+}
+
+/// One look of the schedule at `now_ms`: creates a snapshot once the newest scheduled one is
+/// `every` old, and deletes scheduled snapshots older than `keep` (never the newest, never one
+/// a keyspace was restored from) and incomplete scheduled ones older than `stale` (a create
+/// that died; they pin SSTs). Snapshots made by hand are left alone.
+#[allow(clippy::too_many_arguments)] // the store's pieces, as `create_snapshot` takes them
+pub async fn schedule_tick(
+    store: Arc<dyn Store>,
+    manifests: Arc<dyn ManifestStore>,
+    partitions: &[ExportPartition],
+    map_revision: i64,
+    txns: Option<&strata_manifest::etcd::Etcd>,
+    sched: &SnapshotSchedule,
+    max_pin_delay: Duration,
+    now_ms: u64,
+) -> Result<ScheduleTick> {
+    let mut out = ScheduleTick::default();
+    let ids = snapshot_ids(&*store).await?;
+    let newest = ids
+        .iter()
+        .filter(|(id, complete)| *complete && is_scheduled(id))
+        .filter_map(|(id, _)| id_created_ms(id))
+        .max();
+    if newest.is_none_or(|t| now_ms.saturating_sub(t) >= sched.every.as_millis() as u64) {
+        let r = create_snapshot(
+            store.clone(),
+            manifests,
+            partitions,
+            map_revision,
+            max_pin_delay,
+            txns,
+            true,
+        )
+        .await?;
+        out.created = Some(r);
+    }
+    let newest_id = match &out.created {
+        Some(r) => Some(r.id.clone()),
+        None => ids
+            .iter()
+            .filter(|(id, complete)| *complete && is_scheduled(id))
+            .map(|(id, _)| id.clone())
+            .max(),
+    };
+    let keep = sched.keep.as_millis() as u64;
+    // An incomplete snapshot may be a create still running: it is stale only well after
+    // every partition could have been pinned.
+    let stale = keep.max(max_pin_delay.as_millis() as u64 * (partitions.len() as u64 + 1) * 5);
+    for (id, complete) in &ids {
+        let Some(t) = id_created_ms(id) else { continue };
+        let age = now_ms.saturating_sub(t);
+        let expired = if *complete { age > keep } else { age > stale };
+        if !is_scheduled(id) || !expired || Some(id) == newest_id.as_ref() {
+            continue;
+        }
+        match delete_snapshot(&*store, id, false).await {
+            Ok(_) => out.deleted.push(id.clone()),
+            // Restored from: kept until someone deletes it with --force.
+            Err(e) => tracing::info!(snapshot = %id, error = %e, "kept past its retention"),
+        }
+    }
+    Ok(out)
+}
+
+/// Every snapshot id, with whether its record exists (it is complete), in creation order.
+async fn snapshot_ids(store: &dyn Store) -> Result<Vec<(String, bool)>> {
+    let objects = store
+        .list(SNAPSHOTS_PREFIX)
+        .await
+        .context("listing snapshots")?;
+    let mut ids: BTreeMap<String, bool> = BTreeMap::new();
+    for o in &objects {
+        let Some(rest) = o.path.strip_prefix(SNAPSHOTS_PREFIX) else {
+            continue;
+        };
+        if let Some((id, name)) = rest.split_once('/') {
+            let complete = ids.entry(id.to_string()).or_default();
+            *complete |= name == "snapshot.json";
+        }
+    }
+    Ok(ids.into_iter().collect())
+}
+
+/// The snapshot to restore for "the store as it was at `at_ms`": the newest complete one
+/// created at or before it. It holds every write acknowledged before its creation (and
+/// possibly a few after), so it lags `at_ms` by at most the schedule's `every`.
+pub async fn snapshot_at(store: &dyn Store, at_ms: u64) -> Result<SnapshotRecord> {
+    let ids = snapshot_ids(store).await?;
+    let oldest = ids
+        .iter()
+        .filter(|(_, c)| *c)
+        .filter_map(|(id, _)| id_created_ms(id))
+        .min();
+    let best = ids
+        .iter()
+        .filter(|(id, complete)| *complete && id_created_ms(id).is_some_and(|t| t <= at_ms))
+        .max_by_key(|(id, _)| (id_created_ms(id), id.clone()));
+    match (best, oldest) {
+        (Some((id, _)), _) => read_record(store, id).await,
+        (None, Some(t)) => bail!(
+            "no snapshot at or before {at_ms} ms: the oldest kept one is from {t} ms \
+             (older points are past the schedule's retention)"
+        ),
+        (None, None) => bail!(
+            "the store has no snapshots: point-in-time restore needs scheduled snapshots \
+             (`--snapshot-every-secs` on `strata serve` or `strata compactor`)"
+        ),
+    }
 }
 
 /// Ids of the SSTs of partition `p` that some snapshot (complete or not) references. An error

@@ -949,6 +949,7 @@ async fn snapshot_pins_survive_gc_until_the_snapshot_is_deleted() {
         0,
         Duration::from_secs(60),
         None,
+        false,
     )
     .await
     .unwrap();
@@ -989,6 +990,83 @@ async fn snapshot_pins_survive_gc_until_the_snapshot_is_deleted() {
     let live = referenced(&*env.latest().await);
     assert_eq!(env.sst_objects().await, live, "unpinned inputs collected");
     assert!(live.is_disjoint(&pinned));
+}
+
+/// The snapshot schedule: creates a snapshot once the newest scheduled one is `every` old,
+/// deletes scheduled ones past `keep` but never the newest nor hand-made ones, and
+/// `snapshot_at` picks the newest snapshot at or before a time.
+#[tokio::test]
+async fn the_schedule_creates_and_ages_out_snapshots() {
+    use crate::export::ExportPartition;
+    use crate::snapshot::{
+        create_snapshot, id_created_ms, is_scheduled, list_snapshots, schedule_tick, snapshot_at,
+        SnapshotSchedule,
+    };
+    let env = Env::new().await;
+    env.flush(vec![put("a", 10, "v")]).await;
+    let parts = [ExportPartition {
+        partition: P,
+        hash_range: None,
+    }];
+    let ms: Arc<dyn ManifestStore> = env.manifests.clone();
+    let sched = SnapshotSchedule {
+        every: Duration::from_secs(300),
+        keep: Duration::from_secs(3600),
+    };
+    let pin = Duration::from_secs(60);
+    let tick = |now: u64| {
+        let (store, ms, parts) = (env.store.clone(), ms.clone(), parts.clone());
+        async move {
+            schedule_tick(store, ms, &parts, 0, None, &sched, pin, now)
+                .await
+                .unwrap()
+        }
+    };
+    let manual = create_snapshot(env.store.clone(), ms.clone(), &parts, 0, pin, None, false)
+        .await
+        .unwrap();
+    assert!(!is_scheduled(&manual.id));
+    let t0 = now_ms();
+    let first = tick(t0)
+        .await
+        .created
+        .expect("no scheduled snapshot yet: one is made");
+    assert!(first.scheduled && is_scheduled(&first.id));
+    let created = id_created_ms(&first.id).unwrap();
+    assert!(
+        tick(created + 299_000).await.created.is_none(),
+        "not due yet"
+    );
+    // Due: a second one (its id carries the wall clock, so it sorts after the first).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = tick(created + 300_000).await.created.expect("due");
+    assert!(second.id > first.id);
+    // Both past `keep`: the older goes, the newest stays, the hand-made one stays.
+    let later = created + 3_700_000;
+    let t = tick(later).await;
+    let third = t.created.expect("due again");
+    assert_eq!(t.deleted, vec![first.id.clone(), second.id.clone()]);
+    let left: Vec<String> = list_snapshots(&*env.store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, vec![manual.id.clone(), third.id.clone()]);
+    // Point in time: the newest snapshot at or before it.
+    let at = id_created_ms(&third.id).unwrap();
+    assert_eq!(snapshot_at(&*env.store, at).await.unwrap().id, third.id);
+    assert_eq!(
+        snapshot_at(&*env.store, id_created_ms(&manual.id).unwrap())
+            .await
+            .unwrap()
+            .id,
+        manual.id
+    );
+    let err = snapshot_at(&*env.store, id_created_ms(&manual.id).unwrap() - 1)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("oldest kept"), "{err:#}");
 }
 
 /// Tiering: cold SSTs (L1 and deeper here) are copied unchanged to the cold root and the

@@ -467,6 +467,154 @@ impl Etcd {
             .then(|| resp.header().map_or(0, |h| h.revision())))
     }
 
+    /// Claims the cluster-wide task `name` (a snapshot schedule, an export job) for `holder`
+    /// under its lease, if nobody holds it. Returns the claim's creation revision, or `None`
+    /// if someone else holds it. A holder that dies loses the claim with its lease.
+    pub async fn claim_task(
+        &self,
+        name: &str,
+        holder: &str,
+        lease: i64,
+    ) -> ManifestResult<Option<i64>> {
+        let key = self.task_key(name);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                holder,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("claim task", e))?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Whether the claim on task `name` created at `create_revision` still exists.
+    pub async fn task_held(&self, name: &str, create_revision: i64) -> ManifestResult<bool> {
+        let r = self
+            .client
+            .clone()
+            .get(self.task_key(name), None)
+            .await
+            .map_err(|e| unavailable("read task claim", e))?;
+        Ok(r.kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == create_revision))
+    }
+
+    /// Gives up the claim on task `name` created at `create_revision` (if still ours).
+    pub async fn release_task(&self, name: &str, create_revision: i64) -> ManifestResult<bool> {
+        let key = self.task_key(name);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                create_revision,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("release task", e))?;
+        Ok(resp.succeeded())
+    }
+
+    // Task claims and job records live beside the cluster prefix (`{prefix}-tasks/`,
+    // `{prefix}-jobs/`), like transaction records: a job's progress updates must not wake
+    // every node's watch on the cluster, nor grow its view.
+    fn task_key(&self, name: &str) -> String {
+        format!("{}-tasks/{name}", self.prefix)
+    }
+
+    fn job_key(&self, kind: &str, id: &str) -> String {
+        format!("{}-jobs/{kind}/{id}", self.prefix)
+    }
+
+    /// Job records (small JSON documents; etcd is not for bulk data).
+    /// Creates the record; fails if the id exists.
+    pub async fn job_create(&self, kind: &str, id: &str, body: Vec<u8>) -> ManifestResult<()> {
+        let key = self.job_key(kind, id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, body, None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("create job record", e))?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(unavailable(
+                "create job record",
+                format!("{kind} {id} exists"),
+            ))
+        }
+    }
+
+    /// Replaces a job record if it still exists (a deleted job stays deleted).
+    pub async fn job_update(&self, kind: &str, id: &str, body: Vec<u8>) -> ManifestResult<bool> {
+        let key = self.job_key(kind, id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(key, body, None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("update job record", e))?;
+        Ok(resp.succeeded())
+    }
+
+    /// A job record's body, if it exists.
+    pub async fn job_get(&self, kind: &str, id: &str) -> ManifestResult<Option<Vec<u8>>> {
+        let r = self
+            .client
+            .clone()
+            .get(self.job_key(kind, id), None)
+            .await
+            .map_err(|e| unavailable("read job record", e))?;
+        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// Every job record of `kind`: (id, body).
+    pub async fn job_list(&self, kind: &str) -> ManifestResult<Vec<(String, Vec<u8>)>> {
+        let prefix = format!("{}-jobs/{kind}/", self.prefix);
+        let r = self
+            .client
+            .clone()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| unavailable("list job records", e))?;
+        Ok(r.kvs()
+            .iter()
+            .filter_map(|kv| {
+                let id = kv.key_str().ok()?.strip_prefix(&prefix)?.to_string();
+                Some((id, kv.value().to_vec()))
+            })
+            .collect())
+    }
+
+    /// Deletes a job record.
+    pub async fn job_delete(&self, kind: &str, id: &str) -> ManifestResult<()> {
+        self.client
+            .clone()
+            .delete(self.job_key(kind, id), None)
+            .await
+            .map_err(|e| unavailable("delete job record", e))?;
+        Ok(())
+    }
+
     /// Gives up the compaction claim on `p` created at `create_revision` (if still ours).
     pub async fn release_compaction(&self, p: u32, create_revision: i64) -> ManifestResult<bool> {
         let key = self.key(&format!("compaction/{p:05}"));

@@ -1,0 +1,534 @@
+//! Cluster-wide tasks the compactor fleet runs besides compaction: the snapshot schedule (one
+//! worker at a time) and Parquet exports asked for with `strata export --fleet`.
+//!
+//! Both are claimed with a key under the worker's etcd lease (`{prefix}-tasks/{name}`,
+//! create-if-absent), so a worker that dies gives its task up within a lease TTL and another
+//! worker takes it. Export jobs are small JSON records (`{prefix}-jobs/export/{id}`) that the
+//! client creates and polls; the worker running a job writes its progress into the record.
+//!
+//! Why a task interrupted anywhere is harmless: a snapshot is complete only once its record is
+//! written last (an incomplete one is deleted by the schedule later), and an export writes
+//! its `_manifest.json` last into a place of its own, which a retry clears before starting
+//! again (the client checked it was empty when it asked).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use strata_manifest::etcd::Etcd;
+use strata_manifest::{now_ms, ManifestStore};
+use strata_objstore::{Roots, Store};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::export::{
+    export, read_export_manifest, ExportManifest, ExportOptions, ExportPartition, Progress,
+    EXPORT_MANIFEST,
+};
+use crate::snapshot::{schedule_tick, SnapshotManifests, SnapshotSchedule};
+
+/// How long a snapshot may take to pin one partition: well below the compactors' default
+/// 5 min grace before deleting compacted inputs (see `snapshot.rs`).
+pub const MAX_PIN_DELAY: Duration = Duration::from_secs(120);
+
+/// The pin delay for compactors deleting inputs after `gc_grace`.
+pub fn max_pin_delay(gc_grace: Duration) -> Duration {
+    MAX_PIN_DELAY.min(gc_grace / 2)
+}
+
+/// A store to read from: its objects, manifests and partitions, and for a cluster its etcd
+/// and the revision of the partition map `partitions` came from.
+#[derive(Clone)]
+pub struct ExportSource {
+    pub store: Arc<dyn Store>,
+    pub manifests: Arc<dyn ManifestStore>,
+    pub partitions: Vec<ExportPartition>,
+    pub cluster: Option<(Etcd, i64)>,
+}
+
+impl ExportSource {
+    /// A cluster's current partitions, read from etcd.
+    pub async fn cluster(
+        etcd: Etcd,
+        store: Arc<dyn Store>,
+        manifests: Arc<dyn ManifestStore>,
+    ) -> Result<ExportSource> {
+        let view = etcd.view().await.context("reading the cluster")?;
+        let (map, rev) = view
+            .partition_map()
+            .map_err(|e| anyhow!("reading the partition map: {e}"))?;
+        let partitions = map
+            .ids()
+            .into_iter()
+            .map(|p| ExportPartition {
+                partition: p,
+                hash_range: map.range_of(p),
+            })
+            .collect();
+        Ok(ExportSource {
+            store,
+            manifests,
+            partitions,
+            cluster: Some((etcd, rev)),
+        })
+    }
+}
+
+/// What to export (the flags of `strata export`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportRequest {
+    /// Destination: `file:///DIR` or `s3://BUCKET/PREFIX`.
+    pub to: String,
+    /// An archival snapshot's id instead of the latest state.
+    pub snapshot: Option<String>,
+    /// Only what changed since the export at this URL.
+    pub since: Option<String>,
+    /// Target size of each Parquet file, MiB.
+    pub file_mb: u64,
+}
+
+/// Runs an export as requested: the CLI's own and the fleet's. `roots` opens the destination
+/// (and other roots SSTs may live under) with this process's S3 settings.
+pub async fn run_export(
+    source: ExportSource,
+    roots: &Roots,
+    req: &ExportRequest,
+    progress: &dyn Progress,
+) -> Result<ExportManifest> {
+    let (store, manifests, partitions, cluster) = match &req.snapshot {
+        // A snapshot is fixed: no split can change it under the export.
+        Some(id) => {
+            let snap = SnapshotManifests::load(&*source.store, id).await?;
+            let parts = snap.partitions();
+            let m: Arc<dyn ManifestStore> = Arc::new(snap);
+            (source.store, m, parts, None)
+        }
+        None => (
+            source.store,
+            source.manifests,
+            source.partitions,
+            source.cluster,
+        ),
+    };
+    let dest = roots
+        .get(&req.to)
+        .with_context(|| format!("opening the destination {}", req.to))?;
+    let since = match &req.since {
+        Some(url) => {
+            let prev = roots
+                .get(url)
+                .with_context(|| format!("opening the earlier export {url}"))?;
+            Some(read_export_manifest(&*prev, "").await?)
+        }
+        None => None,
+    };
+    let opts = ExportOptions {
+        target_file_bytes: req.file_mb.max(1) << 20,
+        since,
+        map_revision: cluster.as_ref().map_or(0, |c| c.1),
+        roots: roots.clone(),
+        ..ExportOptions::default()
+    };
+    let m = export(
+        store,
+        manifests,
+        &partitions,
+        dest.clone(),
+        "",
+        &opts,
+        progress,
+    )
+    .await?;
+    // A partition that split during the export moved half its keys to a partition the export
+    // did not read (and compaction may drop them from the old one): refuse the result.
+    if let Some((etcd, rev)) = &cluster {
+        let now = etcd.view().await.context("re-reading the cluster")?;
+        let (_, now_rev) = now
+            .partition_map()
+            .map_err(|e| anyhow!("re-reading the partition map: {e}"))?;
+        if now_rev != *rev {
+            let _ = dest.delete(EXPORT_MANIFEST).await;
+            bail!(
+                "a partition split during the export (partition map revision {rev} -> \
+                 {now_rev}); its result is incomplete and its _manifest.json was removed: \
+                 export again into a new place"
+            );
+        }
+    }
+    Ok(m)
+}
+
+/// Runs the snapshot schedule of an embedded store until `stop`.
+pub async fn run_embedded_schedule(
+    store: Arc<dyn Store>,
+    manifests: Arc<dyn ManifestStore>,
+    sched: SnapshotSchedule,
+    pin_delay: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let parts = [ExportPartition {
+        partition: 0,
+        hash_range: None,
+    }];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(sched.poll()) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let tick = schedule_tick(
+            store.clone(),
+            manifests.clone(),
+            &parts,
+            0,
+            None,
+            &sched,
+            pin_delay,
+            now_ms(),
+        );
+        log_tick(tick.await);
+    }
+}
+
+fn log_tick(r: Result<crate::snapshot::ScheduleTick>) {
+    match r {
+        Ok(t) => {
+            if let Some(s) = &t.created {
+                info!(snapshot = %s.id, bytes = s.bytes(), "scheduled snapshot created");
+            }
+            for id in &t.deleted {
+                info!(snapshot = %id, "scheduled snapshot aged out and deleted");
+            }
+        }
+        Err(e) => warn!(error = %format!("{e:#}"), "scheduled snapshot failed; trying again"),
+    }
+}
+
+const SCHEDULE_TASK: &str = "snapshot-schedule";
+
+/// A claim on a task: its creation revision and the lease it lives under.
+type TaskClaim = Option<(i64, i64)>;
+
+/// Makes sure this worker holds task `name` under `lease` (claiming it if free). `false`
+/// when someone else holds it or etcd cannot tell.
+async fn hold_task(
+    etcd: &Etcd,
+    name: &str,
+    worker: &str,
+    lease: i64,
+    claim: &mut TaskClaim,
+) -> bool {
+    if let Some((rev, l)) = *claim {
+        // Under an older lease the claim died with it.
+        if l == lease && etcd.task_held(name, rev).await.unwrap_or(false) {
+            return true;
+        }
+        *claim = None;
+    }
+    match etcd.claim_task(name, worker, lease).await {
+        Ok(Some(rev)) => {
+            info!(worker, task = name, "claimed");
+            *claim = Some((rev, lease));
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            warn!(worker, task = name, error = %e, "claiming failed");
+            false
+        }
+    }
+}
+
+/// A worker's share of the cluster's tasks: runs the snapshot schedule while it holds the
+/// schedule's claim, and the export jobs it claims, until `stop`. `lease` follows the worker's
+/// current lease (`None` while it has none).
+#[allow(clippy::too_many_arguments)] // the worker's pieces, each shared differently
+pub(crate) async fn run_fleet_tasks(
+    etcd: Etcd,
+    store: Arc<dyn Store>,
+    manifests: Arc<dyn ManifestStore>,
+    worker: String,
+    roots: Roots,
+    schedule: Option<SnapshotSchedule>,
+    pin_delay: Duration,
+    lease: watch::Receiver<Option<i64>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let poll = schedule.map_or(Duration::from_secs(1), |s| {
+        s.poll().min(Duration::from_secs(1))
+    });
+    let mut sched_claim: TaskClaim = None;
+    let mut last_tick = None::<std::time::Instant>;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let Some(lease_id) = *lease.borrow() else {
+            continue;
+        };
+        if let Some(sched) = &schedule {
+            let due = last_tick.is_none_or(|t: std::time::Instant| t.elapsed() >= sched.poll());
+            if due && hold_task(&etcd, SCHEDULE_TASK, &worker, lease_id, &mut sched_claim).await {
+                last_tick = Some(std::time::Instant::now());
+                let tick = async {
+                    let src = ExportSource::cluster(etcd.clone(), store.clone(), manifests.clone())
+                        .await?;
+                    let rev = src.cluster.as_ref().map_or(0, |c| c.1);
+                    schedule_tick(
+                        store.clone(),
+                        manifests.clone(),
+                        &src.partitions,
+                        rev,
+                        Some(&etcd),
+                        sched,
+                        pin_delay,
+                        now_ms(),
+                    )
+                    .await
+                };
+                log_tick(tick.await);
+            }
+        }
+        if let Err(e) = export_jobs_step(&etcd, &store, &manifests, &worker, &roots, lease_id).await
+        {
+            warn!(worker = %worker, error = %format!("{e:#}"), "export jobs");
+        }
+    }
+    if let Some((rev, _)) = sched_claim {
+        let _ = etcd.release_task(SCHEDULE_TASK, rev).await;
+    }
+}
+
+/// Kind of the export job records in etcd.
+pub const EXPORT_JOBS: &str = "export";
+
+/// An export job's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportJob {
+    pub id: String,
+    pub request: ExportRequest,
+    pub created_ms: u64,
+    pub state: JobState,
+    /// The worker running (or that ran) it.
+    pub worker: Option<String>,
+    /// Runs started (a worker that died mid-run makes another start it again).
+    pub attempts: u32,
+    /// Progress: bytes of SSTs and WAL read, of an estimated total.
+    pub read_bytes: u64,
+    pub total_bytes: u64,
+    pub updated_ms: u64,
+    pub error: Option<String>,
+    pub result: Option<ExportManifest>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+/// A job given up after this many runs that did not finish (workers dying under it).
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Finished job records are removed after this (the client normally removes them).
+const FINISHED_RECORD_TTL_MS: u64 = 3_600_000;
+
+impl ExportJob {
+    /// A new pending job.
+    pub fn new(request: ExportRequest) -> ExportJob {
+        let created_ms = now_ms();
+        ExportJob {
+            id: format!("{created_ms:013}-{:08x}", rand::random::<u32>()),
+            request,
+            created_ms,
+            state: JobState::Pending,
+            worker: None,
+            attempts: 0,
+            read_bytes: 0,
+            total_bytes: 0,
+            updated_ms: created_ms,
+            error: None,
+            result: None,
+        }
+    }
+
+    fn task_name(&self) -> String {
+        format!("export-{}", self.id)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).context("encoding an export job")
+    }
+
+    pub fn decode(body: &[u8]) -> Result<ExportJob> {
+        serde_json::from_slice(body).context("decoding an export job")
+    }
+}
+
+/// Progress of a running job, written into its record by a ticker.
+#[derive(Default)]
+struct Counted {
+    total: AtomicU64,
+    read: AtomicU64,
+}
+
+impl Progress for Counted {
+    fn set_total(&self, bytes: u64) {
+        self.total.store(bytes, Ordering::Relaxed);
+    }
+    fn add(&self, bytes: u64) {
+        self.read.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// One look at the export jobs: removes old finished records, and runs (to the end) the first
+/// unfinished job nobody holds.
+async fn export_jobs_step(
+    etcd: &Etcd,
+    store: &Arc<dyn Store>,
+    manifests: &Arc<dyn ManifestStore>,
+    worker: &str,
+    roots: &Roots,
+    lease: i64,
+) -> Result<()> {
+    let jobs = etcd
+        .job_list(EXPORT_JOBS)
+        .await
+        .context("listing export jobs")?;
+    for (id, body) in jobs {
+        let mut job = match ExportJob::decode(&body) {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(job = %id, error = %format!("{e:#}"), "an unreadable export job: removed");
+                etcd.job_delete(EXPORT_JOBS, &id).await?;
+                continue;
+            }
+        };
+        if matches!(job.state, JobState::Done | JobState::Failed) {
+            if now_ms().saturating_sub(job.updated_ms) > FINISHED_RECORD_TTL_MS {
+                etcd.job_delete(EXPORT_JOBS, &id).await?;
+            }
+            continue;
+        }
+        let mut claim = None;
+        if !hold_task(etcd, &job.task_name(), worker, lease, &mut claim).await {
+            continue;
+        }
+        let Some((rev, _)) = claim else { continue };
+        let outcome = run_job(etcd, store, manifests, worker, roots, &mut job).await;
+        let _ = etcd.release_task(&job.task_name(), rev).await;
+        return outcome;
+    }
+    Ok(())
+}
+
+/// Runs one claimed job to its end, recording progress and the outcome in its record.
+async fn run_job(
+    etcd: &Etcd,
+    store: &Arc<dyn Store>,
+    manifests: &Arc<dyn ManifestStore>,
+    worker: &str,
+    roots: &Roots,
+    job: &mut ExportJob,
+) -> Result<()> {
+    job.attempts += 1;
+    job.worker = Some(worker.to_string());
+    job.updated_ms = now_ms();
+    if job.attempts > MAX_ATTEMPTS {
+        job.state = JobState::Failed;
+        job.error = Some(format!(
+            "gave up after {MAX_ATTEMPTS} runs that did not finish (their workers stopped)"
+        ));
+        etcd.job_update(EXPORT_JOBS, &job.id, job.encode()?).await?;
+        return Ok(());
+    }
+    job.state = JobState::Running;
+    if !etcd.job_update(EXPORT_JOBS, &job.id, job.encode()?).await? {
+        return Ok(()); // removed meanwhile
+    }
+    info!(worker, job = %job.id, to = %job.request.to, attempt = job.attempts, "export job started");
+    let progress = Arc::new(Counted::default());
+    let result = {
+        let ticker = {
+            let (etcd, progress, mut rec) = (etcd.clone(), progress.clone(), job.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    rec.read_bytes = progress.read.load(Ordering::Relaxed);
+                    rec.total_bytes = progress.total.load(Ordering::Relaxed);
+                    rec.updated_ms = now_ms();
+                    if let Ok(body) = rec.encode() {
+                        let _ = etcd.job_update(EXPORT_JOBS, &rec.id, body).await;
+                    }
+                }
+            })
+        };
+        let r = async {
+            if job.attempts > 1 {
+                clear_partial_export(roots, &job.request.to).await?;
+            }
+            let source =
+                ExportSource::cluster(etcd.clone(), store.clone(), manifests.clone()).await?;
+            run_export(source, roots, &job.request, &*progress).await
+        }
+        .await;
+        ticker.abort();
+        let _ = ticker.await;
+        r
+    };
+    job.read_bytes = progress.read.load(Ordering::Relaxed);
+    job.total_bytes = progress.total.load(Ordering::Relaxed);
+    job.updated_ms = now_ms();
+    match result {
+        Ok(m) => {
+            info!(worker, job = %job.id, rows = m.rows, files = m.files.len(), "export job done");
+            job.state = JobState::Done;
+            job.result = Some(m);
+        }
+        Err(e) => {
+            warn!(worker, job = %job.id, error = %format!("{e:#}"), "export job failed");
+            job.state = JobState::Failed;
+            job.error = Some(format!("{e:#}"));
+        }
+    }
+    // A progress update sent just before the ticker stopped may land after the outcome:
+    // write the outcome again until it is what the record says.
+    for _ in 0..3 {
+        etcd.job_update(EXPORT_JOBS, &job.id, job.encode()?)
+            .await
+            .context("recording the export job's outcome")?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match etcd.job_get(EXPORT_JOBS, &job.id).await? {
+            Some(b) if ExportJob::decode(&b).is_ok_and(|j| j.state == JobState::Running) => {}
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// Removes what an earlier, interrupted run of the same job wrote: its Parquet files and
+/// manifest, and nothing else (the place was empty when the job was asked for).
+async fn clear_partial_export(roots: &Roots, to: &str) -> Result<()> {
+    let dest = roots
+        .get(to)
+        .with_context(|| format!("opening the destination {to}"))?;
+    for o in dest
+        .list("")
+        .await
+        .with_context(|| format!("listing {to}"))?
+    {
+        let ours = o.path == EXPORT_MANIFEST
+            || (o.path.starts_with("part-") && o.path.ends_with(".parquet"));
+        if ours {
+            dest.delete(&o.path)
+                .await
+                .with_context(|| format!("deleting {} of an interrupted run", o.path))?;
+        }
+    }
+    Ok(())
+}
