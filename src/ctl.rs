@@ -71,6 +71,18 @@ pub enum CtlCommand {
         #[arg(long, env = "STRATA_S3_ENDPOINT")]
         s3_endpoint: Option<String>,
     },
+    /// S3 bucket lifecycle rules of the store (aborting stale multipart uploads, moving the
+    /// cold tier to a colder storage class; never expirations). See docs/lifecycle.md.
+    Lifecycle {
+        #[command(subcommand)]
+        action: crate::lifecycle_cmd::LifecycleAction,
+        /// The store's object store: `s3://BUCKET/PREFIX`.
+        #[arg(long, env = "STRATA_OBJECT_STORE", global = true)]
+        object_store: Option<String>,
+        /// Endpoint of an S3-compatible server.
+        #[arg(long, env = "STRATA_S3_ENDPOINT", global = true)]
+        s3_endpoint: Option<String>,
+    },
     /// Archival snapshots: pinned, consistent manifest sets of the store.
     Snapshot {
         #[command(subcommand)]
@@ -400,6 +412,18 @@ pub async fn run(args: CtlArgs) -> Result<()> {
     if let CtlCommand::Restore { .. } = &args.command {
         return restore(&args).await;
     }
+    if let CtlCommand::Lifecycle {
+        action,
+        object_store,
+        s3_endpoint,
+    } = &args.command
+    {
+        let Some(url) = object_store else {
+            anyhow::bail!("ctl lifecycle needs --object-store s3://BUCKET/PREFIX (the store's)");
+        };
+        return crate::lifecycle_cmd::run(url, crate::export_cmd::settings(s3_endpoint), action)
+            .await;
+    }
     if let CtlCommand::Snapshot {
         action,
         data_dir,
@@ -438,7 +462,8 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 .context("marking the node")?;
             println!("draining {node}: its partitions move to the other nodes");
         }
-        CtlCommand::Snapshot { .. } | CtlCommand::Restore { .. } => {} // handled above
+        CtlCommand::Snapshot { .. } | CtlCommand::Restore { .. } | CtlCommand::Lifecycle { .. } => {
+        } // handled above
         CtlCommand::Undrain { node } => {
             etcd.set_drain(&node, false)
                 .await

@@ -6,6 +6,7 @@ mod compaction_args;
 mod compactor_cmd;
 mod ctl;
 mod export_cmd;
+mod lifecycle_cmd;
 mod metrics_http;
 mod serve;
 

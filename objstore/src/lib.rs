@@ -14,6 +14,7 @@
 
 mod error;
 mod fault;
+pub mod lifecycle;
 mod local;
 mod metered;
 mod open;
@@ -22,6 +23,7 @@ mod retry;
 
 pub use error::{StoreError, StoreResult};
 pub use fault::{FaultInjecting, Faults};
+pub use lifecycle::{AppliedRules, LifecyclePlan, RuleSummary, TierTransition};
 pub use local::LocalStore;
 pub use metered::{Metered, RequestCounts};
 pub use open::{open_store, Roots, S3Settings, StoreConfig};
