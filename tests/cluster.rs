@@ -2226,3 +2226,70 @@ async fn the_fleet_schedules_snapshots_restores_a_point_in_time_and_exports() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 }
+
+/// An export job whose worker died mid-run (its record says running, its claim is gone, and
+/// it left a stray Parquet file) is run again by a live worker, which clears the partial
+/// output first: the finished export lists exactly its own files.
+#[tokio::test]
+async fn an_interrupted_fleet_export_runs_again_from_a_clean_place() {
+    use strata_compactor::fleet_tasks::{ExportJob, ExportRequest, JobState, EXPORT_JOBS};
+    let Some((s3, etcd)) = infra() else { return };
+    let c = Cluster::start_with_args(&s3, &etcd, 1, "fleetexport", &["--partitions", "2"]);
+    c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let acked = bulk_write(&c, "e", 2, 50, 64).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let dest = out_dir.path().join("x");
+    std::fs::create_dir_all(&dest).unwrap();
+    // What a dead worker's first run left: a file no run of this export writes.
+    std::fs::write(dest.join("part-00001-0042.parquet"), b"partial").unwrap();
+    let mut job = ExportJob::new(ExportRequest {
+        to: format!("file://{}", dest.display()),
+        snapshot: None,
+        since: None,
+        file_mb: 128,
+    });
+    job.state = JobState::Running;
+    job.attempts = 1;
+    job.worker = Some("dead".into());
+    let keys = strata_manifest::etcd::Etcd::connect(&strata_manifest::EtcdSettings::new(vec![c
+        .etcd_url
+        .clone()]))
+    .await
+    .unwrap();
+    keys.job_create(EXPORT_JOBS, &job.id, job.encode().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _w = Worker::start(&c, "w1", dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let body = keys.job_get(EXPORT_JOBS, &job.id).await.unwrap().unwrap();
+        let j = ExportJob::decode(&body).unwrap();
+        if matches!(j.state, JobState::Done | JobState::Failed) {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job still {:?}",
+            j.state
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done.state, JobState::Done, "{:?}", done.error);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(done.worker.as_deref(), Some("w1"));
+    let m = done.result.expect("the export's manifest");
+    assert_eq!(m.rows, acked.len() as u64);
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = m.files.iter().map(|f| f.path.clone()).collect();
+    listed.sort();
+    assert_eq!(
+        on_disk, listed,
+        "the partial file of the first run was cleared"
+    );
+}
