@@ -193,6 +193,12 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         run_export(source.read, &roots, &request, &progress).await?
     };
     bar.finish_and_clear();
+    if let Some(why) = &m.full_reason {
+        println!(
+            "note: exported in full instead of incrementally ({why}); readers replace what they \
+             have with it (its _manifest.json says kind \"full\")"
+        );
+    }
     let secs = started.elapsed().as_secs_f64();
     let read: u64 = bar.position();
     println!(

@@ -613,7 +613,9 @@ impl Compactor {
         } else {
             self.execute(&job).await?
         };
-        let (committed, next) = self.commit_returning(&job, &outputs).await?;
+        let (committed, next) = self
+            .commit_returning(&job, &outputs, counts.max_dropped_tombstone_seq)
+            .await?;
         let version = match committed {
             Committed::Version(v) => v,
             Committed::Abandoned(why) => {
@@ -978,7 +980,7 @@ impl Compactor {
     /// Commits `job` with `outputs`, rebasing on the latest manifest after each conflict.
     #[cfg(test)]
     pub(crate) async fn commit(&self, job: &Job, outputs: &[SstInfo]) -> anyhow::Result<Committed> {
-        Ok(self.commit_returning(job, outputs).await?.0)
+        Ok(self.commit_returning(job, outputs, 0).await?.0)
     }
 
     /// Like [`Self::commit`], also returning the manifest committed.
@@ -986,6 +988,7 @@ impl Compactor {
         &self,
         job: &Job,
         outputs: &[SstInfo],
+        dropped_tombstone_seq: u64,
     ) -> anyhow::Result<(Committed, Option<Manifest>)> {
         let p = self.inner.partition;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
@@ -1001,10 +1004,11 @@ impl Compactor {
                     None,
                 ));
             };
-            let next = match rebase(&latest, job, outputs, now_ms()) {
+            let mut next = match rebase(&latest, job, outputs, now_ms()) {
                 Ok(next) => next,
                 Err(why) => return Ok((Committed::Abandoned(why), None)),
             };
+            next.dropped_tombstone_seq = next.dropped_tombstone_seq.max(dropped_tombstone_seq);
             match self.inner.manifests.commit(p, &next).await {
                 Ok(()) => return Ok((Committed::Version(next.version), Some(next))),
                 Err(ManifestError::Conflict { .. }) => {

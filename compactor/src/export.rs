@@ -85,6 +85,11 @@ pub struct ExportManifest {
     pub kind: String,
     #[serde(default)]
     pub since_created_ms: Option<u64>,
+    /// Why an export asked to be incremental is full instead: compaction had removed the
+    /// tombstones of some deletions since the earlier export, so only the whole state is
+    /// exact. A reader replaces what it has with a full export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<String>,
     pub partitions: Vec<PartitionSnapshot>,
     pub files: Vec<ExportFile>,
     pub rows: u64,
@@ -103,6 +108,10 @@ pub struct PartitionSnapshot {
     pub max_seq: u64,
     pub wal_segments: u64,
     pub ssts: u64,
+    /// The highest seq of a deletion whose tombstone compaction had removed when the export
+    /// read the partition (an incremental export from a seq below it would miss deletions).
+    #[serde(default)]
+    pub dropped_tombstone_seq: u64,
 }
 
 /// One Parquet file of an export.
@@ -141,6 +150,11 @@ fn schema() -> Arc<Schema> {
 }
 
 /// Exports `partitions` of the store behind `store`/`manifests` to `dest` under `prefix`.
+///
+/// An incremental export (`opts.since`) becomes a full one, with `full_reason` saying why,
+/// when compaction removed the tombstones of deletions made since the earlier export (a
+/// partition's `dropped_tombstone_seq` above the seq that export recorded): the deleted keys
+/// are simply absent, so only the whole state tells a reader about them.
 pub async fn export(
     store: Arc<dyn Store>,
     manifests: Arc<dyn ManifestStore>,
@@ -150,6 +164,58 @@ pub async fn export(
     opts: &ExportOptions,
     progress: &dyn Progress,
 ) -> Result<ExportManifest> {
+    let once = |opts: ExportOptions| {
+        let (store, manifests, dest) = (store.clone(), manifests.clone(), dest.clone());
+        async move { export_once(store, manifests, partitions, dest, prefix, &opts, progress).await }
+    };
+    match once(opts.clone()).await? {
+        Ok(m) => Ok(m),
+        Err(reason) => {
+            tracing::info!(%reason, "the incremental export is exported in full instead");
+            // Clear what the incremental attempt wrote (the place was empty before it).
+            let prefix = prefix.trim_end_matches('/');
+            for o in dest
+                .list(prefix)
+                .await
+                .with_context(|| format!("listing the destination {prefix:?}"))?
+            {
+                dest.delete(&o.path)
+                    .await
+                    .with_context(|| format!("deleting {} of the incremental attempt", o.path))?;
+            }
+            let full = ExportOptions {
+                since: None,
+                ..opts.clone()
+            };
+            let mut m = match once(full).await? {
+                Ok(m) => m,
+                Err(reason) => bail!("a full export cannot need another: {reason}"),
+            };
+            m.full_reason = Some(reason);
+            m.since_created_ms = opts.since.as_ref().map(|s| s.created_ms);
+            // The manifest was written without the reason: write it again with it.
+            let body = serde_json::to_vec_pretty(&m).context("encoding the export manifest")?;
+            let path = if prefix.is_empty() {
+                EXPORT_MANIFEST.to_string()
+            } else {
+                format!("{prefix}/{EXPORT_MANIFEST}")
+            };
+            put_replacing(&*dest, &path, Bytes::from(body)).await?;
+            Ok(m)
+        }
+    }
+}
+
+/// One export attempt; `Ok(Err(reason))` when an incremental export cannot be exact.
+async fn export_once(
+    store: Arc<dyn Store>,
+    manifests: Arc<dyn ManifestStore>,
+    partitions: &[ExportPartition],
+    dest: Arc<dyn Store>,
+    prefix: &str,
+    opts: &ExportOptions,
+    progress: &dyn Progress,
+) -> Result<std::result::Result<ExportManifest, String>> {
     let prefix = prefix.trim_end_matches('/');
     let join = |name: &str| {
         if prefix.is_empty() {
@@ -202,6 +268,7 @@ pub async fn export(
             "full".into()
         },
         since_created_ms: opts.since.as_ref().map(|m| m.created_ms),
+        full_reason: None,
         partitions: Vec::new(),
         files: Vec::new(),
         rows: 0,
@@ -217,6 +284,15 @@ pub async fn export(
             .since
             .as_ref()
             .map(|_| since.get(&p).copied().unwrap_or(0));
+        if let Some(f) = floor {
+            if snap.dropped_tombstone_seq > f {
+                return Ok(Err(format!(
+                    "partition {p}: compaction removed tombstones of deletions up to seq {}, \
+                     after the earlier export's seq {f}",
+                    snap.dropped_tombstone_seq
+                )));
+            }
+        }
         let rows: Vec<Entry> = entries
             .into_iter()
             .filter(|e| !is_system_key(&e.key))
@@ -258,7 +334,7 @@ pub async fn export(
     }
     let body = serde_json::to_vec_pretty(&out).context("encoding the export manifest")?;
     put_replacing(&*dest, &join(EXPORT_MANIFEST), Bytes::from(body)).await?;
-    Ok(out)
+    Ok(Ok(out))
 }
 
 /// Reads a previous export's manifest (for an incremental export).
@@ -346,6 +422,7 @@ async fn read_partition_once(
                 max_seq: 0,
                 wal_segments: 0,
                 ssts: 0,
+                dropped_tombstone_seq: 0,
             },
             Vec::new(),
         ));
@@ -392,6 +469,7 @@ async fn read_partition_once(
             max_seq,
             wal_segments: tail.segments,
             ssts: files.len() as u64,
+            dropped_tombstone_seq: m.dropped_tombstone_seq,
         },
         newest.into_values().collect(),
     ))

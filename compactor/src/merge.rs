@@ -15,6 +15,8 @@ pub(crate) struct MergeCounts {
     pub entries_out: u64,
     pub dropped_tombstones: u64,
     pub dropped_expired: u64,
+    /// The highest seq of a dropped tombstone (0: none dropped).
+    pub max_dropped_tombstone_seq: u64,
 }
 
 impl MergeCounts {
@@ -24,6 +26,9 @@ impl MergeCounts {
         self.entries_out += other.entries_out;
         self.dropped_tombstones += other.dropped_tombstones;
         self.dropped_expired += other.dropped_expired;
+        self.max_dropped_tombstone_seq = self
+            .max_dropped_tombstone_seq
+            .max(other.max_dropped_tombstone_seq);
     }
 }
 
@@ -140,6 +145,7 @@ pub(crate) fn merge(
         if (tombstone || expired) && !deeper.covers(&entry.key) {
             if tombstone {
                 counts.dropped_tombstones += 1;
+                counts.max_dropped_tombstone_seq = counts.max_dropped_tombstone_seq.max(entry.seq);
             } else {
                 counts.dropped_expired += 1;
             }

@@ -617,6 +617,7 @@ mod tests {
             levels,
             roots: Vec::new(),
             created_ms: 1,
+            dropped_tombstone_seq: 0,
         }
     }
 

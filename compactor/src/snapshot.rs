@@ -594,6 +594,7 @@ pub fn restored_manifest(snap: &Manifest, source_url: &str) -> Manifest {
         l0: snap.l0.clone(),
         levels: snap.levels.clone(),
         created_ms: now_ms(),
+        dropped_tombstone_seq: snap.dropped_tombstone_seq,
         roots: roots
             .into_iter()
             .map(|(url, ids)| strata_format::SstRoot {

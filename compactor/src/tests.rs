@@ -42,6 +42,7 @@ impl Env {
             levels: vec![],
             roots: Vec::new(),
             created_ms: 1,
+            dropped_tombstone_seq: 0,
         };
         manifests.commit(P, &m).await.unwrap();
         Env { store, manifests }
@@ -360,6 +361,74 @@ async fn tombstone_is_dropped_when_nothing_deeper_overlaps() {
     let m = env.latest().await;
     let files = env.load_files(&m).await;
     assert!(read(&m, &files, b"k").is_none());
+    // The manifest remembers that the deletion at seq 5 is no longer visible.
+    assert_eq!(m.dropped_tombstone_seq, 5);
+}
+
+/// An incremental export is exact: while the deletions since the earlier export are still
+/// tombstones it lists them as deleted rows; once compaction removed them it exports the
+/// whole state instead, saying why (the deleted keys are simply absent).
+#[tokio::test]
+async fn an_incremental_export_turns_full_when_deletions_were_compacted_away() {
+    use crate::export::{export, ExportOptions, ExportPartition};
+    let env = Env::new().await;
+    env.flush(vec![put("a", 1, "a"), put("b", 2, "b"), put("c", 3, "c")])
+        .await;
+    let parts = [ExportPartition {
+        partition: P,
+        hash_range: None,
+    }];
+    let ms: Arc<dyn ManifestStore> = env.manifests.clone();
+    let run = |since, dest: Arc<dyn Store>| {
+        let (store, ms, parts) = (env.store.clone(), ms.clone(), parts.clone());
+        async move {
+            let opts = ExportOptions {
+                since,
+                ..ExportOptions::default()
+            };
+            export(store, ms, &parts, dest, "", &opts, &())
+                .await
+                .unwrap()
+        }
+    };
+    let mem = || -> Arc<dyn Store> { Arc::new(ObjectStoreBackend::memory()) };
+    let first = run(None, mem()).await;
+    assert_eq!(first.rows, 3);
+    env.flush(vec![del("b", 10), put("d", 11, "d")]).await;
+    // Still a tombstone: incremental, with the deletion as a row.
+    let inc = run(Some(first.clone()), mem()).await;
+    assert_eq!((inc.kind.as_str(), inc.rows), ("incremental", 2));
+    assert!(inc.full_reason.is_none());
+    // Compaction reaches the bottom and drops the tombstone of "b".
+    env.flush(vec![put("e", 12, "e")]).await;
+    env.flush(vec![put("f", 13, "f")]).await;
+    let c = env.compactor(small_opts());
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert_eq!(r.dropped_tombstones, 1);
+    let dest = mem();
+    let inc = run(Some(first.clone()), dest.clone()).await;
+    assert_eq!(inc.kind, "full");
+    assert!(
+        inc.full_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("seq 10")),
+        "{inc:?}"
+    );
+    assert_eq!(inc.since_created_ms, Some(first.created_ms));
+    assert_eq!(inc.rows, 5, "a c d e f, and no b");
+    // The manifest on the destination says so too, and only the full run's files remain.
+    let written = crate::export::read_export_manifest(&*dest, "")
+        .await
+        .unwrap();
+    assert_eq!(written, inc);
+    let parquet = dest
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.path.ends_with(".parquet"))
+        .count();
+    assert_eq!(parquet, inc.files.len());
 }
 
 #[tokio::test]

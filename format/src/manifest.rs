@@ -25,9 +25,10 @@ use crate::sst::{encode_props_payload, read_props_payload, SstProps};
 
 /// Magic at the start of every manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"STRATMAN";
-/// The newest manifest format version this code writes and reads (1 is read too, and written
-/// when there are no foreign roots).
-pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+/// The newest manifest format version this code writes and reads. Each manifest is written
+/// in the oldest format that can hold it: 1 without roots or dropped tombstones, 2 with
+/// roots, 3 with `dropped_tombstone_seq`.
+pub const MANIFEST_FORMAT_VERSION: u32 = 3;
 
 const WHAT: &str = "manifest";
 const HEADER_LEN: usize = 20;
@@ -68,6 +69,10 @@ pub struct Manifest {
     /// snapshot reads its source's unchanged SSTs in place). Every other SST is under this
     /// store's own root.
     pub roots: Vec<SstRoot>,
+    /// The highest seq of a deletion whose tombstone compaction has removed (0: none). A
+    /// reader of "what changed after seq S" (incremental export) sees every deletion after S
+    /// as a tombstone only while this is at most S.
+    pub dropped_tombstone_seq: u64,
 }
 
 /// SSTs of a manifest that live under another store root.
@@ -126,7 +131,14 @@ impl Manifest {
 pub fn encode_manifest(m: &Manifest) -> Bytes {
     let mut out = Vec::new();
     out.extend_from_slice(&MANIFEST_MAGIC);
-    put_u32(&mut out, if m.roots.is_empty() { 1 } else { 2 });
+    let format = if m.dropped_tombstone_seq != 0 {
+        3
+    } else if !m.roots.is_empty() {
+        2
+    } else {
+        1
+    };
+    put_u32(&mut out, format);
     put_u64(&mut out, 0); // body length, patched below
     for v in [
         m.version,
@@ -143,7 +155,7 @@ pub fn encode_manifest(m: &Manifest) -> Bytes {
     for level in &m.levels {
         put_ssts(&mut out, level);
     }
-    if !m.roots.is_empty() {
+    if format >= 2 {
         put_u32(&mut out, len_u32(m.roots.len(), "root count"));
         for r in &m.roots {
             put_u32(&mut out, len_u32(r.url.len(), "root url"));
@@ -154,6 +166,9 @@ pub fn encode_manifest(m: &Manifest) -> Bytes {
                 put_u64(&mut out, *id);
             }
         }
+    }
+    if format >= 3 {
+        put_u64(&mut out, m.dropped_tombstone_seq);
     }
     let body_len = (out.len() - HEADER_LEN) as u64;
     if let Some(slot) = out.get_mut(12..HEADER_LEN) {
@@ -242,6 +257,9 @@ pub fn decode_manifest(data: &[u8]) -> Result<Manifest> {
             m.roots.push(SstRoot { url, ids, owned });
         }
     }
+    if version >= 3 {
+        m.dropped_tombstone_seq = r.u64("dropped_tombstone_seq")?;
+    }
     r.finish()?;
     Ok(m)
 }
@@ -294,6 +312,30 @@ mod tests {
         // Truncated root tables are corruption, not garbage.
         let mut cut = enc.to_vec();
         cut.truncate(cut.len() - 12);
+        assert!(decode_manifest(&cut).is_err());
+    }
+
+    #[test]
+    fn dropped_tombstones_round_trip_in_format_3() {
+        let mut m = Manifest {
+            version: 4,
+            dropped_tombstone_seq: 1234,
+            ..Manifest::default()
+        };
+        let enc = encode_manifest(&m);
+        assert_eq!(enc.get(8..12), Some(&3u32.to_le_bytes()[..]));
+        assert_eq!(decode_manifest(&enc).unwrap(), m);
+        m.roots = vec![SstRoot {
+            url: "s3://b/p".into(),
+            ids: vec![5],
+            owned: true,
+        }];
+        let enc = encode_manifest(&m);
+        assert_eq!(enc.get(8..12), Some(&3u32.to_le_bytes()[..]));
+        assert_eq!(decode_manifest(&enc).unwrap(), m);
+        // A format-3 body cut before the field is corruption.
+        let mut cut = enc.to_vec();
+        cut.truncate(cut.len() - 8);
         assert!(decode_manifest(&cut).is_err());
     }
 

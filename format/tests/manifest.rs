@@ -60,6 +60,7 @@ fn manifest() -> Manifest {
             }],
         ],
         roots: Vec::new(),
+        dropped_tombstone_seq: 0,
         created_ms: 1_720_000_000_000,
     }
 }

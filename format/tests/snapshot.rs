@@ -105,6 +105,7 @@ fn manifest() -> Manifest {
         }]],
         roots: Vec::new(),
         created_ms: 1_700_000_100_000,
+        dropped_tombstone_seq: 0,
     }
 }
 

@@ -184,6 +184,9 @@ pub async fn split(node: &ClusterNode, p: u32) -> EngineResult<Option<u32>> {
             levels: Vec::new(),
             created_ms: now_ms(),
             roots: Vec::new(),
+            // The parent's compactions may have removed tombstones of any deletion up to
+            // the split (this node's view of the parent may be behind its compactor's).
+            dropped_tombstone_seq: last_seq,
         };
         let rev = inner
             .manifests
