@@ -224,6 +224,7 @@ async fn run_in_fleet(
     bar: &ProgressBar,
 ) -> Result<ExportManifest> {
     use strata_compactor::fleet_tasks::{ExportJob, JobState, EXPORT_JOBS};
+    use strata_manifest::now_ms;
     let Some(etcd_url) = &args.etcd else {
         bail!("--fleet needs the cluster's --etcd (its compactor workers run the export)");
     };
@@ -257,6 +258,8 @@ async fn run_in_fleet(
         .await
         .context("queueing the export job")?;
     tracing::info!(job = %job.id, "export queued for the compactor fleet");
+    // A job nobody can take (every worker gone) fails here rather than waiting for ever.
+    let mut unattended_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let Some(body) = etcd
@@ -270,7 +273,25 @@ async fn run_in_fleet(
         bar.set_length(now.total_bytes);
         bar.set_position(now.read_bytes);
         match now.state {
-            JobState::Pending | JobState::Running => {}
+            JobState::Pending | JobState::Running => {
+                // Progress is written every 500 ms while a worker runs it.
+                let stale = now_ms().saturating_sub(now.updated_ms) > 10_000;
+                if now.state == JobState::Pending || stale {
+                    let workers = etcd.view().await.map(|v| v.compactors.len()).unwrap_or(1);
+                    if workers > 0 {
+                        unattended_since = None;
+                    } else if unattended_since.get_or_insert_with(Instant::now).elapsed()
+                        > Duration::from_secs(30)
+                    {
+                        let _ = etcd.job_delete(EXPORT_JOBS, &job.id).await;
+                        bail!(
+                            "no `strata compactor` worker has been registered for 30 s: the \
+                             export job {} was withdrawn; start a worker and export again",
+                            job.id
+                        );
+                    }
+                }
+            }
             JobState::Done => {
                 let _ = etcd.job_delete(EXPORT_JOBS, &job.id).await;
                 return now

@@ -678,7 +678,9 @@ async fn time_window_compaction_drops_expired_ssts_whole() {
     .unwrap_or_else(|e| panic!("{e}"));
     let mut c = server.client().await;
     // About 1.3 MiB of keys without TTL first (their own SSTs, mostly), then 4 waves of
-    // 1.3 MiB that expire 3 s after being written: more than a memtable each, so flushed.
+    // 3 MiB that expire 3 s after being written. A flush mixes the tail of one wave with the
+    // head of the next, but each wave spans about 3 memtables, so at least one SST holds only
+    // that wave's keys and overlaps no older SST: it can go whole however the flushes fall.
     let keep: Vec<(String, Bytes)> = (0..1300)
         .map(|i| (format!("keep/{i:05}"), value_for("keep", i, 1024)))
         .collect();
@@ -686,7 +688,7 @@ async fn time_window_compaction_drops_expired_ssts_whole() {
     let ttl_ms = 3_000;
     let started = Instant::now();
     for wave in 0..4u32 {
-        let keys = (0..1300)
+        let keys = (0..3000)
             .map(|i| {
                 let k = format!("ttl/{wave}/{i:05}");
                 let v = value_for(&k, wave, 1024);

@@ -599,6 +599,8 @@ impl Compactor {
             let counts = MergeCounts {
                 entries_in: n,
                 dropped_expired: n,
+                // Dropped whole only when no older kept SST overlaps: they hide nothing
+                // (`max_dropped_tombstone_seq` stays), and readers expire values themselves.
                 ..MergeCounts::default()
             };
             (Vec::new(), counts, 0)

@@ -90,6 +90,10 @@ pub struct ExportManifest {
     /// exact. A reader replaces what it has with a full export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_reason: Option<String>,
+    /// The export recorded each partition's `dropped_tombstone_seq` (exports made before that
+    /// was tracked lack it, and an increment on top of one is written in full).
+    #[serde(default)]
+    pub tracks_dropped_deletes: bool,
     pub partitions: Vec<PartitionSnapshot>,
     pub files: Vec<ExportFile>,
     pub rows: u64,
@@ -236,6 +240,17 @@ async fn export_once(
             o.path
         );
     }
+    if opts
+        .since
+        .as_ref()
+        .is_some_and(|m| !m.tracks_dropped_deletes)
+    {
+        return Ok(Err(
+            "the earlier export was made before Strata tracked deletions that compaction \
+             removed"
+                .into(),
+        ));
+    }
     let created_ms = now_ms();
     // Estimate the total for the progress bar from the manifests' SST sizes.
     let mut total = 0u64;
@@ -269,6 +284,7 @@ async fn export_once(
         },
         since_created_ms: opts.since.as_ref().map(|m| m.created_ms),
         full_reason: None,
+        tracks_dropped_deletes: true,
         partitions: Vec::new(),
         files: Vec::new(),
         rows: 0,

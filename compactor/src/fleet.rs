@@ -101,6 +101,7 @@ pub async fn run_worker(
             opts.compaction.roots.clone(),
             opts.snapshots,
             crate::fleet_tasks::max_pin_delay(opts.compaction.gc_grace),
+            opts.lease_ttl,
             lease_rx,
             stop.clone(),
         ))

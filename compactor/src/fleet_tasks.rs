@@ -240,9 +240,10 @@ async fn hold_task(
     }
 }
 
-/// A worker's share of the cluster's tasks: runs the snapshot schedule while it holds the
-/// schedule's claim, and the export jobs it claims, until `stop`. `lease` follows the worker's
-/// current lease (`None` while it has none).
+/// A worker's share of the cluster's tasks until `stop`: the snapshot schedule while it holds
+/// the schedule's claim, and the export jobs it claims, each in its own loop (a long export
+/// never delays a scheduled snapshot). `lease` follows the worker's current lease (`None`
+/// while it has none); `lease_ttl` is how long a claim outlives its worker.
 #[allow(clippy::too_many_arguments)] // the worker's pieces, each shared differently
 pub(crate) async fn run_fleet_tasks(
     etcd: Etcd,
@@ -252,53 +253,71 @@ pub(crate) async fn run_fleet_tasks(
     roots: Roots,
     schedule: Option<SnapshotSchedule>,
     pin_delay: Duration,
+    lease_ttl: Duration,
     lease: watch::Receiver<Option<i64>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let poll = schedule.map_or(Duration::from_secs(1), |s| {
-        s.poll().min(Duration::from_secs(1))
-    });
-    let mut sched_claim: TaskClaim = None;
-    let mut last_tick = None::<std::time::Instant>;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = stop.wait_for(|s| *s) => break,
+    let snapshots = async {
+        let Some(sched) = schedule else { return };
+        let mut stop = stop.clone();
+        let mut claim: TaskClaim = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(sched.poll()) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let Some(lease_id) = *lease.borrow() else {
+                continue;
+            };
+            if !hold_task(&etcd, SCHEDULE_TASK, &worker, lease_id, &mut claim).await {
+                continue;
+            }
+            let tick = async {
+                let src =
+                    ExportSource::cluster(etcd.clone(), store.clone(), manifests.clone()).await?;
+                let rev = src.cluster.as_ref().map_or(0, |c| c.1);
+                schedule_tick(
+                    store.clone(),
+                    manifests.clone(),
+                    &src.partitions,
+                    rev,
+                    Some(&etcd),
+                    &sched,
+                    pin_delay,
+                    now_ms(),
+                )
+                .await
+            };
+            log_tick(tick.await);
         }
-        let Some(lease_id) = *lease.borrow() else {
-            continue;
+        if let Some((rev, _)) = claim {
+            let _ = etcd.release_task(SCHEDULE_TASK, rev).await;
+        }
+    };
+    let exports = async {
+        let mut stop = stop.clone();
+        let ctx = JobContext {
+            etcd: &etcd,
+            store: &store,
+            manifests: &manifests,
+            worker: &worker,
+            roots: &roots,
+            lease_ttl,
         };
-        if let Some(sched) = &schedule {
-            let due = last_tick.is_none_or(|t: std::time::Instant| t.elapsed() >= sched.poll());
-            if due && hold_task(&etcd, SCHEDULE_TASK, &worker, lease_id, &mut sched_claim).await {
-                last_tick = Some(std::time::Instant::now());
-                let tick = async {
-                    let src = ExportSource::cluster(etcd.clone(), store.clone(), manifests.clone())
-                        .await?;
-                    let rev = src.cluster.as_ref().map_or(0, |c| c.1);
-                    schedule_tick(
-                        store.clone(),
-                        manifests.clone(),
-                        &src.partitions,
-                        rev,
-                        Some(&etcd),
-                        sched,
-                        pin_delay,
-                        now_ms(),
-                    )
-                    .await
-                };
-                log_tick(tick.await);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let Some(lease_id) = *lease.borrow() else {
+                continue;
+            };
+            if let Err(e) = export_jobs_step(&ctx, lease_id).await {
+                warn!(worker = %worker, error = %format!("{e:#}"), "export jobs");
             }
         }
-        if let Err(e) = export_jobs_step(&etcd, &store, &manifests, &worker, &roots, lease_id).await
-        {
-            warn!(worker = %worker, error = %format!("{e:#}"), "export jobs");
-        }
-    }
-    if let Some((rev, _)) = sched_claim {
-        let _ = etcd.release_task(SCHEDULE_TASK, rev).await;
-    }
+    };
+    tokio::join!(snapshots, exports);
 }
 
 /// Kind of the export job records in etcd.
@@ -386,22 +405,35 @@ impl Progress for Counted {
     }
 }
 
+/// What running export jobs needs of the worker.
+struct JobContext<'a> {
+    etcd: &'a Etcd,
+    store: &'a Arc<dyn Store>,
+    manifests: &'a Arc<dyn ManifestStore>,
+    worker: &'a str,
+    roots: &'a Roots,
+    lease_ttl: Duration,
+}
+
+/// Aborts a spawned task when dropped (a cancelled job must not leave its ticker behind).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One look at the export jobs: removes old finished records, and runs (to the end) the first
 /// unfinished job nobody holds.
-async fn export_jobs_step(
-    etcd: &Etcd,
-    store: &Arc<dyn Store>,
-    manifests: &Arc<dyn ManifestStore>,
-    worker: &str,
-    roots: &Roots,
-    lease: i64,
-) -> Result<()> {
+async fn export_jobs_step(ctx: &JobContext<'_>, lease: i64) -> Result<()> {
+    let etcd = ctx.etcd;
     let jobs = etcd
         .job_list(EXPORT_JOBS)
         .await
         .context("listing export jobs")?;
     for (id, body) in jobs {
-        let mut job = match ExportJob::decode(&body) {
+        let job = match ExportJob::decode(&body) {
             Ok(j) => j,
             Err(e) => {
                 warn!(job = %id, error = %format!("{e:#}"), "an unreadable export job: removed");
@@ -415,83 +447,122 @@ async fn export_jobs_step(
             }
             continue;
         }
+        let task = job.task_name();
         let mut claim = None;
-        if !hold_task(etcd, &job.task_name(), worker, lease, &mut claim).await {
+        if !hold_task(etcd, &task, ctx.worker, lease, &mut claim).await {
             continue;
         }
         let Some((rev, _)) = claim else { continue };
-        let outcome = run_job(etcd, store, manifests, worker, roots, &mut job).await;
-        let _ = etcd.release_task(&job.task_name(), rev).await;
+        let outcome = run_claimed(ctx, &id, &task, rev).await;
+        let _ = etcd.release_task(&task, rev).await;
         return outcome;
     }
     Ok(())
 }
 
-/// Runs one claimed job to its end, recording progress and the outcome in its record.
-async fn run_job(
-    etcd: &Etcd,
-    store: &Arc<dyn Store>,
-    manifests: &Arc<dyn ManifestStore>,
-    worker: &str,
-    roots: &Roots,
-    job: &mut ExportJob,
-) -> Result<()> {
+/// Runs a job this worker claimed (claim `rev` on `task`) to its end. Every write of the
+/// record is fenced by the claim, and the run is cancelled once the claim is lost (or cannot
+/// be confirmed for a lease TTL), so a worker cut off from etcd stops writing the export
+/// before the next worker that claims the job starts over.
+async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Result<()> {
+    let etcd = ctx.etcd;
+    // The listing may be stale: the job may have finished (and its claim gone) since.
+    let Some(body) = etcd.job_get(EXPORT_JOBS, id).await? else {
+        return Ok(());
+    };
+    let mut job = ExportJob::decode(&body)?;
+    if matches!(job.state, JobState::Done | JobState::Failed) {
+        return Ok(());
+    }
+    let interrupted = job.attempts > 0;
     job.attempts += 1;
-    job.worker = Some(worker.to_string());
+    job.worker = Some(ctx.worker.to_string());
     job.updated_ms = now_ms();
+    let write = |job: &ExportJob| {
+        let body = job.encode();
+        async move {
+            etcd.job_update_fenced(EXPORT_JOBS, id, body?, task, rev)
+                .await
+                .context("writing the export job's record")
+        }
+    };
     if job.attempts > MAX_ATTEMPTS {
         job.state = JobState::Failed;
         job.error = Some(format!(
             "gave up after {MAX_ATTEMPTS} runs that did not finish (their workers stopped)"
         ));
-        etcd.job_update(EXPORT_JOBS, &job.id, job.encode()?).await?;
+        write(&job).await?;
         return Ok(());
     }
     job.state = JobState::Running;
-    if !etcd.job_update(EXPORT_JOBS, &job.id, job.encode()?).await? {
-        return Ok(()); // removed meanwhile
+    if !write(&job).await? {
+        return Ok(()); // removed, or our claim is gone
     }
-    info!(worker, job = %job.id, to = %job.request.to, attempt = job.attempts, "export job started");
+    info!(worker = ctx.worker, job = %job.id, to = %job.request.to, attempt = job.attempts, "export job started");
     let progress = Arc::new(Counted::default());
-    let result = {
-        let ticker = {
-            let (etcd, progress, mut rec) = (etcd.clone(), progress.clone(), job.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    rec.read_bytes = progress.read.load(Ordering::Relaxed);
-                    rec.total_bytes = progress.total.load(Ordering::Relaxed);
-                    rec.updated_ms = now_ms();
-                    if let Ok(body) = rec.encode() {
-                        let _ = etcd.job_update(EXPORT_JOBS, &rec.id, body).await;
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let ticker = {
+        let (etcd, progress, mut rec) = (etcd.clone(), progress.clone(), job.clone());
+        let (id, task, ttl) = (id.to_string(), task.to_string(), ctx.lease_ttl);
+        AbortOnDrop(tokio::spawn(async move {
+            let mut confirmed = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                rec.read_bytes = progress.read.load(Ordering::Relaxed);
+                rec.total_bytes = progress.total.load(Ordering::Relaxed);
+                rec.updated_ms = now_ms();
+                let Ok(body) = rec.encode() else { continue };
+                match etcd
+                    .job_update_fenced(EXPORT_JOBS, &id, body, &task, rev)
+                    .await
+                {
+                    Ok(true) => confirmed = std::time::Instant::now(),
+                    Ok(false) => {
+                        let _ = lost_tx.send(true);
+                        return;
                     }
+                    // Unknown: the claim may outlive our last confirmation by a lease TTL;
+                    // stop before the next worker may start.
+                    Err(_) if confirmed.elapsed() >= ttl / 2 => {
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                    Err(_) => {}
                 }
-            })
-        };
-        let r = async {
-            if job.attempts > 1 {
-                clear_partial_export(roots, &job.request.to).await?;
             }
-            let source =
-                ExportSource::cluster(etcd.clone(), store.clone(), manifests.clone()).await?;
-            run_export(source, roots, &job.request, &*progress).await
-        }
-        .await;
-        ticker.abort();
-        let _ = ticker.await;
-        r
+        }))
     };
+    let run = async {
+        if interrupted {
+            // The earlier run's worker stops writing within half a lease TTL of losing its
+            // claim, which outlived its last renewal by at most a TTL: wait that out (and
+            // for its last uploads to land) before clearing what it wrote.
+            tokio::time::sleep(ctx.lease_ttl * 2 + Duration::from_secs(5)).await;
+            clear_partial_export(ctx.roots, &job.request.to).await?;
+        }
+        let source =
+            ExportSource::cluster(etcd.clone(), ctx.store.clone(), ctx.manifests.clone()).await?;
+        run_export(source, ctx.roots, &job.request, &*progress).await
+    };
+    let result = tokio::select! {
+        r = run => r,
+        _ = lost_rx.wait_for(|l| *l) => {
+            warn!(worker = ctx.worker, job = %job.id, "lost the export job's claim; stopped");
+            return Ok(());
+        }
+    };
+    drop(ticker);
     job.read_bytes = progress.read.load(Ordering::Relaxed);
     job.total_bytes = progress.total.load(Ordering::Relaxed);
     job.updated_ms = now_ms();
     match result {
         Ok(m) => {
-            info!(worker, job = %job.id, rows = m.rows, files = m.files.len(), "export job done");
+            info!(worker = ctx.worker, job = %job.id, rows = m.rows, files = m.files.len(), "export job done");
             job.state = JobState::Done;
             job.result = Some(m);
         }
         Err(e) => {
-            warn!(worker, job = %job.id, error = %format!("{e:#}"), "export job failed");
+            warn!(worker = ctx.worker, job = %job.id, error = %format!("{e:#}"), "export job failed");
             job.state = JobState::Failed;
             job.error = Some(format!("{e:#}"));
         }
@@ -499,11 +570,11 @@ async fn run_job(
     // A progress update sent just before the ticker stopped may land after the outcome:
     // write the outcome again until it is what the record says.
     for _ in 0..3 {
-        etcd.job_update(EXPORT_JOBS, &job.id, job.encode()?)
-            .await
-            .context("recording the export job's outcome")?;
+        if !write(&job).await? {
+            return Ok(());
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        match etcd.job_get(EXPORT_JOBS, &job.id).await? {
+        match etcd.job_get(EXPORT_JOBS, id).await? {
             Some(b) if ExportJob::decode(&b).is_ok_and(|j| j.state == JobState::Running) => {}
             _ => break,
         }

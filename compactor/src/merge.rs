@@ -15,7 +15,8 @@ pub(crate) struct MergeCounts {
     pub entries_out: u64,
     pub dropped_tombstones: u64,
     pub dropped_expired: u64,
-    /// The highest seq of a dropped tombstone (0: none dropped).
+    /// The highest seq of a dropped tombstone or expired value that hid an older version
+    /// (0: none): a deletion a reader of changes can no longer see.
     pub max_dropped_tombstone_seq: u64,
 }
 
@@ -130,22 +131,32 @@ pub(crate) fn merge(
     let mut deeper = DeeperRanges::new(deeper);
     let mut counts = MergeCounts::default();
     let mut last_key: Option<Bytes> = None;
+    // The seq of the current key's dropped deletion, until an older version it hid shows up.
+    let mut dropped_hiding: Option<u64> = None;
     while let Some(Head { entry, src }) = heap.pop() {
         if let Some(next) = iters.get_mut(src).and_then(Iterator::next) {
             heap.push(Head { entry: next, src });
         }
         counts.entries_in += 1;
         if last_key.as_ref() == Some(&entry.key) {
-            // An older version of a key whose newest version was already decided.
+            // An older version of a key whose newest version was already decided. If that
+            // was a deletion now dropped, a reader of changes who holds this version can no
+            // longer learn it is gone: record the deletion's seq. (A dropped deletion that
+            // hid nothing loses nothing: no older version of the key is left anywhere, and
+            // a reader applies a value's own expiry from its `expires_at`.)
+            if let Some(seq) = dropped_hiding.take() {
+                counts.max_dropped_tombstone_seq = counts.max_dropped_tombstone_seq.max(seq);
+            }
             continue;
         }
         last_key = Some(entry.key.clone());
+        dropped_hiding = None;
         let tombstone = entry.kind == Kind::Delete;
         let expired = !tombstone && entry.is_expired(now_ms);
         if (tombstone || expired) && !deeper.covers(&entry.key) {
+            dropped_hiding = Some(entry.seq);
             if tombstone {
                 counts.dropped_tombstones += 1;
-                counts.max_dropped_tombstone_seq = counts.max_dropped_tombstone_seq.max(entry.seq);
             } else {
                 counts.dropped_expired += 1;
             }

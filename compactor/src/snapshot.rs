@@ -72,6 +72,10 @@ pub struct SnapshotRecord {
     /// Created by the snapshot schedule (deleted by it once older than its retention).
     #[serde(default)]
     pub scheduled: bool,
+    /// When the last partition was pinned (0 in records written before it was recorded):
+    /// the snapshot holds no write acknowledged after this.
+    #[serde(default)]
+    pub completed_ms: u64,
 }
 
 /// What a snapshot holds of one partition.
@@ -96,6 +100,15 @@ impl SnapshotRecord {
     /// Bytes of every SST the snapshot pins.
     pub fn bytes(&self) -> u64 {
         self.partitions.iter().map(|p| p.bytes).sum()
+    }
+
+    /// The latest time the snapshot may reflect (a write acknowledged after it is not in it).
+    pub fn as_of_ms(&self) -> u64 {
+        if self.completed_ms != 0 {
+            self.completed_ms
+        } else {
+            self.created_ms
+        }
     }
 }
 
@@ -133,6 +146,44 @@ pub async fn create_snapshot(
 ) -> Result<SnapshotRecord> {
     let created_ms = now_ms();
     let id = new_id(created_ms, scheduled);
+    let r = create_inner(
+        &store,
+        manifests,
+        partitions,
+        map_revision,
+        max_pin_delay,
+        txns,
+        scheduled,
+        &id,
+        created_ms,
+    )
+    .await;
+    if r.is_err() {
+        // The partitions pinned so far would keep their SSTs for as long as the partial
+        // snapshot stays; nothing can use it.
+        let prefix = format!("{SNAPSHOTS_PREFIX}{id}/");
+        if let Ok(objects) = store.list(&prefix).await {
+            for o in objects {
+                let _ = store.delete(&o.path).await;
+            }
+        }
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)] // create_snapshot's arguments and the id it chose
+async fn create_inner(
+    store: &Arc<dyn Store>,
+    manifests: Arc<dyn ManifestStore>,
+    partitions: &[ExportPartition],
+    map_revision: i64,
+    max_pin_delay: Duration,
+    txns: Option<&strata_manifest::etcd::Etcd>,
+    scheduled: bool,
+    id: &str,
+    created_ms: u64,
+) -> Result<SnapshotRecord> {
+    let id = id.to_string();
     let mut out = Vec::with_capacity(partitions.len());
     let mut records: BTreeMap<String, strata_manifest::etcd::TxnRecord> = BTreeMap::new();
     let mut list_txns = |found: Vec<(String, strata_manifest::etcd::TxnRecord)>| {
@@ -153,7 +204,7 @@ pub async fn create_snapshot(
         let mut attempt = 0;
         let snap = loop {
             attempt += 1;
-            match pin_partition(&store, &*manifests, &id, p, max_pin_delay).await {
+            match pin_partition(store, &*manifests, &id, p, max_pin_delay).await {
                 Err(e) if attempt < 5 && is_not_found(&e) => {
                     tracing::info!(partition = p, error = %e, "the partition moved while pinned; again");
                 }
@@ -180,6 +231,7 @@ pub async fn create_snapshot(
         partitions: out,
         txns: records.into_iter().collect(),
         scheduled,
+        completed_ms: now_ms(),
     };
     let body = serde_json::to_vec_pretty(&record).context("encoding snapshot.json")?;
     store
@@ -310,19 +362,37 @@ async fn read_record(store: &dyn Store, id: &str) -> Result<SnapshotRecord> {
 /// `force`.
 pub async fn delete_snapshot(store: &dyn Store, id: &str, force: bool) -> Result<usize> {
     let prefix = format!("{SNAPSHOTS_PREFIX}{id}/");
+    let first = store
+        .list(&prefix)
+        .await
+        .with_context(|| format!("listing {prefix}"))?;
+    if first.is_empty() {
+        bail!("no snapshot {id:?} (see `strata ctl snapshot list`)");
+    }
+    // Against a concurrent restore: we mark "deleting" and then look for restore markers; a
+    // restore marks "restored" and then looks for ours (`mark_restored`). With a store that
+    // lists what was written before (S3 and local directories do), one of the two sees the
+    // other, so a restore never ends up reading a deleted snapshot's SSTs.
+    let deleting = deleting_path(id);
+    store
+        .put(
+            &deleting,
+            Bytes::from_static(b"deleting"),
+            PutMode::Overwrite,
+        )
+        .await
+        .with_context(|| format!("writing {deleting}"))?;
     let objects = store
         .list(&prefix)
         .await
         .with_context(|| format!("listing {prefix}"))?;
-    if objects.is_empty() {
-        bail!("no snapshot {id:?} (see `strata ctl snapshot list`)");
-    }
     let restored: Vec<&str> = objects
         .iter()
         .filter(|o| o.path.starts_with(&format!("{prefix}restored/")))
         .map(|o| o.path.as_str())
         .collect();
     if !restored.is_empty() && !force {
+        let _ = store.delete(&deleting).await;
         let mut targets = Vec::new();
         for path in &restored {
             if let Ok(b) = store.get(path).await {
@@ -342,7 +412,12 @@ pub async fn delete_snapshot(store: &dyn Store, id: &str, force: bool) -> Result
             .with_context(|| format!("deleting {record}"))?;
     }
     let mut n = 0;
-    for o in objects.iter().filter(|o| o.path != record) {
+    // The marker goes last: an interrupted delete stays visibly in progress.
+    let (rest, marker): (Vec<_>, Vec<_>) = objects
+        .iter()
+        .filter(|o| o.path != record)
+        .partition(|o| o.path != deleting);
+    for o in rest.into_iter().chain(marker) {
         store
             .delete(&o.path)
             .await
@@ -392,11 +467,33 @@ pub async fn schedule_tick(
 ) -> Result<ScheduleTick> {
     let mut out = ScheduleTick::default();
     let ids = snapshot_ids(&*store).await?;
-    let newest = ids
+    let scheduled: Vec<&String> = ids
         .iter()
         .filter(|(id, complete)| *complete && is_scheduled(id))
-        .filter_map(|(id, _)| id_created_ms(id))
-        .max();
+        .map(|(id, _)| id)
+        .collect();
+    let newest_id = scheduled.iter().max().copied();
+    // Retention first: a create that keeps failing must not stop old snapshots aging out.
+    let keep = sched.keep.as_millis() as u64;
+    // An incomplete snapshot may be a create still running: it is stale only well after
+    // every partition could have been pinned.
+    let stale = keep.max(max_pin_delay.as_millis() as u64 * (partitions.len() as u64 + 1) * 5);
+    for (id, complete) in &ids {
+        let Some(t) = id_created_ms(id) else { continue };
+        let age = now_ms.saturating_sub(t);
+        let expired = if *complete { age > keep } else { age > stale };
+        if !is_scheduled(id) || !expired || Some(id) == newest_id {
+            continue;
+        }
+        match delete_snapshot(&*store, id, false).await {
+            Ok(_) => out.deleted.push(id.clone()),
+            // Restored from: kept until someone deletes it with --force.
+            Err(e) => {
+                tracing::info!(snapshot = %id, error = %format!("{e:#}"), "kept past its retention")
+            }
+        }
+    }
+    let newest = newest_id.and_then(|id| id_created_ms(id));
     if newest.is_none_or(|t| now_ms.saturating_sub(t) >= sched.every.as_millis() as u64) {
         let r = create_snapshot(
             store.clone(),
@@ -409,31 +506,6 @@ pub async fn schedule_tick(
         )
         .await?;
         out.created = Some(r);
-    }
-    let newest_id = match &out.created {
-        Some(r) => Some(r.id.clone()),
-        None => ids
-            .iter()
-            .filter(|(id, complete)| *complete && is_scheduled(id))
-            .map(|(id, _)| id.clone())
-            .max(),
-    };
-    let keep = sched.keep.as_millis() as u64;
-    // An incomplete snapshot may be a create still running: it is stale only well after
-    // every partition could have been pinned.
-    let stale = keep.max(max_pin_delay.as_millis() as u64 * (partitions.len() as u64 + 1) * 5);
-    for (id, complete) in &ids {
-        let Some(t) = id_created_ms(id) else { continue };
-        let age = now_ms.saturating_sub(t);
-        let expired = if *complete { age > keep } else { age > stale };
-        if !is_scheduled(id) || !expired || Some(id) == newest_id.as_ref() {
-            continue;
-        }
-        match delete_snapshot(&*store, id, false).await {
-            Ok(_) => out.deleted.push(id.clone()),
-            // Restored from: kept until someone deletes it with --force.
-            Err(e) => tracing::info!(snapshot = %id, error = %e, "kept past its retention"),
-        }
     }
     Ok(out)
 }
@@ -457,27 +529,33 @@ async fn snapshot_ids(store: &dyn Store) -> Result<Vec<(String, bool)>> {
     Ok(ids.into_iter().collect())
 }
 
-/// The snapshot to restore for "the store as it was at `at_ms`": the newest complete one
-/// created at or before it. It holds every write acknowledged before its creation (and
-/// possibly a few after), so it lags `at_ms` by at most the schedule's `every`.
+/// The snapshot to restore for "the store as it was at `at_ms`": the newest complete one that
+/// finished pinning at or before it. It holds every write acknowledged before it began and
+/// none acknowledged after `at_ms`, so it lags `at_ms` by at most the schedule's `every`
+/// (plus the time a snapshot takes).
 pub async fn snapshot_at(store: &dyn Store, at_ms: u64) -> Result<SnapshotRecord> {
     let ids = snapshot_ids(store).await?;
-    let oldest = ids
+    let mut complete: Vec<(u64, &String)> = ids
         .iter()
         .filter(|(_, c)| *c)
-        .filter_map(|(id, _)| id_created_ms(id))
-        .min();
-    let best = ids
-        .iter()
-        .filter(|(id, complete)| *complete && id_created_ms(id).is_some_and(|t| t <= at_ms))
-        .max_by_key(|(id, _)| (id_created_ms(id), id.clone()));
-    match (best, oldest) {
-        (Some((id, _)), _) => read_record(store, id).await,
-        (None, Some(t)) => bail!(
-            "no snapshot at or before {at_ms} ms: the oldest kept one is from {t} ms \
+        .filter_map(|(id, _)| Some((id_created_ms(id)?, id)))
+        .collect();
+    complete.sort();
+    let oldest = complete.first().map(|(t, _)| *t);
+    // Newest first among those begun by then; the first one finished by then wins (a
+    // snapshot of many partitions pins them over a while, and may hold writes from then).
+    for (_, id) in complete.iter().rev().filter(|(t, _)| *t <= at_ms) {
+        let r = read_record(store, id).await?;
+        if r.as_of_ms() <= at_ms {
+            return Ok(r);
+        }
+    }
+    match oldest {
+        Some(t) => bail!(
+            "no snapshot finished at or before {at_ms} ms: the oldest kept one began at {t} ms \
              (older points are past the schedule's retention)"
         ),
-        (None, None) => bail!(
+        None => bail!(
             "the store has no snapshots: point-in-time restore needs scheduled snapshots \
              (`--snapshot-every-secs` on `strata serve` or `strata compactor`)"
         ),
@@ -621,7 +699,26 @@ pub async fn mark_restored(store: &dyn Store, id: &str, target_url: &str) -> Res
             PutMode::Overwrite,
         )
         .await
-        .with_context(|| format!("writing {name}"))
+        .with_context(|| format!("writing {name}"))?;
+    // See `delete_snapshot`: a delete that began before our marker landed is seen here.
+    match store.get(&deleting_path(id)).await {
+        Ok(_) => {
+            let _ = store.delete(&name).await;
+            bail!("snapshot {id} is being deleted (it aged out of the schedule's retention, or was deleted by hand): restore another one")
+        }
+        Err(e) if is_not_found_store(&e) => Ok(()),
+        Err(e) => {
+            Err(anyhow!(e).context(format!("checking whether snapshot {id} is being deleted")))
+        }
+    }
+}
+
+fn deleting_path(id: &str) -> String {
+    format!("{SNAPSHOTS_PREFIX}{id}/deleting")
+}
+
+fn is_not_found_store(e: &StoreError) -> bool {
+    matches!(e, StoreError::NotFound(_))
 }
 
 #[cfg(test)]

@@ -429,6 +429,37 @@ async fn an_incremental_export_turns_full_when_deletions_were_compacted_away() {
         .filter(|o| o.path.ends_with(".parquet"))
         .count();
     assert_eq!(parquet, inc.files.len());
+
+    // A value that expired on its own and went whole hid nothing: still incremental (the
+    // reader expires it from `expires_at`).
+    env.flush(vec![put_ttl("zz", 20, "brief", 1)]).await;
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert!(r.drop_expired, "{r:?}");
+    assert_eq!(env.latest().await.dropped_tombstone_seq, 10);
+    let next = run(Some(inc.clone()), mem()).await;
+    assert_eq!(next.kind, "incremental");
+    // An overwrite with a TTL that expired and was dropped with the value it hid is a
+    // deletion the next increment could not see: in full again.
+    env.flush(vec![put_ttl("a", 21, "brief", 1), put("g", 22, "g")])
+        .await;
+    env.flush(vec![put("h", 23, "h")]).await;
+    env.flush(vec![put("i", 24, "i")]).await;
+    env.flush(vec![put("j", 25, "j")]).await;
+    while c.compact_once().await.unwrap().is_some() {}
+    assert_eq!(env.latest().await.dropped_tombstone_seq, 21);
+    let next = run(Some(inc.clone()), mem()).await;
+    assert_eq!(next.kind, "full");
+    assert_eq!(next.rows, 8, "c d e f g h i j");
+    // And an export made before deletions were tracked cannot be a base.
+    let mut old = first.clone();
+    old.tracks_dropped_deletes = false;
+    let next = run(Some(old), mem()).await;
+    assert!(
+        next.full_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("before Strata tracked")),
+        "{next:?}"
+    );
 }
 
 #[tokio::test]
@@ -1110,21 +1141,44 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let second = tick(created + 300_000).await.created.expect("due");
     assert!(second.id > first.id);
-    // Both past `keep`: the older goes, the newest stays, the hand-made one stays.
+    // Both past `keep`: the older goes, the newest stays (until a newer one exists), the
+    // hand-made one stays.
     let later = created + 3_700_000;
     let t = tick(later).await;
     let third = t.created.expect("due again");
-    assert_eq!(t.deleted, vec![first.id.clone(), second.id.clone()]);
+    assert_eq!(t.deleted, vec![first.id.clone()]);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let t = tick(later + 1).await;
+    let fourth = t
+        .created
+        .expect("still due: the clock passed in is far ahead");
+    assert_eq!(t.deleted, vec![second.id.clone()]);
     let left: Vec<String> = list_snapshots(&*env.store)
         .await
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    assert_eq!(left, vec![manual.id.clone(), third.id.clone()]);
-    // Point in time: the newest snapshot at or before it.
-    let at = id_created_ms(&third.id).unwrap();
-    assert_eq!(snapshot_at(&*env.store, at).await.unwrap().id, third.id);
+    assert_eq!(
+        left,
+        vec![manual.id.clone(), third.id.clone(), fourth.id.clone()]
+    );
+    // Point in time: the newest snapshot finished at or before it.
+    assert!(third.completed_ms >= third.created_ms);
+    assert_eq!(
+        snapshot_at(&*env.store, third.as_of_ms()).await.unwrap().id,
+        third.id
+    );
+    // Begun but not finished by then: the one before it.
+    if third.completed_ms > third.created_ms && third.created_ms >= manual.as_of_ms() {
+        assert_eq!(
+            snapshot_at(&*env.store, third.completed_ms - 1)
+                .await
+                .unwrap()
+                .id,
+            manual.id
+        );
+    }
     assert_eq!(
         snapshot_at(&*env.store, id_created_ms(&manual.id).unwrap())
             .await
@@ -1136,6 +1190,29 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
         .await
         .unwrap_err();
     assert!(format!("{err:#}").contains("oldest kept"), "{err:#}");
+
+    // A restore and a delete of the same snapshot: whichever comes second sees the other.
+    crate::snapshot::mark_restored(&*env.store, &third.id, "file:///elsewhere")
+        .await
+        .unwrap();
+    let e = crate::snapshot::delete_snapshot(&*env.store, &third.id, false)
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("restored to"), "{e:#}");
+    assert!(snapshot_at(&*env.store, third.as_of_ms()).await.is_ok());
+    // A delete under way (its marker written, interrupted): restoring it is refused.
+    env.store
+        .put(
+            &format!("snapshots/{}/deleting", fourth.id),
+            Bytes::from_static(b"deleting"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let e = crate::snapshot::mark_restored(&*env.store, &fourth.id, "file:///x")
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("being deleted"), "{e:#}");
 }
 
 /// Tiering: cold SSTs (L1 and deeper here) are copied unchanged to the cold root and the

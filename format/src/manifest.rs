@@ -69,9 +69,10 @@ pub struct Manifest {
     /// snapshot reads its source's unchanged SSTs in place). Every other SST is under this
     /// store's own root.
     pub roots: Vec<SstRoot>,
-    /// The highest seq of a deletion whose tombstone compaction has removed (0: none). A
-    /// reader of "what changed after seq S" (incremental export) sees every deletion after S
-    /// as a tombstone only while this is at most S.
+    /// The highest seq of a deletion (a tombstone, or an expired value) that compaction
+    /// removed together with an older version it hid (0: none). A reader of "what changed
+    /// after seq S" (incremental export) sees every deletion after S only while this is at
+    /// most S.
     pub dropped_tombstone_seq: u64,
 }
 

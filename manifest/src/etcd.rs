@@ -561,11 +561,23 @@ impl Etcd {
         }
     }
 
-    /// Replaces a job record if it still exists (a deleted job stays deleted).
-    pub async fn job_update(&self, kind: &str, id: &str, body: Vec<u8>) -> ManifestResult<bool> {
+    /// Replaces a job record only while it exists and the claim on `task` created at
+    /// `claim_revision` still holds: a worker that lost its claim cannot overwrite the record
+    /// of the worker that took the job over.
+    pub async fn job_update_fenced(
+        &self,
+        kind: &str,
+        id: &str,
+        body: Vec<u8>,
+        task: &str,
+        claim_revision: i64,
+    ) -> ManifestResult<bool> {
         let key = self.job_key(kind, id);
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Greater, 0)])
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Greater, 0),
+                Compare::create_revision(self.task_key(task), CompareOp::Equal, claim_revision),
+            ])
             .and_then([TxnOp::put(key, body, None)]);
         let resp = self
             .client
