@@ -236,17 +236,36 @@ async fn restore(args: &CtlArgs) -> Result<()> {
             }
         }
         Some(prefix) => {
-            // The new keyspace keeps the snapshot's partitions; a map with splits is not
-            // restorable yet (its ranges would have to be installed too).
+            // The new keyspace keeps the snapshot's partitions and their hash ranges: after
+            // splits, the partition map is installed with the config (a split partition's
+            // SSTs may still hold its moved half, which its ranges hide, as on the source).
             let split = parts
                 .iter()
                 .any(|p| p.hash_range != uniform.range_of(p.partition))
                 || parts.len() as u32 != uniform.ids().len() as u32;
-            if split {
-                anyhow::bail!(
-                    "snapshot {id} was taken after partition splits: restoring a split partition map is not supported yet"
-                );
-            }
+            let map = if split {
+                let ranges: Vec<(u64, u32)> = parts
+                    .iter()
+                    .map(|p| (p.hash_range.map_or(0, |r| r.0), p.partition))
+                    .collect();
+                let map = strata_format::PartitionMap::from_ranges(ranges).map_err(|e| {
+                    anyhow::anyhow!("snapshot {id}: its partitions' hash ranges are not a map: {e}")
+                })?;
+                if let Some(p) = parts
+                    .iter()
+                    .find(|p| map.range_of(p.partition) != p.hash_range)
+                {
+                    anyhow::bail!(
+                        "snapshot {id}: partition {} has hash range {:?}, which its partitions' \
+                         ranges do not tile",
+                        p.partition,
+                        p.hash_range
+                    );
+                }
+                Some(map)
+            } else {
+                None
+            };
             let etcd = strata_manifest::etcd::Etcd::connect(&EtcdSettings {
                 endpoints: args.etcd.split(',').map(|s| s.trim().to_string()).collect(),
                 prefix: prefix.to_string(),
@@ -258,9 +277,23 @@ async fn restore(args: &CtlArgs) -> Result<()> {
             if view.config.is_some() || !view.nodes.is_empty() {
                 anyhow::bail!("etcd prefix {prefix} is in use: restore into an unused one");
             }
-            etcd.init_config(parts.len() as u32)
-                .await
-                .context("writing the new cluster's config")?;
+            match &map {
+                None => {
+                    etcd.init_config(parts.len() as u32)
+                        .await
+                        .context("writing the new cluster's config")?;
+                }
+                Some(map) => {
+                    // `partitions` only names the map a node would start from without one.
+                    let installed = etcd
+                        .init_config_with_map(parts.len() as u32, map.ranges())
+                        .await
+                        .context("writing the new cluster's config and partition map")?;
+                    if !installed {
+                        anyhow::bail!("etcd prefix {prefix} is in use: restore into an unused one");
+                    }
+                }
+            }
             // Outcomes of transactions whose intents the snapshot may hold.
             for (tid, rec) in &snap.record.txns {
                 if let Err(e) = etcd.txn_begin(tid, rec).await {

@@ -1801,6 +1801,64 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
             }
         }
     }
+    // A snapshot taken after the split restores with its partition map: a node on the
+    // restored keyspace serves every key once, the moved half from the new partition.
+    let src = format!("s3://{BUCKET}/{}", c.prefix);
+    let out = c.ctl(&["snapshot", "create", "--object-store", &src]);
+    let id = out
+        .split("created snapshot ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no id in {out:?}"))
+        .to_string();
+    let out = c.ctl(&[
+        "restore",
+        "--snapshot",
+        &id,
+        "--object-store",
+        &src,
+        "--to",
+        &format!("s3://{BUCKET}/splitrestored"),
+        "--to-etcd-prefix",
+        "/splitrestored",
+    ]);
+    println!("{}", out.trim());
+    assert!(out.contains("17 partitions"), "{out}");
+    let r = Cluster::start_with_args(
+        &s3,
+        &etcd,
+        1,
+        "splitrestored",
+        &["--etcd-prefix", "/splitrestored"],
+    );
+    let rm = r
+        .wait_settled(0, Duration::from_secs(30), |m| m.owners.len() == 17)
+        .await;
+    assert_eq!(
+        rm.ranges
+            .iter()
+            .map(|x| (x.start, x.partition))
+            .collect::<Vec<_>>(),
+        m.ranges
+            .iter()
+            .map(|x| (x.start, x.partition))
+            .collect::<Vec<_>>(),
+        "the restored keyspace has the source's partition map"
+    );
+    let mut expect = acked.clone();
+    expect.insert(moved_key.clone(), Bytes::from_static(b"after"));
+    verify_from(&r, 0, &expect).await;
+    let mut rkv = r.client(0).await;
+    let mut st = rkv
+        .scan(pb::ScanRequest::default())
+        .await
+        .expect("scan")
+        .into_inner();
+    let mut seen_restored: Vec<Bytes> = Vec::new();
+    while let Some(chunk) = st.message().await.expect("scan chunk") {
+        seen_restored.extend(chunk.entries.into_iter().map(|e| e.key));
+    }
+    assert_eq!(seen_restored, want, "the restored scan sees each key once");
 }
 
 /// A `strata compactor` worker process, killed when dropped.

@@ -357,6 +357,36 @@ impl Etcd {
         Err(unavailable("init config", "config key vanished"))
     }
 
+    /// Writes a new cluster's config together with its partition map (a keyspace restored
+    /// from a snapshot taken after splits), in one transaction and only if the prefix has no
+    /// config yet. `false` if it had one.
+    pub async fn init_config_with_map(
+        &self,
+        partitions: u32,
+        ranges: &[(u64, u32)],
+    ) -> ManifestResult<bool> {
+        let key = self.key("config");
+        let body = serde_json::to_vec(&ClusterConfig { partitions })
+            .map_err(|e| unavailable("encode config", e))?;
+        let map = serde_json::to_vec(ranges).map_err(|e| unavailable("encode partition map", e))?;
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(self.key("partmap"), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key, body, None),
+                TxnOp::put(self.key("partmap"), map, None),
+            ]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("init config and partition map", e))?;
+        Ok(resp.succeeded())
+    }
+
     /// Grants a lease of `ttl_secs`; returns its id and granted TTL.
     pub async fn grant_lease(&self, ttl_secs: i64) -> ManifestResult<(i64, i64)> {
         let r = self
