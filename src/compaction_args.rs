@@ -35,6 +35,11 @@ pub struct CompactionArgs {
     /// SSTs at least this old (seconds since written) are cold.
     #[arg(long, requires = "tier_url")]
     pub tier_min_age_secs: Option<u64>,
+    /// Compacted inputs wait out a 5-minute grace before deletion; above this many MiB of
+    /// them (all partitions of the process together), jobs that write pause until deletions
+    /// catch up. Default: 8192 on a local directory store, no limit on S3; 0: no limit.
+    #[arg(long)]
+    pub gc_pending_budget_mb: Option<u64>,
     /// Snapshot the store every this many seconds (0: no schedule). The interval is the most a
     /// point-in-time restore (`strata ctl restore --at`) can lose; 300 meets a 5-minute RPO.
     /// In a cluster one compactor worker at a time runs the schedule.
@@ -93,6 +98,21 @@ impl CompactionArgs {
             every: Duration::from_secs(self.snapshot_every_secs),
             keep: Duration::from_secs(self.snapshot_keep_secs),
         })
+    }
+
+    /// The deletion budget for a store at `store_url` (one per process, shared by its
+    /// compactors).
+    pub fn deletion_budget(
+        &self,
+        store_url: &str,
+    ) -> Option<std::sync::Arc<strata_compactor::DeletionBudget>> {
+        let mb = match self.gc_pending_budget_mb {
+            Some(mb) => mb,
+            // A local disk fills up; an object store only bills the bytes for minutes.
+            None if store_url.starts_with("file://") => 8192,
+            None => 0,
+        };
+        (mb > 0).then(|| strata_compactor::DeletionBudget::new(mb << 20))
     }
 
     /// The options these flags describe, on top of `base`.

@@ -59,6 +59,7 @@ pub async fn run(args: CompactorArgs) -> Result<()> {
     let mut opts = WorkerOptions::new(id.clone());
     opts.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(1));
     opts.compaction = args.compaction.options(opts.compaction);
+    opts.compaction.deletion_budget = args.compaction.deletion_budget(&args.object_store);
     opts.compaction.roots = roots;
     opts.snapshots = args.compaction.snapshot_schedule();
     tracing::info!(

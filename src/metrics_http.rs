@@ -265,6 +265,18 @@ pub fn render_compaction(s: &mut String, st: &DbStats, compactions: &[(u32, Comp
             |c| c.pending_deletions as f64,
         ),
         (
+            "strata_compaction_pending_deletion_bytes",
+            "gauge",
+            "Bytes of compacted inputs waiting for their grace period.",
+            |c| c.pending_deletion_bytes as f64,
+        ),
+        (
+            "strata_compaction_budget_pauses_total",
+            "counter",
+            "Jobs held back because compacted inputs awaiting deletion exceeded --gc-pending-budget-mb.",
+            |c| c.budget_pauses as f64,
+        ),
+        (
             "strata_write_amplification",
             "gauge",
             "Bytes flushed and compacted over bytes flushed (0: no L0 compaction yet).",

@@ -257,6 +257,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let compactor_task = args.compaction.then(|| {
             let opts = args.compaction_opts.options(CompactionOptions {
                 roots: roots.clone(),
+                deletion_budget: args.compaction_opts.deletion_budget(&url),
                 ..CompactionOptions::default()
             });
             tokio::spawn(compact_owned(
@@ -335,6 +336,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             0,
             args.compaction_opts.options(CompactionOptions {
                 roots: roots.clone(),
+                deletion_budget: args.compaction_opts.deletion_budget(&url),
                 ..CompactionOptions::default()
             }),
         );

@@ -78,8 +78,11 @@ pub struct CompactorStats {
     pub dropped_expired: u64,
     /// Input files deleted after their grace period.
     pub files_deleted: u64,
-    /// Input files waiting for their grace period to pass.
+    /// Input files waiting for their grace period to pass, and their bytes.
     pub pending_deletions: u64,
+    pub pending_deletion_bytes: u64,
+    /// Looks at a job that writes skipped because the process's deletion budget was spent.
+    pub budget_pauses: u64,
     /// Bytes written per byte flushed, flush included: `(l0_bytes_in + bytes_out) /
     /// l0_bytes_in` (0 before the first L0 compaction).
     pub write_amplification: f64,
@@ -115,6 +118,16 @@ struct Inner {
     reader_floor: Mutex<Option<FloorFn>>,
 }
 
+impl Drop for Inner {
+    /// A stopped compactor's queued deletions are left to the orphan sweep: they no longer
+    /// count against the process's budget.
+    fn drop(&mut self) {
+        if let Some(b) = &self.opts.deletion_budget {
+            b.sub(self.pending.get_mut().iter().map(|d| d.bytes).sum());
+        }
+    }
+}
+
 /// A [`ReaderFloor`] that debug-prints as a placeholder.
 #[derive(Clone)]
 struct FloorFn(ReaderFloor);
@@ -128,6 +141,8 @@ impl std::fmt::Debug for FloorFn {
 #[derive(Debug, Clone)]
 struct PendingDelete {
     id: u64,
+    /// Its size (counted against the deletion budget while queued).
+    bytes: u64,
     /// The root it is under (`None`: this store's own; else this keyspace's cold tier).
     root: Option<String>,
     due: Instant,
@@ -314,7 +329,11 @@ impl Compactor {
     /// Totals since start.
     pub fn stats(&self) -> CompactorStats {
         let mut s = self.inner.stats.lock().clone();
-        s.pending_deletions = self.inner.pending.lock().len() as u64;
+        {
+            let pending = self.inner.pending.lock();
+            s.pending_deletions = pending.len() as u64;
+            s.pending_deletion_bytes = pending.iter().map(|d| d.bytes).sum();
+        }
         if s.l0_bytes_in > 0 {
             s.write_amplification = (s.l0_bytes_in + s.bytes_out) as f64 / s.l0_bytes_in as f64;
         }
@@ -322,6 +341,16 @@ impl Compactor {
             s.rewrite_ratio = s.bytes_out as f64 / s.bytes_in as f64;
         }
         s
+    }
+
+    /// Queues compacted inputs for deletion, counting them against the deletion budget.
+    fn queue(&self, items: impl IntoIterator<Item = PendingDelete>) {
+        let mut pending = self.inner.pending.lock();
+        let before = pending.len();
+        pending.extend(items);
+        if let Some(b) = &self.inner.opts.deletion_budget {
+            b.add(pending[before..].iter().map(|d| d.bytes).sum());
+        }
     }
 
     /// Deletes the compacted inputs whose grace period has passed; returns how many were
@@ -346,6 +375,9 @@ impl Compactor {
                     }
             });
             *pending = keep;
+            if let Some(b) = &self.inner.opts.deletion_budget {
+                b.sub(due.iter().map(|d| d.bytes).sum());
+            }
             due
         };
         if due.is_empty() {
@@ -357,7 +389,7 @@ impl Compactor {
         let pinned = match crate::snapshot::pinned_ssts(&*self.inner.store, p).await {
             Ok(pinned) => pinned,
             Err(e) => {
-                self.inner.pending.lock().extend(due);
+                self.queue(due);
                 return Err(e.context("reading snapshot pins before deleting compacted inputs"));
             }
         };
@@ -398,7 +430,7 @@ impl Compactor {
                 }
             }
         }
-        self.inner.pending.lock().extend(failed);
+        self.queue(failed);
         self.inner.stats.lock().files_deleted += deleted as u64;
         debug!(partition = p, deleted, "deleted compacted inputs");
         match first_err {
@@ -578,6 +610,24 @@ impl Compactor {
         let Some(job) = plan_with_cursors(&m, &self.inner.opts, &cursors) else {
             return Ok(Outcome::Idle);
         };
+        // Over the deletion budget, only jobs that write nothing new (trivial moves, whole
+        // expired drops, which free space) run until deletions catch up.
+        if let Some(b) = &self.inner.opts.deletion_budget {
+            let writes = !(job.trivial_move || job.drop_expired);
+            if writes && b.exhausted() {
+                let mut stats = self.inner.stats.lock();
+                stats.budget_pauses += 1;
+                if stats.budget_pauses == 1 || stats.budget_pauses.is_multiple_of(60) {
+                    info!(
+                        partition = p,
+                        pending_bytes = b.pending(),
+                        limit = b.limit,
+                        "compaction paused: compacted inputs waiting out their grace exceed the deletion budget"
+                    );
+                }
+                return Ok(Outcome::Idle);
+            }
+        }
         debug!(
             partition = p,
             input_level = job.input_level,
@@ -663,15 +713,13 @@ impl Compactor {
                 .iter()
                 .filter(|f| !listed.contains(&f.id))
                 .collect();
-            self.inner
-                .pending
-                .lock()
-                .extend(gone.iter().map(|f| PendingDelete {
-                    id: f.id,
-                    root: None,
-                    due,
-                    version,
-                }));
+            self.queue(gone.iter().map(|f| PendingDelete {
+                id: f.id,
+                bytes: f.props.file_size,
+                root: None,
+                due,
+                version,
+            }));
             let stale: Vec<u64> = stale.iter().map(|f| f.id).collect();
             self.delete_in_root(url, &stale).await;
             let mut stats = self.inner.stats.lock();
@@ -680,22 +728,20 @@ impl Compactor {
         } else if !job.trivial_move {
             // Inputs under another keyspace's root (a restore's source) are never deleted
             // here; those in this keyspace's cold tier are deleted there.
-            self.inner
-                .pending
-                .lock()
-                .extend(job.inputs().filter_map(|f| {
-                    let root = match job.root_entry(f.id) {
-                        None => None,
-                        Some(r) if r.owned => Some(r.url.clone()),
-                        Some(_) => return None,
-                    };
-                    Some(PendingDelete {
-                        id: f.id,
-                        root,
-                        due,
-                        version,
-                    })
-                }));
+            self.queue(job.inputs().filter_map(|f| {
+                let root = match job.root_entry(f.id) {
+                    None => None,
+                    Some(r) if r.owned => Some(r.url.clone()),
+                    Some(_) => return None,
+                };
+                Some(PendingDelete {
+                    id: f.id,
+                    bytes: f.props.file_size,
+                    root,
+                    due,
+                    version,
+                })
+            }));
             if job.input_level == 0 && !job.drop_expired {
                 let l0: u64 = job.upper.iter().map(|f| f.props.file_size).sum();
                 self.inner.stats.lock().l0_bytes_in += l0;

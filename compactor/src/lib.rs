@@ -37,6 +37,7 @@ mod tiered;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata_format::SstOptions;
@@ -143,6 +144,53 @@ pub struct CompactionOptions {
     pub roots: strata_objstore::Roots,
     /// Tiering of cold SSTs to another root; `None` (default): off.
     pub tier: Option<TierOptions>,
+    /// Bytes of compacted inputs waiting out `gc_grace`, shared by the compactors of a
+    /// process, above which they start no job that writes (`None`, default: no limit).
+    pub deletion_budget: Option<Arc<DeletionBudget>>,
+}
+
+/// A byte budget for compacted inputs waiting to be deleted. They must wait out `gc_grace`
+/// (readers may hold older versions), so at a high compaction rate they can pile up to rate
+/// × grace bytes (tens of GB on a local disk); above the budget, compactors pause the jobs
+/// that write until deletions bring it back under. Shared by every compactor of a process.
+#[derive(Debug, Default)]
+pub struct DeletionBudget {
+    /// The limit in bytes.
+    pub limit: u64,
+    pending: std::sync::atomic::AtomicU64,
+}
+
+impl DeletionBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Arc<DeletionBudget> {
+        Arc::new(DeletionBudget {
+            limit,
+            pending: Default::default(),
+        })
+    }
+
+    /// Bytes waiting now.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether jobs that write must wait.
+    pub fn exhausted(&self) -> bool {
+        self.pending() > self.limit
+    }
+
+    pub(crate) fn add(&self, bytes: u64) {
+        self.pending
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub(&self, bytes: u64) {
+        let _ = self.pending.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |v| Some(v.saturating_sub(bytes)),
+        );
+    }
 }
 
 /// Where cold SSTs go and which are cold.
@@ -191,6 +239,7 @@ impl Default for CompactionOptions {
             hash_range: None,
             roots: strata_objstore::Roots::default(),
             tier: None,
+            deletion_budget: None,
         }
     }
 }

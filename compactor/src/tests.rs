@@ -365,6 +365,55 @@ async fn tombstone_is_dropped_when_nothing_deeper_overlaps() {
     assert_eq!(m.dropped_tombstone_seq, 5);
 }
 
+/// Over the deletion budget (shared by a process's compactors), jobs that write pause until
+/// deletions catch up; the budget counts bytes queued, frees them on deletion, and forgets a
+/// stopped compactor's queue.
+#[tokio::test]
+async fn the_deletion_budget_pauses_jobs_that_write() {
+    let env = Env::new().await;
+    let budget = crate::DeletionBudget::new(1);
+    let opts = || CompactionOptions {
+        gc_grace: Duration::from_secs(3600),
+        deletion_budget: Some(budget.clone()),
+        ..small_opts()
+    };
+    for i in 0..4u64 {
+        env.flush(vec![put("a", 10 + i, "v"), put("b", 20 + i, "v")])
+            .await;
+    }
+    let c = env.compactor(opts());
+    let r = c.compact_once().await.unwrap().unwrap();
+    let queued = budget.pending();
+    assert_eq!(queued, r.input_bytes, "the inputs wait out their grace");
+    for i in 0..4u64 {
+        env.flush(vec![put("c", 30 + i, "v")]).await;
+    }
+    assert!(
+        c.compact_once().await.unwrap().is_none(),
+        "over the budget: no job that writes"
+    );
+    assert!(c.stats().budget_pauses >= 1);
+    assert_eq!(c.stats().pending_deletion_bytes, queued);
+    // Another compactor of the process sees the same budget.
+    drop(c);
+    assert_eq!(
+        budget.pending(),
+        0,
+        "a stopped compactor's queue is forgotten"
+    );
+    let c = env.compactor(CompactionOptions {
+        gc_grace: Duration::ZERO,
+        ..opts()
+    });
+    assert!(
+        c.compact_once().await.unwrap().is_some(),
+        "under the budget again"
+    );
+    assert!(budget.pending() > 0);
+    c.collect_garbage().await.unwrap();
+    assert_eq!(budget.pending(), 0, "deleted: freed");
+}
+
 /// An incremental export is exact: while the deletions since the earlier export are still
 /// tombstones it lists them as deleted rows; once compaction removed them it exports the
 /// whole state instead, saying why (the deleted keys are simply absent).
