@@ -209,7 +209,7 @@ pub fn render_compaction(s: &mut String, st: &DbStats, compactions: &[(u32, Comp
         "# HELP strata_space_amplification SST bytes over bytes of the deepest non-empty level (0: nothing below L0).\n# TYPE strata_space_amplification gauge\nstrata_space_amplification {space_amp}"
     );
     type Field = fn(&CompactorStats) -> f64;
-    let fields: [(&str, &str, &str, Field); 10] = [
+    let fields: [(&str, &str, &str, Field); 12] = [
         (
             "strata_tiered_files_total",
             "counter",
