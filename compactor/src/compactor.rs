@@ -110,8 +110,10 @@ struct Inner {
     /// Inputs dropped by a commit, deleted once their grace period has passed.
     pending: Mutex<Vec<PendingDelete>>,
     stats: Mutex<CompactorStats>,
-    /// SSTs seen unreferenced (and older than `orphan_grace`) by an earlier sweep, and when.
+    /// SSTs seen unreferenced (and older than `orphan_grace`) by an earlier sweep, and when:
+    /// in this store, and in its cold tier.
     orphans: Mutex<std::collections::HashMap<u64, Instant>>,
+    cold_orphans: Mutex<std::collections::HashMap<u64, Instant>>,
     /// Manifest bodies seen collectable by an earlier sweep, and when.
     old_manifests: Mutex<std::collections::HashMap<String, Instant>>,
     /// See [`Compactor::with_reader_floor`].
@@ -195,6 +197,7 @@ impl Compactor {
                 pending: Mutex::new(Vec::new()),
                 stats: Mutex::new(CompactorStats::default()),
                 orphans: Mutex::new(std::collections::HashMap::new()),
+                cold_orphans: Mutex::new(std::collections::HashMap::new()),
                 old_manifests: Mutex::new(std::collections::HashMap::new()),
                 reader_floor: Mutex::new(None),
             }),
@@ -451,37 +454,76 @@ impl Compactor {
         let Some(m) = self.inner.manifests.load_latest(p).await? else {
             return Ok(0);
         };
-        // Referenced: by the latest manifest, or by an archival snapshot (pins read after the
-        // manifest, so an SST a snapshot took from it is in one or the other).
-        // SSTs the manifest reads from another root (the cold tier, a restore's source) do not
-        // keep a copy in this root alive: a tiered SST's hot copy is garbage once moved.
+        // Pins are read after the manifest, so an SST a snapshot took from it is in one or
+        // the other. They are by id: a pinned SST keeps its copies in every root.
+        let pinned = crate::snapshot::pinned_ssts(&*self.inner.store, p)
+            .await
+            .context("reading snapshot pins before sweeping orphans")?;
+        let mut deleted = self.sweep_root(&m, None, &pinned).await?;
+        // The keyspace's own cold tier: copies of a tier job whose worker died before its
+        // commit, cold inputs whose queued deletion was lost with a restart, and cold SSTs
+        // a deleted snapshot had pinned.
+        if let Some(tier) = &self.inner.opts.tier {
+            deleted += self.sweep_root(&m, Some(&tier.url), &pinned).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// The orphan sweep of one root (`None`: this store's own) of partition `p`.
+    async fn sweep_root(
+        &self,
+        m: &Manifest,
+        root: Option<&str>,
+        pinned: &std::collections::HashSet<u64>,
+    ) -> anyhow::Result<usize> {
+        let p = self.inner.partition;
+        // Referenced in this root: what the manifest reads from it. SSTs the manifest reads
+        // from another root do not keep a copy here alive (a tiered SST's hot copy is garbage
+        // once moved).
         let elsewhere = m.root_index();
         let mut live: std::collections::HashSet<u64> = m
             .ssts()
-            .filter(|f| !elsewhere.contains_key(&f.id))
+            .filter(|f| match (elsewhere.get(&f.id), root) {
+                (None, None) => true,
+                (Some(r), Some(url)) => r.owned && r.url == url,
+                _ => false,
+            })
             .map(|f| f.id)
             .collect();
-        live.extend(
-            crate::snapshot::pinned_ssts(&*self.inner.store, p)
-                .await
-                .context("reading snapshot pins before sweeping orphans")?,
-        );
-        let queued: std::collections::HashSet<u64> =
-            self.inner.pending.lock().iter().map(|d| d.id).collect();
+        live.extend(pinned.iter().copied());
+        let queued: std::collections::HashSet<u64> = self
+            .inner
+            .pending
+            .lock()
+            .iter()
+            .filter(|d| d.root.as_deref() == root)
+            .map(|d| d.id)
+            .collect();
         let grace_ms = self.inner.opts.orphan_grace.as_millis() as u64;
         let now = now_ms();
-        let listed = self
+        let store = self
             .inner
-            .store
+            .opts
+            .roots
+            .store_for(&self.inner.store, root)
+            .with_context(|| format!("opening the root {root:?}"))?;
+        let listed = store
             .list(&sst_prefix(p))
             .await
-            .context("listing SSTs")?;
+            .with_context(|| format!("listing SSTs under {}", root.unwrap_or("the store")))?;
         let mut deleted = 0;
         // An old SST can become unreferenced at any moment (a compaction replaces it): its age
         // says nothing about how long ago. So an SST is deleted only once it has been seen
         // unreferenced for `gc_grace`, like the inputs this compactor queues itself — also
-        // those of a predecessor whose queue was lost with it.
-        let mut candidates = self.inner.orphans.lock().clone();
+        // those of a predecessor whose queue was lost with it. (A tier job's copies keep
+        // their SST's old id, so in the cold root only this rule protects them until their
+        // commit, which comes within seconds.)
+        let seen = if root.is_none() {
+            &self.inner.orphans
+        } else {
+            &self.inner.cold_orphans
+        };
+        let mut candidates = seen.lock().clone();
         let mut seen_now = std::collections::HashMap::new();
         let mut due = Vec::new();
         for id in listed.iter().filter_map(|o| parse_sst_path(&o.path)) {
@@ -498,14 +540,13 @@ impl Compactor {
                 due.push(id);
             }
         }
-        *self.inner.orphans.lock() = seen_now;
+        *seen.lock() = seen_now;
         for id in due {
             let path = sst_path(p, id);
-            self.inner
-                .store
+            store
                 .delete(&path)
                 .await
-                .with_context(|| format!("deleting orphaned {path}"))?;
+                .with_context(|| format!("deleting orphaned {path} under {root:?}"))?;
             deleted += 1;
         }
         self.inner.stats.lock().files_deleted += deleted as u64;

@@ -1193,6 +1193,7 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
     // Both past `keep`: the older goes, the newest stays (until a newer one exists), the
     // hand-made one stays.
     let later = created + 3_700_000;
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let t = tick(later).await;
     let third = t.created.expect("due again");
     assert_eq!(t.deleted, vec![first.id.clone()]);
@@ -1229,7 +1230,7 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
         );
     }
     assert_eq!(
-        snapshot_at(&*env.store, id_created_ms(&manual.id).unwrap())
+        snapshot_at(&*env.store, manual.as_of_ms())
             .await
             .unwrap()
             .id,
@@ -1347,4 +1348,34 @@ async fn cold_ssts_move_to_the_tier_and_compact_from_there() {
         let e = visible(read(&m, &files, k.as_bytes())).unwrap();
         assert_eq!(e.value, Bytes::from("two"), "{k}");
     }
+
+    // A copy a tier job left in the cold root without committing (its worker died): the
+    // orphan sweep of the cold root deletes it, once seen unreferenced for the grace; the
+    // cold SSTs the manifest lists stay.
+    let stray = new_sst_id();
+    cold.put(
+        &sst_path(P, stray),
+        Bytes::from_static(b"a copy nobody committed"),
+        PutMode::Create,
+    )
+    .await
+    .unwrap();
+    let sweeper = env.compactor(CompactionOptions {
+        tier: Some(crate::TierOptions {
+            url: cold_url.clone(),
+            storage_class: None,
+            min_level: Some(1),
+            min_age: None,
+        }),
+        orphan_grace: Duration::ZERO,
+        gc_grace: Duration::from_millis(50),
+        ..small_opts()
+    });
+    sweeper.sweep_orphans().await.unwrap();
+    assert!(cold_ssts().await.contains(&stray), "first seen: kept");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    sweeper.sweep_orphans().await.unwrap();
+    let left = cold_ssts().await;
+    assert!(!left.contains(&stray), "the stray cold copy is swept");
+    assert!(now_cold.is_subset(&left), "live cold SSTs stay");
 }
