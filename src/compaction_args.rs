@@ -53,13 +53,13 @@ pub struct CompactionArgs {
 
 const NAMES: &str = "leveled, size-tiered or time-window";
 
-fn parse_name(s: &str) -> Result<String, String> {
+pub(crate) fn parse_name(s: &str) -> Result<String, String> {
     Strategy::parse(s, Duration::from_secs(1))
         .map(|_| s.to_string())
         .map_err(|_| format!("unknown strategy {s:?}: expected {NAMES}"))
 }
 
-fn parse_override(s: &str) -> Result<(u32, String), String> {
+pub(crate) fn parse_override(s: &str) -> Result<(u32, String), String> {
     let (p, name) = s
         .split_once('=')
         .ok_or_else(|| format!("expected PARTITION=STRATEGY, got {s:?}"))?;

@@ -83,6 +83,13 @@ pub enum CtlCommand {
         #[arg(long, env = "STRATA_S3_ENDPOINT", global = true)]
         s3_endpoint: Option<String>,
     },
+    /// Compaction settings of the whole cluster, kept in etcd: every `strata compactor`
+    /// worker applies them over its own flags (and restarts its partitions' compaction when
+    /// they change).
+    Compaction {
+        #[command(subcommand)]
+        action: CompactionAction,
+    },
     /// Archival snapshots: pinned, consistent manifest sets of the store.
     Snapshot {
         #[command(subcommand)]
@@ -99,6 +106,39 @@ pub enum CtlCommand {
         #[arg(long, env = "STRATA_S3_ENDPOINT", global = true)]
         s3_endpoint: Option<String>,
     },
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum CompactionAction {
+    /// The settings in force (fields not set: each worker's own flags).
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set some settings (the others stay as they are).
+    Set {
+        /// leveled, size-tiered or time-window.
+        #[arg(long, value_parser = crate::compaction_args::parse_name)]
+        strategy: Option<String>,
+        /// PARTITION=STRATEGY, repeatable.
+        #[arg(long = "strategy-for", value_name = "PARTITION=STRATEGY", value_parser = crate::compaction_args::parse_override)]
+        strategy_for: Vec<(u32, String)>,
+        /// Time-window width, seconds.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        window_secs: Option<u64>,
+        /// Parts a large job is cut into (1-64).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+        subcompactions: Option<u64>,
+        /// Scheduled snapshots every this many seconds (0: off).
+        #[arg(long)]
+        snapshot_every_secs: Option<u64>,
+        /// Scheduled snapshots are kept this long, seconds.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        snapshot_keep_secs: Option<u64>,
+    },
+    /// Remove every setting: each worker goes back to its own flags.
+    Clear,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -325,6 +365,73 @@ async fn restore(args: &CtlArgs) -> Result<()> {
     Ok(())
 }
 
+/// `strata ctl compaction show|set|clear`.
+async fn compaction_settings(etcd: &Etcd, action: &CompactionAction) -> Result<()> {
+    use strata_manifest::etcd::CompactionSettings;
+    let view = etcd.view().await.context("reading the cluster")?;
+    let current = match &view.compaction_settings {
+        None => CompactionSettings::default(),
+        Some((Ok(s), _)) => s.clone(),
+        Some((Err(e), _)) => {
+            if !matches!(action, CompactionAction::Clear) {
+                anyhow::bail!("{e}: `strata ctl compaction clear` removes them");
+            }
+            CompactionSettings::default()
+        }
+    };
+    match action {
+        CompactionAction::Show { json } => {
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&current)?);
+            } else if current == CompactionSettings::default() {
+                println!("no cluster-wide compaction settings: each worker uses its own flags");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&current)?);
+            }
+        }
+        CompactionAction::Set {
+            strategy,
+            strategy_for,
+            window_secs,
+            subcompactions,
+            snapshot_every_secs,
+            snapshot_keep_secs,
+        } => {
+            let mut next = current;
+            if strategy.is_some() {
+                next.strategy = strategy.clone();
+            }
+            for (p, name) in strategy_for {
+                next.strategy_for.insert(*p, name.clone());
+            }
+            next.window_secs = window_secs.or(next.window_secs);
+            next.subcompactions = subcompactions.or(next.subcompactions);
+            next.snapshot_every_secs = snapshot_every_secs.or(next.snapshot_every_secs);
+            next.snapshot_keep_secs = snapshot_keep_secs.or(next.snapshot_keep_secs);
+            // What the workers will do with them, checked before anything is written.
+            strata_compactor::settings::apply_settings(
+                &next,
+                &strata_compactor::CompactionOptions::default(),
+            )
+            .map_err(|e| anyhow::anyhow!("compaction settings: {e}"))?;
+            etcd.set_compaction_settings(Some(&next))
+                .await
+                .context("writing the compaction settings")?;
+            println!(
+                "compaction settings set; workers apply them within a second:\n{}",
+                serde_json::to_string_pretty(&next)?
+            );
+        }
+        CompactionAction::Clear => {
+            etcd.set_compaction_settings(None)
+                .await
+                .context("removing the compaction settings")?;
+            println!("compaction settings removed: each worker uses its own flags");
+        }
+    }
+    Ok(())
+}
+
 /// Milliseconds since the epoch for `--at`: RFC 3339, Unix milliseconds, or `N{s,m,h,d} ago`
 /// (relative to `now_ms`).
 fn parse_time(s: &str, now_ms: u64) -> Result<u64> {
@@ -495,6 +602,7 @@ pub async fn run(args: CtlArgs) -> Result<()> {
                 .context("marking the node")?;
             println!("draining {node}: its partitions move to the other nodes");
         }
+        CtlCommand::Compaction { action } => compaction_settings(&etcd, &action).await?,
         CtlCommand::Snapshot { .. } | CtlCommand::Restore { .. } | CtlCommand::Lifecycle { .. } => {
         } // handled above
         CtlCommand::Undrain { node } => {

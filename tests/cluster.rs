@@ -2351,3 +2351,62 @@ async fn an_interrupted_fleet_export_runs_again_from_a_clean_place() {
         "the partial file of the first run was cleared"
     );
 }
+
+/// Cluster-wide compaction settings (`ctl compaction set`) reach every worker without new
+/// flags: its partitions' compaction restarts with the new strategy, and the snapshot
+/// schedule starts; a setting no worker could apply is refused before anything is written.
+#[tokio::test]
+async fn compaction_settings_in_etcd_reach_the_workers() {
+    let Some((s3, etcd)) = infra() else { return };
+    let c = Cluster::start_with_args(&s3, &etcd, 1, "settings", &["--partitions", "2"]);
+    c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::start(&c, "w1", dir.path());
+    let src = format!("s3://{BUCKET}/settings");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.log_text().contains("claimed the partition's compaction") {
+        assert!(Instant::now() < deadline, "the worker claimed nothing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(c.ctl(&["compaction", "show"]).contains("no cluster-wide"));
+    let out = c.ctl(&[
+        "compaction",
+        "set",
+        "--strategy",
+        "size-tiered",
+        "--snapshot-every-secs",
+        "1",
+    ]);
+    println!("{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = w.log_text();
+        let restarted = log.contains("strategy=SizeTiered");
+        let snapshots = c.ctl(&["snapshot", "list", "--object-store", &src]);
+        if restarted && snapshots.contains("-auto") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "settings not applied (restarted: {restarted}); snapshots:\n{snapshots}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let shown: serde_json::Value =
+        serde_json::from_str(&c.ctl(&["compaction", "show", "--json"])).unwrap();
+    assert_eq!(shown["strategy"], "size-tiered");
+    assert_eq!(shown["snapshot_every_secs"], 1);
+    // Refused by the command, nothing written.
+    let bad = std::process::Command::new(BIN)
+        .args(["ctl", "--etcd", &c.etcd_url, "compaction", "set"])
+        .args(["--strategy-for", "1=fastest"])
+        .output()
+        .expect("run strata ctl");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("fastest"));
+    let shown: serde_json::Value =
+        serde_json::from_str(&c.ctl(&["compaction", "show", "--json"])).unwrap();
+    assert!(shown.get("strategy_for").is_none(), "{shown}");
+    c.ctl(&["compaction", "clear"]);
+    assert!(c.ctl(&["compaction", "show"]).contains("no cluster-wide"));
+}

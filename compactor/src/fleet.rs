@@ -60,6 +60,9 @@ impl WorkerOptions {
 
 struct Claimed {
     create_revision: i64,
+    /// Revision of the cluster's compaction settings the compactor was started with (0:
+    /// none); a change restarts it with the new ones.
+    settings_rev: i64,
     /// The hash range the compactor was started with (restarted when a split changes it).
     range: Option<(u64, Option<u64>)>,
     stop: watch::Sender<bool>,
@@ -237,6 +240,23 @@ async fn rebalance(
         .flatten()
         .map(|s| (s.partition, s.manifest_version))
         .collect();
+    // The cluster's compaction settings over this worker's flags.
+    let (settings_rev, base) = match &view.compaction_settings {
+        None => (0, opts.compaction.clone()),
+        Some((parsed, rev)) => {
+            let applied = parsed
+                .as_ref()
+                .map_err(String::clone)
+                .and_then(|s| crate::settings::apply_settings(s, &opts.compaction));
+            match applied {
+                Ok(o) => (*rev, o),
+                Err(e) => {
+                    warn!(worker = %opts.id, error = %e, "cannot apply the cluster's compaction settings; using this worker's flags");
+                    (*rev, opts.compaction.clone())
+                }
+            }
+        }
+    };
     let ring = Ring::new(view.compactors.keys().cloned(), opts.vnodes);
     let ids = map.ids();
     // Give up: claims no longer ours by the ring, or gone from etcd.
@@ -252,10 +272,11 @@ async fn rebalance(
             .is_some_and(|(w, r)| *w == opts.id && *r == rev);
         // A split changed the partition's range: hand it over and claim it again, so its
         // compactor drops the moved half.
+        // So does a change of the cluster's compaction settings, to restart with them.
         let same_range = claimed
             .lock()
             .get(&p)
-            .is_some_and(|c| c.range == map.range_of(p));
+            .is_some_and(|c| c.range == map.range_of(p) && c.settings_rev == settings_rev);
         let wanted = ring.owner(p) == Some(opts.id.as_str()) && ids.contains(&p) && same_range;
         if still_held && wanted {
             continue;
@@ -292,8 +313,9 @@ async fn rebalance(
             Ok(Some(rev)) => {
                 let copts = CompactionOptions {
                     hash_range: map.range_of(p),
-                    ..opts.compaction.clone()
+                    ..base.clone()
                 };
+                let strategy = *copts.strategy_overrides.get(&p).unwrap_or(&copts.strategy);
                 let ms: Arc<dyn ManifestStore> = manifests.clone();
                 let f = floors.clone();
                 let compactor = Compactor::new(store.clone(), ms, p, copts)
@@ -301,11 +323,12 @@ async fn rebalance(
                 let (tx, rx) = watch::channel(false);
                 let task = tokio::spawn(compactor.clone().run(rx));
                 ever.lock().push(compactor.clone());
-                info!(worker = %opts.id, partition = p, "claimed the partition's compaction");
+                info!(worker = %opts.id, partition = p, ?strategy, settings_rev, "claimed the partition's compaction");
                 claimed.lock().insert(
                     p,
                     Claimed {
                         create_revision: rev,
+                        settings_rev,
                         range: map.range_of(p),
                         stop: tx,
                         task,

@@ -258,17 +258,37 @@ pub(crate) async fn run_fleet_tasks(
     stop: watch::Receiver<bool>,
 ) {
     let snapshots = async {
-        let Some(sched) = schedule else { return };
         let mut stop = stop.clone();
         let mut claim: TaskClaim = None;
+        let mut poll = schedule.map_or(Duration::from_secs(1), |s| s.poll());
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(sched.poll()) => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
             let Some(lease_id) = *lease.borrow() else {
                 continue;
             };
+            // The cluster's settings (`ctl compaction set`) over this worker's flags.
+            let view = match etcd.view().await {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(worker = %worker, error = %e, "reading the cluster for the snapshot schedule");
+                    continue;
+                }
+            };
+            let settings = match &view.compaction_settings {
+                Some((Ok(s), _)) => Some(s),
+                _ => None,
+            };
+            let Some(sched) = crate::settings::schedule_with(settings, schedule) else {
+                poll = Duration::from_secs(1);
+                if let Some((rev, _)) = claim.take() {
+                    let _ = etcd.release_task(SCHEDULE_TASK, rev).await;
+                }
+                continue;
+            };
+            poll = sched.poll();
             if !hold_task(&etcd, SCHEDULE_TASK, &worker, lease_id, &mut claim).await {
                 continue;
             }

@@ -31,6 +31,7 @@ pub mod fleet;
 pub mod fleet_tasks;
 mod merge;
 mod plan;
+pub mod settings;
 pub mod snapshot;
 mod tiered;
 

@@ -66,6 +66,32 @@ pub struct ClusterConfig {
     pub partitions: u32,
 }
 
+/// Compaction settings of the whole cluster (`strata ctl compaction set`), stored in etcd so
+/// that every compactor worker runs the same ones: each field set here overrides the workers'
+/// own flag of the same name. Validated by the ctl command and again by each worker (a
+/// setting a worker cannot apply leaves it on its flags, with a warning).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompactionSettings {
+    /// `--compaction-strategy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// `--compaction-strategy-for P=S`, per partition.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub strategy_for: BTreeMap<u32, String>,
+    /// `--compaction-window-secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<u64>,
+    /// `--subcompactions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subcompactions: Option<u64>,
+    /// `--snapshot-every-secs` (0: no schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_every_secs: Option<u64>,
+    /// `--snapshot-keep-secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_keep_secs: Option<u64>,
+}
+
 /// A registered node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -173,6 +199,9 @@ pub struct ClusterView {
     /// The partition map's ranges `(start hash, partition)` once a partition split, and the
     /// key's modification revision; `None` while the map is the uniform one of the config.
     pub partmap: Option<(Vec<(u64, u32)>, i64)>,
+    /// The cluster's compaction settings and their key's modification revision (`None`:
+    /// none set, workers use their flags). Unreadable settings read as `Err`.
+    pub compaction_settings: Option<(Result<CompactionSettings, String>, i64)>,
 }
 
 impl ClusterView {
@@ -385,6 +414,32 @@ impl Etcd {
             .await
             .map_err(|e| unavailable("init config and partition map", e))?;
         Ok(resp.succeeded())
+    }
+
+    /// Replaces the cluster's compaction settings (`None`: removes them, back to each
+    /// worker's flags).
+    pub async fn set_compaction_settings(
+        &self,
+        settings: Option<&CompactionSettings>,
+    ) -> ManifestResult<()> {
+        let key = self.key("compaction-settings");
+        let mut client = self.client.clone();
+        match settings {
+            Some(s) => {
+                let body = serde_json::to_vec(s).map_err(|e| unavailable("encode settings", e))?;
+                client
+                    .put(key, body, None)
+                    .await
+                    .map_err(|e| unavailable("write compaction settings", e))?;
+            }
+            None => {
+                client
+                    .delete(key, None)
+                    .await
+                    .map_err(|e| unavailable("delete compaction settings", e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Grants a lease of `ttl_secs`; returns its id and granted TTL.
@@ -772,6 +827,11 @@ impl Etcd {
                     let r =
                         serde_json::from_slice::<Vec<(u64, u32)>>(kv.value()).unwrap_or_default();
                     v.partmap = Some((r, kv.mod_revision()));
+                }
+                "compaction-settings" => {
+                    let parsed = serde_json::from_slice::<CompactionSettings>(kv.value())
+                        .map_err(|e| format!("unreadable compaction settings: {e}"));
+                    v.compaction_settings = Some((parsed, kv.mod_revision()));
                 }
                 "stats" => {
                     if let Ok(s) = serde_json::from_slice::<Vec<PartitionProgress>>(kv.value()) {
