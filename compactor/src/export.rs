@@ -168,11 +168,23 @@ pub async fn export(
     opts: &ExportOptions,
     progress: &dyn Progress,
 ) -> Result<ExportManifest> {
-    let once = |opts: ExportOptions| {
+    let once = |full_instead: Option<String>| {
         let (store, manifests, dest) = (store.clone(), manifests.clone(), dest.clone());
-        async move { export_once(store, manifests, partitions, dest, prefix, &opts, progress).await }
+        async move {
+            export_once(
+                store,
+                manifests,
+                partitions,
+                dest,
+                prefix,
+                opts,
+                progress,
+                full_instead,
+            )
+            .await
+        }
     };
-    match once(opts.clone()).await? {
+    match once(None).await? {
         Ok(m) => Ok(m),
         Err(reason) => {
             tracing::info!(%reason, "the incremental export is exported in full instead");
@@ -187,30 +199,17 @@ pub async fn export(
                     .await
                     .with_context(|| format!("deleting {} of the incremental attempt", o.path))?;
             }
-            let full = ExportOptions {
-                since: None,
-                ..opts.clone()
-            };
-            let mut m = match once(full).await? {
-                Ok(m) => m,
+            match once(Some(reason)).await? {
+                Ok(m) => Ok(m),
                 Err(reason) => bail!("a full export cannot need another: {reason}"),
-            };
-            m.full_reason = Some(reason);
-            m.since_created_ms = opts.since.as_ref().map(|s| s.created_ms);
-            // The manifest was written without the reason: write it again with it.
-            let body = serde_json::to_vec_pretty(&m).context("encoding the export manifest")?;
-            let path = if prefix.is_empty() {
-                EXPORT_MANIFEST.to_string()
-            } else {
-                format!("{prefix}/{EXPORT_MANIFEST}")
-            };
-            put_replacing(&*dest, &path, Bytes::from(body)).await?;
-            Ok(m)
+            }
         }
     }
 }
 
 /// One export attempt; `Ok(Err(reason))` when an incremental export cannot be exact.
+/// `full_instead`: the reason an incremental export (`opts.since`) is written in full.
+#[allow(clippy::too_many_arguments)] // export's arguments and the fallback's reason
 async fn export_once(
     store: Arc<dyn Store>,
     manifests: Arc<dyn ManifestStore>,
@@ -219,7 +218,10 @@ async fn export_once(
     prefix: &str,
     opts: &ExportOptions,
     progress: &dyn Progress,
+    full_instead: Option<String>,
 ) -> Result<std::result::Result<ExportManifest, String>> {
+    // The base an increment is computed from (none when written in full).
+    let base = opts.since.as_ref().filter(|_| full_instead.is_none());
     let prefix = prefix.trim_end_matches('/');
     let join = |name: &str| {
         if prefix.is_empty() {
@@ -240,11 +242,7 @@ async fn export_once(
             o.path
         );
     }
-    if opts
-        .since
-        .as_ref()
-        .is_some_and(|m| !m.tracks_dropped_deletes)
-    {
+    if base.is_some_and(|m| !m.tracks_dropped_deletes) {
         return Ok(Err(
             "the earlier export was made before Strata tracked deletions that compaction \
              removed"
@@ -264,9 +262,7 @@ async fn export_once(
         }
     }
     progress.set_total(total);
-    let since: BTreeMap<u32, u64> = opts
-        .since
-        .as_ref()
+    let since: BTreeMap<u32, u64> = base
         .map(|m| {
             m.partitions
                 .iter()
@@ -277,13 +273,13 @@ async fn export_once(
     let mut out = ExportManifest {
         format: "strata-export-v1".into(),
         created_ms,
-        kind: if opts.since.is_some() {
+        kind: if base.is_some() {
             "incremental".into()
         } else {
             "full".into()
         },
         since_created_ms: opts.since.as_ref().map(|m| m.created_ms),
-        full_reason: None,
+        full_reason: full_instead,
         tracks_dropped_deletes: true,
         partitions: Vec::new(),
         files: Vec::new(),
@@ -296,10 +292,7 @@ async fn export_once(
         let (snap, entries) = read_partition(&store, &opts.roots, &*manifests, p, progress).await?;
         // Incremental: a partition the earlier export did not have (split off since) gets
         // everything, deletions included.
-        let floor = opts
-            .since
-            .as_ref()
-            .map(|_| since.get(&p).copied().unwrap_or(0));
+        let floor = base.map(|_| since.get(&p).copied().unwrap_or(0));
         if let Some(f) = floor {
             if snap.dropped_tombstone_seq > f {
                 return Ok(Err(format!(

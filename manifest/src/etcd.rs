@@ -534,34 +534,18 @@ impl Etcd {
         lease: i64,
     ) -> ManifestResult<Option<i64>> {
         let key = self.key(&format!("compaction/{p:05}"));
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                worker,
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(|e| unavailable("claim compaction", e))?;
-        Ok(resp
-            .succeeded()
-            .then(|| resp.header().map_or(0, |h| h.revision())))
+        self.claim_key(key, worker, lease, "claim compaction").await
     }
 
-    /// Claims the cluster-wide task `name` (a snapshot schedule, an export job) for `holder`
-    /// under its lease, if nobody holds it. Returns the claim's creation revision, or `None`
-    /// if someone else holds it. A holder that dies loses the claim with its lease.
-    pub async fn claim_task(
+    /// Creates `key` = `holder` under `lease` if it does not exist: its creation revision,
+    /// or `None` if it exists.
+    async fn claim_key(
         &self,
-        name: &str,
+        key: String,
         holder: &str,
         lease: i64,
+        what: &'static str,
     ) -> ManifestResult<Option<i64>> {
-        let key = self.task_key(name);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -574,10 +558,46 @@ impl Etcd {
             .clone()
             .txn(txn)
             .await
-            .map_err(|e| unavailable("claim task", e))?;
+            .map_err(|e| unavailable(what, e))?;
         Ok(resp
             .succeeded()
             .then(|| resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Deletes `key` if its creation revision is `create_revision` (a claim still ours).
+    async fn release_key(
+        &self,
+        key: String,
+        create_revision: i64,
+        what: &'static str,
+    ) -> ManifestResult<bool> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                create_revision,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable(what, e))?;
+        Ok(resp.succeeded())
+    }
+
+    /// Claims the cluster-wide task `name` (a snapshot schedule, an export job) for `holder`
+    /// under its lease, if nobody holds it. Returns the claim's creation revision, or `None`
+    /// if someone else holds it. A holder that dies loses the claim with its lease.
+    pub async fn claim_task(
+        &self,
+        name: &str,
+        holder: &str,
+        lease: i64,
+    ) -> ManifestResult<Option<i64>> {
+        self.claim_key(self.task_key(name), holder, lease, "claim task")
+            .await
     }
 
     /// Whether the claim on task `name` created at `create_revision` still exists.
@@ -595,21 +615,8 @@ impl Etcd {
 
     /// Gives up the claim on task `name` created at `create_revision` (if still ours).
     pub async fn release_task(&self, name: &str, create_revision: i64) -> ManifestResult<bool> {
-        let key = self.task_key(name);
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                key.clone(),
-                CompareOp::Equal,
-                create_revision,
-            )])
-            .and_then([TxnOp::delete(key, None)]);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
+        self.release_key(self.task_key(name), create_revision, "release task")
             .await
-            .map_err(|e| unavailable("release task", e))?;
-        Ok(resp.succeeded())
     }
 
     // Task claims and job records live beside the cluster prefix (`{prefix}-tasks/`,
@@ -715,20 +722,8 @@ impl Etcd {
     /// Gives up the compaction claim on `p` created at `create_revision` (if still ours).
     pub async fn release_compaction(&self, p: u32, create_revision: i64) -> ManifestResult<bool> {
         let key = self.key(&format!("compaction/{p:05}"));
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                key.clone(),
-                CompareOp::Equal,
-                create_revision,
-            )])
-            .and_then([TxnOp::delete(key, None)]);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
+        self.release_key(key, create_revision, "release compaction")
             .await
-            .map_err(|e| unavailable("release compaction", e))?;
-        Ok(resp.succeeded())
     }
 
     /// Publishes a node's partition progress under its lease.
