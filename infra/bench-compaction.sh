@@ -25,7 +25,7 @@ sleep 2
   while kill -0 $SP 2>/dev/null; do
     b=$(du -sb "$D/objects" 2>/dev/null | cut -f1); b=${b:-0}
     [ "$b" -gt "$peak" ] && peak=$b
-    q=$(curl -s http://127.0.0.1:$M/metrics | awk '/^strata_compaction_pending_deletion_bytes/ {s+=$2} END {printf "%d", s}')
+    q=$(curl -s http://127.0.0.1:$M/metrics | awk '/^strata_compaction_pending_deletion_bytes/ {s+=$2} END {printf "%.0f", s}')
     [ "${q:-0}" -gt "$pend" ] && pend=$q
     echo "$peak $pend" > $D.peak
     sleep 2

@@ -281,8 +281,7 @@ async fn restore(args: &CtlArgs) -> Result<()> {
             // SSTs may still hold its moved half, which its ranges hide, as on the source).
             let split = parts
                 .iter()
-                .any(|p| p.hash_range != uniform.range_of(p.partition))
-                || parts.len() as u32 != uniform.ids().len() as u32;
+                .any(|p| p.hash_range != uniform.range_of(p.partition));
             let map = if split {
                 let ranges: Vec<(u64, u32)> = parts
                     .iter()

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use strata_format::{read_all_entries, Entry, Manifest, SstInfo, SstProps};
 use strata_manifest::layout::{
     manifest_prefix, new_sst_id, parse_sst_path, sst_created_ms, sst_path, sst_prefix,
+    STORE_ID_PATH,
 };
 use strata_manifest::{ManifestError, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
@@ -35,6 +36,8 @@ const MAX_COMMIT_ATTEMPTS: usize = 64;
 const MAX_ID_ATTEMPTS: usize = 16;
 /// How often `run` sweeps orphaned SSTs.
 const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
+/// In a cold tier root: the id of the store (keyspace) that owns it.
+const TIER_OWNER_PATH: &str = "tier-owner";
 
 /// Totals since the compactor started.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -118,15 +121,33 @@ struct Inner {
     old_manifests: Mutex<std::collections::HashMap<String, Instant>>,
     /// See [`Compactor::with_reader_floor`].
     reader_floor: Mutex<Option<FloorFn>>,
+    /// Stopped for good (see `retire`).
+    retired: std::sync::atomic::AtomicBool,
+    /// Whether this keyspace owns the cold tier root (`None`: not known yet).
+    tier_ours: Mutex<Option<bool>>,
+}
+
+impl Inner {
+    /// A stopped compactor's queued deletions are left to the orphan sweep: they no longer
+    /// count against the process's budget, nor does the compactor share it. Once only.
+    fn retire(&self) {
+        if self
+            .retired
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let queued: Vec<PendingDelete> = self.pending.lock().drain(..).collect();
+        if let Some(b) = &self.opts.deletion_budget {
+            b.sub(queued.iter().map(|d| d.bytes).sum());
+            b.leave();
+        }
+    }
 }
 
 impl Drop for Inner {
-    /// A stopped compactor's queued deletions are left to the orphan sweep: they no longer
-    /// count against the process's budget.
     fn drop(&mut self) {
-        if let Some(b) = &self.opts.deletion_budget {
-            b.sub(self.pending.get_mut().iter().map(|d| d.bytes).sum());
-        }
+        self.retire();
     }
 }
 
@@ -186,7 +207,7 @@ impl Compactor {
         if let Some(s) = opts.strategy_overrides.get(&partition) {
             opts.strategy = *s;
         }
-        Compactor {
+        let c = Compactor {
             inner: Arc::new(Inner {
                 store,
                 manifests,
@@ -200,8 +221,20 @@ impl Compactor {
                 cold_orphans: Mutex::new(std::collections::HashMap::new()),
                 old_manifests: Mutex::new(std::collections::HashMap::new()),
                 reader_floor: Mutex::new(None),
+                retired: Default::default(),
+                tier_ours: Mutex::new(None),
             }),
+        };
+        if let Some(b) = &c.inner.opts.deletion_budget {
+            b.join();
         }
+        c
+    }
+
+    /// Stops counting this compactor's queued deletions against the deletion budget (they
+    /// are left to the orphan sweep). For a stopped compactor that is kept for its stats.
+    pub fn retire(&self) {
+        self.inner.retire();
     }
 
     /// Makes deletions of compacted inputs wait, beyond `gc_grace`, until `floor` says the
@@ -464,9 +497,66 @@ impl Compactor {
         // commit, cold inputs whose queued deletion was lost with a restart, and cold SSTs
         // a deleted snapshot had pinned.
         if let Some(tier) = &self.inner.opts.tier {
-            deleted += self.sweep_root(&m, Some(&tier.url), &pinned).await?;
+            if self.tier_is_ours().await {
+                deleted += self.sweep_root(&m, Some(&tier.url), &pinned).await?;
+            }
         }
         Ok(deleted)
+    }
+
+    /// Whether this keyspace owns its cold tier root. The first keyspace to tier there writes
+    /// its store id into `tier-owner` (create-if-absent); any other keyspace given the same
+    /// tier URL (e.g. one restored from a snapshot, started with the same flags) neither
+    /// tiers there nor sweeps it, since its sweep would delete SSTs it cannot see are live.
+    /// `false` while it cannot tell.
+    async fn tier_is_ours(&self) -> bool {
+        if let Some(known) = *self.inner.tier_ours.lock() {
+            return known;
+        }
+        let Some(tier) = &self.inner.opts.tier else {
+            return false;
+        };
+        let p = self.inner.partition;
+        let answer = async {
+            let id = match self.inner.store.get(STORE_ID_PATH).await {
+                Ok(b) => b,
+                // No engine has opened the store yet: nothing to tier.
+                Err(StoreError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(anyhow!(e).context("reading the store id")),
+            };
+            let cold = self.inner.opts.roots.get(&tier.url)?;
+            loop {
+                match cold.get(TIER_OWNER_PATH).await {
+                    Ok(owner) => return Ok(Some(owner == id)),
+                    Err(StoreError::NotFound(_)) => {
+                        match cold.put(TIER_OWNER_PATH, id.clone(), PutMode::Create).await {
+                            Ok(()) => return Ok(Some(true)),
+                            Err(StoreError::AlreadyExists(_)) => continue,
+                            Err(e) => return Err(anyhow!(e).context("claiming the cold tier")),
+                        }
+                    }
+                    Err(e) => return Err(anyhow!(e).context("reading the cold tier's owner")),
+                }
+            }
+        };
+        match answer.await {
+            Ok(Some(ours)) => {
+                if !ours {
+                    warn!(
+                        partition = p,
+                        tier = %tier.url,
+                        "the cold tier belongs to another keyspace (its {TIER_OWNER_PATH} names another store): no tiering, no cold sweep; give this keyspace a tier URL of its own"
+                    );
+                }
+                *self.inner.tier_ours.lock() = Some(ours);
+                ours
+            }
+            Ok(None) => false,
+            Err(e) => {
+                warn!(partition = p, error = %format!("{e:#}"), "cannot tell who owns the cold tier; not tiering for now");
+                false
+            }
+        }
     }
 
     /// The orphan sweep of one root (`None`: this store's own) of partition `p`.
@@ -541,6 +631,19 @@ impl Compactor {
             }
         }
         *seen.lock() = seen_now;
+        if root.is_some() && !due.is_empty() {
+            // Narrow the window of a tier copy committed meanwhile by another compactor (a
+            // hand-over): its copies keep old ids, which the age rule cannot protect.
+            if let Some(latest) = self.inner.manifests.load_latest(p).await? {
+                let listed: std::collections::HashSet<u64> = latest
+                    .roots
+                    .iter()
+                    .filter(|r| r.owned && Some(r.url.as_str()) == root)
+                    .flat_map(|r| r.ids.iter().copied())
+                    .collect();
+                due.retain(|id| !listed.contains(id));
+            }
+        }
         for id in due {
             let path = sst_path(p, id);
             store
@@ -651,11 +754,15 @@ impl Compactor {
         let Some(job) = plan_with_cursors(&m, &self.inner.opts, &cursors) else {
             return Ok(Outcome::Idle);
         };
+        if job.tier_to.is_some() && !self.tier_is_ours().await {
+            return Ok(Outcome::Idle);
+        }
         // Over the deletion budget, only jobs that write nothing new (trivial moves, whole
         // expired drops, which free space) run until deletions catch up.
         if let Some(b) = &self.inner.opts.deletion_budget {
             let writes = !(job.trivial_move || job.drop_expired);
-            if writes && b.exhausted() {
+            let own: u64 = self.inner.pending.lock().iter().map(|d| d.bytes).sum();
+            if writes && b.must_pause(own) {
                 let mut stats = self.inner.stats.lock();
                 stats.budget_pauses += 1;
                 if stats.budget_pauses == 1 || stats.budget_pauses.is_multiple_of(60) {
@@ -717,8 +824,25 @@ impl Compactor {
                     self.delete_outputs(&outputs).await;
                 }
                 if let Some(url) = &job.tier_to {
-                    // Copies no manifest ever referenced.
-                    let ids: Vec<u64> = job.upper.iter().map(|f| f.id).collect();
+                    // Our copies, unless another compactor (a hand-over) tiered the same SSTs
+                    // to the same names and committed them: those stay.
+                    let listed: std::collections::HashSet<u64> =
+                        match self.inner.manifests.load_latest(p).await {
+                            Ok(Some(m)) => m
+                                .roots
+                                .iter()
+                                .filter(|r| r.owned && r.url == *url)
+                                .flat_map(|r| r.ids.iter().copied())
+                                .collect(),
+                            // Unknown: leave them to the cold root's orphan sweep.
+                            _ => job.upper.iter().map(|f| f.id).collect(),
+                        };
+                    let ids: Vec<u64> = job
+                        .upper
+                        .iter()
+                        .map(|f| f.id)
+                        .filter(|id| !listed.contains(id))
+                        .collect();
                     self.delete_in_root(url, &ids).await;
                 }
                 return Ok(Outcome::Abandoned);

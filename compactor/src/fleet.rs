@@ -60,9 +60,10 @@ impl WorkerOptions {
 
 struct Claimed {
     create_revision: i64,
-    /// Revision of the cluster's compaction settings the compactor was started with (0:
-    /// none); a change restarts it with the new ones.
-    settings_rev: i64,
+    /// What the compactor runs by (its strategy and knobs as set by the cluster's settings
+    /// over this worker's flags); a change restarts it with the new ones.
+    settings: String,
+    compactor: Compactor,
     /// The hash range the compactor was started with (restarted when a split changes it).
     range: Option<(u64, Option<u64>)>,
     stop: watch::Sender<bool>,
@@ -241,22 +242,24 @@ async fn rebalance(
         .map(|s| (s.partition, s.manifest_version))
         .collect();
     // The cluster's compaction settings over this worker's flags.
-    let (settings_rev, base) = match &view.compaction_settings {
-        None => (0, opts.compaction.clone()),
-        Some((parsed, rev)) => {
+    let base = match &view.compaction_settings {
+        None => opts.compaction.clone(),
+        Some((parsed, _)) => {
             let applied = parsed
                 .as_ref()
                 .map_err(String::clone)
                 .and_then(|s| crate::settings::apply_settings(s, &opts.compaction));
             match applied {
-                Ok(o) => (*rev, o),
+                Ok(o) => o,
                 Err(e) => {
                     warn!(worker = %opts.id, error = %e, "cannot apply the cluster's compaction settings; using this worker's flags");
-                    (*rev, opts.compaction.clone())
+                    opts.compaction.clone()
                 }
             }
         }
     };
+    // Only a change of what a partition's compactor runs by restarts it.
+    let settings_of = |p: u32| crate::settings::fingerprint(&base, p);
     let ring = Ring::new(view.compactors.keys().cloned(), opts.vnodes);
     let ids = map.ids();
     // Give up: claims no longer ours by the ring, or gone from etcd.
@@ -276,7 +279,7 @@ async fn rebalance(
         let same_range = claimed
             .lock()
             .get(&p)
-            .is_some_and(|c| c.range == map.range_of(p) && c.settings_rev == settings_rev);
+            .is_some_and(|c| c.range == map.range_of(p) && c.settings == settings_of(p));
         let wanted = ring.owner(p) == Some(opts.id.as_str()) && ids.contains(&p) && same_range;
         if still_held && wanted {
             continue;
@@ -295,6 +298,8 @@ async fn rebalance(
         tokio::spawn(async move {
             let _ = c.stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(30), c.task).await;
+            // Kept in `ever` for its totals only.
+            c.compactor.retire();
             if still_held {
                 let _ = etcd.release_compaction(p, rev).await;
                 info!(worker = %id, partition = p, "handed the partition's compaction over");
@@ -323,12 +328,13 @@ async fn rebalance(
                 let (tx, rx) = watch::channel(false);
                 let task = tokio::spawn(compactor.clone().run(rx));
                 ever.lock().push(compactor.clone());
-                info!(worker = %opts.id, partition = p, ?strategy, settings_rev, "claimed the partition's compaction");
+                info!(worker = %opts.id, partition = p, ?strategy, "claimed the partition's compaction");
                 claimed.lock().insert(
                     p,
                     Claimed {
                         create_revision: rev,
-                        settings_rev,
+                        settings: settings_of(p),
+                        compactor: compactor.clone(),
                         range: map.range_of(p),
                         stop: tx,
                         task,
@@ -348,5 +354,6 @@ async fn stop_all(claimed: &Arc<Mutex<HashMap<u32, Claimed>>>) {
     }
     for c in all {
         let _ = tokio::time::timeout(Duration::from_secs(30), c.task).await;
+        c.compactor.retire();
     }
 }

@@ -270,18 +270,16 @@ pub(crate) async fn run_fleet_tasks(
                 continue;
             };
             // The cluster's settings (`ctl compaction set`) over this worker's flags.
-            let view = match etcd.view().await {
-                Ok(v) => v,
+            let settings = match etcd.compaction_settings().await {
+                Ok(Some(Ok(s))) => Some(s),
+                // Unreadable settings: the worker's flags (the fleet logs why).
+                Ok(_) => None,
                 Err(e) => {
-                    warn!(worker = %worker, error = %e, "reading the cluster for the snapshot schedule");
+                    warn!(worker = %worker, error = %e, "reading the compaction settings for the snapshot schedule");
                     continue;
                 }
             };
-            let settings = match &view.compaction_settings {
-                Some((Ok(s), _)) => Some(s),
-                _ => None,
-            };
-            let Some(sched) = crate::settings::schedule_with(settings, schedule) else {
+            let Some(sched) = crate::settings::schedule_with(settings.as_ref(), schedule) else {
                 poll = Duration::from_secs(1);
                 if let Some((rev, _)) = claim.take() {
                     let _ = etcd.release_task(SCHEDULE_TASK, rev).await;

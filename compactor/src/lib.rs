@@ -159,6 +159,10 @@ pub struct DeletionBudget {
     /// The limit in bytes.
     pub limit: u64,
     pending: std::sync::atomic::AtomicU64,
+    /// Compactors sharing it: over the limit, only those holding more than their share
+    /// pause, so one partition whose deletions cannot proceed (its owner is behind) does not
+    /// stall the others.
+    sharers: std::sync::atomic::AtomicU64,
 }
 
 impl DeletionBudget {
@@ -167,6 +171,7 @@ impl DeletionBudget {
         Arc::new(DeletionBudget {
             limit,
             pending: Default::default(),
+            sharers: Default::default(),
         })
     }
 
@@ -175,9 +180,27 @@ impl DeletionBudget {
         self.pending.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether jobs that write must wait.
-    pub fn exhausted(&self) -> bool {
-        self.pending() > self.limit
+    /// Whether a compactor holding `own` bytes of it must pause the jobs that write: the
+    /// budget is spent and the compactor holds more than its share.
+    pub fn must_pause(&self, own: u64) -> bool {
+        let sharers = self
+            .sharers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        self.pending() > self.limit && own > self.limit / sharers
+    }
+
+    pub(crate) fn join(&self) {
+        self.sharers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn leave(&self) {
+        let _ = self.sharers.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |v| Some(v.saturating_sub(1)),
+        );
     }
 
     pub(crate) fn add(&self, bytes: u64) {

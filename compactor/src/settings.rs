@@ -30,6 +30,9 @@ pub fn apply_settings(
     let mut out = base.clone();
     if let Some(name) = &s.strategy {
         out.strategy = Strategy::parse(name, window)?;
+        // A cluster-wide strategy replaces the worker's per-partition flags too, so every
+        // worker runs a partition the same way.
+        out.strategy_overrides.clear();
     } else if let (Some(_), Strategy::TimeWindow { .. }) = (s.window_secs, out.strategy) {
         out.strategy = Strategy::TimeWindow {
             window_ms: window.as_millis() as u64,
@@ -46,6 +49,12 @@ pub fn apply_settings(
         out.subcompactions = n as usize;
     }
     Ok(out)
+}
+
+/// What partition `p`'s compactor runs by under `o`: two equal fingerprints need no restart.
+pub fn fingerprint(o: &CompactionOptions, p: u32) -> String {
+    let strategy = o.strategy_overrides.get(&p).unwrap_or(&o.strategy);
+    format!("{strategy:?}/{}", o.subcompactions)
 }
 
 /// The snapshot schedule: `base` (a worker's flags) with what `s` sets replaced; `every` 0

@@ -223,6 +223,20 @@ async fn create_inner(
             );
         }
     }
+    // A split while pinning would leave a partition pinned after it with its range from
+    // before it, and no manifest of the new partition: take the snapshot again.
+    if let Some(etcd) = txns {
+        let view = etcd.view().await.context("re-reading the partition map")?;
+        let (_, now_rev) = view
+            .partition_map()
+            .map_err(|e| anyhow!("re-reading the partition map: {e}"))?;
+        if now_rev != map_revision {
+            bail!(
+                "the partition map changed while the snapshot was pinned (revision \
+                 {map_revision} -> {now_rev}: a split); take it again"
+            );
+        }
+    }
     let record = SnapshotRecord {
         format: "strata-snapshot-v1".into(),
         id: id.clone(),

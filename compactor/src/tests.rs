@@ -394,6 +394,15 @@ async fn the_deletion_budget_pauses_jobs_that_write() {
     );
     assert!(c.stats().budget_pauses >= 1);
     assert_eq!(c.stats().pending_deletion_bytes, queued);
+    // A compactor holding none of it keeps going while the budget is spent; the one holding
+    // it pauses.
+    let idle = env.compactor(opts());
+    assert!(budget.pending() > budget.limit);
+    assert!(idle.compact_once().await.unwrap().is_some(), "below its share");
+    drop(idle);
+    for i in 0..4u64 {
+        env.flush(vec![put("d", 40 + i, "v")]).await;
+    }
     // Another compactor of the process sees the same budget.
     drop(c);
     assert_eq!(
@@ -1271,6 +1280,15 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
 #[tokio::test]
 async fn cold_ssts_move_to_the_tier_and_compact_from_there() {
     let env = Env::new().await;
+    // The store's id (an engine writes it on first open): the cold tier is claimed with it.
+    env.store
+        .put(
+            strata_manifest::layout::STORE_ID_PATH,
+            Bytes::from_static(b"00000000000000aa\n"),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
     let cold_dir = tempfile::tempdir().unwrap();
     let cold_url = format!("file://{}", cold_dir.path().display());
     let cold = strata_objstore::LocalStore::open(cold_dir.path()).unwrap();
@@ -1378,4 +1396,36 @@ async fn cold_ssts_move_to_the_tier_and_compact_from_there() {
     let left = cold_ssts().await;
     assert!(!left.contains(&stray), "the stray cold copy is swept");
     assert!(now_cold.is_subset(&left), "live cold SSTs stay");
+
+    // Another keyspace given the same tier URL (say, one restored from a snapshot of this
+    // one, started with the same flags) neither tiers there nor sweeps it.
+    let other = Env::new().await;
+    other
+        .store
+        .put(
+            strata_manifest::layout::STORE_ID_PATH,
+            Bytes::from_static(b"00000000000000bb\n"),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        other.flush(vec![put("x", 1, "x")]).await;
+    }
+    let intruder = other.compactor(CompactionOptions {
+        tier: Some(crate::TierOptions {
+            url: cold_url.clone(),
+            storage_class: None,
+            min_level: Some(1),
+            min_age: None,
+        }),
+        orphan_grace: Duration::ZERO,
+        ..small_opts()
+    });
+    while let Some(r) = intruder.compact_once().await.unwrap() {
+        assert!(!r.tiered, "tiered into another keyspace's cold root");
+    }
+    intruder.sweep_orphans().await.unwrap();
+    intruder.sweep_orphans().await.unwrap();
+    assert_eq!(cold_ssts().await, left, "the other keyspace's sweep left the tier alone");
 }

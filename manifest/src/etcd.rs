@@ -416,6 +416,22 @@ impl Etcd {
         Ok(resp.succeeded())
     }
 
+    /// The cluster's compaction settings alone (what `view` would show of them).
+    pub async fn compaction_settings(
+        &self,
+    ) -> ManifestResult<Option<Result<CompactionSettings, String>>> {
+        let r = self
+            .client
+            .clone()
+            .get(self.key("compaction-settings"), None)
+            .await
+            .map_err(|e| unavailable("read compaction settings", e))?;
+        Ok(r.kvs().first().map(|kv| {
+            serde_json::from_slice::<CompactionSettings>(kv.value())
+                .map_err(|e| format!("unreadable compaction settings: {e}"))
+        }))
+    }
+
     /// Replaces the cluster's compaction settings (`None`: removes them, back to each
     /// worker's flags).
     pub async fn set_compaction_settings(
