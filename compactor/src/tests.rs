@@ -398,7 +398,10 @@ async fn the_deletion_budget_pauses_jobs_that_write() {
     // it pauses.
     let idle = env.compactor(opts());
     assert!(budget.pending() > budget.limit);
-    assert!(idle.compact_once().await.unwrap().is_some(), "below its share");
+    assert!(
+        idle.compact_once().await.unwrap().is_some(),
+        "below its share"
+    );
     drop(idle);
     for i in 0..4u64 {
         env.flush(vec![put("d", 40 + i, "v")]).await;
@@ -1427,5 +1430,9 @@ async fn cold_ssts_move_to_the_tier_and_compact_from_there() {
     }
     intruder.sweep_orphans().await.unwrap();
     intruder.sweep_orphans().await.unwrap();
-    assert_eq!(cold_ssts().await, left, "the other keyspace's sweep left the tier alone");
+    assert_eq!(
+        cold_ssts().await,
+        left,
+        "the other keyspace's sweep left the tier alone"
+    );
 }
