@@ -649,23 +649,30 @@ impl Etcd {
     /// Job records (small JSON documents; etcd is not for bulk data).
     /// Creates the record; fails if the id exists.
     pub async fn job_create(&self, kind: &str, id: &str, body: Vec<u8>) -> ManifestResult<()> {
-        let key = self.job_key(kind, id);
+        self.create_record(self.job_key(kind, id), body, "create job record")
+            .await
+    }
+
+    /// Creates `key` = `body` if it does not exist; fails (naming the key) if it does.
+    async fn create_record(
+        &self,
+        key: String,
+        body: Vec<u8>,
+        what: &'static str,
+    ) -> ManifestResult<()> {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, body, None)]);
+            .and_then([TxnOp::put(key.clone(), body, None)]);
         let resp = self
             .client
             .clone()
             .txn(txn)
             .await
-            .map_err(|e| unavailable("create job record", e))?;
+            .map_err(|e| unavailable(what, e))?;
         if resp.succeeded() {
             Ok(())
         } else {
-            Err(unavailable(
-                "create job record",
-                format!("{kind} {id} exists"),
-            ))
+            Err(unavailable(what, format!("{key} exists")))
         }
     }
 
@@ -933,22 +940,9 @@ impl Etcd {
 
     /// Creates a transaction's record (state pending). Fails if the id exists.
     pub async fn txn_begin(&self, id: &str, rec: &TxnRecord) -> ManifestResult<()> {
-        let key = self.txn_key(id);
         let body = serde_json::to_vec(rec).map_err(|e| unavailable("encode txn record", e))?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, body, None)]);
-        let resp = self
-            .client
-            .clone()
-            .txn(txn)
+        self.create_record(self.txn_key(id), body, "create txn record")
             .await
-            .map_err(|e| unavailable("create txn record", e))?;
-        if resp.succeeded() {
-            Ok(())
-        } else {
-            Err(unavailable("create txn record", format!("id {id} exists")))
-        }
     }
 
     /// A transaction's record and its modification revision, if it exists.
