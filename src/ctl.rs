@@ -368,6 +368,8 @@ async fn restore(args: &CtlArgs) -> Result<()> {
 async fn compaction_settings(etcd: &Etcd, action: &CompactionAction) -> Result<()> {
     use strata_manifest::etcd::CompactionSettings;
     let view = etcd.view().await.context("reading the cluster")?;
+    // The settings key's revision as read (0: absent): `set` writes only over exactly that.
+    let read_rev = view.compaction_settings.as_ref().map_or(0, |(_, rev)| *rev);
     let current = match &view.compaction_settings {
         None => CompactionSettings::default(),
         Some((Ok(s), _)) => s.clone(),
@@ -413,16 +415,23 @@ async fn compaction_settings(etcd: &Etcd, action: &CompactionAction) -> Result<(
                 &strata_compactor::CompactionOptions::default(),
             )
             .map_err(|e| anyhow::anyhow!("compaction settings: {e}"))?;
-            etcd.set_compaction_settings(Some(&next))
+            if !etcd
+                .set_compaction_settings(Some(&next), Some(read_rev))
                 .await
-                .context("writing the compaction settings")?;
+                .context("writing the compaction settings")?
+            {
+                anyhow::bail!(
+                    "the compaction settings changed while this command ran (another `ctl \
+                     compaction set`?): nothing written; run it again"
+                );
+            }
             println!(
                 "compaction settings set; workers apply them within a second:\n{}",
                 serde_json::to_string_pretty(&next)?
             );
         }
         CompactionAction::Clear => {
-            etcd.set_compaction_settings(None)
+            etcd.set_compaction_settings(None, None)
                 .await
                 .context("removing the compaction settings")?;
             println!("compaction settings removed: each worker uses its own flags");
@@ -787,6 +796,19 @@ fn status_text(v: &ClusterView) -> String {
         },
         v.revision
     );
+    match &v.compaction_settings {
+        None => {}
+        Some((Ok(c), _)) => {
+            let _ = writeln!(
+                s,
+                "compaction settings (ctl compaction set, over the workers' flags): {}",
+                serde_json::to_string(c).unwrap_or_default()
+            );
+        }
+        Some((Err(e), _)) => {
+            let _ = writeln!(s, "WARNING: {e}; workers use their flags");
+        }
+    }
     let _ = writeln!(
         s,
         "\n{:<20} {:<24} {:>10}  state",

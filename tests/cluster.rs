@@ -2392,6 +2392,11 @@ async fn compaction_settings_in_etcd_reach_the_workers() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    let status = c.ctl(&["status"]);
+    assert!(
+        status.contains("compaction settings") && status.contains("size-tiered"),
+        "{status}"
+    );
     let shown: serde_json::Value =
         serde_json::from_str(&c.ctl(&["compaction", "show", "--json"])).unwrap();
     assert_eq!(shown["strategy"], "size-tiered");

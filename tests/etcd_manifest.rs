@@ -120,3 +120,48 @@ async fn manifest_pointers_move_only_under_the_owners_epoch() {
     assert_eq!(view.owners[&P].epoch, Some(0xb));
     assert_eq!(view.manifests[&P], 5);
 }
+
+/// Cluster-wide compaction settings are written only over the revision they were read at:
+/// of two concurrent `ctl compaction set`, the later write fails instead of dropping the
+/// other's fields.
+#[tokio::test(flavor = "multi_thread")]
+async fn compaction_settings_are_compare_and_set() {
+    use strata_manifest::etcd::CompactionSettings;
+    let Some(etcd) = Etcd::start() else { return };
+    let keys = EtcdKeys::connect(&EtcdSettings::new(vec![etcd.endpoint.clone()]))
+        .await
+        .expect("connect");
+    let a = CompactionSettings {
+        strategy: Some("size-tiered".into()),
+        ..Default::default()
+    };
+    assert!(keys
+        .set_compaction_settings(Some(&a), Some(0))
+        .await
+        .unwrap());
+    // Absent was the condition: now it is there.
+    assert!(!keys
+        .set_compaction_settings(Some(&a), Some(0))
+        .await
+        .unwrap());
+    let rev = keys.view().await.unwrap().compaction_settings.unwrap().1;
+    let b = CompactionSettings {
+        subcompactions: Some(4),
+        ..a.clone()
+    };
+    assert!(keys
+        .set_compaction_settings(Some(&b), Some(rev))
+        .await
+        .unwrap());
+    // A writer that read before b landed loses.
+    assert!(!keys
+        .set_compaction_settings(Some(&a), Some(rev))
+        .await
+        .unwrap());
+    assert_eq!(
+        keys.compaction_settings().await.unwrap(),
+        Some(Ok(b.clone()))
+    );
+    assert!(keys.set_compaction_settings(None, None).await.unwrap());
+    assert_eq!(keys.compaction_settings().await.unwrap(), None);
+}

@@ -433,29 +433,33 @@ impl Etcd {
     }
 
     /// Replaces the cluster's compaction settings (`None`: removes them, back to each
-    /// worker's flags).
+    /// worker's flags). With `if_revision`, only if the key's modification revision is still
+    /// that (0: the key is absent); `false` if it changed.
     pub async fn set_compaction_settings(
         &self,
         settings: Option<&CompactionSettings>,
-    ) -> ManifestResult<()> {
+        if_revision: Option<i64>,
+    ) -> ManifestResult<bool> {
         let key = self.key("compaction-settings");
-        let mut client = self.client.clone();
-        match settings {
+        let op = match settings {
             Some(s) => {
                 let body = serde_json::to_vec(s).map_err(|e| unavailable("encode settings", e))?;
-                client
-                    .put(key, body, None)
-                    .await
-                    .map_err(|e| unavailable("write compaction settings", e))?;
+                TxnOp::put(key.clone(), body, None)
             }
-            None => {
-                client
-                    .delete(key, None)
-                    .await
-                    .map_err(|e| unavailable("delete compaction settings", e))?;
-            }
-        }
-        Ok(())
+            None => TxnOp::delete(key.clone(), None),
+        };
+        let guard: Vec<Compare> = match if_revision {
+            None => Vec::new(),
+            Some(0) => vec![Compare::create_revision(key, CompareOp::Equal, 0)],
+            Some(rev) => vec![Compare::mod_revision(key, CompareOp::Equal, rev)],
+        };
+        let resp = self
+            .client
+            .clone()
+            .txn(Txn::new().when(guard).and_then([op]))
+            .await
+            .map_err(|e| unavailable("write compaction settings", e))?;
+        Ok(resp.succeeded())
     }
 
     /// Grants a lease of `ttl_secs`; returns its id and granted TTL.
