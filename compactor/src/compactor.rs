@@ -36,6 +36,30 @@ const MAX_COMMIT_ATTEMPTS: usize = 64;
 const MAX_ID_ATTEMPTS: usize = 16;
 /// How often `run` sweeps orphaned SSTs.
 const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
+/// Decodes a whole SST read for `info`, checking every block's checksum and that its size and
+/// entry count are what the manifest says; `what` names it in errors.
+async fn verified_entries(data: Bytes, info: &SstInfo, what: &str) -> anyhow::Result<Vec<Entry>> {
+    if data.len() as u64 != info.props.file_size {
+        bail!(
+            "{what} is {} bytes, the manifest says {}",
+            data.len(),
+            info.props.file_size
+        );
+    }
+    let entries = tokio::task::spawn_blocking(move || read_all_entries(&data))
+        .await
+        .map_err(|e| anyhow!("decoding task for {what} failed: {e}"))?
+        .with_context(|| format!("{what} is corrupt"))?;
+    if entries.len() as u64 != info.props.entries {
+        bail!(
+            "{what} holds {} entries, the manifest says {}",
+            entries.len(),
+            info.props.entries
+        );
+    }
+    Ok(entries)
+}
+
 /// In a cold tier root: the id of the store (keyspace) that owns it.
 const TIER_OWNER_PATH: &str = "tier-owner";
 
@@ -1063,25 +1087,7 @@ impl Compactor {
             .get(&key)
             .await
             .with_context(|| format!("reading compaction input {path} (L{})", info.level))?;
-        if data.len() as u64 != info.props.file_size {
-            bail!(
-                "compaction input {path} is {} bytes, the manifest says {}",
-                data.len(),
-                info.props.file_size
-            );
-        }
-        let entries = tokio::task::spawn_blocking(move || read_all_entries(&data))
-            .await
-            .map_err(|e| anyhow!("decoding task for {path} failed: {e}"))?
-            .with_context(|| format!("compaction input {path} is corrupt"))?;
-        if entries.len() as u64 != info.props.entries {
-            bail!(
-                "compaction input {path} holds {} entries, the manifest says {}",
-                entries.len(),
-                info.props.entries
-            );
-        }
-        Ok(entries)
+        verified_entries(data, &info, &format!("compaction input {path}")).await
     }
 
     /// Creates an output SST under a fresh id; returns the id.
@@ -1130,26 +1136,10 @@ impl Compactor {
                 .get(&path)
                 .await
                 .with_context(|| format!("reading {path} to tier it"))?;
-            if data.len() as u64 != f.props.file_size {
-                bail!(
-                    "{path} is {} bytes, the manifest says {}",
-                    data.len(),
-                    f.props.file_size
-                );
-            }
             // Never copy corruption into the cold tier: every block is verified first.
-            let check = data.clone();
-            let entries = tokio::task::spawn_blocking(move || read_all_entries(&check))
+            verified_entries(data.clone(), f, &path)
                 .await
-                .map_err(|e| anyhow!("verifying {path} failed: {e}"))?
-                .with_context(|| format!("{path} is corrupt; not tiered"))?;
-            if entries.len() as u64 != f.props.entries {
-                bail!(
-                    "{path} holds {} entries, the manifest says {}",
-                    entries.len(),
-                    f.props.entries
-                );
-            }
+                .context("not tiered")?;
             let put = match &class {
                 Some(c) => cold.put_class(&path, data, c).await,
                 None => cold.put(&path, data, PutMode::Overwrite).await,

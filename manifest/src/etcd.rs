@@ -720,13 +720,22 @@ impl Etcd {
 
     /// Every job record of `kind`: (id, body).
     pub async fn job_list(&self, kind: &str) -> ManifestResult<Vec<(String, Vec<u8>)>> {
-        let prefix = format!("{}-jobs/{kind}/", self.prefix);
+        self.list_under(format!("{}-jobs/{kind}/", self.prefix), "list job records")
+            .await
+    }
+
+    /// Every key under `prefix`: (the rest of the key, value).
+    async fn list_under(
+        &self,
+        prefix: String,
+        what: &'static str,
+    ) -> ManifestResult<Vec<(String, Vec<u8>)>> {
         let r = self
             .client
             .clone()
             .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await
-            .map_err(|e| unavailable("list job records", e))?;
+            .map_err(|e| unavailable(what, e))?;
         Ok(r.kvs()
             .iter()
             .filter_map(|kv| {
@@ -925,20 +934,11 @@ impl Etcd {
 
     /// Every transaction record: (id, record).
     pub async fn txn_list(&self) -> ManifestResult<Vec<(String, TxnRecord)>> {
-        let prefix = self.txn_prefix();
-        let r = self
-            .client
-            .clone()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| unavailable("list txn records", e))?;
-        Ok(r.kvs()
-            .iter()
-            .filter_map(|kv| {
-                let id = kv.key_str().ok()?.strip_prefix(&prefix)?.to_string();
-                let rec = serde_json::from_slice(kv.value()).ok()?;
-                Some((id, rec))
-            })
+        Ok(self
+            .list_under(self.txn_prefix(), "list txn records")
+            .await?
+            .into_iter()
+            .filter_map(|(id, v)| Some((id, serde_json::from_slice(&v).ok()?)))
             .collect())
     }
 
