@@ -2167,14 +2167,34 @@ async fn the_fleet_schedules_snapshots_restores_a_point_in_time_and_exports() {
     let w1 = Worker::start_with(&c, "w1", dir.path(), &sched);
     let w2 = Worker::start_with(&c, "w2", dir.path(), &sched);
     let before = bulk_write(&c, "a", 2, 100, 64).await;
-    // Past one schedule interval (plus the poll): a snapshot holds every write above.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Wait for a scheduled snapshot begun after those writes (under load the interval can
+    // stretch): every snapshot finished after it, and before t1, holds them.
+    let src = format!("s3://{BUCKET}/fleettasks");
+    let written = strata_manifest::now_ms();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&c.ctl(&["snapshot", "list", "--json", "--object-store", &src]))
+                .unwrap();
+        let later = list.as_array().unwrap().iter().any(|s| {
+            s["record"]["created_ms"]
+                .as_u64()
+                .is_some_and(|t| t > written)
+        });
+        if later {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled snapshot after the writes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let t1 = strata_manifest::now_ms();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = bulk_write(&c, "b", 2, 100, 64).await;
 
     // The store as of t1: `before` is there, `after` is not.
-    let src = format!("s3://{BUCKET}/fleettasks");
     let out = c.ctl(&[
         "restore",
         "--at",
