@@ -6,5 +6,4 @@ cd "$(dirname "$0")"
 bash infra/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-export STRATA_REQUIRE_S3=1
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -6,7 +6,8 @@
 #                             duckdb (export tests), s3 server
 #   infra/setup.sh --no-etcd  skip etcd (only the cluster tests need it)
 #
-# - protobuf-compiler (protoc: tonic-prost-build and etcd-client's build scripts need it), curl,
+# - protobuf-compiler + libprotobuf-dev (protoc and its well-known types: tonic-prost-build and
+#   etcd-client's build scripts need them), curl,
 #   a C compiler; apt-get update runs only when something has to be installed
 # - etcd-server + etcd-client 3.4 (infra/etcd.sh install: guarded against service starts)
 # - moto[server] (pinned in infra/moto.sh), the second-opinion S3 server
@@ -27,6 +28,9 @@ done
 # --- Debian packages, in one apt-get run -------------------------------------------------
 pkgs=()
 command -v protoc >/dev/null 2>&1 || pkgs+=(protobuf-compiler)
+# The well-known types (google/protobuf/*.proto) that etcd-client's protos import: a
+# "Recommends" of protobuf-compiler, so --no-install-recommends leaves them out.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || pkgs+=(libprotobuf-dev)
 command -v curl >/dev/null 2>&1 || pkgs+=(curl)
 command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || pkgs+=(python3 python3-pip)

@@ -6,6 +6,7 @@
 //! histogram summaries and the JSON shape) live in `bench/workload.rs` and
 //! `bench/stats.rs`; this file holds the flags and the network loop.
 
+mod rss;
 mod stats;
 mod workload;
 
@@ -153,6 +154,14 @@ pub struct BenchArgs {
     /// commits as a cross-partition transaction (by default it is split per partition).
     #[arg(long)]
     pub txn: bool,
+    /// Sample this process's resident memory (the server's pid, on this machine) every
+    /// 250 ms during the run; the table shows its peak, the JSON the whole curve.
+    #[arg(long, value_name = "PID")]
+    pub report_rss: Option<u32>,
+    /// Print every operation slower than this (ms) to stderr as `SLOW <start, UTC> <op>
+    /// <latency ms>`: a timeline to lay beside the server's log when looking for stalls.
+    #[arg(long, value_name = "MS")]
+    pub slow_ms: Option<u64>,
 }
 
 /// Validated settings derived from the flags.
@@ -251,6 +260,8 @@ struct Ctx {
     direct: Vec<Vec<KvClient<Channel>>>,
     /// Measured batch writes go whole (cross-partition transactions on a cluster).
     txn: bool,
+    /// `--slow-ms`.
+    slow: Option<Duration>,
 }
 
 /// A ready-to-send request.
@@ -561,9 +572,23 @@ async fn client_loop(
             .map(|cs| cs[rng.random_range(0..cs.len())].clone());
         let mut c = direct.unwrap_or_else(|| client.clone());
         let t0 = Instant::now();
+        // Wall-clock start only when slow ops are printed (not on every op's hot path).
+        let wall0 = ctx.slow.map(|_| chrono::Utc::now());
         let split_into = if ctx.txn { 1 } else { ctx.partitions };
         let result = execute(&mut c, req, bytes_written, split_into).await;
         let latency = t0.elapsed();
+        if let Some(wall0) = wall0.filter(|_| ctx.slow.is_some_and(|s| latency >= s)) {
+            eprintln!(
+                "SLOW {} {kind:?} {:.1} ms{}",
+                wall0.format("%H:%M:%S%.3f"),
+                latency.as_secs_f64() * 1e3,
+                result
+                    .as_ref()
+                    .err()
+                    .map(|e| format!(" ({:?})", e.code()))
+                    .unwrap_or_default()
+            );
+        }
         match result {
             Ok(o) => {
                 shared.ok.fetch_add(1, Ordering::Relaxed);
@@ -775,6 +800,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         partitions,
         direct,
         txn: args.txn,
+        slow: args.slow_ms.map(Duration::from_millis),
     });
 
     let preload_summary = if plan.preload {
@@ -890,6 +916,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
     };
 
+    let (rss_stop, rss_stopped) = tokio::sync::oneshot::channel::<()>();
+    let rss_task = match args.report_rss {
+        Some(pid) => {
+            rss::check(pid)?;
+            Some(tokio::spawn(rss::sample(pid, async move {
+                let _ = rss_stopped.await;
+            })))
+        }
+        None => None,
+    };
     let mut panicked = None;
     while let Some(res) = tasks.join_next().await {
         if let Err(e) = res {
@@ -898,6 +934,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed();
+    let _ = rss_stop.send(());
+    let rss = match rss_task {
+        Some(t) => t.await.ok(),
+        None => None,
+    };
     ticker.abort();
     watchdog.abort();
     interrupt.abort();
@@ -924,11 +965,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = Report {
         config: config_json(&args, &plan),
         preload: preload_summary,
+        rss,
         summary,
     };
 
     let mut stdout = std::io::stdout().lock();
     write!(stdout, "{}", report.summary.table()).context("writing report to stdout")?;
+    if let Some(r) = &report.rss {
+        write!(stdout, "{}", r.line()).context("writing report to stdout")?;
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).context("serializing JSON report")?;
         if path.as_os_str() == "-" {
@@ -1015,6 +1060,7 @@ mod tests {
             partitions: 1,
             direct: Vec::new(),
             txn: false,
+            slow: None,
         };
         let (req, bytes) = build(&ctx, &mut rng, OpPlan::BatchWrite(vec![(1, 10), (2, 20)]));
         assert_eq!(bytes, 50 + 10 + 50 + 20);

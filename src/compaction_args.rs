@@ -21,6 +21,10 @@ pub struct CompactionArgs {
     /// (1 = off).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub subcompactions: u64,
+    /// Memory one compaction job may use to read its inputs, MiB: inputs stream through
+    /// chunks sized to fit (outputs being built take up to 3 x subcompactions x 64 MiB besides).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
+    pub compaction_memory_mb: u64,
     /// Cold tier: SSTs that are cold (`--tier-min-level`, `--tier-min-age-secs`) move to this
     /// root (`s3://BUCKET/PREFIX`, another bucket or prefix; `file:///DIR`). Reads of them
     /// keep working, through the cache.
@@ -138,6 +142,7 @@ impl CompactionArgs {
             strategy,
             strategy_overrides: overrides,
             subcompactions: self.subcompactions as usize,
+            memory_bytes: self.compaction_memory_mb << 20,
             tier,
             ..base
         }

@@ -506,7 +506,15 @@ async fn snapshot(
                 src.manifests,
                 &src.partitions,
                 rev,
-                MAX_PIN_DELAY,
+                // The embedded default's compactor waits a shorter grace (its readers are
+                // tracked in process): pin within its bound.
+                if data_dir.is_some() {
+                    strata_compactor::fleet_tasks::max_pin_delay(
+                        strata_compactor::EMBEDDED_GC_GRACE,
+                    )
+                } else {
+                    MAX_PIN_DELAY
+                },
                 src.cluster.as_ref().map(|c| &c.0),
                 false,
             )
@@ -677,6 +685,7 @@ fn rows(v: &ClusterView) -> BTreeMap<u32, serde_json::Value> {
                         .and_then(|c| v.compactors.get(&c.0))
                         .and_then(|w| w.partition_write_amplification(p)),
                     "compactor": v.compaction_claims.get(&p).map(|c| c.0.clone()),
+                    "corrupt": pr.and_then(|s| s.corrupt.clone()),
                 }),
             )
         })
@@ -872,9 +881,13 @@ fn status_text(v: &ClusterView) -> String {
         "S-AMP",
         "W-AMP"
     );
+    let mut corrupt = Vec::new();
     for (p, r) in rows(v) {
         let get = |k: &str| r.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-        let hot = if r.get("hot").and_then(|x| x.as_bool()) == Some(true) {
+        let hot = if let Some(why) = r.get("corrupt").and_then(|x| x.as_str()) {
+            corrupt.push(format!("  partition {p}: {why}"));
+            "  CORRUPT"
+        } else if r.get("hot").and_then(|x| x.as_bool()) == Some(true) {
             "  HOT"
         } else {
             ""
@@ -905,6 +918,14 @@ fn status_text(v: &ClusterView) -> String {
             get("read_amplification"),
             amp("space_amplification"),
             amp("write_amplification"),
+        );
+    }
+    if !corrupt.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nCORRUPT: held by their owner but not served (requests get DATA_LOSS; the owner \
+             tries again after a minute, then at doubling intervals):\n{}",
+            corrupt.join("\n")
         );
     }
     let _ = writeln!(

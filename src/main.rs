@@ -1,5 +1,6 @@
 //! The `strata` command: serve, compactor, export, bench, ctl, and a human client (get/put/delete/scan).
 
+mod allocator;
 mod bench;
 mod client_cli;
 mod compaction_args;
@@ -24,6 +25,10 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing the serve flags buys nothing"
+)]
 enum Command {
     /// Run a node. With no flags: an embedded single node on ./strata-data.
     #[command(args_override_self = true)]
@@ -52,6 +57,7 @@ fn init_tracing() {
 }
 
 fn main() -> std::process::ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -69,7 +75,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_tracing();
-            rt.block_on(serve::run(args))
+            rt.block_on(async {
+                allocator::spawn_trimmer(std::time::Duration::from_secs(15));
+                serve::run(args).await
+            })
         }
         Command::Compactor(args) => {
             init_tracing();

@@ -112,6 +112,56 @@ pub fn render(m: &EngineMetrics, st: &DbStats, meter: &Metered, cache: &BlockCac
         "Bytes of flushed SSTs.",
         l(&m.flush_bytes),
     );
+    for (name, help, v) in [
+        (
+            "strata_write_stall_delays_total",
+            "Write batches delayed because L0 passed its slowdown limit.",
+            &m.write_stall_delays,
+        ),
+        (
+            "strata_write_stall_stops_total",
+            "Write batches that waited because L0 reached its stop limit.",
+            &m.write_stall_stops,
+        ),
+        (
+            "strata_write_stall_refusals_total",
+            "Write batches refused (RESOURCE_EXHAUSTED) after waiting out a write stall.",
+            &m.write_stall_refusals,
+        ),
+        (
+            "strata_write_stall_micros_total",
+            "Time writes spent held back by write stalls, microseconds.",
+            &m.write_stall_micros,
+        ),
+        (
+            "strata_connections_accepted_total",
+            "Client connections accepted.",
+            &m.connections_accepted,
+        ),
+        (
+            "strata_connections_refused_total",
+            "Connections closed at once because --max-connections were open.",
+            &m.connections_refused,
+        ),
+        (
+            "strata_connections_idle_closed_total",
+            "Connections closed after --idle-timeout-secs without a request in flight.",
+            &m.connections_idle_closed,
+        ),
+        (
+            "strata_connections_handshake_timeouts_total",
+            "Connections closed for not finishing the HTTP/2 handshake in time.",
+            &m.connections_handshake_timeouts,
+        ),
+    ] {
+        metric(name, "counter", help, l(v));
+    }
+    metric(
+        "strata_connections_open",
+        "gauge",
+        "Client connections open.",
+        l(&m.connections_open),
+    );
     metric(
         "strata_memtable_bytes",
         "gauge",

@@ -11,6 +11,7 @@ use std::time::Duration;
 use strata_cache::{BlockCache, CacheConfig};
 use strata_compactor::{CompactionOptions, Compactor};
 use strata_compute::cluster::{ClusterNode, ClusterOptions};
+use strata_compute::connections::{self, ConnectionLimits, Incoming};
 use strata_compute::server::{AdminService, KvService};
 use strata_compute::TxnService;
 use strata_compute::{Db, DbOptions, DbStats, EngineMetrics};
@@ -51,6 +52,28 @@ pub struct ServeArgs {
     /// Budget of all memtables together, MiB; writes wait above it.
     #[arg(long, default_value_t = 256)]
     pub write_buffer_mb: u64,
+    /// Writes slow down (a delay per batch, growing toward the stop limit) once a partition
+    /// has this many L0 files awaiting compaction (0: never).
+    #[arg(long, default_value_t = 20)]
+    pub l0_slowdown_files: usize,
+    /// Writes wait for compaction once a partition has this many L0 files, and fail with
+    /// RESOURCE_EXHAUSTED "write stall" after --write-stall-max-wait-ms (0: never).
+    #[arg(long, default_value_t = 36)]
+    pub l0_stop_files: usize,
+    /// How long a write waits at the L0 stop limit before RESOURCE_EXHAUSTED, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub write_stall_max_wait_ms: u64,
+    /// Client connections open at once; beyond it new connections are closed as soon as they
+    /// are accepted. Capped by what the open-file limit allows (see the start-up log).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed, seconds (0: never).
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// A connection that has not finished the HTTP/2 handshake this long after it was
+    /// accepted is closed, seconds (slow or half-open clients).
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
     /// Run compaction in this process (the embedded default; in a cluster, of the
     /// partitions this node owns).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -115,14 +138,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .context("building reflection service")?;
     let kv = KvService::new();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    // TCP_NODELAY on every accepted socket: without it small responses wait on Nagle and
-    // delayed ACKs (~40 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let metrics = Arc::new(EngineMetrics::default());
+    let limits = connection_limits(&args);
+    let incoming = Incoming::new(listener, limits, metrics.clone());
     let grpc = {
         let kv = kv.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(connections::KEEPALIVE_TIMEOUT))
+                .layer(connections::ActivityLayer)
                 .add_service(health_svc)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
@@ -164,12 +190,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     })
     .await
     .context("opening block cache")?;
-    let metrics = Arc::new(EngineMetrics::default());
     let opts = DbOptions {
         memtable_bytes: args.memtable_mb << 20,
         write_buffer_bytes: args.write_buffer_mb << 20,
         metrics: Some(metrics.clone()),
         roots: roots.clone(),
+        stall: stall_limits(&args),
         ..Default::default()
     };
     if args.etcd.is_some() && args.compaction_opts.snapshot_every_secs > 0 {
@@ -305,7 +331,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         if let Some(t) = metrics_task {
             t.abort();
         }
-        cache.close().await.context("closing the cache")?;
+        close_cache(
+            &cache,
+            tokio::time::Instant::now() + Duration::from_secs(10),
+        )
+        .await?;
         report_requests(&meter);
         tracing::info!("stopped");
         return Ok(());
@@ -330,6 +360,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     let registry = CompactorRegistry::default();
     let compactor_task = if args.compaction {
+        // In this process, the compactor knows which versions the engine's readers hold: an
+        // input goes once none does, after the short embedded grace for other processes.
+        let floor_db = db.clone();
         let c = Compactor::new(
             store.clone(),
             manifests.clone(),
@@ -337,9 +370,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             args.compaction_opts.options(CompactionOptions {
                 roots: roots.clone(),
                 deletion_budget: args.compaction_opts.deletion_budget(&url),
+                gc_grace: strata_compactor::EMBEDDED_GC_GRACE,
                 ..CompactionOptions::default()
             }),
-        );
+        )
+        .with_reader_floor(Arc::new(move |_| floor_db.oldest_held_version()));
         let rx = stop_rx.clone();
         registry
             .lock()
@@ -354,7 +389,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             store.clone(),
             manifests.clone(),
             sched,
-            strata_compactor::fleet_tasks::max_pin_delay(CompactionOptions::default().gc_grace),
+            strata_compactor::fleet_tasks::max_pin_delay(strata_compactor::EMBEDDED_GC_GRACE),
             stop_rx.clone(),
         ))
     });
@@ -383,25 +418,45 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     tracing::info!("shutting down");
     set_health(&health, ServingStatus::NotServing).await;
     let _ = stop_tx.send(true);
+    // One close deadline for everything below, whatever the store or the disk does.
+    let deadline = tokio::time::Instant::now() + CLOSE_DEADLINE;
     // Requests in flight finish; then every accepted write becomes durable and memtables flush.
     let _ = tokio::time::timeout(Duration::from_secs(10), grpc).await;
-    db.close(Duration::from_secs(30))
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    db.close(left.max(Duration::from_secs(1)))
         .await
         .context("closing the engine")?;
     if let Some(t) = compactor_task {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        let _ = tokio::time::timeout_at(deadline, t).await;
     }
     if let Some(t) = schedule_task {
         // A snapshot cut short stays incomplete; the schedule deletes it later.
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        let _ = tokio::time::timeout_at(deadline, t).await;
     }
     if let Some(t) = metrics_task {
         t.abort();
     }
-    cache.close().await.context("closing the cache")?;
+    close_cache(&cache, deadline).await?;
     report_requests(&meter);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a single node's shutdown may take after the gRPC server stopped: the engine's
+/// close, then the compactor and the snapshot schedule, then the cache.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Closes the cache by `deadline` at the latest (a disk tier on a full or stuck disk must not
+/// hold the process up: it is only a cache).
+async fn close_cache(cache: &BlockCache, deadline: tokio::time::Instant) -> Result<()> {
+    let at = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+    match tokio::time::timeout_at(at, cache.close()).await {
+        Ok(r) => r.context("closing the cache"),
+        Err(_) => {
+            tracing::warn!("the block cache did not close before the deadline; leaving it");
+            Ok(())
+        }
+    }
 }
 
 /// Health of the whole server (`""`) and of `strata.v1.KV` move together.
@@ -532,6 +587,62 @@ async fn compact_owned(
     for (_, (tx, t)) in running {
         let _ = tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+}
+
+/// The write stall's limits. Alone with `--compaction false` nothing compacts L0, so writes
+/// will stop at `--l0-stop-files` flushes: say so at start (pass `--l0-stop-files 0
+/// --l0-slowdown-files 0` to let L0 grow instead).
+fn stall_limits(args: &ServeArgs) -> strata_compute::StallLimits {
+    if args.etcd.is_none() && !args.compaction && args.l0_stop_files > 0 {
+        tracing::warn!(
+            "--compaction false on the embedded default: nothing compacts L0, so writes will \
+             fail with RESOURCE_EXHAUSTED \"write stall\" once a partition has {} L0 files \
+             (--l0-stop-files 0 --l0-slowdown-files 0 turns the stall off)",
+            args.l0_stop_files
+        );
+    }
+    strata_compute::StallLimits {
+        slowdown_l0: args.l0_slowdown_files,
+        stop_l0: args.l0_stop_files,
+        max_wait: Duration::from_millis(args.write_stall_max_wait_ms),
+    }
+}
+
+/// Raises the open-file limit and derives the connection limits from the flags and what that
+/// limit leaves room for, saying so in the log.
+fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
+    let mut max = args.max_connections;
+    match connections::raise_fd_limit() {
+        Ok(fd) => {
+            let allowed = connections::connections_allowed_by(fd.now);
+            if (max as u64) > allowed {
+                tracing::warn!(
+                    "the open-file limit ({}) allows {allowed} connections, below \
+                     --max-connections {max}: accepting at most {allowed} (raise the hard \
+                     limit, e.g. `ulimit -Hn` or LimitNOFILE=, to allow more)",
+                    fd.now
+                );
+                max = allowed as usize;
+            }
+            let raised = if fd.now > fd.before {
+                format!("soft limit raised from {}", fd.before)
+            } else {
+                "the hard limit".to_string()
+            };
+            tracing::info!(
+                "open-file limit {} ({raised}): room for {allowed} connections after {} \
+                 kept for the engine; accepting up to {max}",
+                fd.now,
+                connections::fd_reserve(fd.now),
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "reading or raising the open-file limit failed"),
+    }
+    ConnectionLimits {
+        max_connections: max,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
     }
 }
 

@@ -2435,3 +2435,120 @@ async fn compaction_settings_in_etcd_reach_the_workers() {
     c.ctl(&["compaction", "clear"]);
     assert!(c.ctl(&["compaction", "show"]).contains("no cluster-wide"));
 }
+
+/// One partition whose objects are corrupt is reported and answers `DATA_LOSS`, while its
+/// node serves every other partition (it used to stop the node from serving at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_partition_is_reported_while_its_node_serves_the_others() {
+    let Some((s3, etcd)) = infra() else { return };
+    let mut c = Cluster::start(&s3, &etcd, 1, "corrupt");
+    let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
+    let bad = 3 % m.partitions;
+    let mut kv = c.client(0).await;
+    let mut keys = Vec::new();
+    for p in 0..m.partitions {
+        let k = key_in(p, m.partitions, "corrupt", p as usize);
+        put(
+            &mut kv,
+            k.clone(),
+            Bytes::from_static(b"v"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("write before the corruption");
+        keys.push((p, k));
+    }
+    // A clean stop flushes every partition and hands it off; then every manifest of `bad` is
+    // damaged in the bucket (one byte flipped in the middle).
+    let mut first = c.nodes[0].take().expect("running");
+    assert!(
+        first.terminate(),
+        "the node did not exit cleanly on SIGTERM"
+    );
+    let store = s3.store("corrupt");
+    let manifests = store
+        .list(&strata_manifest::layout::manifest_prefix(bad))
+        .await
+        .expect("list manifests");
+    assert!(!manifests.is_empty(), "partition {bad} has no manifest");
+    for o in &manifests {
+        let mut b = store.get(&o.path).await.expect("get manifest").to_vec();
+        let i = b.len() / 2;
+        b[i] ^= 0xff;
+        store
+            .put(&o.path, b.into(), strata_objstore::PutMode::Overwrite)
+            .await
+            .expect("put damaged manifest");
+    }
+
+    let i = c.add_node();
+    let mut kv = c.client(i).await;
+    // Every other partition serves its data.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (p, k) in keys.iter().filter(|(p, _)| *p != bad) {
+        loop {
+            match get(&mut kv, k).await {
+                Ok(v) => {
+                    assert_eq!(
+                        v.map(|v| v.0),
+                        Some(Bytes::from_static(b"v")),
+                        "partition {p}"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "partition {p} not served within 30 s: {e:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    // The corrupt one answers DATA_LOSS naming what failed, for reads and for writes.
+    let bad_key = &keys[bad as usize].1;
+    let err = get(&mut kv, bad_key)
+        .await
+        .expect_err("a corrupt partition serves nothing");
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    assert!(err.message().contains("corrupt"), "{err:?}");
+    let err = put(
+        &mut kv,
+        bad_key.clone(),
+        Bytes::from_static(b"w"),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect_err("no write lands on a corrupt partition");
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    // Reported: a log line, and `ctl status` (JSON and text).
+    assert!(
+        c.node(i).log_text().contains("partition is corrupt"),
+        "{}",
+        c.node(i).log_text()
+    );
+    let status = wait_status(
+        &c,
+        "the corrupt partition in ctl status",
+        Duration::from_secs(20),
+        |s| {
+            s["partition_table"].as_array().is_some_and(|rows| {
+                rows.iter().any(|r| {
+                    r["partition"].as_u64() == Some(u64::from(bad)) && r["corrupt"].is_string()
+                })
+            })
+        },
+    )
+    .await;
+    let flagged: Vec<u64> = status["partition_table"]
+        .as_array()
+        .expect("table")
+        .iter()
+        .filter(|r| r["corrupt"].is_string())
+        .filter_map(|r| r["partition"].as_u64())
+        .collect();
+    assert_eq!(flagged, vec![u64::from(bad)]);
+    let text = c.ctl(&["status"]);
+    assert!(text.contains("CORRUPT"), "{text}");
+}

@@ -135,3 +135,45 @@ async fn without_the_bound_the_same_slow_scan_hits_deleted_files() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn with_the_reader_floor_replaced_files_go_once_no_reader_holds_them_whatever_the_grace() {
+    // The embedded default's rule: the compactor runs in the engine's process and asks it
+    // which versions its readers hold; no grace covers the slow scan, the floor does.
+    let e = env(Duration::from_secs(3600)).await;
+    let mut slow = e.db.scan(Bytes::new(), None).expect("scan");
+    assert_eq!(slow.next_chunk(100).await.expect("first chunk").len(), 100);
+    let db = e.db.clone();
+    let c = Compactor::new(
+        e.store.clone(),
+        e.manifests.clone(),
+        0,
+        CompactionOptions {
+            gc_grace: Duration::ZERO,
+            ..CompactionOptions::default()
+        },
+    )
+    .with_reader_floor(Arc::new(move |_| db.oldest_held_version()));
+    let r = c.compact_once().await.expect("compact").expect("a job");
+    assert_eq!(r.input_files, 4);
+    let committed = e.manifests.load_latest(0).await.unwrap().unwrap().version;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while e.db.manifest_version() < committed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine did not install the compaction"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The slow scan still holds the version listing the inputs: nothing goes.
+    assert_eq!(c.collect_garbage().await.expect("gc"), 0);
+    assert_eq!(
+        drain(&mut slow).await.expect("slow scan reads its files"),
+        1900
+    );
+    drop(slow);
+    // No reader holds it any more: the inputs go at once.
+    assert_eq!(c.collect_garbage().await.expect("gc"), 4, "inputs deleted");
+    let mut fresh = e.db.scan(Bytes::new(), None).expect("scan");
+    assert_eq!(drain(&mut fresh).await.expect("fresh scan"), 2000);
+}

@@ -10,9 +10,8 @@
 //! - the launchers of tests/common/infra.rs: `S3::restart` and `Etcd::restart` keep the data
 //!   and the endpoint.
 //!
-//! Without a built server (`infra/s3.sh build`) the tests are skipped with a message, unless
-//! `STRATA_REQUIRE_S3=1` (CI), which makes a missing server a failure; likewise without etcd
-//! (`infra/etcd.sh install`), unless `STRATA_REQUIRE_ETCD=1` or `STRATA_REQUIRE_S3=1`.
+//! Without a built server (`infra/s3.sh build`) or etcd (`infra/etcd.sh install`) the tests
+//! fail, unless `STRATA_ALLOW_SKIP=1`: then they are skipped with a message.
 
 mod common;
 
@@ -23,7 +22,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,44 +66,7 @@ fn try_serve(
 
 /// Reads one metric from the server's Prometheus endpoint.
 fn metric(server: &Server, name: &str) -> u64 {
-    let text = server.log_text();
-    let addr = text
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address in the server log:\n{text}"))
-        .to_string();
-    // A scrape is retried a few times: one failed connection must not fail a test (CI once
-    // saw a broken pipe here); a server that really died fails the next gRPC call anyway.
-    let fetch = || -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect(&addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    };
-    let mut attempt = 0;
-    let body = loop {
-        attempt += 1;
-        match fetch() {
-            Ok(b) => break b,
-            Err(e) if attempt < 5 => {
-                eprintln!("metrics scrape of {addr} failed ({e}); retrying");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("metrics scrape of {addr} failed {attempt} times: {e}"),
-        }
-    };
-    body.lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.trim().parse::<u64>().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+    server.metric(name)
 }
 
 fn recovery_line(server: &Server) -> String {

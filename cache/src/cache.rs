@@ -76,6 +76,56 @@ impl fmt::Debug for BlockCache {
     }
 }
 
+/// The disk tier's capacity: what was asked for, but never more than half of the space the
+/// volume has left (counting what the cache's own files already take), rounded down to whole
+/// 16 MiB, so the cache never fills the volume the data (and on the embedded default the
+/// object store itself) lives on. `None` when there is too little room for a disk tier: the
+/// cache then runs in memory only (a warning says so), rather than keep the store from
+/// starting on a full disk.
+fn fit_to_free_space(dir: &std::path::Path, wanted: u64) -> anyhow::Result<Option<u64>> {
+    let available = fs4::available_space(dir)
+        .with_context(|| format!("reading the free space of {}", dir.display()))?;
+    let own = dir_usage(dir);
+    let allowed = ((available + own) / 2) / (16 << 20) * (16 << 20);
+    if wanted <= allowed {
+        return Ok(Some(wanted));
+    }
+    if allowed < crate::disk::MIN_DISK_BYTES {
+        tracing::warn!(
+            dir = %dir.display(),
+            free_mb = available >> 20,
+            "no room for the disk cache (it needs {} MiB and takes at most half of the \
+             volume's free space): caching in memory only",
+            crate::disk::MIN_DISK_BYTES >> 20
+        );
+        return Ok(None);
+    }
+    tracing::warn!(
+        dir = %dir.display(),
+        wanted_mb = wanted >> 20,
+        capacity_mb = allowed >> 20,
+        free_mb = available >> 20,
+        "disk cache shrunk to fit: it takes at most half of the volume's free space"
+    );
+    Ok(Some(allowed))
+}
+
+/// Bytes the files under `dir` occupy on disk (allocated blocks; 0 for what cannot be read).
+fn dir_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_usage(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 impl BlockCache {
     /// Opens a cache. With `disk_dir`, creates the directory if needed, locks it, and
     /// recovers the entries a previous run left there (foyer `RecoverMode::Quiet`: blocks
@@ -103,9 +153,16 @@ impl BlockCache {
         let (hybrid, disk, dir_lock) = match &cfg.disk_dir {
             None => (builder.build().await?, None, None),
             Some(dir) => {
-                let layout = DiskLayout::for_capacity(cfg.disk_bytes)?;
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating cache directory {}", dir.display()))?;
+                let Some(disk_bytes) = fit_to_free_space(dir, cfg.disk_bytes)? else {
+                    return Box::pin(Self::open(CacheConfig {
+                        disk_dir: None,
+                        ..cfg
+                    }))
+                    .await;
+                };
+                let layout = DiskLayout::for_capacity(disk_bytes)?;
                 let lock = DirLock::acquire(dir)?;
                 let hybrid = builder
                     .with_io_engine_config(PsyncIoEngineConfig::new())

@@ -391,23 +391,51 @@ impl Client {
         Ok((r.found, r.version))
     }
 
-    /// Several keys; one result per key, in order.
+    /// Several keys; one result per key, in order. A reply that would pass the server's
+    /// message limit comes back in part (`unprocessed_keys`); the rest is asked for again
+    /// until every key has its result. Each round reads its own snapshot: keys answered in
+    /// different rounds may reflect different moments.
     pub async fn batch_get(&self, keys: Vec<Bytes>) -> Result<Vec<pb::GetResponse>, Status> {
-        let p = keys.first().map(|k| self.partition_of(k));
-        let single = keys.iter().all(|k| Some(self.partition_of(k)) == p);
-        let r = self
-            .call(if single { p } else { None }, true, |mut c| {
-                let keys = keys.clone();
-                async move {
-                    c.batch_get(pb::BatchGetRequest {
-                        keys,
-                        consistency: pb::Consistency::Strong as i32,
-                    })
-                    .await
-                }
-            })
-            .await?;
-        Ok(r.into_inner().results)
+        let mut out = Vec::with_capacity(keys.len());
+        let mut keys = keys;
+        loop {
+            let p = keys.first().map(|k| self.partition_of(k));
+            let single = keys.iter().all(|k| Some(self.partition_of(k)) == p);
+            let r = self
+                .call(if single { p } else { None }, true, |mut c| {
+                    let keys = keys.clone();
+                    async move {
+                        c.batch_get(pb::BatchGetRequest {
+                            keys,
+                            consistency: pb::Consistency::Strong as i32,
+                        })
+                        .await
+                    }
+                })
+                .await?
+                .into_inner();
+            if r.results.is_empty() && !r.unprocessed_keys.is_empty() {
+                return Err(Status::internal(
+                    "the server read none of a BatchGet's keys and listed them all as unprocessed",
+                ));
+            }
+            // Results answer the first keys in request order and the rest are listed, in
+            // order: anything else would pair values with the wrong keys.
+            let n = r.results.len();
+            if n + r.unprocessed_keys.len() != keys.len() || r.unprocessed_keys[..] != keys[n..] {
+                return Err(Status::internal(format!(
+                    "a BatchGet reply of {n} results and {} unprocessed keys does not split \
+                     the {} keys asked for",
+                    r.unprocessed_keys.len(),
+                    keys.len()
+                )));
+            }
+            out.extend(r.results);
+            if r.unprocessed_keys.is_empty() {
+                return Ok(out);
+            }
+            keys = r.unprocessed_keys;
+        }
     }
 
     /// An all-or-nothing batch. Keys in several partitions commit as a transaction (two-phase,

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::merge::{merge, Cutter, MergeCounts};
 use crate::plan::{plan_with_cursors, rebase, Job};
+use crate::stream::Input;
 use crate::{now_ms, CompactionOptions, CompactionReport};
 
 /// How long [`Compactor::run`] waits for a manifest change when there is nothing to do.
@@ -969,10 +970,11 @@ impl Compactor {
         &self,
         job: &Job,
     ) -> anyhow::Result<(Vec<SstInfo>, MergeCounts, usize)> {
-        let sources: Vec<Vec<Entry>> = futures::stream::iter(job.inputs().cloned())
+        // Inputs are opened (footer and index) up front, then streamed as they merge.
+        let inputs: Vec<Arc<Input>> = futures::stream::iter(job.inputs().cloned())
             .map(|info| {
                 let root = job.root_of(info.id).map(str::to_string);
-                self.read_input(info, root)
+                self.open_input(info, root)
             })
             .buffered(READ_CONCURRENCY)
             .try_collect()
@@ -985,20 +987,34 @@ impl Compactor {
         } else {
             1
         };
+        // Parts cut by user key at block boundaries: all versions of a key in one part.
+        let bounds = crate::stream::split_points(&inputs, parts);
+        let mut edges: Vec<Option<Bytes>> = vec![None];
+        edges.extend(bounds.into_iter().map(Some));
+        edges.push(None);
+        let chunk = crate::stream::chunk_bytes(opts.memory_bytes, inputs.len() * (edges.len() - 1));
+        // Keys split off to another partition: no reader of this one ever asks for them, and
+        // every version of them goes, so nothing older can resurface.
         let hash_range = opts.hash_range;
-        let pieces = tokio::task::spawn_blocking(move || {
-            let mut sources = sources;
-            if let Some(r) = hash_range {
-                // Keys split off to another partition: no reader of this one ever asks for
-                // them, and every version of them goes, so nothing older can resurface.
-                for src in &mut sources {
-                    src.retain(|e| keep_key(&e.key, r));
-                }
-            }
-            split_by_key(sources, parts)
-        })
-        .await
-        .map_err(|e| anyhow!("the task cutting the job into parts failed: {e}"))?;
+        let pieces: Vec<Vec<crate::stream::EntryStream>> = edges
+            .windows(2)
+            .map(|w| {
+                inputs
+                    .iter()
+                    .map(|input| {
+                        crate::stream::spawn(
+                            input.clone(),
+                            crate::stream::Range {
+                                lo: w[0].clone(),
+                                hi: w[1].clone(),
+                                hash_range,
+                            },
+                            chunk,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
         let parts = pieces.len();
 
         let (tx, rx) = tokio::sync::mpsc::channel::<(Bytes, SstProps)>(parts.max(1));
@@ -1008,22 +1024,32 @@ impl Compactor {
             let tx = tx.clone();
             let deeper = job.deeper.clone();
             let mut cutter = Cutter::new(opts.sst.clone(), opts.target_file_bytes);
-            merges.push(tokio::task::spawn_blocking(
-                move || -> anyhow::Result<MergeCounts> {
-                    let send = |out| {
-                        tx.blocking_send(out)
-                            .map_err(|_| anyhow!("the output writer stopped"))
-                    };
-                    let counts = merge(piece, now, &deeper, |e| match cutter.add(&e)? {
-                        Some(out) => send(out),
-                        None => Ok(()),
-                    })?;
-                    if let Some(out) = cutter.finish()? {
-                        send(out)?;
-                    }
-                    Ok(counts)
-                },
-            ));
+            // A dedicated thread, not the blocking pool: the merge blocks on its input
+            // streams, whose readers need the blocking pool (decoding, local-store I/O), so
+            // enough merges parked in the pool could starve their own readers.
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let run = move || -> anyhow::Result<MergeCounts> {
+                let send = |out| {
+                    tx.blocking_send(out)
+                        .map_err(|_| anyhow!("the output writer stopped"))
+                };
+                let counts = merge(piece, now, &deeper, |e| match cutter.add(&e)? {
+                    Some(out) => send(out),
+                    None => Ok(()),
+                })?;
+                if let Some(out) = cutter.finish()? {
+                    send(out)?;
+                }
+                Ok(counts)
+            };
+            std::thread::Builder::new()
+                .name("strata-merge".into())
+                .spawn(move || {
+                    lower_thread_priority();
+                    let _ = done_tx.send(run());
+                })
+                .context("starting a merge thread")?;
+            merges.push(done_rx);
         }
         drop(tx);
 
@@ -1048,7 +1074,7 @@ impl Compactor {
         for m in merges {
             match m
                 .await
-                .map_err(|e| anyhow!("a merge task failed: {e}"))
+                .map_err(|_| anyhow!("a merge thread stopped without an answer (a panic)"))
                 .and_then(|r| r.context("merging compaction inputs"))
             {
                 Ok(c) => counts.add(&c),
@@ -1069,8 +1095,8 @@ impl Compactor {
         }
     }
 
-    /// Reads one input whole, verifying every checksum.
-    async fn read_input(&self, info: SstInfo, root: Option<String>) -> anyhow::Result<Vec<Entry>> {
+    /// Opens one input for streaming (its footer and index, verified).
+    async fn open_input(&self, info: SstInfo, root: Option<String>) -> anyhow::Result<Arc<Input>> {
         let key = sst_path(self.inner.partition, info.id);
         // An input under another root (a restored keyspace's unchanged SST) is read there.
         let store = self
@@ -1079,15 +1105,15 @@ impl Compactor {
             .roots
             .store_for(&self.inner.store, root.as_deref())
             .with_context(|| format!("opening the root {root:?} of input {key}"))?;
-        let path = match &root {
+        let display = match &root {
             None => key.clone(),
             Some(url) => format!("{url}/{key}"),
         };
-        let data = store
-            .get(&key)
+        let level = info.level;
+        Input::open(store, key, display.clone(), info)
             .await
-            .with_context(|| format!("reading compaction input {path} (L{})", info.level))?;
-        verified_entries(data, &info, &format!("compaction input {path}")).await
+            .map(Arc::new)
+            .with_context(|| format!("opening compaction input {display} (L{level})"))
     }
 
     /// Creates an output SST under a fresh id; returns the id.
@@ -1280,49 +1306,6 @@ fn tokio_stream_of<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Cuts sorted sources into at most `parts` pieces by user key: piece `i` of every source
-/// holds the keys in `[b(i-1), b(i))` for boundaries `b` taken at quantiles of a sample of
-/// all keys. All versions of a key land in the same piece (sources are in internal key
-/// order: key ascending, then seq descending).
-fn split_by_key(sources: Vec<Vec<Entry>>, parts: usize) -> Vec<Vec<Vec<Entry>>> {
-    let total: usize = sources.iter().map(Vec::len).sum();
-    if parts <= 1 || total < parts * 2 {
-        return vec![sources];
-    }
-    let step = (total / (parts * 64)).max(1);
-    let mut sample: Vec<&Bytes> = sources
-        .iter()
-        .flat_map(|src| src.iter().step_by(step).map(|e| &e.key))
-        .collect();
-    sample.sort();
-    sample.dedup();
-    let mut bounds: Vec<Bytes> = (1..parts)
-        .filter_map(|i| sample.get(i * sample.len() / parts).map(|k| (*k).clone()))
-        .collect();
-    bounds.dedup();
-    if bounds.is_empty() {
-        return vec![sources];
-    }
-    let mut pieces: Vec<Vec<Vec<Entry>>> =
-        vec![Vec::with_capacity(sources.len()); bounds.len() + 1];
-    for mut src in sources {
-        // From the last boundary down, so each split_off takes the tail beyond it.
-        let mut tails = Vec::with_capacity(bounds.len());
-        for b in bounds.iter().rev() {
-            let at = src.partition_point(|e| e.key < *b);
-            tails.push(src.split_off(at));
-        }
-        tails.push(src);
-        for (piece, part) in pieces.iter_mut().zip(tails.into_iter().rev()) {
-            if !part.is_empty() {
-                piece.push(part);
-            }
-        }
-    }
-    pieces.retain(|p| !p.is_empty());
-    pieces
-}
-
 async fn wait_for_change(changes: &mut watch::Receiver<Option<Arc<Manifest>>>) {
     if changes.changed().await.is_err() {
         // The store dropped its sender: no more notifications; rely on the timer.
@@ -1365,7 +1348,31 @@ fn manifest_body_version(path: &str) -> Option<u64> {
 /// Whether compaction of a partition serving the hash range `r` keeps `key`. The store's own
 /// records (transaction intents and markers) live in the partition whose transaction wrote
 /// them, whatever their hash, and always stay.
-fn keep_key(key: &[u8], r: (u64, Option<u64>)) -> bool {
+pub(crate) fn keep_key(key: &[u8], r: (u64, Option<u64>)) -> bool {
     strata_format::is_system_key(key)
         || strata_format::hash_in_range(strata_format::key_hash(key), r)
+}
+
+/// Nice value of merge threads: below the server's request handling, so on a small machine a
+/// large compaction takes the CPU the foreground leaves rather than stalling requests (the
+/// mix's slow operations line up with compactions; issue 11's timeline).
+const MERGE_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority to `MERGE_NICE` (Linux: nice values are
+/// per thread). Best effort: a failure only leaves the thread at normal priority.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+        let rc = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, MERGE_NICE)
+        };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "lowering a merge thread's priority failed"
+            );
+        }
+    }
 }

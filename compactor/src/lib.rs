@@ -8,8 +8,8 @@
 //! 1. **Plan** ([`plan`], a pure function of the manifest): L0 → L1 when L0 holds
 //!    `l0_trigger` files or more (all of L0 plus every overlapping L1 file), otherwise the
 //!    first level over its size target pushes one file (round-robin by key) into the next.
-//! 2. **Execute**: read the inputs whole (every checksum verified), merge them in internal
-//!    key order keeping only the newest version of each key, drop a newest version that is a
+//! 2. **Execute**: stream the inputs block by block (`stream.rs`, every checksum verified,
+//!    memory bounded by `memory_bytes`), merge them in internal key order keeping only the newest version of each key, drop a newest version that is a
 //!    tombstone or expired when no deeper level holds the key, and cut outputs at
 //!    `target_file_bytes`. Outputs are created under fresh ids with create-if-absent puts;
 //!    nothing references them until the commit does.
@@ -33,6 +33,7 @@ mod merge;
 mod plan;
 pub mod settings;
 pub mod snapshot;
+mod stream;
 mod tiered;
 
 #[cfg(test)]
@@ -44,6 +45,15 @@ use std::time::Duration;
 use strata_format::SstOptions;
 
 pub use compactor::{Compactor, CompactorStats, ReaderFloor};
+
+/// `gc_grace` on the embedded default, where the compactor runs in the engine's process and
+/// learns from the engine which manifest versions its readers still hold (the reader floor:
+/// an input waits for every in-process reader of it, however long a scan holds on). The grace
+/// only covers readers in *other* processes, which all cope with an input vanishing: exports
+/// re-read from a newer manifest, and snapshots pin within `max_pin_delay(EMBEDDED_GC_GRACE)`
+/// of reading their manifest and check that the pinned SSTs are still there. Short, so that a
+/// write flood's compacted inputs leave the disk within seconds (`docs/gc.md`).
+pub const EMBEDDED_GC_GRACE: Duration = Duration::from_secs(10);
 pub use plan::{level_target_bytes, plan, plan_at, plan_with_cursors, Job};
 
 /// How a partition's SSTs are organised and merged.
@@ -127,6 +137,10 @@ pub struct CompactionOptions {
     pub max_levels: usize,
     /// Outputs are cut once they reach about this size (default 64 MiB).
     pub target_file_bytes: u64,
+    /// Memory for reading a job's inputs (default 256 MiB): inputs stream through chunks
+    /// sized so that every input of every part fits in it (`stream.rs`). Outputs being built
+    /// and uploaded take up to about `3 × subcompactions × target_file_bytes` besides.
+    pub memory_bytes: u64,
     /// Options of the SSTs compaction writes.
     pub sst: SstOptions,
     /// Inputs are deleted this long after the commit that dropped them (default 5 min):
@@ -257,6 +271,7 @@ impl Default for CompactionOptions {
             level_multiplier: 10,
             max_levels: 6,
             target_file_bytes: 64 << 20,
+            memory_bytes: 256 << 20,
             sst: SstOptions::default(),
             gc_grace: Duration::from_secs(5 * 60),
             orphan_grace: Duration::from_secs(60 * 60),

@@ -114,17 +114,23 @@ impl Ord for Head {
 /// has expired at `now_ms` is dropped when no file of `deeper` may hold its key (the output
 /// is the bottom for that key); otherwise it is kept unchanged so that it keeps shadowing
 /// the older versions below.
-pub(crate) fn merge(
-    sources: Vec<Vec<Entry>>,
+///
+/// Sources are streams (`stream.rs`): an entry is pulled only when its predecessor from the
+/// same source leaves the heap, so the merge holds one entry per source, and a source's read
+/// error fails the merge.
+pub(crate) fn merge<I>(
+    sources: Vec<I>,
     now_ms: u64,
     deeper: &[Vec<SstInfo>],
     mut emit: impl FnMut(Entry) -> anyhow::Result<()>,
-) -> anyhow::Result<MergeCounts> {
-    let mut iters: Vec<std::vec::IntoIter<Entry>> =
-        sources.into_iter().map(Vec::into_iter).collect();
+) -> anyhow::Result<MergeCounts>
+where
+    I: Iterator<Item = anyhow::Result<Entry>>,
+{
+    let mut iters = sources;
     let mut heap = BinaryHeap::with_capacity(iters.len());
     for (src, it) in iters.iter_mut().enumerate() {
-        if let Some(entry) = it.next() {
+        if let Some(entry) = it.next().transpose()? {
             heap.push(Head { entry, src });
         }
     }
@@ -134,7 +140,7 @@ pub(crate) fn merge(
     // The seq of the current key's dropped deletion, until an older version it hid shows up.
     let mut dropped_hiding: Option<u64> = None;
     while let Some(Head { entry, src }) = heap.pop() {
-        if let Some(next) = iters.get_mut(src).and_then(Iterator::next) {
+        if let Some(next) = iters.get_mut(src).and_then(Iterator::next).transpose()? {
             heap.push(Head { entry: next, src });
         }
         counts.entries_in += 1;
@@ -234,6 +240,7 @@ mod tests {
 
     fn run(sources: Vec<Vec<Entry>>, deeper: &[Vec<SstInfo>]) -> (Vec<Entry>, MergeCounts) {
         let mut out = Vec::new();
+        let sources = sources.into_iter().map(|s| s.into_iter().map(Ok)).collect();
         let counts = merge(sources, 1_000, deeper, |e| {
             out.push(e);
             Ok(())

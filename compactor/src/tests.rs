@@ -846,6 +846,8 @@ async fn model_check(strategy: Strategy, subcompactions: usize) {
         gc_grace: Duration::ZERO,
         orphan_grace: Duration::from_secs(3600),
         hash_range: None,
+        // The smallest read chunk: inputs stream through several reads each.
+        memory_bytes: 1,
         ..CompactionOptions::default()
     };
     let c = env.compactor(opts);

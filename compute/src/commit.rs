@@ -19,6 +19,7 @@
 use crate::db::{now_ms, Db, DbInner, STATE_FENCED, STATE_OPEN};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::{Memtable, Snap};
+use crate::stall::Writer;
 use crate::txn::{
     decode_intent, encode_intent, from_write_op, intent_key, to_write_op, IntentState,
     MARKER_TTL_MS,
@@ -707,6 +708,7 @@ impl Committer {
         });
         match res {
             Ok(()) => {
+                self.inner.disk.ok(Writer::Wal);
                 let m = &self.inner.metrics;
                 m.wal_segments.fetch_add(1, Ordering::Relaxed);
                 m.wal_bytes
@@ -801,6 +803,24 @@ impl Committer {
                 ));
                 for (reply, _) in std::mem::take(&mut group.waiters) {
                     let _ = reply.send(Err(err.clone()));
+                }
+                if let StoreError::NoSpace { .. } = e {
+                    // New writes are refused from now on (exactly: they never get here). The
+                    // ones already sequenced behind this segment wait for it; tell them now
+                    // rather than at their timeout. Their outcome is unknown: the segment is
+                    // retried below and they land with it once space returns.
+                    self.inner.disk.full(
+                        Writer::Wal,
+                        format!("no space left on {}: {e}", self.inner.store.describe()),
+                    );
+                    let err = EngineError::Unavailable(format!(
+                        "write outcome unknown: no space left on {} for the WAL; the write is \
+                         retried and may still land",
+                        self.inner.store.describe()
+                    ));
+                    for (reply, _) in std::mem::take(&mut self.group.waiters) {
+                        let _ = reply.send(Err(err.clone()));
+                    }
                 }
                 let backoff = Duration::from_millis((50u64 << f.attempts.min(5)).min(2000));
                 Some(self.spawn_put(f.segment_id, f.data, group, f.attempts + 1, backoff))

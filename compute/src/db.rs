@@ -29,6 +29,10 @@ use strata_manifest::{ManifestError, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
 use tokio::sync::{watch, Notify};
 
+/// Bytes a read result adds to a reply beyond its value (field tags, lengths, version): what
+/// bounded multi-key reads count per key.
+pub const READ_RESULT_OVERHEAD: usize = 24;
+
 /// Engine tuning.
 #[derive(Debug, Clone)]
 pub struct DbOptions {
@@ -60,6 +64,8 @@ pub struct DbOptions {
     /// Opens the other store roots a manifest may name (a keyspace restored from a snapshot
     /// reads its source's unchanged SSTs in place).
     pub roots: strata_objstore::Roots,
+    /// When writes slow down and stop for compaction debt (`stall.rs`).
+    pub stall: crate::stall::StallLimits,
 }
 
 impl Default for DbOptions {
@@ -76,6 +82,7 @@ impl Default for DbOptions {
             hash_range: None,
             max_snapshot_age: MAX_SNAPSHOT_AGE,
             roots: strata_objstore::Roots::default(),
+            stall: crate::stall::StallLimits::default(),
         }
     }
 }
@@ -135,6 +142,12 @@ pub(crate) struct DbInner {
     pub metrics: Arc<EngineMetrics>,
     /// Serializes installation of versions (flush and manifest watcher).
     pub install_lock: tokio::sync::Mutex<()>,
+    /// Holds writes back while compaction is far behind.
+    pub stall: crate::stall::WriteStall,
+    /// Refuses writes while the WAL or a flush cannot write for lack of space.
+    pub disk: crate::stall::DiskSpace,
+    /// The manifest versions readers hold (the in-process compactor's reader floor).
+    pub live: Arc<crate::version::LiveVersions>,
     /// Keys locked by prepared cross-partition transactions (see `txn.rs`).
     pub locks: crate::txn::Locks,
     /// Set while the partition prepares to split: new transaction prepares are refused
@@ -355,7 +368,10 @@ impl Db {
         // Seqs continue above everything flushed, including what the claim rebased onto.
         max_seq = max_seq.max(manifest.last_flushed_seq);
         report.next_seq = max_seq + 1;
-        let version = Arc::new(open_version(&src, p, manifest.clone(), &HashMap::new()).await?);
+        let live = Arc::new(crate::version::LiveVersions::default());
+        let mut version = open_version(&src, p, manifest.clone(), &HashMap::new()).await?;
+        version.hold = Some(live.hold(version.manifest.version));
+        let version = Arc::new(version);
         let (durable_tx, _) = watch::channel(max_seq);
         let inner = Arc::new(DbInner {
             opts: opts.clone(),
@@ -378,6 +394,9 @@ impl Db {
             next_memtable_id: AtomicU64::new(2),
             metrics: opts.metrics.clone().unwrap_or_default(),
             install_lock: tokio::sync::Mutex::new(()),
+            stall: crate::stall::WriteStall::new(opts.stall),
+            disk: crate::stall::DiskSpace::default(),
+            live,
             locks: crate::txn::Locks::default(),
             refuse_prepares: std::sync::atomic::AtomicBool::new(false),
         });
@@ -479,6 +498,18 @@ impl Db {
 
     /// Several keys from one snapshot.
     pub async fn multi_get(&self, keys: &[Bytes]) -> EngineResult<Vec<Option<(Bytes, u64)>>> {
+        self.multi_get_bounded(keys, usize::MAX).await
+    }
+
+    /// Several keys from one snapshot, in order, until the values read pass `budget` bytes
+    /// (counting [`READ_RESULT_OVERHEAD`] per key): returns the results of a prefix of
+    /// `keys`, never empty when `keys` is not. The caller sends the rest again, so a reply is
+    /// bounded before it is built.
+    pub async fn multi_get_bounded(
+        &self,
+        keys: &[Bytes],
+        budget: usize,
+    ) -> EngineResult<Vec<Option<(Bytes, u64)>>> {
         self.check_open()?;
         self.check_keys(keys.iter().map(|k| k.as_ref()))?;
         self.inner
@@ -489,8 +520,16 @@ impl Db {
         let (seq, view) = self.snapshot();
         let now = now_ms();
         let mut out = Vec::with_capacity(keys.len());
+        let mut used = 0usize;
         for k in keys {
-            out.push(live(Self::get_entry(&view, k, seq).await?, now));
+            let r = live(Self::get_entry(&view, k, seq).await?, now);
+            used = used
+                .saturating_add(r.as_ref().map_or(0, |(v, _)| v.len()))
+                .saturating_add(READ_RESULT_OVERHEAD);
+            if used > budget && !out.is_empty() {
+                break;
+            }
+            out.push(r);
         }
         Ok(out)
     }
@@ -502,6 +541,15 @@ impl Db {
     pub async fn write(&self, ops: Vec<WriteOp>, durable: bool) -> EngineResult<Vec<OpOutcome>> {
         self.check_open()?;
         self.check_keys(ops.iter().map(|o| o.key.as_ref()))?;
+        // Refused (nothing applied) while the disk is full; held back (or refused) while
+        // compaction is far behind.
+        self.inner.disk.check()?;
+        self.inner
+            .stall
+            .admit(self.inner.opts.partition, &self.inner.metrics, || {
+                self.inner.view.read().version.l0.len()
+            })
+            .await?;
         let timeout = self.inner.opts.write_timeout;
         if self.inner.locks.is_empty() {
             // The common case, without a copy of the ops. (A lock taken meanwhile makes the
@@ -822,17 +870,31 @@ impl Db {
     /// memtables (best effort within `timeout`), and stops background tasks.
     pub async fn close(&self, timeout: Duration) -> EngineResult<()> {
         let was_open = self.inner.state.load(Ordering::Acquire) == STATE_OPEN;
+        // One deadline for all of it, whatever the store or the disk does.
+        let deadline = tokio::time::Instant::now() + timeout;
         // Bounded: with the store down, accepted writes can't become durable; they stay
         // unacknowledged (their clients see UNAVAILABLE) and nothing acknowledged is at risk.
-        if tokio::time::timeout(timeout, self.commit.shutdown())
+        if tokio::time::timeout_at(deadline, self.commit.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("accepted writes did not become durable before the close deadline");
         }
+        // Writes acknowledged as buffered (DURABILITY_BUFFERED) that are still not in the WAL
+        // are lost with this process: say how many.
+        let durable = *self.inner.durable_seq.borrow();
+        let buffered = self.inner.buffered_seq.load(Ordering::SeqCst);
+        if buffered > durable {
+            tracing::error!(
+                partition = self.inner.opts.partition,
+                lost = buffered - durable,
+                "buffered writes could not be made durable before the close deadline and are lost \
+                 (at most this many acknowledged DURABILITY_BUFFERED ops)"
+            );
+        }
         if was_open {
-            self.commit.freeze_now().await.ok();
-            let deadline = tokio::time::Instant::now() + timeout;
+            // The commit loop may be stuck behind a WAL put that cannot land: bounded too.
+            let _ = tokio::time::timeout_at(deadline, self.commit.freeze_now()).await;
             while !self.inner.view.read().imms.is_empty()
                 && tokio::time::Instant::now() < deadline
                 && self.inner.state.load(Ordering::Acquire) == STATE_OPEN
@@ -878,6 +940,13 @@ impl Db {
     /// The partition this engine serves.
     pub fn partition(&self) -> u32 {
         self.inner.opts.partition
+    }
+
+    /// The oldest manifest version a reader of this engine still holds: an SST that a commit
+    /// of a newer version dropped is read by no one here any more. For the in-process
+    /// compactor's reader floor ([`strata_compactor`]'s `with_reader_floor`).
+    pub fn oldest_held_version(&self) -> Option<u64> {
+        self.inner.live.oldest()
     }
 
     /// Installs `m` (committed by another process: a compactor worker) if it is newer than
@@ -1036,6 +1105,7 @@ pub(crate) async fn open_version(
         manifest,
         l0,
         levels,
+        hold: None,
     })
 }
 

@@ -28,6 +28,16 @@ pub enum EngineError {
     /// snapshot grew too old to continue (restart it). gRPC `ABORTED`.
     #[error("{0}")]
     Conflict(String),
+    /// The store refuses the request for lack of a resource, and applied nothing: a write
+    /// stall (compaction or flush debt past its hard limit), no space left on a disk. gRPC
+    /// `RESOURCE_EXHAUSTED`, with `retry-after-ms` metadata when a wait is known to help.
+    #[error("{msg}")]
+    ResourceExhausted {
+        /// What ran out, for the client and the log.
+        msg: String,
+        /// A hint for when to try again.
+        retry_after_ms: Option<u64>,
+    },
     /// Stored data failed a checksum or could not be decoded.
     #[error("data corruption: {0}")]
     Corruption(String),
@@ -48,6 +58,11 @@ impl From<strata_objstore::StoreError> for EngineError {
         match e {
             S::Unavailable { .. } => EngineError::Unavailable(e.to_string()),
             S::NotFound(_) => EngineError::Corruption(format!("missing object: {e}")),
+            // Nothing was written: a clear refusal, not an unknown outcome.
+            S::NoSpace { .. } => EngineError::ResourceExhausted {
+                msg: e.to_string(),
+                retry_after_ms: Some(1000),
+            },
             _ => EngineError::Internal(e.to_string()),
         }
     }
@@ -80,7 +95,23 @@ impl From<EngineError> for tonic::Status {
             EngineError::Closed => retryable("server is shutting down".into()),
             EngineError::NotServing(m) | EngineError::Locked(m) => retryable(m),
             EngineError::Conflict(m) => tonic::Status::aborted(m),
-            EngineError::Corruption(m) => tonic::Status::data_loss(m),
+            EngineError::ResourceExhausted {
+                msg,
+                retry_after_ms,
+            } => {
+                let mut s = tonic::Status::resource_exhausted(msg);
+                if let Some(ms) = retry_after_ms {
+                    s.metadata_mut()
+                        .insert(RETRY_AFTER_HEADER, tonic::metadata::MetadataValue::from(ms));
+                }
+                s
+            }
+            EngineError::Corruption(m) => {
+                // Operators must learn of corruption from the server, not only from clients:
+                // the message names the object.
+                tracing::error!(error = %m, "answering DATA_LOSS");
+                tonic::Status::data_loss(m)
+            }
             EngineError::Internal(m) => tonic::Status::internal(m),
         }
     }
@@ -89,6 +120,10 @@ impl From<EngineError> for tonic::Status {
 /// gRPC metadata key on `UNAVAILABLE` answers whose request was certainly not applied (so
 /// a client may resend it, even a non-idempotent write, to the partition's owner).
 pub const RETRY_SAFE_HEADER: &str = "x-strata-retry-safe";
+
+/// gRPC metadata key on `RESOURCE_EXHAUSTED` answers: milliseconds after which a retry may
+/// succeed.
+pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
 
 /// `UNAVAILABLE` marked as safe to retry: nothing was applied.
 pub fn retryable(msg: String) -> tonic::Status {

@@ -12,6 +12,7 @@ use crate::db::{now_ms, open_version, DbInner, STATE_FENCED, STATE_OPEN};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::Memtable;
 use crate::sst_reader::SstReader;
+use crate::stall::Writer;
 use crate::version::View;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -31,7 +32,15 @@ pub(crate) async fn run(inner: Arc<DbInner>) {
         let oldest = inner.view.read().imms.last().cloned();
         match oldest {
             Some(mem) => {
-                if let Err(e) = flush_one(&inner, &mem).await {
+                let res = flush_one(&inner, &mem).await;
+                match &res {
+                    Ok(()) => inner.disk.ok(Writer::Flush),
+                    Err(EngineError::ResourceExhausted { msg, .. }) => {
+                        inner.disk.full(Writer::Flush, format!("flush: {msg}"))
+                    }
+                    Err(_) => {}
+                }
+                if let Err(e) = res {
                     if inner.state.load(Ordering::Acquire) == STATE_FENCED {
                         return;
                     }
@@ -137,9 +146,9 @@ async fn flush_one(inner: &Arc<DbInner>, mem: &Arc<Memtable>) -> EngineResult<()
         reuse.insert(info.id, reader.clone());
     }
     let version = if manifest.version > current.version.manifest.version {
-        Some(Arc::new(
-            open_version(&inner.src, inner.opts.partition, manifest, &reuse).await?,
-        ))
+        let mut v = open_version(&inner.src, inner.opts.partition, manifest, &reuse).await?;
+        v.hold = Some(inner.live.hold(v.manifest.version));
+        Some(Arc::new(v))
     } else {
         None
     };
@@ -241,7 +250,9 @@ pub(crate) async fn install(inner: &Arc<DbInner>, m: Arc<Manifest>) -> EngineRes
         return Ok(());
     }
     let reuse = current.version.readers();
-    let version = Arc::new(open_version(&inner.src, inner.opts.partition, m, &reuse).await?);
+    let mut version = open_version(&inner.src, inner.opts.partition, m, &reuse).await?;
+    version.hold = Some(inner.live.hold(version.manifest.version));
+    let version = Arc::new(version);
     let mut view = inner.view.write();
     if version.manifest.version > view.version.manifest.version {
         let mut next: View = (**view).clone();

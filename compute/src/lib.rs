@@ -2,16 +2,19 @@
 
 pub mod cluster;
 mod commit;
+pub mod connections;
 mod db;
 mod error;
 mod flush;
 mod lease;
 mod memtable;
+pub mod message_limit;
 mod metrics;
 mod replica;
 mod scan;
 pub mod server;
 mod sst_reader;
+mod stall;
 pub mod txn;
 mod txn_coord;
 mod version;
@@ -24,6 +27,7 @@ pub use lease::LeaseGuard;
 pub use metrics::EngineMetrics;
 pub use replica::ReplicaRead;
 pub use scan::Scanner;
+pub use stall::StallLimits;
 pub use txn_coord::TxnService;
 
 /// Generated protobuf and gRPC code for `strata.v1`.

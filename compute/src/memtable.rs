@@ -154,6 +154,7 @@ impl Memtable {
         end: Option<&[u8]>,
         snap: Snap,
         max_keys: usize,
+        max_bytes: usize,
         out: &mut Vec<Entry>,
     ) -> bool {
         let lo = InternalKey {
@@ -162,6 +163,7 @@ impl Memtable {
         };
         let mut last_key: Option<Bytes> = None;
         let mut n = 0;
+        let mut bytes = 0usize;
         for e in self.map.range(lo..) {
             let ik = e.key();
             if end.is_some_and(|end| ik.key.as_ref() >= end) {
@@ -173,11 +175,13 @@ impl Memtable {
             if last_key.as_ref() == Some(&ik.key) {
                 continue;
             }
-            if n == max_keys {
+            if n == max_keys || bytes >= max_bytes {
                 return true;
             }
             last_key = Some(ik.key.clone());
-            out.push(to_entry(ik, e.value()));
+            let entry = to_entry(ik, e.value());
+            bytes += entry.key.len() + entry.value.len();
+            out.push(entry);
             n += 1;
         }
         false
@@ -222,10 +226,10 @@ mod tests {
         assert_eq!(m.get(b"b", at(10)).unwrap().kind, Kind::Delete);
         assert!(m.get(b"c", at(10)).is_none());
         let mut out = Vec::new();
-        assert!(!m.scan(b"", None, at(10), 10, &mut out));
+        assert!(!m.scan(b"", None, at(10), 10, usize::MAX, &mut out));
         assert_eq!(out.len(), 2);
         out.clear();
-        assert!(m.scan(b"", None, at(10), 1, &mut out));
+        assert!(m.scan(b"", None, at(10), 1, usize::MAX, &mut out));
         assert_eq!(out.len(), 1);
         assert_eq!(m.max_seq(), 3);
     }
@@ -243,7 +247,7 @@ mod tests {
         assert_eq!(m.get(b"k", snap).unwrap().value, &b"durable-old"[..]);
         assert_eq!(m.get(b"j", snap).unwrap().value, &b"buffered"[..]);
         let mut out = Vec::new();
-        m.scan(b"", None, snap, 10, &mut out);
+        m.scan(b"", None, snap, 10, usize::MAX, &mut out);
         let vals: Vec<_> = out.iter().map(|e| e.value.clone()).collect();
         assert_eq!(
             vals,

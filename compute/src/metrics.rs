@@ -2,7 +2,7 @@
 
 use std::sync::atomic::AtomicU64;
 
-/// Counters of the engine. All monotonic.
+/// Counters of the engine and the server's connections. All monotonic but `connections_open`.
 #[derive(Debug, Default)]
 pub struct EngineMetrics {
     pub gets: AtomicU64,
@@ -15,4 +15,22 @@ pub struct EngineMetrics {
     pub flush_bytes: AtomicU64,
     pub flush_failures: AtomicU64,
     pub wal_segments_deleted: AtomicU64,
+    /// Write batches delayed in the write stall's slowdown band (`stall.rs`).
+    pub write_stall_delays: AtomicU64,
+    /// Write batches that waited at the stop limit.
+    pub write_stall_stops: AtomicU64,
+    /// Write batches refused (`RESOURCE_EXHAUSTED`) after waiting out the stop limit.
+    pub write_stall_refusals: AtomicU64,
+    /// Total time writes spent held back by the stall, microseconds.
+    pub write_stall_micros: AtomicU64,
+    /// Client connections open now (a gauge; `connections.rs`).
+    pub connections_open: AtomicU64,
+    /// Client connections accepted.
+    pub connections_accepted: AtomicU64,
+    /// Connections closed at once because `--max-connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed after `--idle-timeout-secs` without a request in flight.
+    pub connections_idle_closed: AtomicU64,
+    /// Connections closed for not finishing the HTTP/2 handshake in time.
+    pub connections_handshake_timeouts: AtomicU64,
 }

@@ -15,6 +15,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_format::{Entry, Kind};
 
+/// Most bytes (keys and values) one source contributes to one chunk. With the key bound
+/// alone, a chunk of large values held `sources × n` of them at once (hundreds of MiB per scan
+/// over 100 KiB values); with it, a chunk holds at most about `sources ×` this.
+const SOURCE_CHUNK_BYTES: usize = 1 << 20;
+
 /// A scan in progress.
 #[derive(Debug)]
 pub struct Scanner {
@@ -129,13 +134,14 @@ impl Scanner {
                 }
             }
         };
+        let max_bytes = SOURCE_CHUNK_BYTES;
         for m in self.view.memtables() {
-            let t = m.scan(&self.cursor, end, self.snap, n, &mut buf);
+            let t = m.scan(&self.cursor, end, self.snap, n, max_bytes, &mut buf);
             absorb(&mut buf, t);
         }
         for sst in &self.view.version.l0 {
             let t = sst
-                .scan(&self.cursor, end, self.snap.max(), n, &mut buf)
+                .scan(&self.cursor, end, self.snap.max(), n, max_bytes, &mut buf)
                 .await?;
             absorb(&mut buf, t);
         }
@@ -143,6 +149,7 @@ impl Scanner {
             let first =
                 level.partition_point(|f| f.info.props.largest_key.as_ref() < self.cursor.as_ref());
             let mut remaining = n;
+            let mut bytes_left = max_bytes;
             let mut truncated = false;
             for f in &level[first..] {
                 if end.is_some_and(|e| f.info.props.smallest_key.as_ref() >= e) {
@@ -150,10 +157,22 @@ impl Scanner {
                 }
                 let before = buf.len();
                 let t = f
-                    .scan(&self.cursor, end, self.snap.max(), remaining, &mut buf)
+                    .scan(
+                        &self.cursor,
+                        end,
+                        self.snap.max(),
+                        remaining,
+                        bytes_left,
+                        &mut buf,
+                    )
                     .await?;
                 remaining -= buf.len() - before;
-                if t || remaining == 0 {
+                let got: usize = buf[before..]
+                    .iter()
+                    .map(|e| e.key.len() + e.value.len())
+                    .sum();
+                bytes_left = bytes_left.saturating_sub(got);
+                if t || remaining == 0 || bytes_left == 0 {
                     truncated = true;
                     break;
                 }

@@ -5,7 +5,7 @@
 
 use crate::cluster::{ClusterNode, Route};
 use crate::commit::{Cond, Op, WriteOp};
-use crate::db::Db;
+use crate::db::{Db, MAX_SNAPSHOT_AGE};
 use crate::error::{is_retry_safe, retryable, EngineError};
 use crate::pb;
 use crate::pb::kv_client::KvClient;
@@ -27,6 +27,12 @@ const SCAN_CHUNK_ENTRIES: usize = 256;
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 /// Most keys or ops in one batch.
 pub const MAX_BATCH_OPS: usize = 10_000;
+/// Room for the results of one BatchGet reply: the message limit less a margin for framing
+/// and metadata.
+const REPLY_BUDGET: usize = MAX_MESSAGE_BYTES - (64 << 10);
+/// Metadata on BatchGets one node forwards to another: the bytes of results the forwarding
+/// node has room for (its share of the reply budget).
+const REPLY_BUDGET_HEADER: &str = "x-strata-reply-budget";
 
 /// How long a request keeps retrying a partition that is moving (no owner yet, opening,
 /// handing off) before it gets `UNAVAILABLE`: longer than a failover normally takes.
@@ -216,11 +222,14 @@ impl KvService {
         }
     }
 
-    /// The tonic service with our message size limits.
-    pub fn into_server(self) -> KvServer<KvService> {
-        KvServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    /// The tonic service with our message size limits (a larger request is answered
+    /// `RESOURCE_EXHAUSTED`).
+    pub fn into_server(self) -> crate::message_limit::MessageLimit<KvServer<KvService>> {
+        crate::message_limit::MessageLimit::new(
+            KvServer::new(self)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
     }
 }
 
@@ -527,19 +536,29 @@ impl KvService {
 
     /// Eventually consistent reads of several keys of partition `p` from flushed data here,
     /// if allowed (see [`KvService::eventual_get`]).
+    /// Reads keys in order until their values pass `budget` bytes (at least one key).
     async fn eventual_multi(
         &self,
         p: u32,
         keys: &[Bytes],
         session: Option<u64>,
+        budget: usize,
     ) -> Result<Option<Vec<pb::GetResponse>>, Status> {
         let Backend::Cluster(node) = self.backend()? else {
             return Ok(None);
         };
         let mut out = Vec::with_capacity(keys.len());
+        let mut used = 0usize;
         for k in keys {
             match node.replica_get(p, k, session).await.map_err(status)? {
-                Some((r, _)) => out.push(found(r.value)),
+                Some((r, _)) => {
+                    let g = found(r.value);
+                    used += g.value.len() + crate::db::READ_RESULT_OVERHEAD;
+                    if used > budget && !out.is_empty() {
+                        break;
+                    }
+                    out.push(g);
+                }
                 None => return Ok(None),
             }
         }
@@ -638,10 +657,17 @@ impl KvService {
     }
 
     /// One attempt at a BatchGet, grouped by the partition map as it is now.
+    ///
+    /// The reply is bounded before it is built: each partition's group reads its keys in
+    /// request order until its share of the reply budget is used (always at least one key), so
+    /// the server never holds more than about the message limit of values for one request.
+    /// The reply then holds the longest prefix of the request that every group read, and lists
+    /// the rest as `unprocessed_keys`.
     async fn batch_get_once(
         &self,
         cx: &Ctx,
         r: pb::BatchGetRequest,
+        budget: usize,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
         let cx = cx.clone();
         check_consistency("consistency", r.consistency)?;
@@ -654,6 +680,10 @@ impl KvService {
         for (i, k) in r.keys.iter().enumerate() {
             groups.entry(self.partition_of(k)?).or_default().push(i);
         }
+        // The reply's room for results: the budget less what listing every key as unprocessed
+        // could take, shared evenly by the groups (they read concurrently).
+        let listed: usize = r.keys.iter().map(|k| k.len() + 6).sum();
+        let share = budget.saturating_sub(listed) / groups.len().max(1);
         let cx = &cx;
         let reads = groups.into_iter().map(|(p, idx)| {
             let keys: Vec<Bytes> = idx.iter().map(|&i| r.keys[i].clone()).collect();
@@ -661,7 +691,7 @@ impl KvService {
             async move {
                 if consistency == pb::Consistency::Eventual as i32 && !cx.forwarded {
                     if let Some(res) = self
-                        .eventual_multi(p, &keys, cx.sessions.get(&p).copied())
+                        .eventual_multi(p, &keys, cx.sessions.get(&p).copied(), share)
                         .await?
                     {
                         return Ok::<_, Status>((idx, res));
@@ -673,26 +703,26 @@ impl KvService {
                         async move {
                             match route {
                                 Route::Local(db) => Ok(db
-                                    .multi_get(&keys)
+                                    .multi_get_bounded(&keys, share)
                                     .await
                                     .map_err(status)?
                                     .into_iter()
                                     .map(found)
                                     .collect::<Vec<_>>()),
-                                Route::Remote(addr) => Ok(self
-                                    .peer(&addr)?
-                                    .batch_get(forward(
-                                        p,
-                                        pb::BatchGetRequest { keys, consistency },
-                                    ))
-                                    .await?
-                                    .into_inner()
-                                    .results),
+                                Route::Remote(addr) => {
+                                    let mut req =
+                                        forward(p, pb::BatchGetRequest { keys, consistency });
+                                    req.metadata_mut().insert(
+                                        REPLY_BUDGET_HEADER,
+                                        tonic::metadata::MetadataValue::from(share as u64),
+                                    );
+                                    Ok(self.peer(&addr)?.batch_get(req).await?.into_inner().results)
+                                }
                             }
                         }
                     })
                     .await?;
-                if res.len() != idx.len() {
+                if res.len() > idx.len() || res.is_empty() {
                     return Err(Status::internal(format!(
                         "partition {p} answered {} results for {} keys",
                         res.len(),
@@ -702,13 +732,28 @@ impl KvService {
                 Ok::<_, Status>((idx, res))
             }
         });
-        let mut results = vec![pb::GetResponse::default(); r.keys.len()];
+        let mut results = vec![None; r.keys.len()];
+        // The first key, in request order, that some group did not read.
+        let mut cut = r.keys.len();
         for (idx, res) in futures::future::try_join_all(reads).await? {
+            if let Some(&first_unread) = idx.get(res.len()) {
+                cut = cut.min(first_unread);
+            }
             for (i, g) in idx.into_iter().zip(res) {
-                results[i] = g;
+                results[i] = Some(g);
             }
         }
-        Ok(Response::new(pb::BatchGetResponse { results }))
+        let mut keys = r.keys;
+        let unprocessed_keys = keys.split_off(cut);
+        let results = results
+            .into_iter()
+            .take(cut)
+            .map(|g| g.ok_or_else(|| Status::internal("a key of the read prefix has no result")))
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(pb::BatchGetResponse {
+            results,
+            unprocessed_keys,
+        }))
     }
 
     /// One attempt at a BatchWrite, grouped by the partition map as it is now.
@@ -896,8 +941,15 @@ impl Kv for KvService {
         req: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
         let cx = ctx(&req);
+        // A forwarding node gives its share of the reply budget.
+        let budget = req
+            .metadata()
+            .get(REPLY_BUDGET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(REPLY_BUDGET, |b| b.min(REPLY_BUDGET));
         let r = req.into_inner();
-        self.regrouping(r, |r| self.batch_get_once(&cx, r), cx.budget)
+        self.regrouping(r, |r| self.batch_get_once(&cx, r, budget), cx.budget)
             .await
     }
 
@@ -1005,11 +1057,33 @@ impl Kv for KvService {
                 if chunk.len() >= SCAN_CHUNK_ENTRIES || chunk_bytes >= SCAN_CHUNK_BYTES {
                     let entries = std::mem::take(&mut chunk);
                     chunk_bytes = 0;
-                    if tx.send(Ok(pb::ScanResponse { entries })).await.is_err() {
-                        return;
+                    match tokio::time::timeout(
+                        MAX_SNAPSHOT_AGE,
+                        tx.send(Ok(pb::ScanResponse { entries })),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            // The client stopped reading. Its snapshot would expire anyway;
+                            // release it now (a held version keeps compacted inputs from
+                            // being deleted), then tell the client why the scan ended.
+                            drop(heads);
+                            let _ = tx
+                                .send(Err(Status::aborted(format!(
+                                    "scan abandoned: the client read nothing for {}s, past \
+                                     the snapshot's maximum age; scan again from the last key",
+                                    MAX_SNAPSHOT_AGE.as_secs()
+                                ))))
+                                .await;
+                            return;
+                        }
                     }
                 }
             }
+            // Every entry is read: release the version before waiting on the client.
+            drop(heads);
             if !chunk.is_empty() {
                 let _ = tx.send(Ok(pb::ScanResponse { entries: chunk })).await;
             }

@@ -245,13 +245,15 @@ impl SstReader {
     }
 
     /// For each distinct key in `[start, end)`, the newest entry with seq <= `read_seq`, in
-    /// key order, at most `max_keys`. Returns true if it stopped because of `max_keys`.
+    /// key order, at most `max_keys`, and no more once their keys and values hold `max_bytes`
+    /// (at least one). Returns true if it stopped because of either bound.
     pub async fn scan(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         read_seq: u64,
         max_keys: usize,
+        max_bytes: usize,
         out: &mut Vec<Entry>,
     ) -> EngineResult<bool> {
         if end.is_some_and(|e| self.info.props.smallest_key.as_ref() >= e)
@@ -264,6 +266,7 @@ impl SstReader {
         };
         let mut last_key: Option<Bytes> = None;
         let mut n = 0;
+        let mut bytes = 0usize;
         while bi < self.index.blocks.len() {
             let block = self.block(bi).await?;
             let entries = block.entries();
@@ -275,10 +278,11 @@ impl SstReader {
                 if e.seq > read_seq || last_key.as_ref() == Some(&e.key) {
                     continue;
                 }
-                if n == max_keys {
+                if n == max_keys || bytes >= max_bytes {
                     return Ok(true);
                 }
                 last_key = Some(e.key.clone());
+                bytes += e.key.len() + e.value.len();
                 out.push(e.clone());
                 n += 1;
             }

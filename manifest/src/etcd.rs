@@ -154,6 +154,10 @@ pub struct PartitionProgress {
     /// Bytes of the deepest non-empty level (about the live data once compacted).
     #[serde(default)]
     pub last_level_bytes: u64,
+    /// Set when the owner cannot serve the partition because its stored data is corrupt
+    /// (what failed, naming the object); the other fields are then zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt: Option<String>,
 }
 
 impl PartitionProgress {

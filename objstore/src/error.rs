@@ -22,6 +22,17 @@ pub enum StoreError {
         /// What went wrong.
         detail: String,
     },
+    /// The store's disk is full (or over its quota) and the operation did not take effect:
+    /// nothing was created or replaced. Retrying helps only once space is freed.
+    #[error("no space left during {op} {path}: {detail}")]
+    NoSpace {
+        /// Operation name.
+        op: &'static str,
+        /// Object path.
+        path: String,
+        /// What went wrong, naming the directory or device.
+        detail: String,
+    },
     /// Anything else (configuration, permanent failures).
     #[error("object store error during {op} {path}: {detail}")]
     Other {

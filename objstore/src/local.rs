@@ -82,6 +82,24 @@ impl LocalStore {
 }
 
 fn other(op: &'static str, path: &str, e: io::Error) -> StoreError {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) {
+        // Callers use this only before the object is linked into place, so a full disk here
+        // means nothing was created.
+        return StoreError::NoSpace {
+            op,
+            path: path.to_string(),
+            detail: e.to_string(),
+        };
+    }
+    after_link(op, path, e)
+}
+
+/// An error after the object was linked into place (the directory fsync): the object may
+/// exist, so even a full disk is not "nothing happened".
+fn after_link(op: &'static str, path: &str, e: io::Error) -> StoreError {
     StoreError::Other {
         op,
         path: path.to_string(),
@@ -176,7 +194,7 @@ impl Inner {
         #[cfg(target_os = "linux")]
         if mode == PutMode::Create && self.tmpfile_ok.load(Ordering::Relaxed) {
             match create_via_tmpfile(parent, full, data) {
-                Ok(()) => return fsync_dir(parent).map_err(|e| other("put", path, e)),
+                Ok(()) => return fsync_dir(parent).map_err(|e| after_link("put", path, e)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     return Err(StoreError::AlreadyExists(path.to_string()))
                 }
@@ -213,7 +231,7 @@ impl Inner {
                     fs::rename(&staging, full).map_err(|e| other("put", path, e))?;
                 }
             }
-            fsync_dir(parent).map_err(|e| other("put", path, e))
+            fsync_dir(parent).map_err(|e| after_link("put", path, e))
         })();
         let _ = fs::remove_file(&staging);
         result

@@ -246,6 +246,9 @@ pub struct PreloadSummary {
 pub struct Report {
     pub config: serde_json::Value,
     pub preload: Option<PreloadSummary>,
+    /// The server's resident memory during the run (`--report-rss`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss: Option<super::rss::RssReport>,
     #[serde(flatten)]
     pub summary: Summary,
 }
@@ -422,6 +425,7 @@ mod tests {
         let report = Report {
             config: serde_json::json!({"workload": "default", "clients": 16}),
             preload: None,
+            rss: None,
             summary: r.summarize(Duration::from_secs(1)),
         };
         let v = serde_json::to_value(&report).expect("serializes");

@@ -5,9 +5,9 @@
 //! - [`Etcd`]: a one-member etcd through `infra/etcd.sh`, data in a temp dir.
 //!
 //! Both can be stopped and restarted on the same data and port, for tests of what the engine
-//! does while a dependency is down. When a server is not installed, `start` returns `None`
-//! (the test skips with a message) unless the environment requires it (`STRATA_REQUIRE_S3=1`,
-//! which CI sets, or `STRATA_REQUIRE_ETCD=1`): then it panics.
+//! does while a dependency is down. When a server is not installed, `start` panics (run
+//! `bash infra/setup.sh`), unless `STRATA_ALLOW_SKIP=1`: then it returns `None` and the test
+//! skips with a message.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -154,17 +154,17 @@ fn spawn_s3(bin: &Path, root: &Path, listen: &str) -> Result<(Child, String), Sp
 }
 
 impl S3 {
-    /// Starts the server, or returns `None` (skip) when it is not built and
-    /// `STRATA_REQUIRE_S3` is not `1`.
+    /// Starts the server; when it is not built, fails, or returns `None` (skip) with
+    /// `STRATA_ALLOW_SKIP=1`.
     pub fn start() -> Option<S3> {
         let bin = match server_bin() {
             Ok(b) => b,
             Err(e) => {
                 assert!(
-                    !env_is_1("STRATA_REQUIRE_S3"),
-                    "STRATA_REQUIRE_S3=1 but {e}"
+                    env_is_1("STRATA_ALLOW_SKIP"),
+                    "{e} (run `bash infra/setup.sh`; STRATA_ALLOW_SKIP=1 skips instead)"
                 );
-                eprintln!("SKIPPED (set STRATA_REQUIRE_S3=1 to make this a failure): {e}");
+                eprintln!("SKIPPED (STRATA_ALLOW_SKIP=1): {e}");
                 return None;
             }
         };
@@ -310,18 +310,17 @@ fn free_ports() -> (u16, u16) {
 }
 
 impl Etcd {
-    /// Starts etcd on fresh data and two free ports, or returns `None` (skip) when etcd is not
-    /// installed and neither `STRATA_REQUIRE_ETCD` nor `STRATA_REQUIRE_S3` is `1`.
+    /// Starts etcd on fresh data and two free ports; when etcd is not installed, fails, or
+    /// returns `None` (skip) with `STRATA_ALLOW_SKIP=1`.
     pub fn start() -> Option<Etcd> {
         // Both, or infra/etcd.sh would try to apt-get them.
         if !on_path("etcd") || !on_path("etcdctl") {
             let e = "etcd or etcdctl not installed; run infra/etcd.sh install";
-            let require = env_is_1("STRATA_REQUIRE_ETCD") || env_is_1("STRATA_REQUIRE_S3");
             assert!(
-                !require,
-                "STRATA_REQUIRE_ETCD=1 or STRATA_REQUIRE_S3=1 but {e}"
+                env_is_1("STRATA_ALLOW_SKIP"),
+                "{e} (run `bash infra/setup.sh`; STRATA_ALLOW_SKIP=1 skips instead)"
             );
-            eprintln!("SKIPPED (set STRATA_REQUIRE_ETCD=1 to make this a failure): {e}");
+            eprintln!("SKIPPED (STRATA_ALLOW_SKIP=1): {e}");
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");

@@ -4,7 +4,7 @@
 
 pub mod infra;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -143,6 +143,48 @@ impl Server {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Reads one metric from the server's Prometheus endpoint.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.log_text();
+        let addr = text
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| panic!("no metrics address in the server log:\n{text}"))
+            .to_string();
+        // A scrape is retried a few times: one failed connection must not fail a test (CI once
+        // saw a broken pipe here); a server that really died fails the next gRPC call anyway.
+        let fetch = || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(&addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(
+                s,
+                "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        };
+        let mut attempt = 0;
+        let body = loop {
+            attempt += 1;
+            match fetch() {
+                Ok(b) => break b,
+                Err(e) if attempt < 5 => {
+                    eprintln!("metrics scrape of {addr} failed ({e}); retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("metrics scrape of {addr} failed {attempt} times: {e}"),
+            }
+        };
+        body.lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(' ')?;
+                (n == name).then(|| v.trim().parse::<u64>().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
     }
 }
 

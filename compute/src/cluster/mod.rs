@@ -96,12 +96,32 @@ enum PartState {
     Serving(Db),
     /// Handing off: no new requests; the engine is closing.
     Releasing,
+    /// Its stored data is corrupt, so it cannot open. We keep the owner key (so no other
+    /// node tries and fails in turn), answer its requests `DATA_LOSS` naming what failed, report
+    /// it (`ctl status`, a log line), serve every other partition, and try to open it again
+    /// after `CORRUPT_RETRY`, doubling with each failure (an operator may have restored the object).
+    Corrupt {
+        why: String,
+        since: Instant,
+    },
+}
+
+/// How long after failing to open for corruption a partition is tried again; doubled for
+/// every further failure, up to 64 times this.
+const CORRUPT_RETRY: Duration = Duration::from_secs(60);
+
+/// The wait before the next open of a partition that failed `failures` times.
+fn corrupt_retry_after(failures: u32) -> Duration {
+    CORRUPT_RETRY * (1u32 << failures.saturating_sub(1).min(6))
 }
 
 struct Part {
     state: PartState,
     /// Creation revision of our owner key.
     tenure: i64,
+    /// Opens of this tenure that failed for corruption; the retry interval doubles with each
+    /// (every open writes a fence marker and replays the WAL tail, so retries stay rare).
+    corrupt_failures: u32,
 }
 
 struct Inner {
@@ -334,6 +354,9 @@ impl ClusterNode {
                 PartState::Releasing => Err(EngineError::NotServing(format!(
                     "partition {p} is moving to another node"
                 ))),
+                PartState::Corrupt { why, .. } => Err(EngineError::Corruption(format!(
+                    "partition {p} is unavailable: its stored data is corrupt ({why})"
+                ))),
             };
         }
         let view = self.inner.view.read().clone();
@@ -484,6 +507,23 @@ impl ClusterNode {
             }
             changed
         });
+    }
+
+    /// Partitions this node holds but cannot serve because their stored data is corrupt, with
+    /// what failed.
+    pub fn corrupt_partitions(&self) -> Vec<(u32, String)> {
+        let mut out: Vec<(u32, String)> = self
+            .inner
+            .parts
+            .read()
+            .iter()
+            .filter_map(|(p, part)| match &part.state {
+                PartState::Corrupt { why, .. } => Some((*p, why.clone())),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Drops every partition at once, without flushing: our lease is gone, so successors
@@ -685,11 +725,31 @@ async fn reconcile_loop(node: ClusterNode) {
                         level_files: s.level_files.clone(),
                         sst_bytes: s.sst_bytes,
                         last_level_bytes: s.last_level_bytes,
+                        corrupt: None,
                     }
                 })
                 .collect();
             let view = inner.view.read().clone();
             split::consider(&node, &view, &stats);
+            let mut stats = stats;
+            stats.extend(
+                node.corrupt_partitions()
+                    .into_iter()
+                    .map(|(p, why)| PartitionProgress {
+                        partition: p,
+                        epoch: 0,
+                        durable_seq: 0,
+                        flushed_seq: 0,
+                        manifest_version: 0,
+                        memtable_bytes: 0,
+                        writes_per_sec: 0,
+                        l0_files: 0,
+                        level_files: Vec::new(),
+                        sst_bytes: 0,
+                        last_level_bytes: 0,
+                        corrupt: Some(why),
+                    }),
+            );
             let id = inner.lease_id.load(Ordering::SeqCst);
             if let Err(e) = inner
                 .etcd
@@ -730,13 +790,47 @@ fn reconcile(node: &ClusterNode, view: &ClusterView) {
     for p in map.ids() {
         let want = ring.owner(p);
         let owner = view.owners.get(&p);
-        let (held, tenure, serving, fenced) = match inner.parts.read().get(&p) {
+        let (held, tenure, serving, fenced, corrupt_since) = match inner.parts.read().get(&p) {
             Some(part) => match &part.state {
-                PartState::Serving(db) => (true, part.tenure, true, db.is_fenced()),
-                _ => (true, part.tenure, false, false),
+                PartState::Serving(db) => (true, part.tenure, true, db.is_fenced(), None),
+                PartState::Corrupt { since, .. } => (
+                    true,
+                    part.tenure,
+                    false,
+                    false,
+                    Some((*since, part.corrupt_failures)),
+                ),
+                _ => (true, part.tenure, false, false, None),
             },
-            None => (false, 0, false, false),
+            None => (false, 0, false, false, None),
         };
+        if let Some((since, failures)) = corrupt_since {
+            let deposed =
+                view.revision >= tenure && owner.is_none_or(|o| o.create_revision != tenure);
+            if deposed || want.is_some_and(|w| w != me) {
+                // Not ours to hold any more: free the key (the next owner tries for itself).
+                let mut parts = inner.parts.write();
+                if parts.get(&p).is_some_and(|part| part.tenure == tenure) {
+                    parts.remove(&p);
+                }
+                drop(parts);
+                inner.manifests.clear_owned(p);
+                if !deposed {
+                    let etcd = inner.etcd.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = etcd.release(p, tenure).await {
+                            tracing::warn!(partition = p, error = %e, "release failed; our lease will expire it");
+                        }
+                    });
+                }
+            } else if since.elapsed() >= corrupt_retry_after(failures) {
+                if let Some(part) = inner.parts.write().get_mut(&p) {
+                    part.state = PartState::Opening;
+                }
+                tokio::spawn(open_engine(node.clone(), p, tenure));
+            }
+            continue;
+        }
         if held {
             // Our owner key is gone or belongs to a later tenure: we are deposed. (Only a view
             // read after our key was created can tell.)
@@ -793,6 +887,7 @@ fn reconcile(node: &ClusterNode, view: &ClusterView) {
                 Part {
                     state: PartState::Opening,
                     tenure: 0,
+                    corrupt_failures: 0,
                 },
             );
             tokio::spawn(open(node.clone(), p));
@@ -868,6 +963,29 @@ async fn open_engine(node: ClusterNode, p: u32, tenure: i64) {
             }
             drop(parts);
             node.publish_owned();
+        }
+        Err(EngineError::Corruption(why)) => {
+            // Keep the key and report; every other partition of this node goes on serving.
+            tracing::error!(
+                partition = p,
+                error = %why,
+                "partition is corrupt: not serving it (DATA_LOSS), serving the others; \
+                 trying again later"
+            );
+            let mut parts = inner.parts.write();
+            if let Some(part) = parts.get_mut(&p).filter(|part| part.tenure == tenure) {
+                part.corrupt_failures += 1;
+                tracing::error!(
+                    partition = p,
+                    failures = part.corrupt_failures,
+                    "next open of the corrupt partition in {:?}",
+                    corrupt_retry_after(part.corrupt_failures)
+                );
+                part.state = PartState::Corrupt {
+                    why,
+                    since: Instant::now(),
+                };
+            }
         }
         Err(e) => {
             tracing::warn!(partition = p, error = %e, "opening partition failed; releasing it");

@@ -1,0 +1,653 @@
+//! Connections: the gRPC listener's accept loop and the limits that keep clients from pinning
+//! the server.
+//!
+//! - At most `max_connections` are open at once; one more is accepted and closed at once (the
+//!   client sees the connection end immediately rather than hang in the kernel's backlog).
+//! - A connection that has not sent its HTTP/2 preface and first SETTINGS frame within
+//!   `handshake_timeout` is closed (half-open and slow-loris sockets).
+//! - A connection with no request in flight for `idle_timeout` is closed. A request counts as
+//!   in flight from its headers until its response body is finished or dropped, so a long
+//!   stream is never "idle" however quiet it is.
+//! - Dead peers are found by HTTP/2 keepalive pings, configured on the tonic server
+//!   (`KEEPALIVE_INTERVAL`, `KEEPALIVE_TIMEOUT`).
+//!
+//! The timers live in the connection's own `poll_read`: hyper always keeps a read pending on a
+//! connection, so the timer's waker is registered whenever the connection is otherwise
+//! quiet, and returning an error from the read makes hyper drop the connection (closing the
+//! socket). No task per connection is needed beyond the one tonic spawns.
+//!
+//! Accept errors (`EMFILE` when the fd table is full) back off briefly instead of spinning; the
+//! fd limit itself is raised at start by [`raise_fd_limit`].
+
+use crate::metrics::EngineMetrics;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// HTTP/2 keepalive: the server pings a connection quiet for this long...
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and closes it when the ping is not answered within this.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long accepting pauses after an error such as `EMFILE`, so a full fd table does not turn
+/// the accept loop into a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// At most one warning per this interval for refused connections and accept errors.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The limits of [`Incoming`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Time from accept to the end of the client's HTTP/2 preface and first SETTINGS frame.
+    pub handshake_timeout: Duration,
+    /// Time without a request in flight after which a connection is closed (zero: never).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The result of [`raise_fd_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLimit {
+    /// The soft limit found at start.
+    pub before: u64,
+    /// The soft limit now (the hard limit, when raising it worked).
+    pub now: u64,
+}
+
+/// File descriptors kept for everything but client connections (SSTs, WAL segments, the disk
+/// cache, object-store and etcd sockets, the compactor): a quarter of the limit, at most 1,024.
+pub fn fd_reserve(limit: u64) -> u64 {
+    (limit / 4).min(1024)
+}
+
+/// How many client connections an fd limit leaves room for, after [`fd_reserve`].
+pub fn connections_allowed_by(limit: u64) -> u64 {
+    limit.saturating_sub(fd_reserve(limit))
+}
+
+/// Raises this process's soft limit on open files to its hard limit (as servers such as
+/// etcd and nginx do), so the connection limit rather than the fd table decides how many
+/// clients fit.
+pub fn raise_fd_limit() -> io::Result<FdLimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur >= lim.rlim_max {
+        return Ok(FdLimit {
+            before,
+            now: before,
+        });
+    }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(FdLimit {
+        before,
+        now: lim.rlim_max,
+    })
+}
+
+/// What tonic puts in each request's extensions for a connection from [`Incoming`]; the
+/// [`ActivityLayer`] reads it to count requests in flight.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The addresses, as tonic's own TCP incoming reports them (the layer also inserts this
+    /// value on its own, so `Request::remote_addr` keeps working).
+    pub tcp: TcpConnectInfo,
+    state: Arc<ConnState>,
+}
+
+/// Activity of one connection, shared by its IO (which owns the timers) and its requests.
+#[derive(Debug)]
+struct ConnState {
+    /// Requests whose response is not finished.
+    in_flight: AtomicUsize,
+    /// When a request last started or finished, ms since `epoch`.
+    last_active_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl ConnState {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn touch(&self) {
+        self.last_active_ms.store(self.now_ms(), Ordering::Release);
+    }
+}
+
+/// The accepted connections of a listener, limited by [`ConnectionLimits`]; give it to
+/// tonic's `serve_with_incoming_shutdown`.
+pub struct Incoming {
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    permits: Arc<Semaphore>,
+    metrics: Arc<EngineMetrics>,
+    backoff: Option<Pin<Box<Sleep>>>,
+    last_refusal_warning: Option<Instant>,
+    last_error_warning: Option<Instant>,
+}
+
+impl Incoming {
+    pub fn new(
+        listener: TcpListener,
+        limits: ConnectionLimits,
+        metrics: Arc<EngineMetrics>,
+    ) -> Incoming {
+        Incoming {
+            listener,
+            permits: Arc::new(Semaphore::new(
+                limits.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            limits,
+            metrics,
+            backoff: None,
+            last_refusal_warning: None,
+            last_error_warning: None,
+        }
+    }
+}
+
+/// Whether a warning may be logged now, at most once per `WARN_EVERY`.
+fn warn_due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
+impl futures::Stream for Incoming {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(b) = this.backoff.as_mut() {
+                if b.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.backoff = None;
+            }
+            let (sock, peer) = match this.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(accepted)) => accepted,
+                Poll::Ready(Err(e)) => {
+                    // EMFILE/ENFILE/ENOMEM and the like: the connection waits in the backlog
+                    // while we pause; a client that gave up (ECONNABORTED) is just skipped.
+                    if e.kind() != io::ErrorKind::ConnectionAborted {
+                        if warn_due(&mut this.last_error_warning) {
+                            tracing::warn!(error = %e, "accepting a connection failed; pausing accepts briefly");
+                        }
+                        this.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                    }
+                    continue;
+                }
+            };
+            let Ok(permit) = this.permits.clone().try_acquire_owned() else {
+                this.metrics
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                if warn_due(&mut this.last_refusal_warning) {
+                    tracing::warn!(
+                        %peer,
+                        max_connections = this.limits.max_connections,
+                        "connection refused: --max-connections reached"
+                    );
+                }
+                drop(sock);
+                continue;
+            };
+            // Without TCP_NODELAY small responses wait on Nagle and delayed ACKs (~40 ms).
+            if let Err(e) = sock.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "setting TCP_NODELAY failed");
+            }
+            return Poll::Ready(Some(Ok(Conn::new(
+                sock,
+                permit,
+                this.limits,
+                this.metrics.clone(),
+            ))));
+        }
+    }
+}
+
+/// Watches the client's first bytes for the end of the HTTP/2 handshake: the 24-byte
+/// preface, then a SETTINGS frame (9-byte header, then its payload).
+#[derive(Debug, Default)]
+struct Handshake {
+    seen: usize,
+    header: [u8; 9],
+    done: bool,
+}
+
+const PREFACE_LEN: usize = 24;
+const FRAME_HEADER_LEN: usize = 9;
+
+impl Handshake {
+    fn observe(&mut self, bytes: &[u8]) {
+        if self.done {
+            return;
+        }
+        let start = self.seen;
+        let end = start + bytes.len();
+        let header = PREFACE_LEN..PREFACE_LEN + FRAME_HEADER_LEN;
+        let (lo, hi) = (start.max(header.start), end.min(header.end));
+        if lo < hi {
+            self.header[lo - PREFACE_LEN..hi - PREFACE_LEN]
+                .copy_from_slice(&bytes[lo - start..hi - start]);
+        }
+        self.seen = end;
+        if self.seen >= header.end {
+            let payload = u32::from_be_bytes([0, self.header[0], self.header[1], self.header[2]]);
+            self.done = self.seen >= header.end + payload as usize;
+        }
+    }
+}
+
+/// Why a connection was closed by its own timers.
+#[derive(Debug, Clone, Copy)]
+enum Closed {
+    Handshake,
+    Idle,
+}
+
+/// One accepted connection: the socket, its connection permit and its timers.
+pub struct Conn {
+    io: TcpStream,
+    info: ConnInfo,
+    limits: ConnectionLimits,
+    metrics: Arc<EngineMetrics>,
+    handshake: Handshake,
+    /// The handshake deadline until the handshake is done, then the idle deadline.
+    timer: Option<Pin<Box<Sleep>>>,
+    closed: Option<Closed>,
+    /// Bytes were read since the socket last had nothing to read. hyper reads frames until
+    /// then before it dispatches them, so a request may be read but not yet counted in
+    /// flight: the idle timer must not close the connection at that moment.
+    read_since_pending: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    fn new(
+        io: TcpStream,
+        permit: OwnedSemaphorePermit,
+        limits: ConnectionLimits,
+        metrics: Arc<EngineMetrics>,
+    ) -> Conn {
+        metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        let tcp = TcpConnectInfo {
+            local_addr: io.local_addr().ok(),
+            remote_addr: io.peer_addr().ok(),
+        };
+        let epoch = Instant::now();
+        let state = Arc::new(ConnState {
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            epoch,
+        });
+        let timer = (!limits.handshake_timeout.is_zero())
+            .then(|| Box::pin(tokio::time::sleep_until(epoch + limits.handshake_timeout)));
+        Conn {
+            io,
+            info: ConnInfo { tcp, state },
+            limits,
+            metrics,
+            handshake: Handshake::default(),
+            timer,
+            closed: None,
+            read_since_pending: false,
+            _permit: permit,
+        }
+    }
+
+    /// The deadline after the handshake: `idle_timeout` after the last request finished, or
+    /// a re-check one `idle_timeout` from now while requests are in flight.
+    fn idle_deadline(&self) -> Option<Instant> {
+        if self.limits.idle_timeout.is_zero() {
+            return None;
+        }
+        let st = &self.info.state;
+        let base = if st.in_flight.load(Ordering::Acquire) > 0 {
+            st.now_ms()
+        } else {
+            st.last_active_ms.load(Ordering::Acquire)
+        };
+        Some(st.epoch + Duration::from_millis(base) + self.limits.idle_timeout)
+    }
+
+    /// Polls the timer; `Some` when the connection must close now.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Option<Closed> {
+        loop {
+            let timer = self.timer.as_mut()?;
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            if !self.handshake.done {
+                return Some(Closed::Handshake);
+            }
+            let st = &self.info.state;
+            let idle_for = st
+                .now_ms()
+                .saturating_sub(st.last_active_ms.load(Ordering::Acquire));
+            if st.in_flight.load(Ordering::Acquire) == 0
+                && idle_for >= self.limits.idle_timeout.as_millis() as u64
+            {
+                return Some(Closed::Idle);
+            }
+            match self.idle_deadline() {
+                Some(d) => {
+                    if let Some(t) = self.timer.as_mut() {
+                        t.as_mut().reset(d);
+                    }
+                }
+                None => self.timer = None,
+            }
+        }
+    }
+
+    fn close(&mut self, why: Closed) -> io::Error {
+        if self.closed.is_none() {
+            self.closed = Some(why);
+            let counter = match why {
+                Closed::Handshake => &self.metrics.connections_handshake_timeouts,
+                Closed::Idle => &self.metrics.connections_idle_closed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = ?self.info.tcp.remote_addr, reason = ?why, "closing connection");
+        }
+        match why {
+            Closed::Handshake => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "HTTP/2 handshake not completed within {:?}",
+                    self.limits.handshake_timeout
+                ),
+            ),
+            Closed::Idle => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no request for {:?} (--idle-timeout-secs)",
+                    self.limits.idle_timeout
+                ),
+            ),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(why) = this.closed {
+            return Poll::Ready(Err(this.close(why)));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.read_since_pending |= buf.filled().len() > before;
+                if !this.handshake.done {
+                    this.handshake.observe(&buf.filled()[before..]);
+                    if this.handshake.done {
+                        // Idle time counts from the end of the handshake.
+                        this.info.state.touch();
+                        this.timer = this
+                            .idle_deadline()
+                            .map(|d| Box::pin(tokio::time::sleep_until(d)));
+                    }
+                }
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        let had_data = std::mem::take(&mut this.read_since_pending);
+        match this.poll_timer(cx) {
+            // Look again once hyper has handled what it just read (the timer stays due).
+            Some(Closed::Idle) if had_data => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Some(why) => Poll::Ready(Err(this.close(why))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A tower layer (for `tonic::transport::Server::builder().layer`) that counts each
+/// connection's requests in flight for the idle timeout of [`Conn`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ActivityLayer;
+
+impl<S> tower::Layer<S> for ActivityLayer {
+    type Service = Activity<S>;
+
+    fn layer(&self, inner: S) -> Activity<S> {
+        Activity { inner }
+    }
+}
+
+/// The service of [`ActivityLayer`].
+#[derive(Debug, Clone)]
+pub struct Activity<S> {
+    inner: S,
+}
+
+/// A request in flight on a connection; dropping it marks the connection active now.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn begin(state: Arc<ConnState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.touch();
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Touch before the decrement, so a timer that sees zero in flight also sees the time.
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Activity<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<TrackedBody<RB>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let guard = req.extensions().get::<ConnInfo>().cloned().map(|ci| {
+            req.extensions_mut().insert(ci.tcp);
+            InFlight::begin(ci.state)
+        });
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(resp.map(|inner| TrackedBody {
+                inner,
+                _in_flight: guard,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it ends or is dropped.
+#[derive(Debug)]
+pub struct TrackedBody<B> {
+    inner: B,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(payload: usize) -> Vec<u8> {
+        let mut v = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        assert_eq!(v.len(), PREFACE_LEN);
+        let len = (payload as u32).to_be_bytes();
+        v.extend_from_slice(&[len[1], len[2], len[3], 0x4, 0, 0, 0, 0, 0]);
+        v.extend(std::iter::repeat_n(0u8, payload));
+        v
+    }
+
+    #[test]
+    fn handshake_done_after_preface_and_settings_in_any_split() {
+        let bytes = settings(18);
+        for split in 0..=bytes.len() {
+            let mut h = Handshake::default();
+            h.observe(&bytes[..split]);
+            assert_eq!(h.done, split == bytes.len(), "split {split}");
+            h.observe(&bytes[split..]);
+            assert!(h.done, "split {split}");
+        }
+        // One byte at a time: done only with the last byte.
+        let mut h = Handshake::default();
+        for (i, b) in bytes.iter().enumerate() {
+            assert!(!h.done, "done early at {i}");
+            h.observe(std::slice::from_ref(b));
+        }
+        assert!(h.done);
+    }
+
+    #[test]
+    fn handshake_with_empty_settings_and_trailing_frames() {
+        let mut bytes = settings(0);
+        bytes.extend_from_slice(&[0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let mut h = Handshake::default();
+        h.observe(&bytes[..PREFACE_LEN + FRAME_HEADER_LEN - 1]);
+        assert!(!h.done);
+        h.observe(&bytes[PREFACE_LEN + FRAME_HEADER_LEN - 1..]);
+        assert!(h.done);
+    }
+
+    #[test]
+    fn fd_reserve_leaves_room_for_the_engine() {
+        assert_eq!(connections_allowed_by(1024), 768);
+        assert_eq!(connections_allowed_by(1 << 20), (1 << 20) - 1024);
+        assert_eq!(connections_allowed_by(0), 0);
+    }
+
+    #[test]
+    fn raising_the_fd_limit_never_lowers_it() {
+        let l = raise_fd_limit().expect("getrlimit/setrlimit");
+        assert!(l.now >= l.before);
+    }
+}
