@@ -7,3 +7,5 @@ bash infra/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo nextest run --workspace --no-fail-fast "$@"
+# nextest runs no doctests: the engine's crate example is one (it opens, writes and reads back).
+cargo test --doc -p strata-engine

@@ -27,18 +27,13 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Generated protobuf and gRPC client code for `strata.v1`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod pb {
-    tonic::include_proto!("strata.v1");
-}
-
-/// Session token metadata (`PARTITION:VERSION`) on write answers and eventual reads.
-const SESSION_HEADER: &str = "x-strata-session";
-/// Metadata the server puts on `UNAVAILABLE` answers that applied nothing.
-const RETRY_SAFE_HEADER: &str = "x-strata-retry-safe";
-/// Largest gRPC message.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+use strata_proto::headers::SESSION as SESSION_HEADER;
+/// Generated protobuf and gRPC code for `strata.v1` (from `strata-proto`).
+pub use strata_proto::pb;
+/// Whether a failed attempt certainly applied nothing (the server marked it, or the connection
+/// could not be opened).
+pub use strata_proto::retry::is_retry_safe;
+use strata_proto::MAX_MESSAGE_BYTES;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -87,19 +82,6 @@ struct Inner {
     /// This client's session: the newest version it wrote per partition (from the servers'
     /// session tokens), so its eventually consistent reads still see its own writes.
     session: Mutex<HashMap<u32, u64>>,
-}
-
-/// Whether a failed attempt certainly applied nothing.
-pub fn is_retry_safe(s: &Status) -> bool {
-    if s.code() != Code::Unavailable {
-        return false;
-    }
-    if s.metadata().get(RETRY_SAFE_HEADER).is_some() {
-        return true;
-    }
-    // The connection could not be opened: the request never left this process.
-    let msg = format!("{s:?}").to_ascii_lowercase();
-    msg.contains("connection refused") || msg.contains("tcp connect error")
 }
 
 fn normalize(addr: &str) -> String {

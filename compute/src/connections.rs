@@ -19,7 +19,6 @@
 //! Accept errors (`EMFILE` when the fd table is full) back off briefly instead of spinning; the
 //! fd limit itself is raised at start by [`raise_fd_limit`].
 
-use crate::metrics::EngineMetrics;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -27,6 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use strata_engine::EngineMetrics;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};

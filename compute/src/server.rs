@@ -4,12 +4,10 @@
 //! the whole batch with nothing applied, and every message names the field and the limit.
 
 use crate::cluster::{ClusterNode, Route};
-use crate::commit::{Cond, Op, WriteOp};
-use crate::db::{Db, MAX_SNAPSHOT_AGE};
-use crate::error::{is_retry_safe, retryable, EngineError};
 use crate::pb;
 use crate::pb::kv_client::KvClient;
 use crate::pb::kv_server::{Kv, KvServer};
+use crate::status::{is_retry_safe, retryable};
 use crate::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -17,6 +15,8 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use strata_engine::{prefix_end, Cond, Op, WriteOp};
+use strata_engine::{Db, MAX_SNAPSHOT_AGE};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -30,35 +30,21 @@ pub const MAX_BATCH_OPS: usize = 10_000;
 /// Room for the results of one BatchGet reply: the message limit less a margin for framing
 /// and metadata.
 const REPLY_BUDGET: usize = MAX_MESSAGE_BYTES - (64 << 10);
-/// Metadata on BatchGets one node forwards to another: the bytes of results the forwarding
-/// node has room for (its share of the reply budget).
-const REPLY_BUDGET_HEADER: &str = "x-strata-reply-budget";
+pub(crate) use strata_proto::headers::REPLY_BUDGET as REPLY_BUDGET_HEADER;
 
 /// How long a request keeps retrying a partition that is moving (no owner yet, opening,
 /// handing off) before it gets `UNAVAILABLE`: longer than a failover normally takes.
 const MOVE_RETRY_BUDGET: Duration = Duration::from_secs(8);
 
-/// Metadata on requests one node forwards to another: the partition it is meant for. A node
-/// that gets a forwarded request it does not own answers (retry-safe) `UNAVAILABLE` instead of
-/// forwarding again, so requests never loop.
-pub const FORWARDED_HEADER: &str = "x-strata-forwarded-partition";
-/// On retry-safe errors: the request was grouped by an outdated partition map.
-pub const MAP_CHANGED_HEADER: &str = "x-strata-map-changed";
-/// Response metadata: the partition that served the request.
-pub const PARTITION_HEADER: &str = "x-strata-partition";
-/// Session token: write responses carry `PARTITION:VERSION`; an eventually consistent read that
-/// sends back the tokens it holds (comma-separated) sees at least those writes.
-pub const SESSION_HEADER: &str = "x-strata-session";
-/// Eventually consistent read answers: every write of the partition up to this seq is reflected.
-pub const FLUSHED_SEQ_HEADER: &str = "x-strata-flushed-seq";
-/// Eventually consistent read answers: writes the owner had made durable beyond that, when it
-/// last published its progress (about once a second).
-pub const STALE_SEQS_HEADER: &str = "x-strata-stale-seqs";
-/// Eventually consistent read answers: age of the data read, in milliseconds (since the flush).
-pub const STALE_MS_HEADER: &str = "x-strata-stale-ms";
-/// Response metadata: the address of the partition's owner (where a smart client should send
-/// the key next time).
-pub const OWNER_HEADER: &str = "x-strata-owner";
+// Metadata names: their meaning is documented in `strata_proto::headers`.
+pub use strata_proto::headers::FLUSHED_SEQ as FLUSHED_SEQ_HEADER;
+pub use strata_proto::headers::FORWARDED_PARTITION as FORWARDED_HEADER;
+pub use strata_proto::headers::MAP_CHANGED as MAP_CHANGED_HEADER;
+pub use strata_proto::headers::OWNER as OWNER_HEADER;
+pub use strata_proto::headers::PARTITION as PARTITION_HEADER;
+pub use strata_proto::headers::SESSION as SESSION_HEADER;
+pub use strata_proto::headers::STALE_MS as STALE_MS_HEADER;
+pub use strata_proto::headers::STALE_SEQS as STALE_SEQS_HEADER;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Backend {
@@ -427,22 +413,7 @@ pub(crate) fn delete_op(field: &str, d: pb::DeleteRequest) -> Result<WriteOp, St
     })
 }
 
-pub(crate) fn status(e: EngineError) -> Status {
-    e.into()
-}
-
-/// The smallest key greater than every key with `prefix`, or `None` if there is none
-/// (the prefix is all 0xff).
-pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
-    let mut p = prefix.to_vec();
-    while let Some(last) = p.pop() {
-        if last < 0xff {
-            p.push(last + 1);
-            return Some(Bytes::from(p));
-        }
-    }
-    None
-}
+pub(crate) use crate::status::status;
 
 type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanResponse, Status>> + Send>>;
 
@@ -459,7 +430,7 @@ fn found(r: Option<(Bytes, u64)>) -> pb::GetResponse {
 
 /// Ordered entries of one partition for a scan: a local scanner, or the owner's stream.
 enum PartScan {
-    Local(crate::scan::Scanner),
+    Local(strata_engine::Scanner),
     Remote(tonic::Streaming<pb::ScanResponse>),
 }
 
@@ -553,7 +524,7 @@ impl KvService {
             match node.replica_get(p, k, session).await.map_err(status)? {
                 Some((r, _)) => {
                     let g = found(r.value);
-                    used += g.value.len() + crate::db::READ_RESULT_OVERHEAD;
+                    used += g.value.len() + strata_engine::READ_RESULT_OVERHEAD;
                     if used > budget && !out.is_empty() {
                         break;
                     }
@@ -1153,12 +1124,5 @@ mod tests {
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout("5x"), None);
         assert_eq!(parse_grpc_timeout(""), None);
-    }
-
-    #[test]
-    fn prefix_end_increments_last_non_ff_byte() {
-        assert_eq!(prefix_end(b"ab").as_deref(), Some(&b"ac"[..]));
-        assert_eq!(prefix_end(b"a\xff").as_deref(), Some(&b"b"[..]));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
     }
 }

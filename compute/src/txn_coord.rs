@@ -14,15 +14,15 @@
 //! cannot commit afterwards). Nothing is half-applied and no key stays locked.
 
 use crate::cluster::{ClusterNode, Route};
-use crate::commit::WriteOp;
-use crate::error::{is_retry_safe, retryable};
 use crate::pb;
 use crate::server::{delete_op, forward, put_op, status, Backend, Ctx, KvService, SESSION_HEADER};
+use crate::status::{is_retry_safe, retryable};
 use crate::txn::TXN_TIMEOUT_MS;
 use crate::MAX_MESSAGE_BYTES;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use strata_engine::WriteOp;
 use strata_manifest::etcd::{TxnRecord, TxnState};
 use tonic::{Request, Response, Status};
 
@@ -312,7 +312,7 @@ impl KvService {
 }
 
 fn to_pb(op: &WriteOp) -> pb::WriteOp {
-    use crate::commit::{Cond, Op};
+    use strata_engine::{Cond, Op};
     pb::WriteOp {
         op: Some(match &op.op {
             Op::Put { value, ttl_ms } => pb::write_op::Op::Put(pb::PutRequest {

@@ -4,15 +4,17 @@
 //! level, and the WAL segment recovery must replay from. Each change writes a new version.
 //! [`ManifestStore`] hides where the pointer to the latest version lives: in embedded mode it
 //! is the object store itself (version N+1 is created with a conditional put, so two writers
-//! can never both commit N+1); in a cluster ([`etcd`]) the bodies stay in the object store
+//! can never both commit N+1); in a cluster (the `etcd` module, behind the `etcd` feature) the bodies stay in the object store
 //! and etcd holds the pointer, swung in transactions guarded by the owner's writer epoch.
 
 mod embedded;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod layout;
 pub mod ring;
 
 pub use embedded::EmbeddedManifestStore;
+#[cfg(feature = "etcd")]
 pub use etcd::{EtcdManifestStore, EtcdSettings};
 
 use async_trait::async_trait;

@@ -22,11 +22,7 @@
 pub use strata_manifest::ring;
 mod split;
 
-use crate::db::{store_uid, Db, DbOptions};
-use crate::error::EngineError;
 use crate::pb;
-use crate::replica::{ReplicaRead, Replicas};
-use crate::sst_reader::BlockSource;
 use crate::LeaseGuard;
 use parking_lot::{Mutex, RwLock};
 use ring::Ring;
@@ -35,6 +31,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_cache::BlockCache;
+use strata_engine::EngineError;
+use strata_engine::{store_uid, Db, DbOptions};
+use strata_engine::{ReplicaRead, Replicas};
 use strata_format::PartitionMap;
 use strata_manifest::etcd::{ClusterView, Etcd, NodeInfo, OwnerInfo, PartitionProgress};
 use strata_manifest::{now_ms, EtcdManifestStore};
@@ -185,12 +184,10 @@ impl ClusterNode {
         let cfg = etcd.init_config(opts.partitions).await?;
         let manifests = Arc::new(EtcdManifestStore::new(etcd.clone(), store.clone()));
         let replicas = Replicas::new(
-            BlockSource {
-                store: store.clone(),
-                cache: cache.clone(),
-                store_uid: store_uid(&store).await?,
-                roots: opts.db.roots.clone(),
-            },
+            store.clone(),
+            cache.clone(),
+            store_uid(&store).await?,
+            opts.db.roots.clone(),
             manifests.clone(),
         );
         let lease = LeaseGuard::new();
@@ -418,12 +415,12 @@ impl ClusterNode {
             .get(&p)
             .copied()
             .unwrap_or(0);
-        let view = self.inner.replicas.view(p, want).await?;
-        if session_seq.is_some_and(|s| s > view.version.manifest.last_flushed_seq) {
+        let (scanner, flushed_seq) = self.inner.replicas.scan(p, want, start, end).await?;
+        if session_seq.is_some_and(|s| s > flushed_seq) {
             return Ok(None);
         }
         Ok(Some(
-            crate::scan::Scanner::new(view, crate::memtable::Snap::LATEST, start, end)
+            scanner
                 .with_hash_range(self.map().range_of(p))
                 .with_max_age(Some(self.inner.opts.db.max_snapshot_age)),
         ))

@@ -29,11 +29,11 @@
 //! leave those keys out (`DbOptions::hash_range`).
 
 use super::{ClusterNode, PartState};
-use crate::error::{EngineError, EngineResult};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use strata_engine::{EngineError, EngineResult};
 use strata_format::Manifest;
 use strata_manifest::etcd::{ClusterView, PartitionProgress};
 use strata_manifest::now_ms;

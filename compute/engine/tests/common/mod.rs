@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 use strata_cache::{BlockCache, CacheConfig};
-use strata_compute::{Cond, Db, DbOptions, Op, WriteOp};
+use strata_engine::{Cond, Db, DbOptions, Op, WriteOp};
 use strata_manifest::{EmbeddedManifestStore, ManifestStore};
 use strata_objstore::{LocalStore, Store};
 

@@ -14,6 +14,7 @@
 use crate::db::{live, now_ms, open_version, Db};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::{Memtable, Snap};
+use crate::scan::Scanner;
 use crate::sst_reader::BlockSource;
 use crate::version::{Version, View};
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use strata_format::Manifest;
 use strata_manifest::ManifestStore;
 
 /// Opened manifest versions of partitions this node does not own.
-pub(crate) struct Replicas {
+pub struct Replicas {
     src: BlockSource,
     manifests: Arc<dyn ManifestStore>,
     versions: Mutex<HashMap<u32, Arc<Version>>>,
@@ -42,9 +43,22 @@ pub struct ReplicaRead {
 }
 
 impl Replicas {
-    pub(crate) fn new(src: BlockSource, manifests: Arc<dyn ManifestStore>) -> Self {
+    /// Replicas reading `store` (whose id is `store_uid`, see [`crate::store_uid`]) through
+    /// `cache`; `roots` opens the other roots a restored keyspace's manifests name.
+    pub fn new(
+        store: Arc<dyn strata_objstore::Store>,
+        cache: strata_cache::BlockCache,
+        store_uid: u64,
+        roots: strata_objstore::Roots,
+        manifests: Arc<dyn ManifestStore>,
+    ) -> Self {
         Replicas {
-            src,
+            src: BlockSource {
+                store,
+                cache,
+                store_uid,
+                roots,
+            },
             manifests,
             versions: Mutex::new(HashMap::new()),
         }
@@ -73,9 +87,19 @@ impl Replicas {
         Ok(keep)
     }
 
-    /// A reader's view of partition `p`'s flushed data, no older than manifest version `want`.
-    pub(crate) async fn view(&self, p: u32, want: u64) -> EngineResult<Arc<View>> {
-        Ok(Arc::new(Self::view_of(self.version(p, want, false).await?)))
+    /// A scan of partition `p`'s flushed data (no older than manifest version `want`) over
+    /// `[start, end)`, with the seq up to which that data reflects every write.
+    pub async fn scan(
+        &self,
+        p: u32,
+        want: u64,
+        start: Bytes,
+        end: Option<Bytes>,
+    ) -> EngineResult<(Scanner, u64)> {
+        let version = self.version(p, want, false).await?;
+        let flushed = version.manifest.last_flushed_seq;
+        let view = Arc::new(Self::view_of(version));
+        Ok((Scanner::new(view, Snap::LATEST, start, end), flushed))
     }
 
     fn view_of(version: Arc<Version>) -> View {
@@ -87,7 +111,7 @@ impl Replicas {
     }
 
     /// Reads `key` of partition `p` from flushed data no older than manifest version `want`.
-    pub(crate) async fn get(&self, p: u32, key: &[u8], want: u64) -> EngineResult<ReplicaRead> {
+    pub async fn get(&self, p: u32, key: &[u8], want: u64) -> EngineResult<ReplicaRead> {
         let mut force = false;
         loop {
             let version = self.version(p, want, force).await?;
@@ -110,7 +134,7 @@ impl Replicas {
     }
 
     /// Forgets `p` (we own it now, or it is gone).
-    pub(crate) fn forget(&self, p: u32) {
+    pub fn forget(&self, p: u32) {
         self.versions.lock().remove(&p);
     }
 }

@@ -175,10 +175,15 @@ pub struct Db {
 /// Summary of what recovery found, for logs and tests.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
+    /// The manifest version recovery started from.
     pub manifest_version: u64,
+    /// WAL segments replayed into the memtable (those past the manifest's replay point).
     pub replayed_segments: u64,
+    /// Entries those segments held.
     pub replayed_entries: u64,
+    /// The WAL segment id this open claimed to fence earlier writers.
     pub fence_segment: u64,
+    /// The seq the next write gets.
     pub next_seq: u64,
     /// Prepared cross-partition transactions found (their keys are locked until resolved).
     pub prepared_txns: u64,
@@ -718,7 +723,7 @@ impl Db {
     /// hash is in `range` — latest version each, with version and expiry — into new SSTs under
     /// partition `target`'s prefix. Returns them (as L0 files) and the largest seq this
     /// partition ever assigned, which the new partition continues above.
-    pub(crate) async fn export_for_split(
+    pub async fn export_for_split(
         &self,
         target: u32,
         range: (u64, Option<u64>),
@@ -979,12 +984,19 @@ impl Db {
 /// Engine state summary.
 #[derive(Debug, Clone, Default)]
 pub struct DbStats {
+    /// Every write up to this seq is visible to reads.
     pub visible_seq: u64,
+    /// Bytes in the active and frozen memtables.
     pub memtable_bytes: u64,
+    /// Frozen memtables waiting for their flush.
     pub immutable_memtables: u64,
+    /// The current manifest's version.
     pub manifest_version: u64,
+    /// SSTs in L0.
     pub l0_files: u64,
+    /// SSTs in each level below L0 (L1 first).
     pub level_files: Vec<u64>,
+    /// Bytes of all SSTs the manifest lists.
     pub sst_bytes: u64,
     /// Bytes of the deepest non-empty level.
     pub last_level_bytes: u64,
@@ -1117,7 +1129,7 @@ async fn relock_prepared(inner: &Arc<DbInner>) -> EngineResult<u64> {
         buffered: 0,
     };
     let start = Bytes::from_static(crate::txn::INTENT_PREFIX);
-    let end = crate::server::prefix_end(crate::txn::INTENT_PREFIX);
+    let end = crate::scan::prefix_end(crate::txn::INTENT_PREFIX);
     let mut scan = crate::scan::Scanner::new_system(view, snap, start, end);
     let mut n = 0;
     while !scan.is_done() {

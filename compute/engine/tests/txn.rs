@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use std::time::Duration;
-use strata_compute::{Cond, Db, DbOptions, EngineError};
+use strata_engine::{Cond, Db, DbOptions, EngineError};
 
 mod common;
 use common::{open, put};

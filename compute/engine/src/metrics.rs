@@ -5,15 +5,25 @@ use std::sync::atomic::AtomicU64;
 /// Counters of the engine and the server's connections. All monotonic but `connections_open`.
 #[derive(Debug, Default)]
 pub struct EngineMetrics {
+    /// Point reads served.
     pub gets: AtomicU64,
+    /// Write batches applied.
     pub writes: AtomicU64,
+    /// WAL segments written.
     pub wal_segments: AtomicU64,
+    /// Bytes of WAL segments written.
     pub wal_bytes: AtomicU64,
+    /// Time spent in WAL PUTs, microseconds.
     pub wal_put_micros: AtomicU64,
+    /// WAL PUTs that failed.
     pub wal_put_failures: AtomicU64,
+    /// Memtables flushed to L0.
     pub flushes: AtomicU64,
+    /// Bytes of L0 SSTs flushed.
     pub flush_bytes: AtomicU64,
+    /// Flushes that failed (and were retried).
     pub flush_failures: AtomicU64,
+    /// WAL segments deleted by WAL GC.
     pub wal_segments_deleted: AtomicU64,
     /// Write batches delayed in the write stall's slowdown band (`stall.rs`).
     pub write_stall_delays: AtomicU64,

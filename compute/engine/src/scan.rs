@@ -15,6 +15,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_format::{Entry, Kind};
 
+/// The smallest key greater than every key with `prefix`, or `None` if there is none
+/// (the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xff {
+            p.push(last + 1);
+            return Some(Bytes::from(p));
+        }
+    }
+    None
+}
+
 /// Most bytes (keys and values) one source contributes to one chunk. With the key bound
 /// alone, a chunk of large values held `sources × n` of them at once (hundreds of MiB per scan
 /// over 100 KiB values); with it, a chunk holds at most about `sources ×` this.
@@ -57,13 +70,15 @@ impl Scanner {
     }
 
     /// Stops the scan with "snapshot too old" once its view is older than `age`.
-    pub(crate) fn with_max_age(mut self, age: Option<std::time::Duration>) -> Self {
+    /// Stops the scan (`ABORTED`, snapshot too old) once its view is older than `age`.
+    pub fn with_max_age(mut self, age: Option<std::time::Duration>) -> Self {
         self.max_age = age;
         self
     }
 
     /// Leaves out keys whose hash is outside `range` (`None`: none left out).
-    pub(crate) fn with_hash_range(mut self, range: Option<(u64, Option<u64>)>) -> Self {
+    /// Leaves out keys whose hash is outside `[start, end)` (a partition after a split).
+    pub fn with_hash_range(mut self, range: Option<(u64, Option<u64>)>) -> Self {
         self.hash_range = range;
         self
     }
@@ -209,5 +224,17 @@ impl Scanner {
             None => self.done = true,
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_increments_last_non_ff_byte() {
+        assert_eq!(prefix_end(b"ab").as_deref(), Some(&b"ac"[..]));
+        assert_eq!(prefix_end(b"a\xff").as_deref(), Some(&b"b"[..]));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
     }
 }

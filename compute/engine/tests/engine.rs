@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
-use strata_compute::{Cond, Db, DbOptions, EngineError, Op, WriteOp};
+use strata_engine::{Cond, Db, DbOptions, EngineError, Op, WriteOp};
 use strata_objstore::{LocalStore, Store};
 
 mod common;

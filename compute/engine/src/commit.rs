@@ -40,7 +40,12 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone)]
 pub enum Op {
     /// Store `value`; `ttl_ms` 0 means it never expires.
-    Put { value: Bytes, ttl_ms: u64 },
+    Put {
+        /// The value.
+        value: Bytes,
+        /// Time to live from the write, in milliseconds; 0 never expires.
+        ttl_ms: u64,
+    },
     /// Write a tombstone.
     Delete,
 }
@@ -59,8 +64,11 @@ pub enum Cond {
 /// One op of a batch.
 #[derive(Debug, Clone)]
 pub struct WriteOp {
+    /// The key written.
     pub key: Bytes,
+    /// What is written to it.
     pub op: Op,
+    /// The condition the whole batch depends on.
     pub cond: Cond,
 }
 
