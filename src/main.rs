@@ -58,6 +58,9 @@ fn init_tracing() {
 
 fn main() -> std::process::ExitCode {
     allocator::tune();
+    // Test builds only: arm the crash points named in `FAILPOINTS` (compute/src/txn_coord.rs).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

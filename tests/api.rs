@@ -1318,3 +1318,58 @@ async fn restart_after_sigterm_reads_everything_back_with_same_versions() {
     assert!(absent(&get(&mut c, "r/0001").await));
     assert!(put(&mut c, "r/newer", "n").await > d.version);
 }
+
+/// Every error answer carries a machine-readable reason in `strata-error-reason`, so clients
+/// branch on it instead of parsing messages; the codes stay what they were.
+#[tokio::test]
+async fn error_answers_carry_a_machine_readable_reason() {
+    use strata_proto::reason;
+    let (_d, _s, mut c) = start().await;
+    #[track_caller]
+    fn reason_is(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, want: &str) {
+        let s = r.expect_err("an error answer");
+        assert_eq!(s.code(), code, "{}", s.message());
+        assert_eq!(reason::reason_of(&s), Some(want), "{s:?}");
+    }
+    reason_is(
+        c.put(put_req(vec![b'k'; 5000], "v")).await,
+        Code::InvalidArgument,
+        reason::KEY_TOO_LARGE,
+    );
+    reason_is(
+        c.put(put_req("k", vec![0u8; (1 << 20) + 1])).await,
+        Code::InvalidArgument,
+        reason::VALUE_TOO_LARGE,
+    );
+    reason_is(
+        c.put(put_req(&b"\xff\xffstrata/x"[..], "v")).await,
+        Code::InvalidArgument,
+        reason::RESERVED_KEY,
+    );
+    reason_is(
+        c.get(pb::GetRequest {
+            key: b("k"),
+            consistency: 99,
+        })
+        .await,
+        Code::InvalidArgument,
+        reason::INVALID_ARGUMENT,
+    );
+    let keys = (0..10_001).map(|i| b(format!("k{i}"))).collect();
+    reason_is(
+        c.batch_get(pb::BatchGetRequest {
+            keys,
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        reason::BATCH_TOO_LARGE,
+    );
+    put(&mut c, "exists", "v").await;
+    reason_is(
+        put_if_absent(&mut c, "exists", "again").await,
+        Code::FailedPrecondition,
+        reason::CONDITION_FAILED,
+    );
+    // Over the message limit: tests/resources.rs; a write stall and a full disk there too.
+}

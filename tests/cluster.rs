@@ -1430,7 +1430,7 @@ async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
         return;
     };
     let mut c = Cluster::start(&s3, &etcd, 2, "txn-coord");
-    let fp = |name: &str| vec![("STRATA_FAILPOINT".to_string(), name.to_string())];
+    let fp = |name: &str| vec![("FAILPOINTS".to_string(), format!("{name}=return"))];
     let after_prepare = c.add_node_with(fp("txn-after-prepare"));
     let after_decide = c.add_node_with(fp("txn-after-decide"));
     // The crashing coordinators own nothing: only their coordination dies with them.

@@ -111,7 +111,7 @@ async fn a_slow_scan_gets_a_clean_error_and_never_reads_deleted_files() {
     // Its files are gone, and it is past its bound: a clean "snapshot too old".
     let err = drain(&mut slow).await.expect_err("the slow scan must stop");
     assert!(
-        matches!(&err, EngineError::Conflict(m) if m.contains("snapshot too old")),
+        matches!(&err, EngineError::SnapshotTooOld(m) if m.contains("snapshot too old")),
         "{err:?}"
     );
     // A scan taken now reads every key, from the compacted file.

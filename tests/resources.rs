@@ -101,6 +101,10 @@ async fn a_request_above_the_message_limit_is_resource_exhausted_and_applies_not
         .expect_err("a 70 MiB request must be refused");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("message limit"), "{}", err.message());
+    assert_eq!(
+        strata_proto::reason::reason_of(&err),
+        Some(strata_proto::reason::MESSAGE_TOO_LARGE)
+    );
     for i in [0, 69] {
         let g = c
             .get(pb::GetRequest {
@@ -157,6 +161,10 @@ async fn writes_stall_past_the_l0_stop_limit_and_resume_once_compaction_catches_
         err.message().starts_with("write stall:"),
         "{}",
         err.message()
+    );
+    assert_eq!(
+        strata_proto::reason::reason_of(&err),
+        Some(strata_proto::reason::WRITE_STALL)
     );
     assert!(err.message().contains("L0 files"), "{}", err.message());
     assert!(err.metadata().get("retry-after-ms").is_some());
@@ -302,6 +310,10 @@ async fn a_full_disk_refuses_writes_fast_keeps_reads_and_resumes_when_space_retu
     let e =
         exhausted.expect("writes must be refused with RESOURCE_EXHAUSTED once the disk is full");
     assert!(e.message().contains("no space left"), "{}", e.message());
+    assert_eq!(
+        strata_proto::reason::reason_of(&e),
+        Some(strata_proto::reason::NO_SPACE)
+    );
     assert!(
         acked.len() > 10,
         "only {} writes before the disk filled",

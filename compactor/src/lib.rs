@@ -29,12 +29,13 @@ mod compactor;
 pub mod export;
 pub mod fleet;
 pub mod fleet_tasks;
+mod gc;
 mod merge;
 mod plan;
+mod rebase;
 pub mod settings;
 pub mod snapshot;
 mod stream;
-mod tiered;
 
 #[cfg(test)]
 mod tests;
@@ -54,52 +55,7 @@ pub use compactor::{Compactor, CompactorStats, ReaderFloor};
 /// of reading their manifest and check that the pinned SSTs are still there. Short, so that a
 /// write flood's compacted inputs leave the disk within seconds (`docs/gc.md`).
 pub const EMBEDDED_GC_GRACE: Duration = Duration::from_secs(10);
-pub use plan::{level_target_bytes, plan, plan_at, plan_with_cursors, Job};
-
-/// How a partition's SSTs are organised and merged.
-///
-/// All three keep the same manifest invariants: L0 files newest first, every level a sorted
-/// run of non-overlapping files, and for any key, a shallower place holds a newer version
-/// than a deeper one. Readers need nothing else, so a partition can switch strategy at any
-/// time (the next jobs reshape it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// Leveled (the default): each level ~`level_multiplier` times the one above; low space
-    /// and read amplification, more rewriting.
-    #[default]
-    Leveled,
-    /// Size-tiered ("universal"): every level is one sorted run, ordered by age; runs of
-    /// similar size are merged together. Less rewriting, more space and read amplification.
-    SizeTiered,
-    /// Time windows for TTL data: runs are grouped by the window their values expire in;
-    /// runs of one window are merged together, never with another window, so a window's
-    /// SSTs expire together and are dropped whole without being read.
-    TimeWindow {
-        /// Width of a window, in milliseconds of expiry time.
-        window_ms: u64,
-    },
-}
-
-impl Strategy {
-    /// Parses `leveled`, `size-tiered` or `time-window` (the window comes separately).
-    pub fn parse(name: &str, window: Duration) -> Result<Strategy, String> {
-        match name {
-            "leveled" => Ok(Strategy::Leveled),
-            "size-tiered" | "tiered" | "universal" => Ok(Strategy::SizeTiered),
-            "time-window" | "twcs" => Ok(Strategy::TimeWindow {
-                window_ms: (window.as_millis() as u64).max(1),
-            }),
-            other => Err(format!(
-                "unknown compaction strategy {other:?}: expected leveled, size-tiered or time-window"
-            )),
-        }
-    }
-
-    /// Whether every level is a whole sorted run (size-tiered and time-window).
-    pub fn is_tiered(&self) -> bool {
-        !matches!(self, Strategy::Leveled)
-    }
-}
+pub use plan::{level_target_bytes, plan, plan_at, plan_with_cursors, Job, Strategy};
 
 /// Knobs of compaction.
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use strata_format::{decode_manifest, encode_manifest, Manifest, SstBuilder, SstInfo, SstOptions};
+use strata_format::{decode_manifest, Manifest, SstBuilder, SstInfo, SstOptions};
 use strata_manifest::layout::{new_sst_id, sst_path};
 use strata_manifest::{now_ms, ManifestError, ManifestResult, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
@@ -301,7 +301,11 @@ async fn pin_partition(
     snap.wal_replay_from = u64::MAX;
     let path = manifest_path(id, p);
     store
-        .put(&path, encode_manifest(&snap), PutMode::Create)
+        .put(
+            &path,
+            strata_manifest::encode_valid(p, &snap)?,
+            PutMode::Create,
+        )
         .await
         .with_context(|| format!("writing {path}"))?;
     let files: Vec<&SstInfo> = snap.ssts().collect();

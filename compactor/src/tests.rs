@@ -74,6 +74,8 @@ impl Env {
         let info = write_sst(&*self.store, entries, n as u32).await;
         let id = info.id;
         commit_change(&*self.manifests, move |m| {
+            // As if flushed and compacted down: the tree's replay point covers its seqs.
+            m.last_flushed_seq = m.last_flushed_seq.max(info.props.max_seq);
             while m.levels.len() < n {
                 m.levels.push(vec![]);
             }

@@ -1,24 +1,24 @@
 //! Strata compute: the cluster layer (membership, ownership, routing, splits, the transaction
 //! coordinator) and the gRPC service layer on top of the engine (`strata-engine`).
 //!
-//! Dependencies point one way: `server` (the KV, Admin and Txn services, request validation,
-//! the error → `Status` mapping in `status`) → `cluster` → `strata_engine`. The engine's types
+//! Dependencies point one way: `service` (the KV, Admin and Txn services, request validation,
+//! the error → `Status` mapping in `service/status.rs`) → `cluster` → `strata_engine`. The engine's types
 //! are re-exported here so callers of the server need one crate.
 
 pub mod cluster;
 pub mod connections;
-pub mod message_limit;
-pub mod server;
-mod status;
-mod txn_coord;
+pub mod service;
 
-pub use status::{is_retry_safe, retryable, status, RETRY_SAFE_HEADER};
+/// The service layer under its earlier name.
+pub use service as server;
+pub use service::message_limit;
+pub use service::status::{is_retry_safe, retryable, status, RETRY_SAFE_HEADER};
+pub use service::TxnService;
 pub use strata_engine::{
     prefix_end, store_uid, txn, Cond, Db, DbOptions, DbStats, EngineError, EngineMetrics,
     EngineResult, LeaseGuard, Op, OpOutcome, RecoveryReport, ReplicaRead, Scanner, StallLimits,
     WriteOp, MAX_KEY_BYTES, MAX_SNAPSHOT_AGE, MAX_VALUE_BYTES,
 };
-pub use txn_coord::TxnService;
 
 /// Generated protobuf and gRPC code for `strata.v1` (from `strata-proto`).
 pub use strata_proto::pb;

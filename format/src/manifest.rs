@@ -112,6 +112,80 @@ impl Manifest {
             .collect()
     }
 
+    /// The SSTs of `level`: 0 is L0 (newest first), 1 is L1 (`levels[0]`), and so on; empty
+    /// for a level the manifest does not have.
+    pub fn level(&self, level: usize) -> &[SstInfo] {
+        match level {
+            0 => &self.l0,
+            n => self
+                .levels
+                .get(n - 1)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Checks the invariants every manifest keeps, so that a violation is an error naming the
+    /// manifest, never a manifest written or read:
+    /// - every SST id is listed once;
+    /// - every SST's `level` field is the level it is listed in;
+    /// - every SST's key range and seq range are ordered (smallest ≤ largest);
+    /// - each level below L0 is sorted by smallest key, and its SSTs' key ranges are disjoint;
+    /// - no SST holds a seq above `last_flushed_seq` (recovery replays the WAL from above it,
+    ///   so a newer seq in an SST would be data the replay point claims is not flushed).
+    pub fn validate(&self) -> Result<()> {
+        let fail = |detail: String| {
+            Err(FormatError::Invalid(format!(
+                "manifest version {} (writer {:x}): {detail}",
+                self.version, self.writer_epoch
+            )))
+        };
+        let mut ids = std::collections::HashSet::new();
+        for (level, ssts) in std::iter::once(&self.l0)
+            .chain(self.levels.iter())
+            .enumerate()
+        {
+            for (i, f) in ssts.iter().enumerate() {
+                if !ids.insert(f.id) {
+                    return fail(format!("SST {} is listed twice", f.id));
+                }
+                if f.level as usize != level {
+                    return fail(format!(
+                        "SST {} is listed in L{level} but says it is in L{}",
+                        f.id, f.level
+                    ));
+                }
+                let p = &f.props;
+                if p.entries > 0 && p.smallest_key > p.largest_key {
+                    return fail(format!("SST {}: smallest key above largest key", f.id));
+                }
+                if p.entries > 0 && p.min_seq > p.max_seq {
+                    return fail(format!("SST {}: min seq above max seq", f.id));
+                }
+                if p.max_seq > self.last_flushed_seq {
+                    return fail(format!(
+                        "SST {} holds seq {} above last_flushed_seq {}",
+                        f.id, p.max_seq, self.last_flushed_seq
+                    ));
+                }
+                let prev = i.checked_sub(1).and_then(|j| ssts.get(j));
+                if let Some(prev) = prev.filter(|_| level > 0) {
+                    if prev.props.largest_key >= p.smallest_key {
+                        return fail(format!(
+                            "L{level}: SST {} (up to {:?}) is not below SST {} (from {:?}): \
+                             the level is unsorted or overlaps",
+                            prev.id,
+                            String::from_utf8_lossy(&prev.props.largest_key),
+                            f.id,
+                            String::from_utf8_lossy(&p.smallest_key)
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Drops root entries of SSTs the manifest no longer lists (compacted away).
     pub fn prune_roots(&mut self) {
         if self.roots.is_empty() {
@@ -262,6 +336,9 @@ pub fn decode_manifest(data: &[u8]) -> Result<Manifest> {
         m.dropped_tombstone_seq = r.u64("dropped_tombstone_seq")?;
     }
     r.finish()?;
+    // A well-formed object can still describe an impossible tree: refuse it like corruption.
+    m.validate()
+        .map_err(|e| corrupt(WHAT, format!("fails its invariants: {e}")))?;
     Ok(m)
 }
 
@@ -281,6 +358,71 @@ fn read_ssts(r: &mut Reader<'_>) -> Result<Vec<SstInfo>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sst(id: u64, level: u32, keys: (&str, &str), seqs: (u64, u64)) -> SstInfo {
+        SstInfo {
+            id,
+            level,
+            props: SstProps {
+                smallest_key: Bytes::copy_from_slice(keys.0.as_bytes()),
+                largest_key: Bytes::copy_from_slice(keys.1.as_bytes()),
+                min_seq: seqs.0,
+                max_seq: seqs.1,
+                entries: 2,
+                tombstones: 0,
+                expiring: 0,
+                max_expires_at_ms: 0,
+                data_bytes: 10,
+                file_size: 100,
+            },
+        }
+    }
+
+    #[test]
+    fn validate_accepts_a_sound_tree_and_names_each_broken_invariant() {
+        let good = Manifest {
+            version: 7,
+            last_flushed_seq: 100,
+            l0: vec![
+                sst(5, 0, ("a", "z"), (90, 100)),
+                sst(4, 0, ("b", "c"), (80, 89)),
+            ],
+            levels: vec![vec![
+                sst(1, 1, ("a", "f"), (1, 50)),
+                sst(2, 1, ("g", "m"), (2, 60)),
+            ]],
+            ..Manifest::default()
+        };
+        good.validate().expect("sound");
+        assert_eq!(good.level(1).len(), 2);
+        assert!(good.level(3).is_empty());
+        decode_manifest(&encode_manifest(&good)).expect("round trip");
+
+        let broken = |f: &dyn Fn(&mut Manifest), needle: &str| {
+            let mut m = good.clone();
+            f(&mut m);
+            let e = m.validate().expect_err(needle).to_string();
+            assert!(
+                e.contains(needle) && e.contains("manifest version 7"),
+                "{e}"
+            );
+            // And a stored copy of it does not decode.
+            let e = decode_manifest(&encode_manifest(&m)).expect_err(needle);
+            assert!(e.to_string().contains(needle), "{e}");
+        };
+        broken(&|m| m.levels[0][1].id = 5, "listed twice");
+        broken(&|m| m.levels[0][0].level = 2, "says it is in L2");
+        broken(&|m| m.levels[0].swap(0, 1), "unsorted or overlaps");
+        broken(
+            &|m| m.levels[0][1].props.smallest_key = Bytes::from_static(b"c"),
+            "unsorted or overlaps",
+        );
+        broken(&|m| m.l0[0].props.max_seq = 101, "above last_flushed_seq");
+        broken(
+            &|m| m.l0[1].props.smallest_key = Bytes::from_static(b"d"),
+            "smallest key above largest key",
+        );
+    }
 
     #[test]
     fn roots_round_trip_in_format_2_and_format_1_stays_without_them() {

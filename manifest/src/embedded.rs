@@ -6,7 +6,7 @@ use crate::layout::{manifest_path, manifest_prefix, parse_manifest_path};
 use crate::{ManifestError, ManifestResult, ManifestStore, Watchers};
 use async_trait::async_trait;
 use std::sync::Arc;
-use strata_format::{decode_manifest, encode_manifest, Manifest};
+use strata_format::{decode_manifest, Manifest};
 use strata_objstore::{PutMode, Store, StoreError};
 use tokio::sync::watch;
 
@@ -62,7 +62,11 @@ impl ManifestStore for EmbeddedManifestStore {
         let path = manifest_path(partition, next.version);
         match self
             .store
-            .put(&path, encode_manifest(next), PutMode::Create)
+            .put(
+                &path,
+                crate::encode_valid(partition, next)?,
+                PutMode::Create,
+            )
             .await
         {
             Ok(()) => {

@@ -60,6 +60,15 @@ pub enum ManifestError {
     /// etcd could not be reached or answered an error; the outcome is unknown.
     #[error("etcd: {0}")]
     Etcd(String),
+    /// A manifest about to be committed breaks an invariant of the tree
+    /// ([`Manifest::validate`]): a bug in whoever built it. Nothing was written.
+    #[error("partition {partition}: refusing to commit an invalid manifest: {source}")]
+    Invalid {
+        /// Partition.
+        partition: u32,
+        /// What is wrong (names the manifest version).
+        source: FormatError,
+    },
     /// A manifest object failed its checksum or could not be decoded.
     #[error("manifest object {path} is corrupt: {source}")]
     Corrupt {
@@ -72,6 +81,14 @@ pub enum ManifestError {
 
 /// Result alias.
 pub type ManifestResult<T> = Result<T, ManifestError>;
+
+/// `m` encoded for storage, once it passed [`Manifest::validate`]: every manifest commit goes
+/// through here, so an invalid tree is refused before anything is written.
+pub fn encode_valid(partition: u32, m: &Manifest) -> ManifestResult<bytes::Bytes> {
+    m.validate()
+        .map_err(|source| ManifestError::Invalid { partition, source })?;
+    Ok(strata_format::encode_manifest(m))
+}
 
 /// Where manifests live and how the latest one is found.
 #[async_trait]

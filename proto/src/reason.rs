@@ -35,8 +35,19 @@ pub const SPLITTING: &str = "SPLITTING";
 pub const FENCED: &str = "FENCED";
 /// `UNAVAILABLE` (retry-safe): a key is locked by a transaction being committed.
 pub const LOCKED: &str = "LOCKED";
-/// `UNAVAILABLE` (retry-safe): the server is shutting down or not open yet.
+/// `UNAVAILABLE` (retry-safe): the server is shutting down.
 pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+/// `UNAVAILABLE` (retry-safe): the server is starting (recovering or joining its cluster), or
+/// the partition is opening on its new owner.
+pub const NOT_READY: &str = "NOT_READY";
+/// `UNAVAILABLE` (retry-safe): a transaction's partitions aborted it because it took too
+/// long; nothing was applied.
+pub const TXN_TIMED_OUT: &str = "TXN_TIMED_OUT";
+/// `UNAVAILABLE`: the request's deadline passed before the partition or its storage answered;
+/// its outcome is unknown.
+pub const DEADLINE: &str = "DEADLINE";
+/// `UNAVAILABLE` (retry-safe): the request was grouped by an outdated partition map.
+pub const MAP_CHANGED: &str = "MAP_CHANGED";
 /// `UNAVAILABLE`: storage (object store, etcd) could not be reached; a write's outcome is unknown.
 pub const STORAGE_UNAVAILABLE: &str = "STORAGE_UNAVAILABLE";
 /// `UNAVAILABLE` of another kind (the message says which).
@@ -55,6 +66,43 @@ pub const DATA_CORRUPTION: &str = "DATA_CORRUPTION";
 pub const INTERNAL: &str = "INTERNAL";
 /// `NOT_FOUND`: the named object (a snapshot, a job, a keyspace) does not exist.
 pub const NOT_FOUND: &str = "NOT_FOUND";
+
+/// Every reason above.
+pub const ALL: &[&str] = &[
+    INVALID_ARGUMENT,
+    KEY_TOO_LARGE,
+    VALUE_TOO_LARGE,
+    BATCH_TOO_LARGE,
+    RESERVED_KEY,
+    CONDITION_FAILED,
+    FAILED_PRECONDITION,
+    TXN_CONFLICT,
+    ABORTED,
+    SNAPSHOT_TOO_OLD,
+    NOT_OWNER,
+    SPLITTING,
+    FENCED,
+    LOCKED,
+    SHUTTING_DOWN,
+    NOT_READY,
+    TXN_TIMED_OUT,
+    DEADLINE,
+    MAP_CHANGED,
+    STORAGE_UNAVAILABLE,
+    UNAVAILABLE,
+    WRITE_STALL,
+    NO_SPACE,
+    MESSAGE_TOO_LARGE,
+    RESOURCE_EXHAUSTED,
+    DATA_CORRUPTION,
+    INTERNAL,
+    NOT_FOUND,
+];
+
+/// The reason named `s`, if it is one of [`ALL`] (to pass on a reason a peer answered with).
+pub fn known(s: &str) -> Option<&'static str> {
+    ALL.iter().copied().find(|r| *r == s)
+}
 
 /// `s` with `reason` in its [`ERROR_REASON`] metadata (replacing any reason it had).
 pub fn with_reason(mut s: Status, reason: &'static str) -> Status {
@@ -85,4 +133,23 @@ pub fn default_for(code: tonic::Code) -> Option<&'static str> {
         C::Internal | C::Unknown => INTERNAL,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_unique_ascii_and_round_trip_through_metadata() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ALL {
+            assert!(seen.insert(*r), "{r} twice");
+            assert!(
+                r.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{r}"
+            );
+            let s = with_reason(Status::internal("x"), known(r).expect("known"));
+            assert_eq!(reason_of(&s), Some(*r));
+        }
+    }
 }

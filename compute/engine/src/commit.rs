@@ -16,7 +16,7 @@
 //! - A create that finds the segment name taken means a newer writer fenced us: nothing above
 //!   `durable_seq` ever becomes visible, and the engine stops.
 
-use crate::db::{now_ms, Db, DbInner, STATE_FENCED, STATE_OPEN};
+use crate::db::{now_ms, Db, DbInner};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::{Memtable, Snap};
 use crate::stall::Writer;
@@ -304,7 +304,7 @@ impl Committer {
     async fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Write(w) => {
-                if self.inner.state.load(Ordering::Acquire) != STATE_OPEN {
+                if !self.inner.lifecycle.is_open() {
                     let _ = w.reply.send(Err(EngineError::NotServing(
                         "this node lost ownership of the partition".into(),
                     )));
@@ -351,7 +351,7 @@ impl Committer {
     /// undo that state.
     fn answer_when_durable(&mut self, reply: Reply, answer: EngineResult<Vec<OpOutcome>>) {
         let observed = self.next_seq - 1;
-        if observed <= *self.inner.durable_seq.borrow() {
+        if observed <= self.inner.seqs.durable() {
             let _ = reply.send(answer);
         } else {
             self.deferred.push((observed, reply, answer));
@@ -646,7 +646,7 @@ impl Committer {
         } else {
             // Buffered: visible and acknowledged now; durable with its group, or lost in a crash.
             // Only buffered entries become visible early: durable ones wait for their PUT.
-            self.inner.buffered_seq.fetch_max(max_seq, Ordering::SeqCst);
+            self.inner.seqs.buffered_acknowledged(max_seq);
             let _ = reply.send(Ok(outcomes));
         }
     }
@@ -724,12 +724,7 @@ impl Committer {
                 m.wal_put_micros
                     .fetch_add(f.started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 self.inner.landed.lock().push(f.segment_id, f.group.max_seq);
-                self.inner
-                    .visible_seq
-                    .fetch_max(f.group.max_seq, Ordering::SeqCst);
-                self.inner.durable_seq.send_modify(|d| {
-                    *d = (*d).max(f.group.max_seq);
-                });
+                self.inner.seqs.landed(f.group.max_seq);
                 // Only now: a reader that finds a key unlocked must see its resolve.
                 for txn in &f.group.unlock {
                     self.inner.locks.unlock(txn);
@@ -772,8 +767,10 @@ impl Committer {
                     segment = f.segment_id,
                     "WAL segment name already taken: fenced by a newer writer; stepping down"
                 );
-                self.inner.state.store(STATE_FENCED, Ordering::Release);
+                self.inner.lifecycle.fence();
                 self.inner.flush_wanted.notify_waiters();
+                // Not `Fenced`: the write certainly applied nothing, and for the client this
+                // is the ordinary "not the owner (any more)" it retries on the new owner.
                 let err = EngineError::NotServing(
                     "write not applied: this node was fenced by a newer writer of the partition"
                         .into(),

@@ -9,15 +9,17 @@
 use crate::commit::{self, CommitHandle, Cond, Op, OpOutcome, Role, WriteOp};
 use crate::error::{EngineError, EngineResult};
 use crate::flush;
+use crate::lifecycle::{Lifecycle, State};
 use crate::memtable::{Memtable, Snap};
 use crate::metrics::EngineMetrics;
+use crate::seqs::Seqs;
 use crate::sst_reader::{BlockSource, SstReader};
 use crate::version::{Version, View};
 use bytes::Bytes;
 use futures::future::try_join_all;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use strata_cache::BlockCache;
@@ -27,7 +29,7 @@ use strata_format::{
 use strata_manifest::layout::{parse_wal_path, wal_path, wal_prefix, STORE_ID_PATH};
 use strata_manifest::{ManifestError, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 /// Bytes a read result adds to a reply beyond its value (field tags, lengths, version): what
 /// bounded multi-key reads count per key.
@@ -87,10 +89,6 @@ impl Default for DbOptions {
     }
 }
 
-pub(crate) const STATE_OPEN: u8 = 0;
-pub(crate) const STATE_FENCED: u8 = 1;
-pub(crate) const STATE_CLOSED: u8 = 2;
-
 /// WAL segments that landed and are not yet fully covered by a flushed SST.
 #[derive(Debug, Default)]
 pub(crate) struct Landed {
@@ -127,13 +125,10 @@ pub(crate) struct DbInner {
     pub manifests: Arc<dyn ManifestStore>,
     pub src: BlockSource,
     pub view: RwLock<Arc<View>>,
-    /// Readers see entries with seq <= this (it advances when a WAL segment lands).
-    pub visible_seq: AtomicU64,
-    /// Readers also see buffered entries with seq <= this (advances on their acknowledgement).
-    pub buffered_seq: AtomicU64,
-    /// Every seq <= this is in a landed WAL segment (or an SST).
-    pub durable_seq: watch::Sender<u64>,
-    pub state: AtomicU8,
+    /// The visible, buffered and durable seqs (`seqs.rs`).
+    pub seqs: Seqs,
+    /// Open, fenced or closed (`lifecycle.rs`).
+    pub lifecycle: Lifecycle,
     pub writer_epoch: u64,
     pub landed: Mutex<Landed>,
     pub flush_wanted: Notify,
@@ -377,7 +372,6 @@ impl Db {
         let mut version = open_version(&src, p, manifest.clone(), &HashMap::new()).await?;
         version.hold = Some(live.hold(version.manifest.version));
         let version = Arc::new(version);
-        let (durable_tx, _) = watch::channel(max_seq);
         let inner = Arc::new(DbInner {
             opts: opts.clone(),
             store: store.clone(),
@@ -388,10 +382,8 @@ impl Db {
                 imms: Vec::new(),
                 version,
             })),
-            visible_seq: AtomicU64::new(max_seq),
-            buffered_seq: AtomicU64::new(0),
-            durable_seq: durable_tx,
-            state: AtomicU8::new(STATE_OPEN),
+            seqs: Seqs::new(max_seq),
+            lifecycle: Lifecycle::new(),
             writer_epoch,
             landed: Mutex::new(landed),
             flush_wanted: Notify::new(),
@@ -430,9 +422,9 @@ impl Db {
     }
 
     fn check_open(&self) -> EngineResult<()> {
-        match self.inner.state.load(Ordering::Acquire) {
-            STATE_OPEN => Ok(()),
-            STATE_FENCED => Err(EngineError::NotServing(
+        match self.inner.lifecycle.get() {
+            State::Open => Ok(()),
+            State::Fenced => Err(EngineError::NotServing(
                 "this node lost ownership of the partition (fenced by a newer writer)".into(),
             )),
             _ => Err(EngineError::Closed),
@@ -451,10 +443,7 @@ impl Db {
     /// Snapshot for readers: the visible seq first, then the view, so every entry with a seq
     /// at or below the snapshot seq is in the view.
     pub(crate) fn snapshot(&self) -> (Snap, Arc<View>) {
-        let snap = Snap {
-            durable: self.inner.visible_seq.load(Ordering::SeqCst),
-            buffered: self.inner.buffered_seq.load(Ordering::SeqCst),
-        };
+        let snap = self.inner.seqs.snapshot();
         let view = self.inner.view.read().clone();
         (snap, view)
     }
@@ -609,7 +598,7 @@ impl Db {
             return Ok(());
         }
         if keys.any(|k| !self.serves_key(k)) {
-            return Err(EngineError::NotServing(format!(
+            return Err(EngineError::Split(format!(
                 "partition {} no longer serves this key (it split); retry with the new map",
                 self.inner.opts.partition
             )));
@@ -739,9 +728,9 @@ impl Db {
                 "prepared transactions arrived before the split".into(),
             ));
         }
-        let last_seq = (*self.inner.durable_seq.borrow())
+        let last_seq = (self.inner.seqs.durable())
             .max(view.version.manifest.last_flushed_seq)
-            .max(self.inner.visible_seq.load(Ordering::SeqCst));
+            .max(self.inner.seqs.visible());
         let mut scan = crate::scan::Scanner::new(view, Snap::LATEST, Bytes::new(), None)
             .with_hash_range(Some(range));
         let mut files = Vec::new();
@@ -832,7 +821,7 @@ impl Db {
     pub fn stats(&self) -> DbStats {
         let view = self.inner.view.read().clone();
         DbStats {
-            visible_seq: self.inner.visible_seq.load(Ordering::Relaxed),
+            visible_seq: self.inner.seqs.visible(),
             memtable_bytes: view.memtables().map(|m| m.approximate_bytes()).sum(),
             immutable_memtables: view.imms.len() as u64,
             manifest_version: view.version.manifest.version,
@@ -874,7 +863,7 @@ impl Db {
     /// Stops accepting writes, makes every accepted write durable in the WAL, flushes the
     /// memtables (best effort within `timeout`), and stops background tasks.
     pub async fn close(&self, timeout: Duration) -> EngineResult<()> {
-        let was_open = self.inner.state.load(Ordering::Acquire) == STATE_OPEN;
+        let was_open = self.inner.lifecycle.is_open();
         // One deadline for all of it, whatever the store or the disk does.
         let deadline = tokio::time::Instant::now() + timeout;
         // Bounded: with the store down, accepted writes can't become durable; they stay
@@ -887,8 +876,8 @@ impl Db {
         }
         // Writes acknowledged as buffered (DURABILITY_BUFFERED) that are still not in the WAL
         // are lost with this process: say how many.
-        let durable = *self.inner.durable_seq.borrow();
-        let buffered = self.inner.buffered_seq.load(Ordering::SeqCst);
+        let durable = self.inner.seqs.durable();
+        let buffered = self.inner.seqs.buffered();
         if buffered > durable {
             tracing::error!(
                 partition = self.inner.opts.partition,
@@ -902,22 +891,14 @@ impl Db {
             let _ = tokio::time::timeout_at(deadline, self.commit.freeze_now()).await;
             while !self.inner.view.read().imms.is_empty()
                 && tokio::time::Instant::now() < deadline
-                && self.inner.state.load(Ordering::Acquire) == STATE_OPEN
+                && self.inner.lifecycle.is_open()
             {
                 let notified = self.inner.flushed.notified();
                 self.inner.flush_wanted.notify_one();
                 let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
             }
         }
-        self.inner
-            .state
-            .compare_exchange(
-                STATE_OPEN,
-                STATE_CLOSED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .ok();
+        self.inner.lifecycle.close();
         self.inner.flush_wanted.notify_waiters();
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());
         for t in tasks {
@@ -929,7 +910,7 @@ impl Db {
     /// Stops serving at once without flushing: for a node that lost its lease, whose
     /// partitions may already have a new owner. Nothing unacknowledged becomes acknowledged.
     pub fn abandon(&self) {
-        self.inner.state.store(STATE_FENCED, Ordering::Release);
+        self.inner.lifecycle.fence();
         self.inner.flush_wanted.notify_waiters();
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock());
         for t in tasks {
@@ -939,7 +920,7 @@ impl Db {
 
     /// Whether the engine stopped serving by itself (a newer writer fenced it).
     pub fn is_fenced(&self) -> bool {
-        self.inner.state.load(Ordering::Acquire) == STATE_FENCED
+        self.inner.lifecycle.is_fenced()
     }
 
     /// The partition this engine serves.
@@ -970,7 +951,7 @@ impl Db {
 
     /// Largest durable seq and largest seq in a flushed SST.
     pub fn progress(&self) -> (u64, u64) {
-        let durable = *self.inner.durable_seq.borrow();
+        let durable = self.inner.seqs.durable();
         let flushed = self.inner.view.read().version.manifest.last_flushed_seq;
         (durable, flushed)
     }
@@ -1056,10 +1037,13 @@ async fn claim_manifest(
 ) -> EngineResult<Arc<Manifest>> {
     loop {
         if base.writer_epoch > writer_epoch {
-            return Err(EngineError::Unavailable(format!(
-                "a newer writer (epoch {:x}) opened partition {p} while we were opening",
-                base.writer_epoch
-            )));
+            return Err(EngineError::Fenced {
+                msg: format!(
+                    "a newer writer (epoch {:x}) opened partition {p} while we were opening",
+                    base.writer_epoch
+                ),
+                applied_nothing: false,
+            });
         }
         let mut next = (*base).clone();
         next.version = base.version + 1;
@@ -1125,7 +1109,7 @@ pub(crate) async fn open_version(
 async fn relock_prepared(inner: &Arc<DbInner>) -> EngineResult<u64> {
     let view = inner.view.read().clone();
     let snap = Snap {
-        durable: inner.visible_seq.load(Ordering::SeqCst),
+        durable: inner.seqs.visible(),
         buffered: 0,
     };
     let start = Bytes::from_static(crate::txn::INTENT_PREFIX);

@@ -8,7 +8,7 @@
 //! - A manifest commit that loses a race is rebased on the latest manifest; a latest manifest
 //!   written by another writer epoch means we were fenced.
 
-use crate::db::{now_ms, open_version, DbInner, STATE_FENCED, STATE_OPEN};
+use crate::db::{now_ms, open_version, DbInner};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::Memtable;
 use crate::sst_reader::SstReader;
@@ -25,8 +25,7 @@ use strata_objstore::{PutMode, StoreError};
 
 pub(crate) async fn run(inner: Arc<DbInner>) {
     loop {
-        let state = inner.state.load(Ordering::Acquire);
-        if state == STATE_FENCED {
+        if inner.lifecycle.is_fenced() {
             return;
         }
         let oldest = inner.view.read().imms.last().cloned();
@@ -41,7 +40,7 @@ pub(crate) async fn run(inner: Arc<DbInner>) {
                     Err(_) => {}
                 }
                 if let Err(e) = res {
-                    if inner.state.load(Ordering::Acquire) == STATE_FENCED {
+                    if inner.lifecycle.is_fenced() {
                         return;
                     }
                     inner.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
@@ -95,13 +94,16 @@ pub(crate) async fn write_sst(
 async fn flush_one(inner: &Arc<DbInner>, mem: &Arc<Memtable>) -> EngineResult<()> {
     let max_seq = mem.max_seq();
     // Wait until every seq in the memtable is durable in the WAL.
-    let mut durable = inner.durable_seq.subscribe();
+    let mut durable = inner.seqs.watch_durable();
     loop {
         if *durable.borrow_and_update() >= max_seq {
             break;
         }
-        if inner.state.load(Ordering::Acquire) == STATE_FENCED {
-            return Err(EngineError::Unavailable("fenced".into()));
+        if inner.lifecycle.is_fenced() {
+            return Err(EngineError::Fenced {
+                msg: "fenced".into(),
+                applied_nothing: false,
+            });
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), durable.changed()).await;
     }
@@ -196,11 +198,14 @@ where
     }
     for _ in 0..100 {
         if base.writer_epoch != inner.writer_epoch {
-            inner.state.store(STATE_FENCED, Ordering::Release);
-            return Err(EngineError::Unavailable(format!(
-                "manifest {} was written by writer {:x}: fenced",
-                base.version, base.writer_epoch
-            )));
+            inner.lifecycle.fence();
+            return Err(EngineError::Fenced {
+                msg: format!(
+                    "manifest {} was written by writer {:x}: fenced",
+                    base.version, base.writer_epoch
+                ),
+                applied_nothing: false,
+            });
         }
         let Some(next) = change(&base) else {
             return Ok(None);
@@ -213,7 +218,7 @@ where
                 })?;
             }
             Err(e @ ManifestError::NotOwner { .. }) => {
-                inner.state.store(STATE_FENCED, Ordering::Release);
+                inner.lifecycle.fence();
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
@@ -231,7 +236,7 @@ pub(crate) async fn watch_manifests(inner: Arc<DbInner>) {
         if rx.changed().await.is_err() {
             return;
         }
-        if inner.state.load(Ordering::Acquire) != STATE_OPEN {
+        if !inner.lifecycle.is_open() {
             return;
         }
         let Some(m) = rx.borrow_and_update().clone() else {

@@ -49,10 +49,12 @@ mod db;
 mod error;
 mod flush;
 mod lease;
+mod lifecycle;
 mod memtable;
 mod metrics;
 mod replica;
 mod scan;
+mod seqs;
 mod sst_reader;
 mod stall;
 pub mod txn;
@@ -63,7 +65,7 @@ pub use commit::{Cond, Op, OpOutcome, WriteOp};
 pub use db::{
     store_uid, Db, DbOptions, DbStats, RecoveryReport, MAX_SNAPSHOT_AGE, READ_RESULT_OVERHEAD,
 };
-pub use error::{EngineError, EngineResult};
+pub use error::{EngineError, EngineResult, Exhausted};
 pub use lease::LeaseGuard;
 pub use metrics::EngineMetrics;
 pub use replica::{ReplicaRead, Replicas};

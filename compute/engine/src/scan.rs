@@ -120,7 +120,7 @@ impl Scanner {
         }
         if let Some(age) = self.max_age {
             if self.taken.elapsed() > age {
-                return Err(crate::error::EngineError::Conflict(format!(
+                return Err(crate::error::EngineError::SnapshotTooOld(format!(
                     "scan snapshot too old (over {} s): files it reads may have been compacted \
                      away; restart the scan after the last key received",
                     age.as_secs()

@@ -24,7 +24,7 @@
 //! sequenced when the disk filled get `UNAVAILABLE` (outcome unknown): their WAL segment is
 //! retried and lands once space returns, which also lifts the refusal by itself.
 
-use crate::error::{EngineError, EngineResult};
+use crate::error::{EngineError, EngineResult, Exhausted};
 use crate::metrics::EngineMetrics;
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
@@ -141,6 +141,7 @@ impl WriteStall {
                             .write_stall_micros
                             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                         return Err(EngineError::ResourceExhausted {
+                            kind: Exhausted::WriteStall,
                             msg: format!("write stall: {reason}; nothing was applied"),
                             retry_after_ms: Some(1000),
                         });
@@ -215,6 +216,7 @@ impl DiskSpace {
         match why {
             None => Ok(()),
             Some(why) => Err(EngineError::ResourceExhausted {
+                kind: Exhausted::NoSpace,
                 msg: format!("{why}; the write was not applied"),
                 retry_after_ms: Some(1000),
             }),

@@ -10,7 +10,7 @@
 //! and acknowledge writes nobody replays (found by the model check in
 //! `compute/tests/fencing_model.rs`).
 
-use crate::db::{DbInner, STATE_OPEN};
+use crate::db::DbInner;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub(crate) async fn run(inner: Arc<DbInner>) {
     let mut deleted_below = 0u64;
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        if inner.state.load(Ordering::Acquire) != STATE_OPEN {
+        if !inner.lifecycle.is_open() {
             return;
         }
         let replay_from = inner.view.read().version.manifest.wal_replay_from;

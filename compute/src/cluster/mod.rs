@@ -21,6 +21,7 @@
 /// Placement of partitions on nodes (shared with the compactor fleet).
 pub use strata_manifest::ring;
 mod split;
+mod txn_recovery;
 
 use crate::pb;
 use crate::LeaseGuard;
@@ -653,7 +654,7 @@ async fn txn_resolver_loop(node: ClusterNode) {
     loop {
         for db in node.serving() {
             if !db.prepared_txns().is_empty() {
-                crate::txn_coord::resolve_stale_intents(&node.inner.etcd, &db).await;
+                txn_recovery::resolve_stale_intents(&node.inner.etcd, &db).await;
             }
         }
         // One node sweeps the records of dead coordinators: the owner of the first partition.
@@ -661,7 +662,7 @@ async fn txn_resolver_loop(node: ClusterNode) {
             last_janitor = Instant::now();
             let first = node.map().ids().first().copied();
             if first.is_some_and(|p| node.serving().iter().any(|db| db.partition() == p)) {
-                crate::txn_coord::txn_janitor(&node.inner.etcd).await;
+                txn_recovery::txn_janitor(&node.inner.etcd).await;
             }
         }
         tokio::select! {

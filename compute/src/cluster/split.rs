@@ -210,7 +210,9 @@ pub async fn split(node: &ClusterNode, p: u32) -> EngineResult<Option<u32>> {
             }
             rev.is_some()
         }
-        Err(EngineError::Unavailable(m)) if m.contains("commit partition split") => {
+        Err(EngineError::StorageUnavailable(m) | EngineError::Unavailable(m))
+            if m.contains("commit partition split") =>
+        {
             // The transaction's outcome is unknown: learn it before p serves again, or p
             // could take writes for keys the new partition already serves.
             learn_split_outcome(node, &new_map).await

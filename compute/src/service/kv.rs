@@ -1,13 +1,14 @@
-//! The gRPC `strata.v1.KV` service: request validation and mapping onto the engine.
+//! The gRPC `strata.v1.KV` service: request validation, routing (local engine or the
+//! partition's owner) and mapping onto the engine.
 //!
 //! Validation happens before anything reaches the engine, so a bad op in a batch rejects
 //! the whole batch with nothing applied, and every message names the field and the limit.
 
+use super::status::{invalid, is_retry_safe, retry_safe};
 use crate::cluster::{ClusterNode, Route};
 use crate::pb;
 use crate::pb::kv_client::KvClient;
 use crate::pb::kv_server::{Kv, KvServer};
-use crate::status::{is_retry_safe, retryable};
 use crate::{MAX_KEY_BYTES, MAX_MESSAGE_BYTES, MAX_VALUE_BYTES};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -17,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use strata_engine::{prefix_end, Cond, Op, WriteOp};
 use strata_engine::{Db, MAX_SNAPSHOT_AGE};
+use strata_proto::reason;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -59,7 +61,7 @@ pub struct KvService {
     backend: Arc<OnceLock<Backend>>,
     peers: Arc<Mutex<HashMap<String, Channel>>>,
     /// This node's advertised address (for `x-strata-owner` on local answers).
-    me: Arc<OnceLock<String>>,
+    pub(super) me: Arc<OnceLock<String>>,
 }
 
 impl KvService {
@@ -83,7 +85,7 @@ impl KvService {
     pub(crate) fn backend(&self) -> Result<&Backend, Status> {
         self.backend
             .get()
-            .ok_or_else(|| retryable("server is recovering; retry shortly".into()))
+            .ok_or_else(|| retry_safe(reason::NOT_READY, "server is recovering; retry shortly"))
     }
 
     fn partition_of(&self, key: &[u8]) -> Result<u32, Status> {
@@ -149,9 +151,10 @@ impl KvService {
             };
             let attempt = async {
                 match self.route(p) {
-                    Ok(Route::Remote(addr)) if forwarded => Err(retryable(format!(
-                        "partition {p} is not served by this node (owner: {addr})"
-                    ))),
+                    Ok(Route::Remote(addr)) if forwarded => Err(retry_safe(
+                        reason::NOT_OWNER,
+                        format!("partition {p} is not served by this node (owner: {addr})"),
+                    )),
                     Ok(Route::Remote(addr)) => f(Route::Remote(addr.clone()), p)
                         .await
                         .map(|t| (t, addr.clone()))
@@ -160,10 +163,13 @@ impl KvService {
                             // the request never got there, so it may go wherever the
                             // partition is next.
                             if unreachable_peer(&s) {
-                                retryable(format!(
-                                    "partition {p}: owner {addr} unreachable: {}",
-                                    s.message()
-                                ))
+                                retry_safe(
+                                    reason::NOT_OWNER,
+                                    format!(
+                                        "partition {p}: owner {addr} unreachable: {}",
+                                        s.message()
+                                    ),
+                                )
                             } else {
                                 s
                             }
@@ -180,9 +186,12 @@ impl KvService {
                 Some(at) => tokio::time::timeout_at(at, attempt)
                     .await
                     .unwrap_or_else(|_| {
-                        Err(Status::unavailable(
-                            "outcome unknown: the request's deadline passed while the partition \
-                         or its storage did not answer",
+                        Err(strata_proto::reason::with_reason(
+                            Status::unavailable(
+                                "outcome unknown: the request's deadline passed while the \
+                                 partition or its storage did not answer",
+                            ),
+                            reason::DEADLINE,
                         ))
                     }),
                 None => attempt.await,
@@ -210,8 +219,8 @@ impl KvService {
 
     /// The tonic service with our message size limits (a larger request is answered
     /// `RESOURCE_EXHAUSTED`).
-    pub fn into_server(self) -> crate::message_limit::MessageLimit<KvServer<KvService>> {
-        crate::message_limit::MessageLimit::new(
+    pub fn into_server(self) -> super::message_limit::MessageLimit<KvServer<KvService>> {
+        super::message_limit::MessageLimit::new(
             KvServer::new(self)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -335,26 +344,35 @@ fn answer<T>(msg: T, p: u32, owner: &str) -> Response<T> {
 
 fn check_key(field: &str, key: &[u8]) -> Result<(), Status> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must be 1 to {MAX_KEY_BYTES} bytes, got {} bytes",
-            key.len()
-        )));
+        return Err(invalid(
+            reason::KEY_TOO_LARGE,
+            format!(
+                "{field}: must be 1 to {MAX_KEY_BYTES} bytes, got {} bytes",
+                key.len()
+            ),
+        ));
     }
     if crate::txn::is_system_key(key) {
-        return Err(Status::invalid_argument(format!(
-            "{field}: keys starting with {:?} are reserved for the store's own records",
-            String::from_utf8_lossy(crate::txn::SYSTEM_PREFIX)
-        )));
+        return Err(invalid(
+            reason::RESERVED_KEY,
+            format!(
+                "{field}: keys starting with {:?} are reserved for the store's own records",
+                String::from_utf8_lossy(crate::txn::SYSTEM_PREFIX)
+            ),
+        ));
     }
     Ok(())
 }
 
 fn check_value(field: &str, value: &[u8]) -> Result<(), Status> {
     if value.len() > MAX_VALUE_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must be at most {MAX_VALUE_BYTES} bytes, got {} bytes",
-            value.len()
-        )));
+        return Err(invalid(
+            reason::VALUE_TOO_LARGE,
+            format!(
+                "{field}: must be at most {MAX_VALUE_BYTES} bytes, got {} bytes",
+                value.len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -379,9 +397,10 @@ fn durable(field: &str, v: i32) -> Result<bool, Status> {
 
 fn check_batch_len(field: &str, n: usize) -> Result<(), Status> {
     if n > MAX_BATCH_OPS {
-        return Err(Status::invalid_argument(format!(
-            "{field}: at most {MAX_BATCH_OPS} per batch, got {n}"
-        )));
+        return Err(invalid(
+            reason::BATCH_TOO_LARGE,
+            format!("{field}: at most {MAX_BATCH_OPS} per batch, got {n}"),
+        ));
     }
     Ok(())
 }
@@ -413,7 +432,7 @@ pub(crate) fn delete_op(field: &str, d: pb::DeleteRequest) -> Result<WriteOp, St
     })
 }
 
-pub(crate) use crate::status::status;
+pub(crate) use super::status::status;
 
 type ScanStream = Pin<Box<dyn Stream<Item = Result<pb::ScanResponse, Status>> + Send>>;
 
@@ -760,8 +779,9 @@ impl KvService {
         if parts.len() > 1 {
             if cx.forwarded {
                 // The forwarding node grouped the batch by an older partition map.
-                let mut s = retryable(
-                    "the partition map changed (a partition split); group the batch again".into(),
+                let mut s = retry_safe(
+                    reason::MAP_CHANGED,
+                    "the partition map changed (a partition split); group the batch again",
                 );
                 s.metadata_mut().insert(
                     MAP_CHANGED_HEADER,
@@ -946,10 +966,13 @@ impl Kv for KvService {
         check_consistency("consistency", r.consistency)?;
         for (field, v) in [("start", &r.start), ("end", &r.end), ("prefix", &r.prefix)] {
             if v.len() > MAX_KEY_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "{field}: must be at most {MAX_KEY_BYTES} bytes, got {} bytes",
-                    v.len()
-                )));
+                return Err(invalid(
+                    reason::KEY_TOO_LARGE,
+                    format!(
+                        "{field}: must be at most {MAX_KEY_BYTES} bytes, got {} bytes",
+                        v.len()
+                    ),
+                ));
             }
         }
         // [start, end) intersected with the prefix's range.
@@ -1062,46 +1085,6 @@ impl Kv for KvService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
-    }
-}
-
-/// `strata.v1.Admin`: the routing table.
-#[derive(Clone, Debug, Default)]
-pub struct AdminService {
-    kv: KvService,
-}
-
-impl AdminService {
-    /// Admin answers for the same node as `kv`.
-    pub fn new(kv: KvService) -> Self {
-        AdminService { kv }
-    }
-
-    /// The tonic service.
-    pub fn into_server(self) -> crate::pb::admin_server::AdminServer<AdminService> {
-        crate::pb::admin_server::AdminServer::new(self)
-    }
-}
-
-#[tonic::async_trait]
-impl crate::pb::admin_server::Admin for AdminService {
-    async fn cluster_map(
-        &self,
-        _req: Request<pb::ClusterMapRequest>,
-    ) -> Result<Response<pb::ClusterMapResponse>, Status> {
-        Ok(Response::new(match self.kv.backend()? {
-            Backend::Single(db) => pb::ClusterMapResponse {
-                partitions: 1,
-                owners: vec![pb::PartitionOwner {
-                    partition: 0,
-                    node_id: String::new(),
-                    addr: self.kv.me.get().cloned().unwrap_or_default(),
-                    epoch: db.writer_epoch(),
-                }],
-                ..Default::default()
-            },
-            Backend::Cluster(n) => n.cluster_map(),
-        }))
     }
 }
 

@@ -4,8 +4,12 @@
 //!
 //! tonic checks a message's length prefix before it buffers the body and answers with a
 //! trailers-only response (the status in the headers), so nothing of such a request is read,
-//! let alone applied. This wrapper rewrites that one answer; every other response passes
-//! through untouched.
+//! let alone applied. This wrapper rewrites that one answer.
+//!
+//! It is also the last place an error answer passes on its way out, so it gives every
+//! trailers-only error (a unary call's failure, or tonic's own: a body that does not decode, an
+//! unknown method) that has no `strata-error-reason` yet the default reason of its code.
+//! Errors in the trailers of a stream are built by `status.rs`, with their reason.
 
 use crate::MAX_MESSAGE_BYTES;
 use std::future::Future;
@@ -50,6 +54,7 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             rewrite_oversize(resp.headers_mut());
+            default_reason(resp.headers_mut());
             Ok(resp)
         })
     }
@@ -78,16 +83,38 @@ fn rewrite_oversize(headers: &mut http::HeaderMap) {
         .nth(1)
         .and_then(|t| t.split(' ').next())
         .unwrap_or("?");
-    let status = tonic::Status::resource_exhausted(format!(
-        "request: {found} bytes is larger than the server's message limit of {MAX_MESSAGE_BYTES} \
-         bytes; split it into smaller requests (batches hold at most 10,000 keys or ops)"
-    ));
+    let status = strata_proto::reason::with_reason(
+        tonic::Status::resource_exhausted(format!(
+            "request: {found} bytes is larger than the server's message limit of \
+             {MAX_MESSAGE_BYTES} bytes; split it into smaller requests (batches hold at most \
+             10,000 keys or ops)"
+        )),
+        strata_proto::reason::MESSAGE_TOO_LARGE,
+    );
     headers.remove("grpc-status");
     headers.remove("grpc-message");
     headers.remove("grpc-status-details-bin");
     if status.add_header(headers).is_err() {
         // Could not encode the new status: keep tonic's own answer.
         headers.insert("grpc-status", http::HeaderValue::from_static("11"));
+    }
+}
+
+/// Adds the default reason of a trailers-only error's code when it has none.
+fn default_reason(headers: &mut http::HeaderMap) {
+    use strata_proto::headers::ERROR_REASON;
+    if headers.contains_key(ERROR_REASON) {
+        return;
+    }
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    if let Some(why) = strata_proto::reason::default_for(tonic::Code::from_i32(code)) {
+        headers.insert(ERROR_REASON, http::HeaderValue::from_static(why));
     }
 }
 
@@ -107,6 +134,12 @@ mod tests {
         let s = tonic::Status::from_header_map(&h).unwrap();
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("70000000 bytes"), "{}", s.message());
+        default_reason(&mut h);
+        let s = tonic::Status::from_header_map(&h).unwrap();
+        assert_eq!(
+            strata_proto::reason::reason_of(&s),
+            Some(strata_proto::reason::MESSAGE_TOO_LARGE)
+        );
 
         let mut h = http::HeaderMap::new();
         tonic::Status::out_of_range("something else")
@@ -115,5 +148,11 @@ mod tests {
         rewrite_oversize(&mut h);
         let s = tonic::Status::from_header_map(&h).unwrap();
         assert_eq!(s.code(), tonic::Code::OutOfRange);
+        default_reason(&mut h);
+        let s = tonic::Status::from_header_map(&h).unwrap();
+        assert_eq!(
+            strata_proto::reason::reason_of(&s),
+            Some(strata_proto::reason::INVALID_ARGUMENT)
+        );
     }
 }
