@@ -58,7 +58,7 @@ fn init_tracing() {
 
 fn main() -> std::process::ExitCode {
     allocator::tune();
-    // Test builds only: arm the crash points named in `FAILPOINTS` (compute/src/txn_coord.rs).
+    // Test builds only: arm the crash points named in `FAILPOINTS` (compute/src/service/txn.rs).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();

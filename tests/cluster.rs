@@ -1425,6 +1425,10 @@ async fn crash_coordinator_then_read(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs the crash points: run with --features strata/failpoints (./test.sh does)"
+)]
 async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
     let Some((s3, etcd)) = infra() else {
         return;

@@ -118,6 +118,19 @@ pub fn reason_of(s: &Status) -> Option<&str> {
     s.metadata().get(ERROR_REASON).and_then(|v| v.to_str().ok())
 }
 
+/// `s` as it is if it has a reason, else with the default reason of its code
+/// ([`default_for`]): for errors passed on from elsewhere (a peer's stream, a transport
+/// failure) that must leave the server with a reason like every other.
+pub fn or_default(s: Status) -> Status {
+    if reason_of(&s).is_some() {
+        return s;
+    }
+    match default_for(s.code()) {
+        Some(why) => with_reason(s, why),
+        None => s,
+    }
+}
+
 /// The reason a status of this code gets when nothing more specific is known.
 pub fn default_for(code: tonic::Code) -> Option<&'static str> {
     use tonic::Code as C;
@@ -151,5 +164,9 @@ mod tests {
             let s = with_reason(Status::internal("x"), known(r).expect("known"));
             assert_eq!(reason_of(&s), Some(*r));
         }
+        let kept = or_default(with_reason(Status::unavailable("x"), NOT_OWNER));
+        assert_eq!(reason_of(&kept), Some(NOT_OWNER));
+        let filled = or_default(Status::unavailable("transport"));
+        assert_eq!(reason_of(&filled), Some(UNAVAILABLE));
     }
 }

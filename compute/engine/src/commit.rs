@@ -16,7 +16,7 @@
 //! - A create that finds the segment name taken means a newer writer fenced us: nothing above
 //!   `durable_seq` ever becomes visible, and the engine stops.
 
-use crate::db::{now_ms, Db, DbInner};
+use crate::db::{Db, DbInner};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::{Memtable, Snap};
 use crate::stall::Writer;
@@ -29,7 +29,8 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use strata_clock::Instant;
 use strata_format::{encode_wal_segment, Entry, Kind, WalSegmentHeader};
 use strata_manifest::layout::wal_path;
 use strata_objstore::{PutMode, StoreError};
@@ -122,14 +123,14 @@ impl CommitHandle {
         timeout: Duration,
     ) -> EngineResult<Vec<OpOutcome>> {
         let (reply, rx) = oneshot::channel();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = strata_clock::now() + timeout;
         let msg = Msg::Write(WriteReq {
             ops,
             durable,
             role,
             reply,
         });
-        match tokio::time::timeout_at(deadline, self.tx.send(msg)).await {
+        match strata_clock::timeout_at(deadline, self.tx.send(msg)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(EngineError::Closed),
             Err(_) => {
@@ -138,7 +139,7 @@ impl CommitHandle {
                 )))
             }
         }
-        match tokio::time::timeout_at(deadline, rx).await {
+        match strata_clock::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(EngineError::Unavailable(
                 "write outcome unknown: the engine stopped before acknowledging it".into(),
@@ -279,7 +280,7 @@ impl Committer {
                     }
                 }
                 _ = self.inner.flushed.notified(), if over_budget => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)), if over_budget => {}
+                _ = strata_clock::sleep(Duration::from_millis(100)), if over_budget => {}
             }
         }
     }
@@ -359,9 +360,9 @@ impl Committer {
     }
 
     /// The decoded intent record or resolution marker of `txn` in this partition, if any.
-    async fn intent_state(view: &View, txn: &str) -> EngineResult<Option<IntentState>> {
+    async fn intent_state(&self, view: &View, txn: &str) -> EngineResult<Option<IntentState>> {
         let e = Db::get_entry(view, &intent_key(txn), Snap::LATEST).await?;
-        match crate::db::live(e, now_ms()) {
+        match crate::db::live(e, self.inner.opts.clock.unix_ms()) {
             Some((v, _)) => Ok(Some(decode_intent(&v).map_err(|e| {
                 EngineError::Corruption(format!("intent record of transaction {txn}: {e}"))
             })?)),
@@ -370,7 +371,7 @@ impl Committer {
     }
 
     async fn apply(&mut self, w: WriteReq) {
-        let now = now_ms();
+        let now = self.inner.opts.clock.unix_ms();
         let view = self.inner.view.read().clone();
         let WriteReq {
             ops,
@@ -409,7 +410,7 @@ impl Committer {
                     self.answer_when_durable(reply, Ok(Vec::new()));
                     return;
                 }
-                match Self::intent_state(&view, &txn).await {
+                match self.intent_state(&view, &txn).await {
                     Err(e) => {
                         let _ = reply.send(Err(e));
                         return;
@@ -464,7 +465,7 @@ impl Committer {
                 }
                 None => {
                     // Already resolved here, or never prepared: answer from the marker.
-                    let answer = match Self::intent_state(&view, &txn).await {
+                    let answer = match self.intent_state(&view, &txn).await {
                         Err(e) => Some(Err(e)),
                         Ok(Some(IntentState::Committed { versions })) if commit => {
                             Some(Ok(versions
@@ -658,7 +659,7 @@ impl Committer {
             &WalSegmentHeader {
                 segment_id,
                 writer_epoch: self.inner.writer_epoch,
-                created_ms: now_ms(),
+                created_ms: self.inner.opts.clock.unix_ms(),
             },
             &group.batches,
         );
@@ -678,7 +679,7 @@ impl Committer {
         let body = data.clone();
         let task = tokio::spawn(async move {
             if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+                strata_clock::sleep(delay).await;
             }
             match store.put(&path, body.clone(), PutMode::Create).await {
                 // A retry of a segment whose earlier PUT failed may find that PUT's object:
@@ -696,7 +697,7 @@ impl Committer {
             segment_id,
             data,
             group,
-            started: Instant::now(),
+            started: strata_clock::now(),
             task,
             attempts,
         }

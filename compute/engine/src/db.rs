@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use strata_cache::BlockCache;
+use strata_clock::{Clock, Rng};
 use strata_format::{
     decode_wal_segment, encode_wal_segment, Entry, Kind, Manifest, SstOptions, WalSegmentHeader,
 };
@@ -68,6 +69,11 @@ pub struct DbOptions {
     pub roots: strata_objstore::Roots,
     /// When writes slow down and stop for compaction debt (`stall.rs`).
     pub stall: crate::stall::StallLimits,
+    /// The wall clock (TTL expiry, manifest and WAL timestamps) and the monotonic clock
+    /// (deadlines). Tests pass a manual one to expire TTLs without sleeping.
+    pub clock: Clock,
+    /// Random numbers (writer epochs' low bits). Seed it for reproducible runs.
+    pub rng: Rng,
 }
 
 impl Default for DbOptions {
@@ -85,6 +91,8 @@ impl Default for DbOptions {
             max_snapshot_age: MAX_SNAPSHOT_AGE,
             roots: strata_objstore::Roots::default(),
             stall: crate::stall::StallLimits::default(),
+            clock: Clock::system(),
+            rng: Rng::from_entropy(),
         }
     }
 }
@@ -184,8 +192,6 @@ pub struct RecoveryReport {
     pub prepared_txns: u64,
 }
 
-pub(crate) use strata_manifest::now_ms;
-
 /// Reads the store's instance id, creating it on a fresh store.
 pub async fn store_uid(store: &Arc<dyn Store>) -> EngineResult<u64> {
     loop {
@@ -199,7 +205,8 @@ pub async fn store_uid(store: &Arc<dyn Store>) -> EngineResult<u64> {
                 });
             }
             Err(StoreError::NotFound(_)) => {
-                let id: u64 = rand::random();
+                // The store's identity, not part of any replayable history: fresh entropy.
+                let id: u64 = strata_clock::Rng::from_entropy().next_u64();
                 let body = Bytes::from(format!("{id:016x}\n"));
                 match store.put(STORE_ID_PATH, body, PutMode::Create).await {
                     Ok(()) => return Ok(id),
@@ -236,7 +243,7 @@ impl Db {
         // takeover, plus random low bits so two racing openers never write identical bytes.
         let mut floor = 0u64;
         let (manifest, listed, fence_id, writer_epoch) = loop {
-            let manifest = load_or_init_manifest(&*manifests, p).await?;
+            let manifest = load_or_init_manifest(&*manifests, p, &opts.clock).await?;
             let listed: BTreeMap<u64, u64> = store
                 .list(&wal_prefix(p))
                 .await?
@@ -249,12 +256,12 @@ impl Db {
                 .max(floor)
                 + 1;
             let writer_epoch = (fence_id << EPOCH_RANDOM_BITS)
-                | (rand::random::<u64>() & ((1 << EPOCH_RANDOM_BITS) - 1));
+                | (opts.rng.next_u64() & ((1 << EPOCH_RANDOM_BITS) - 1));
             let marker = encode_wal_segment(
                 &WalSegmentHeader {
                     segment_id: fence_id,
                     writer_epoch,
-                    created_ms: now_ms(),
+                    created_ms: opts.clock.unix_ms(),
                 },
                 &[],
             );
@@ -269,7 +276,7 @@ impl Db {
                         fence_id,
                         "another writer raced us to the fence; re-listing"
                     );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    strata_clock::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -277,7 +284,7 @@ impl Db {
             // Re-read the manifest after winning the marker: if the replay point moved past
             // the marker while we listed (a slow open racing WAL GC), the names we saw may have
             // been deleted and the marker fences nobody: fence again above the replay point.
-            let latest = load_or_init_manifest(&*manifests, p).await?;
+            let latest = load_or_init_manifest(&*manifests, p, &opts.clock).await?;
             if latest.wal_replay_from > fence_id {
                 tracing::warn!(
                     partition = p,
@@ -363,7 +370,7 @@ impl Db {
 
         // Claim the manifest: stamp it with our epoch. From here on, a manifest stamped with
         // another epoch means another writer took over (compactors keep the stamp).
-        let manifest = claim_manifest(&*manifests, p, manifest, writer_epoch).await?;
+        let manifest = claim_manifest(&*manifests, p, manifest, writer_epoch, &opts.clock).await?;
         report.manifest_version = manifest.version;
         // Seqs continue above everything flushed, including what the claim rebased onto.
         max_seq = max_seq.max(manifest.last_flushed_seq);
@@ -487,7 +494,7 @@ impl Db {
         }
         let (seq, view) = self.snapshot();
         let e = Self::get_entry(&view, key, seq).await?;
-        Ok(live(e, now_ms()))
+        Ok(live(e, self.inner.opts.clock.unix_ms()))
     }
 
     /// Several keys from one snapshot.
@@ -512,7 +519,7 @@ impl Db {
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
         self.wait_unlocked(|l| l.first_locked(keys)).await?;
         let (seq, view) = self.snapshot();
-        let now = now_ms();
+        let now = self.inner.opts.clock.unix_ms();
         let mut out = Vec::with_capacity(keys.len());
         let mut used = 0usize;
         for k in keys {
@@ -550,7 +557,7 @@ impl Db {
             // commit loop refuse the write, retry-safe.)
             return self.commit.submit(ops, durable, Role::Plain, timeout).await;
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = strata_clock::now() + timeout;
         loop {
             let keys: Vec<Bytes> = ops.iter().map(|o| o.key.clone()).collect();
             self.wait_unlocked(|l| l.first_locked(&keys)).await?;
@@ -559,7 +566,7 @@ impl Db {
                 .submit(ops.clone(), durable, Role::Plain, timeout)
                 .await
             {
-                Err(EngineError::Locked(_)) if tokio::time::Instant::now() < deadline => {}
+                Err(EngineError::Locked(_)) if strata_clock::now() < deadline => {}
                 r => return r,
             }
         }
@@ -586,9 +593,11 @@ impl Db {
     pub fn scan(&self, start: Bytes, end: Option<Bytes>) -> EngineResult<crate::scan::Scanner> {
         self.check_open()?;
         let (seq, view) = self.snapshot();
-        Ok(crate::scan::Scanner::new(view, seq, start, end)
-            .with_hash_range(self.inner.opts.hash_range)
-            .with_max_age(Some(self.inner.opts.max_snapshot_age)))
+        Ok(
+            crate::scan::Scanner::new(view, seq, start, end, &self.inner.opts.clock)
+                .with_hash_range(self.inner.opts.hash_range)
+                .with_max_age(Some(self.inner.opts.max_snapshot_age)),
+        )
     }
 
     /// Refuses (retry-safe) keys outside this partition's hash range: a request routed with a
@@ -641,7 +650,7 @@ impl Db {
         if self.inner.locks.is_empty() {
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + self.inner.opts.write_timeout;
+        let deadline = strata_clock::now() + self.inner.opts.write_timeout;
         self.inner
             .locks
             .wait_until_free(deadline, locked)
@@ -683,7 +692,7 @@ impl Db {
     /// versions the ops got (in prepare order; empty on abort). Idempotent.
     pub async fn txn_resolve(&self, txn: &str, commit: bool) -> EngineResult<Vec<u64>> {
         self.check_open()?;
-        let deadline = tokio::time::Instant::now() + self.inner.opts.write_timeout;
+        let deadline = strata_clock::now() + self.inner.opts.write_timeout;
         loop {
             let r = self
                 .commit
@@ -700,8 +709,8 @@ impl Db {
             match r {
                 // A concurrent resolve of the same transaction is landing: wait for it and
                 // answer from its marker.
-                Err(EngineError::Locked(_)) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(EngineError::Locked(_)) if strata_clock::now() < deadline => {
+                    strata_clock::sleep(Duration::from_millis(20)).await;
                 }
                 r => return r.map(|o| o.into_iter().map(|o| o.version).collect()),
             }
@@ -731,8 +740,14 @@ impl Db {
         let last_seq = (self.inner.seqs.durable())
             .max(view.version.manifest.last_flushed_seq)
             .max(self.inner.seqs.visible());
-        let mut scan = crate::scan::Scanner::new(view, Snap::LATEST, Bytes::new(), None)
-            .with_hash_range(Some(range));
+        let mut scan = crate::scan::Scanner::new(
+            view,
+            Snap::LATEST,
+            Bytes::new(),
+            None,
+            &self.inner.opts.clock,
+        )
+        .with_hash_range(Some(range));
         let mut files = Vec::new();
         let mut builder = strata_format::SstBuilder::new(self.inner.opts.sst.clone());
         while !scan.is_done() {
@@ -790,7 +805,7 @@ impl Db {
     /// to close the engine); it is lifted when it fails.
     pub async fn drain_prepared(&self, timeout: Duration) -> bool {
         self.inner.refuse_prepares.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = strata_clock::now() + timeout;
         let drained = self
             .inner
             .locks
@@ -856,7 +871,7 @@ impl Db {
             }
             self.check_open()?;
             self.inner.flush_wanted.notify_one();
-            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+            let _ = strata_clock::timeout(Duration::from_millis(200), notified).await;
         }
     }
 
@@ -865,10 +880,10 @@ impl Db {
     pub async fn close(&self, timeout: Duration) -> EngineResult<()> {
         let was_open = self.inner.lifecycle.is_open();
         // One deadline for all of it, whatever the store or the disk does.
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = strata_clock::now() + timeout;
         // Bounded: with the store down, accepted writes can't become durable; they stay
         // unacknowledged (their clients see UNAVAILABLE) and nothing acknowledged is at risk.
-        if tokio::time::timeout_at(deadline, self.commit.shutdown())
+        if strata_clock::timeout_at(deadline, self.commit.shutdown())
             .await
             .is_err()
         {
@@ -888,14 +903,14 @@ impl Db {
         }
         if was_open {
             // The commit loop may be stuck behind a WAL put that cannot land: bounded too.
-            let _ = tokio::time::timeout_at(deadline, self.commit.freeze_now()).await;
+            let _ = strata_clock::timeout_at(deadline, self.commit.freeze_now()).await;
             while !self.inner.view.read().imms.is_empty()
-                && tokio::time::Instant::now() < deadline
+                && strata_clock::now() < deadline
                 && self.inner.lifecycle.is_open()
             {
                 let notified = self.inner.flushed.notified();
                 self.inner.flush_wanted.notify_one();
-                let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+                let _ = strata_clock::timeout(Duration::from_millis(200), notified).await;
             }
         }
         self.inner.lifecycle.close();
@@ -1005,6 +1020,7 @@ const EPOCH_RANDOM_BITS: u32 = 24;
 async fn load_or_init_manifest(
     manifests: &dyn ManifestStore,
     p: u32,
+    clock: &Clock,
 ) -> EngineResult<Arc<Manifest>> {
     if let Some(m) = manifests.load_latest(p).await? {
         return Ok(m);
@@ -1014,7 +1030,7 @@ async fn load_or_init_manifest(
         writer_epoch: 0,
         wal_replay_from: 1,
         next_sst_id: 1,
-        created_ms: now_ms(),
+        created_ms: clock.unix_ms(),
         ..Default::default()
     };
     match manifests.commit(p, &m).await {
@@ -1034,6 +1050,7 @@ async fn claim_manifest(
     p: u32,
     mut base: Arc<Manifest>,
     writer_epoch: u64,
+    clock: &Clock,
 ) -> EngineResult<Arc<Manifest>> {
     loop {
         if base.writer_epoch > writer_epoch {
@@ -1048,7 +1065,7 @@ async fn claim_manifest(
         let mut next = (*base).clone();
         next.version = base.version + 1;
         next.writer_epoch = writer_epoch;
-        next.created_ms = now_ms();
+        next.created_ms = clock.unix_ms();
         match manifests.commit(p, &next).await {
             Ok(()) => return Ok(Arc::new(next)),
             Err(ManifestError::Conflict { .. }) => {
@@ -1114,7 +1131,7 @@ async fn relock_prepared(inner: &Arc<DbInner>) -> EngineResult<u64> {
     };
     let start = Bytes::from_static(crate::txn::INTENT_PREFIX);
     let end = crate::scan::prefix_end(crate::txn::INTENT_PREFIX);
-    let mut scan = crate::scan::Scanner::new_system(view, snap, start, end);
+    let mut scan = crate::scan::Scanner::new_system(view, snap, start, end, &inner.opts.clock);
     let mut n = 0;
     while !scan.is_done() {
         for (key, value, _) in scan.next_chunk(256).await? {

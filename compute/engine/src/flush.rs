@@ -8,7 +8,7 @@
 //! - A manifest commit that loses a race is rebased on the latest manifest; a latest manifest
 //!   written by another writer epoch means we were fenced.
 
-use crate::db::{now_ms, open_version, DbInner};
+use crate::db::{open_version, DbInner};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::Memtable;
 use crate::sst_reader::SstReader;
@@ -45,13 +45,13 @@ pub(crate) async fn run(inner: Arc<DbInner>) {
                     }
                     inner.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, memtable = mem.id, "flush failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    strata_clock::sleep(Duration::from_millis(500)).await;
                 }
             }
             None => {
                 let notified = inner.flush_wanted.notified();
                 if inner.view.read().imms.is_empty() {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                    let _ = strata_clock::timeout(Duration::from_secs(1), notified).await;
                 }
             }
         }
@@ -105,10 +105,10 @@ async fn flush_one(inner: &Arc<DbInner>, mem: &Arc<Memtable>) -> EngineResult<()
                 applied_nothing: false,
             });
         }
-        let _ = tokio::time::timeout(Duration::from_millis(200), durable.changed()).await;
+        let _ = strata_clock::timeout(Duration::from_millis(200), durable.changed()).await;
     }
     let entries = mem.all_entries();
-    let started = std::time::Instant::now();
+    let started = strata_clock::now();
     let sst = if entries.is_empty() {
         None
     } else {
@@ -133,7 +133,7 @@ async fn flush_one(inner: &Arc<DbInner>, mem: &Arc<Memtable>) -> EngineResult<()
         }
         next.last_flushed_seq = base.last_flushed_seq.max(max_seq);
         next.wal_replay_from = base.wal_replay_from.max(replay_from);
-        next.created_ms = now_ms();
+        next.created_ms = inner.opts.clock.unix_ms();
         Some(next)
     })
     .await?;

@@ -9,7 +9,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use strata_clock::Instant;
 
 /// Shared view of the node's lease validity. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -29,7 +30,7 @@ impl LeaseGuard {
     /// A guard that is not valid until [`LeaseGuard::renewed`] is called.
     pub fn new() -> Self {
         LeaseGuard {
-            base: Instant::now(),
+            base: strata_clock::now(),
             until_ns: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -69,13 +70,13 @@ mod tests {
     fn valid_only_until_the_deadline() {
         let g = LeaseGuard::new();
         assert!(!g.valid());
-        g.renewed(Instant::now(), Duration::from_secs(10));
+        g.renewed(strata_clock::now(), Duration::from_secs(10));
         assert!(g.valid());
         assert!(g.remaining() > Duration::from_secs(7));
         g.expire();
         assert!(!g.valid());
         g.renewed(
-            Instant::now() - Duration::from_secs(20),
+            strata_clock::now() - Duration::from_secs(20),
             Duration::from_secs(10),
         );
         assert!(

@@ -11,7 +11,7 @@
 //! longer than a node takes to notice a new manifest (an etcd watch wakes it); a read that still
 //! finds an object gone reloads the manifest and retries once.
 
-use crate::db::{live, now_ms, open_version, Db};
+use crate::db::{live, open_version, Db};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::{Memtable, Snap};
 use crate::scan::Scanner;
@@ -27,6 +27,7 @@ use strata_manifest::ManifestStore;
 /// Opened manifest versions of partitions this node does not own.
 pub struct Replicas {
     src: BlockSource,
+    clock: strata_clock::Clock,
     manifests: Arc<dyn ManifestStore>,
     versions: Mutex<HashMap<u32, Arc<Version>>>,
 }
@@ -51,8 +52,10 @@ impl Replicas {
         store_uid: u64,
         roots: strata_objstore::Roots,
         manifests: Arc<dyn ManifestStore>,
+        clock: strata_clock::Clock,
     ) -> Self {
         Replicas {
+            clock,
             src: BlockSource {
                 store,
                 cache,
@@ -99,7 +102,10 @@ impl Replicas {
         let version = self.version(p, want, false).await?;
         let flushed = version.manifest.last_flushed_seq;
         let view = Arc::new(Self::view_of(version));
-        Ok((Scanner::new(view, Snap::LATEST, start, end), flushed))
+        Ok((
+            Scanner::new(view, Snap::LATEST, start, end, &self.clock),
+            flushed,
+        ))
     }
 
     fn view_of(version: Arc<Version>) -> View {
@@ -119,7 +125,7 @@ impl Replicas {
             match Db::get_entry(&view, key, Snap::LATEST).await {
                 Ok(e) => {
                     return Ok(ReplicaRead {
-                        value: live(e, now_ms()),
+                        value: live(e, self.clock.unix_ms()),
                         flushed_seq: version.manifest.last_flushed_seq,
                         manifest_ms: version.manifest.created_ms,
                     })

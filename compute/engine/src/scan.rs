@@ -6,7 +6,6 @@
 //! cursor moves past them. The scanner holds its view, so a flush or compaction during the
 //! scan changes nothing it sees.
 
-use crate::db::now_ms;
 use crate::error::EngineResult;
 use crate::memtable::Snap;
 use crate::version::View;
@@ -48,12 +47,20 @@ pub struct Scanner {
     hash_range: Option<(u64, Option<u64>)>,
     /// When the view was taken, and how long it may be used (files it lists may be deleted
     /// by compaction's GC after a grace period: `docs/gc.md`).
-    taken: std::time::Instant,
+    taken: strata_clock::Instant,
     max_age: Option<std::time::Duration>,
 }
 
 impl Scanner {
-    pub(crate) fn new(view: Arc<View>, snap: Snap, start: Bytes, end: Option<Bytes>) -> Self {
+    /// A scan of `[start, end)` over `view` at `snap`; `clock` says when it starts (TTLs
+    /// expire as of then, and the view's age counts from then).
+    pub(crate) fn new(
+        view: Arc<View>,
+        snap: Snap,
+        start: Bytes,
+        end: Option<Bytes>,
+        clock: &strata_clock::Clock,
+    ) -> Self {
         let done = end.as_ref().is_some_and(|e| start >= *e);
         Scanner {
             view,
@@ -61,10 +68,10 @@ impl Scanner {
             cursor: start,
             end,
             done,
-            now: now_ms(),
+            now: clock.unix_ms(),
             hide_system: true,
             hash_range: None,
-            taken: std::time::Instant::now(),
+            taken: clock.now(),
             max_age: None,
         }
     }
@@ -89,10 +96,11 @@ impl Scanner {
         snap: Snap,
         start: Bytes,
         end: Option<Bytes>,
+        clock: &strata_clock::Clock,
     ) -> Self {
         Scanner {
             hide_system: false,
-            ..Self::new(view, snap, start, end)
+            ..Self::new(view, snap, start, end, clock)
         }
     }
 

@@ -28,7 +28,8 @@ use crate::error::{EngineError, EngineResult, Exhausted};
 use crate::metrics::EngineMetrics;
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use strata_clock::Instant;
 
 /// Longest delay of one write batch in the slowdown band.
 const MAX_DELAY: Duration = Duration::from_millis(50);
@@ -117,7 +118,7 @@ impl WriteStall {
         metrics: &EngineMetrics,
         l0: impl Fn() -> usize,
     ) -> EngineResult<()> {
-        let started = Instant::now();
+        let started = strata_clock::now();
         let mut stopped = false;
         loop {
             match self.limits.assess(l0()) {
@@ -126,7 +127,7 @@ impl WriteStall {
                     if !stopped {
                         metrics.write_stall_delays.fetch_add(1, Ordering::Relaxed);
                     }
-                    tokio::time::sleep(d).await;
+                    strata_clock::sleep(d).await;
                     break;
                 }
                 Admission::Stop(reason) => {
@@ -146,7 +147,7 @@ impl WriteStall {
                             retry_after_ms: Some(1000),
                         });
                     }
-                    tokio::time::sleep(POLL).await;
+                    strata_clock::sleep(POLL).await;
                 }
             }
         }
@@ -162,7 +163,7 @@ impl WriteStall {
     fn log(&self, partition: u32, reason: &str) {
         let mut last = self.last_log.lock();
         if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-            *last = Some(Instant::now());
+            *last = Some(strata_clock::now());
             tracing::warn!(partition, reason, "write stall: writes wait for compaction");
         }
     }

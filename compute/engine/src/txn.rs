@@ -1,7 +1,7 @@
 //! Cross-partition transactions: the participant side (one partition's engine).
 //!
 //! A `BatchWrite` whose keys span partitions commits in two phases (the coordinator is in
-//! `txn_coord.rs`, the durable transaction record in etcd):
+//! `strata-compute`'s `service/txn.rs`, the durable transaction record in etcd):
 //!
 //! 1. **Prepare** at every partition: the commit loop checks the ops' conditions, refuses if a
 //!    key is locked by another transaction, and writes one *intent record* — the partition's
@@ -43,7 +43,8 @@ use tokio::sync::Notify;
 pub const MARKER_TTL_MS: u64 = 3_600_000;
 /// An intent older than this whose transaction is still pending is aborted by the partition's
 /// owner (the coordinator is presumed dead). A live coordinator finishes well within it:
-/// its whole prepare phase is bounded by `PREPARE_BUDGET` in `txn_coord.rs`.
+/// its whole prepare phase is bounded by `PREPARE_BUDGET` in `strata-compute`'s
+/// `service/txn.rs`.
 pub const TXN_TIMEOUT_MS: u64 = 4_000;
 
 /// The key of a transaction's intent record.
@@ -92,7 +93,7 @@ pub(crate) struct Pending {
     /// When this engine locked it (prepare, or re-lock on open): the age that decides when
     /// the owner stops waiting for the coordinator, on this node's monotonic clock (another
     /// node's wall clock may be off).
-    pub since: std::time::Instant,
+    pub since: strata_clock::Instant,
     /// A resolve is sequenced and waiting for its segment to land.
     pub resolving: bool,
 }
@@ -164,7 +165,7 @@ impl Locks {
             id,
             Pending {
                 ops,
-                since: std::time::Instant::now(),
+                since: strata_clock::now(),
                 resolving: false,
             },
         );
@@ -203,7 +204,7 @@ impl Locks {
     /// transaction still holding a lock).
     pub async fn wait_until_free(
         &self,
-        deadline: tokio::time::Instant,
+        deadline: strata_clock::Instant,
         locked: impl Fn(&Locks) -> Option<Arc<str>>,
     ) -> Result<(), Arc<str>> {
         loop {
@@ -214,12 +215,11 @@ impl Locks {
                 return Ok(());
             };
             // The poll bound is a backstop against a missed wake-up; unlocks notify.
-            let wake =
-                deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250));
+            let wake = deadline.min(strata_clock::now() + std::time::Duration::from_millis(250));
             tokio::select! {
                 _ = &mut notified => {}
-                _ = tokio::time::sleep_until(wake) => {
-                    if tokio::time::Instant::now() >= deadline {
+                _ = strata_clock::sleep_until(wake) => {
+                    if strata_clock::now() >= deadline {
                         return Err(txn);
                     }
                 }

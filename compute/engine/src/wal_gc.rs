@@ -14,7 +14,8 @@ use crate::db::DbInner;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use strata_clock::Instant;
 use strata_format::{WAL_HEADER_LEN, WAL_TRAILER_LEN};
 use strata_manifest::layout::{parse_wal_path, wal_path, wal_prefix};
 
@@ -27,13 +28,13 @@ pub(crate) async fn run(inner: Arc<DbInner>) {
     let mut seen: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut deleted_below = 0u64;
     loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        strata_clock::sleep(Duration::from_secs(5)).await;
         if !inner.lifecycle.is_open() {
             return;
         }
         let replay_from = inner.view.read().version.manifest.wal_replay_from;
         if seen.back().is_none_or(|&(_, r)| r != replay_from) {
-            seen.push_back((Instant::now(), replay_from));
+            seen.push_back((strata_clock::now(), replay_from));
         }
         let mut safe = None;
         while let Some(&(t, r)) = seen.front() {

@@ -1,4 +1,8 @@
 //! Engine tests against a real local directory store (and the in-memory one for speed).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests wait for real storage on the real clock"
+)]
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -262,4 +266,49 @@ async fn a_wal_put_whose_answer_was_lost_does_not_fence_the_writer() {
     }
     assert_eq!(get(&db, "k").await.map(|v| v.0), Some("landed".into()));
     assert_eq!(get(&db, "k2").await.map(|v| v.0), Some("next".into()));
+}
+
+/// TTLs expire on the engine's clock: with a manual one, a test moves time forward instead of
+/// sleeping, and every read path agrees the value is gone.
+#[tokio::test]
+async fn ttl_values_expire_when_the_injected_clock_passes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = strata_clock::Clock::manual(1_700_000_000_000);
+    let db = open(
+        dir.path(),
+        DbOptions {
+            clock: clock.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ttl = WriteOp {
+        key: Bytes::from_static(b"t"),
+        op: Op::Put {
+            value: Bytes::from_static(b"short-lived"),
+            ttl_ms: 60_000,
+        },
+        cond: Cond::None,
+    };
+    db.write(vec![ttl, put("p", "permanent", Cond::None)], true)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(get(&db, "t").await.map(|v| v.0), Some("short-lived".into()));
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(get(&db, "t").await, None, "expired 61 s after its write");
+    assert_eq!(get(&db, "p").await.map(|v| v.0), Some("permanent".into()));
+    let mut scan = db.scan(Bytes::new(), None).unwrap();
+    let keys: Vec<Bytes> = scan
+        .next_chunk(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(keys, vec![Bytes::from_static(b"p")]);
+    // An expired key is absent for conditions too.
+    db.write(vec![put("t", "again", Cond::IfAbsent)], true)
+        .await
+        .unwrap();
 }

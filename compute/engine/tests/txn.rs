@@ -1,6 +1,10 @@
 //! The participant side of cross-partition transactions, on one engine: prepare locks keys
 //! and checks conditions, resolve applies or drops, intents survive a reopen (failover), and
 //! markers make resolves idempotent and refuse late prepares.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "these tests wait for real storage on the real clock"
+)]
 
 use bytes::Bytes;
 use std::time::Duration;

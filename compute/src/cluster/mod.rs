@@ -30,8 +30,9 @@ use ring::Ring;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_cache::BlockCache;
+use strata_clock::Instant;
 use strata_engine::EngineError;
 use strata_engine::{store_uid, Db, DbOptions};
 use strata_engine::{ReplicaRead, Replicas};
@@ -190,6 +191,7 @@ impl ClusterNode {
             store_uid(&store).await?,
             opts.db.roots.clone(),
             manifests.clone(),
+            opts.db.clock.clone(),
         );
         let lease = LeaseGuard::new();
         let ttl_secs = opts.lease_ttl.as_secs().max(1) as i64;

@@ -1027,7 +1027,8 @@ impl Kv for KvService {
                             Ok(v) if v.is_empty() => h.done = true,
                             Ok(v) => h.buf.extend(v),
                             Err(e) => {
-                                let _ = tx.send(Err(e)).await;
+                                // A peer's or the transport's error: give it a reason.
+                                let _ = tx.send(Err(strata_proto::reason::or_default(e))).await;
                                 return;
                             }
                         }
@@ -1065,11 +1066,15 @@ impl Kv for KvService {
                             // being deleted), then tell the client why the scan ended.
                             drop(heads);
                             let _ = tx
-                                .send(Err(Status::aborted(format!(
-                                    "scan abandoned: the client read nothing for {}s, past \
-                                     the snapshot's maximum age; scan again from the last key",
-                                    MAX_SNAPSHOT_AGE.as_secs()
-                                ))))
+                                .send(Err(strata_proto::reason::with_reason(
+                                    Status::aborted(format!(
+                                        "scan abandoned: the client read nothing for {}s, past \
+                                         the snapshot's maximum age; scan again from the last \
+                                         key",
+                                        MAX_SNAPSHOT_AGE.as_secs()
+                                    )),
+                                    reason::SNAPSHOT_TOO_OLD,
+                                )))
                                 .await;
                             return;
                         }

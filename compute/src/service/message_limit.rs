@@ -9,7 +9,8 @@
 //! It is also the last place an error answer passes on its way out, so it gives every
 //! trailers-only error (a unary call's failure, or tonic's own: a body that does not decode, an
 //! unknown method) that has no `strata-error-reason` yet the default reason of its code.
-//! Errors in the trailers of a stream are built by `status.rs`, with their reason.
+//! Errors in the trailers of a stream are given theirs where the stream sends them
+//! (`kv.rs`: `status.rs` for the engine's, `reason::or_default` for a peer's).
 
 use crate::MAX_MESSAGE_BYTES;
 use std::future::Future;
