@@ -551,6 +551,7 @@ impl Db {
                 self.inner.view.read().version.l0.len()
             })
             .await?;
+        self.warm_reads(&ops).await;
         let timeout = self.inner.opts.write_timeout;
         if self.inner.locks.is_empty() {
             // The common case, without a copy of the ops. (A lock taken meanwhile makes the
@@ -570,6 +571,25 @@ impl Db {
                 r => return r,
             }
         }
+    }
+
+    /// Fetches into the block cache what the commit loop will read for `ops`: a condition's
+    /// or a delete's current state. The commit loop sequences every write of the partition, so
+    /// a read there that misses the cache would hold them all for an object-store GET; read
+    /// here first, it finds memory. Best effort: the loop reads again (a flush in between may
+    /// change the files) and answers any error itself.
+    async fn warm_reads(&self, ops: &[WriteOp]) {
+        let keys: Vec<&[u8]> = ops
+            .iter()
+            .filter(|o| !matches!((&o.op, o.cond), (Op::Put { .. }, Cond::None)))
+            .map(|o| o.key.as_ref())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let view = self.inner.view.read().clone();
+        let reads = keys.iter().map(|k| Self::get_entry(&view, k, Snap::LATEST));
+        let _ = futures::future::join_all(reads).await;
     }
 
     /// Convenience: an unconditional durable put.
@@ -674,6 +694,7 @@ impl Db {
     ) -> EngineResult<()> {
         self.check_open()?;
         self.check_keys(ops.iter().map(|o| o.key.as_ref()))?;
+        self.warm_reads(&ops).await;
         self.commit
             .submit(
                 ops,
