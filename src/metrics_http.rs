@@ -1,19 +1,75 @@
-//! A tiny HTTP endpoint serving Prometheus text metrics at `/metrics`.
+//! `/metrics` in Prometheus text format, served on hyper (already in the tree through tonic).
+//!
+//! Two sources go into one page:
+//! - the counters and gauges of the engine, the object store meter, the cache and the
+//!   compactors, read from their atomics at scrape time (`render`, `render_compaction`);
+//! - everything recorded through the `metrics` facade — latency histograms of RPCs by method
+//!   and status code (`strata_rpc_duration_seconds`, compute's `connections.rs`), object-store
+//!   requests by operation (`strata_objstore_request_duration_seconds`), commit group sizes,
+//!   flush durations, write stalls by reason — rendered by the Prometheus recorder installed
+//!   with [`install_recorder`].
 
+use http_body_util::Full;
+use hyper::body::Bytes as HyperBytes;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use strata_cache::BlockCache;
 use strata_compactor::CompactorStats;
 use strata_compute::{DbStats, EngineMetrics};
 use strata_objstore::Metered;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// Latency buckets, seconds: from a cached read to a stalled write.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+    5.0, 10.0,
+];
+/// Operations per commit group.
+const GROUP_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+/// Installs the process-wide Prometheus recorder behind the `metrics` facade and returns the
+/// handle that renders it; `None` if a recorder was installed already (the first one keeps
+/// recording). Histograms are exported with buckets (Prometheus histograms, so quantiles can
+/// be aggregated across nodes).
+pub fn install_recorder() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("strata_commit_group_ops".into()),
+                GROUP_BUCKETS,
+            )
+        });
+    let handle = match builder.and_then(|b| b.install_recorder()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics recorder not installed; histograms are not exported");
+            return None;
+        }
+    };
+    // Histograms keep their samples until upkeep folds them in: do it between scrapes too,
+    // so memory stays bounded when no one scrapes.
+    let h = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            h.run_upkeep();
+        }
+    });
+    Some(handle)
+}
+
+/// Serves `/metrics` (and `/`) until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
     source: StatsSource,
     meter: Metered,
     cache: BlockCache,
+    recorder: Option<PrometheusHandle>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -21,39 +77,42 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let Ok((mut sock, _)) = accepted else {
+        let Ok((sock, _)) = accepted else {
             continue;
         };
-        let (m, st, compactions) = source();
-        let mut body = render(&m, &st, &meter, &cache);
-        render_compaction(&mut body, &st, &compactions);
-        tokio::spawn(async move {
-            // Read the request head (it may arrive in pieces) before answering, so the
-            // response never races an unread request into a connection reset.
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-                match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
-                    Ok(Ok(0)) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                    _ => return,
-                }
-            }
-            let req = String::from_utf8_lossy(&buf);
-            let ok = req.starts_with("GET /metrics") || req.starts_with("GET / ");
+        let (source, meter, cache, recorder) = (
+            source.clone(),
+            meter.clone(),
+            cache.clone(),
+            recorder.clone(),
+        );
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let ok =
+                req.method() == hyper::Method::GET && matches!(req.uri().path(), "/metrics" | "/");
             let resp = if ok {
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                    body.len(),
-                    body
-                )
+                let (m, st, compactions) = source();
+                let mut body = render(&m, &st, &meter, &cache);
+                render_compaction(&mut body, &st, &compactions);
+                if let Some(r) = &recorder {
+                    body.push_str(&r.render());
+                }
+                hyper::Response::builder()
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .body(Full::new(HyperBytes::from(body)))
             } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
+                hyper::Response::builder()
+                    .status(hyper::StatusCode::NOT_FOUND)
+                    .body(Full::new(HyperBytes::new()))
             };
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            std::future::ready(resp)
+        });
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(5))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc);
+            // A scrape is one short request: bound the connection, keep-alive or not.
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
         });
     }
 }

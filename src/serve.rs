@@ -663,6 +663,7 @@ async fn spawn_metrics(
         source,
         meter.clone(),
         cache.clone(),
+        crate::metrics_http::install_recorder(),
         stop.clone(),
     )))
 }

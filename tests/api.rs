@@ -2,17 +2,13 @@
 //! versions, conditions, TTL, batches, scans, limits, durability modes, health, reflection,
 //! and restart.
 
-mod common;
-
 use bytes::Bytes;
-use common::Server;
 use std::time::{Duration, Instant};
 use strata_compute::pb;
-use strata_compute::pb::kv_client::KvClient;
+use strata_testkit::kv::{b, get, put, put_req, Kv};
+use strata_testkit::Server;
 use tonic::transport::Channel;
 use tonic::Code;
-
-type Kv = KvClient<Channel>;
 
 // ---------------------------------------------------------------------------------------
 // helpers
@@ -22,26 +18,6 @@ async fn start() -> (tempfile::TempDir, Server, Kv) {
     let server = Server::start(dir.path());
     let client = server.client().await;
     (dir, server, client)
-}
-
-fn b(s: impl AsRef<[u8]>) -> Bytes {
-    Bytes::copy_from_slice(s.as_ref())
-}
-
-fn put_req(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::PutRequest {
-    pb::PutRequest {
-        key: b(key),
-        value: b(value),
-        ..Default::default()
-    }
-}
-
-async fn put(c: &mut Kv, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> u64 {
-    c.put(put_req(key, value))
-        .await
-        .expect("put")
-        .into_inner()
-        .version
 }
 
 async fn put_if_absent(
@@ -63,16 +39,6 @@ async fn put_if_version(
     let mut r = put_req(key, value);
     r.condition = Some(pb::put_request::Condition::IfVersion(v));
     c.put(r).await.map(|r| r.into_inner().version)
-}
-
-async fn get(c: &mut Kv, key: impl AsRef<[u8]>) -> pb::GetResponse {
-    c.get(pb::GetRequest {
-        key: b(key),
-        consistency: 0,
-    })
-    .await
-    .expect("get")
-    .into_inner()
 }
 
 async fn delete(

@@ -14,207 +14,18 @@
 //!   across a `kill -9`, and a coordinator that dies after preparing or after deciding leaves
 //!   neither half a transaction nor a locked key.
 
-mod common;
-// Only here (not in common/mod.rs): its own unit tests then run once, in this binary.
-#[path = "common/linearize.rs"]
-mod linearize;
-
 use bytes::Bytes;
-use common::infra::{Etcd, BUCKET, S3};
-use common::{Server, ServerOpts, BIN};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata_compute::pb;
-use strata_compute::pb::admin_client::AdminClient;
 use strata_compute::pb::kv_client::KvClient;
+use strata_testkit::cluster::{infra, key_in, owned_by};
+use strata_testkit::infra::BUCKET;
+use strata_testkit::kv::{try_get, try_put, Kv};
+use strata_testkit::{bin, linearize, Acked, Cluster, Server, ServerOpts};
 use tonic::transport::Channel;
-
-type Kv = KvClient<Channel>;
-
-/// A cluster of nodes on one etcd and one bucket prefix.
-struct Cluster {
-    etcd_url: String,
-    s3_env: Vec<(String, String)>,
-    prefix: String,
-    nodes: Vec<Option<Server>>,
-    ids: Vec<String>,
-    dirs: Vec<tempfile::TempDir>,
-    /// Extra `strata serve` flags for every node.
-    args: Vec<String>,
-}
-
-impl Cluster {
-    fn start(s3: &S3, etcd: &Etcd, n: usize, prefix: &str) -> Cluster {
-        Self::start_with_args(s3, etcd, n, prefix, &[])
-    }
-
-    fn start_with_args(s3: &S3, etcd: &Etcd, n: usize, prefix: &str, args: &[&str]) -> Cluster {
-        let mut c = Cluster {
-            etcd_url: etcd.endpoint.clone(),
-            s3_env: s3.env(),
-            prefix: prefix.to_string(),
-            nodes: Vec::new(),
-            ids: Vec::new(),
-            dirs: Vec::new(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        for _ in 0..n {
-            c.add_node();
-        }
-        c
-    }
-
-    /// Starts one more node; returns its index.
-    fn add_node(&mut self) -> usize {
-        self.add_node_with(Vec::new())
-    }
-
-    /// Starts one more node with extra environment variables; returns its index.
-    fn add_node_with(&mut self, env: Vec<(String, String)>) -> usize {
-        let i = self.nodes.len();
-        let id = format!("n{}", i + 1);
-        let dir = tempfile::tempdir().expect("temp dir");
-        let opts = ServerOpts {
-            extra_args: vec![
-                "--etcd".into(),
-                self.etcd_url.clone(),
-                "--object-store".into(),
-                format!("s3://{BUCKET}/{}", self.prefix),
-                "--node-id".into(),
-                id.clone(),
-                "--memtable-mb".into(),
-                "4".into(),
-                "--lease-ttl-secs".into(),
-                "2".into(),
-            ]
-            .into_iter()
-            .chain(self.args.iter().cloned())
-            .collect(),
-            env: self.s3_env.iter().cloned().chain(env).collect(),
-        };
-        let s = Server::start_with(dir.path(), opts);
-        self.nodes.push(Some(s));
-        self.ids.push(id);
-        self.dirs.push(dir);
-        i
-    }
-
-    fn node(&self, i: usize) -> &Server {
-        self.nodes[i].as_ref().expect("node is running")
-    }
-
-    fn live(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].is_some())
-            .collect()
-    }
-
-    async fn client(&self, i: usize) -> Kv {
-        self.node(i).client().await
-    }
-
-    async fn map(&self, i: usize) -> pb::ClusterMapResponse {
-        let ch = Channel::from_shared(self.node(i).url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect admin");
-        AdminClient::new(ch)
-            .cluster_map(pb::ClusterMapRequest {})
-            .await
-            .expect("cluster map")
-            .into_inner()
-    }
-
-    /// Waits until every partition has an owner with an epoch among the running nodes, as
-    /// node `via` sees it, and the ownership matches `pred`.
-    async fn wait_settled<F>(
-        &self,
-        via: usize,
-        timeout: Duration,
-        pred: F,
-    ) -> pb::ClusterMapResponse
-    where
-        F: Fn(&pb::ClusterMapResponse) -> bool,
-    {
-        let deadline = Instant::now() + timeout;
-        let live: Vec<String> = self.live().iter().map(|&i| self.ids[i].clone()).collect();
-        // Settled = every partition owned by a running node, and no move for 600 ms (hand-offs
-        // of a rebalance happen within a few hundred ms of each other).
-        let mut last: Option<(Vec<String>, Instant)> = None;
-        loop {
-            let m = self.map(via).await;
-            let all_owned = m
-                .owners
-                .iter()
-                .all(|o| live.contains(&o.node_id) && o.epoch != 0);
-            let owners: Vec<String> = m.owners.iter().map(|o| o.node_id.clone()).collect();
-            let stable_since = match &last {
-                Some((prev, since)) if *prev == owners => *since,
-                _ => Instant::now(),
-            };
-            last = Some((owners, stable_since));
-            if all_owned && pred(&m) && stable_since.elapsed() >= Duration::from_millis(600) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cluster did not settle within {timeout:?}: {m:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut s) = self.nodes[i].take() {
-            s.kill9();
-        }
-    }
-
-    fn pid(&self, i: usize) -> u32 {
-        self.node(i).child.id()
-    }
-
-    /// `strata ctl` on this cluster (with its S3 settings: snapshots and restores read the
-    /// bucket); fails the test if it fails.
-    fn ctl(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(BIN)
-            .arg("ctl")
-            .args(["--etcd", &self.etcd_url])
-            .args(args)
-            .envs(self.s3_env.iter().cloned())
-            .output()
-            .expect("run strata ctl");
-        assert!(
-            out.status.success(),
-            "strata ctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-fn owned_by(m: &pb::ClusterMapResponse, id: &str) -> Vec<u32> {
-    m.owners
-        .iter()
-        .filter(|o| o.node_id == id)
-        .map(|o| o.partition)
-        .collect()
-}
-
-/// A key of `partition` (of `partitions`), distinct per `tag` and `n`.
-fn key_in(partition: u32, partitions: u32, tag: &str, n: usize) -> Bytes {
-    let mut j = 0u64;
-    loop {
-        let k = format!("{tag}-{n}-{j}");
-        if strata_format::partition_of(k.as_bytes(), partitions) == partition {
-            return Bytes::from(k);
-        }
-        j += 1;
-    }
-}
 
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
@@ -226,42 +37,13 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid} failed");
 }
 
-async fn put(
-    c: &mut Kv,
-    key: Bytes,
-    value: Bytes,
-    timeout: Duration,
-) -> Result<u64, tonic::Status> {
-    let mut req = tonic::Request::new(pb::PutRequest {
-        key,
-        value,
-        ..Default::default()
-    });
-    req.set_timeout(timeout);
-    c.put(req).await.map(|r| r.into_inner().version)
-}
-
-async fn get(c: &mut Kv, key: &Bytes) -> Result<Option<(Bytes, u64)>, tonic::Status> {
-    let r = c
-        .get(pb::GetRequest {
-            key: key.clone(),
-            consistency: 0,
-        })
-        .await?
-        .into_inner();
-    Ok(r.found.then_some((r.value, r.version)))
-}
-
-/// Acknowledged writes: key -> value (every key is written once).
-type Acked = Arc<Mutex<BTreeMap<Bytes, Bytes>>>;
-
 /// Writes unique keys through node `first` (moving to the next live node when a node stops
 /// answering) until `stop`; records every acknowledged write.
 async fn writer(
     id: usize,
     addrs: Vec<String>,
     first: usize,
-    acked: Acked,
+    acked: Arc<Acked>,
     stop: Arc<AtomicBool>,
 ) -> (u64, u64) {
     let mut which = first;
@@ -279,10 +61,10 @@ async fn writer(
         n += 1;
         let key = Bytes::from(format!("w{id}-{n:06}"));
         let value = Bytes::from(format!("value of w{id}-{n} {}", "x".repeat(n % 200)));
-        match put(&mut c, key.clone(), value.clone(), Duration::from_secs(15)).await {
+        match try_put(&mut c, key.clone(), value.clone(), Duration::from_secs(15)).await {
             Ok(_) => {
                 ok += 1;
-                acked.lock().unwrap().insert(key, value);
+                acked.record_value(key, value);
             }
             Err(_) => {
                 failed += 1;
@@ -293,28 +75,6 @@ async fn writer(
         }
     }
     (ok, failed)
-}
-
-/// Every acknowledged write reads back through node `i`.
-async fn verify_from(c: &Cluster, i: usize, acked: &BTreeMap<Bytes, Bytes>) {
-    let mut kv = c.client(i).await;
-    for (k, v) in acked {
-        let got = get(&mut kv, k)
-            .await
-            .unwrap_or_else(|e| panic!("get {k:?} via node {}: {e}", c.ids[i]));
-        assert_eq!(
-            got.as_ref().map(|g| &g.0),
-            Some(v),
-            "acknowledged write {k:?} lost or wrong when read via node {}",
-            c.ids[i]
-        );
-    }
-}
-
-fn infra() -> Option<(S3, Etcd)> {
-    let s3 = S3::start()?;
-    let etcd = Etcd::start()?;
-    Some((s3, etcd))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -330,14 +90,14 @@ async fn kill9_of_an_owner_mid_load_loses_no_acknowledged_write() {
     let moved = owned_by(&m, &c.ids[victim]);
     assert!(!moved.is_empty());
     let addrs: Vec<String> = (0..3).map(|i| c.node(i).addr.clone()).collect();
-    let acked: Acked = Default::default();
+    let acked = Arc::new(Acked::new());
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..6)
         .map(|w| tokio::spawn(writer(w, addrs.clone(), w % 3, acked.clone(), stop.clone())))
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let survivor = (victim + 1) % 3;
-    let before_kill = acked.lock().unwrap().len();
+    let before_kill = acked.len();
     c.kill9(victim);
     let killed_at = Instant::now();
     // First successful write to a partition that lived on the victim, through a survivor.
@@ -346,7 +106,7 @@ async fn kill9_of_an_owner_mid_load_loses_no_acknowledged_write() {
     let failover = loop {
         n += 1;
         let k = key_in(moved[n % moved.len()], partitions, "probe", n);
-        match put(
+        match try_put(
             &mut probe,
             k,
             Bytes::from_static(b"p"),
@@ -383,13 +143,12 @@ async fn kill9_of_an_owner_mid_load_loses_no_acknowledged_write() {
         failover < Duration::from_secs(10),
         "failover took {failover:?}"
     );
-    let acked = acked.lock().unwrap().clone();
     assert!(
         acked.len() > before_kill,
         "no write acknowledged after the kill"
     );
     for i in c.live() {
-        verify_from(&c, i, &acked).await;
+        c.verify_acked(i, &acked).await;
     }
     // Ownership converged on the survivors.
     let m = c
@@ -412,7 +171,7 @@ async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
     let key = key_in(p, partitions, "register", 0);
     let mut via_zombie = c.client(zombie).await;
     let mut via_other = c.client(other).await;
-    put(
+    try_put(
         &mut via_zombie,
         key.clone(),
         Bytes::from_static(b"old"),
@@ -422,7 +181,10 @@ async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
     .expect("first write");
     // Make sure the zombie serves `key` from memory: it has the value cached in its memtable.
     assert_eq!(
-        get(&mut via_zombie, &key).await.expect("read").map(|g| g.0),
+        try_get(&mut via_zombie, &key)
+            .await
+            .expect("read")
+            .map(|g| g.0),
         Some(Bytes::from_static(b"old"))
     );
 
@@ -434,7 +196,7 @@ async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
             let mut cl = via_zombie.clone();
             let k = key_in(p, partitions, "stuck", n);
             tokio::spawn(async move {
-                let r = put(
+                let r = try_put(
                     &mut cl,
                     k.clone(),
                     Bytes::from_static(b"s"),
@@ -452,7 +214,7 @@ async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
         })
         .await;
     let new_owner = m2.owners[p as usize].node_id.clone();
-    put(
+    try_put(
         &mut via_other,
         key.clone(),
         Bytes::from_static(b"new"),
@@ -468,7 +230,7 @@ async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
     signal(c.pid(zombie), "CONT");
 
     // Its first answers after waking: never the stale value it still holds in memory.
-    let got = get(&mut via_zombie, &key)
+    let got = try_get(&mut via_zombie, &key)
         .await
         .expect("read via the woken node");
     assert_eq!(
@@ -482,7 +244,10 @@ async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
         let (k, r) = s.await.expect("stuck writer");
         if r.is_ok() {
             assert_eq!(
-                get(&mut via_other, &k).await.expect("read").map(|g| g.0),
+                try_get(&mut via_other, &k)
+                    .await
+                    .expect("read")
+                    .map(|g| g.0),
                 Some(Bytes::from_static(b"s")),
                 "a write acknowledged after the freeze is missing"
             );
@@ -502,7 +267,7 @@ async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
         log.contains("rejoined the cluster") || log.contains("ownership moved without us"),
         "no rejoin in the log"
     );
-    put(
+    try_put(
         &mut via_zombie,
         key.clone(),
         Bytes::from_static(b"after"),
@@ -511,7 +276,10 @@ async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
     .await
     .expect("write through the rejoined node");
     assert_eq!(
-        get(&mut via_other, &key).await.expect("read").map(|g| g.0),
+        try_get(&mut via_other, &key)
+            .await
+            .expect("read")
+            .map(|g| g.0),
         Some(Bytes::from_static(b"after"))
     );
 }
@@ -520,7 +288,7 @@ async fn a_frozen_node_past_its_lease_serves_nothing_stale_and_steps_down() {
 async fn library_load(
     client: strata_client::Client,
     id: usize,
-    acked: Acked,
+    acked: Arc<Acked>,
     errors: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     ops: Arc<AtomicU64>,
@@ -532,13 +300,13 @@ async fn library_load(
         let value = Bytes::from(format!("v{n}"));
         match client.put(key.clone(), value.clone()).await {
             Ok(_) => {
-                acked.lock().unwrap().insert(key.clone(), value.clone());
+                acked.record_value(&key, &value);
             }
             Err(e) => errors.lock().unwrap().push(format!("put {key:?}: {e}")),
         }
         match client.get(key.clone()).await {
             Ok(Some((v, _))) if v == value => {}
-            Ok(other) if acked.lock().unwrap().contains_key(&key) => errors
+            Ok(other) if acked.contains(&key) => errors
                 .lock()
                 .unwrap()
                 .push(format!("get {key:?}: wrong answer {other:?}")),
@@ -548,9 +316,9 @@ async fn library_load(
         // Eventually consistent, through any node, yet it reads its own write (session).
         match client.get_eventual(key.clone()).await {
             Ok(Some((v, _))) if v == value => {}
-            Ok(other) if acked.lock().unwrap().contains_key(&key) => errors.lock().unwrap().push(
-                format!("eventual get {key:?}: missed our own write: {other:?}"),
-            ),
+            Ok(other) if acked.contains(&key) => errors.lock().unwrap().push(format!(
+                "eventual get {key:?}: missed our own write: {other:?}"
+            )),
             Ok(_) => {}
             Err(e) => errors
                 .lock()
@@ -570,7 +338,7 @@ async fn adding_and_draining_nodes_under_load_surfaces_no_error() {
     let client = strata_client::Client::connect(&[seeds[0].as_str()])
         .await
         .expect("client");
-    let acked: Acked = Default::default();
+    let acked = Arc::new(Acked::new());
     let errors: Arc<Mutex<Vec<String>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
@@ -627,7 +395,6 @@ async fn adding_and_draining_nodes_under_load_surfaces_no_error() {
         l.await.expect("load task");
     }
     let errors = errors.lock().unwrap().clone();
-    let acked = acked.lock().unwrap().clone();
     println!(
         "{} ops through the client library, {} writes acknowledged, {} errors",
         ops.load(Ordering::Relaxed),
@@ -637,7 +404,7 @@ async fn adding_and_draining_nodes_under_load_surfaces_no_error() {
     assert!(errors.is_empty(), "errors reached the client: {errors:#?}");
     assert!(m.owners.iter().all(|o| o.node_id != drained));
     for i in c.live() {
-        verify_from(&c, i, &acked).await;
+        c.verify_acked(i, &acked).await;
     }
 }
 
@@ -646,7 +413,7 @@ async fn adding_and_draining_nodes_under_load_surfaces_no_error() {
 async fn deadline_writer(
     addr: String,
     id: usize,
-    acked: Acked,
+    acked: Arc<Acked>,
     failures: Arc<Mutex<Vec<(tonic::Code, Duration)>>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -659,7 +426,7 @@ async fn deadline_writer(
         n += 1;
         let key = Bytes::from(format!("d{id}-{n:06}"));
         let t = Instant::now();
-        match put(
+        match try_put(
             &mut c,
             key.clone(),
             Bytes::from_static(b"v"),
@@ -668,7 +435,7 @@ async fn deadline_writer(
         .await
         {
             Ok(_) => {
-                acked.lock().unwrap().insert(key, Bytes::from_static(b"v"));
+                acked.record_value(key, b"v");
             }
             Err(e) => {
                 failures.lock().unwrap().push((e.code(), t.elapsed()));
@@ -686,7 +453,7 @@ async fn etcd_and_s3_restarts_under_load_lose_nothing() {
     let c = Cluster::start(&s3, &etcd, 2, "restarts");
     c.wait_settled(0, Duration::from_secs(30), |_| true).await;
     let addr = c.node(0).addr.clone();
-    let acked: Acked = Default::default();
+    let acked = Arc::new(Acked::new());
     let failures: Arc<Mutex<Vec<(tonic::Code, Duration)>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = (0..4)
@@ -700,7 +467,7 @@ async fn etcd_and_s3_restarts_under_load_lose_nothing() {
             ))
         })
         .collect();
-    let count = |a: &Acked| a.lock().unwrap().len();
+    let count = |a: &Acked| a.len();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     for round in ["etcd", "s3"] {
@@ -756,9 +523,8 @@ async fn etcd_and_s3_restarts_under_load_lose_nothing() {
         failures.iter().any(|(c, _)| *c == tonic::Code::Unavailable),
         "no UNAVAILABLE while etcd or S3 was down"
     );
-    let acked = acked.lock().unwrap().clone();
     for i in c.live() {
-        verify_from(&c, i, &acked).await;
+        c.verify_acked(i, &acked).await;
     }
 }
 
@@ -985,7 +751,7 @@ async fn eventual_reads_on_any_node_are_bounded_and_sessions_read_their_writes()
     let big = Bytes::from(vec![7u8; 100 << 10]);
     for n in 0..60 {
         let k = key_in(p, m.partitions, "filler", n);
-        put(&mut owner, k, big.clone(), Duration::from_secs(10))
+        try_put(&mut owner, k, big.clone(), Duration::from_secs(10))
             .await
             .expect("filler write");
     }
@@ -1052,14 +818,14 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_off_quickly() {
     let survivor = (leaving + 1) % 3;
     let mut kv = c.client(survivor).await;
     // Acknowledged writes on the partitions that will move, some still only in memtables.
-    let mut acked = BTreeMap::new();
+    let acked = Acked::new();
     for (n, &p) in moved.iter().enumerate() {
         let k = key_in(p, m.partitions, "handoff", n);
         let v = Bytes::from(format!("v{n}"));
-        put(&mut kv, k.clone(), v.clone(), Duration::from_secs(10))
+        try_put(&mut kv, k.clone(), v.clone(), Duration::from_secs(10))
             .await
             .expect("write before the stop");
-        acked.insert(k, v);
+        acked.record_value(k, v);
     }
     let t = Instant::now();
     let mut leaving_node = c.nodes[leaving].take().expect("running");
@@ -1070,7 +836,7 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_off_quickly() {
     let stopped = t.elapsed();
     // Its partitions were handed off (flushed, released, lease revoked): no lease to wait out.
     let k = key_in(moved[0], m.partitions, "after", 0);
-    put(
+    try_put(
         &mut kv,
         k,
         Bytes::from_static(b"x"),
@@ -1088,7 +854,7 @@ async fn a_node_stopped_with_sigterm_hands_its_partitions_off_quickly() {
         "no hand-off in the log"
     );
     for i in c.live() {
-        verify_from(&c, i, &acked).await;
+        c.verify_acked(i, &acked).await;
     }
 }
 
@@ -1115,7 +881,7 @@ async fn a_skewed_workload_shows_its_hot_partition_in_ctl_status() {
                     (n % partitions as usize) as u32
                 };
                 let k = key_in(p, partitions, &format!("skew{w}"), n);
-                let _ = put(
+                let _ = try_put(
                     &mut kv,
                     k,
                     Bytes::from_static(b"v"),
@@ -1186,7 +952,7 @@ async fn a_node_started_while_etcd_is_down_joins_when_it_comes_back() {
     assert!(node.log_text().contains("cannot join the cluster yet"));
     let mut kv = node.client().await;
     let k = Bytes::from_static(b"late-key");
-    put(
+    try_put(
         &mut kv,
         k.clone(),
         Bytes::from_static(b"v"),
@@ -1195,7 +961,7 @@ async fn a_node_started_while_etcd_is_down_joins_when_it_comes_back() {
     .await
     .expect("write once joined");
     assert_eq!(
-        get(&mut kv, &k).await.expect("read").map(|g| g.0),
+        try_get(&mut kv, &k).await.expect("read").map(|g| g.0),
         Some(Bytes::from_static(b"v"))
     );
 }
@@ -1313,11 +1079,11 @@ async fn cross_partition_batches_stay_atomic_across_a_kill9() {
                 let j = (i * 7 + r) % PAIRS;
                 let (first, second) = if i.is_multiple_of(2) { (0, 1) } else { (1, 0) };
                 let mut kv = connect(&addrs[(i + r) % addrs.len()]);
-                let Ok(x) = get(&mut kv, &pairs[j][first]).await else {
+                let Ok(x) = try_get(&mut kv, &pairs[j][first]).await else {
                     continue;
                 };
                 let mut kv = connect(&addrs[(i + r + 1) % addrs.len()]);
-                let Ok(y) = get(&mut kv, &pairs[j][second]).await else {
+                let Ok(y) = try_get(&mut kv, &pairs[j][second]).await else {
                     continue;
                 };
                 let (x, y) = (counter(x), counter(y));
@@ -1369,8 +1135,8 @@ async fn cross_partition_batches_stay_atomic_across_a_kill9() {
     for i in c.live() {
         let mut kv = c.client(i).await;
         for (j, keys) in pairs.iter().enumerate() {
-            let a = counter(get(&mut kv, &keys[0]).await.expect("read a"));
-            let b = counter(get(&mut kv, &keys[1]).await.expect("read b"));
+            let a = counter(try_get(&mut kv, &keys[0]).await.expect("read a"));
+            let b = counter(try_get(&mut kv, &keys[1]).await.expect("read b"));
             assert_eq!(a, b, "pair {j} half-applied (via node {})", c.ids[i]);
             assert!(
                 a >= acked[j],
@@ -1460,7 +1226,7 @@ async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
     crash_coordinator_then_read(&c, after_decide, &mut kv, &keys, "2", b"2", "applied").await;
     // No key stays locked: plain writes and another transaction go through at once.
     let t = Instant::now();
-    put(
+    try_put(
         &mut kv,
         keys[0].clone(),
         Bytes::from_static(b"3"),
@@ -1497,11 +1263,11 @@ async fn a_coordinator_dying_mid_transaction_leaves_no_half_and_no_lock() {
     let err = kv.batch_write(req).await.expect_err("condition fails");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     for k in &keys {
-        let got = get(&mut kv, k).await.expect("read").map(|g| g.0);
+        let got = try_get(&mut kv, k).await.expect("read").map(|g| g.0);
         assert_eq!(got.as_deref(), Some(&b"4"[..]));
     }
     // Reserved keys are refused, naming the field.
-    let err = put(
+    let err = try_put(
         &mut kv,
         Bytes::from_static(b"\xff\xffstrata/txn/x"),
         Bytes::new(),
@@ -1538,7 +1304,7 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
     let mut before: BTreeMap<Bytes, u64> = BTreeMap::new();
     for i in 0..(parts as usize * 6) {
         let k = key_in(i as u32 % parts, parts, "pre", i);
-        let v = put(&mut kv, k.clone(), k.clone(), Duration::from_secs(15))
+        let v = try_put(&mut kv, k.clone(), k.clone(), Duration::from_secs(15))
             .await
             .expect("preload");
         before.insert(k, v);
@@ -1547,7 +1313,7 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
     // one committing batches that span the hot partition and another (transactions), while a
     // reader checks BatchGets of keys across partitions.
     let stop = Arc::new(AtomicBool::new(false));
-    let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let acked = Arc::new(Acked::new());
     let failures = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..7usize {
@@ -1563,9 +1329,9 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
                     (n % parts as usize) as u32
                 };
                 let k = key_in(p, parts, &format!("hot{w}"), n);
-                match put(&mut kv, k.clone(), k.clone(), Duration::from_secs(15)).await {
+                match try_put(&mut kv, k.clone(), k.clone(), Duration::from_secs(15)).await {
                     Ok(_) => {
-                        acked.lock().unwrap().insert(k.clone(), k);
+                        acked.record_value(&k, &k);
                     }
                     Err(e) => {
                         failures.fetch_add(1, Ordering::Relaxed);
@@ -1595,9 +1361,8 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
                 match batch_put(&mut kv, &keys, "b", Duration::from_secs(15)).await {
                     Ok(_) => {
                         batches.fetch_add(1, Ordering::Relaxed);
-                        let mut a = acked.lock().unwrap();
                         for k in keys {
-                            a.insert(k, Bytes::from_static(b"b"));
+                            acked.record_value(k, b"b");
                         }
                     }
                     Err(e) => {
@@ -1686,7 +1451,9 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
         m.ranges.iter().map(|r| (r.start, r.partition)).collect(),
     )
     .expect("a valid partition map");
-    let acked = acked.lock().unwrap().clone();
+    // The recorder checks the read-backs; `acked` is what it holds: key -> value.
+    let recorded = acked;
+    let acked = recorded.values();
     let moved = acked
         .keys()
         .chain(before.keys())
@@ -1699,10 +1466,10 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
     );
     // Every write, before and during the split, reads back through both nodes.
     for i in c.live() {
-        verify_from(&c, i, &acked).await;
+        c.verify_acked(i, &recorded).await;
         let mut kv = c.client(i).await;
         for (k, v) in &before {
-            let got = get(&mut kv, k).await.expect("read").expect("present");
+            let got = try_get(&mut kv, k).await.expect("read").expect("present");
             assert_eq!(got.1, *v, "version of {k:?} changed");
         }
     }
@@ -1726,7 +1493,7 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
     // its value: the split partition's old copy of the moved half is left out. Read back by
     // pyarrow and DuckDB.
     let out = tempfile::tempdir().expect("temp dir");
-    let export_out = std::process::Command::new(BIN)
+    let export_out = std::process::Command::new(bin())
         .args(["export", "--etcd", &c.etcd_url, "--object-store"])
         .arg(format!("s3://{BUCKET}/{}", c.prefix))
         .arg("--to")
@@ -1781,12 +1548,12 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
         })
         .cloned()
         .expect("a moved key");
-    let old = get(&mut kv, &moved_key)
+    let old = try_get(&mut kv, &moved_key)
         .await
         .expect("read")
         .expect("present")
         .1;
-    let new = put(
+    let new = try_put(
         &mut kv,
         moved_key.clone(),
         Bytes::from_static(b"after"),
@@ -1849,9 +1616,9 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
             .collect::<Vec<_>>(),
         "the restored keyspace has the source's partition map"
     );
-    let mut expect = acked.clone();
-    expect.insert(moved_key.clone(), Bytes::from_static(b"after"));
-    verify_from(&r, 0, &expect).await;
+    let expect = Acked::clone(&recorded);
+    expect.record_value(&moved_key, b"after");
+    r.verify_acked(0, &expect).await;
     let mut rkv = r.client(0).await;
     let mut st = rkv
         .scan(pb::ScanRequest::default())
@@ -1878,7 +1645,7 @@ impl Worker {
 
     fn start_with(c: &Cluster, id: &str, dir: &std::path::Path, args: &[&str]) -> Worker {
         let log = dir.join(format!("{id}.log"));
-        let child = std::process::Command::new(BIN)
+        let child = std::process::Command::new(bin())
             .args(["compactor", "--etcd", &c.etcd_url, "--object-store"])
             .arg(format!("s3://{BUCKET}/{}", c.prefix))
             .args(["--worker-id", id, "--lease-ttl-secs", "2"])
@@ -1940,33 +1707,27 @@ async fn wait_status(
 }
 
 /// Writes `n` values of `size` bytes per writer through the nodes; returns what was acked.
-async fn bulk_write(
-    c: &Cluster,
-    tag: &str,
-    writers: usize,
-    n: usize,
-    size: usize,
-) -> BTreeMap<Bytes, Bytes> {
+async fn bulk_write(c: &Cluster, tag: &str, writers: usize, n: usize, size: usize) -> Acked {
     let mut tasks = Vec::new();
     for w in 0..writers {
         let mut kv = c.client(c.live()[w % c.live().len()]).await;
         let tag = tag.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut acked = BTreeMap::new();
+            let acked = Acked::new();
             for i in 0..n {
                 let k = Bytes::from(format!("{tag}-{w}-{i:05}"));
                 let v = Bytes::from(format!("{i:08}").repeat(size / 8));
-                put(&mut kv, k.clone(), v.clone(), Duration::from_secs(15))
+                try_put(&mut kv, k.clone(), v.clone(), Duration::from_secs(15))
                     .await
                     .expect("bulk write");
-                acked.insert(k, v);
+                acked.record_value(k, v);
             }
             acked
         }));
     }
-    let mut all = BTreeMap::new();
+    let all = Acked::new();
     for t in tasks {
-        all.extend(t.await.expect("writer"));
+        all.extend(&t.await.expect("writer"));
     }
     all
 }
@@ -2032,7 +1793,7 @@ async fn a_compactor_fleet_takes_over_compaction_and_survives_a_kill9() {
         }
     }
     let t = Instant::now();
-    let mut acked = bulk_write(&c, "fleet1", 8, 400, 8 << 10).await;
+    let acked = bulk_write(&c, "fleet1", 8, 400, 8 << 10).await;
     let s = wait_status(
         &c,
         "every partition compacted by the fleet",
@@ -2076,7 +1837,7 @@ async fn a_compactor_fleet_takes_over_compaction_and_survives_a_kill9() {
         .iter()
         .map(|p| p["manifest_version"].as_u64().unwrap_or(0))
         .collect();
-    acked.extend(bulk_write(&c, "fleet2", 8, 400, 8 << 10).await);
+    acked.extend(&bulk_write(&c, "fleet2", 8, 400, 8 << 10).await);
     wait_status(
         &c,
         "every partition compacted again",
@@ -2093,7 +1854,7 @@ async fn a_compactor_fleet_takes_over_compaction_and_survives_a_kill9() {
     assert!(w2.log_text().contains("claimed the partition's compaction"));
     // Nothing was lost to compaction or to the kill.
     for i in c.live() {
-        verify_from(&c, i, &acked).await;
+        c.verify_acked(i, &acked).await;
     }
 }
 
@@ -2143,10 +1904,10 @@ async fn a_cluster_snapshot_restores_into_a_new_keyspace() {
         &["--partitions", "4", "--etcd-prefix", "/restored"],
     );
     r.wait_settled(0, Duration::from_secs(30), |_| true).await;
-    verify_from(&r, 0, &then).await;
-    verify_from(&c, 1, &later).await;
+    r.verify_acked(0, &then).await;
+    c.verify_acked(1, &later).await;
     // Restoring again into a used place is refused.
-    let again = std::process::Command::new(BIN)
+    let again = std::process::Command::new(bin())
         .args(["ctl", "--etcd", &c.etcd_url, "restore", "--snapshot", &id])
         .args(["--object-store", &src, "--to-etcd-prefix", "/restored"])
         .args(["--to", &format!("s3://{BUCKET}/snaprestored2")])
@@ -2223,11 +1984,11 @@ async fn the_fleet_schedules_snapshots_restores_a_point_in_time_and_exports() {
         &["--partitions", "4", "--etcd-prefix", "/pitr"],
     );
     r.wait_settled(0, Duration::from_secs(30), |_| true).await;
-    verify_from(&r, 0, &before).await;
+    r.verify_acked(0, &before).await;
     let mut kv = r.client(0).await;
-    for k in after.keys() {
+    for k in &after.keys() {
         assert_eq!(
-            get(&mut kv, k).await.unwrap(),
+            try_get(&mut kv, k).await.unwrap(),
             None,
             "{k:?} was written after t1"
         );
@@ -2257,7 +2018,7 @@ async fn the_fleet_schedules_snapshots_restores_a_point_in_time_and_exports() {
         .count();
     assert!(ran >= 1, "no worker ran the schedule");
     // A time before any kept snapshot is refused, naming the retention.
-    let err = std::process::Command::new(BIN)
+    let err = std::process::Command::new(bin())
         .args(["ctl", "--etcd", &c.etcd_url, "restore", "--at", "1000"])
         .args(["--object-store", &src, "--to-etcd-prefix", "/pitr-old"])
         .args(["--to", &format!("s3://{BUCKET}/pitr-old")])
@@ -2274,7 +2035,7 @@ async fn the_fleet_schedules_snapshots_restores_a_point_in_time_and_exports() {
     // Export on the fleet.
     let out_dir = tempfile::tempdir().unwrap();
     let to = format!("file://{}/x", out_dir.path().display());
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["export", "--fleet", "--etcd", &c.etcd_url])
         .args(["--object-store", &src, "--to", &to, "--no-progress"])
         .envs(c.s3_env.iter().cloned())
@@ -2299,7 +2060,7 @@ async fn the_fleet_schedules_snapshots_restores_a_point_in_time_and_exports() {
     let logs = w1.log_text() + &w2.log_text();
     assert!(logs.contains("export job done"), "no worker ran the export");
     // A second export into the same place is refused before anything is queued.
-    let again = std::process::Command::new(BIN)
+    let again = std::process::Command::new(bin())
         .args(["export", "--fleet", "--etcd", &c.etcd_url])
         .args(["--object-store", &src, "--to", &to, "--no-progress"])
         .envs(c.s3_env.iter().cloned())
@@ -2426,7 +2187,7 @@ async fn compaction_settings_in_etcd_reach_the_workers() {
     assert_eq!(shown["strategy"], "size-tiered");
     assert_eq!(shown["snapshot_every_secs"], 1);
     // Refused by the command, nothing written.
-    let bad = std::process::Command::new(BIN)
+    let bad = std::process::Command::new(bin())
         .args(["ctl", "--etcd", &c.etcd_url, "compaction", "set"])
         .args(["--strategy-for", "1=fastest"])
         .output()
@@ -2452,7 +2213,7 @@ async fn a_corrupt_partition_is_reported_while_its_node_serves_the_others() {
     let mut keys = Vec::new();
     for p in 0..m.partitions {
         let k = key_in(p, m.partitions, "corrupt", p as usize);
-        put(
+        try_put(
             &mut kv,
             k.clone(),
             Bytes::from_static(b"v"),
@@ -2491,7 +2252,7 @@ async fn a_corrupt_partition_is_reported_while_its_node_serves_the_others() {
     let deadline = Instant::now() + Duration::from_secs(30);
     for (p, k) in keys.iter().filter(|(p, _)| *p != bad) {
         loop {
-            match get(&mut kv, k).await {
+            match try_get(&mut kv, k).await {
                 Ok(v) => {
                     assert_eq!(
                         v.map(|v| v.0),
@@ -2512,12 +2273,12 @@ async fn a_corrupt_partition_is_reported_while_its_node_serves_the_others() {
     }
     // The corrupt one answers DATA_LOSS naming what failed, for reads and for writes.
     let bad_key = &keys[bad as usize].1;
-    let err = get(&mut kv, bad_key)
+    let err = try_get(&mut kv, bad_key)
         .await
         .expect_err("a corrupt partition serves nothing");
     assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
     assert!(err.message().contains("corrupt"), "{err:?}");
-    let err = put(
+    let err = try_put(
         &mut kv,
         bad_key.clone(),
         Bytes::from_static(b"w"),

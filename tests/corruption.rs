@@ -3,20 +3,15 @@
 //! the read that touches it fail with DATA_LOSS. And the local cache is only a cache: wiping
 //! it between restarts loses nothing.
 
-mod common;
-
 use bytes::Bytes;
-use common::{Server, ServerOpts};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use strata_compute::pb;
-use strata_compute::pb::kv_client::KvClient;
 use strata_format::{decode_wal_segment, DataBlock, SstFooter, SstIndex, SST_FOOTER_LEN};
-use tonic::transport::Channel;
+use strata_testkit::kv::Kv;
+use strata_testkit::{Server, ServerOpts};
 use tonic::Code;
-
-type Kv = KvClient<Channel>;
 
 fn opts(args: &[&str]) -> ServerOpts {
     ServerOpts {

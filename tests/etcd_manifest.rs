@@ -7,14 +7,12 @@
 //! - once the owner's lease is gone, nothing built on its epoch commits any more, and a new
 //!   owner installs its own epoch.
 
-mod common;
-
-use common::infra::Etcd;
 use std::sync::Arc;
 use strata_format::Manifest;
 use strata_manifest::etcd::{Etcd as EtcdKeys, OwnerInfo};
 use strata_manifest::{EtcdManifestStore, EtcdSettings, ManifestError, ManifestStore};
 use strata_objstore::{open_store, RetryPolicy, S3Settings, Store, StoreConfig};
+use strata_testkit::infra::Etcd;
 
 fn memory_store() -> Arc<dyn Store> {
     open_store(&StoreConfig {

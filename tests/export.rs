@@ -3,18 +3,13 @@
 //! WAL of a `kill -9`ed server), nothing deleted or expired; and an incremental export holds
 //! exactly what changed, deletions flagged.
 
-mod common;
-
 use bytes::Bytes;
-use common::{Server, ServerOpts, BIN};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use strata_compute::pb;
-use strata_compute::pb::kv_client::KvClient;
-use tonic::transport::Channel;
-
-type Kv = KvClient<Channel>;
+use strata_testkit::kv::Kv;
+use strata_testkit::{bin, Server, ServerOpts};
 
 /// hex(key) -> (value, version, deleted, expiry window [lo, hi] in ms)
 type Model = BTreeMap<String, (Vec<u8>, u64, bool, Option<(u64, u64)>)>;
@@ -41,7 +36,7 @@ fn write_expected(path: &Path, m: &Model) {
 }
 
 fn export(args: &[&str]) -> String {
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .arg("export")
         .args(args)
         .arg("--no-progress")
@@ -160,7 +155,7 @@ async fn export_reads_back_in_pyarrow_and_duckdb_and_increments_apply() {
     println!("{summary}");
     check(&full, &live);
     // A second export into the same place is refused (readers of `*.parquet` would mix them).
-    let again = std::process::Command::new(BIN)
+    let again = std::process::Command::new(bin())
         .args(["export", "--data-dir", data_dir, "--no-progress", "--to"])
         .arg(format!("file://{}", full.display()))
         .output()
@@ -210,7 +205,7 @@ async fn export_reads_back_in_pyarrow_and_duckdb_and_increments_apply() {
 }
 
 fn ctl_snapshot(data_dir: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["ctl", "snapshot"])
         .args(args)
         .args(["--data-dir", data_dir])
@@ -280,7 +275,7 @@ async fn a_snapshot_exports_and_restores_the_store_as_it_was() {
     // Restore into a new keyspace: nothing copied, every key as it was, writable.
     let restored = tempfile::tempdir().expect("temp dir");
     let to = format!("file://{}/objects", restored.path().display());
-    let out_restore = std::process::Command::new(BIN)
+    let out_restore = std::process::Command::new(bin())
         .args([
             "ctl",
             "restore",
@@ -378,7 +373,7 @@ async fn a_snapshot_exports_and_restores_the_store_as_it_was() {
     assert!(ok, "{text}");
     let (_, text) = ctl_snapshot(data_dir, &["list"]);
     assert!(!text.contains(&id), "{text}");
-    let gone = std::process::Command::new(BIN)
+    let gone = std::process::Command::new(bin())
         .args([
             "export",
             "--no-progress",
@@ -443,7 +438,7 @@ async fn the_embedded_schedule_gives_point_in_time_restores() {
     let data_dir = data.path().to_str().expect("utf-8 path");
     let restored = tempfile::tempdir().expect("temp dir");
     let to = format!("file://{}/objects", restored.path().display());
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["ctl", "restore", "--at", &t1.to_string()])
         .args(["--data-dir", data_dir, "--to", &to])
         .output()

@@ -2,25 +2,12 @@
 //! before they are built, oversized requests refused as gRPC says, and write stalls that
 //! refuse (with nothing applied) rather than let compaction debt grow without bound.
 
-mod common;
-
 use bytes::Bytes;
-use common::{Server, ServerOpts};
 use std::time::Duration;
 use strata_compute::pb;
+use strata_testkit::kv::{b, put_req};
+use strata_testkit::{Acked, Server, ServerOpts};
 use tonic::Code;
-
-fn b(s: impl AsRef<[u8]>) -> Bytes {
-    Bytes::copy_from_slice(s.as_ref())
-}
-
-fn put_req(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> pb::PutRequest {
-    pb::PutRequest {
-        key: b(key),
-        value: b(value),
-        ..Default::default()
-    }
-}
 
 /// Peak resident memory of a process so far (VmHWM), in bytes.
 fn peak_rss(pid: u32) -> u64 {
@@ -281,7 +268,8 @@ async fn a_full_disk_refuses_writes_fast_keeps_reads_and_resumes_when_space_retu
     );
     let mut c = s.client().await;
     let value = vec![5u8; 256 << 10];
-    let mut acked = Vec::new();
+    // Each acknowledged write must be present after the restart (its value is not checked).
+    let acked = Acked::new();
     let mut exhausted = None;
     for i in 0..1_000 {
         let key = format!("f{i:04}");
@@ -289,7 +277,7 @@ async fn a_full_disk_refuses_writes_fast_keeps_reads_and_resumes_when_space_retu
         let r = c.put(put_req(&key, &value)).await;
         let took = started.elapsed();
         match r {
-            Ok(_) => acked.push(key),
+            Ok(_) => acked.record_present(&key),
             Err(e) => {
                 assert!(
                     took < Duration::from_secs(3),
@@ -326,9 +314,10 @@ async fn a_full_disk_refuses_writes_fast_keeps_reads_and_resumes_when_space_retu
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(r.unwrap_err().code(), Code::ResourceExhausted);
     }
+    // The first acknowledged write (the keys sort in the order they were written).
     let g = c
         .get(pb::GetRequest {
-            key: b(&acked[0]),
+            key: b(&acked.keys()[0]),
             consistency: 0,
         })
         .await
@@ -351,7 +340,7 @@ async fn a_full_disk_refuses_writes_fast_keeps_reads_and_resumes_when_space_retu
             }
         }
     }
-    acked.push("resumed".into());
+    acked.record_present("resumed");
     let started = std::time::Instant::now();
     assert!(s.terminate(), "SIGTERM must finish cleanly");
     assert!(started.elapsed() < Duration::from_secs(45));
@@ -359,17 +348,7 @@ async fn a_full_disk_refuses_writes_fast_keeps_reads_and_resumes_when_space_retu
     // Every acknowledged write is there after a restart.
     let s = Server::start_with(&data, opts);
     let mut c = s.client().await;
-    for key in &acked {
-        let g = c
-            .get(pb::GetRequest {
-                key: b(key),
-                consistency: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(g.found, "{key} was acknowledged and is lost");
-    }
+    acked.verify(&mut c).await;
 }
 
 fn walkdir_names(d: &std::path::Path) -> Vec<String> {

@@ -7,17 +7,13 @@
 //! - `kill -9` in the middle of concurrent durable writes, twice, each time restarting on a
 //!   fresh empty data dir: every acknowledged write reads back;
 //! - the cost of durability: WAL PUT requests per durable write, printed;
-//! - the launchers of tests/common/infra.rs: `S3::restart` and `Etcd::restart` keep the data
+//! - the launchers of `strata_testkit::infra`: `S3::restart` and `Etcd::restart` keep the data
 //!   and the endpoint.
 //!
 //! Without a built server (`infra/s3.sh build`) or etcd (`infra/etcd.sh install`) the tests
 //! fail, unless `STRATA_ALLOW_SKIP=1`: then they are skipped with a message.
 
-mod common;
-
 use bytes::Bytes;
-use common::infra::{Etcd, BUCKET, S3};
-use common::{Server, ServerOpts};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -27,11 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_compute::pb;
-use strata_compute::pb::kv_client::KvClient;
 use strata_objstore::PutMode;
-use tonic::transport::Channel;
-
-type Kv = KvClient<Channel>;
+use strata_testkit::infra::{Etcd, BUCKET, S3};
+use strata_testkit::kv::Kv;
+use strata_testkit::{Server, ServerOpts};
 
 /// `strata serve` on `s3://BUCKET/prefix`, with metrics on a free port.
 fn serve(s3: &S3, data_dir: &Path, prefix: &str, memtable_mb: u64) -> Server {

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
@@ -17,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::error::{CompactorError, Result, ResultExt, WithWhat};
 use crate::gc::{PendingDelete, ORPHAN_SWEEP_EVERY};
 use crate::merge::{merge, Cutter, MergeCounts};
 use crate::plan::{plan_with_cursors, Job};
@@ -37,24 +37,24 @@ const MAX_COMMIT_ATTEMPTS: usize = 64;
 const MAX_ID_ATTEMPTS: usize = 16;
 /// Decodes a whole SST read for `info`, checking every block's checksum and that its size and
 /// entry count are what the manifest says; `what` names it in errors.
-async fn verified_entries(data: Bytes, info: &SstInfo, what: &str) -> anyhow::Result<Vec<Entry>> {
+async fn verified_entries(data: Bytes, info: &SstInfo, what: &str) -> Result<Vec<Entry>> {
     if data.len() as u64 != info.props.file_size {
-        bail!(
+        return Err(CompactorError::Corrupt(format!(
             "{what} is {} bytes, the manifest says {}",
             data.len(),
             info.props.file_size
-        );
+        )));
     }
     let entries = tokio::task::spawn_blocking(move || read_all_entries(&data))
         .await
-        .map_err(|e| anyhow!("decoding task for {what} failed: {e}"))?
+        .with_context(|| format!("decoding task for {what} failed"))?
         .with_context(|| format!("{what} is corrupt"))?;
     if entries.len() as u64 != info.props.entries {
-        bail!(
+        return Err(CompactorError::Corrupt(format!(
             "{what} holds {} entries, the manifest says {}",
             entries.len(),
             info.props.entries
-        );
+        )));
     }
     Ok(entries)
 }
@@ -264,7 +264,7 @@ impl Compactor {
     /// Plans on the latest manifest; if something needs compacting, runs one job and commits
     /// it. `Ok(None)` means nothing to do, or that the job was abandoned because the
     /// manifest changed under it (its outputs are deleted then; planning again will do).
-    pub async fn compact_once(&self) -> anyhow::Result<Option<CompactionReport>> {
+    pub async fn compact_once(&self) -> Result<Option<CompactionReport>> {
         match self.step().await? {
             Outcome::Done(report) => Ok(Some(report)),
             Outcome::Idle | Outcome::Abandoned => Ok(None),
@@ -295,7 +295,7 @@ impl Compactor {
                     Ok(n) => info!(partition = p, deleted = n, "deleted old manifest versions"),
                     Err(e) => warn!(
                         partition = p,
-                        error = format!("{e:#}"),
+                        error = %e.report(),
                         "sweeping old manifests failed"
                     ),
                 }
@@ -304,7 +304,7 @@ impl Compactor {
                     Ok(n) => info!(partition = p, deleted = n, "deleted orphaned SSTs"),
                     Err(e) => warn!(
                         partition = p,
-                        error = format!("{e:#}"),
+                        error = %e.report(),
                         "sweeping orphaned SSTs failed"
                     ),
                 }
@@ -312,7 +312,7 @@ impl Compactor {
             if let Err(e) = self.collect_garbage().await {
                 warn!(
                     partition = p,
-                    error = format!("{e:#}"),
+                    error = %e.report(),
                     "deleting compacted inputs failed"
                 );
             }
@@ -340,7 +340,7 @@ impl Compactor {
                 Err(e) => {
                     warn!(
                         partition = p,
-                        error = format!("{e:#}"),
+                        error = %e.report(),
                         retry_in_ms = backoff.as_millis() as u64,
                         "compaction failed"
                     );
@@ -407,9 +407,14 @@ impl Compactor {
                 Ok(b) => b,
                 // No engine has opened the store yet: nothing to tier.
                 Err(StoreError::NotFound(_)) => return Ok(None),
-                Err(e) => return Err(anyhow!(e).context("reading the store id")),
+                Err(e) => return Err(e.with_what("reading the store id".into())),
             };
-            let cold = self.inner.opts.roots.get(&tier.url)?;
+            let cold = self
+                .inner
+                .opts
+                .roots
+                .get(&tier.url)
+                .with_context(|| format!("opening the cold tier {}", tier.url))?;
             loop {
                 match cold.get(TIER_OWNER_PATH).await {
                     Ok(owner) => return Ok(Some(owner == id)),
@@ -417,10 +422,10 @@ impl Compactor {
                         match cold.put(TIER_OWNER_PATH, id.clone(), PutMode::Create).await {
                             Ok(()) => return Ok(Some(true)),
                             Err(StoreError::AlreadyExists(_)) => continue,
-                            Err(e) => return Err(anyhow!(e).context("claiming the cold tier")),
+                            Err(e) => return Err(e.with_what("claiming the cold tier".into())),
                         }
                     }
-                    Err(e) => return Err(anyhow!(e).context("reading the cold tier's owner")),
+                    Err(e) => return Err(e.with_what("reading the cold tier's owner".into())),
                 }
             }
         };
@@ -438,14 +443,14 @@ impl Compactor {
             }
             Ok(None) => false,
             Err(e) => {
-                warn!(partition = p, error = %format!("{e:#}"), "cannot tell who owns the cold tier; not tiering for now");
+                warn!(partition = p, error = %e.report(), "cannot tell who owns the cold tier; not tiering for now");
                 false
             }
         }
     }
 
     /// One job: plan, execute, commit.
-    pub(crate) async fn step(&self) -> anyhow::Result<Outcome> {
+    pub(crate) async fn step(&self) -> Result<Outcome> {
         let result = self.step_inner().await;
         let mut stats = self.inner.stats.lock();
         match &result {
@@ -477,7 +482,7 @@ impl Compactor {
         result
     }
 
-    async fn step_inner(&self) -> anyhow::Result<Outcome> {
+    async fn step_inner(&self) -> Result<Outcome> {
         let _job = self.inner.job_lock.lock().await;
         let started = std::time::Instant::now();
         let p = self.inner.partition;
@@ -681,10 +686,7 @@ impl Compactor {
     /// A large job is cut into parts by user key (every version of a key lands in one part)
     /// that merge in parallel, each cutting its own outputs: parts cover disjoint, ordered
     /// key ranges, so their outputs never overlap.
-    pub(crate) async fn execute(
-        &self,
-        job: &Job,
-    ) -> anyhow::Result<(Vec<SstInfo>, MergeCounts, usize)> {
+    pub(crate) async fn execute(&self, job: &Job) -> Result<(Vec<SstInfo>, MergeCounts, usize)> {
         // Inputs are opened (footer and index) up front, then streamed as they merge.
         let inputs: Vec<Arc<Input>> = futures::stream::iter(job.inputs().cloned())
             .map(|info| {
@@ -743,10 +745,10 @@ impl Compactor {
             // streams, whose readers need the blocking pool (decoding, local-store I/O), so
             // enough merges parked in the pool could starve their own readers.
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            let run = move || -> anyhow::Result<MergeCounts> {
+            let run = move || -> Result<MergeCounts> {
                 let send = |out| {
                     tx.blocking_send(out)
-                        .map_err(|_| anyhow!("the output writer stopped"))
+                        .map_err(|_| CompactorError::Internal("the output writer stopped".into()))
                 };
                 let counts = merge(piece, now, &deeper, |e| match cutter.add(&e)? {
                     Some(out) => send(out),
@@ -789,7 +791,11 @@ impl Compactor {
         for m in merges {
             match m
                 .await
-                .map_err(|_| anyhow!("a merge thread stopped without an answer (a panic)"))
+                .map_err(|_| {
+                    CompactorError::Internal(
+                        "a merge thread stopped without an answer (a panic)".into(),
+                    )
+                })
                 .and_then(|r| r.context("merging compaction inputs"))
             {
                 Ok(c) => counts.add(&c),
@@ -811,7 +817,7 @@ impl Compactor {
     }
 
     /// Opens one input for streaming (its footer and index, verified).
-    async fn open_input(&self, info: SstInfo, root: Option<String>) -> anyhow::Result<Arc<Input>> {
+    async fn open_input(&self, info: SstInfo, root: Option<String>) -> Result<Arc<Input>> {
         let key = sst_path(self.inner.partition, info.id);
         // An input under another root (a restored keyspace's unchanged SST) is read there.
         let store = self
@@ -832,7 +838,7 @@ impl Compactor {
     }
 
     /// Creates an output SST under a fresh id; returns the id.
-    async fn write_output(&self, data: Bytes) -> anyhow::Result<u64> {
+    async fn write_output(&self, data: Bytes) -> Result<u64> {
         let p = self.inner.partition;
         for _ in 0..MAX_ID_ATTEMPTS {
             let id = new_sst_id();
@@ -845,17 +851,17 @@ impl Compactor {
             {
                 Ok(()) => return Ok(id),
                 Err(StoreError::AlreadyExists(_)) => continue,
-                Err(e) => {
-                    return Err(anyhow!(e).context(format!("writing compaction output {path}")))
-                }
+                Err(e) => return Err(e.with_what(format!("writing compaction output {path}"))),
             }
         }
-        bail!("no free SST id found for a compaction output of partition {p}")
+        Err(CompactorError::Conflict(format!(
+            "no free SST id found for a compaction output of partition {p}"
+        )))
     }
 
     /// Copies the job's SSTs, unchanged and verified, to the cold root `url` (in the
     /// configured storage class).
-    async fn copy_to_tier(&self, job: &Job, url: &str) -> anyhow::Result<()> {
+    async fn copy_to_tier(&self, job: &Job, url: &str) -> Result<()> {
         let p = self.inner.partition;
         let cold = self
             .inner
@@ -923,7 +929,7 @@ impl Compactor {
 
     /// Commits `job` with `outputs`, rebasing on the latest manifest after each conflict.
     #[cfg(test)]
-    pub(crate) async fn commit(&self, job: &Job, outputs: &[SstInfo]) -> anyhow::Result<Committed> {
+    pub(crate) async fn commit(&self, job: &Job, outputs: &[SstInfo]) -> Result<Committed> {
         Ok(self.commit_returning(job, outputs, 0).await?.0)
     }
 
@@ -933,7 +939,7 @@ impl Compactor {
         job: &Job,
         outputs: &[SstInfo],
         dropped_tombstone_seq: u64,
-    ) -> anyhow::Result<(Committed, Option<Manifest>)> {
+    ) -> Result<(Committed, Option<Manifest>)> {
         let p = self.inner.partition;
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let Some(latest) = self
@@ -968,14 +974,16 @@ impl Compactor {
                     if self.landed(outputs, job).await {
                         return Ok((Committed::Version(next.version), Some(next)));
                     }
-                    return Err(anyhow!(e).context(format!(
+                    return Err(e.with_what(format!(
                         "committing compaction of partition {p} as manifest version {}",
                         next.version
                     )));
                 }
             }
         }
-        bail!("compaction commit of partition {p} lost {MAX_COMMIT_ATTEMPTS} races in a row")
+        Err(CompactorError::Conflict(format!(
+            "compaction commit of partition {p} lost {MAX_COMMIT_ATTEMPTS} races in a row"
+        )))
     }
 
     /// After an ambiguous commit error: whether the latest manifest shows the job committed

@@ -18,7 +18,6 @@
 //! export recorded for their partition, with `deleted = true` rows for deletions that are still
 //! visible as tombstones. A reader applies the files of each export in order.
 
-use anyhow::{anyhow, bail, Context, Result};
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
 };
@@ -37,7 +36,9 @@ use strata_format::{
 };
 use strata_manifest::layout::{parse_wal_path, sst_path, wal_path, wal_prefix};
 use strata_manifest::{now_ms, ManifestStore};
-use strata_objstore::{PutMode, Roots, Store, StoreError};
+use strata_objstore::{PutMode, Roots, Store};
+
+use crate::error::{CompactorError, Result, ResultExt};
 
 /// Name of the export's manifest.
 pub const EXPORT_MANIFEST: &str = "_manifest.json";
@@ -168,23 +169,16 @@ pub async fn export(
     opts: &ExportOptions,
     progress: &dyn Progress,
 ) -> Result<ExportManifest> {
-    let once = |full_instead: Option<String>| {
-        let (store, manifests, dest) = (store.clone(), manifests.clone(), dest.clone());
-        async move {
-            export_once(
-                store,
-                manifests,
-                partitions,
-                dest,
-                prefix,
-                opts,
-                progress,
-                full_instead,
-            )
-            .await
-        }
+    let run = ExportRun {
+        store: &store,
+        manifests: &manifests,
+        partitions,
+        dest: &dest,
+        prefix,
+        opts,
+        progress,
     };
-    match once(None).await? {
+    match export_once(&run, None).await? {
         Ok(m) => Ok(m),
         Err(reason) => {
             tracing::info!(%reason, "the incremental export is exported in full instead");
@@ -199,27 +193,43 @@ pub async fn export(
                     .await
                     .with_context(|| format!("deleting {} of the incremental attempt", o.path))?;
             }
-            match once(Some(reason)).await? {
+            match export_once(&run, Some(reason)).await? {
                 Ok(m) => Ok(m),
-                Err(reason) => bail!("a full export cannot need another: {reason}"),
+                Err(reason) => Err(CompactorError::Internal(format!(
+                    "a full export cannot need another: {reason}"
+                ))),
             }
         }
     }
 }
 
+/// What one export attempt reads and writes: [`export`]'s arguments.
+#[derive(Clone, Copy)]
+struct ExportRun<'a> {
+    store: &'a Arc<dyn Store>,
+    manifests: &'a Arc<dyn ManifestStore>,
+    partitions: &'a [ExportPartition],
+    dest: &'a Arc<dyn Store>,
+    prefix: &'a str,
+    opts: &'a ExportOptions,
+    progress: &'a dyn Progress,
+}
+
 /// One export attempt; `Ok(Err(reason))` when an incremental export cannot be exact.
 /// `full_instead`: the reason an incremental export (`opts.since`) is written in full.
-#[allow(clippy::too_many_arguments)] // export's arguments and the fallback's reason
 async fn export_once(
-    store: Arc<dyn Store>,
-    manifests: Arc<dyn ManifestStore>,
-    partitions: &[ExportPartition],
-    dest: Arc<dyn Store>,
-    prefix: &str,
-    opts: &ExportOptions,
-    progress: &dyn Progress,
+    run: &ExportRun<'_>,
     full_instead: Option<String>,
 ) -> Result<std::result::Result<ExportManifest, String>> {
+    let ExportRun {
+        store,
+        manifests,
+        partitions,
+        dest,
+        prefix,
+        opts,
+        progress,
+    } = *run;
     // The base an increment is computed from (none when written in full).
     let base = opts.since.as_ref().filter(|_| full_instead.is_none());
     let prefix = prefix.trim_end_matches('/');
@@ -235,12 +245,12 @@ async fn export_once(
         .await
         .with_context(|| format!("listing the destination {prefix:?}"))?;
     if let Some(o) = existing.first() {
-        bail!(
+        return Err(CompactorError::Refused(format!(
             "the destination is not empty ({} objects, e.g. {}): an export goes into a place of its \
              own, so readers of `*.parquet` never mix two exports",
             existing.len(),
             o.path
-        );
+        )));
     }
     if base.is_some_and(|m| !m.tracks_dropped_deletes) {
         return Ok(Err(
@@ -253,7 +263,12 @@ async fn export_once(
     // Estimate the total for the progress bar from the manifests' SST sizes.
     let mut total = 0u64;
     for part in partitions {
-        if let Some(m) = manifests.load_latest(part.partition).await? {
+        let p = part.partition;
+        if let Some(m) = manifests
+            .load_latest(p)
+            .await
+            .with_context(|| format!("loading the manifest of partition {p}"))?
+        {
             total +=
                 m.l0.iter()
                     .chain(m.levels.iter().flatten())
@@ -289,7 +304,7 @@ async fn export_once(
     };
     for part in partitions {
         let p = part.partition;
-        let (snap, entries) = read_partition(&store, &opts.roots, &*manifests, p, progress).await?;
+        let (snap, entries) = read_partition(store, &opts.roots, &**manifests, p, progress).await?;
         // Incremental: a partition the earlier export did not have (split off since) gets
         // everything, deletions included.
         let floor = base.map(|_| since.get(&p).copied().unwrap_or(0));
@@ -329,7 +344,7 @@ async fn export_once(
             let name = join(&format!("part-{p:05}-{n:04}.parquet"));
             let data = encode_parquet(chunk, p, opts.row_group_rows)?;
             let bytes = data.len() as u64;
-            put_replacing(&*dest, &name, data).await?;
+            put_replacing(&**dest, &name, data).await?;
             out.rows += chunk.len() as u64;
             out.bytes += bytes;
             out.files.push(ExportFile {
@@ -342,7 +357,7 @@ async fn export_once(
         out.partitions.push(snap);
     }
     let body = serde_json::to_vec_pretty(&out).context("encoding the export manifest")?;
-    put_replacing(&*dest, &join(EXPORT_MANIFEST), Bytes::from(body)).await?;
+    put_replacing(&**dest, &join(EXPORT_MANIFEST), Bytes::from(body)).await?;
     Ok(Ok(out))
 }
 
@@ -394,26 +409,11 @@ pub(crate) async fn read_partition(
     }
 }
 
-/// An input moved under the export (collected after a flush or compaction): read the
-/// partition again from its newer manifest.
-#[derive(Debug)]
-pub(crate) struct Reread(pub(crate) String);
-
-impl std::fmt::Display for Reread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Reread {}
-
-pub(crate) fn is_not_found(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<StoreError>(),
-            Some(StoreError::NotFound(_))
-        ) || c.downcast_ref::<Reread>().is_some()
-    })
+/// Whether an input moved under the export (collected after a flush or compaction: an
+/// object vanished, or a [`CompactorError::Reread`]): read the partition again from its
+/// newer manifest.
+pub(crate) fn is_not_found(e: &CompactorError) -> bool {
+    e.is_moved()
 }
 
 async fn read_partition_once(
@@ -423,7 +423,11 @@ async fn read_partition_once(
     p: u32,
     progress: &dyn Progress,
 ) -> Result<(PartitionSnapshot, Vec<Entry>)> {
-    let Some(m) = manifests.load_latest(p).await? else {
+    let Some(m) = manifests
+        .load_latest(p)
+        .await
+        .with_context(|| format!("loading the manifest of partition {p}"))?
+    else {
         return Ok((
             PartitionSnapshot {
                 partition: p,
@@ -460,7 +464,7 @@ async fn read_partition_once(
             .get(&path)
             .await
             .with_context(|| format!("reading {shown}"))?;
-        let entries = read_all_entries(&data).map_err(|e| anyhow!("SST {path} is corrupt: {e}"))?;
+        let entries = read_all_entries(&data).with_context(|| format!("SST {path} is corrupt"))?;
         progress.add(data.len() as u64);
         for e in entries {
             keep(e);
@@ -522,27 +526,30 @@ pub(crate) async fn read_wal_tail(
     // newer manifest (as when a segment vanishes while reading).
     match ids.first() {
         Some(&first) if first != m.wal_replay_from => {
-            return Err(anyhow!(Reread(format!(
+            return Err(CompactorError::Reread(format!(
                 "WAL of partition {p} starts at {first}, after the replay point {}",
                 m.wal_replay_from
-            ))));
+            )));
         }
         None => {
-            let now = manifests.load_latest(p).await?;
+            let now = manifests
+                .load_latest(p)
+                .await
+                .with_context(|| format!("re-loading the manifest of partition {p}"))?;
             if now.as_ref().map(|n| n.version) != Some(m.version) {
-                return Err(anyhow!(Reread(format!(
+                return Err(CompactorError::Reread(format!(
                     "manifest of partition {p} moved while its WAL was listed"
-                ))));
+                )));
             }
         }
         Some(_) => {}
     }
     for w in ids.windows(2) {
         if w[1] != w[0] + 1 {
-            bail!(
+            return Err(CompactorError::Corrupt(format!(
                 "WAL segment {} of partition {p} is missing",
                 wal_path(p, w[0] + 1)
-            );
+            )));
         }
     }
     for &id in &ids {
@@ -552,9 +559,12 @@ pub(crate) async fn read_wal_tail(
             .await
             .with_context(|| format!("reading {path}"))?;
         let (hdr, batches) =
-            decode_wal_segment(&data).map_err(|e| anyhow!("WAL segment {path} is corrupt: {e}"))?;
+            decode_wal_segment(&data).with_context(|| format!("WAL segment {path} is corrupt"))?;
         if hdr.segment_id != id {
-            bail!("WAL segment {path} says it is segment {}", hdr.segment_id);
+            return Err(CompactorError::Corrupt(format!(
+                "WAL segment {path} says it is segment {}",
+                hdr.segment_id
+            )));
         }
         progress.add(data.len() as u64);
         for e in batches.into_iter().flatten() {

@@ -77,7 +77,7 @@ pub async fn run_worker(
     store: Arc<dyn Store>,
     opts: WorkerOptions,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> crate::Result<()> {
     let manifests = Arc::new(EtcdManifestStore::new(etcd.clone(), store.clone()));
     let claimed: Arc<Mutex<HashMap<u32, Claimed>>> = Arc::default();
     // Every compactor this worker ran, for its published totals.
@@ -93,21 +93,32 @@ pub async fn run_worker(
         ..Default::default()
     };
     let mut last_renew = Instant::now();
+    let worker = Worker {
+        etcd: &etcd,
+        store: &store,
+        manifests: &manifests,
+        opts: &opts,
+        claimed: &claimed,
+        ever: &ever,
+        floors: &floors,
+    };
     // The cluster-wide tasks (snapshot schedule, export jobs) follow the worker's lease.
     let (lease_tx, lease_rx) = watch::channel(None::<i64>);
     let tasks = {
         let ms: Arc<dyn ManifestStore> = manifests.clone();
         tokio::spawn(crate::fleet_tasks::run_fleet_tasks(
-            etcd.clone(),
-            store.clone(),
-            ms,
-            opts.id.clone(),
-            opts.compaction.roots.clone(),
-            opts.snapshots,
-            crate::fleet_tasks::max_pin_delay(opts.compaction.gc_grace),
-            opts.lease_ttl,
-            lease_rx,
-            stop.clone(),
+            crate::fleet_tasks::FleetTasks {
+                etcd: etcd.clone(),
+                store: store.clone(),
+                manifests: ms,
+                worker: opts.id.clone(),
+                roots: opts.compaction.roots.clone(),
+                schedule: opts.snapshots,
+                pin_delay: crate::fleet_tasks::max_pin_delay(opts.compaction.gc_grace),
+                lease_ttl: opts.lease_ttl,
+                lease: lease_rx,
+                stop: stop.clone(),
+            },
         ))
     };
     loop {
@@ -178,10 +189,7 @@ pub async fn run_worker(
             if let Err(e) = etcd.register_compactor(&info, lease_id).await {
                 warn!(worker = %opts.id, error = %e, "registering failed");
             } else {
-                rebalance(
-                    &etcd, &store, &manifests, &opts, &claimed, &ever, &floors, lease_id,
-                )
-                .await;
+                rebalance(&worker, lease_id).await;
             }
         }
         tokio::select! {
@@ -208,19 +216,32 @@ pub async fn run_worker(
     Ok(())
 }
 
+/// What [`rebalance`] works with: the worker's pieces of state, each shared differently.
+struct Worker<'a> {
+    etcd: &'a Etcd,
+    store: &'a Arc<dyn Store>,
+    manifests: &'a Arc<EtcdManifestStore>,
+    opts: &'a WorkerOptions,
+    /// The partitions whose compaction this worker claimed.
+    claimed: &'a Arc<Mutex<HashMap<u32, Claimed>>>,
+    /// Every compactor this worker ran, for its published totals.
+    ever: &'a Arc<Mutex<Vec<Compactor>>>,
+    /// The manifest version each partition's owner reads from.
+    floors: &'a Arc<Mutex<HashMap<u32, u64>>>,
+}
+
 /// Claims what the ring gives us and nobody holds; gives up what it no longer gives us, and
 /// forgets claims that vanished (expired or deleted by hand).
-#[allow(clippy::too_many_arguments)] // the worker's pieces of state, each shared differently
-async fn rebalance(
-    etcd: &Etcd,
-    store: &Arc<dyn Store>,
-    manifests: &Arc<EtcdManifestStore>,
-    opts: &WorkerOptions,
-    claimed: &Arc<Mutex<HashMap<u32, Claimed>>>,
-    ever: &Arc<Mutex<Vec<Compactor>>>,
-    floors: &Arc<Mutex<HashMap<u32, u64>>>,
-    lease: i64,
-) {
+async fn rebalance(worker: &Worker<'_>, lease: i64) {
+    let Worker {
+        etcd,
+        store,
+        manifests,
+        opts,
+        claimed,
+        ever,
+        floors,
+    } = *worker;
     let view = match etcd.view().await {
         Ok(v) => v,
         Err(e) => {
@@ -247,7 +268,7 @@ async fn rebalance(
         Some((parsed, _)) => {
             let applied = parsed
                 .as_ref()
-                .map_err(String::clone)
+                .map_err(|e| crate::CompactorError::InvalidSettings(e.clone()))
                 .and_then(|s| crate::settings::apply_settings(s, &opts.compaction));
             match applied {
                 Ok(o) => o,

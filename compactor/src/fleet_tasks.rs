@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use strata_manifest::etcd::Etcd;
 use strata_manifest::{now_ms, ManifestStore};
@@ -23,11 +22,12 @@ use strata_objstore::{Roots, Store};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::error::{etcd as etcd_err, CompactorError, Result, ResultExt};
 use crate::export::{
     export, read_export_manifest, ExportManifest, ExportOptions, ExportPartition, Progress,
     EXPORT_MANIFEST,
 };
-use crate::snapshot::{schedule_tick, SnapshotManifests, SnapshotSchedule};
+use crate::snapshot::{schedule_tick, SnapshotManifests, SnapshotSchedule, SnapshotTarget};
 
 /// How long a snapshot may take to pin one partition: well below the compactors' default
 /// 5 min grace before deleting compacted inputs (see `snapshot.rs`).
@@ -55,10 +55,13 @@ impl ExportSource {
         store: Arc<dyn Store>,
         manifests: Arc<dyn ManifestStore>,
     ) -> Result<ExportSource> {
-        let view = etcd.view().await.context("reading the cluster")?;
+        let view = etcd.view().await.map_err(etcd_err("reading the cluster"))?;
         let (map, rev) = view
             .partition_map()
-            .map_err(|e| anyhow!("reading the partition map: {e}"))?;
+            .map_err(|detail| CompactorError::PartitionMap {
+                what: "reading the partition map".into(),
+                detail,
+            })?;
         let partitions = map
             .ids()
             .into_iter()
@@ -144,17 +147,23 @@ pub async fn run_export(
     // A partition that split during the export moved half its keys to a partition the export
     // did not read (and compaction may drop them from the old one): refuse the result.
     if let Some((etcd, rev)) = &cluster {
-        let now = etcd.view().await.context("re-reading the cluster")?;
+        let now = etcd
+            .view()
+            .await
+            .map_err(etcd_err("re-reading the cluster"))?;
         let (_, now_rev) = now
             .partition_map()
-            .map_err(|e| anyhow!("re-reading the partition map: {e}"))?;
+            .map_err(|detail| CompactorError::PartitionMap {
+                what: "re-reading the partition map".into(),
+                detail,
+            })?;
         if now_rev != *rev {
             let _ = dest.delete(EXPORT_MANIFEST).await;
-            bail!(
+            return Err(CompactorError::Conflict(format!(
                 "a partition split during the export (partition map revision {rev} -> \
                  {now_rev}); its result is incomplete and its _manifest.json was removed: \
                  export again into a new place"
-            );
+            )));
         }
     }
     Ok(m)
@@ -177,16 +186,15 @@ pub async fn run_embedded_schedule(
             _ = tokio::time::sleep(sched.poll()) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let tick = schedule_tick(
-            store.clone(),
-            manifests.clone(),
-            &parts,
-            0,
-            None,
-            &sched,
-            pin_delay,
-            now_ms(),
-        );
+        let target = SnapshotTarget {
+            store: store.clone(),
+            manifests: manifests.clone(),
+            partitions: &parts,
+            map_revision: 0,
+            max_pin_delay: pin_delay,
+            txns: None,
+        };
+        let tick = schedule_tick(&target, &sched, now_ms());
         log_tick(tick.await);
     }
 }
@@ -201,7 +209,7 @@ fn log_tick(r: Result<crate::snapshot::ScheduleTick>) {
                 info!(snapshot = %id, "scheduled snapshot aged out and deleted");
             }
         }
-        Err(e) => warn!(error = %format!("{e:#}"), "scheduled snapshot failed; trying again"),
+        Err(e) => warn!(error = %e.report(), "scheduled snapshot failed; trying again"),
     }
 }
 
@@ -240,23 +248,43 @@ async fn hold_task(
     }
 }
 
+/// What [`run_fleet_tasks`] runs with: the worker's pieces, each shared differently.
+pub(crate) struct FleetTasks {
+    pub(crate) etcd: Etcd,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) manifests: Arc<dyn ManifestStore>,
+    /// The worker's id.
+    pub(crate) worker: String,
+    pub(crate) roots: Roots,
+    /// The worker's own snapshot schedule (the cluster's settings override it).
+    pub(crate) schedule: Option<SnapshotSchedule>,
+    /// How long a snapshot may take to pin one partition.
+    pub(crate) pin_delay: Duration,
+    /// How long a claim outlives its worker.
+    pub(crate) lease_ttl: Duration,
+    /// The worker's current lease (`None` while it has none).
+    pub(crate) lease: watch::Receiver<Option<i64>>,
+    /// Turns true when the worker stops.
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
 /// A worker's share of the cluster's tasks until `stop`: the snapshot schedule while it holds
 /// the schedule's claim, and the export jobs it claims, each in its own loop (a long export
 /// never delays a scheduled snapshot). `lease` follows the worker's current lease (`None`
 /// while it has none); `lease_ttl` is how long a claim outlives its worker.
-#[allow(clippy::too_many_arguments)] // the worker's pieces, each shared differently
-pub(crate) async fn run_fleet_tasks(
-    etcd: Etcd,
-    store: Arc<dyn Store>,
-    manifests: Arc<dyn ManifestStore>,
-    worker: String,
-    roots: Roots,
-    schedule: Option<SnapshotSchedule>,
-    pin_delay: Duration,
-    lease_ttl: Duration,
-    lease: watch::Receiver<Option<i64>>,
-    stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn run_fleet_tasks(tasks: FleetTasks) {
+    let FleetTasks {
+        etcd,
+        store,
+        manifests,
+        worker,
+        roots,
+        schedule,
+        pin_delay,
+        lease_ttl,
+        lease,
+        stop,
+    } = tasks;
     let snapshots = async {
         let mut stop = stop.clone();
         let mut claim: TaskClaim = None;
@@ -294,17 +322,15 @@ pub(crate) async fn run_fleet_tasks(
                 let src =
                     ExportSource::cluster(etcd.clone(), store.clone(), manifests.clone()).await?;
                 let rev = src.cluster.as_ref().map_or(0, |c| c.1);
-                schedule_tick(
-                    store.clone(),
-                    manifests.clone(),
-                    &src.partitions,
-                    rev,
-                    Some(&etcd),
-                    &sched,
-                    pin_delay,
-                    now_ms(),
-                )
-                .await
+                let target = SnapshotTarget {
+                    store: store.clone(),
+                    manifests: manifests.clone(),
+                    partitions: &src.partitions,
+                    map_revision: rev,
+                    max_pin_delay: pin_delay,
+                    txns: Some(&etcd),
+                };
+                schedule_tick(&target, &sched, now_ms()).await
             };
             log_tick(tick.await);
         }
@@ -331,7 +357,7 @@ pub(crate) async fn run_fleet_tasks(
                 continue;
             };
             if let Err(e) = export_jobs_step(&ctx, lease_id).await {
-                warn!(worker = %worker, error = %format!("{e:#}"), "export jobs");
+                warn!(worker = %worker, error = %e.report(), "export jobs");
             }
         }
     };
@@ -449,19 +475,23 @@ async fn export_jobs_step(ctx: &JobContext<'_>, lease: i64) -> Result<()> {
     let jobs = etcd
         .job_list(EXPORT_JOBS)
         .await
-        .context("listing export jobs")?;
+        .map_err(etcd_err("listing export jobs"))?;
     for (id, body) in jobs {
         let job = match ExportJob::decode(&body) {
             Ok(j) => j,
             Err(e) => {
-                warn!(job = %id, error = %format!("{e:#}"), "an unreadable export job: removed");
-                etcd.job_delete(EXPORT_JOBS, &id).await?;
+                warn!(job = %id, error = %e.report(), "an unreadable export job: removed");
+                etcd.job_delete(EXPORT_JOBS, &id)
+                    .await
+                    .map_err(etcd_err(format!("removing export job {id}")))?;
                 continue;
             }
         };
         if matches!(job.state, JobState::Done | JobState::Failed) {
             if now_ms().saturating_sub(job.updated_ms) > FINISHED_RECORD_TTL_MS {
-                etcd.job_delete(EXPORT_JOBS, &id).await?;
+                etcd.job_delete(EXPORT_JOBS, &id)
+                    .await
+                    .map_err(etcd_err(format!("removing export job {id}")))?;
             }
             continue;
         }
@@ -485,7 +515,11 @@ async fn export_jobs_step(ctx: &JobContext<'_>, lease: i64) -> Result<()> {
 async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Result<()> {
     let etcd = ctx.etcd;
     // The listing may be stale: the job may have finished (and its claim gone) since.
-    let Some(body) = etcd.job_get(EXPORT_JOBS, id).await? else {
+    let Some(body) = etcd
+        .job_get(EXPORT_JOBS, id)
+        .await
+        .map_err(etcd_err(format!("reading export job {id}")))?
+    else {
         return Ok(());
     };
     let mut job = ExportJob::decode(&body)?;
@@ -501,7 +535,7 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
         async move {
             etcd.job_update_fenced(EXPORT_JOBS, id, body?, task, rev)
                 .await
-                .context("writing the export job's record")
+                .map_err(etcd_err("writing the export job's record"))
         }
     };
     if job.attempts > MAX_ATTEMPTS {
@@ -580,9 +614,9 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
             job.result = Some(m);
         }
         Err(e) => {
-            warn!(worker = ctx.worker, job = %job.id, error = %format!("{e:#}"), "export job failed");
+            warn!(worker = ctx.worker, job = %job.id, error = %e.report(), "export job failed");
             job.state = JobState::Failed;
-            job.error = Some(format!("{e:#}"));
+            job.error = Some(e.report().to_string());
         }
     }
     // A progress update sent just before the ticker stopped may land after the outcome:
@@ -592,7 +626,11 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        match etcd.job_get(EXPORT_JOBS, id).await? {
+        match etcd
+            .job_get(EXPORT_JOBS, id)
+            .await
+            .map_err(etcd_err(format!("reading export job {id}")))?
+        {
             Some(b) if ExportJob::decode(&b).is_ok_and(|j| j.state == JobState::Running) => {}
             _ => break,
         }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
 use strata_format::Manifest;
 use strata_manifest::layout::{
     manifest_prefix, parse_sst_path, sst_created_ms, sst_path, sst_prefix,
@@ -12,6 +11,7 @@ use strata_manifest::layout::{
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::error::{Result, ResultExt, WithWhat};
 use crate::{now_ms, Compactor};
 
 /// How often `run` sweeps orphaned SSTs.
@@ -43,7 +43,7 @@ impl Compactor {
 
     /// Deletes the compacted inputs whose grace period has passed; returns how many were
     /// deleted. Files that fail to delete stay queued and are retried next time.
-    pub async fn collect_garbage(&self) -> anyhow::Result<usize> {
+    pub async fn collect_garbage(&self) -> Result<usize> {
         let now = Instant::now();
         let due: Vec<PendingDelete> = {
             let mut pending = self.inner.pending.lock();
@@ -78,7 +78,9 @@ impl Compactor {
             Ok(pinned) => pinned,
             Err(e) => {
                 self.queue(due);
-                return Err(e.context("reading snapshot pins before deleting compacted inputs"));
+                return Err(
+                    e.with_what("reading snapshot pins before deleting compacted inputs".into())
+                );
             }
         };
         let (kept, due): (Vec<PendingDelete>, Vec<PendingDelete>) =
@@ -103,9 +105,8 @@ impl Compactor {
             {
                 Ok(s) => s,
                 Err(e) => {
-                    first_err.get_or_insert_with(|| {
-                        anyhow!(e).context(format!("opening the root of {path}"))
-                    });
+                    first_err
+                        .get_or_insert_with(|| e.with_what(format!("opening the root of {path}")));
                     failed.push(d);
                     continue;
                 }
@@ -113,7 +114,7 @@ impl Compactor {
             match store.delete(&path).await {
                 Ok(()) => deleted += 1,
                 Err(e) => {
-                    first_err.get_or_insert_with(|| anyhow!(e).context(format!("deleting {path}")));
+                    first_err.get_or_insert_with(|| e.with_what(format!("deleting {path}")));
                     failed.push(d);
                 }
             }
@@ -134,9 +135,15 @@ impl Compactor {
     /// wrote it, which happens within seconds of writing it; one that is unreferenced an hour
     /// after its creation either was never committed (its writer crashed or abandoned it) or
     /// was compacted away long enough ago that no reader still holds a version listing it.
-    pub async fn sweep_orphans(&self) -> anyhow::Result<usize> {
+    pub async fn sweep_orphans(&self) -> Result<usize> {
         let p = self.inner.partition;
-        let Some(m) = self.inner.manifests.load_latest(p).await? else {
+        let Some(m) = self
+            .inner
+            .manifests
+            .load_latest(p)
+            .await
+            .with_context(|| format!("loading the manifest of partition {p}"))?
+        else {
             return Ok(0);
         };
         // Pins are read after the manifest, so an SST a snapshot took from it is in one or
@@ -162,7 +169,7 @@ impl Compactor {
         m: &Manifest,
         root: Option<&str>,
         pinned: &std::collections::HashSet<u64>,
-    ) -> anyhow::Result<usize> {
+    ) -> Result<usize> {
         let p = self.inner.partition;
         // Referenced in this root: what the manifest reads from it. SSTs the manifest reads
         // from another root do not keep a copy here alive (a tiered SST's hot copy is garbage
@@ -231,7 +238,13 @@ impl Compactor {
         if root.is_some() && !due.is_empty() {
             // Narrow the window of a tier copy committed meanwhile by another compactor (a
             // hand-over): its copies keep old ids, which the age rule cannot protect.
-            if let Some(latest) = self.inner.manifests.load_latest(p).await? {
+            if let Some(latest) = self
+                .inner
+                .manifests
+                .load_latest(p)
+                .await
+                .with_context(|| format!("re-loading the manifest of partition {p}"))?
+            {
                 let listed: std::collections::HashSet<u64> = latest
                     .roots
                     .iter()
@@ -260,9 +273,15 @@ impl Compactor {
     /// Why this is safe: recovery, flushes, compactions, replicas and exports only ever load
     /// the latest manifest (through the pointer, or the highest version present); a reader
     /// holding an older version holds it in memory and never reads its body again.
-    pub async fn sweep_manifests(&self) -> anyhow::Result<usize> {
+    pub async fn sweep_manifests(&self) -> Result<usize> {
         let p = self.inner.partition;
-        let Some(m) = self.inner.manifests.load_latest(p).await? else {
+        let Some(m) = self
+            .inner
+            .manifests
+            .load_latest(p)
+            .await
+            .with_context(|| format!("loading the manifest of partition {p}"))?
+        else {
             return Ok(0);
         };
         let keep_from = m.version.saturating_sub(MANIFESTS_KEPT);

@@ -26,6 +26,7 @@
 )]
 
 mod compactor;
+pub mod error;
 pub mod export;
 pub mod fleet;
 pub mod fleet_tasks;
@@ -46,6 +47,7 @@ use std::time::Duration;
 use strata_format::SstOptions;
 
 pub use compactor::{Compactor, CompactorStats, ReaderFloor};
+pub use error::{CompactorError, Result};
 
 /// `gc_grace` on the embedded default, where the compactor runs in the engine's process and
 /// learns from the engine which manifest versions its readers still hold (the reader floor:

@@ -4,9 +4,10 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use anyhow::Context;
 use bytes::Bytes;
 use strata_format::{Entry, Kind, SstBuilder, SstInfo, SstOptions, SstProps};
+
+use crate::error::{Result, ResultExt};
 
 /// Counters of one merge.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,10 +123,10 @@ pub(crate) fn merge<I>(
     sources: Vec<I>,
     now_ms: u64,
     deeper: &[Vec<SstInfo>],
-    mut emit: impl FnMut(Entry) -> anyhow::Result<()>,
-) -> anyhow::Result<MergeCounts>
+    mut emit: impl FnMut(Entry) -> Result<()>,
+) -> Result<MergeCounts>
 where
-    I: Iterator<Item = anyhow::Result<Entry>>,
+    I: Iterator<Item = Result<Entry>>,
 {
     let mut iters = sources;
     let mut heap = BinaryHeap::with_capacity(iters.len());
@@ -192,7 +193,7 @@ impl Cutter {
 
     /// Adds an entry; returns a finished SST when this entry filled one. Since only one
     /// version of a key reaches here, a key never straddles two outputs.
-    pub(crate) fn add(&mut self, e: &Entry) -> anyhow::Result<Option<(Bytes, SstProps)>> {
+    pub(crate) fn add(&mut self, e: &Entry) -> Result<Option<(Bytes, SstProps)>> {
         let builder = self
             .builder
             .get_or_insert_with(|| SstBuilder::new(self.opts.clone()));
@@ -206,7 +207,7 @@ impl Cutter {
     }
 
     /// Finishes the pending SST, if any entry is pending.
-    pub(crate) fn finish(&mut self) -> anyhow::Result<Option<(Bytes, SstProps)>> {
+    pub(crate) fn finish(&mut self) -> Result<Option<(Bytes, SstProps)>> {
         match self.builder.take() {
             Some(b) if !b.is_empty() => Ok(Some(b.finish().context("finishing an output SST")?)),
             _ => Ok(None),

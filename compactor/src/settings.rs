@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use strata_manifest::etcd::CompactionSettings;
 
+use crate::error::{CompactorError, Result};
 use crate::snapshot::SnapshotSchedule;
 use crate::{CompactionOptions, Strategy};
 
@@ -13,18 +14,21 @@ use crate::{CompactionOptions, Strategy};
 /// `--compaction-window-secs` default).
 const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
 
-/// `base` (a worker's flags) with every field `s` sets replaced. An error names the setting
-/// that cannot be applied; nothing is half-applied.
+/// `base` (a worker's flags) with every field `s` sets replaced. An error
+/// ([`CompactorError::InvalidSettings`]) names the setting that cannot be applied; nothing is
+/// half-applied.
 pub fn apply_settings(
     s: &CompactionSettings,
     base: &CompactionOptions,
-) -> Result<CompactionOptions, String> {
+) -> Result<CompactionOptions> {
     let base_window = match base.strategy {
         Strategy::TimeWindow { window_ms } => Duration::from_millis(window_ms),
         _ => DEFAULT_WINDOW,
     };
     if s.window_secs == Some(0) {
-        return Err("window_secs must be at least 1".into());
+        return Err(CompactorError::InvalidSettings(
+            "window_secs must be at least 1".into(),
+        ));
     }
     let window = s.window_secs.map_or(base_window, Duration::from_secs);
     let mut out = base.clone();
@@ -39,12 +43,15 @@ pub fn apply_settings(
         };
     }
     for (p, name) in &s.strategy_for {
-        let st = Strategy::parse(name, window).map_err(|e| format!("partition {p}: {e}"))?;
+        let st = Strategy::parse(name, window)
+            .map_err(|e| CompactorError::InvalidSettings(format!("partition {p}: {e}")))?;
         out.strategy_overrides.insert(*p, st);
     }
     if let Some(n) = s.subcompactions {
         if !(1..=64).contains(&n) {
-            return Err(format!("subcompactions {n}: must be 1 to 64"));
+            return Err(CompactorError::InvalidSettings(format!(
+                "subcompactions {n}: must be 1 to 64"
+            )));
         }
         out.subcompactions = n as usize;
     }
@@ -104,7 +111,7 @@ mod tests {
             strategy_for: [(2, "fastest".to_string())].into(),
             ..Default::default()
         };
-        let e = apply_settings(&bad, &base).unwrap_err();
+        let e = apply_settings(&bad, &base).unwrap_err().to_string();
         assert!(e.contains("partition 2") && e.contains("fastest"), "{e}");
         let bad = CompactionSettings {
             subcompactions: Some(0),

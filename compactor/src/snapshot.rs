@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -30,6 +29,7 @@ use strata_manifest::layout::{new_sst_id, sst_path};
 use strata_manifest::{now_ms, ManifestError, ManifestResult, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
 
+use crate::error::{etcd as etcd_err, CompactorError, Result, ResultExt, WithWhat};
 use crate::export::{is_not_found, read_wal_tail, ExportPartition};
 
 /// Prefix of every snapshot object.
@@ -144,20 +144,18 @@ pub async fn create_snapshot(
     txns: Option<&strata_manifest::etcd::Etcd>,
     scheduled: bool,
 ) -> Result<SnapshotRecord> {
-    let created_ms = now_ms();
-    let id = new_id(created_ms, scheduled);
-    let r = create_inner(
-        &store,
+    let target = SnapshotTarget {
+        store,
         manifests,
         partitions,
         map_revision,
         max_pin_delay,
         txns,
-        scheduled,
-        &id,
-        created_ms,
-    )
-    .await;
+    };
+    let store = &target.store;
+    let created_ms = now_ms();
+    let id = new_id(created_ms, scheduled);
+    let r = create_inner(&target, scheduled, &id, created_ms).await;
     if r.is_err() {
         // The partitions pinned so far would keep their SSTs for as long as the partial
         // snapshot stays; nothing can use it.
@@ -171,18 +169,39 @@ pub async fn create_snapshot(
     r
 }
 
-#[allow(clippy::too_many_arguments)] // create_snapshot's arguments and the id it chose
+/// What a snapshot is taken of, and how: the store's pieces, as [`create_snapshot`] takes
+/// them.
+pub struct SnapshotTarget<'a> {
+    /// The store's objects.
+    pub store: Arc<dyn Store>,
+    /// Its manifests.
+    pub manifests: Arc<dyn ManifestStore>,
+    /// The partitions to pin, with their hash ranges.
+    pub partitions: &'a [ExportPartition],
+    /// Revision of the partition map `partitions` came from (0: uniform or embedded).
+    pub map_revision: i64,
+    /// How long pinning one partition may take: below the compactors' `gc_grace` (a
+    /// partition whose pin took longer is snapshotted again).
+    pub max_pin_delay: Duration,
+    /// A cluster's etcd, for its transaction records and partition map (`None`: embedded).
+    pub txns: Option<&'a strata_manifest::etcd::Etcd>,
+}
+
+/// [`create_snapshot`] of `target` under the id it chose, created at `created_ms`.
 async fn create_inner(
-    store: &Arc<dyn Store>,
-    manifests: Arc<dyn ManifestStore>,
-    partitions: &[ExportPartition],
-    map_revision: i64,
-    max_pin_delay: Duration,
-    txns: Option<&strata_manifest::etcd::Etcd>,
+    target: &SnapshotTarget<'_>,
     scheduled: bool,
     id: &str,
     created_ms: u64,
 ) -> Result<SnapshotRecord> {
+    let SnapshotTarget {
+        ref store,
+        ref manifests,
+        partitions,
+        map_revision,
+        max_pin_delay,
+        txns,
+    } = *target;
     let id = id.to_string();
     let mut out = Vec::with_capacity(partitions.len());
     let mut records: BTreeMap<String, strata_manifest::etcd::TxnRecord> = BTreeMap::new();
@@ -198,13 +217,13 @@ async fn create_inner(
             list_txns(
                 etcd.txn_list()
                     .await
-                    .context("listing transaction records")?,
+                    .map_err(etcd_err("listing transaction records"))?,
             );
         }
         let mut attempt = 0;
         let snap = loop {
             attempt += 1;
-            match pin_partition(store, &*manifests, &id, p, max_pin_delay).await {
+            match pin_partition(store, &**manifests, &id, p, max_pin_delay).await {
                 Err(e) if attempt < 5 && is_not_found(&e) => {
                     tracing::info!(partition = p, error = %e, "the partition moved while pinned; again");
                 }
@@ -219,22 +238,28 @@ async fn create_inner(
             list_txns(
                 etcd.txn_list()
                     .await
-                    .context("listing transaction records")?,
+                    .map_err(etcd_err("listing transaction records"))?,
             );
         }
     }
     // A split while pinning would leave a partition pinned after it with its range from
     // before it, and no manifest of the new partition: take the snapshot again.
     if let Some(etcd) = txns {
-        let view = etcd.view().await.context("re-reading the partition map")?;
+        let view = etcd
+            .view()
+            .await
+            .map_err(etcd_err("re-reading the partition map"))?;
         let (_, now_rev) = view
             .partition_map()
-            .map_err(|e| anyhow!("re-reading the partition map: {e}"))?;
+            .map_err(|detail| CompactorError::PartitionMap {
+                what: "re-reading the partition map".into(),
+                detail,
+            })?;
         if now_rev != map_revision {
-            bail!(
+            return Err(CompactorError::Conflict(format!(
                 "the partition map changed while the snapshot was pinned (revision \
                  {map_revision} -> {now_rev}: a split); take it again"
-            );
+            )));
         }
     }
     let record = SnapshotRecord {
@@ -264,8 +289,14 @@ async fn pin_partition(
     max_pin_delay: Duration,
 ) -> Result<SnapshotPartition> {
     let started = Instant::now();
-    let Some(m) = manifests.load_latest(p).await? else {
-        bail!("partition {p} has no manifest");
+    let Some(m) = manifests
+        .load_latest(p)
+        .await
+        .with_context(|| format!("loading the manifest of partition {p}"))?
+    else {
+        return Err(CompactorError::NotFound(format!(
+            "partition {p} has no manifest"
+        )));
     };
     let tail = read_wal_tail(store, manifests, p, &m, &()).await?;
     let mut snap = (*m).clone();
@@ -303,7 +334,7 @@ async fn pin_partition(
     store
         .put(
             &path,
-            strata_manifest::encode_valid(p, &snap)?,
+            strata_manifest::encode_valid(p, &snap).with_context(|| format!("encoding {path}"))?,
             PutMode::Create,
         )
         .await
@@ -324,7 +355,7 @@ async fn pin_partition(
                     missing = Some(f.id);
                     break;
                 }
-                Err(e) => return Err(anyhow!(e).context("checking a pinned SST")),
+                Err(e) => return Err(e.with_what("checking a pinned SST".into())),
             }
         }
     } else {
@@ -335,9 +366,9 @@ async fn pin_partition(
         if let Some(t) = tail_sst {
             let _ = store.delete(&t).await;
         }
-        return Err(anyhow!(crate::export::Reread(format!(
+        return Err(CompactorError::Reread(format!(
             "SST {sst} of partition {p} went before the pin held (or the pin took over {max_pin_delay:?})"
-        ))));
+        )));
     }
     Ok(SnapshotPartition {
         partition: p,
@@ -385,7 +416,9 @@ pub async fn delete_snapshot(store: &dyn Store, id: &str, force: bool) -> Result
         .await
         .with_context(|| format!("listing {prefix}"))?;
     if first.is_empty() {
-        bail!("no snapshot {id:?} (see `strata ctl snapshot list`)");
+        return Err(CompactorError::NotFound(format!(
+            "no snapshot {id:?} (see `strata ctl snapshot list`)"
+        )));
     }
     // Against a concurrent restore: we mark "deleting" and then look for restore markers; a
     // restore marks "restored" and then looks for ours (`mark_restored`). With a store that
@@ -417,10 +450,10 @@ pub async fn delete_snapshot(store: &dyn Store, id: &str, force: bool) -> Result
                 targets.push(String::from_utf8_lossy(&b).into_owned());
             }
         }
-        bail!(
+        return Err(CompactorError::Refused(format!(
             "snapshot {id} was restored to {}: those keyspaces read its SSTs in place until their compactions rewrite them; delete it anyway with --force",
             targets.join(", ")
-        );
+        )));
     }
     let record = record_path(id);
     if objects.iter().any(|o| o.path == record) {
@@ -468,23 +501,25 @@ pub struct ScheduleTick {
     pub deleted: Vec<String>,
 }
 
-/// One look of the schedule at `now_ms`: creates a snapshot once the newest scheduled one is
-/// `every` old, and deletes scheduled snapshots older than `keep` (never the newest, never one
-/// a keyspace was restored from) and incomplete scheduled ones older than `stale` (a create
-/// that died; they pin SSTs). Snapshots made by hand are left alone.
-#[allow(clippy::too_many_arguments)] // the store's pieces, as `create_snapshot` takes them
+/// One look of the schedule at `now_ms`: creates a snapshot of `target` once the newest
+/// scheduled one is `every` old, and deletes scheduled snapshots older than `keep` (never the
+/// newest, never one a keyspace was restored from) and incomplete scheduled ones older than
+/// `stale` (a create that died; they pin SSTs). Snapshots made by hand are left alone.
 pub async fn schedule_tick(
-    store: Arc<dyn Store>,
-    manifests: Arc<dyn ManifestStore>,
-    partitions: &[ExportPartition],
-    map_revision: i64,
-    txns: Option<&strata_manifest::etcd::Etcd>,
+    target: &SnapshotTarget<'_>,
     sched: &SnapshotSchedule,
-    max_pin_delay: Duration,
     now_ms: u64,
 ) -> Result<ScheduleTick> {
+    let SnapshotTarget {
+        ref store,
+        ref manifests,
+        partitions,
+        map_revision,
+        max_pin_delay,
+        txns,
+    } = *target;
     let mut out = ScheduleTick::default();
-    let ids = snapshot_ids(&*store).await?;
+    let ids = snapshot_ids(&**store).await?;
     let scheduled: Vec<&String> = ids
         .iter()
         .filter(|(id, complete)| *complete && is_scheduled(id))
@@ -503,11 +538,11 @@ pub async fn schedule_tick(
         if !is_scheduled(id) || !expired || Some(id) == newest_id {
             continue;
         }
-        match delete_snapshot(&*store, id, false).await {
+        match delete_snapshot(&**store, id, false).await {
             Ok(_) => out.deleted.push(id.clone()),
             // Restored from: kept until someone deletes it with --force.
             Err(e) => {
-                tracing::info!(snapshot = %id, error = %format!("{e:#}"), "kept past its retention")
+                tracing::info!(snapshot = %id, error = %e.report(), "kept past its retention")
             }
         }
     }
@@ -515,7 +550,7 @@ pub async fn schedule_tick(
     if newest.is_none_or(|t| now_ms.saturating_sub(t) >= sched.every.as_millis() as u64) {
         let r = create_snapshot(
             store.clone(),
-            manifests,
+            manifests.clone(),
             partitions,
             map_revision,
             max_pin_delay,
@@ -569,14 +604,15 @@ pub async fn snapshot_at(store: &dyn Store, at_ms: u64) -> Result<SnapshotRecord
         }
     }
     match oldest {
-        Some(t) => bail!(
+        Some(t) => Err(CompactorError::NotFound(format!(
             "no snapshot finished at or before {at_ms} ms: the oldest kept one began at {t} ms \
              (older points are past the schedule's retention)"
-        ),
-        None => bail!(
+        ))),
+        None => Err(CompactorError::NotFound(
             "the store has no snapshots: point-in-time restore needs scheduled snapshots \
              (`--snapshot-every-secs` on `strata serve` or `strata compactor`)"
-        ),
+                .into(),
+        )),
     }
 }
 
@@ -595,7 +631,7 @@ pub async fn pinned_ssts(store: &dyn Store, p: u32) -> Result<HashSet<u64>> {
                 .await
                 .with_context(|| format!("reading {}", o.path))?;
             let m = decode_manifest(&data)
-                .map_err(|e| anyhow!("snapshot manifest {} is corrupt: {e}", o.path))?;
+                .with_context(|| format!("snapshot manifest {} is corrupt", o.path))?;
             pinned.extend(m.ssts().map(|f| f.id));
         }
     }
@@ -614,15 +650,10 @@ impl SnapshotManifests {
     pub async fn load(store: &dyn Store, id: &str) -> Result<SnapshotManifests> {
         let record = match read_record(store, id).await {
             Ok(r) => r,
-            Err(e)
-                if e.chain().any(|c| {
-                    matches!(
-                        c.downcast_ref::<StoreError>(),
-                        Some(StoreError::NotFound(_))
-                    )
-                }) =>
-            {
-                bail!("no complete snapshot {id:?} (see `strata ctl snapshot list`)")
+            Err(e) if e.is_object_not_found() => {
+                return Err(CompactorError::NotFound(format!(
+                    "no complete snapshot {id:?} (see `strata ctl snapshot list`)"
+                )))
             }
             Err(e) => return Err(e),
         };
@@ -634,7 +665,7 @@ impl SnapshotManifests {
                 .await
                 .with_context(|| format!("reading {path}"))?;
             let m = decode_manifest(&data)
-                .map_err(|e| anyhow!("snapshot manifest {path} is corrupt: {e}"))?;
+                .with_context(|| format!("snapshot manifest {path} is corrupt"))?;
             manifests.insert(part.partition, Arc::new(m));
         }
         Ok(SnapshotManifests { record, manifests })
@@ -722,12 +753,10 @@ pub async fn mark_restored(store: &dyn Store, id: &str, target_url: &str) -> Res
     match store.get(&deleting_path(id)).await {
         Ok(_) => {
             let _ = store.delete(&name).await;
-            bail!("snapshot {id} is being deleted (it aged out of the schedule's retention, or was deleted by hand): restore another one")
+            Err(CompactorError::Refused(format!("snapshot {id} is being deleted (it aged out of the schedule's retention, or was deleted by hand): restore another one")))
         }
         Err(e) if is_not_found_store(&e) => Ok(()),
-        Err(e) => {
-            Err(anyhow!(e).context(format!("checking whether snapshot {id} is being deleted")))
-        }
+        Err(e) => Err(e.with_what(format!("checking whether snapshot {id} is being deleted"))),
     }
 }
 

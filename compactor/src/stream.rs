@@ -15,11 +15,12 @@
 
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use strata_format::{DataBlock, Entry, SstFooter, SstIndex, SstInfo, SST_FOOTER_LEN};
 use strata_objstore::Store;
 use tokio::sync::mpsc;
+
+use crate::error::{CompactorError, Result, ResultExt};
 
 /// Smallest and largest read of one input stream (a single block may be larger).
 pub(crate) const MIN_CHUNK_BYTES: u64 = 4 << 10;
@@ -44,10 +45,12 @@ impl Input {
         key: String,
         display: String,
         info: SstInfo,
-    ) -> anyhow::Result<Input> {
+    ) -> Result<Input> {
         let size = info.props.file_size;
         if size < SST_FOOTER_LEN as u64 {
-            bail!("{display}: the manifest says {size} bytes, smaller than a footer");
+            return Err(CompactorError::Corrupt(format!(
+                "{display}: the manifest says {size} bytes, smaller than a footer"
+            )));
         }
         let tail = store
             .get_range(&key, size - SST_FOOTER_LEN as u64..size)
@@ -55,10 +58,10 @@ impl Input {
             .with_context(|| format!("reading the footer of {display}"))?;
         let footer = SstFooter::decode(&tail).with_context(|| format!("{display} is corrupt"))?;
         if footer.file_size() != size {
-            bail!(
+            return Err(CompactorError::Corrupt(format!(
                 "{display} is {} bytes by its footer, the manifest says {size}",
                 footer.file_size()
-            );
+            )));
         }
         let raw = store
             .get_range(&key, footer.index.offset..footer.index.end())
@@ -66,11 +69,11 @@ impl Input {
             .with_context(|| format!("reading the index of {display}"))?;
         let index = SstIndex::decode(&raw).with_context(|| format!("{display} is corrupt"))?;
         if index.data_end() != footer.data_end() {
-            bail!(
+            return Err(CompactorError::Corrupt(format!(
                 "{display} is corrupt: its index ends the data at {}, its footer at {}",
                 index.data_end(),
                 footer.data_end()
-            );
+            )));
         }
         Ok(Input {
             info,
@@ -93,7 +96,7 @@ pub(crate) struct EntryStream {
     /// Chunks of entries; `Ok(None)` marks the end. A channel that closes without that
     /// marker means the reader task died (a panic, an abort): an error, never a short input
     /// that the merge would take for the whole of it.
-    rx: mpsc::Receiver<anyhow::Result<Option<Vec<Entry>>>>,
+    rx: mpsc::Receiver<Result<Option<Vec<Entry>>>>,
     buf: std::vec::IntoIter<Entry>,
     /// The last entry handed out, to check that the stream is in internal key order across
     /// blocks and chunks (a block checks only its own order).
@@ -104,7 +107,7 @@ pub(crate) struct EntryStream {
 }
 
 impl Iterator for EntryStream {
-    type Item = anyhow::Result<Entry>;
+    type Item = Result<Entry>;
 
     /// Blocks the calling thread while the next chunk is read: call it from a blocking
     /// thread (the merge runs in `spawn_blocking`), never from an async task.
@@ -118,14 +121,10 @@ impl Iterator for EntryStream {
                 if let Some((k, seq)) = &self.last {
                     if !(e.key > *k || (e.key == *k && e.seq < *seq)) {
                         self.failed = true;
-                        return Some(Err(anyhow!(
+                        return Some(Err(CompactorError::Corrupt(format!(
                             "compaction input {} is out of order: {:?}@{} after {:?}@{}",
-                            self.display,
-                            e.key,
-                            e.seq,
-                            k,
-                            seq
-                        )));
+                            self.display, e.key, e.seq, k, seq
+                        ))));
                     }
                 }
                 self.last = Some((e.key.clone(), e.seq));
@@ -143,10 +142,10 @@ impl Iterator for EntryStream {
                 }
                 None => {
                     self.failed = true;
-                    return Some(Err(anyhow!(
+                    return Some(Err(CompactorError::Internal(format!(
                         "the task reading compaction input {} stopped before its end",
                         self.display
-                    )));
+                    ))));
                 }
             }
         }
@@ -188,8 +187,8 @@ async fn read(
     input: &Input,
     range: &Range,
     chunk_bytes: u64,
-    tx: &mpsc::Sender<anyhow::Result<Option<Vec<Entry>>>>,
-) -> anyhow::Result<()> {
+    tx: &mpsc::Sender<Result<Option<Vec<Entry>>>>,
+) -> Result<()> {
     let blocks = &input.index.blocks;
     let whole = range.lo.is_none() && range.hi.is_none();
     let mut bi = match &range.lo {
@@ -214,12 +213,12 @@ async fn read(
             .await
             .with_context(|| format!("reading compaction input {}", input.display))?;
         if raw.len() as u64 != end - start {
-            bail!(
+            return Err(CompactorError::Corrupt(format!(
                 "compaction input {}: asked for {} bytes at {start}, got {}",
                 input.display,
                 end - start,
                 raw.len()
-            );
+            )));
         }
         let handles: Vec<_> = blocks[bi..bj]
             .iter()
@@ -235,7 +234,12 @@ async fn read(
                 let (s, e) = ((h.offset - start) as usize, (h.end() - start) as usize);
                 let block = raw
                     .get(s..e)
-                    .ok_or_else(|| anyhow!("{display}: block at {} outside the read", h.offset))
+                    .ok_or_else(|| {
+                        CompactorError::Corrupt(format!(
+                            "{display}: block at {} outside the read",
+                            h.offset
+                        ))
+                    })
                     .and_then(|b| {
                         DataBlock::decode(b).with_context(|| {
                             format!(
@@ -249,13 +253,13 @@ async fn read(
                 // The index, which picks the blocks a part reads, must agree with the block:
                 // a part that skipped blocks by a wrong index key would silently lose entries.
                 if entries.last().map(|e| &e.key) != Some(&index_key) {
-                    bail!(
+                    return Err(CompactorError::Corrupt(format!(
                         "compaction input {display} is corrupt: the block at offset {} ends \
                          at {:?}, its index entry says {:?}",
                         h.offset,
                         entries.last().map(|e| &e.key),
                         index_key
-                    );
+                    )));
                 }
                 for entry in entries {
                     if range.lo.as_ref().is_some_and(|lo| entry.key < *lo) {
@@ -277,10 +281,10 @@ async fn read(
                     break;
                 }
             }
-            Ok::<_, anyhow::Error>((out, n, done))
+            Ok::<_, CompactorError>((out, n, done))
         })
         .await
-        .map_err(|e| anyhow!("the task decoding {} failed: {e}", input.display))??;
+        .with_context(|| format!("the task decoding {} failed", input.display))??;
         decoded += n;
         if !entries.is_empty() && tx.send(Ok(Some(entries))).await.is_err() {
             // The merge stopped (it failed elsewhere): nothing more to read.
@@ -292,11 +296,10 @@ async fn read(
         bi = bj;
     }
     if whole && decoded != input.info.props.entries {
-        bail!(
+        return Err(CompactorError::Corrupt(format!(
             "compaction input {} holds {decoded} entries, the manifest says {}",
-            input.display,
-            input.info.props.entries
-        );
+            input.display, input.info.props.entries
+        )));
     }
     Ok(())
 }

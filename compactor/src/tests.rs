@@ -629,7 +629,7 @@ async fn corrupt_input_fails_the_job_and_changes_nothing() {
         .unwrap();
     let c = env.compactor(small_opts());
     let err = c.compact_once().await.unwrap_err();
-    let msg = format!("{err:#}");
+    let msg = err.report().to_string();
     assert!(msg.contains(&victim), "{msg}");
     assert_eq!(env.latest().await.version, m.version);
     assert_eq!(env.sst_objects().await, referenced(&m));
@@ -1165,7 +1165,7 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
     use crate::export::ExportPartition;
     use crate::snapshot::{
         create_snapshot, id_created_ms, is_scheduled, list_snapshots, schedule_tick, snapshot_at,
-        SnapshotSchedule,
+        SnapshotSchedule, SnapshotTarget,
     };
     let env = Env::new().await;
     env.flush(vec![put("a", 10, "v")]).await;
@@ -1182,9 +1182,15 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
     let tick = |now: u64| {
         let (store, ms, parts) = (env.store.clone(), ms.clone(), parts.clone());
         async move {
-            schedule_tick(store, ms, &parts, 0, None, &sched, pin, now)
-                .await
-                .unwrap()
+            let target = SnapshotTarget {
+                store,
+                manifests: ms,
+                partitions: &parts,
+                map_revision: 0,
+                max_pin_delay: pin,
+                txns: None,
+            };
+            schedule_tick(&target, &sched, now).await.unwrap()
         }
     };
     let manual = create_snapshot(env.store.clone(), ms.clone(), &parts, 0, pin, None, false)
@@ -1255,7 +1261,8 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
     let err = snapshot_at(&*env.store, id_created_ms(&manual.id).unwrap() - 1)
         .await
         .unwrap_err();
-    assert!(format!("{err:#}").contains("oldest kept"), "{err:#}");
+    let err = err.report().to_string();
+    assert!(err.contains("oldest kept"), "{err}");
 
     // A restore and a delete of the same snapshot: whichever comes second sees the other.
     crate::snapshot::mark_restored(&*env.store, &third.id, "file:///elsewhere")
@@ -1264,7 +1271,8 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
     let e = crate::snapshot::delete_snapshot(&*env.store, &third.id, false)
         .await
         .unwrap_err();
-    assert!(format!("{e:#}").contains("restored to"), "{e:#}");
+    let e = e.report().to_string();
+    assert!(e.contains("restored to"), "{e}");
     assert!(snapshot_at(&*env.store, third.as_of_ms()).await.is_ok());
     // A delete under way (its marker written, interrupted): restoring it is refused.
     env.store
@@ -1278,7 +1286,8 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
     let e = crate::snapshot::mark_restored(&*env.store, &fourth.id, "file:///x")
         .await
         .unwrap_err();
-    assert!(format!("{e:#}").contains("being deleted"), "{e:#}");
+    let e = e.report().to_string();
+    assert!(e.contains("being deleted"), "{e}");
 }
 
 /// Tiering: cold SSTs (L1 and deeper here) are copied unchanged to the cold root and the

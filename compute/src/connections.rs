@@ -499,7 +499,9 @@ impl AsyncWrite for Conn {
 }
 
 /// A tower layer (for `tonic::transport::Server::builder().layer`) that counts each
-/// connection's requests in flight for the idle timeout of [`Conn`].
+/// connection's requests in flight for the idle timeout of [`Conn`], and times every RPC:
+/// `strata_rpc_duration_seconds{rpc, code}` from the request to the end of its response
+/// (the last message of a stream), with the gRPC status the response ended with.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ActivityLayer;
 
@@ -557,22 +559,112 @@ where
             req.extensions_mut().insert(ci.tcp);
             InFlight::begin(ci.state)
         });
+        let mut timer = RpcTimer::start(req.uri().path());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
+            // A trailers-only answer (most errors) carries its status in the headers.
+            if let Some(code) = grpc_status(resp.headers()) {
+                timer.finish(code);
+            }
             Ok(resp.map(|inner| TrackedBody {
                 inner,
                 _in_flight: guard,
+                timer,
             }))
         })
     }
 }
 
-/// A response body that keeps its request counted as in flight until it ends or is dropped.
+/// A response body that keeps its request counted as in flight until it ends or is dropped,
+/// and records its RPC's latency when its trailers (the status) go out.
 #[derive(Debug)]
 pub struct TrackedBody<B> {
     inner: B,
     _in_flight: Option<InFlight>,
+    timer: RpcTimer,
+}
+
+/// Times one RPC; records once, when the status is known (or, dropped before that, as
+/// `Cancelled`: the client went away).
+#[derive(Debug)]
+pub struct RpcTimer {
+    rpc: &'static str,
+    started: std::time::Instant,
+    done: bool,
+}
+
+/// The RPCs of `strata.v1` (and health), as `rpc` labels: a fixed set, so a client naming
+/// unknown methods cannot grow the label space.
+const RPCS: &[&str] = &[
+    "KV/Get",
+    "KV/Put",
+    "KV/Delete",
+    "KV/BatchGet",
+    "KV/BatchWrite",
+    "KV/Scan",
+    "Admin/ClusterMap",
+    "Txn/Prepare",
+    "Txn/Resolve",
+];
+
+/// gRPC status codes by number, as `code` labels.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+impl RpcTimer {
+    fn start(path: &str) -> RpcTimer {
+        let method = path.strip_prefix("/strata.v1.").unwrap_or("");
+        RpcTimer {
+            rpc: RPCS
+                .iter()
+                .copied()
+                .find(|r| *r == method)
+                .unwrap_or("other"),
+            started: std::time::Instant::now(),
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, code: usize) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let code = CODES.get(code).copied().unwrap_or("UNKNOWN");
+        metrics::histogram!("strata_rpc_duration_seconds", "rpc" => self.rpc, "code" => code)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for RpcTimer {
+    fn drop(&mut self) {
+        self.finish(1);
+    }
+}
+
+/// The `grpc-status` in `headers` (or trailers), if any.
+fn grpc_status(headers: &http::HeaderMap) -> Option<usize> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
@@ -583,7 +675,19 @@ impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    this.timer.finish(code);
+                }
+            }
+            // Ended without a status: the transport's error, not an answer.
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => this.timer.finish(2),
+            Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

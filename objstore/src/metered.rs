@@ -6,6 +6,7 @@ use bytes::Bytes;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Counts of requests sent to the object store, by kind.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -80,10 +81,22 @@ impl Metered {
         }
     }
 
-    fn done<T>(&self, r: StoreResult<T>) -> StoreResult<T> {
-        if r.is_err() {
+    /// Counts a failure, and records the request's latency by operation
+    /// (`strata_objstore_request_duration_seconds{op, outcome}`, through the `metrics` facade:
+    /// a no-op until a recorder is installed).
+    fn done<T>(&self, op: &'static str, started: Instant, r: StoreResult<T>) -> StoreResult<T> {
+        let outcome = if r.is_err() {
             self.c.errors.fetch_add(1, Ordering::Relaxed);
-        }
+            "error"
+        } else {
+            "ok"
+        };
+        metrics::histogram!(
+            "strata_objstore_request_duration_seconds",
+            "op" => op,
+            "outcome" => outcome
+        )
+        .record(started.elapsed().as_secs_f64());
         r
     }
 }
@@ -95,51 +108,58 @@ impl Store for Metered {
         self.c
             .bytes_put
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
         let r = self.inner.put(path, data, mode).await;
-        self.done(r)
+        self.done("put", started, r)
     }
     async fn put_class(&self, path: &str, data: Bytes, storage_class: &str) -> StoreResult<()> {
         self.c.puts.fetch_add(1, Ordering::Relaxed);
         self.c
             .bytes_put
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
         let r = self.inner.put_class(path, data, storage_class).await;
-        self.done(r)
+        self.done("put", started, r)
     }
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
         self.c.gets.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let r = self.inner.get(path).await;
         if let Ok(b) = &r {
             self.c
                 .bytes_got
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
         }
-        self.done(r)
+        self.done("get", started, r)
     }
     async fn get_range(&self, path: &str, range: Range<u64>) -> StoreResult<Bytes> {
         self.c.gets.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let r = self.inner.get_range(path, range).await;
         if let Ok(b) = &r {
             self.c
                 .bytes_got
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
         }
-        self.done(r)
+        self.done("get_range", started, r)
     }
     async fn head(&self, path: &str) -> StoreResult<u64> {
         self.c.heads.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let r = self.inner.head(path).await;
-        self.done(r)
+        self.done("head", started, r)
     }
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
         self.c.lists.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let r = self.inner.list(prefix).await;
-        self.done(r)
+        self.done("list", started, r)
     }
     async fn delete(&self, path: &str) -> StoreResult<()> {
         self.c.deletes.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let r = self.inner.delete(path).await;
-        self.done(r)
+        self.done("delete", started, r)
     }
     fn describe(&self) -> String {
         self.inner.describe()

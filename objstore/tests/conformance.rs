@@ -11,7 +11,7 @@
 //! `STRATA_ALLOW_SKIP=1`: then it is skipped with a message.
 
 // The S3 test-server launcher the root package's tests use too.
-#[path = "../../tests/common/infra.rs"]
+#[path = "../../testkit/src/infra.rs"]
 mod infra;
 
 use bytes::Bytes;

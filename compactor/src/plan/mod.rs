@@ -58,16 +58,16 @@ pub enum Strategy {
 
 impl Strategy {
     /// Parses `leveled`, `size-tiered` or `time-window` (the window comes separately).
-    pub fn parse(name: &str, window: Duration) -> Result<Strategy, String> {
+    pub fn parse(name: &str, window: Duration) -> crate::Result<Strategy> {
         match name {
             "leveled" => Ok(Strategy::Leveled),
             "size-tiered" | "tiered" | "universal" => Ok(Strategy::SizeTiered),
             "time-window" | "twcs" => Ok(Strategy::TimeWindow {
                 window_ms: (window.as_millis() as u64).max(1),
             }),
-            other => Err(format!(
+            other => Err(crate::CompactorError::InvalidSettings(format!(
                 "unknown compaction strategy {other:?}: expected leveled, size-tiered or time-window"
-            )),
+            ))),
         }
     }
 

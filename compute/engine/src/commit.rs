@@ -653,6 +653,8 @@ impl Committer {
     }
 
     fn start_put(&mut self, group: Group, attempts: u32) -> InFlight {
+        let ops: usize = group.batches.iter().map(Vec::len).sum();
+        metrics::histogram!("strata_commit_group_ops").record(ops as f64);
         let segment_id = self.next_segment;
         self.next_segment += 1;
         let data = encode_wal_segment(

@@ -167,6 +167,7 @@ async fn flush_one(inner: &Arc<DbInner>, mem: &Arc<Memtable>) -> EngineResult<()
     }
     let m = &inner.metrics;
     m.flushes.fetch_add(1, Ordering::Relaxed);
+    metrics::histogram!("strata_flush_duration_seconds").record(started.elapsed().as_secs_f64());
     if let Some((_, _, len)) = &sst {
         m.flush_bytes.fetch_add(*len as u64, Ordering::Relaxed);
     }

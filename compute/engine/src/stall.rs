@@ -126,6 +126,8 @@ impl WriteStall {
                 Admission::Delay(d) => {
                     if !stopped {
                         metrics.write_stall_delays.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("strata_write_stalls_total", "reason" => "l0_files", "action" => "delay")
+                            .increment(1);
                     }
                     strata_clock::sleep(d).await;
                     break;
@@ -134,10 +136,14 @@ impl WriteStall {
                     if !stopped {
                         stopped = true;
                         metrics.write_stall_stops.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("strata_write_stalls_total", "reason" => "l0_files", "action" => "stop")
+                            .increment(1);
                         self.log(partition, &reason);
                     }
                     if started.elapsed() >= self.limits.max_wait {
                         metrics.write_stall_refusals.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("strata_write_stalls_total", "reason" => "l0_files", "action" => "refuse")
+                            .increment(1);
                         metrics
                             .write_stall_micros
                             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -216,11 +222,15 @@ impl DiskSpace {
             .or_else(|| self.flush.lock().clone());
         match why {
             None => Ok(()),
-            Some(why) => Err(EngineError::ResourceExhausted {
-                kind: Exhausted::NoSpace,
-                msg: format!("{why}; the write was not applied"),
-                retry_after_ms: Some(1000),
-            }),
+            Some(why) => {
+                metrics::counter!("strata_write_stalls_total", "reason" => "no_space", "action" => "refuse")
+                    .increment(1);
+                Err(EngineError::ResourceExhausted {
+                    kind: Exhausted::NoSpace,
+                    msg: format!("{why}; the write was not applied"),
+                    retry_after_ms: Some(1000),
+                })
+            }
         }
     }
 }

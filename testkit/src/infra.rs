@@ -8,6 +8,10 @@
 //! does while a dependency is down. When a server is not installed, `start` panics (run
 //! `bash infra/setup.sh`), unless `STRATA_ALLOW_SKIP=1`: then it returns `None` and the test
 //! skips with a message.
+//!
+//! This file stands alone (std, `strata_objstore` and `tempfile` only, nothing else of this
+//! crate): `objstore/tests/conformance.rs` includes it by `#[path]` to find the S3 test
+//! server, so it must compile there too.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -47,8 +51,8 @@ impl Drop for S3 {
     }
 }
 
-/// The repository root: this file is compiled into the root package's tests and into member
-/// crates' tests (`objstore/tests/conformance.rs`), so walk up to the directory with `infra/`.
+/// The repository root: this file is compiled into this crate and into member crates' tests
+/// (`objstore/tests/conformance.rs`), so walk up to the directory with `infra/`.
 pub fn repo_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     here.ancestors()

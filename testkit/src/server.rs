@@ -1,18 +1,58 @@
-//! Test harness: starts the real `strata` binary on a loopback port the test picks, waits
+//! The `strata serve` launcher: starts the real binary on a loopback port it picks, waits
 //! until it serves, and kills it when dropped (tests never leave servers behind).
-#![allow(dead_code)]
-
-pub mod infra;
+//!
+//! The binary is the root package's `strata`, found at run time by [`bin`]: a library cannot
+//! read `CARGO_BIN_EXE_strata` (Cargo sets it only while compiling that package's
+//! integration tests), so the tests that start servers must be tests of the `strata` package,
+//! which makes Cargo build the binary first.
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
-use strata_compute::pb::kv_client::KvClient;
+use strata_proto::pb::kv_client::KvClient;
 use tonic::transport::Channel;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_strata");
+/// The `strata` binary the tests run:
+///
+/// 1. `$NEXTEST_BIN_EXE_strata` or `$CARGO_BIN_EXE_strata`, when the test runner sets them
+///    at run time (nextest does);
+/// 2. else `strata` next to the test executable's `deps/` directory (`target/<profile>/`),
+///    where Cargo puts the binary it built for the package's integration tests.
+///
+/// Panics, naming the places it looked, when neither exists.
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let mut tried = Vec::new();
+        for var in ["NEXTEST_BIN_EXE_strata", "CARGO_BIN_EXE_strata"] {
+            if let Some(p) = std::env::var_os(var).map(PathBuf::from) {
+                if p.is_file() {
+                    return p;
+                }
+                tried.push(format!("${var}={}", p.display()));
+            }
+        }
+        let exe = std::env::current_exe().expect("path of the running test executable");
+        let dir = exe.parent().expect("the test executable's directory");
+        let dir = if dir.ends_with("deps") {
+            dir.parent().unwrap_or(dir)
+        } else {
+            dir
+        };
+        let p = dir.join(format!("strata{}", std::env::consts::EXE_SUFFIX));
+        if p.is_file() {
+            return p;
+        }
+        tried.push(p.display().to_string());
+        panic!(
+            "the strata binary was not found (looked at {}); start servers from the strata \
+             package's integration tests, which make Cargo build it",
+            tried.join(", ")
+        )
+    })
+}
 
 /// A running `strata serve`.
 pub struct Server {
@@ -42,7 +82,8 @@ impl Server {
 
     /// Starts a server; returns the log lines as the error if it exits before serving.
     pub fn try_start_with(data_dir: &Path, opts: ServerOpts) -> Result<Server, String> {
-        let mut cmd = Command::new(BIN);
+        let bin = bin();
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -60,7 +101,9 @@ impl Server {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().map_err(|e| format!("spawn {BIN}: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -109,7 +152,7 @@ impl Server {
 
     pub async fn client(&self) -> KvClient<Channel> {
         let ch = Channel::from_shared(self.url())
-            .unwrap()
+            .expect("server url")
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .connect()
@@ -145,8 +188,20 @@ impl Server {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Reads one metric from the server's Prometheus endpoint.
+    /// Reads one metric (an unlabelled series) from the server's Prometheus endpoint.
     pub fn metric(&self, name: &str) -> u64 {
+        let body = self.metrics_text();
+        body.lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(' ')?;
+                (n == name).then(|| v.trim().parse::<u64>().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+    }
+
+    /// The whole page of the server's Prometheus endpoint (the server must run with
+    /// `--metrics-listen`).
+    pub fn metrics_text(&self) -> String {
         let text = self.log_text();
         let addr = text
             .split("metrics on http://")
@@ -179,12 +234,7 @@ impl Server {
                 Err(e) => panic!("metrics scrape of {addr} failed {attempt} times: {e}"),
             }
         };
-        body.lines()
-            .find_map(|l| {
-                let (n, v) = l.split_once(' ')?;
-                (n == name).then(|| v.trim().parse::<u64>().ok()).flatten()
-            })
-            .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+        body
     }
 }
 

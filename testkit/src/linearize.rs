@@ -1,6 +1,18 @@
 //! Linearizability checker for histories of single-key register operations
 //! (read / write / compare-and-set / put-if-absent / delete) against a versioned KV store.
 //!
+//! # Why our own checker
+//!
+//! It handles unknown outcomes, which library checkers do not. The histories a fault test
+//! records are full of operations whose outcome is unknown: a write that timed out, or whose
+//! node was killed mid-request, may or may not have been applied, and a later read may show
+//! it. Here such an op may take effect at any point after its invocation, or never
+//! ([`Outcome::Unknown`]), with a version that is not known either (see "Unknown versions"
+//! below). Library checkers take histories of completed operations, so such a history would
+//! have to be cut down to what is known, which rejects correct histories or hides violations.
+//! It also models Strata's versions, conditional writes and tombstones directly. Its unit
+//! tests check its verdicts against a plain exhaustive search.
+//!
 //! # Model
 //!
 //! Every key is an independent register whose state is `absent | Some(value)` plus the version
@@ -64,7 +76,6 @@
 //! Real-time order: `a` must precede `b` iff `a.response < b.invoke`; equal timestamps count as
 //! concurrent. Record invoke times just before sending a request and response times just after
 //! receiving the reply (see [`Recorder`]).
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
