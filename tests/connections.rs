@@ -88,8 +88,9 @@ async fn beyond_max_connections_new_connections_are_refused_at_once() {
         .await
         .expect_err("a client beyond the limit is refused");
     // Unavailable, Unknown "transport error" when the close lands mid-request, or Cancelled
-    // "connection closed" when it lands before the request was written (which one depends on
-    // timing): all errors of the connection, which clients retry elsewhere.
+    // "connection closed" when it lands before the request was written (which one the client
+    // sees depends on timing): all errors of the connection, none a hang. (strata-client
+    // retries only the Unavailable ones.)
     assert!(
         matches!(
             err.code(),

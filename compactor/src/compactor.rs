@@ -8,12 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
+use strata_clock::Instant;
 use strata_format::{read_all_entries, Entry, Manifest, SstInfo, SstProps};
 use strata_manifest::layout::{new_sst_id, sst_path, STORE_ID_PATH};
 use strata_manifest::{ManifestError, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::{CompactorError, Result, ResultExt, WithWhat};
@@ -22,7 +22,7 @@ use crate::merge::{merge, Cutter, MergeCounts};
 use crate::plan::{plan_with_cursors, Job};
 use crate::rebase::rebase;
 use crate::stream::Input;
-use crate::{now_ms, CompactionOptions, CompactionReport};
+use crate::{CompactionOptions, CompactionReport};
 
 /// How long [`Compactor::run`] waits for a manifest change when there is nothing to do.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -282,14 +282,14 @@ impl Compactor {
         let mut backoff = BACKOFF_MIN;
         // Not at once: a compactor that just took a partition over does not know what its
         // predecessor replaced a moment ago (see `sweep_orphans`).
-        let mut next_sweep = Instant::now() + self.inner.opts.gc_grace;
+        let mut next_sweep = strata_clock::now() + self.inner.opts.gc_grace;
         info!(partition = p, "compactor started");
         loop {
             if *shutdown.borrow_and_update() {
                 break;
             }
-            if Instant::now() >= next_sweep {
-                next_sweep = Instant::now() + ORPHAN_SWEEP_EVERY;
+            if strata_clock::now() >= next_sweep {
+                next_sweep = strata_clock::now() + ORPHAN_SWEEP_EVERY;
                 match self.sweep_manifests().await {
                     Ok(0) => {}
                     Ok(n) => info!(partition = p, deleted = n, "deleted old manifest versions"),
@@ -353,11 +353,11 @@ impl Compactor {
                 None => tokio::select! {
                     r = shutdown.changed() => r.is_err(),
                     _ = wait_for_change(&mut changes) => false,
-                    _ = tokio::time::sleep(IDLE_WAIT) => false,
+                    _ = strata_clock::sleep(IDLE_WAIT) => false,
                 },
                 Some(pause) => tokio::select! {
                     r = shutdown.changed() => r.is_err(),
-                    _ = tokio::time::sleep(pause) => false,
+                    _ = strata_clock::sleep(pause) => false,
                 },
             };
             if stop {
@@ -484,7 +484,7 @@ impl Compactor {
 
     async fn step_inner(&self) -> Result<Outcome> {
         let _job = self.inner.job_lock.lock().await;
-        let started = std::time::Instant::now();
+        let started = strata_clock::now();
         let p = self.inner.partition;
         let Some(m) = self
             .inner
@@ -603,7 +603,7 @@ impl Compactor {
                 *slot = Some(f.props.largest_key.clone());
             }
         }
-        let due = Instant::now() + self.inner.opts.gc_grace;
+        let due = strata_clock::now() + self.inner.opts.gc_grace;
         if let (Some(url), Some(next)) = (&job.tier_to, &next) {
             // From the manifest this commit wrote (never a re-read, which may fail or be
             // newer): what it moved loses its hot copy after the grace (older views read
@@ -735,7 +735,7 @@ impl Compactor {
         let parts = pieces.len();
 
         let (tx, rx) = tokio::sync::mpsc::channel::<(Bytes, SstProps)>(parts.max(1));
-        let now = now_ms();
+        let now = self.inner.opts.clock.unix_ms();
         let mut merges = Vec::with_capacity(parts);
         for piece in pieces {
             let tx = tx.clone();
@@ -954,7 +954,7 @@ impl Compactor {
                     None,
                 ));
             };
-            let mut next = match rebase(&latest, job, outputs, now_ms()) {
+            let mut next = match rebase(&latest, job, outputs, self.inner.opts.clock.unix_ms()) {
                 Ok(next) => next,
                 Err(why) => return Ok((Committed::Abandoned(why), None)),
             };

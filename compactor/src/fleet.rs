@@ -19,7 +19,8 @@ use crate::{CompactionOptions, Compactor};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use strata_clock::Instant;
 use strata_manifest::etcd::{CompactorInfo, Etcd};
 use strata_manifest::ring::Ring;
 use strata_manifest::{now_ms, EtcdManifestStore, ManifestStore};
@@ -92,7 +93,7 @@ pub async fn run_worker(
         started_ms: now_ms(),
         ..Default::default()
     };
-    let mut last_renew = Instant::now();
+    let mut last_renew = strata_clock::now();
     let worker = Worker {
         etcd: &etcd,
         store: &store,
@@ -130,7 +131,7 @@ pub async fn run_worker(
             Some((id, _)) if last_renew.elapsed() < opts.lease_ttl / 3 => Some(id),
             Some((id, _)) => match etcd.keep_alive(id).await {
                 Ok(left) if left > 0 => {
-                    last_renew = Instant::now();
+                    last_renew = strata_clock::now();
                     Some(id)
                 }
                 Ok(_) => {
@@ -151,8 +152,8 @@ pub async fn run_worker(
             },
             None => match etcd.grant_lease(ttl).await {
                 Ok((id, _)) => {
-                    lease = Some((id, Instant::now()));
-                    last_renew = Instant::now();
+                    lease = Some((id, strata_clock::now()));
+                    last_renew = strata_clock::now();
                     Some(id)
                 }
                 Err(e) => {
@@ -193,7 +194,7 @@ pub async fn run_worker(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(opts.poll) => {}
+            _ = strata_clock::sleep(opts.poll) => {}
             _ = stop.changed() => {}
         }
     }
@@ -318,7 +319,7 @@ async fn rebalance(worker: &Worker<'_>, lease: i64) {
         let id = opts.id.clone();
         tokio::spawn(async move {
             let _ = c.stop.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(30), c.task).await;
+            let _ = strata_clock::timeout(Duration::from_secs(30), c.task).await;
             // Kept in `ever` for its totals only.
             c.compactor.retire();
             if still_held {
@@ -374,7 +375,7 @@ async fn stop_all(claimed: &Arc<Mutex<HashMap<u32, Claimed>>>) {
         let _ = c.stop.send(true);
     }
     for c in all {
-        let _ = tokio::time::timeout(Duration::from_secs(30), c.task).await;
+        let _ = strata_clock::timeout(Duration::from_secs(30), c.task).await;
         c.compactor.retire();
     }
 }

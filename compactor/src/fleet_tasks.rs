@@ -183,7 +183,7 @@ pub async fn run_embedded_schedule(
     }];
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(sched.poll()) => {}
+            _ = strata_clock::sleep(sched.poll()) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let target = SnapshotTarget {
@@ -291,7 +291,7 @@ pub(crate) async fn run_fleet_tasks(tasks: FleetTasks) {
         let mut poll = schedule.map_or(Duration::from_secs(1), |s| s.poll());
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(poll) => {}
+                _ = strata_clock::sleep(poll) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
             let Some(lease_id) = *lease.borrow() else {
@@ -350,7 +350,7 @@ pub(crate) async fn run_fleet_tasks(tasks: FleetTasks) {
         };
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = strata_clock::sleep(Duration::from_secs(1)) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
             let Some(lease_id) = *lease.borrow() else {
@@ -406,7 +406,10 @@ impl ExportJob {
     pub fn new(request: ExportRequest) -> ExportJob {
         let created_ms = now_ms();
         ExportJob {
-            id: format!("{created_ms:013}-{:08x}", rand::random::<u32>()),
+            id: format!(
+                "{created_ms:013}-{:08x}",
+                (strata_clock::Rng::from_entropy().next_u64() as u32)
+            ),
             request,
             created_ms,
             state: JobState::Pending,
@@ -557,9 +560,9 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
         let (etcd, progress, mut rec) = (etcd.clone(), progress.clone(), job.clone());
         let (id, task, ttl) = (id.to_string(), task.to_string(), ctx.lease_ttl);
         AbortOnDrop(tokio::spawn(async move {
-            let mut confirmed = std::time::Instant::now();
+            let mut confirmed = strata_clock::now();
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                strata_clock::sleep(Duration::from_millis(500)).await;
                 rec.read_bytes = progress.read.load(Ordering::Relaxed);
                 rec.total_bytes = progress.total.load(Ordering::Relaxed);
                 rec.updated_ms = now_ms();
@@ -568,7 +571,7 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
                     .job_update_fenced(EXPORT_JOBS, &id, body, &task, rev)
                     .await
                 {
-                    Ok(true) => confirmed = std::time::Instant::now(),
+                    Ok(true) => confirmed = strata_clock::now(),
                     Ok(false) => {
                         let _ = lost_tx.send(true);
                         return;
@@ -589,7 +592,7 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
             // The earlier run's worker stops writing within half a lease TTL of losing its
             // claim, which outlived its last renewal by at most a TTL: wait that out (and
             // for its last uploads to land) before clearing what it wrote.
-            tokio::time::sleep(ctx.lease_ttl * 2 + Duration::from_secs(5)).await;
+            strata_clock::sleep(ctx.lease_ttl * 2 + Duration::from_secs(5)).await;
             clear_partial_export(ctx.roots, &job.request.to).await?;
         }
         let source =
@@ -625,7 +628,7 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
         if !write(&job).await? {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        strata_clock::sleep(Duration::from_millis(200)).await;
         match etcd
             .job_get(EXPORT_JOBS, id)
             .await

@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
+use strata_clock::Instant;
 use strata_format::Manifest;
 use strata_manifest::layout::{
     manifest_prefix, parse_sst_path, sst_created_ms, sst_path, sst_prefix,
 };
-use tokio::time::Instant;
 use tracing::debug;
 
 use crate::error::{Result, ResultExt, WithWhat};
-use crate::{now_ms, Compactor};
+use crate::Compactor;
 
 /// How often `run` sweeps orphaned SSTs.
 pub(crate) const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
@@ -44,7 +44,7 @@ impl Compactor {
     /// Deletes the compacted inputs whose grace period has passed; returns how many were
     /// deleted. Files that fail to delete stay queued and are retried next time.
     pub async fn collect_garbage(&self) -> Result<usize> {
-        let now = Instant::now();
+        let now = strata_clock::now();
         let due: Vec<PendingDelete> = {
             let mut pending = self.inner.pending.lock();
             // With a reader floor, the grace counts only once the owner has moved past the
@@ -194,7 +194,7 @@ impl Compactor {
             .map(|d| d.id)
             .collect();
         let grace_ms = self.inner.opts.orphan_grace.as_millis() as u64;
-        let now = now_ms();
+        let now = self.inner.opts.clock.unix_ms();
         let store = self
             .inner
             .opts
@@ -228,7 +228,7 @@ impl Compactor {
             {
                 continue;
             }
-            let first_seen = candidates.remove(&id).unwrap_or_else(Instant::now);
+            let first_seen = candidates.remove(&id).unwrap_or_else(strata_clock::now);
             seen_now.insert(id, first_seen);
             if first_seen.elapsed() >= self.inner.opts.gc_grace {
                 due.push(id);
@@ -301,7 +301,7 @@ impl Compactor {
             if version >= keep_from {
                 continue;
             }
-            let first = seen.remove(&o.path).unwrap_or_else(Instant::now);
+            let first = seen.remove(&o.path).unwrap_or_else(strata_clock::now);
             if first.elapsed() >= self.inner.opts.gc_grace {
                 due.push(o.path.clone());
             }

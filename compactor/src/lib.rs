@@ -120,6 +120,10 @@ pub struct CompactionOptions {
     /// Bytes of compacted inputs waiting out `gc_grace`, shared by the compactors of a
     /// process, above which they start no job that writes (`None`, default: no limit).
     pub deletion_budget: Option<Arc<DeletionBudget>>,
+    /// The wall clock: TTL expiry while merging, when an SST counts as old enough to tier,
+    /// manifest timestamps, the orphan sweep's ages. Tests pass a manual one. (Graces and
+    /// timers run on the monotonic clock, tokio's, which tests pause instead.)
+    pub clock: strata_clock::Clock,
 }
 
 /// A byte budget for compacted inputs waiting to be deleted. They must wait out `gc_grace`
@@ -237,6 +241,7 @@ impl Default for CompactionOptions {
             roots: strata_objstore::Roots::default(),
             tier: None,
             deletion_budget: None,
+            clock: strata_clock::Clock::system(),
         }
     }
 }
@@ -285,5 +290,3 @@ pub struct CompactionReport {
     /// describe them).
     pub tiered: bool,
 }
-
-pub(crate) use strata_manifest::now_ms;

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -288,7 +288,7 @@ async fn pin_partition(
     p: u32,
     max_pin_delay: Duration,
 ) -> Result<SnapshotPartition> {
-    let started = Instant::now();
+    let started = strata_clock::now();
     let Some(m) = manifests
         .load_latest(p)
         .await

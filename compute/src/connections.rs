@@ -594,8 +594,8 @@ pub struct RpcTimer {
     done: bool,
 }
 
-/// The RPCs of `strata.v1` (and health), as `rpc` labels: a fixed set, so a client naming
-/// unknown methods cannot grow the label space.
+/// The RPCs of `strata.v1`, as `rpc` labels (anything else, health and reflection included,
+/// is `other`): a fixed set, so a client naming unknown methods cannot grow the label space.
 const RPCS: &[&str] = &[
     "KV/Get",
     "KV/Put",

@@ -177,7 +177,7 @@ pub fn plan_with_cursors(
     opts: &CompactionOptions,
     cursors: &[Option<Bytes>],
 ) -> Option<Job> {
-    plan_at(m, opts, cursors, crate::now_ms())
+    plan_at(m, opts, cursors, opts.clock.unix_ms())
 }
 
 /// Plans the next job on `m` at time `now_ms`: first dropping whole SSTs whose values have
