@@ -1,6 +1,10 @@
 //! API semantics of `strata.v1.KV` against the real `strata serve` binary (issue 2):
 //! versions, conditions, TTL, batches, scans, limits, durability modes, health, reflection,
 //! and restart.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use std::time::{Duration, Instant};

@@ -13,6 +13,10 @@
 //! - `BatchWrite`s spanning partitions stay all-or-nothing (and never seen half-applied)
 //!   across a `kill -9`, and a coordinator that dies after preparing or after deciding leaves
 //!   neither half a transaction nor a locked key.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};

@@ -2,6 +2,10 @@
 //! loopback: `--max-connections` refuses at once, half-open and slow-handshake sockets are
 //! closed, idle connections are closed but never one with a request in flight, and a low
 //! open-file limit is raised and turned into a connection limit instead of a full fd table.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use std::io::{ErrorKind, Read, Write};

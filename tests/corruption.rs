@@ -2,6 +2,10 @@
 //! manifest stops recovery with an error naming the object, a damaged SST data block makes
 //! the read that touches it fail with DATA_LOSS. And the local cache is only a cache: wiping
 //! it between restarts loses nothing.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -44,7 +48,10 @@ fn objects(data_dir: &Path, kind: &str, ext: &str) -> Vec<PathBuf> {
 /// Flips every bit of the byte at `offset` in place.
 fn flip_byte(path: &Path, offset: u64) {
     let mut perms = std::fs::metadata(path).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
+    #[expect(
+        clippy::permissions_set_readonly_false,
+        reason = "the test makes a stored object writable to corrupt it"
+    )]
     perms.set_readonly(false);
     std::fs::set_permissions(path, perms).unwrap();
     let mut f = std::fs::OpenOptions::new()

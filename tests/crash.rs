@@ -1,6 +1,10 @@
 //! Crash safety of the real `strata serve` binary: `kill -9` in the middle of a concurrent
 //! durable write load (with flushes and compaction running) loses no acknowledged write, and
 //! buffered writes survive a clean SIGTERM shutdown.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use rand::rngs::StdRng;

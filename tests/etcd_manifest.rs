@@ -6,6 +6,10 @@
 //! - a committer with another epoch and no tenure gets `NotOwner`, a stale base gets `Conflict`;
 //! - once the owner's lease is gone, nothing built on its epoch commits any more, and a new
 //!   owner installs its own epoch.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use std::sync::Arc;
 use strata_format::Manifest;

@@ -2,6 +2,10 @@
 //! exactly: every live key with its value and version (including writes still only in the
 //! WAL of a `kill -9`ed server), nothing deleted or expired; and an incremental export holds
 //! exactly what changed, deletions flagged.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use std::collections::BTreeMap;

@@ -2,6 +2,10 @@
 //! compaction replaces every file it lists and GC deletes them. A scan past the snapshot-age
 //! bound stops with a clean `ABORTED`-class error instead of reading deleted files; within the
 //! bound, scans read every key; and the unbounded variant shows the failure the bound prevents.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use std::sync::Arc;

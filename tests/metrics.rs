@@ -1,6 +1,10 @@
 //! `/metrics` against the real binary: the counters of before, and the histograms recorded
 //! through the `metrics` facade — RPC latency by method and status code, object-store
 //! requests by operation, commit group sizes — in Prometheus text, served on hyper.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use std::time::Duration;
 use strata_testkit::kv::{put, put_req};

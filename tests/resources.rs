@@ -1,6 +1,10 @@
 //! Bounded resources (issue 11) against the real `strata serve` binary: replies bounded
 //! before they are built, oversized requests refused as gRPC says, and write stalls that
 //! refuse (with nothing applied) rather than let compaction debt grow without bound.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use std::time::Duration;

@@ -12,6 +12,10 @@
 //!
 //! Without a built server (`infra/s3.sh build`) or etcd (`infra/etcd.sh install`) the tests
 //! fail, unless `STRATA_ALLOW_SKIP=1`: then they are skipped with a message.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use rand::rngs::StdRng;

@@ -1,4 +1,8 @@
 //! Scenario tests of `BlockCache`, each named for what it proves.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use std::{
     path::Path,

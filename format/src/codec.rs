@@ -41,7 +41,10 @@ pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
 pub(crate) fn len_u32(n: usize, what: &str) -> u32 {
     match u32::try_from(n) {
         Ok(v) => v,
-        #[allow(clippy::panic)]
+        #[expect(
+            clippy::panic,
+            reason = "a caller's bug (documented under Panics), not data"
+        )]
         Err(_) => panic!("{what} length {n} does not fit the on-storage u32 field"),
     }
 }

@@ -1,6 +1,10 @@
 //! Format snapshots: fixed objects encoded to hard-coded bytes. If one of these fails, the
 //! on-storage format changed. That is only acceptable with a new format version, a reader
 //! for the old one, and an update to docs/format.md.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use bytes::Bytes;
 use strata_format::{

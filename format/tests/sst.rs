@@ -1,3 +1,7 @@
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 mod common;
 
 use bytes::Bytes;

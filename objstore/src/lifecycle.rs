@@ -467,7 +467,10 @@ fn merge_rules(
 /// The prefix a rule's filter selects, when the rule selects by prefix only (`""`: the whole
 /// bucket), and a description of any other filter.
 fn rule_scope(rule: &LifecycleRule) -> (Option<String>, Option<String>) {
-    #[allow(deprecated)]
+    #[expect(
+        deprecated,
+        reason = "rules written with the legacy top-level prefix still apply"
+    )]
     let legacy = rule.prefix();
     let Some(f) = rule.filter() else {
         return (Some(legacy.unwrap_or_default().to_string()), None);
@@ -513,7 +516,10 @@ fn rule_scope(rule: &LifecycleRule) -> (Option<String>, Option<String>) {
 /// The key prefix a rule may reach: its prefix, also when it filters on more than a prefix
 /// (a tag or size filter narrows it further, but cannot be ruled out here).
 fn reach(rule: &LifecycleRule) -> String {
-    #[allow(deprecated)]
+    #[expect(
+        deprecated,
+        reason = "rules written with the legacy top-level prefix still apply"
+    )]
     let legacy = rule.prefix();
     match rule.filter() {
         None => legacy.unwrap_or_default().to_string(),

@@ -9,6 +9,10 @@
 //!
 //! A server that is not installed fails the test (so no run passes by skipping), unless
 //! `STRATA_ALLOW_SKIP=1`: then it is skipped with a message.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 // The S3 test-server launcher the root package's tests use too.
 #[path = "../../testkit/src/infra.rs"]

@@ -12,7 +12,10 @@
 //! This file stands alone (std, `strata_objstore` and `tempfile` only, nothing else of this
 //! crate): `objstore/tests/conformance.rs` includes it by `#[path]` to find the S3 test
 //! server, so it must compile there too.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "objstore's conformance test includes this file by path and uses part of it"
+)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -11,6 +11,10 @@
 //!
 //! The launchers start the real binaries and kill them when dropped; a test that needs a
 //! server which is not installed fails, unless `STRATA_ALLOW_SKIP=1` (then it skips).
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 pub mod acked;
 pub mod cluster;

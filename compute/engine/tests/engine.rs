@@ -1,5 +1,9 @@
 //! Engine tests against a real local directory store (and the in-memory one for speed).
 #![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
+#![allow(
     clippy::disallowed_methods,
     reason = "these tests wait for real storage on the real clock"
 )]

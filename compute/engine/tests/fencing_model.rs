@@ -36,6 +36,10 @@
 //! `claim_fix`, `seq_fix`) and deliberately broken variants (`Bug`), and each test asserts
 //! which invariants fail or hold. Run with `--no-capture` to see state counts and shortest
 //! counterexample traces.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};

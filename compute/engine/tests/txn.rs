@@ -2,6 +2,10 @@
 //! and checks conditions, resolve applies or drops, intents survive a reopen (failover), and
 //! markers make resolves idempotent and refuse late prepares.
 #![allow(
+    clippy::unwrap_used,
+    reason = "a test helper that fails panics with the failure"
+)]
+#![allow(
     clippy::disallowed_methods,
     reason = "these tests wait for real storage on the real clock"
 )]

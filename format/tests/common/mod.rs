@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate that includes these helpers uses some of them"
+)]
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
