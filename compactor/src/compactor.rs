@@ -658,6 +658,20 @@ impl Compactor {
             }
         }
         let output_bytes = outputs.iter().map(|f| f.props.file_size).sum();
+        // Through the `metrics` facade (a no-op unless the process installed a recorder).
+        let kind = if job.tier_to.is_some() {
+            "tier"
+        } else if job.drop_expired {
+            "drop_expired"
+        } else if job.trivial_move {
+            "move"
+        } else if job.input_level == 0 {
+            "l0"
+        } else {
+            "merge"
+        };
+        metrics::histogram!("strata_compaction_duration_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
         Ok(Outcome::Done(CompactionReport {
             partition: p,
             input_level: job.input_level,
