@@ -6,8 +6,8 @@
 //! - everything recorded through the `metrics` facade — latency histograms of RPCs by method
 //!   and status code (`strata_rpc_duration_seconds`, compute's `connections.rs`), object-store
 //!   requests by operation (`strata_objstore_request_duration_seconds`), commit group sizes,
-//!   flush and compaction durations, write stalls by reason — rendered by the Prometheus recorder installed
-//!   with [`install_recorder`].
+//!   flush and compaction durations, write stalls by reason — rendered by the Prometheus
+//!   recorder installed with [`install_recorder`].
 
 use http_body_util::Full;
 use hyper::body::Bytes as HyperBytes;
