@@ -637,14 +637,13 @@ async fn time_window_compaction_drops_expired_ssts_whole() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let mut c = server.client().await;
-    // About 1.3 MiB of keys without TTL first (their own SSTs, mostly), then 4 waves of
-    // 3 MiB that expire 3 s after being written. A flush mixes the tail of one wave with the
-    // head of the next, but each wave spans about 3 memtables, so at least one SST holds only
-    // that wave's keys and overlaps no older SST: it can go whole however the flushes fall.
-    let keep: Vec<(String, Bytes)> = (0..1300)
-        .map(|i| (format!("keep/{i:05}"), value_for("keep", i, 1024)))
-        .collect();
-    put_all(&c, keep, 0).await;
+    // 4 waves of 3 MiB that expire 3 s after being written, then about 1.3 MiB of keys
+    // without TTL. The first flush holds only keys of the first wave and is older than every
+    // other SST, so nothing older overlaps it: it can go whole once its wave has expired.
+    // (With the permanent keys written first, the SST mixing their tail with the first
+    // wave's head never expires; concurrent puts make neighbouring flushes overlap by a few
+    // keys, and the planner keeps every SST that overlaps a kept older one — a chain that,
+    // under load, left no wave SST droppable.)
     let ttl_ms = 3_000;
     let started = Instant::now();
     for wave in 0..4u32 {
@@ -659,6 +658,10 @@ async fn time_window_compaction_drops_expired_ssts_whole() {
     }
     let all_expired = Instant::now() + Duration::from_millis(ttl_ms + 100);
     eprintln!("wrote 4 waves in {:?}", started.elapsed());
+    let keep: Vec<(String, Bytes)> = (0..1300)
+        .map(|i| (format!("keep/{i:05}"), value_for("keep", i, 1024)))
+        .collect();
+    put_all(&c, keep, 0).await;
     // Expired SSTs go within about a second of their expiry (the compactor polls every
     // second); allow for the writes taking time and slow CI.
     let deadline = Instant::now() + Duration::from_secs(60);
