@@ -486,13 +486,7 @@ impl Compactor {
         let _job = self.inner.job_lock.lock().await;
         let started = strata_clock::now();
         let p = self.inner.partition;
-        let Some(m) = self
-            .inner
-            .manifests
-            .load_latest(p)
-            .await
-            .with_context(|| format!("loading the manifest of partition {p}"))?
-        else {
+        let Some(m) = crate::error::load_latest(&*self.inner.manifests, p).await? else {
             return Ok(Outcome::Idle);
         };
         let cursors = self.inner.cursors.lock().clone();

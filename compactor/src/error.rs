@@ -295,6 +295,18 @@ pub(crate) fn etcd(what: impl Into<String>) -> impl FnOnce(ManifestError) -> Com
     }
 }
 
+/// The latest manifest of partition `p`, with the partition named in the error: the one way
+/// the crate loads a manifest to plan, collect, export or snapshot from.
+pub(crate) async fn load_latest(
+    manifests: &dyn strata_manifest::ManifestStore,
+    p: u32,
+) -> Result<Option<std::sync::Arc<strata_format::Manifest>>> {
+    manifests
+        .load_latest(p)
+        .await
+        .with_context(|| format!("loading the manifest of partition {p}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

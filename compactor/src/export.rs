@@ -264,11 +264,7 @@ async fn export_once(
     let mut total = 0u64;
     for part in partitions {
         let p = part.partition;
-        if let Some(m) = manifests
-            .load_latest(p)
-            .await
-            .with_context(|| format!("loading the manifest of partition {p}"))?
-        {
+        if let Some(m) = crate::error::load_latest(&**manifests, p).await? {
             total +=
                 m.l0.iter()
                     .chain(m.levels.iter().flatten())
@@ -423,11 +419,7 @@ async fn read_partition_once(
     p: u32,
     progress: &dyn Progress,
 ) -> Result<(PartitionSnapshot, Vec<Entry>)> {
-    let Some(m) = manifests
-        .load_latest(p)
-        .await
-        .with_context(|| format!("loading the manifest of partition {p}"))?
-    else {
+    let Some(m) = crate::error::load_latest(manifests, p).await? else {
         return Ok((
             PartitionSnapshot {
                 partition: p,

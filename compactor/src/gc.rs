@@ -137,13 +137,7 @@ impl Compactor {
     /// was compacted away long enough ago that no reader still holds a version listing it.
     pub async fn sweep_orphans(&self) -> Result<usize> {
         let p = self.inner.partition;
-        let Some(m) = self
-            .inner
-            .manifests
-            .load_latest(p)
-            .await
-            .with_context(|| format!("loading the manifest of partition {p}"))?
-        else {
+        let Some(m) = crate::error::load_latest(&*self.inner.manifests, p).await? else {
             return Ok(0);
         };
         // Pins are read after the manifest, so an SST a snapshot took from it is in one or
@@ -275,13 +269,7 @@ impl Compactor {
     /// holding an older version holds it in memory and never reads its body again.
     pub async fn sweep_manifests(&self) -> Result<usize> {
         let p = self.inner.partition;
-        let Some(m) = self
-            .inner
-            .manifests
-            .load_latest(p)
-            .await
-            .with_context(|| format!("loading the manifest of partition {p}"))?
-        else {
+        let Some(m) = crate::error::load_latest(&*self.inner.manifests, p).await? else {
             return Ok(0);
         };
         let keep_from = m.version.saturating_sub(MANIFESTS_KEPT);

@@ -289,11 +289,7 @@ async fn pin_partition(
     max_pin_delay: Duration,
 ) -> Result<SnapshotPartition> {
     let started = strata_clock::now();
-    let Some(m) = manifests
-        .load_latest(p)
-        .await
-        .with_context(|| format!("loading the manifest of partition {p}"))?
-    else {
+    let Some(m) = crate::error::load_latest(manifests, p).await? else {
         return Err(CompactorError::NotFound(format!(
             "partition {p} has no manifest"
         )));
