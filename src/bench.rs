@@ -1,46 +1,41 @@
-//! `strata bench`: drives a server with concurrent closed-loop clients over
-//! several gRPC channels and reports throughput and latency percentiles per
-//! operation type, as a table and as JSON.
+//! `strata bench`: drives a server (`--target`, over gRPC) or Strata's engine in this process
+//! (`--embedded DIR`) with concurrent closed-loop clients and reports throughput and latency
+//! percentiles per operation type, as a table and as JSON.
 //!
-//! The pure parts (key and value generation, the operation mix, zipfian keys,
-//! histogram summaries and the JSON shape) live in `bench/workload.rs` and
-//! `bench/stats.rs`; this file holds the flags and the network loop.
+//! The pure parts (key and value generation, the operation mix, YCSB, zipfian keys,
+//! histogram summaries and the JSON shape) live in `bench/workload.rs` and `bench/stats.rs`;
+//! the load loop every target shares in `bench/driver.rs` (also built into the SlateDB peer
+//! of `infra/bench-compare`); the targets in `bench/grpc.rs` and `bench/embedded.rs`. This
+//! file holds the flags and puts a run together.
 
+mod driver;
+mod embedded;
+mod grpc;
 mod rss;
 mod stats;
 mod workload;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use strata_compute::pb;
-use strata_compute::pb::kv_client::KvClient;
-use tonic::transport::Channel;
 
 use crate::client_cli::{self, ConsistencyArg, DEFAULT_TARGET};
-use stats::{Outcome, PreloadSummary, Recorder, Report};
+use driver::{Backend, RunSpec};
+use stats::Report;
 use workload::{
-    preload_batches, KeyChooser, KeyFormat, Mix, OpGenerator, OpPlan, ValuePool, ValueSizes,
-    Workload, Zipfian, MAX_VALUE_BYTES,
+    KeyChooser, KeyFormat, Mix, ValuePool, ValueSizes, Workload, Zipfian, MAX_VALUE_BYTES,
 };
 
-/// Keys per BatchWrite while preloading.
-const PRELOAD_BATCH_KEYS: usize = 64;
-/// Value bytes per BatchWrite while preloading (one larger value still goes alone).
-const PRELOAD_BATCH_BYTES: usize = 2 << 20;
-/// Attempts per preload batch on retryable errors.
-const PRELOAD_ATTEMPTS: u32 = 5;
+pub use embedded::EmbeddedArgs;
+
 /// Duration of the measured phase when neither --duration nor --ops is given.
 const DEFAULT_DURATION_SECS: f64 = 10.0;
-/// Recorders are shared by groups of clients (bounded memory with many clients).
-const MAX_RECORDER_SHARDS: usize = 16;
 
 /// Key distribution.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -78,6 +73,8 @@ pub struct BenchArgs {
     /// (nodes of one cluster) spread the connections over them.
     #[arg(long, env = "STRATA_TARGET", default_value = DEFAULT_TARGET)]
     pub target: String,
+    #[command(flatten)]
+    pub engine: EmbeddedArgs,
     /// What to run.
     #[arg(long, value_enum, default_value_t = Workload::Default)]
     pub workload: Workload,
@@ -108,7 +105,7 @@ pub struct BenchArgs {
     /// the `put` workload defaults to 1024).
     #[arg(long)]
     pub value_size: Option<usize>,
-    /// Key distribution.
+    /// Key distribution (YCSB workloads use their own: zipfian, latest for D).
     #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
     pub distribution: Distribution,
     /// Share of requests that are reads (default workload).
@@ -123,7 +120,7 @@ pub struct BenchArgs {
     /// Share of single writes that are deletes (default workload).
     #[arg(long, default_value_t = 0.0)]
     pub delete_fraction: f64,
-    /// Entries per Scan (scan workload).
+    /// Entries per Scan (scan workload; the largest scan length of YCSB E).
     #[arg(long, default_value_t = 100)]
     pub scan_length: u32,
     /// Durability of writes.
@@ -154,8 +151,9 @@ pub struct BenchArgs {
     /// commits as a cross-partition transaction (by default it is split per partition).
     #[arg(long)]
     pub txn: bool,
-    /// Sample this process's resident memory (the server's pid, on this machine) every
-    /// 250 ms during the run; the table shows its peak, the JSON the whole curve.
+    /// Sample this process's resident memory and CPU time (the server's pid, on this
+    /// machine) every 250 ms during the run; the table shows its peak, the JSON the whole
+    /// curve. With --embedded, the bench process itself is sampled unless a PID is given.
     #[arg(long, value_name = "PID")]
     pub report_rss: Option<u32>,
     /// Print every operation slower than this (ms) to stderr as `SLOW <start, UTC> <op>
@@ -208,6 +206,22 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
     if args.ops == Some(0) {
         bail!("--ops must be at least 1");
     }
+    let embedded = args.engine.embedded.is_some();
+    match args.workload {
+        Workload::Ping if embedded => {
+            bail!("--workload ping measures the gRPC stack: use it with --target, not --embedded")
+        }
+        Workload::StorePut | Workload::StoreGet if !embedded => {
+            bail!(
+            "--workload {} measures the object store from this process: use it with --embedded DIR",
+            if args.workload == Workload::StorePut { "store-put" } else { "store-get" }
+        )
+        }
+        _ => {}
+    }
+    if !embedded && args.engine.object_store.is_some() {
+        bail!("--object-store applies to --embedded (a server takes its own --object-store)");
+    }
     KeyFormat::new(args.key_size, args.keys)?;
 
     let duration = match (args.duration, args.ops, args.workload) {
@@ -220,500 +234,30 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
     } else if args.no_preload {
         false
     } else {
-        matches!(args.workload, Workload::Read | Workload::Scan)
+        args.workload.preloads_by_default()
     };
-    let sizes = match (args.value_size, args.workload) {
+    let fixed_kib =
+        args.workload == Workload::Put || args.workload.is_ycsb() || args.workload.is_floor();
+    let sizes = match (args.value_size, fixed_kib) {
         (Some(v), _) => ValueSizes::Fixed(v),
-        (None, Workload::Put) => ValueSizes::Fixed(1024),
-        (None, _) => ValueSizes::scale_sheet(),
+        (None, true) => ValueSizes::Fixed(1024),
+        (None, false) => ValueSizes::scale_sheet(),
     };
     Ok(Plan {
         duration,
         ops: args.ops,
-        preload,
+        preload: preload && !args.workload.is_floor(),
         sizes,
         seed: args.seed.unwrap_or_else(|| rand::rng().random()),
         channels: args.clients.div_ceil(args.clients_per_channel),
     })
 }
 
-/// Distinct, well-mixed seed per stream (splitmix64).
-fn sub_seed(seed: u64, stream: u64) -> u64 {
-    let mut z = seed.wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Everything a client needs to turn a plan into a request.
-struct Ctx {
-    keys: KeyFormat,
-    pool: ValuePool,
-    durability: i32,
-    consistency: i32,
-    /// Partitions of the target (1 for a single node). A batch write is sent as one request
-    /// per partition its keys fall in, concurrently: a cluster keeps batches within one
-    /// partition.
-    partitions: u32,
-    /// Per partition, clients connected straight to its owner (empty: every request goes to
-    /// the client's own target, and cluster nodes forward what they do not own).
-    direct: Vec<Vec<KvClient<Channel>>>,
-    /// Measured batch writes go whole (cross-partition transactions on a cluster).
-    txn: bool,
-    /// `--slow-ms`.
-    slow: Option<Duration>,
-}
-
-/// A ready-to-send request.
-enum Req {
-    Get(pb::GetRequest),
-    BatchGet(pb::BatchGetRequest),
-    Put(pb::PutRequest),
-    BatchWrite(pb::BatchWriteRequest),
-    Delete(pb::DeleteRequest),
-    Scan(pb::ScanRequest),
-}
-
-fn put_request(ctx: &Ctx, rng: &mut SmallRng, idx: u64, len: usize) -> pb::PutRequest {
-    pb::PutRequest {
-        key: ctx.keys.key(idx),
-        value: ctx.pool.value(rng, len),
-        ttl_ms: 0,
-        condition: None,
-        durability: ctx.durability,
-    }
-}
-
-/// Builds the request and returns the key + value bytes it writes.
-fn build(ctx: &Ctx, rng: &mut SmallRng, plan: OpPlan) -> (Req, u64) {
-    match plan {
-        OpPlan::Get(i) => (
-            Req::Get(pb::GetRequest {
-                key: ctx.keys.key(i),
-                consistency: ctx.consistency,
-            }),
-            0,
-        ),
-        OpPlan::BatchGet(ids) => (
-            Req::BatchGet(pb::BatchGetRequest {
-                keys: ids.into_iter().map(|i| ctx.keys.key(i)).collect(),
-                consistency: ctx.consistency,
-            }),
-            0,
-        ),
-        OpPlan::Put(i, len) => {
-            let p = put_request(ctx, rng, i, len);
-            let bytes = (p.key.len() + p.value.len()) as u64;
-            (Req::Put(p), bytes)
-        }
-        OpPlan::BatchWrite(items) => {
-            let mut bytes = 0u64;
-            let ops = items
-                .into_iter()
-                .map(|(i, len)| {
-                    let p = put_request(ctx, rng, i, len);
-                    bytes += (p.key.len() + p.value.len()) as u64;
-                    pb::WriteOp {
-                        op: Some(pb::write_op::Op::Put(p)),
-                    }
-                })
-                .collect();
-            (
-                Req::BatchWrite(pb::BatchWriteRequest {
-                    ops,
-                    durability: ctx.durability,
-                }),
-                bytes,
-            )
-        }
-        OpPlan::Delete(i) => {
-            let key = ctx.keys.key(i);
-            let bytes = key.len() as u64;
-            (
-                Req::Delete(pb::DeleteRequest {
-                    key,
-                    if_version: None,
-                    durability: ctx.durability,
-                }),
-                bytes,
-            )
-        }
-        OpPlan::Scan(i, limit) => (
-            Req::Scan(pb::ScanRequest {
-                start: ctx.keys.key(i),
-                end: Default::default(),
-                prefix: Default::default(),
-                limit,
-                consistency: ctx.consistency,
-            }),
-            0,
-        ),
-    }
-}
-
-/// A batch write, split by partition and sent concurrently.
-async fn batch_write(
-    client: &mut KvClient<Channel>,
-    r: pb::BatchWriteRequest,
-    partitions: u32,
-) -> Result<(), tonic::Status> {
-    if partitions <= 1 {
-        client.batch_write(r).await?;
-        return Ok(());
-    }
-    let mut groups: std::collections::BTreeMap<u32, Vec<pb::WriteOp>> = Default::default();
-    for op in r.ops {
-        let key = match &op.op {
-            Some(pb::write_op::Op::Put(p)) => &p.key,
-            Some(pb::write_op::Op::Delete(d)) => &d.key,
-            None => continue,
-        };
-        groups
-            .entry(strata_format::partition_of(key, partitions))
-            .or_default()
-            .push(op);
-    }
-    let sends = groups.into_values().map(|ops| {
-        let mut c = client.clone();
-        let req = pb::BatchWriteRequest {
-            ops,
-            durability: r.durability,
-        };
-        async move { c.batch_write(req).await }
-    });
-    futures::future::try_join_all(sends).await?;
-    Ok(())
-}
-
-/// The routing table of the cluster behind `channel` (`None` for a single node or an older
-/// server).
-async fn cluster_map(channel: Channel) -> Option<pb::ClusterMapResponse> {
-    let mut admin = pb::admin_client::AdminClient::new(channel);
-    let m = admin
-        .cluster_map(pb::ClusterMapRequest {})
-        .await
-        .ok()?
-        .into_inner();
-    (m.partitions > 1).then_some(m)
-}
-
-/// Channels straight to each partition's owner, `per_node` connections per node.
-async fn direct_clients(
-    map: &pb::ClusterMapResponse,
-    per_node: usize,
-    timeout: Duration,
-) -> anyhow::Result<Vec<Vec<KvClient<Channel>>>> {
-    let mut by_addr: std::collections::HashMap<String, Vec<KvClient<Channel>>> = Default::default();
-    let mut out = vec![Vec::new(); map.partitions as usize];
-    for o in &map.owners {
-        if o.addr.is_empty() {
-            continue;
-        }
-        if !by_addr.contains_key(&o.addr) {
-            let chans = futures::future::try_join_all(
-                (0..per_node.max(1)).map(|_| client_cli::connect(&o.addr, timeout)),
-            )
-            .await?;
-            by_addr.insert(
-                o.addr.clone(),
-                chans.into_iter().map(client_cli::kv_client).collect(),
-            );
-        }
-        if let Some(slot) = out.get_mut(o.partition as usize) {
-            *slot = by_addr[&o.addr].clone();
-        }
-    }
-    Ok(out)
-}
-
-/// The key a request is routed by (none for batch writes, which are split per partition
-/// anyway, and scans, which span every partition).
-fn routing_key(req: &Req) -> Option<&[u8]> {
-    match req {
-        Req::Get(r) => Some(&r.key),
-        Req::Put(r) => Some(&r.key),
-        Req::Delete(r) => Some(&r.key),
-        Req::BatchGet(r) => r.keys.first().map(|k| &k[..]),
-        Req::BatchWrite(_) | Req::Scan(_) => None,
-    }
-}
-
-/// Sends one request and waits for the whole answer (the whole stream for scans).
-async fn execute(
-    client: &mut KvClient<Channel>,
-    req: Req,
-    bytes_written: u64,
-    partitions: u32,
-) -> Result<Outcome, tonic::Status> {
-    let mut o = Outcome {
-        bytes_written,
-        ..Outcome::default()
-    };
-    match req {
-        Req::Get(r) => {
-            let key_len = r.key.len() as u64;
-            let resp = client.get(r).await?.into_inner();
-            o.items = 1;
-            if resp.found {
-                o.bytes_read = key_len + resp.value.len() as u64;
-            } else {
-                o.not_found = 1;
-            }
-        }
-        Req::BatchGet(r) => {
-            let key_lens: Vec<u64> = r.keys.iter().map(|k| k.len() as u64).collect();
-            let resp = client.batch_get(r).await?.into_inner();
-            o.items = key_lens.len() as u64;
-            for (res, key_len) in resp.results.iter().zip(key_lens) {
-                if res.found {
-                    o.bytes_read += key_len + res.value.len() as u64;
-                } else {
-                    o.not_found += 1;
-                }
-            }
-        }
-        Req::Put(r) => {
-            client.put(r).await?;
-            o.items = 1;
-        }
-        Req::BatchWrite(r) => {
-            let n = r.ops.len() as u64;
-            batch_write(client, r, partitions).await?;
-            o.items = n;
-        }
-        Req::Delete(r) => {
-            let resp = client.delete(r).await?.into_inner();
-            o.items = 1;
-            o.not_found = u64::from(!resp.found);
-        }
-        Req::Scan(r) => {
-            let mut stream = client.scan(r).await?.into_inner();
-            while let Some(chunk) = stream.message().await? {
-                for kv in &chunk.entries {
-                    o.items += 1;
-                    o.bytes_read += (kv.key.len() + kv.value.len()) as u64;
-                }
-            }
-        }
-    }
-    Ok(o)
-}
-
-/// Counters shared by all clients (progress, stop conditions, abort).
-#[derive(Default)]
-struct Shared {
-    stop: AtomicBool,
-    issued: AtomicU64,
-    ok: AtomicU64,
-    errors: AtomicU64,
-    bytes: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Shared {
-    fn note_error(&self, status: &tonic::Status) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self
-            .first_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if first.is_none() {
-            *first = Some(client_cli::status_error(status.clone()).to_string());
-        }
-    }
-
-    fn first_error(&self) -> Option<String> {
-        self.first_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-}
-
-fn lock_recorder(r: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
-    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one load-generating client's shared counters, each shared differently"
-)]
-async fn client_loop(
-    client: KvClient<Channel>,
-    mut generator: OpGenerator,
-    mut rng: SmallRng,
-    ctx: Arc<Ctx>,
-    shared: Arc<Shared>,
-    recorder: Arc<Mutex<Recorder>>,
-    deadline: Option<Instant>,
-    ops_limit: Option<u64>,
-) {
-    loop {
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        if let Some(max) = ops_limit {
-            if shared.issued.fetch_add(1, Ordering::Relaxed) >= max {
-                break;
-            }
-        }
-        let Some(plan) = generator.next(&mut rng) else {
-            break;
-        };
-        let kind = plan.kind();
-        let (req, bytes_written) = build(&ctx, &mut rng, plan);
-        // Straight to the owner when we know it (a cluster); else through our target.
-        let direct = routing_key(&req)
-            .and_then(|k| {
-                ctx.direct
-                    .get(strata_format::partition_of(k, ctx.partitions) as usize)
-            })
-            .filter(|cs| !cs.is_empty())
-            .map(|cs| cs[rng.random_range(0..cs.len())].clone());
-        let mut c = direct.unwrap_or_else(|| client.clone());
-        let t0 = Instant::now();
-        // Wall-clock start only when slow ops are printed (not on every op's hot path).
-        let wall0 = ctx.slow.map(|_| chrono::Utc::now());
-        let split_into = if ctx.txn { 1 } else { ctx.partitions };
-        let result = execute(&mut c, req, bytes_written, split_into).await;
-        let latency = t0.elapsed();
-        if let Some(wall0) = wall0.filter(|_| ctx.slow.is_some_and(|s| latency >= s)) {
-            eprintln!(
-                "SLOW {} {kind:?} {:.1} ms{}",
-                wall0.format("%H:%M:%S%.3f"),
-                latency.as_secs_f64() * 1e3,
-                result
-                    .as_ref()
-                    .err()
-                    .map(|e| format!(" ({:?})", e.code()))
-                    .unwrap_or_default()
-            );
-        }
-        match result {
-            Ok(o) => {
-                shared.ok.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .bytes
-                    .fetch_add(o.bytes_read + o.bytes_written, Ordering::Relaxed);
-                lock_recorder(&recorder).record_ok(kind, latency, o);
-            }
-            Err(status) => {
-                shared.note_error(&status);
-                lock_recorder(&recorder).record_err(kind, &client_cli::code_name(status.code()));
-            }
-        }
-    }
-}
-
-fn progress_bar(hidden: bool, len: u64, template: &str) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let style = ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    ProgressBar::new(len).with_style(style)
-}
-
-fn is_retryable(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::ResourceExhausted
-            | tonic::Code::Aborted
-    )
-}
-
-/// Writes every key once with BatchWrites (not measured); clients take strides.
-async fn preload(
-    args: &BenchArgs,
-    plan: &Plan,
-    ctx: &Arc<Ctx>,
-    clients: &[KvClient<Channel>],
-    hide_progress: bool,
-) -> anyhow::Result<PreloadSummary> {
-    let bar = progress_bar(
-        hide_progress,
-        args.keys,
-        "preload {spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} keys ({per_sec}, eta {eta})",
-    );
-    let started = Instant::now();
-    let written = Arc::new(AtomicU64::new(0));
-    let n = clients.len() as u64;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (c, client) in clients.iter().enumerate() {
-        let c = c as u64;
-        let mut client = client.clone();
-        let ctx = Arc::clone(ctx);
-        let bar = bar.clone();
-        let written = Arc::clone(&written);
-        let mut rng = SmallRng::seed_from_u64(sub_seed(plan.seed, 1_000_000 + c));
-        let sizes = plan.sizes.clone();
-        let batches = preload_batches(
-            args.keys,
-            c,
-            n,
-            PRELOAD_BATCH_KEYS,
-            PRELOAD_BATCH_BYTES,
-            |_| sizes.sample(&mut rng),
-        );
-        tasks.spawn(async move {
-            for batch in batches {
-                let (first, last) = (batch[0].0, batch[batch.len() - 1].0);
-                let count = batch.len() as u64;
-                let (req, bytes) = build(&ctx, &mut rng, OpPlan::BatchWrite(batch));
-                let Req::BatchWrite(req) = req else {
-                    unreachable!("build keeps the plan's kind")
-                };
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match batch_write(&mut client, req.clone(), ctx.partitions).await {
-                        Ok(_) => break,
-                        Err(s) if attempt < PRELOAD_ATTEMPTS && is_retryable(s.code()) => {
-                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                        }
-                        Err(s) => {
-                            return Err(client_cli::status_error(s)).with_context(|| {
-                                format!(
-                                    "preloading keys {first}..={last} (every {n}th), attempt {attempt}"
-                                )
-                            });
-                        }
-                    }
-                }
-                written.fetch_add(bytes, Ordering::Relaxed);
-                bar.inc(count);
-            }
-            Ok::<(), anyhow::Error>(())
-        });
-    }
-    while let Some(res) = tasks.join_next().await {
-        if let Err(e) = res.context("preload task panicked").and_then(|r| r) {
-            tasks.abort_all();
-            bar.abandon();
-            return Err(e);
-        }
-    }
-    bar.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-    let bytes = written.load(Ordering::Relaxed);
-    Ok(PreloadSummary {
-        keys: args.keys,
-        elapsed_s: elapsed,
-        keys_per_s: args.keys as f64 / elapsed,
-        bytes_written: bytes,
-        mb_per_s: bytes as f64 / 1e6 / elapsed,
-    })
-}
-
 fn config_json(args: &BenchArgs, plan: &Plan) -> serde_json::Value {
     serde_json::json!({
-        "target": args.target,
+        "target": if args.engine.embedded.is_some() { "embedded" } else { args.target.as_str() },
+        "embedded_dir": args.engine.embedded,
+        "object_store": args.engine.object_store,
         "workload": args.workload,
         "clients": args.clients,
         "channels": plan.channels,
@@ -725,8 +269,8 @@ fn config_json(args: &BenchArgs, plan: &Plan) -> serde_json::Value {
             ValueSizes::Fixed(n) => serde_json::json!(n),
             ValueSizes::Buckets(_) => serde_json::json!("scale-sheet"),
         },
-        "distribution": args.distribution,
-        "zipfian_theta": (args.distribution == Distribution::Zipfian).then_some(Zipfian::DEFAULT_THETA),
+        "distribution": distribution_name(args),
+        "zipfian_theta": (args.distribution == Distribution::Zipfian || args.workload.is_ycsb()).then_some(Zipfian::DEFAULT_THETA),
         "read_fraction": args.read_fraction,
         "batch_fraction": args.batch_fraction,
         "batch_size": args.batch_size,
@@ -739,24 +283,174 @@ fn config_json(args: &BenchArgs, plan: &Plan) -> serde_json::Value {
     })
 }
 
+/// The key distribution a run uses (YCSB workloads fix theirs).
+fn distribution_name(args: &BenchArgs) -> &'static str {
+    match (args.workload, args.distribution) {
+        (Workload::YcsbD, _) => "latest",
+        (w, _) if w.is_ycsb() => "zipfian",
+        (_, Distribution::Uniform) => "uniform",
+        (_, Distribution::Zipfian) => "zipfian",
+    }
+}
+
+/// The run's settings for the driver.
+fn run_spec(args: &BenchArgs, plan: &Plan, rss_pid: Option<u32>) -> anyhow::Result<RunSpec> {
+    let zipfian = args.distribution == Distribution::Zipfian || args.workload.is_ycsb();
+    Ok(RunSpec {
+        workload: args.workload,
+        clients: args.clients,
+        duration: plan.duration,
+        ops: plan.ops,
+        keyspace: args.keys,
+        keys: KeyFormat::new(args.key_size, args.keys)?,
+        chooser: if zipfian {
+            KeyChooser::zipfian(args.keys, Zipfian::DEFAULT_THETA)
+        } else {
+            KeyChooser::uniform(args.keys)
+        },
+        sizes: plan.sizes.clone(),
+        mix: Mix {
+            read_fraction: args.read_fraction,
+            batch_fraction: args.batch_fraction,
+            batch_size: args.batch_size,
+            delete_fraction: args.delete_fraction,
+            scan_length: args.scan_length,
+        },
+        seed: plan.seed,
+        slow: args.slow_ms.map(Duration::from_millis),
+        hide_progress: driver::hide_progress(args.no_progress),
+        rss_pid,
+    })
+}
+
+/// Preloads (when planned), measures and writes the report.
+async fn drive<B: Backend>(
+    args: &BenchArgs,
+    plan: &Plan,
+    spec: &RunSpec,
+    backend: &Arc<B>,
+    meter: Option<&strata_objstore::Metered>,
+) -> anyhow::Result<()> {
+    let mut pool_rng = SmallRng::seed_from_u64(driver::sub_seed(plan.seed, u64::MAX));
+    let pool = Arc::new(ValuePool::new(&mut pool_rng));
+    let preload = if plan.preload {
+        eprintln!("preloading {} keys ...", args.keys);
+        let s = driver::preload(backend, spec, &pool, args.clients).await?;
+        eprintln!(
+            "preloaded {} keys in {:.2} s ({:.0} keys/s, {:.2} MB/s)",
+            s.keys, s.elapsed_s, s.keys_per_s, s.mb_per_s
+        );
+        Some(s)
+    } else {
+        None
+    };
+    let before = meter.map(|m| m.counts());
+    let run = driver::measure(backend, spec, &pool).await?;
+    let store_requests = meter.zip(before).map(|(m, b)| {
+        let a = m.counts();
+        let ops = run.summary.total.ops.max(1) as f64;
+        let requests = (a.puts - b.puts)
+            + (a.gets - b.gets)
+            + (a.heads - b.heads)
+            + (a.lists - b.lists)
+            + (a.deletes - b.deletes);
+        serde_json::json!({
+            "puts": a.puts - b.puts,
+            "gets": a.gets - b.gets,
+            "heads": a.heads - b.heads,
+            "lists": a.lists - b.lists,
+            "deletes": a.deletes - b.deletes,
+            "errors": a.errors - b.errors,
+            "bytes_put": a.bytes_put - b.bytes_put,
+            "bytes_got": a.bytes_got - b.bytes_got,
+            "requests_per_op": requests as f64 / ops,
+            "gets_per_op": (a.gets - b.gets) as f64 / ops,
+            "puts_per_op": (a.puts - b.puts) as f64 / ops,
+        })
+    });
+    let report = Report {
+        config: config_json(args, plan),
+        preload,
+        rss: run.rss,
+        timeline: run.timeline,
+        store_requests,
+        summary: run.summary,
+    };
+    write_report(args, &report)
+}
+
+fn write_report(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", report.summary.table()).context("writing report to stdout")?;
+    if let Some(r) = &report.rss {
+        write!(stdout, "{}", r.line()).context("writing report to stdout")?;
+    }
+    if let Some(s) = &report.store_requests {
+        writeln!(
+            stdout,
+            "object store: {} PUTs, {} GETs ({:.3} requests per operation)",
+            s["puts"],
+            s["gets"],
+            s["requests_per_op"].as_f64().unwrap_or(0.0)
+        )
+        .context("writing report to stdout")?;
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(report).context("serializing JSON report")?;
+        if path.as_os_str() == "-" {
+            writeln!(stdout, "{json}").context("writing JSON report to stdout")?;
+        } else {
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("writing JSON report to {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    stdout.flush().context("flushing stdout")?;
+    Ok(())
+}
+
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plan = plan(&args)?;
-    let hide_progress = args.no_progress || !std::io::stderr().is_terminal();
-    let key_format = KeyFormat::new(args.key_size, args.keys)?;
-
     eprintln!(
-        "strata bench: workload={:?} target={} clients={} channels={} keys={} values={} distribution={:?} seed={}",
+        "strata bench: workload={:?} target={} clients={} keys={} values={} distribution={} seed={}",
         args.workload,
-        args.target,
+        match &args.engine.embedded {
+            Some(d) => format!("embedded:{}", d.display()),
+            None => args.target.clone(),
+        },
         args.clients,
-        plan.channels,
         args.keys,
         plan.sizes.describe(),
-        args.distribution,
+        distribution_name(&args),
         plan.seed
     );
+    match args.engine.embedded.clone() {
+        Some(dir) => run_embedded(&args, &plan, &dir).await,
+        None => run_grpc(&args, &plan).await,
+    }
+}
 
+async fn run_embedded(args: &BenchArgs, plan: &Plan, dir: &std::path::Path) -> anyhow::Result<()> {
+    let pid = Some(args.report_rss.unwrap_or_else(std::process::id));
+    let spec = run_spec(args, plan, pid)?;
+    if matches!(args.workload, Workload::StorePut | Workload::StoreGet) {
+        let (store, meter) = embedded::open_store_only(&args.engine, dir)?;
+        let floor = embedded::StoreFloor::new(store, args.workload == Workload::StoreGet).await?;
+        return drive(args, plan, &spec, &Arc::new(floor), Some(&meter)).await;
+    }
+    let engine = embedded::EmbeddedEngine::open(&args.engine, dir).await?;
+    let backend = Arc::new(embedded::EngineBackend {
+        db: engine.db.clone(),
+        durable: args.durability == DurabilityArg::Durable,
+    });
+    let result = drive(args, plan, &spec, &backend, Some(&engine.meter)).await;
+    drop(backend);
+    let closed = engine.close().await;
+    result.and(closed)
+}
+
+async fn run_grpc(args: &BenchArgs, plan: &Plan) -> anyhow::Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let targets: Vec<&str> = args
         .target
@@ -769,12 +463,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (0..plan.channels).map(|i| client_cli::connect(targets[i % targets.len()], timeout)),
     )
     .await?;
-    let map = cluster_map(channels[0].clone()).await;
+    let map = grpc::cluster_map(channels[0].clone()).await;
     let partitions = map.as_ref().map(|m| m.partitions).unwrap_or(1);
     let direct = match &map {
         Some(m) if !args.forward => {
             let nodes = m.nodes.len().max(1);
-            direct_clients(m, plan.channels.div_ceil(nodes), timeout).await?
+            grpc::direct_clients(m, plan.channels.div_ceil(nodes), timeout).await?
         }
         _ => Vec::new(),
     };
@@ -790,205 +484,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let clients: Vec<KvClient<Channel>> = (0..args.clients)
-        .map(|i| client_cli::kv_client(channels[i / args.clients_per_channel].clone()))
-        .collect();
-
-    let mut pool_rng = SmallRng::seed_from_u64(sub_seed(plan.seed, u64::MAX));
-    let ctx = Arc::new(Ctx {
-        keys: key_format,
-        pool: ValuePool::new(&mut pool_rng),
+    let per_client = |i: usize| channels[i / args.clients_per_channel].clone();
+    let backend = Arc::new(grpc::Grpc {
+        clients: (0..args.clients)
+            .map(|i| client_cli::kv_client(per_client(i)))
+            .collect(),
+        health: (0..args.clients)
+            .map(|i| tonic_health::pb::health_client::HealthClient::new(per_client(i)))
+            .collect(),
         durability: args.durability.to_pb(),
         consistency: args.consistency.to_pb(),
         partitions,
         direct,
         txn: args.txn,
-        slow: args.slow_ms.map(Duration::from_millis),
     });
-
-    let preload_summary = if plan.preload {
-        eprintln!("preloading {} keys ...", args.keys);
-        let s = preload(&args, &plan, &ctx, &clients, hide_progress).await?;
-        eprintln!(
-            "preloaded {} keys in {:.2} s ({:.0} keys/s, {:.2} MB/s)",
-            s.keys, s.elapsed_s, s.keys_per_s, s.mb_per_s
-        );
-        Some(s)
-    } else {
-        None
-    };
-
-    let chooser = match args.distribution {
-        Distribution::Uniform => KeyChooser::uniform(args.keys),
-        Distribution::Zipfian => KeyChooser::zipfian(args.keys, Zipfian::DEFAULT_THETA),
-    };
-    let mix = Mix {
-        read_fraction: args.read_fraction,
-        batch_fraction: args.batch_fraction,
-        batch_size: args.batch_size,
-        delete_fraction: args.delete_fraction,
-        scan_length: args.scan_length,
-    };
-
-    let shared = Arc::new(Shared::default());
-    let shards = args.clients.min(MAX_RECORDER_SHARDS);
-    let recorders: Vec<Arc<Mutex<Recorder>>> = (0..shards)
-        .map(|_| Arc::new(Mutex::new(Recorder::default())))
-        .collect();
-
-    let started = Instant::now();
-    let deadline = plan.duration.map(|d| started + d);
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, client) in clients.into_iter().enumerate() {
-        let generator = OpGenerator::new(
-            args.workload,
-            chooser.clone(),
-            plan.sizes.clone(),
-            mix.clone(),
-            args.keys,
-            i as u64,
-            args.clients as u64,
-        );
-        tasks.spawn(client_loop(
-            client,
-            generator,
-            SmallRng::seed_from_u64(sub_seed(plan.seed, i as u64)),
-            Arc::clone(&ctx),
-            Arc::clone(&shared),
-            Arc::clone(&recorders[i % shards]),
-            deadline,
-            plan.ops,
-        ));
-    }
-
-    // Progress: by time when there is a deadline, else by requests (or keys for load).
-    let (bar_len, by_time) = match (plan.duration, plan.ops) {
-        (Some(d), _) => (d.as_millis() as u64, true),
-        (None, Some(n)) => (n, false),
-        (None, None) => (args.keys, false),
-    };
-    let bar = progress_bar(
-        hide_progress,
-        bar_len,
-        "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}",
-    );
-    let ticker = {
-        let shared = Arc::clone(&shared);
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tick.tick().await;
-                let ok = shared.ok.load(Ordering::Relaxed);
-                let errors = shared.errors.load(Ordering::Relaxed);
-                let secs = started.elapsed().as_secs_f64().max(1e-9);
-                if by_time {
-                    bar.set_position(started.elapsed().as_millis() as u64);
-                } else {
-                    bar.set_position(ok + errors);
-                }
-                bar.set_message(format!(
-                    "{} ops, {:.0} ops/s, {:.1} MB/s, {} errors",
-                    ok + errors,
-                    ok as f64 / secs,
-                    shared.bytes.load(Ordering::Relaxed) as f64 / 1e6 / secs,
-                    errors
-                ));
-            }
-        })
-    };
-    // Abort when nothing succeeded during the first second.
-    let aborted = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let shared = Arc::clone(&shared);
-        let aborted = Arc::clone(&aborted);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if shared.ok.load(Ordering::Relaxed) == 0 && shared.errors.load(Ordering::Relaxed) > 0 {
-                aborted.store(true, Ordering::Relaxed);
-                shared.stop.store(true, Ordering::Relaxed);
-            }
-        })
-    };
-    let interrupt = {
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                shared.stop.store(true, Ordering::Relaxed);
-            }
-        })
-    };
-
-    let (rss_stop, rss_stopped) = tokio::sync::oneshot::channel::<()>();
-    let rss_task = match args.report_rss {
-        Some(pid) => {
-            rss::check(pid)?;
-            Some(tokio::spawn(rss::sample(pid, async move {
-                let _ = rss_stopped.await;
-            })))
-        }
-        None => None,
-    };
-    let mut panicked = None;
-    while let Some(res) = tasks.join_next().await {
-        if let Err(e) = res {
-            shared.stop.store(true, Ordering::Relaxed);
-            panicked.get_or_insert(e);
-        }
-    }
-    let elapsed = started.elapsed();
-    let _ = rss_stop.send(());
-    let rss = match rss_task {
-        Some(t) => t.await.ok(),
-        None => None,
-    };
-    ticker.abort();
-    watchdog.abort();
-    interrupt.abort();
-    bar.finish_and_clear();
-    if let Some(e) = panicked {
-        return Err(anyhow::Error::new(e).context("bench client task failed"));
-    }
-
-    let ok = shared.ok.load(Ordering::Relaxed);
-    let errors = shared.errors.load(Ordering::Relaxed);
-    if ok == 0 && errors > 0 {
-        let first = shared.first_error().unwrap_or_default();
-        if aborted.load(Ordering::Relaxed) {
-            bail!("every request failed during the first second; first error: {first}");
-        }
-        bail!("every request failed ({errors}); first error: {first}");
-    }
-
-    let mut total = Recorder::default();
-    for r in &recorders {
-        total.merge(&lock_recorder(r));
-    }
-    let summary = total.summarize(elapsed);
-    let report = Report {
-        config: config_json(&args, &plan),
-        preload: preload_summary,
-        rss,
-        summary,
-    };
-
-    let mut stdout = std::io::stdout().lock();
-    write!(stdout, "{}", report.summary.table()).context("writing report to stdout")?;
-    if let Some(r) = &report.rss {
-        write!(stdout, "{}", r.line()).context("writing report to stdout")?;
-    }
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).context("serializing JSON report")?;
-        if path.as_os_str() == "-" {
-            writeln!(stdout, "{json}").context("writing JSON report to stdout")?;
-        } else {
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("writing JSON report to {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-    }
-    stdout.flush().context("flushing stdout")?;
-    Ok(())
+    let spec = run_spec(args, plan, args.report_rss)?;
+    drive(args, plan, &spec, &backend, None).await
 }
 
 #[cfg(test)]
@@ -1053,43 +564,17 @@ mod tests {
     }
 
     #[test]
-    fn builds_requests_with_sizes() {
-        let mut rng = SmallRng::seed_from_u64(1);
-        let ctx = Ctx {
-            keys: KeyFormat::new(50, 1000).expect("fits"),
-            pool: ValuePool::new(&mut rng),
-            durability: pb::Durability::Buffered as i32,
-            consistency: pb::Consistency::Eventual as i32,
-            partitions: 1,
-            direct: Vec::new(),
-            txn: false,
-            slow: None,
-        };
-        let (req, bytes) = build(&ctx, &mut rng, OpPlan::BatchWrite(vec![(1, 10), (2, 20)]));
-        assert_eq!(bytes, 50 + 10 + 50 + 20);
-        match req {
-            Req::BatchWrite(r) => {
-                assert_eq!(r.ops.len(), 2);
-                assert_eq!(r.durability, pb::Durability::Buffered as i32);
-            }
-            _ => panic!("wrong request"),
-        }
-        let (req, bytes) = build(&ctx, &mut rng, OpPlan::Scan(5, 100));
-        assert_eq!(bytes, 0);
-        match req {
-            Req::Scan(r) => {
-                assert_eq!(r.limit, 100);
-                assert_eq!(r.start, ctx.keys.key(5));
-                assert_eq!(r.consistency, pb::Consistency::Eventual as i32);
-            }
-            _ => panic!("wrong request"),
-        }
-    }
-
-    #[test]
-    fn sub_seeds_differ() {
-        assert_ne!(sub_seed(1, 0), sub_seed(1, 1));
-        assert_ne!(sub_seed(1, 0), sub_seed(2, 0));
-        assert_eq!(sub_seed(7, 3), sub_seed(7, 3));
+    fn ycsb_and_floor_flags() {
+        let p = plan(&parse(&["--workload", "ycsb-a"])).expect("valid");
+        assert!(p.preload);
+        assert!(matches!(p.sizes, ValueSizes::Fixed(1024)));
+        let a = parse(&["--workload", "ycsb-d"]);
+        assert_eq!(distribution_name(&a), "latest");
+        assert!(plan(&parse(&["--workload", "ping"])).is_ok());
+        assert!(plan(&parse(&["--workload", "ping", "--embedded", "/tmp/x"])).is_err());
+        assert!(plan(&parse(&["--workload", "store-put"])).is_err());
+        let p = plan(&parse(&["--workload", "store-get", "--embedded", "/tmp/x"])).expect("valid");
+        assert!(!p.preload);
+        assert!(plan(&parse(&["--object-store", "file:///tmp/x"])).is_err());
     }
 }

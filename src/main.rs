@@ -25,15 +25,12 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once at start; boxing the serve flags buys nothing"
-)]
 enum Command {
     /// Run a node. With no flags: an embedded single node on ./strata-data.
     #[command(args_override_self = true)]
     Serve(serve::ServeArgs),
-    /// Drive a server over gRPC and report throughput and latency percentiles.
+    /// Drive a server over gRPC (or the engine in-process, --embedded DIR) and report
+    /// throughput and latency percentiles.
     Bench(bench::BenchArgs),
     /// Run a compaction worker of a cluster (workers share the partitions through etcd).
     Compactor(compactor_cmd::CompactorArgs),

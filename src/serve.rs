@@ -360,21 +360,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     let registry = CompactorRegistry::default();
     let compactor_task = if args.compaction {
-        // In this process, the compactor knows which versions the engine's readers hold: an
-        // input goes once none does, after the short embedded grace for other processes.
-        let floor_db = db.clone();
-        let c = Compactor::new(
+        let c = embedded_compactor(
+            &db,
             store.clone(),
             manifests.clone(),
-            0,
-            args.compaction_opts.options(CompactionOptions {
-                roots: roots.clone(),
-                deletion_budget: args.compaction_opts.deletion_budget(&url),
-                gc_grace: strata_compactor::EMBEDDED_GC_GRACE,
-                ..CompactionOptions::default()
-            }),
-        )
-        .with_reader_floor(Arc::new(move |_| floor_db.oldest_held_version()));
+            &roots,
+            &args.compaction_opts,
+            &url,
+        );
         let rx = stop_rx.clone();
         registry
             .lock()
@@ -440,6 +433,33 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     report_requests(&meter);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The compactor of the embedded default (partition 0 of a store at `url`), in the process
+/// that runs `db` (`strata serve`, `strata bench --embedded`).
+pub(crate) fn embedded_compactor(
+    db: &Db,
+    store: Arc<dyn strata_objstore::Store>,
+    manifests: Arc<dyn ManifestStore>,
+    roots: &strata_objstore::Roots,
+    args: &crate::compaction_args::CompactionArgs,
+    url: &str,
+) -> Compactor {
+    // In this process, the compactor knows which versions the engine's readers hold: an input
+    // goes once none does, after the short embedded grace for other processes.
+    let floor_db = db.clone();
+    Compactor::new(
+        store,
+        manifests,
+        0,
+        args.options(CompactionOptions {
+            roots: roots.clone(),
+            deletion_budget: args.deletion_budget(url),
+            gc_grace: strata_compactor::EMBEDDED_GC_GRACE,
+            ..CompactionOptions::default()
+        }),
+    )
+    .with_reader_floor(Arc::new(move |_| floor_db.oldest_held_version()))
 }
 
 /// How long a single node's shutdown may take after the gRPC server stopped: the engine's

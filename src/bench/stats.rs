@@ -84,7 +84,7 @@ pub struct Outcome {
 /// Per-kind stats of one client (or, merged, of the run).
 #[derive(Debug, Clone, Default)]
 pub struct Recorder {
-    ops: [OpStats; 6],
+    ops: [OpStats; OpKind::COUNT],
 }
 
 impl Recorder {
@@ -176,6 +176,14 @@ fn op_summary(s: &OpStats, secs: f64) -> OpSummary {
         bytes_written: s.bytes_written,
         bytes_read: s.bytes_read,
         latency_us,
+        curve_us: if s.count > 0 {
+            CURVE_QUANTILES
+                .iter()
+                .map(|&q| (q, h.value_at_quantile(q)))
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -204,7 +212,16 @@ pub struct OpSummary {
     pub bytes_read: u64,
     /// Absent when no request of this kind succeeded.
     pub latency_us: Option<Latency>,
+    /// The latency distribution, `(quantile, µs)` at [`CURVE_QUANTILES`] (for plots); empty
+    /// when no request of this kind succeeded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub curve_us: Vec<(f64, u64)>,
 }
+
+/// Quantiles of the latency curves in the JSON report.
+pub const CURVE_QUANTILES: [f64; 17] = [
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
 
 /// All kinds together.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -249,6 +266,14 @@ pub struct Report {
     /// The server's resident memory during the run (`--report-rss`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss: Option<super::rss::RssReport>,
+    /// Requests completed per interval of the measured phase: `(ms since the start, requests
+    /// in the interval ending then)`, every 250 ms (for throughput-over-time plots).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<(u64, u64)>,
+    /// Object-store requests made during the measured phase, by kind (`--embedded` only: the
+    /// store is in this process), for the cost figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_requests: Option<serde_json::Value>,
     #[serde(flatten)]
     pub summary: Summary,
 }
@@ -259,7 +284,7 @@ impl Summary {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<12} {:>10} {:>11} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>8}",
+            "{:<17} {:>10} {:>11} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>8}",
             "op",
             "count",
             "ops/s",
@@ -286,7 +311,7 @@ impl Summary {
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:>10} {:>11.1} {:>11.1} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>8}",
+                "{:<17} {:>10} {:>11.1} {:>11.1} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>8}",
                 kind.name(),
                 s.count,
                 s.ops_per_s,
@@ -426,14 +451,18 @@ mod tests {
             config: serde_json::json!({"workload": "default", "clients": 16}),
             preload: None,
             rss: None,
+            timeline: vec![(250, 10)],
+            store_requests: None,
             summary: r.summarize(Duration::from_secs(1)),
         };
         let v = serde_json::to_value(&report).expect("serializes");
+        assert_eq!(v["timeline"][0][1], 10);
+        assert!(v.get("store_requests").is_none());
         for key in ["config", "preload", "elapsed_s", "total", "ops", "errors"] {
             assert!(v.get(key).is_some(), "missing {key}: {v}");
         }
         let ops = v["ops"].as_object().expect("ops object");
-        assert_eq!(ops.len(), 6);
+        assert_eq!(ops.len(), OpKind::COUNT);
         for kind in OpKind::ALL {
             let o = &ops[kind.name()];
             for key in [

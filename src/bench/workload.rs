@@ -1,6 +1,9 @@
 //! Workload generation: keys from indexes, value sizes, key choice
 //! (uniform or zipfian) and the per-request operation mix. No I/O here.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use anyhow::{bail, ensure};
 use bytes::Bytes;
 use rand::Rng;
@@ -278,7 +281,7 @@ impl KeyChooser {
 
 /// Which workload the bench runs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// Scale sheet mix: reads/writes, single and batched, sized values.
     Default,
@@ -290,6 +293,66 @@ pub enum Workload {
     Scan,
     /// Single Puts of --value-size bytes (1 KiB by default).
     Put,
+    /// YCSB A: 50% reads, 50% updates, zipfian keys (1 KiB records, after a preload).
+    YcsbA,
+    /// YCSB B: 95% reads, 5% updates, zipfian keys.
+    YcsbB,
+    /// YCSB C: reads only, zipfian keys.
+    YcsbC,
+    /// YCSB D: 95% reads, 5% inserts of new keys; reads favour the latest inserted keys.
+    YcsbD,
+    /// YCSB E: 95% scans (lengths uniform in 1..=--scan-length) from zipfian start keys, 5%
+    /// inserts of new keys.
+    YcsbE,
+    /// YCSB F: 50% reads, 50% read-modify-writes (a read then a write of the same key,
+    /// reported as one operation), zipfian keys.
+    YcsbF,
+    /// The floor of the RPC stack: an empty round trip (gRPC health Check) on the same tonic
+    /// stack; nothing is read or written. Only with --target.
+    Ping,
+    /// The floor of the object store: one raw PUT of --value-size bytes (1 KiB) per request,
+    /// straight to the store (fsynced on a local directory). Only with --embedded.
+    StorePut,
+    /// The floor of the object store: one ranged GET of --value-size bytes from an object of
+    /// 1 MiB per request, straight to the store. Only with --embedded.
+    StoreGet,
+}
+
+impl Workload {
+    /// One of YCSB's core workloads A-F.
+    pub fn is_ycsb(self) -> bool {
+        matches!(
+            self,
+            Workload::YcsbA
+                | Workload::YcsbB
+                | Workload::YcsbC
+                | Workload::YcsbD
+                | Workload::YcsbE
+                | Workload::YcsbF
+        )
+    }
+
+    /// A floor measurement (no key-value store involved).
+    pub fn is_floor(self) -> bool {
+        matches!(
+            self,
+            Workload::Ping | Workload::StorePut | Workload::StoreGet
+        )
+    }
+
+    /// Whether the keyspace is written before measuring unless told otherwise.
+    pub fn preloads_by_default(self) -> bool {
+        matches!(self, Workload::Read | Workload::Scan) || self.is_ycsb()
+    }
+
+    /// YCSB's share of the first operation of the mix (read, or scan for E).
+    fn ycsb_read_share(self) -> f64 {
+        match self {
+            Workload::YcsbA | Workload::YcsbF => 0.5,
+            Workload::YcsbB | Workload::YcsbD | Workload::YcsbE => 0.95,
+            _ => 1.0,
+        }
+    }
 }
 
 /// The operation types reported.
@@ -301,17 +364,29 @@ pub enum OpKind {
     BatchWrite,
     Delete,
     Scan,
+    /// A put of a key that did not exist (YCSB D and E).
+    Insert,
+    /// A read then a write of the same key (YCSB F), timed as one operation.
+    ReadModifyWrite,
+    /// An empty round trip or a raw object-store request (floor workloads).
+    Floor,
 }
 
 impl OpKind {
+    /// Number of kinds.
+    pub const COUNT: usize = 9;
+
     /// All kinds, in report order.
-    pub const ALL: [OpKind; 6] = [
+    pub const ALL: [OpKind; OpKind::COUNT] = [
         OpKind::Get,
         OpKind::Put,
         OpKind::BatchGet,
         OpKind::BatchWrite,
         OpKind::Delete,
         OpKind::Scan,
+        OpKind::Insert,
+        OpKind::ReadModifyWrite,
+        OpKind::Floor,
     ];
 
     /// Name used in the table and JSON.
@@ -323,6 +398,9 @@ impl OpKind {
             OpKind::BatchWrite => "batch_write",
             OpKind::Delete => "delete",
             OpKind::Scan => "scan",
+            OpKind::Insert => "insert",
+            OpKind::ReadModifyWrite => "read_modify_write",
+            OpKind::Floor => "floor",
         }
     }
 
@@ -343,6 +421,12 @@ pub enum OpPlan {
     Delete(u64),
     /// Start key index and entry limit.
     Scan(u64, u32),
+    /// A new key's index and value size.
+    Insert(u64, usize),
+    /// Key index and the size of the value written back.
+    ReadModifyWrite(u64, usize),
+    /// A floor request (value size for the store floors).
+    Floor(usize),
 }
 
 impl OpPlan {
@@ -355,6 +439,9 @@ impl OpPlan {
             OpPlan::BatchWrite(_) => OpKind::BatchWrite,
             OpPlan::Delete(_) => OpKind::Delete,
             OpPlan::Scan(..) => OpKind::Scan,
+            OpPlan::Insert(..) => OpKind::Insert,
+            OpPlan::ReadModifyWrite(..) => OpKind::ReadModifyWrite,
+            OpPlan::Floor(_) => OpKind::Floor,
         }
     }
 }
@@ -381,6 +468,11 @@ pub struct OpGenerator {
     load_next: u64,
     load_stride: u64,
     keyspace: u64,
+    /// YCSB D and E: the next new key's index, shared by every client (starts at the
+    /// keyspace size; keys below it are the preloaded ones).
+    inserts: Arc<AtomicU64>,
+    /// YCSB D: how far back from the latest insert a read lands (zipfian ranks).
+    latest: Zipfian,
 }
 
 impl OpGenerator {
@@ -402,6 +494,46 @@ impl OpGenerator {
             load_next: client,
             load_stride: clients.max(1),
             keyspace,
+            inserts: Arc::new(AtomicU64::new(keyspace)),
+            latest: Zipfian::new(keyspace.max(1), Zipfian::DEFAULT_THETA),
+        }
+    }
+
+    /// Shares the counter of inserted keys (YCSB D and E) with other clients' generators.
+    pub fn with_inserts(mut self, inserts: Arc<AtomicU64>) -> Self {
+        self.inserts = inserts;
+        self
+    }
+
+    /// A YCSB operation: `read` (or scan for E) with the workload's share, else its write.
+    fn ycsb<R: Rng + ?Sized>(&mut self, rng: &mut R) -> OpPlan {
+        let first = rng.random::<f64>() < self.workload.ycsb_read_share();
+        match (self.workload, first) {
+            (Workload::YcsbD, true) => {
+                // Latest: ranks count back from the newest key written so far. Closed-loop
+                // clients keep one request each in flight, so the last `clients` indexes
+                // handed out may not be acknowledged yet: count back from before them (as
+                // YCSB's acknowledged counter does), so reads rarely miss keys in flight.
+                let newest = self
+                    .inserts
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(1 + self.load_stride)
+                    .max(self.keyspace.saturating_sub(1));
+                OpPlan::Get(newest.saturating_sub(self.latest.sample(rng)))
+            }
+            (Workload::YcsbE, true) => {
+                let len = rng.random_range(1..=self.mix.scan_length.max(1));
+                OpPlan::Scan(self.keys.sample(rng), len)
+            }
+            (Workload::YcsbD | Workload::YcsbE, false) => OpPlan::Insert(
+                self.inserts.fetch_add(1, Ordering::Relaxed),
+                self.sizes.sample(rng),
+            ),
+            (Workload::YcsbF, false) => {
+                OpPlan::ReadModifyWrite(self.keys.sample(rng), self.sizes.sample(rng))
+            }
+            (_, true) => OpPlan::Get(self.keys.sample(rng)),
+            (_, false) => OpPlan::Put(self.keys.sample(rng), self.sizes.sample(rng)),
         }
     }
 
@@ -419,6 +551,15 @@ impl OpGenerator {
             Workload::Read => OpPlan::Get(self.keys.sample(rng)),
             Workload::Scan => OpPlan::Scan(self.keys.sample(rng), self.mix.scan_length),
             Workload::Put => OpPlan::Put(self.keys.sample(rng), self.sizes.sample(rng)),
+            Workload::YcsbA
+            | Workload::YcsbB
+            | Workload::YcsbC
+            | Workload::YcsbD
+            | Workload::YcsbE
+            | Workload::YcsbF => self.ycsb(rng),
+            Workload::Ping | Workload::StorePut | Workload::StoreGet => {
+                OpPlan::Floor(self.sizes.sample(rng))
+            }
             Workload::Default => {
                 let read = rng.random::<f64>() < self.mix.read_fraction;
                 let batch =
@@ -714,5 +855,82 @@ mod tests {
             }
         }
         assert_eq!(seen, 100);
+    }
+
+    fn ycsb(workload: Workload, client: u64) -> OpGenerator {
+        OpGenerator::new(
+            workload,
+            KeyChooser::zipfian(1000, Zipfian::DEFAULT_THETA),
+            ValueSizes::Fixed(1024),
+            mix(),
+            1000,
+            client,
+            4,
+        )
+    }
+
+    #[test]
+    fn ycsb_mixes_have_their_shares() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        let n = 20_000;
+        for (w, first, first_share, second) in [
+            (Workload::YcsbA, OpKind::Get, 0.5, OpKind::Put),
+            (Workload::YcsbB, OpKind::Get, 0.95, OpKind::Put),
+            (Workload::YcsbC, OpKind::Get, 1.0, OpKind::Put),
+            (Workload::YcsbD, OpKind::Get, 0.95, OpKind::Insert),
+            (Workload::YcsbE, OpKind::Scan, 0.95, OpKind::Insert),
+            (Workload::YcsbF, OpKind::Get, 0.5, OpKind::ReadModifyWrite),
+        ] {
+            let mut g = ycsb(w, 0);
+            let mut firsts = 0;
+            for _ in 0..n {
+                let p = g.next(&mut rng).expect("endless");
+                let k = p.kind();
+                assert!(k == first || k == second, "{w:?} planned {k:?}");
+                firsts += usize::from(k == first);
+                if let OpPlan::Scan(_, len) = p {
+                    assert!((1..=mix().scan_length).contains(&len), "scan length {len}");
+                }
+            }
+            let got = firsts as f64 / n as f64;
+            assert!(
+                (got - first_share).abs() < 0.02,
+                "{w:?}: {got} vs {first_share}"
+            );
+        }
+    }
+
+    #[test]
+    fn ycsb_inserts_take_fresh_keys_and_d_reads_the_latest() {
+        let mut rng = SmallRng::seed_from_u64(10);
+        let inserts = Arc::new(AtomicU64::new(1000));
+        let mut a = ycsb(Workload::YcsbD, 0).with_inserts(inserts.clone());
+        let mut b = ycsb(Workload::YcsbE, 1).with_inserts(inserts.clone());
+        let mut seen = std::collections::HashSet::new();
+        let mut reads = Vec::new();
+        for _ in 0..20_000 {
+            for g in [&mut a, &mut b] {
+                match g.next(&mut rng).expect("endless") {
+                    OpPlan::Insert(i, _) => {
+                        assert!(i >= 1000, "inserts go past the keyspace");
+                        assert!(seen.insert(i), "key {i} inserted twice");
+                    }
+                    OpPlan::Get(i) => reads.push((i, inserts.load(Ordering::Relaxed))),
+                    _ => {}
+                }
+            }
+        }
+        assert!(seen.len() > 1000);
+        // Reads of D stay below the keys still in flight and favour the newest.
+        let near = reads
+            .iter()
+            .filter(|(i, issued)| *i < *issued && issued - i <= 100)
+            .count();
+        assert!(reads.iter().all(|(i, issued)| i < issued));
+        assert!(
+            near as f64 / reads.len() as f64 > 0.5,
+            "{near} of {}",
+            reads.len()
+        );
     }
 }
