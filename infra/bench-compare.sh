@@ -16,7 +16,7 @@
 # not) and s3 (infra/s3.sh's server on loopback). Every system gets the same cache (256 MiB
 # memory, no disk tier) and write buffer (256 MiB).
 #
-# Settings: DUR seconds per run (3), KEYS preloaded keys for reads (10000), STORES ("local s3"),
+# Settings: DUR seconds per run (2), KEYS preloaded keys for reads (10000), STORES ("local s3"),
 # SYSTEMS, WORKLOADS (all below), S3_WORKLOADS (the subset run on s3), BIN (target/release/strata),
 # PEER (target/peers/release/strata-bench-peers). Builds what is missing (release; the peer
 # crate ~6 min the first time). Writes OUT/json/<store>/<system>/<workload>.json, logs, and
@@ -27,7 +27,7 @@ ROOT="$PWD"
 OUT="${1:-$(mktemp -d /tmp/bench-compare.XXXXXX)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-DUR="${DUR:-3}"
+DUR="${DUR:-2}"
 KEYS="${KEYS:-10000}"
 STORES="${STORES:-local s3}"
 SYSTEMS="${SYSTEMS:-strata-embedded strata-grpc slatedb-1ms slatedb-100ms floor}"
@@ -70,6 +70,18 @@ stop_server() {
     SERVER_PID=""
 }
 trap cleanup EXIT
+start_server() { # DIR PORT URL CACHE_MB LOG
+    "$BIN" serve --data-dir "$1" --listen "127.0.0.1:$2" --object-store "$3" \
+        --cache-memory-mb "$4" --cache-disk-mb 0 --write-buffer-mb $BUFFER_MB >"$5" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do
+        grep -q "strata listening on" "$5" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    say "  server did not start: $(tail -2 "$5")"
+    stop_server
+    return 1
+}
 
 # Flags of one workload for strata bench and the peer (same generator, same flags).
 # Sets CLIENTS, ARGS, and COLD (1 = the cache is too small to hold the data).
@@ -122,21 +134,21 @@ run_one() { # STORE SYSTEM WORKLOAD
                 $ARGS --json "$json" >"$log" 2>&1 ;;
         strata-grpc)
             local p; p="$(port)"
-            "$BIN" serve --data-dir "$dir" --listen "127.0.0.1:$p" --object-store "$url" \
-                --cache-memory-mb "$cache" --cache-disk-mb 0 --write-buffer-mb $BUFFER_MB \
-                >"$log.server" 2>&1 &
-            SERVER_PID=$!
-            local up=0
-            for _ in $(seq 1 100); do
-                grep -q "strata listening on" "$log.server" 2>/dev/null && { up=1; break; }
-                sleep 0.1
-            done
-            if [ "$up" = 1 ]; then
-                "$BIN" bench --target "127.0.0.1:$p" --report-rss "$SERVER_PID" $ARGS \
-                    --json "$json" >"$log" 2>&1 || say "  failed: $(tail -1 "$log")"
-            else
-                say "  server did not start: $(tail -2 "$log.server")"
+            start_server "$dir" "$p" "$url" "$cache" "$log.server" || return 0
+            local extra=""
+            if [[ "$ARGS" == *"--workload read"* || "$ARGS" == *"--workload scan"* ]]; then
+                # No flush RPC: load, then restart (a clean stop flushes the memtables), so
+                # reads go to SSTs as in the in-process runs (which flush after the preload).
+                local keys; keys="$(sed -n 's/.*--keys \([0-9]*\).*/\1/p' <<<"$ARGS")"
+                "$BIN" bench --target "127.0.0.1:$p" --workload load --keys "$keys" \
+                    --value-size 1024 --clients 16 --no-progress >"$log.load" 2>&1 ||
+                    say "  load failed: $(tail -1 "$log.load")"
+                stop_server
+                start_server "$dir" "$p" "$url" "$cache" "$log.server2" || return 0
+                extra="--no-preload"
             fi
+            "$BIN" bench --target "127.0.0.1:$p" --report-rss "$SERVER_PID" $ARGS $extra \
+                --json "$json" >"$log" 2>&1 || say "  failed: $(tail -1 "$log")"
             stop_server ;;
     esac || say "  failed: $(tail -1 "$log")"
     rm -rf "$dir" "$OUT/work/$name"
@@ -200,5 +212,16 @@ for store in $STORES; do
 done
 say "runs took $((SECONDS - started)) s"
 rm -rf "$OUT/work"
-python3 infra/bench-compare/report.py "$OUT" || say "report failed"
+# Plots need matplotlib: from the system, else a venv of our own under target/ (made once).
+PY=python3
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    VENV="$ROOT/target/bench-venv"
+    if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+        say "installing matplotlib into $VENV (for the plots) ..."
+        { python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet matplotlib; } >&2 ||
+            say "could not install matplotlib: the report comes without plots"
+    fi
+    "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null && PY="$VENV/bin/python"
+fi
+"$PY" infra/bench-compare/report.py "$OUT" || say "report failed"
 say "results in $OUT (compare.txt, compare.json, plots/)"

@@ -269,6 +269,10 @@ impl Backend for EngineBackend {
     async fn execute(&self, _client: usize, op: Op) -> Result<Outcome, OpError> {
         self.run(op).await.map_err(op_error)
     }
+
+    async fn settle(&self) -> anyhow::Result<()> {
+        self.db.flush().await.context("flushing memtables")
+    }
 }
 
 /// Where the store floors keep their objects.

@@ -225,6 +225,15 @@ impl Backend for Slate {
     async fn execute(&self, _client: usize, op: Op) -> Result<Outcome, OpError> {
         self.run(op).await.map_err(err)
     }
+
+    async fn settle(&self) -> anyhow::Result<()> {
+        self.db
+            .flush_with_options(slatedb::config::FlushOptions {
+                flush_type: slatedb::config::FlushType::MemTable,
+            })
+            .await
+            .context("flushing SlateDB's memtable")
+    }
 }
 
 async fn run(a: Args) -> anyhow::Result<()> {
