@@ -41,6 +41,8 @@ PEER="${PEER:-$ROOT/target/peers/release/strata-bench-peers}"
 CACHE_MB=256
 BUFFER_MB=256
 has() { [[ " $1 " == *" $2 "* ]]; }
+# No run may hang the whole comparison: each gets its duration plus time for preload and close.
+LIMIT=$((DUR * 10 + 300))
 say() { echo "[bench-compare] $*" >&2; }
 
 if [ -z "$BIN_FROM_ENV" ]; then
@@ -49,7 +51,7 @@ if [ -z "$BIN_FROM_ENV" ]; then
 fi
 if { has "$SYSTEMS" slatedb-1ms || has "$SYSTEMS" slatedb-100ms; } && [ -z "${PEER_FROM_ENV:-}" ]; then
     say "building the SlateDB peer (release; its own workspace and target dir) ..."
-    cargo build --release --quiet --manifest-path infra/bench-compare/Cargo.toml \
+    cargo build --release --quiet --locked --manifest-path infra/bench-compare/Cargo.toml \
         --target-dir "$ROOT/target/peers"
 fi
 
@@ -116,6 +118,8 @@ run_one() { # STORE SYSTEM WORKLOAD
     local store="$1" system="$2" w="$3"
     local json="$OUT/json/$store/$system/$w.json" log="$OUT/logs/$store-$system-$w.log"
     mkdir -p "$(dirname "$json")" "$OUT/logs"
+    # A failed run must not leave an earlier run's result in a reused OUT.
+    rm -f "$json"
     local name="$system-$w-$RANDOM"
     local url; url="$(store_url "$store" "$name")"
     local dir="$OUT/work/$name-dir"
@@ -126,11 +130,11 @@ run_one() { # STORE SYSTEM WORKLOAD
     # shellcheck disable=SC2086
     case "$system" in
         strata-embedded)
-            "$BIN" bench --embedded "$dir" --object-store "$url" --cache-memory-mb "$cache" \
+            timeout "$LIMIT" "$BIN" bench --embedded "$dir" --object-store "$url" --cache-memory-mb "$cache" \
                 --write-buffer-mb $BUFFER_MB $ARGS --json "$json" >"$log" 2>&1 ;;
         slatedb-1ms|slatedb-100ms)
             local flush="${system#slatedb-}"; flush="${flush%ms}"
-            "$PEER" slatedb --store "$url" --flush-ms "$flush" --cache-memory-mb "$cache" \
+            timeout "$LIMIT" "$PEER" slatedb --store "$url" --flush-ms "$flush" --cache-memory-mb "$cache" \
                 $ARGS --json "$json" >"$log" 2>&1 ;;
         strata-grpc)
             local p; p="$(port)"
@@ -140,14 +144,14 @@ run_one() { # STORE SYSTEM WORKLOAD
                 # No flush RPC: load, then restart (a clean stop flushes the memtables), so
                 # reads go to SSTs as in the in-process runs (which flush after the preload).
                 local keys; keys="$(sed -n 's/.*--keys \([0-9]*\).*/\1/p' <<<"$ARGS")"
-                "$BIN" bench --target "127.0.0.1:$p" --workload load --keys "$keys" \
+                timeout "$LIMIT" "$BIN" bench --target "127.0.0.1:$p" --workload load --keys "$keys" \
                     --value-size 1024 --clients 16 --no-progress >"$log.load" 2>&1 ||
                     say "  load failed: $(tail -1 "$log.load")"
                 stop_server
                 start_server "$dir" "$p" "$url" "$cache" "$log.server2" || return 0
                 extra="--no-preload"
             fi
-            "$BIN" bench --target "127.0.0.1:$p" --report-rss "$SERVER_PID" $ARGS $extra \
+            timeout "$LIMIT" "$BIN" bench --target "127.0.0.1:$p" --report-rss "$SERVER_PID" $ARGS $extra \
                 --json "$json" >"$log" 2>&1 || say "  failed: $(tail -1 "$log")"
             stop_server ;;
     esac || say "  failed: $(tail -1 "$log")"
@@ -160,8 +164,9 @@ run_floor() { # STORE
     for c in 1 64; do
         for w in store-put store-get; do
             local name="floor-$w-$c-$RANDOM"
+            rm -f "$OUT/json/$store/floor/$w-$c.json"
             say "$store floor $w-$c"
-            "$BIN" bench --embedded "$OUT/work/$name-dir" --object-store "$(store_url "$store" "$name")" \
+            timeout "$LIMIT" "$BIN" bench --embedded "$OUT/work/$name-dir" --object-store "$(store_url "$store" "$name")" \
                 --workload "$w" --clients "$c" --duration "$DUR" --no-progress \
                 --json "$OUT/json/$store/floor/$w-$c.json" >"$OUT/logs/$store-floor-$w-$c.log" 2>&1 ||
                 say "  failed: $(tail -1 "$OUT/logs/$store-floor-$w-$c.log")"
@@ -178,7 +183,7 @@ run_floor() { # STORE
                 sleep 0.1
             done
             say "floor ping-$c"
-            "$BIN" bench --target "127.0.0.1:$p" --workload ping --clients "$c" --duration "$DUR" \
+            timeout "$LIMIT" "$BIN" bench --target "127.0.0.1:$p" --workload ping --clients "$c" --duration "$DUR" \
                 --no-progress --report-rss "$SERVER_PID" --json "$OUT/json/$store/floor/ping-$c.json" \
                 >"$OUT/logs/ping-$c.log" 2>&1 || say "  failed: $(tail -1 "$OUT/logs/ping-$c.log")"
             stop_server
@@ -191,7 +196,12 @@ started=$SECONDS
 for store in $STORES; do
     if [ "$store" = s3 ]; then
         S3_DIR="$OUT/s3"
-        eval "$(infra/s3.sh start "$S3_DIR" 0)"
+        if ! s3_env="$(infra/s3.sh start "$S3_DIR" 0)"; then
+            say "the S3 test server did not start: skipping the s3 runs"
+            S3_DIR=""
+            continue
+        fi
+        eval "$s3_env"
         export AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION STRATA_S3_BUCKET
         list="$S3_WORKLOADS"
     else

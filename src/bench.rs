@@ -154,6 +154,7 @@ pub struct BenchArgs {
     /// Sample this process's resident memory and CPU time (the server's pid, on this
     /// machine) every 250 ms during the run; the table shows its peak, the JSON the whole
     /// curve. With --embedded, the bench process itself is sampled unless a PID is given.
+    /// Resets the process's peak-RSS counter (VmHWM) at the start, so the peak is the run's.
     #[arg(long, value_name = "PID")]
     pub report_rss: Option<u32>,
     /// Print every operation slower than this (ms) to stderr as `SLOW <start, UTC> <op>
@@ -435,9 +436,12 @@ async fn run_embedded(args: &BenchArgs, plan: &Plan, dir: &std::path::Path) -> a
     let pid = Some(args.report_rss.unwrap_or_else(std::process::id));
     let spec = run_spec(args, plan, pid)?;
     if matches!(args.workload, Workload::StorePut | Workload::StoreGet) {
-        let (store, meter) = embedded::open_store_only(&args.engine, dir)?;
-        let floor = embedded::StoreFloor::new(store, args.workload == Workload::StoreGet).await?;
-        return drive(args, plan, &spec, &Arc::new(floor), Some(&meter)).await;
+        let (store, meter) = embedded::open_store_only(&args.engine, dir).await?;
+        let floor =
+            Arc::new(embedded::StoreFloor::new(store, args.workload == Workload::StoreGet).await?);
+        let result = drive(args, plan, &spec, &floor, Some(&meter)).await;
+        let cleaned = floor.clean().await;
+        return result.and(cleaned);
     }
     let engine = embedded::EmbeddedEngine::open(&args.engine, dir).await?;
     let backend = Arc::new(embedded::EngineBackend {

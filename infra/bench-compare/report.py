@@ -46,7 +46,8 @@ CPU_US_READ, CPU_US_WRITE = 100, 500
 LEGEND = """Every ratio is "how many times better Strata is" (>1 = Strata better): throughput
 strata/peer, latency, RSS and CPU peer/strata. Against a floor the same convention gives the
 fraction of the floor reached (<= 1 expected). Latencies in µs of the workload's main op kind
-(put for put-*, get for get-*, scan for scan-*, otherwise the kind with the most operations).
+(put for put-* and mix-16, get for get-* and ycsb-a..d, scan for scan-* and ycsb-e,
+read_modify_write for ycsb-f, batch_get for batch-16).
 Floors: store floor = raw store PUT/GET (floor/store-put-N, store-get-N; N = 1 for one client,
 else 64) for strata-embedded; ping floor = empty gRPC round trip (floor/ping-1 or ping-64) for
 strata-grpc. RSS/CPU: for strata-grpc the sampled process is the server alone; for
@@ -80,6 +81,14 @@ def main_kind(workload, report):
     for prefix, kind in (("put-", "put"), ("get-", "get"), ("scan-", "scan")):
         if workload.startswith(prefix):
             return kind
+    # Fixed per workload, so every system's figure describes the same kind (a 50/50 mix
+    # would otherwise pick a different kind per system by a coin flip).
+    fixed = {
+        "batch-16": "batch_get", "mix-16": "put", "ycsb-a": "get", "ycsb-b": "get",
+        "ycsb-c": "get", "ycsb-d": "get", "ycsb-e": "scan", "ycsb-f": "read_modify_write",
+    }
+    if workload in fixed:
+        return fixed[workload]
     ops = (report or {}).get("ops") or {}
     return max(ops, key=lambda k: ops[k].get("count") or 0) if ops else None
 

@@ -73,7 +73,8 @@ pub struct OpError {
 /// A system under test.
 pub trait Backend: Send + Sync + 'static {
     /// Executes `op` for client `client` and waits for the whole answer (the whole stream for
-    /// scans). `bytes_written` of the outcome is filled in by the driver.
+    /// scans). `bytes_written` of the outcome is the larger of the backend's and the key +
+    /// value bytes of the request.
     fn execute(
         &self,
         client: usize,
@@ -178,7 +179,8 @@ pub fn materialize(
             (Op::Delete(k), n)
         }
         OpPlan::Scan(i, limit) => (Op::Scan(keys.key(i), limit), 0),
-        OpPlan::Floor(len) => (Op::Floor(len), len as u64),
+        // What a floor request writes (a raw PUT's body) the backend reports itself.
+        OpPlan::Floor(len) => (Op::Floor(len), 0),
     }
 }
 
@@ -275,7 +277,7 @@ async fn client_loop<B: Backend>(
         }
         match result {
             Ok(mut o) => {
-                o.bytes_written = bytes_written;
+                o.bytes_written = o.bytes_written.max(bytes_written);
                 ctx.shared.ok.fetch_add(1, Ordering::Relaxed);
                 ctx.shared
                     .bytes
@@ -402,6 +404,24 @@ pub async fn measure<B: Backend>(
         rss::check(pid)?;
     }
 
+    // YCSB D and E insert new keys past the keyspace: one counter for every client. The
+    // generators (zipfian tables) are built before the clock starts.
+    let inserts = Arc::new(AtomicU64::new(spec.keyspace));
+    let generators: Vec<OpGenerator> = (0..spec.clients)
+        .map(|i| {
+            OpGenerator::new(
+                spec.workload,
+                spec.chooser.clone(),
+                spec.sizes.clone(),
+                spec.mix.clone(),
+                spec.keyspace,
+                i as u64,
+                spec.clients as u64,
+            )
+            .with_inserts(Arc::clone(&inserts))
+        })
+        .collect();
+
     let started = Instant::now();
     let ctx = Arc::new(ClientCtx {
         backend: Arc::clone(backend),
@@ -412,20 +432,8 @@ pub async fn measure<B: Backend>(
         deadline: spec.duration.map(|d| started + d),
         ops_limit: spec.ops,
     });
-    // YCSB D and E insert new keys past the keyspace: one counter for every client.
-    let inserts = Arc::new(AtomicU64::new(spec.keyspace));
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..spec.clients {
-        let generator = OpGenerator::new(
-            spec.workload,
-            spec.chooser.clone(),
-            spec.sizes.clone(),
-            spec.mix.clone(),
-            spec.keyspace,
-            i as u64,
-            spec.clients as u64,
-        )
-        .with_inserts(Arc::clone(&inserts));
+    for (i, generator) in generators.into_iter().enumerate() {
         tasks.spawn(client_loop(
             Arc::clone(&ctx),
             i,

@@ -46,6 +46,11 @@ pub struct EmbeddedArgs {
     /// With --embedded: budget of all memtables together, MiB.
     #[arg(long, default_value_t = 256)]
     pub write_buffer_mb: u64,
+    /// With --embedded: open a store that already holds a Strata keyspace (a previous bench
+    /// run's). Without it the bench refuses one, so that it never takes over a server's data
+    /// (opening fences the running writer) or writes bench keys into a real keyspace.
+    #[arg(long)]
+    pub embedded_reuse: bool,
     /// With --embedded: run the compactor in this process, as `strata serve` does.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub compaction: bool,
@@ -84,11 +89,34 @@ fn store(args: &EmbeddedArgs, dir: &Path) -> anyhow::Result<(Arc<dyn Store>, Met
     Ok((store, meter, url))
 }
 
+/// Refuses a store that already holds a keyspace unless `--embedded-reuse`: the bench opens
+/// the engine as a writer, which would fence a server running on it.
+async fn refuse_existing(
+    args: &EmbeddedArgs,
+    store: &Arc<dyn Store>,
+    url: &str,
+) -> anyhow::Result<()> {
+    if args.embedded_reuse {
+        return Ok(());
+    }
+    match store.head(strata_manifest::layout::STORE_ID_PATH).await {
+        Ok(_) => anyhow::bail!(
+            "{url} already holds a Strata keyspace: the bench would fence any server running on \
+             it and write its keys into it. Point --embedded at a new directory (or \
+             --object-store at a new prefix), or pass --embedded-reuse for a previous bench \
+             run's store"
+        ),
+        Err(strata_objstore::StoreError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("checking whether {url} is in use")),
+    }
+}
+
 impl EmbeddedEngine {
     /// Opens (or recovers) the engine under `dir`.
     pub async fn open(args: &EmbeddedArgs, dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let (store, meter, url) = store(args, dir)?;
+        refuse_existing(args, &store, &url).await?;
         args.compaction_opts.check(Some(&url))?;
         let mut s3 = S3Settings::from_env();
         if let Some(ep) = &args.s3_endpoint {
@@ -280,12 +308,14 @@ const FLOOR_PREFIX: &str = "bench-floor";
 /// Size of the object the GET floor reads ranges of.
 const FLOOR_OBJECT_BYTES: usize = 1 << 20;
 
-/// Raw object-store requests: the floor under every store-backed figure.
+/// Raw object-store requests: the floor under every store-backed figure. Objects go under a
+/// prefix of their own per run (so runs never collide) and are deleted by [`StoreFloor::clean`].
 pub struct StoreFloor {
     store: Arc<dyn Store>,
     get: bool,
     next: AtomicU64,
     payload: Bytes,
+    prefix: String,
 }
 
 impl StoreFloor {
@@ -294,10 +324,11 @@ impl StoreFloor {
         let mut data = vec![0u8; FLOOR_OBJECT_BYTES];
         rand::rng().fill(&mut data[..]);
         let payload = Bytes::from(data);
+        let prefix = format!("{FLOOR_PREFIX}/{:016x}", rand::rng().random::<u64>());
         if get {
             store
                 .put(
-                    &format!("{FLOOR_PREFIX}/get-object"),
+                    &format!("{prefix}/get-object"),
                     payload.clone(),
                     PutMode::Overwrite,
                 )
@@ -309,7 +340,27 @@ impl StoreFloor {
             get,
             next: AtomicU64::new(0),
             payload,
+            prefix,
         })
+    }
+
+    /// Deletes what the run wrote.
+    pub async fn clean(&self) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        let objects = self
+            .store
+            .list(&format!("{}/", self.prefix))
+            .await
+            .context("listing the floor's objects")?;
+        let deletes = futures::stream::iter(objects)
+            .map(|o| async move { self.store.delete(&o.path).await })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        for d in deletes {
+            d.context("deleting a floor object")?;
+        }
+        Ok(())
     }
 }
 
@@ -334,7 +385,10 @@ impl Backend for StoreFloor {
             let off = rand::rng().random_range(0..=(FLOOR_OBJECT_BYTES - len)) as u64;
             let got = self
                 .store
-                .get_range(&format!("{FLOOR_PREFIX}/get-object"), off..off + len as u64)
+                .get_range(
+                    &format!("{}/get-object", self.prefix),
+                    off..off + len as u64,
+                )
                 .await
                 .map_err(err)?;
             Ok(Outcome {
@@ -346,7 +400,7 @@ impl Backend for StoreFloor {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             self.store
                 .put(
-                    &format!("{FLOOR_PREFIX}/put/{n:012}"),
+                    &format!("{}/put/{n:012}", self.prefix),
                     self.payload.slice(0..len),
                     PutMode::Create,
                 )
@@ -354,6 +408,7 @@ impl Backend for StoreFloor {
                 .map_err(err)?;
             Ok(Outcome {
                 items: 1,
+                bytes_written: len as u64,
                 ..Outcome::default()
             })
         }
@@ -361,11 +416,12 @@ impl Backend for StoreFloor {
 }
 
 /// Opens just the store under `dir` (floors need no engine).
-pub fn open_store_only(
+pub async fn open_store_only(
     args: &EmbeddedArgs,
     dir: &Path,
 ) -> anyhow::Result<(Arc<dyn Store>, Metered)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (store, meter, _) = store(args, dir)?;
+    let (store, meter, url) = store(args, dir)?;
+    refuse_existing(args, &store, &url).await?;
     Ok((store, meter))
 }

@@ -241,6 +241,16 @@ async fn run(a: Args) -> anyhow::Result<()> {
         !a.workload.is_floor(),
         "floor workloads run on strata bench, not on a peer"
     );
+    anyhow::ensure!(
+        matches!(a.distribution.as_str(), "uniform" | "zipfian"),
+        "--distribution {}: expected uniform or zipfian",
+        a.distribution
+    );
+    anyhow::ensure!(
+        matches!(a.durability.as_str(), "durable" | "buffered"),
+        "--durability {}: expected durable or buffered",
+        a.durability
+    );
     let zipfian = a.distribution == "zipfian" || a.workload.is_ycsb();
     let fixed = a.workload == Workload::Put || a.workload.is_ycsb();
     let sizes = match (a.value_size, fixed) {
@@ -358,9 +368,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
         summary: run.summary,
     };
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", report.summary.table())?;
+    write!(out, "{}", report.summary.table()).context("writing the table to stdout")?;
     if let Some(r) = &report.rss {
-        write!(out, "{}", r.line())?;
+        write!(out, "{}", r.line()).context("writing the table to stdout")?;
     }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")
