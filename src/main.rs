@@ -1,6 +1,12 @@
 //! The `strata` command: serve, compactor, export, bench, ctl, and a human client (get/put/delete/scan).
 
 mod allocator;
+
+/// `--features mimalloc`: mimalloc instead of glibc's malloc (a measured alternative; see
+/// BENCHMARKS.md for which won).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod client_cli;
 mod compaction_args;
