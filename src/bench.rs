@@ -281,6 +281,7 @@ fn config_json(args: &BenchArgs, plan: &Plan) -> serde_json::Value {
         "consistency": args.consistency,
         "preload": plan.preload,
         "seed": plan.seed,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
 }
 
