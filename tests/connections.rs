@@ -268,9 +268,35 @@ async fn a_low_fd_limit_is_raised_and_connections_beyond_it_are_refused() {
     assert!(refused >= 60, "only {refused} of the last 70 were refused");
     // The engine still has its fds: drop a few sockets, then write enough to flush and compact.
     socks.truncate(370);
-    let mut c = s.client().await;
     let value = vec![1u8; 64 << 10];
-    for i in 0..100 {
+    // The server notices the dropped sockets asynchronously: until it has, a new connection
+    // is still over the limit and closed at once (CANCELLED "connection closed"). Retry the
+    // first write on a fresh connection until one is admitted (the write is unconditional, so
+    // a retry of one that did land is harmless).
+    let mut c = None;
+    for attempt in 0.. {
+        let mut fresh = s.client().await;
+        match fresh.put(put_req("k0", &value)).await {
+            Ok(_) => {
+                c = Some(fresh);
+                break;
+            }
+            // Closed at once shows as CANCELLED "connection closed", or UNKNOWN "transport
+            // error" (broken pipe) when the request was being written.
+            Err(e)
+                if attempt < 50
+                    && matches!(
+                        e.code(),
+                        tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable
+                    ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no connection admitted after dropping sockets: {e:?}"),
+        }
+    }
+    let mut c = c.expect("admitted");
+    for i in 1..100 {
         c.put(put_req(format!("k{i}"), &value)).await.unwrap();
     }
     let got = c
