@@ -109,7 +109,7 @@ workload_args() {
 # store_url STORE NAME: where one run keeps its data.
 store_url() {
     case "$1" in
-        local) echo "file://$OUT/work/$2" ;;
+        local) echo "file://$OUT/runs/$2" ;;
         s3) echo "s3://${STRATA_S3_BUCKET}/$2" ;;
     esac
 }
@@ -122,7 +122,7 @@ run_one() { # STORE SYSTEM WORKLOAD
     rm -f "$json"
     local name="$system-$w-$RANDOM"
     local url; url="$(store_url "$store" "$name")"
-    local dir="$OUT/work/$name-dir"
+    local dir="$OUT/runs/$name-dir"
     local cache=$CACHE_MB
     workload_args "$w" || return 0
     [ "$COLD" = 1 ] && cache=4
@@ -155,7 +155,7 @@ run_one() { # STORE SYSTEM WORKLOAD
                 --json "$json" >"$log" 2>&1 || say "  failed: $(tail -1 "$log")"
             stop_server ;;
     esac || say "  failed: $(tail -1 "$log")"
-    rm -rf "$dir" "$OUT/work/$name"
+    rm -rf "$dir" "$OUT/runs/$name"
 }
 
 run_floor() { # STORE
@@ -166,16 +166,16 @@ run_floor() { # STORE
             local name="floor-$w-$c-$RANDOM"
             rm -f "$OUT/json/$store/floor/$w-$c.json"
             say "$store floor $w-$c"
-            timeout "$LIMIT" "$BIN" bench --embedded "$OUT/work/$name-dir" --object-store "$(store_url "$store" "$name")" \
+            timeout "$LIMIT" "$BIN" bench --embedded "$OUT/runs/$name-dir" --object-store "$(store_url "$store" "$name")" \
                 --workload "$w" --clients "$c" --duration "$DUR" --no-progress \
                 --json "$OUT/json/$store/floor/$w-$c.json" >"$OUT/logs/$store-floor-$w-$c.log" 2>&1 ||
                 say "  failed: $(tail -1 "$OUT/logs/$store-floor-$w-$c.log")"
-            rm -rf "$OUT/work/$name-dir" "$OUT/work/$name"
+            rm -rf "$OUT/runs/$name-dir" "$OUT/runs/$name"
         done
         if [ "$store" = local ]; then
             # The empty round trip does not depend on the store: measured once.
             local p; p="$(port)"
-            "$BIN" serve --data-dir "$OUT/work/ping" --listen "127.0.0.1:$p" --cache-disk-mb 0 \
+            "$BIN" serve --data-dir "$OUT/runs/ping" --listen "127.0.0.1:$p" --cache-disk-mb 0 \
                 >"$OUT/logs/ping-server.log" 2>&1 &
             SERVER_PID=$!
             for _ in $(seq 1 100); do
@@ -187,7 +187,7 @@ run_floor() { # STORE
                 --no-progress --report-rss "$SERVER_PID" --json "$OUT/json/$store/floor/ping-$c.json" \
                 >"$OUT/logs/ping-$c.log" 2>&1 || say "  failed: $(tail -1 "$OUT/logs/ping-$c.log")"
             stop_server
-            rm -rf "$OUT/work/ping"
+            rm -rf "$OUT/runs/ping"
         fi
     done
 }
@@ -221,7 +221,7 @@ for store in $STORES; do
     fi
 done
 say "runs took $((SECONDS - started)) s"
-rm -rf "$OUT/work"
+rm -rf "$OUT/runs"
 # Plots need matplotlib: from the system, else a venv of our own under target/ (made once).
 PY=python3
 if ! python3 -c 'import matplotlib' 2>/dev/null; then

@@ -237,13 +237,7 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
     } else {
         args.workload.preloads_by_default()
     };
-    let fixed_kib =
-        args.workload == Workload::Put || args.workload.is_ycsb() || args.workload.is_floor();
-    let sizes = match (args.value_size, fixed_kib) {
-        (Some(v), _) => ValueSizes::Fixed(v),
-        (None, true) => ValueSizes::Fixed(1024),
-        (None, false) => ValueSizes::scale_sheet(),
-    };
+    let sizes = args.workload.value_sizes(args.value_size);
     Ok(Plan {
         duration,
         ops: args.ops,

@@ -356,6 +356,17 @@ impl Workload {
         matches!(self, Workload::Read | Workload::Scan) || self.is_ycsb()
     }
 
+    /// The value sizes of a run: `--value-size` if given, else 1 KiB records for puts, YCSB and
+    /// the floors, else the scale sheet's distribution.
+    pub fn value_sizes(self, value_size: Option<usize>) -> ValueSizes {
+        let fixed_kib = self == Workload::Put || self.is_ycsb() || self.is_floor();
+        match (value_size, fixed_kib) {
+            (Some(v), _) => ValueSizes::Fixed(v),
+            (None, true) => ValueSizes::Fixed(1024),
+            (None, false) => ValueSizes::scale_sheet(),
+        }
+    }
+
     /// YCSB's share of the first operation of the mix (read, or scan for E).
     fn ycsb_read_share(self) -> f64 {
         match self {

@@ -252,12 +252,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         a.durability
     );
     let zipfian = a.distribution == "zipfian" || a.workload.is_ycsb();
-    let fixed = a.workload == Workload::Put || a.workload.is_ycsb();
-    let sizes = match (a.value_size, fixed) {
-        (Some(v), _) => ValueSizes::Fixed(v),
-        (None, true) => ValueSizes::Fixed(1024),
-        (None, false) => ValueSizes::scale_sheet(),
-    };
+    let sizes = a.workload.value_sizes(a.value_size);
     let duration = match (a.duration, a.ops) {
         (Some(d), _) => Some(Duration::from_secs_f64(d)),
         (None, Some(_)) => None,
