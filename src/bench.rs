@@ -147,6 +147,8 @@ pub struct BenchArgs {
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub auth: crate::security::ClientAuthArgs,
     /// On a cluster, send each measured BatchWrite whole, so one whose keys span partitions
     /// commits as a cross-partition transaction (by default it is split per partition).
     #[arg(long)]
@@ -458,8 +460,10 @@ async fn run_grpc(args: &BenchArgs, plan: &Plan) -> anyhow::Result<()> {
         .filter(|t| !t.is_empty())
         .collect();
     anyhow::ensure!(!targets.is_empty(), "--target: no address given");
+    let creds = args.auth.creds()?;
+    let creds = &creds;
     let channels = futures::future::try_join_all(
-        (0..plan.channels).map(|i| client_cli::connect(targets[i % targets.len()], timeout)),
+        (0..plan.channels).map(|i| client_cli::connect(targets[i % targets.len()], timeout, creds)),
     )
     .await?;
     let map = grpc::cluster_map(channels[0].clone()).await;
@@ -467,7 +471,7 @@ async fn run_grpc(args: &BenchArgs, plan: &Plan) -> anyhow::Result<()> {
     let direct = match &map {
         Some(m) if !args.forward => {
             let nodes = m.nodes.len().max(1);
-            grpc::direct_clients(m, plan.channels.div_ceil(nodes), timeout).await?
+            grpc::direct_clients(m, plan.channels.div_ceil(nodes), timeout, creds).await?
         }
         _ => Vec::new(),
     };
@@ -495,6 +499,10 @@ async fn run_grpc(args: &BenchArgs, plan: &Plan) -> anyhow::Result<()> {
         consistency: args.consistency.to_pb(),
         partitions,
         direct,
+        key_prefix: map
+            .as_ref()
+            .map(|m| m.key_prefix.clone())
+            .unwrap_or_default(),
         txn: args.txn,
     });
     let spec = run_spec(args, plan, args.report_rss)?;

@@ -11,7 +11,11 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use strata_compute::pb;
 use strata_compute::pb::kv_client::KvClient;
-use tonic::transport::{Channel, Endpoint};
+use strata_proto::auth::{Bearer, ClientTls};
+use tonic::transport::Endpoint;
+
+/// A channel whose requests carry the bearer token, if any.
+pub type Transport = strata_proto::auth::Transport;
 
 /// Default server address, overridable by `--target` or `STRATA_TARGET`.
 pub const DEFAULT_TARGET: &str = "127.0.0.1:50051";
@@ -32,6 +36,28 @@ pub struct ConnArgs {
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub auth: crate::security::ClientAuthArgs,
+}
+
+/// What a client connection presents: its token and TLS settings.
+#[derive(Clone, Debug, Default)]
+pub struct Creds {
+    /// The bearer token sent with every request.
+    pub bearer: Bearer,
+    /// TLS settings (`None`: TLS only for https:// targets, with the system's CAs).
+    pub tls: Option<ClientTls>,
+}
+
+impl crate::security::ClientAuthArgs {
+    /// The credentials these flags name.
+    pub fn creds(&self) -> anyhow::Result<Creds> {
+        let token = self.token()?;
+        Ok(Creds {
+            bearer: Bearer::new(token.as_deref()).map_err(|e| anyhow!("--token: {e}"))?,
+            tls: self.tls()?,
+        })
+    }
 }
 
 /// Read consistency as a command-line value.
@@ -270,43 +296,48 @@ pub fn code_name(code: tonic::Code) -> String {
     format!("{code:?}")
 }
 
-/// Builds an endpoint for `HOST:PORT` or a full URI.
-pub fn endpoint(target: &str, timeout: Duration) -> anyhow::Result<Endpoint> {
-    let uri = if target.contains("://") {
-        target.to_string()
-    } else {
-        format!("http://{target}")
-    };
-    let ep = Endpoint::from_shared(uri.clone())
-        .with_context(|| format!("invalid target {target:?} (expected HOST:PORT)"))?
-        .connect_timeout(Duration::from_secs(5))
+/// Builds an endpoint for `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT` (TLS also
+/// whenever `tls` is given).
+pub fn endpoint(
+    target: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> anyhow::Result<Endpoint> {
+    if target.contains("://") && !target.starts_with("http://") && !target.starts_with("https://") {
+        bail!(
+            "invalid target {target:?} (expected HOST:PORT, http://HOST:PORT or https://HOST:PORT)"
+        );
+    }
+    let ep = strata_proto::auth::endpoint(target, tls, Duration::from_secs(5))
+        .map_err(|e| anyhow!("--target: {e}"))?
         .timeout(timeout)
-        .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20));
-    if uri.starts_with("https://") {
-        bail!("https targets are not supported by this client yet: {target}");
-    }
     Ok(ep)
 }
 
-/// Connects one channel to `target`.
-pub async fn connect(target: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    endpoint(target, timeout)?
+/// Connects one channel to `target`, presenting `creds`.
+pub async fn connect(target: &str, timeout: Duration, creds: &Creds) -> anyhow::Result<Transport> {
+    let ch = endpoint(target, timeout, creds.tls.as_ref())?
         .connect()
         .await
-        .with_context(|| format!("connecting to {target}"))
+        .with_context(|| format!("connecting to {target}"))?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        ch,
+        creds.bearer.clone(),
+    ))
 }
 
 /// Wraps a channel in a KV client with generous message limits.
-pub fn kv_client(channel: Channel) -> KvClient<Channel> {
+pub fn kv_client(channel: Transport) -> KvClient<Transport> {
     KvClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-async fn connect_client(conn: &ConnArgs) -> anyhow::Result<KvClient<Channel>> {
-    let channel = connect(&conn.target, Duration::from_millis(conn.timeout_ms)).await?;
+async fn connect_client(conn: &ConnArgs) -> anyhow::Result<KvClient<Transport>> {
+    let creds = conn.auth.creds()?;
+    let channel = connect(&conn.target, Duration::from_millis(conn.timeout_ms), &creds).await?;
     Ok(kv_client(channel))
 }
 
@@ -416,9 +447,11 @@ mod tests {
     #[test]
     fn endpoint_accepts_host_port_and_uri() {
         let t = Duration::from_secs(1);
-        assert!(endpoint("127.0.0.1:50051", t).is_ok());
-        assert!(endpoint("http://localhost:1", t).is_ok());
-        assert!(endpoint("not a uri at all", t).is_err());
+        assert!(endpoint("127.0.0.1:50051", t, None).is_ok());
+        assert!(endpoint("http://localhost:1", t, None).is_ok());
+        assert!(endpoint("https://localhost:1", t, None).is_ok());
+        assert!(endpoint("ftp://localhost:1", t, None).is_err());
+        assert!(endpoint("not a uri at all", t, None).is_err());
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct ExportArgs {
     /// Target size of each Parquet file, MiB (of keys and values).
     #[arg(long, default_value_t = 128)]
     pub file_mb: u64,
+    /// Export one tenant's namespace (`strata serve --tokens`), keys as its tenant sees them.
+    /// Without it every key is exported, each row's `namespace` column naming its tenant.
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -173,6 +177,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         snapshot: args.snapshot.clone(),
         since: args.since.clone(),
         file_mb: args.file_mb,
+        namespace: args.namespace.clone(),
     };
     let bar = progress_bar(args.no_progress);
     let started = Instant::now();

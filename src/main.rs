@@ -15,6 +15,7 @@ mod ctl;
 mod export_cmd;
 mod lifecycle_cmd;
 mod metrics_http;
+mod security;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,8 @@ enum Command {
     Export(export_cmd::ExportArgs),
     /// Administer a cluster through etcd: status, drain, undrain.
     Ctl(ctl::CtlArgs),
+    /// Tenants' tokens: `strata token create --tokens-file F --namespace N --rights read,write`.
+    Token(security::TokenArgs),
     #[command(flatten)]
     Client(client_cli::ClientCommand),
 }
@@ -94,5 +97,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Ctl(args) => rt.block_on(ctl::run(args)),
         Command::Client(cmd) => rt.block_on(client_cli::run(cmd)),
+        Command::Token(args) => security::run_token(args),
     }
 }

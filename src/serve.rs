@@ -12,6 +12,7 @@ use strata_cache::{BlockCache, CacheConfig};
 use strata_compactor::{CompactionOptions, Compactor};
 use strata_compute::cluster::{ClusterNode, ClusterOptions};
 use strata_compute::connections::{self, ConnectionLimits, Incoming};
+use strata_compute::server::auth::AuthLayer;
 use strata_compute::server::{AdminService, KvService};
 use strata_compute::TxnService;
 use strata_compute::{Db, DbOptions, DbStats, EngineMetrics};
@@ -79,6 +80,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub compaction: bool,
     #[command(flatten)]
+    pub security: crate::security::SecurityArgs,
+    #[command(flatten)]
     pub compaction_opts: crate::compaction_args::CompactionArgs,
     /// etcd client URL(s), comma-separated: join a cluster instead of running alone. Needs
     /// `--object-store` shared by every node; `--data-dir` then holds only the cache.
@@ -115,6 +118,9 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
+    // Refuse an insecure listener, or unreadable certificates or tokens, before anything
+    // else happens.
+    let sec = args.security.load(args.listen)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let listener = TcpListener::bind(args.listen)
@@ -141,14 +147,44 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let metrics = Arc::new(EngineMetrics::default());
     let limits = connection_limits(&args);
     let incoming = Incoming::new(listener, limits, metrics.clone());
+    if let Some(a) = &sec.authority {
+        kv.set_tenants(true);
+        a.spawn_watcher(stop_rx.clone());
+        a.spawn_usage_meter(
+            kv.clone(),
+            Duration::from_secs(args.security.usage_interval_secs.max(1)),
+            stop_rx.clone(),
+        );
+    }
+    if let Some(t) = &sec.peer_tls {
+        kv.set_peer_tls(t.clone());
+    }
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = sec.server_tls.clone() {
+        builder = builder
+            .tls_config(tls)
+            .context("--tls-cert/--tls-key: building the TLS configuration")?;
+    }
+    let auth_layer = AuthLayer::new(sec.authority.clone(), sec.peer_ca_pem.as_deref())
+        .map_err(anyhow::Error::msg)
+        .context("--peer-tls-ca")?;
+    tracing::info!(
+        "client API on {local}: {}{}",
+        sec.summary,
+        sec.authority
+            .as_ref()
+            .map(|a| format!(" ({})", a.path().display()))
+            .unwrap_or_default()
+    );
     let grpc = {
         let kv = kv.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(connections::KEEPALIVE_TIMEOUT))
                 .layer(connections::ActivityLayer)
+                .layer(auth_layer)
                 .add_service(health_svc)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)

@@ -2094,6 +2094,7 @@ async fn an_interrupted_fleet_export_runs_again_from_a_clean_place() {
         snapshot: None,
         since: None,
         file_mb: 128,
+        namespace: None,
     });
     job.state = JobState::Running;
     job.attempts = 1;

@@ -23,7 +23,9 @@ use pb::kv_client::KvClient;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata_proto::auth::{Bearer, ClientTls, Transport};
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -42,6 +44,11 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long a request keeps retrying while its partition moves.
     pub retry_budget: Duration,
+    /// Bearer token sent with every request (a server with a tokens file requires one).
+    /// Never printed: `Debug` shows it redacted.
+    pub token: Bearer,
+    /// TLS settings; with them (or `https://` seeds) every connection is TLS.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -49,7 +56,18 @@ impl Default for ClientOptions {
         ClientOptions {
             request_timeout: Duration::from_secs(20),
             retry_budget: Duration::from_secs(30),
+            token: Bearer::default(),
+            tls: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// These options with `token` sent on every request.
+    pub fn with_token(mut self, token: &str) -> Result<Self, Status> {
+        self.token = Bearer::new(Some(token))
+            .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
+        Ok(self)
     }
 }
 
@@ -63,6 +81,9 @@ struct Map {
     /// Every known node address.
     nodes: Vec<String>,
     revision: i64,
+    /// The prefix the server stores this client's keys under (its tenant's namespace):
+    /// partitions are computed on prefix + key.
+    key_prefix: Bytes,
 }
 
 /// A routing client. Cheap to clone; share one per process.
@@ -86,6 +107,7 @@ struct Inner {
 
 fn normalize(addr: &str) -> String {
     addr.trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_end_matches('/')
         .to_string()
 }
@@ -103,6 +125,12 @@ impl Client {
                 "seeds: at least one address needed",
             ));
         }
+        let mut opts = opts;
+        // An https:// seed asks for TLS on every connection (with the system's CAs unless
+        // the options name some).
+        if opts.tls.is_none() && seeds.iter().any(|s| s.starts_with("https://")) {
+            opts.tls = Some(ClientTls::default());
+        }
         let c = Client {
             inner: Arc::new(Inner {
                 seeds: seeds.iter().map(|s| normalize(s)).collect(),
@@ -117,21 +145,24 @@ impl Client {
         Ok(c)
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+    fn channel(&self, addr: &str) -> Result<Transport, Status> {
+        let bearer = self.inner.opts.token.clone();
         if let Some(c) = self.inner.conns.lock().get(addr) {
-            return Ok(c.clone());
+            return Ok(InterceptedService::new(c.clone(), bearer));
         }
-        let ch = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(self.inner.opts.request_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let ch = strata_proto::auth::endpoint(
+            addr,
+            self.inner.opts.tls.as_ref(),
+            Duration::from_secs(2),
+        )
+        .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?
+        .timeout(self.inner.opts.request_timeout)
+        .connect_lazy();
         self.inner.conns.lock().insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        Ok(InterceptedService::new(ch, bearer))
     }
 
-    fn kv(&self, addr: &str) -> Result<KvClient<Channel>, Status> {
+    fn kv(&self, addr: &str) -> Result<KvClient<Transport>, Status> {
         Ok(KvClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -180,6 +211,7 @@ impl Client {
                             owners,
                             nodes,
                             revision: r.revision,
+                            key_prefix: r.key_prefix,
                         });
                     }
                     return Ok(());
@@ -195,9 +227,20 @@ impl Client {
         self.inner.map.read().partitions.max(1)
     }
 
-    /// The partition `key` belongs to (by the partition map, once partitions split).
+    /// The partition `key` belongs to (by the partition map, once partitions split; under the
+    /// tenant's namespace prefix, as the server stores it).
     pub fn partition_of(&self, key: &[u8]) -> u32 {
         let map = self.inner.map.read();
+        let stored;
+        let key = if map.key_prefix.is_empty() {
+            key
+        } else {
+            let mut k = Vec::with_capacity(map.key_prefix.len() + key.len());
+            k.extend_from_slice(&map.key_prefix);
+            k.extend_from_slice(key);
+            stored = k;
+            &stored
+        };
         match &map.ranges {
             Some(r) => r.partition_of(key),
             None => strata_format::partition_of(key, map.partitions.max(1)),
@@ -233,7 +276,7 @@ impl Client {
         f: F,
     ) -> Result<T, Status>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(KvClient<Transport>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.inner.opts.retry_budget;

@@ -9,7 +9,9 @@
 //!
 //! Files: `part-{partition:05}-{n:04}.parquet`, rows sorted by key, with columns
 //! `key` (binary), `value` (binary), `version` (uint64), `expires_at` (timestamp ms UTC,
-//! nullable), `partition` (uint32), `deleted` (bool; only true in incremental exports), plus
+//! nullable), `partition` (uint32), `deleted` (bool; only true in incremental exports),
+//! `namespace` (utf8, nullable: a tenant's namespace, whose keys are shown as the tenant sees
+//! them; null for the default namespace; `--namespace` exports one namespace only), plus
 //! `_manifest.json` listing the files, their row counts and the snapshot (per partition: the
 //! manifest version and the largest seq included). Deleted and expired keys are left out of a
 //! full export.
@@ -19,7 +21,8 @@
 //! visible as tombstones. A reader applies the files of each export in order.
 
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+    BinaryBuilder, BooleanBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+    UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
@@ -30,6 +33,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use strata_format::namespace;
 use strata_format::{
     decode_wal_segment, hash_in_range, is_system_key, key_hash, read_all_entries, Entry, Kind,
     Manifest,
@@ -63,6 +67,8 @@ pub struct ExportOptions {
     pub map_revision: i64,
     /// Opens the other roots a manifest may name for some SSTs (restored keyspaces).
     pub roots: Roots,
+    /// Only this tenant's namespace (its keys with the namespace's prefix taken off).
+    pub namespace: Option<String>,
 }
 
 impl Default for ExportOptions {
@@ -73,6 +79,7 @@ impl Default for ExportOptions {
             since: None,
             map_revision: 0,
             roots: Roots::default(),
+            namespace: None,
         }
     }
 }
@@ -102,6 +109,9 @@ pub struct ExportManifest {
     /// Revision of the cluster's partition map the export followed (0: uniform or embedded).
     #[serde(default)]
     pub map_revision: i64,
+    /// The one tenant namespace exported (`strata export --namespace`); absent: every key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// What an export saw of one partition.
@@ -151,6 +161,9 @@ fn schema() -> Arc<Schema> {
         ),
         Field::new("partition", DataType::UInt32, false),
         Field::new("deleted", DataType::Boolean, false),
+        // The tenant's namespace (`strata serve --tokens`); null for the default namespace.
+        // `key` is the key as that tenant sees it.
+        Field::new("namespace", DataType::Utf8, true),
     ]))
 }
 
@@ -252,6 +265,16 @@ async fn export_once(
             o.path
         )));
     }
+    if let Some(ns) = &opts.namespace {
+        strata_format::namespace::check_name(ns).map_err(CompactorError::Refused)?;
+    }
+    if let Some(b) = base.filter(|b| b.namespace != opts.namespace) {
+        return Err(CompactorError::Refused(format!(
+            "the earlier export is of namespace {:?}, this one of {:?}: an increment extends an \
+             export of the same keys",
+            b.namespace, opts.namespace
+        )));
+    }
     if base.is_some_and(|m| !m.tracks_dropped_deletes) {
         return Ok(Err(
             "the earlier export was made before Strata tracked deletions that compaction \
@@ -297,6 +320,7 @@ async fn export_once(
         rows: 0,
         bytes: 0,
         map_revision: opts.map_revision,
+        namespace: opts.namespace.clone(),
     };
     for part in partitions {
         let p = part.partition;
@@ -316,6 +340,10 @@ async fn export_once(
         let rows: Vec<Entry> = entries
             .into_iter()
             .filter(|e| !is_system_key(&e.key))
+            .filter(|e| match &opts.namespace {
+                Some(ns) => namespace::split(&e.key).is_some_and(|(n, _)| n == ns),
+                None => true,
+            })
             .filter(|e| {
                 part.hash_range
                     .is_none_or(|r| hash_in_range(key_hash(&e.key), r))
@@ -610,8 +638,19 @@ fn encode_parquet(rows: &[Entry], partition: u32, row_group_rows: usize) -> Resu
         let mut expires = TimestampMillisecondBuilder::new().with_timezone("UTC");
         let mut part = UInt32Builder::new();
         let mut deleted = BooleanBuilder::new();
+        let mut ns = StringBuilder::new();
         for e in batch {
-            key.append_value(&e.key);
+            // A tenant's key as the tenant sees it, and its namespace.
+            match namespace::split(&e.key) {
+                Some((name, k)) => {
+                    key.append_value(k);
+                    ns.append_value(name);
+                }
+                None => {
+                    key.append_value(&e.key);
+                    ns.append_null();
+                }
+            }
             let is_delete = e.kind == Kind::Delete;
             value.append_value(if is_delete { &[][..] } else { &e.value[..] });
             version.append_value(e.seq);
@@ -630,6 +669,7 @@ fn encode_parquet(rows: &[Entry], partition: u32, row_group_rows: usize) -> Resu
             Arc::new(expires.finish()),
             Arc::new(part.finish()),
             Arc::new(deleted.finish()),
+            Arc::new(ns.finish()),
         ];
         let rb = RecordBatch::try_new(schema.clone(), cols).context("building a record batch")?;
         w.write(&rb).context("writing Parquet rows")?;

@@ -90,6 +90,9 @@ pub struct ExportRequest {
     pub since: Option<String>,
     /// Target size of each Parquet file, MiB.
     pub file_mb: u64,
+    /// Only this tenant's namespace, keys as its tenant sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// Runs an export as requested: the CLI's own and the fleet's. `roots` opens the destination
@@ -132,6 +135,7 @@ pub async fn run_export(
         since,
         map_revision: cluster.as_ref().map_or(0, |c| c.1),
         roots: roots.clone(),
+        namespace: req.namespace.clone(),
         ..ExportOptions::default()
     };
     let m = export(

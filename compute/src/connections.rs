@@ -555,7 +555,13 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let guard = req.extensions().get::<ConnInfo>().cloned().map(|ci| {
+        // Over TLS tonic wraps the connection's info in its own (with the peer certificates).
+        let info = req.extensions().get::<ConnInfo>().cloned().or_else(|| {
+            req.extensions()
+                .get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()
+                .map(|t| t.get_ref().clone())
+        });
+        let guard = info.map(|ci| {
             req.extensions_mut().insert(ci.tcp);
             InFlight::begin(ci.state)
         });

@@ -21,6 +21,7 @@ mod codec;
 mod entry;
 mod error;
 mod manifest;
+pub mod namespace;
 mod partmap;
 mod sst;
 mod txn;

@@ -5,6 +5,9 @@
 pub const RETRY_SAFE: &str = "x-strata-retry-safe";
 /// On `RESOURCE_EXHAUSTED` answers: milliseconds after which a retry may succeed.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// On requests, with a tokens file on the server: `Bearer TOKEN`. A node forwarding a request
+/// passes its client's on, and the owner checks it again.
+pub const AUTHORIZATION: &str = "authorization";
 /// On every non-OK answer of the server: a machine-readable reason (see [`crate::reason`]), so
 /// clients never parse messages.
 pub const ERROR_REASON: &str = "strata-error-reason";

@@ -5,11 +5,13 @@
 //! - [`headers`]: the names of the metadata Strata puts on requests and answers;
 //! - [`reason`]: the machine-readable reasons that go with every non-OK status in the
 //!   [`headers::ERROR_REASON`] metadata;
-//! - [`retry`]: which failures certainly applied nothing and may be resent.
+//! - [`retry`]: which failures certainly applied nothing and may be resent;
+//! - [`auth`]: the bearer token and TLS settings of a client connection.
 //!
 //! The names here are contracts other clients are built against: add freely, never rename.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod headers;
 pub mod reason;
 pub mod retry;

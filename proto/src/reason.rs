@@ -64,6 +64,16 @@ pub const RESOURCE_EXHAUSTED: &str = "RESOURCE_EXHAUSTED";
 pub const DATA_CORRUPTION: &str = "DATA_CORRUPTION";
 /// `INTERNAL`: a bug or an unexpected failure.
 pub const INTERNAL: &str = "INTERNAL";
+/// `UNAUTHENTICATED`: the server has a tokens file and the request carried no token, or one
+/// it does not know (`authorization: Bearer TOKEN`).
+pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+/// `PERMISSION_DENIED`: the token is valid but lacks the right the call needs (read, write,
+/// admin), or a node-to-node call came without a peer's credentials.
+pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
+/// `RESOURCE_EXHAUSTED`: the namespace is over one of its quotas (requests or written bytes
+/// per second, stored bytes) or its share of the node's in-flight bytes; `retry-after-ms`
+/// says when to try again.
+pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
 /// `NOT_FOUND`: the named object (a snapshot, a job, a keyspace) does not exist.
 pub const NOT_FOUND: &str = "NOT_FOUND";
 
@@ -97,6 +107,9 @@ pub const ALL: &[&str] = &[
     DATA_CORRUPTION,
     INTERNAL,
     NOT_FOUND,
+    UNAUTHENTICATED,
+    PERMISSION_DENIED,
+    QUOTA_EXCEEDED,
 ];
 
 /// The reason named `s`, if it is one of [`ALL`] (to pass on a reason a peer answered with).
@@ -143,6 +156,8 @@ pub fn default_for(code: tonic::Code) -> Option<&'static str> {
         C::ResourceExhausted => RESOURCE_EXHAUSTED,
         C::DataLoss => DATA_CORRUPTION,
         C::NotFound => NOT_FOUND,
+        C::Unauthenticated => UNAUTHENTICATED,
+        C::PermissionDenied => PERMISSION_DENIED,
         C::Internal | C::Unknown => INTERNAL,
         _ => return None,
     })

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use crate::client_cli::{Creds, Transport as Channel};
 use rand::Rng;
 use strata_compute::pb;
 use strata_compute::pb::kv_client::KvClient;
-use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::driver::{Backend, Op, OpError};
@@ -28,6 +28,8 @@ pub struct Grpc {
     /// Per partition, clients connected straight to its owner (empty: every request goes to
     /// the client's own target, and cluster nodes forward what they do not own).
     pub direct: Vec<Vec<KvClient<Channel>>>,
+    /// The prefix the server stores this token's keys under (`ClusterMap.key_prefix`).
+    pub key_prefix: bytes::Bytes,
     /// Measured batch writes go whole (cross-partition transactions on a cluster).
     pub txn: bool,
 }
@@ -61,15 +63,22 @@ impl Grpc {
         }
     }
 
+    /// The partition of `key` as the server stores it (under the tenant's namespace prefix).
+    fn partition_of(&self, key: &[u8]) -> u32 {
+        if self.key_prefix.is_empty() {
+            return strata_format::partition_of(key, self.partitions);
+        }
+        let mut k = self.key_prefix.to_vec();
+        k.extend_from_slice(key);
+        strata_format::partition_of(&k, self.partitions)
+    }
+
     /// The client for `key`: straight to its owner when the map is known, else `client`'s.
     fn client_for(&self, client: usize, key: Option<&[u8]>) -> KvClient<Channel> {
-        key.and_then(|k| {
-            self.direct
-                .get(strata_format::partition_of(k, self.partitions) as usize)
-        })
-        .filter(|cs| !cs.is_empty())
-        .map(|cs| cs[rand::rng().random_range(0..cs.len())].clone())
-        .unwrap_or_else(|| self.clients[client % self.clients.len()].clone())
+        key.and_then(|k| self.direct.get(self.partition_of(k) as usize))
+            .filter(|cs| !cs.is_empty())
+            .map(|cs| cs[rand::rng().random_range(0..cs.len())].clone())
+            .unwrap_or_else(|| self.clients[client % self.clients.len()].clone())
     }
 
     /// A batch write, split by partition (unless `--txn`) and sent concurrently.
@@ -93,7 +102,7 @@ impl Grpc {
         let mut groups: std::collections::BTreeMap<u32, Vec<pb::WriteOp>> = Default::default();
         for (k, v) in items {
             groups
-                .entry(strata_format::partition_of(&k, self.partitions))
+                .entry(self.partition_of(&k))
                 .or_default()
                 .push(op((k, v)));
         }
@@ -264,6 +273,7 @@ pub async fn direct_clients(
     map: &pb::ClusterMapResponse,
     per_node: usize,
     timeout: Duration,
+    creds: &Creds,
 ) -> anyhow::Result<Vec<Vec<KvClient<Channel>>>> {
     let mut by_addr: std::collections::HashMap<String, Vec<KvClient<Channel>>> = Default::default();
     let mut out = vec![Vec::new(); map.partitions as usize];
@@ -273,7 +283,7 @@ pub async fn direct_clients(
         }
         if !by_addr.contains_key(&o.addr) {
             let chans = futures::future::try_join_all(
-                (0..per_node.max(1)).map(|_| client_cli::connect(&o.addr, timeout)),
+                (0..per_node.max(1)).map(|_| client_cli::connect(&o.addr, timeout, creds)),
             )
             .await?;
             by_addr.insert(

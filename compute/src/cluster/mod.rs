@@ -472,6 +472,8 @@ impl ClusterNode {
             } else {
                 Vec::new()
             },
+            // The service layer sets the caller's namespace prefix.
+            key_prefix: Default::default(),
         }
     }
 

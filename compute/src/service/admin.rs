@@ -29,9 +29,15 @@ impl AdminService {
 impl crate::pb::admin_server::Admin for AdminService {
     async fn cluster_map(
         &self,
-        _req: Request<pb::ClusterMapRequest>,
+        req: Request<pb::ClusterMapRequest>,
     ) -> Result<Response<pb::ClusterMapResponse>, Status> {
-        Ok(Response::new(match self.kv.backend()? {
+        let cx = self.kv.ctx(&req)?;
+        let key_prefix = cx
+            .who
+            .namespace()
+            .map(|ns| ns.range().0)
+            .unwrap_or_default();
+        let mut map = match self.kv.backend()? {
             Backend::Single(db) => pb::ClusterMapResponse {
                 partitions: 1,
                 owners: vec![pb::PartitionOwner {
@@ -43,6 +49,8 @@ impl crate::pb::admin_server::Admin for AdminService {
                 ..Default::default()
             },
             Backend::Cluster(n) => n.cluster_map(),
-        }))
+        };
+        map.key_prefix = key_prefix;
+        Ok(Response::new(map))
     }
 }

@@ -4,6 +4,7 @@
 //! Validation happens before anything reaches the engine, so a bad op in a batch rejects
 //! the whole batch with nothing applied, and every message names the field and the limit.
 
+use super::auth::{principal, write_cost, Principal};
 use super::status::{invalid, is_retry_safe, retry_safe};
 use crate::cluster::{ClusterNode, Route};
 use crate::pb;
@@ -14,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use strata_engine::{prefix_end, Cond, Op, WriteOp};
@@ -62,12 +64,34 @@ pub struct KvService {
     peers: Arc<Mutex<HashMap<String, Channel>>>,
     /// This node's advertised address (for `x-strata-owner` on local answers).
     pub(super) me: Arc<OnceLock<String>>,
+    /// Whether the server has a tokens file: then every request must carry the principal the
+    /// auth layer found (see `auth.rs`).
+    tenants: Arc<AtomicBool>,
+    /// TLS settings of calls to peers (`None`: plaintext).
+    peer_tls: Arc<OnceLock<strata_proto::auth::ClientTls>>,
 }
 
 impl KvService {
     /// A service whose engine is not open yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Requires every request to have passed the auth layer with a token (a server with a
+    /// tokens file).
+    pub fn set_tenants(&self, on: bool) {
+        self.tenants.store(on, Ordering::Release);
+    }
+
+    /// Makes calls to peers use TLS with these settings.
+    pub fn set_peer_tls(&self, tls: strata_proto::auth::ClientTls) {
+        let _ = self.peer_tls.set(tls);
+    }
+
+    /// The request's context, with the principal the auth layer found.
+    pub(crate) fn ctx<T>(&self, req: &Request<T>) -> Result<Ctx, Status> {
+        let who = principal(req, self.tenants.load(Ordering::Acquire))?;
+        Ok(ctx(req, who))
     }
 
     /// Makes the service answer with `db` (a single node: one partition).
@@ -107,10 +131,8 @@ impl KvService {
         if let Some(c) = self.peers.lock().get(addr) {
             return Ok(c.clone());
         }
-        let ch = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("bad peer address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
+        let ch = strata_proto::auth::endpoint(addr, self.peer_tls.get(), Duration::from_secs(2))
+            .map_err(|e| Status::internal(format!("peer {addr}: {e}")))?
             .connect_lazy();
         self.peers.lock().insert(addr.to_string(), ch.clone());
         Ok(ch)
@@ -248,9 +270,14 @@ pub(crate) struct Ctx {
     pub(crate) answer_by: Option<Duration>,
     /// Session tokens the request carries: newest version seen per partition.
     pub(crate) sessions: HashMap<u32, u64>,
+    /// Who sent it (its namespace and rights).
+    pub(crate) who: Principal,
+    /// The client's `authorization` metadata, passed on with what this node forwards (the
+    /// owner checks it again).
+    pub(crate) bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
-pub(crate) fn ctx<T>(req: &Request<T>) -> Ctx {
+fn ctx<T>(req: &Request<T>, who: Principal) -> Ctx {
     let mut budget = MOVE_RETRY_BUDGET;
     let timeout = req
         .metadata()
@@ -266,6 +293,11 @@ pub(crate) fn ctx<T>(req: &Request<T>) -> Ctx {
         budget,
         answer_by: timeout.map(|t| t.mul_f64(0.9)),
         sessions: sessions(req),
+        who,
+        bearer: req
+            .metadata()
+            .get(strata_proto::headers::AUTHORIZATION)
+            .cloned(),
     }
 }
 
@@ -292,11 +324,15 @@ pub(crate) fn forwarded_partition<T>(req: &Request<T>) -> Option<u32> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A request to forward to partition `p`'s owner.
-pub(crate) fn forward<T>(p: u32, msg: T) -> Request<T> {
+/// A request to forward to partition `p`'s owner, with the client's credentials.
+pub(crate) fn forward<T>(p: u32, msg: T, cx: &Ctx) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut()
         .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from(p));
+    if let Some(b) = &cx.bearer {
+        r.metadata_mut()
+            .insert(strata_proto::headers::AUTHORIZATION, b.clone());
+    }
     r.set_timeout(MOVE_RETRY_BUDGET + Duration::from_secs(12));
     r
 }
@@ -342,28 +378,6 @@ fn answer<T>(msg: T, p: u32, owner: &str) -> Response<T> {
     r
 }
 
-fn check_key(field: &str, key: &[u8]) -> Result<(), Status> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        return Err(invalid(
-            reason::KEY_TOO_LARGE,
-            format!(
-                "{field}: must be 1 to {MAX_KEY_BYTES} bytes, got {} bytes",
-                key.len()
-            ),
-        ));
-    }
-    if crate::txn::is_system_key(key) {
-        return Err(invalid(
-            reason::RESERVED_KEY,
-            format!(
-                "{field}: keys starting with {:?} are reserved for the store's own records",
-                String::from_utf8_lossy(crate::txn::SYSTEM_PREFIX)
-            ),
-        ));
-    }
-    Ok(())
-}
-
 fn check_value(field: &str, value: &[u8]) -> Result<(), Status> {
     if value.len() > MAX_VALUE_BYTES {
         return Err(invalid(
@@ -405,8 +419,14 @@ fn check_batch_len(field: &str, n: usize) -> Result<(), Status> {
     Ok(())
 }
 
-pub(crate) fn put_op(field: &str, p: pb::PutRequest) -> Result<WriteOp, Status> {
-    check_key(&format!("{field}key"), &p.key)?;
+/// A put as the engine takes it, its key in stored form (see [`Principal::key_in`]).
+pub(crate) fn put_op(
+    field: &str,
+    p: pb::PutRequest,
+    who: &Principal,
+    forwarded: bool,
+) -> Result<WriteOp, Status> {
+    let key = who.key_in(&format!("{field}key"), p.key, forwarded)?;
     check_value(&format!("{field}value"), &p.value)?;
     let cond = match p.condition {
         None | Some(pb::put_request::Condition::IfAbsent(false)) => Cond::None,
@@ -414,7 +434,7 @@ pub(crate) fn put_op(field: &str, p: pb::PutRequest) -> Result<WriteOp, Status> 
         Some(pb::put_request::Condition::IfVersion(v)) => Cond::IfVersion(v),
     };
     Ok(WriteOp {
-        key: p.key,
+        key,
         op: Op::Put {
             value: p.value,
             ttl_ms: p.ttl_ms,
@@ -423,10 +443,16 @@ pub(crate) fn put_op(field: &str, p: pb::PutRequest) -> Result<WriteOp, Status> 
     })
 }
 
-pub(crate) fn delete_op(field: &str, d: pb::DeleteRequest) -> Result<WriteOp, Status> {
-    check_key(&format!("{field}key"), &d.key)?;
+/// A delete as the engine takes it, its key in stored form.
+pub(crate) fn delete_op(
+    field: &str,
+    d: pb::DeleteRequest,
+    who: &Principal,
+    forwarded: bool,
+) -> Result<WriteOp, Status> {
+    let key = who.key_in(&format!("{field}key"), d.key, forwarded)?;
     Ok(WriteOp {
-        key: d.key,
+        key,
         op: Op::Delete,
         cond: d.if_version.map(Cond::IfVersion).unwrap_or(Cond::None),
     })
@@ -585,7 +611,7 @@ impl KvService {
                         )),
                         Route::Remote(addr) => {
                             let mut c = self.peer(&addr)?;
-                            let st = c.scan(forward(p, req)).await?.into_inner();
+                            let st = c.scan(forward(p, req, cx)).await?.into_inner();
                             Ok(PartScan::Remote(st))
                         }
                     }
@@ -597,6 +623,32 @@ impl KvService {
 }
 
 impl KvService {
+    /// Bytes of keys and values in `[start, end)` on the partitions this node serves (read
+    /// through a snapshot of each; for the `stored_bytes` quota of a namespace).
+    pub async fn local_bytes_in(&self, start: &Bytes, end: &Bytes) -> Result<u64, Status> {
+        let dbs = match self.backend()? {
+            Backend::Single(db) => vec![db.clone()],
+            Backend::Cluster(n) => n.serving(),
+        };
+        let mut total = 0u64;
+        for db in dbs {
+            let mut sc = db.scan(start.clone(), Some(end.clone())).map_err(status)?;
+            while !sc.is_done() {
+                let chunk = sc.next_chunk(SCAN_CHUNK_ENTRIES).await.map_err(status)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                total += chunk
+                    .iter()
+                    .map(|(k, v, _)| (k.len() + v.len()) as u64)
+                    .sum::<u64>();
+                // Yield between chunks: this runs beside the node's requests.
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(total)
+    }
+
     /// The revision of the partition map this node routes by (0 on a single node).
     fn map_revision(&self) -> i64 {
         match self.backend.get() {
@@ -662,9 +714,6 @@ impl KvService {
         let cx = cx.clone();
         check_consistency("consistency", r.consistency)?;
         check_batch_len("keys", r.keys.len())?;
-        for (i, k) in r.keys.iter().enumerate() {
-            check_key(&format!("keys[{i}]"), k)?;
-        }
         // Keys grouped by partition; each group is read from one snapshot of its partition.
         let mut groups: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
         for (i, k) in r.keys.iter().enumerate() {
@@ -701,7 +750,7 @@ impl KvService {
                                     .collect::<Vec<_>>()),
                                 Route::Remote(addr) => {
                                     let mut req =
-                                        forward(p, pb::BatchGetRequest { keys, consistency });
+                                        forward(p, pb::BatchGetRequest { keys, consistency }, cx);
                                     req.metadata_mut().insert(
                                         REPLY_BUDGET_HEADER,
                                         tonic::metadata::MetadataValue::from(share as u64),
@@ -734,7 +783,13 @@ impl KvService {
             }
         }
         let mut keys = r.keys;
-        let unprocessed_keys = keys.split_off(cut);
+        let mut unprocessed_keys = keys.split_off(cut);
+        if !cx.forwarded {
+            unprocessed_keys = unprocessed_keys
+                .into_iter()
+                .map(|k| cx.who.key_out(k))
+                .collect();
+        }
         let results = results
             .into_iter()
             .take(cut)
@@ -755,12 +810,23 @@ impl KvService {
         let cx = cx.clone();
         let d = durable("durability", r.durability)?;
         check_batch_len("ops", r.ops.len())?;
+        let mut r = r;
         let mut ops = Vec::with_capacity(r.ops.len());
-        for (i, op) in r.ops.iter().cloned().enumerate() {
-            // Each op's own durability is ignored: the batch's applies.
-            ops.push(match op.op {
-                Some(pb::write_op::Op::Put(p)) => put_op(&format!("ops[{i}].put."), p)?,
-                Some(pb::write_op::Op::Delete(dl)) => delete_op(&format!("ops[{i}].delete."), dl)?,
+        let (who, fwd) = (&cx.who, cx.forwarded);
+        for (i, op) in r.ops.iter_mut().enumerate() {
+            // Each op's own durability is ignored: the batch's applies. The request keeps
+            // the stored form of each key, for the owner it may be forwarded to.
+            ops.push(match &mut op.op {
+                Some(pb::write_op::Op::Put(p)) => {
+                    let o = put_op(&format!("ops[{i}].put."), p.clone(), who, fwd)?;
+                    p.key = o.key.clone();
+                    o
+                }
+                Some(pb::write_op::Op::Delete(dl)) => {
+                    let o = delete_op(&format!("ops[{i}].delete."), dl.clone(), who, fwd)?;
+                    dl.key = o.key.clone();
+                    o
+                }
                 None => {
                     return Err(Status::invalid_argument(format!(
                         "ops[{i}]: op must be set to put or delete"
@@ -768,6 +834,7 @@ impl KvService {
                 }
             });
         }
+        let r = r;
         if ops.is_empty() {
             return Ok(Response::new(pb::BatchWriteResponse::default()));
         }
@@ -802,6 +869,7 @@ impl KvService {
                 .cross_partition_write(node.clone(), &cx, parts, ops)
                 .await;
         }
+        let cxr = &cx;
         let (res, owner) = self
             .on_partition(p, None, &cx, |route, p| {
                 let (r, ops) = (r.clone(), ops.clone());
@@ -815,7 +883,7 @@ impl KvService {
                         }
                         Route::Remote(addr) => Ok(self
                             .peer(&addr)?
-                            .batch_write(forward(p, r))
+                            .batch_write(forward(p, r, cxr))
                             .await?
                             .into_inner()),
                     }
@@ -830,9 +898,9 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let cx = ctx(&req);
-        let r = req.into_inner();
-        check_key("key", &r.key)?;
+        let cx = self.ctx(&req)?;
+        let mut r = req.into_inner();
+        r.key = cx.who.key_in("key", r.key, cx.forwarded)?;
         check_consistency("consistency", r.consistency)?;
         let p = self.partition_of(&r.key)?;
         if r.consistency == pb::Consistency::Eventual as i32 && !cx.forwarded {
@@ -843,15 +911,18 @@ impl Kv for KvService {
                 return Ok(resp);
             }
         }
+        let cxr = &cx;
         let (res, owner) = self
             .on_partition(p, Some(&r.key), &cx, |route, p| {
                 let r = r.clone();
                 async move {
                     match route {
                         Route::Local(db) => Ok(found(db.get(&r.key).await.map_err(status)?)),
-                        Route::Remote(addr) => {
-                            Ok(self.peer(&addr)?.get(forward(p, r)).await?.into_inner())
-                        }
+                        Route::Remote(addr) => Ok(self
+                            .peer(&addr)?
+                            .get(forward(p, r, cxr))
+                            .await?
+                            .into_inner()),
                     }
                 }
             })
@@ -862,11 +933,15 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let cx = ctx(&req);
-        let r = req.into_inner();
+        let cx = self.ctx(&req)?;
+        let mut r = req.into_inner();
         let d = durable("durability", r.durability)?;
-        let op = put_op("", r.clone())?;
+        let op = put_op("", r.clone(), &cx.who, cx.forwarded)?;
+        cx.who
+            .charge_write(write_cost(&r.key, r.value.len()), true)?;
+        r.key = op.key.clone();
         let p = self.partition_of(&op.key)?;
+        let cxr = &cx;
         let (res, owner) = self
             .on_partition(p, Some(&op.key), &cx, |route, p| {
                 let (r, op) = (r.clone(), op.clone());
@@ -878,9 +953,11 @@ impl Kv for KvService {
                                 version: out.first().map(|o| o.version).unwrap_or(0),
                             })
                         }
-                        Route::Remote(addr) => {
-                            Ok(self.peer(&addr)?.put(forward(p, r)).await?.into_inner())
-                        }
+                        Route::Remote(addr) => Ok(self
+                            .peer(&addr)?
+                            .put(forward(p, r, cxr))
+                            .await?
+                            .into_inner()),
                     }
                 }
             })
@@ -894,11 +971,14 @@ impl Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let cx = ctx(&req);
-        let r = req.into_inner();
+        let cx = self.ctx(&req)?;
+        let mut r = req.into_inner();
         let d = durable("durability", r.durability)?;
-        let op = delete_op("", r.clone())?;
+        let op = delete_op("", r.clone(), &cx.who, cx.forwarded)?;
+        cx.who.charge_write(write_cost(&r.key, 0), false)?;
+        r.key = op.key.clone();
         let p = self.partition_of(&op.key)?;
+        let cxr = &cx;
         let (res, owner) = self
             .on_partition(p, Some(&op.key), &cx, |route, p| {
                 let (r, op) = (r.clone(), op.clone());
@@ -915,9 +995,11 @@ impl Kv for KvService {
                                 version: o.version,
                             })
                         }
-                        Route::Remote(addr) => {
-                            Ok(self.peer(&addr)?.delete(forward(p, r)).await?.into_inner())
-                        }
+                        Route::Remote(addr) => Ok(self
+                            .peer(&addr)?
+                            .delete(forward(p, r, cxr))
+                            .await?
+                            .into_inner()),
                     }
                 }
             })
@@ -931,7 +1013,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
-        let cx = ctx(&req);
+        let cx = self.ctx(&req)?;
         // A forwarding node gives its share of the reply budget.
         let budget = req
             .metadata()
@@ -939,7 +1021,13 @@ impl Kv for KvService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok())
             .map_or(REPLY_BUDGET, |b| b.min(REPLY_BUDGET));
-        let r = req.into_inner();
+        let mut r = req.into_inner();
+        check_batch_len("keys", r.keys.len())?;
+        r.keys = std::mem::take(&mut r.keys)
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| cx.who.key_in(&format!("keys[{i}]"), k, cx.forwarded))
+            .collect::<Result<_, _>>()?;
         self.regrouping(r, |r| self.batch_get_once(&cx, r, budget), cx.budget)
             .await
     }
@@ -948,8 +1036,22 @@ impl Kv for KvService {
         &self,
         req: Request<pb::BatchWriteRequest>,
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
-        let cx = ctx(&req);
+        let cx = self.ctx(&req)?;
         let r = req.into_inner();
+        let cost: u64 = r
+            .ops
+            .iter()
+            .map(|o| match &o.op {
+                Some(pb::write_op::Op::Put(p)) => write_cost(&p.key, p.value.len()),
+                Some(pb::write_op::Op::Delete(d)) => write_cost(&d.key, 0),
+                None => 0,
+            })
+            .sum();
+        let adds = r
+            .ops
+            .iter()
+            .any(|o| matches!(o.op, Some(pb::write_op::Op::Put(_))));
+        cx.who.charge_write(cost, adds)?;
         self.regrouping(r, |r| self.batch_write_once(&cx, r), cx.budget)
             .await
     }
@@ -961,15 +1063,21 @@ impl Kv for KvService {
         req: Request<pb::ScanRequest>,
     ) -> Result<Response<Self::ScanStream>, Status> {
         let fwd = forwarded_partition(&req);
-        let cx = ctx(&req);
-        let r = req.into_inner();
+        let cx = self.ctx(&req)?;
+        let mut r = req.into_inner();
         check_consistency("consistency", r.consistency)?;
+        // A forwarded range is in stored form: its keys may carry a namespace's prefix.
+        let max = if fwd.is_some() {
+            MAX_KEY_BYTES + strata_format::namespace::MAX_PREFIX_BYTES
+        } else {
+            MAX_KEY_BYTES
+        };
         for (field, v) in [("start", &r.start), ("end", &r.end), ("prefix", &r.prefix)] {
-            if v.len() > MAX_KEY_BYTES {
+            if v.len() > max {
                 return Err(invalid(
                     reason::KEY_TOO_LARGE,
                     format!(
-                        "{field}: must be at most {MAX_KEY_BYTES} bytes, got {} bytes",
+                        "{field}: must be at most {max} bytes, got {} bytes",
                         v.len()
                     ),
                 ));
@@ -988,6 +1096,13 @@ impl Kv for KvService {
                 }
             }
         }
+        // The range in stored form, inside the tenant's namespace; owners it is forwarded to
+        // get it so (and clamp it to the namespace again).
+        let (start, end) = cx.who.range_in(start, end, fwd.is_some());
+        r.start = start.clone();
+        r.end = end.clone().unwrap_or_default();
+        r.prefix = Bytes::new();
+        let who = (fwd.is_none()).then(|| cx.who.clone());
         // A forwarded scan covers only the partition it names; an original one merges the
         // ordered streams of every partition (keys of different partitions never collide).
         let parts: Vec<u32> = match fwd {
@@ -1043,9 +1158,12 @@ impl Kv for KvService {
                 else {
                     break;
                 };
-                let Some(kv) = heads[i].buf.pop_front() else {
+                let Some(mut kv) = heads[i].buf.pop_front() else {
                     break;
                 };
+                if let Some(who) = &who {
+                    kv.key = who.key_out(kv.key);
+                }
                 chunk_bytes += kv.key.len() + kv.value.len() + 16;
                 chunk.push(kv);
                 sent += 1;

@@ -3,6 +3,8 @@
 //! - `kv`: `strata.v1.KV` — request validation (every message names the field and the
 //!   limit), routing to the local engine or the partition's owner, forwarding;
 //! - `admin`: `strata.v1.Admin` — the routing table;
+//! - `auth`: tenants — bearer tokens, rights, namespaces (key prefixes), quotas, and the
+//!   tower layer that checks them before any service runs;
 //! - `txn`: cross-partition `BatchWrite` (the coordinator) and the node-to-node
 //!   `strata.v1.Txn` service its participants answer;
 //! - `status`: the one place engine errors become gRPC statuses, with their
@@ -13,6 +15,7 @@
 //! Nothing below this layer (`cluster`, the engine) names it.
 
 mod admin;
+pub mod auth;
 mod kv;
 pub mod message_limit;
 pub(crate) mod status;

@@ -153,7 +153,7 @@ impl KvService {
                                     created_ms,
                                 };
                                 txn_client(self, &addr)?
-                                    .prepare(forward(p, req))
+                                    .prepare(forward(p, req, pcx))
                                     .await
                                     .map(|_| ())
                             }
@@ -231,7 +231,7 @@ impl KvService {
                                 commit,
                             };
                             Ok(txn_client(self, &addr)?
-                                .resolve(forward(p, req))
+                                .resolve(forward(p, req, rcx))
                                 .await?
                                 .into_inner()
                                 .versions)
@@ -403,13 +403,18 @@ impl pb::txn_server::Txn for TxnService {
         &self,
         req: Request<pb::TxnPrepareRequest>,
     ) -> Result<Response<pb::TxnPrepareResponse>, Status> {
+        // The coordinator sends keys in stored form: each must lie in the namespace of the
+        // token it passed on.
+        let who = self.kv.ctx(&req)?.who;
         let r = req.into_inner();
         let db = self.local(r.partition, &r.txn_id)?;
         let mut ops = Vec::with_capacity(r.ops.len());
         for (i, op) in r.ops.into_iter().enumerate() {
             let op = match op.op {
-                Some(pb::write_op::Op::Put(p)) => put_op(&format!("ops[{i}].put."), p)?,
-                Some(pb::write_op::Op::Delete(d)) => delete_op(&format!("ops[{i}].delete."), d)?,
+                Some(pb::write_op::Op::Put(p)) => put_op(&format!("ops[{i}].put."), p, &who, true)?,
+                Some(pb::write_op::Op::Delete(d)) => {
+                    delete_op(&format!("ops[{i}].delete."), d, &who, true)?
+                }
                 None => {
                     return Err(Status::invalid_argument(format!(
                         "ops[{i}]: op must be set to put or delete"
@@ -428,6 +433,7 @@ impl pb::txn_server::Txn for TxnService {
         &self,
         req: Request<pb::TxnResolveRequest>,
     ) -> Result<Response<pb::TxnResolveResponse>, Status> {
+        self.kv.ctx(&req)?;
         let r = req.into_inner();
         let db = self.local(r.partition, &r.txn_id)?;
         let versions = db.txn_resolve(&r.txn_id, r.commit).await.map_err(status)?;

@@ -1,0 +1,354 @@
+//! `strata serve`'s security flags (TLS, mutual TLS, tokens, the insecure-listener refusal)
+//! and `strata token create`.
+//!
+//! The checks and the tenant model live in `strata-compute` (`service/auth.rs`); this module
+//! turns flags and files into them. Secrets never come from arguments: certificates and keys
+//! are files, tokens are files or the environment.
+
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use strata_compute::server::auth::{token_hash, Authority, Right, TenantLimits};
+use strata_proto::auth::ClientTls;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+/// Security flags of `strata serve`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SecurityArgs {
+    /// PEM certificate (chain) to serve the client API over TLS; with --tls-key.
+    #[arg(long, requires = "tls_key", env = "STRATA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", env = "STRATA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates that chain to the CAs in this PEM file (mutual TLS).
+    #[arg(long, requires = "tls_cert", env = "STRATA_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Make node-to-node calls mutual TLS: this node presents --tls-cert and accepts peers
+    /// whose certificate chains to the CAs in this PEM file (node-to-node calls without one
+    /// are refused).
+    #[arg(long, requires = "tls_cert", env = "STRATA_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Tenants: a TOML file of token hashes, their namespaces, rights and quotas (see
+    /// SECURITY.md). Re-read on SIGHUP and within 5 s of a change.
+    #[arg(long, env = "STRATA_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// Start on a non-loopback address without TLS or without --tokens (anyone who reaches
+    /// the port can then read or write, or see the traffic).
+    #[arg(long)]
+    pub allow_insecure: bool,
+    /// Most requests of one namespace in flight on this node at once (its share of the node).
+    #[arg(long, default_value_t = 256)]
+    pub tenant_max_in_flight: usize,
+    /// How often each namespace with a `stored_bytes` quota is measured (a scan of its keys
+    /// on the partitions this node serves).
+    #[arg(long, default_value_t = 10)]
+    pub usage_interval_secs: u64,
+}
+
+/// What the flags turn into.
+pub struct Security {
+    /// The TLS configuration of the listener.
+    pub server_tls: Option<ServerTlsConfig>,
+    /// How this node calls its peers over TLS.
+    pub peer_tls: Option<ClientTls>,
+    /// The CAs peers' certificates must chain to (--peer-tls-ca), PEM.
+    pub peer_ca_pem: Option<Vec<u8>>,
+    /// The tokens in force.
+    pub authority: Option<Authority>,
+    /// For the startup log line: what is on.
+    pub summary: String,
+}
+
+fn read(what: &str, p: &Path) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("{what}: reading {}", p.display()))
+}
+
+/// Whether `pem` holds at least one certificate (a clear error now rather than a TLS
+/// failure at the first connection).
+fn check_certs(what: &str, p: &Path, pem: &[u8]) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let n = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{what}: {} is not PEM", p.display()))?
+        .len();
+    if n == 0 {
+        bail!("{what}: {} holds no certificate", p.display());
+    }
+    Ok(())
+}
+
+fn check_key(p: &Path, pem: &[u8]) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        anyhow::anyhow!(
+            "--tls-key: {} holds no usable private key: {e}",
+            p.display()
+        )
+    })?;
+    Ok(())
+}
+
+impl SecurityArgs {
+    /// Loads the files and checks the listener: a non-loopback address needs TLS and tokens,
+    /// or --allow-insecure.
+    pub fn load(&self, listen: SocketAddr) -> Result<Security> {
+        let mut on = Vec::new();
+        let (server_tls, peer_tls, peer_ca_pem) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert_p), Some(key_p)) => {
+                let cert = read("--tls-cert", cert_p)?;
+                check_certs("--tls-cert", cert_p, &cert)?;
+                let key = read("--tls-key", key_p)?;
+                check_key(key_p, &key)?;
+                let mut cfg = ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&cert, &key))
+                    .timeout(std::time::Duration::from_secs(10));
+                let client_ca = match &self.tls_client_ca {
+                    Some(p) => {
+                        let pem = read("--tls-client-ca", p)?;
+                        check_certs("--tls-client-ca", p, &pem)?;
+                        Some(pem)
+                    }
+                    None => None,
+                };
+                let peer_ca = match &self.peer_tls_ca {
+                    Some(p) => {
+                        let pem = read("--peer-tls-ca", p)?;
+                        check_certs("--peer-tls-ca", p, &pem)?;
+                        Some(pem)
+                    }
+                    None => None,
+                };
+                // The listener takes client certificates chaining to either CA: clients'
+                // (required when --tls-client-ca is given) and peers' (checked per call:
+                // node-to-node calls need one that chains to --peer-tls-ca).
+                let mut roots = Vec::new();
+                if let Some(pem) = &client_ca {
+                    roots.extend_from_slice(pem);
+                    roots.push(b'\n');
+                }
+                if let Some(pem) = &peer_ca {
+                    roots.extend_from_slice(pem);
+                }
+                if !roots.is_empty() {
+                    cfg = cfg
+                        .client_ca_root(Certificate::from_pem(roots))
+                        .client_auth_optional(client_ca.is_none());
+                }
+                on.push(match (&client_ca, &peer_ca) {
+                    (Some(_), Some(_)) => "TLS with client certificates, peer mutual TLS",
+                    (Some(_), None) => "TLS with client certificates",
+                    (None, Some(_)) => "TLS, peer mutual TLS",
+                    (None, None) => "TLS",
+                });
+                // Peers are called over TLS too (their listeners speak nothing else),
+                // verified against the peer CA (else the client CA, else the system's), and
+                // shown this node's certificate.
+                let peer_tls = ClientTls {
+                    ca_pem: peer_ca.clone().or(client_ca.clone()),
+                    identity: Some((cert, key)),
+                    domain: None,
+                };
+                (Some(cfg), Some(peer_tls), peer_ca)
+            }
+            _ => (None, None, None),
+        };
+        let authority = match &self.tokens {
+            Some(p) => {
+                let a = Authority::load(
+                    p,
+                    TenantLimits {
+                        max_in_flight: self.tenant_max_in_flight.max(1),
+                    },
+                )
+                .map_err(anyhow::Error::msg)
+                .context("--tokens")?;
+                on.push("tokens");
+                Some(a)
+            }
+            None => None,
+        };
+        let loopback = listen.ip().is_loopback();
+        if !loopback && (server_tls.is_none() || authority.is_none()) && !self.allow_insecure {
+            let missing = match (server_tls.is_none(), authority.is_none()) {
+                (true, true) => "without TLS (--tls-cert/--tls-key) and without tokens (--tokens)",
+                (true, false) => "without TLS (--tls-cert/--tls-key)",
+                _ => "without tokens (--tokens)",
+            };
+            bail!(
+                "refusing to listen on {listen}, a non-loopback address, {missing}: anyone who \
+                 reaches it could read and write every key. Add them, or pass --allow-insecure \
+                 to start anyway"
+            );
+        }
+        if !loopback && (server_tls.is_none() || authority.is_none()) {
+            tracing::warn!(
+                "--allow-insecure: listening on {listen} without {}",
+                if server_tls.is_none() && authority.is_none() {
+                    "TLS or tokens"
+                } else if server_tls.is_none() {
+                    "TLS"
+                } else {
+                    "tokens"
+                }
+            );
+        }
+        let summary = if on.is_empty() {
+            "plaintext, no tokens".to_string()
+        } else {
+            on.join(", ")
+        };
+        Ok(Security {
+            server_tls,
+            peer_tls,
+            peer_ca_pem,
+            authority,
+            summary,
+        })
+    }
+}
+
+/// `strata token ...`.
+#[derive(clap::Args, Debug)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    cmd: TokenCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TokenCmd {
+    /// Make a new random token: prints it once on stdout and appends its SHA-256 to the
+    /// tokens file (created with mode 0600). A running server picks it up within 5 s.
+    Create {
+        /// The tokens file (`strata serve --tokens`).
+        #[arg(long)]
+        tokens_file: PathBuf,
+        /// The namespace the token reaches.
+        #[arg(long)]
+        namespace: String,
+        /// Comma-separated rights: read, write, admin.
+        #[arg(long, value_delimiter = ',', default_value = "read,write")]
+        rights: Vec<String>,
+    },
+}
+
+/// Runs `strata token`.
+pub fn run_token(args: TokenArgs) -> Result<()> {
+    match args.cmd {
+        TokenCmd::Create {
+            tokens_file,
+            namespace,
+            rights,
+        } => {
+            strata_format::namespace::check_name(&namespace)
+                .map_err(anyhow::Error::msg)
+                .context("--namespace")?;
+            let mut names = Vec::new();
+            for r in &rights {
+                Right::parse(r.trim())
+                    .map_err(anyhow::Error::msg)
+                    .context("--rights")?;
+                names.push(format!("{:?}", r.trim()));
+            }
+            let token = new_token();
+            let entry = format!(
+                "\n[[tokens]]\nsha256 = \"{}\"\nnamespace = \"{namespace}\"\nrights = [{}]\n",
+                token_hash(&token),
+                names.join(", ")
+            );
+            append_private(&tokens_file, &entry)?;
+            println!("{token}");
+            eprintln!(
+                "token for namespace {namespace:?} ({}) added to {}; it is shown only now",
+                rights.join(","),
+                tokens_file.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// 32 random bytes, hex, with a recognizable prefix (so leaked tokens are easy to scan for).
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("strata_{hex}")
+}
+
+/// Appends `text` to `path`, creating it readable by its owner only.
+fn append_private(path: &Path, text: &str) -> Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("opening tokens file {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing tokens file {}", path.display()))?;
+    Ok(())
+}
+
+/// Client-side credentials shared by every client subcommand.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClientAuthArgs {
+    /// Bearer token (prefer STRATA_TOKEN or --token-file: arguments show in `ps`).
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token (its first line).
+    #[arg(long, env = "STRATA_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CAs to verify the server's certificate against (implies TLS; default for
+    /// https:// targets: the system's CAs).
+    #[arg(long, env = "STRATA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --tls-client-key).
+    #[arg(long, requires = "tls_client_key", env = "STRATA_TLS_CLIENT_CERT")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// PEM private key of --tls-client-cert.
+    #[arg(long, requires = "tls_client_cert", env = "STRATA_TLS_CLIENT_KEY")]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl ClientAuthArgs {
+    /// The token to send, if any.
+    pub fn token(&self) -> Result<Option<String>> {
+        if let Some(p) = &self.token_file {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("--token-file: reading {}", p.display()))?;
+            let t = text.lines().next().unwrap_or("").trim().to_string();
+            if t.is_empty() {
+                bail!("--token-file: {} is empty", p.display());
+            }
+            return Ok(Some(t));
+        }
+        Ok(self.token.clone().filter(|t| !t.trim().is_empty()))
+    }
+
+    /// The TLS settings, if any were given (an https:// target alone uses the system's CAs).
+    pub fn tls(&self) -> Result<Option<ClientTls>> {
+        let ca_pem = match &self.tls_ca {
+            Some(p) => Some(read("--tls-ca", p)?),
+            None => None,
+        };
+        let identity = match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(c), Some(k)) => {
+                Some((read("--tls-client-cert", c)?, read("--tls-client-key", k)?))
+            }
+            _ => None,
+        };
+        if ca_pem.is_none() && identity.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(ClientTls {
+            ca_pem,
+            identity,
+            domain: None,
+        }))
+    }
+}
