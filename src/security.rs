@@ -41,6 +41,10 @@ pub struct SecurityArgs {
     /// Most requests of one namespace in flight on this node at once (its share of the node).
     #[arg(long, default_value_t = 256)]
     pub tenant_max_in_flight: usize,
+    /// Most MiB of one namespace's writes in flight on this node at once (a larger write is
+    /// admitted alone): one tenant's flood of large writes cannot fill the commit pipeline.
+    #[arg(long, default_value_t = 16)]
+    pub tenant_max_in_flight_mb: u64,
     /// How often each namespace with a `stored_bytes` quota is measured (a scan of its keys
     /// on the partitions this node serves).
     #[arg(long, default_value_t = 10)]
@@ -93,7 +97,7 @@ fn check_key(p: &Path, pem: &[u8]) -> Result<()> {
 impl SecurityArgs {
     /// Loads the files and checks the listener: a non-loopback address needs TLS and tokens,
     /// or --allow-insecure.
-    pub fn load(&self, listen: SocketAddr) -> Result<Security> {
+    pub fn load(&self, listen: SocketAddr, cluster: bool) -> Result<Security> {
         let mut on = Vec::new();
         let (server_tls, peer_tls, peer_ca_pem) = match (&self.tls_cert, &self.tls_key) {
             (Some(cert_p), Some(key_p)) => {
@@ -160,6 +164,7 @@ impl SecurityArgs {
                     p,
                     TenantLimits {
                         max_in_flight: self.tenant_max_in_flight.max(1),
+                        max_in_flight_bytes: self.tenant_max_in_flight_mb.max(1) << 20,
                     },
                 )
                 .map_err(anyhow::Error::msg)
@@ -169,6 +174,15 @@ impl SecurityArgs {
             }
             None => None,
         };
+        // In a cluster the Txn service and forwarded requests come from peers: with tenants,
+        // only a peer certificate tells a peer from a tenant calling them directly.
+        if cluster && authority.is_some() && self.peer_tls_ca.is_none() && !self.allow_insecure {
+            bail!(
+                "--tokens in a cluster needs --peer-tls-ca (with --tls-cert/--tls-key): without \
+                 it, a tenant could call the node-to-node transaction service directly. Add \
+                 them, or pass --allow-insecure to start anyway"
+            );
+        }
         let loopback = listen.ip().is_loopback();
         if !loopback && (server_tls.is_none() || authority.is_none()) && !self.allow_insecure {
             let missing = match (server_tls.is_none(), authority.is_none()) {
@@ -294,8 +308,8 @@ fn append_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Client-side credentials shared by every client subcommand.
-#[derive(clap::Args, Debug, Clone, Default)]
+/// Client-side credentials shared by every client subcommand (`Debug` redacts the token).
+#[derive(clap::Args, Clone, Default)]
 pub struct ClientAuthArgs {
     /// Bearer token (prefer STRATA_TOKEN or --token-file: arguments show in `ps`).
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true)]
@@ -313,6 +327,18 @@ pub struct ClientAuthArgs {
     /// PEM private key of --tls-client-cert.
     #[arg(long, requires = "tls_client_cert", env = "STRATA_TLS_CLIENT_KEY")]
     pub tls_client_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClientAuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientAuthArgs")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("tls_client_key", &self.tls_client_key)
+            .finish()
+    }
 }
 
 impl ClientAuthArgs {

@@ -120,7 +120,7 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> Result<()> {
     // Refuse an insecure listener, or unreadable certificates or tokens, before anything
     // else happens.
-    let sec = args.security.load(args.listen)?;
+    let sec = args.security.load(args.listen, args.etcd.is_some())?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let listener = TcpListener::bind(args.listen)

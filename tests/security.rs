@@ -662,11 +662,12 @@ async fn a_namespace_over_its_rate_is_refused_with_retry_after_and_the_other_is_
 // ---------------------------------------------------------------------------------------
 // export
 
-/// `namespace\tkey\tvalue` rows of an export, read by DuckDB.
-fn duckdb_rows(dir: &Path) -> Vec<String> {
+/// `namespace\tKEY\tvalue` rows of an export, read by DuckDB (`KEY` is the SQL expression
+/// `key_sql` of the key).
+fn duckdb_rows(dir: &Path, key_sql: &str) -> Vec<String> {
     let script = format!(
         "import duckdb\n\
-         for r in duckdb.sql(\"select coalesce(namespace, '-'), decode(key), decode(value) \
+         for r in duckdb.sql(\"select coalesce(namespace, '-'), {key_sql}, decode(value) \
          from read_parquet('{}/*.parquet') order by 1, 2\").fetchall():\n    print('\\t'.join(r))\n",
         dir.display()
     );
@@ -718,13 +719,25 @@ async fn an_export_of_one_namespace_shows_its_keys_as_its_tenant_sees_them() {
     };
     let one = dir.path().join("alpha-export");
     export(&one, Some("alpha"));
-    assert_eq!(duckdb_rows(&one), vec!["alpha\tk1\ta1", "alpha\tk2\ta2"]);
+    assert_eq!(
+        duckdb_rows(&one, "decode(key)"),
+        vec!["alpha\tk1\ta1", "alpha\tk2\ta2"]
+    );
+    // Everything: keys as stored (sorted, unique), each row naming its namespace; the
+    // tenant's key is what follows the prefix.
     let all = dir.path().join("all-export");
     export(&all, None);
-    assert_eq!(
-        duckdb_rows(&all),
-        vec!["alpha\tk1\ta1", "alpha\tk2\ta2", "beta\tk1\tb1"]
-    );
+    let rows = duckdb_rows(&all, "hex(key)");
+    let hex = |s: &str| -> String { s.bytes().map(|b| format!("{b:02X}")).collect() };
+    let want: Vec<String> = [
+        ("alpha", "k1", "a1"),
+        ("alpha", "k2", "a2"),
+        ("beta", "k1", "b1"),
+    ]
+    .iter()
+    .map(|(ns, k, v)| format!("{ns}\tFFFE{}\t{v}", hex(&format!("ns/{ns}/{k}"))))
+    .collect();
+    assert_eq!(rows, want);
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(one.join("_manifest.json")).unwrap()).unwrap();
     assert_eq!(m["namespace"], "alpha");
@@ -933,4 +946,113 @@ async fn a_namespace_at_its_stored_bytes_refuses_puts_and_still_takes_deletes() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn the_in_flight_share_holds_a_scan_until_its_stream_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let t = token_create(&tokens, "scanner", "read,write");
+    let server = serve_with_tokens(
+        &dir.path().join("data"),
+        &tokens,
+        &["--tenant-max-in-flight", "2"],
+    );
+    let c = client(&server.addr, Some(&t), None).await.unwrap();
+    for chunk in 0..4 {
+        let ops = (0..1000)
+            .map(|i| pb::WriteOp {
+                // 4 MB in all: more than HTTP/2's flow-control windows hold, so a scan
+                // nobody reads stays open on the server.
+                op: Some(pb::write_op::Op::Put(put_req(
+                    &format!("k{chunk}-{i:04}"),
+                    &"v".repeat(1024),
+                ))),
+            })
+            .collect();
+        c.batch_write(pb::BatchWriteRequest { ops, durability: 0 })
+            .await
+            .unwrap();
+    }
+    let tls = None;
+    let ch = strata_proto::auth::endpoint(&server.addr, tls, Duration::from_secs(5))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut kv = pb::kv_client::KvClient::new(
+        tonic::service::interceptor::InterceptedService::new(ch, Bearer::new(Some(&t)).unwrap()),
+    );
+    // Two scans read one chunk each and stay open: they hold the namespace's two slots.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut st = kv
+            .scan(pb::ScanRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!st.message().await.unwrap().unwrap().entries.is_empty());
+        open.push(st);
+    }
+    let e = kv
+        .get(pb::GetRequest {
+            key: Bytes::from_static(b"k0-0001"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.metadata().get("retry-after-ms").is_some());
+    // Once the streams end, the slots are free again.
+    drop(open);
+    let t0 = Instant::now();
+    loop {
+        match kv
+            .get(pb::GetRequest {
+                key: Bytes::from_static(b"k0-0001"),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => {
+                assert!(r.into_inner().found);
+                break;
+            }
+            Err(e) if t0.elapsed() < Duration::from_secs(5) => {
+                assert_eq!(e.code(), Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("slots not freed after the scans ended: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_default_namespace_reserves_the_tenants_range_for_puts_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let c = client(&server.addr, None, None).await.unwrap();
+    let k = Bytes::from_static(b"\xff\xfens/alpha/k");
+    let e = c.put(k.clone(), "v").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(reason_of(&e), reason::RESERVED_KEY);
+    // Reads and deletes of such keys (left from a store once served with tokens) still work.
+    assert_eq!(c.get(k.clone()).await.unwrap(), None);
+    c.delete(k).await.unwrap();
+    // In a cluster, tenants need peer certificates: refused before anything starts.
+    let tokens = dir.path().join("tokens.toml");
+    token_create(&tokens, "a", "read");
+    let out = Command::new(bin())
+        .args(["serve", "--etcd", "http://127.0.0.1:1", "--tokens"])
+        .arg(&tokens)
+        .arg("--data-dir")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--peer-tls-ca") && err.contains("--allow-insecure"),
+        "{err}"
+    );
 }

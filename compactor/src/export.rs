@@ -10,8 +10,9 @@
 //! Files: `part-{partition:05}-{n:04}.parquet`, rows sorted by key, with columns
 //! `key` (binary), `value` (binary), `version` (uint64), `expires_at` (timestamp ms UTC,
 //! nullable), `partition` (uint32), `deleted` (bool; only true in incremental exports),
-//! `namespace` (utf8, nullable: a tenant's namespace, whose keys are shown as the tenant sees
-//! them; null for the default namespace; `--namespace` exports one namespace only), plus
+//! `namespace` (utf8, nullable: a tenant's namespace, null for the default namespace; keys are
+//! as stored, so rows stay sorted by key, except in an export of one namespace, `--namespace`,
+//! whose keys are as its tenant sees them), plus
 //! `_manifest.json` listing the files, their row counts and the snapshot (per partition: the
 //! manifest version and the largest seq included). Deleted and expired keys are left out of a
 //! full export.
@@ -366,7 +367,7 @@ async fn export_once(
             .enumerate()
         {
             let name = join(&format!("part-{p:05}-{n:04}.parquet"));
-            let data = encode_parquet(chunk, p, opts.row_group_rows)?;
+            let data = encode_parquet(chunk, p, opts.row_group_rows, opts.namespace.is_some())?;
             let bytes = data.len() as u64;
             put_replacing(&**dest, &name, data).await?;
             out.rows += chunk.len() as u64;
@@ -621,7 +622,15 @@ fn chunks(rows: &[Entry], target: u64) -> Vec<&[Entry]> {
 }
 
 /// Encodes rows as one Parquet file (row groups of `row_group_rows`, Snappy-compressed).
-fn encode_parquet(rows: &[Entry], partition: u32, row_group_rows: usize) -> Result<Bytes> {
+///
+/// With `strip` (an export of one namespace) keys are written as their tenant sees them;
+/// otherwise as stored, so rows stay sorted by `key` and a key is unique in the export.
+fn encode_parquet(
+    rows: &[Entry],
+    partition: u32,
+    row_group_rows: usize,
+    strip: bool,
+) -> Result<Bytes> {
     let schema = schema();
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
@@ -640,10 +649,10 @@ fn encode_parquet(rows: &[Entry], partition: u32, row_group_rows: usize) -> Resu
         let mut deleted = BooleanBuilder::new();
         let mut ns = StringBuilder::new();
         for e in batch {
-            // A tenant's key as the tenant sees it, and its namespace.
+            // The key's namespace; with `strip`, the key as its tenant sees it.
             match namespace::split(&e.key) {
                 Some((name, k)) => {
-                    key.append_value(k);
+                    key.append_value(if strip { k } else { &e.key[..] });
                     ns.append_value(name);
                 }
                 None => {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// S3 connection settings. Built explicitly (not from every `AWS_*` variable in the
-/// environment) so stray variables cannot leak into tests.
-#[derive(Debug, Clone, Default)]
+/// environment) so stray variables cannot leak into tests. `Debug` never shows the secret
+/// key or the session token.
+#[derive(Clone, Default)]
 pub struct S3Settings {
     /// Endpoint of a non-AWS server, e.g. `http://127.0.0.1:9000`. Implies path-style
     /// addressing, and plain HTTP when the URL says `http`.
@@ -22,6 +23,19 @@ pub struct S3Settings {
     pub secret_access_key: Option<String>,
     /// Session token.
     pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("session_token", &redacted(&self.session_token))
+            .finish()
+    }
 }
 
 impl S3Settings {

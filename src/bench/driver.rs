@@ -68,6 +68,9 @@ pub struct OpError {
     pub message: String,
     /// Whether the preload may try the request again.
     pub retryable: bool,
+    /// The server asked to wait this long before the next request (`retry-after-ms` on a
+    /// quota refusal): the client does, as a well-behaved client would.
+    pub retry_after: Option<Duration>,
 }
 
 /// A system under test.
@@ -287,6 +290,9 @@ async fn client_loop<B: Backend>(
             Err(e) => {
                 ctx.shared.note_error(&e);
                 lock_recorder(&recorder).record_err(kind, &e.code);
+                if let Some(d) = e.retry_after {
+                    tokio::time::sleep(d).await;
+                }
             }
         }
     }

@@ -186,6 +186,7 @@ fn op_error(e: EngineError) -> OpError {
         code: crate::client_cli::code_name(status.code()),
         retryable: strata_compute::is_retry_safe(&status)
             || status.code() == tonic::Code::ResourceExhausted,
+        retry_after: None,
         message: format!(
             "{}: {}",
             crate::client_cli::code_name(status.code()),
@@ -373,6 +374,7 @@ impl Backend for StoreFloor {
                     code: "INVALID".into(),
                     message: format!("the store floor runs floor requests only, not {other:?}"),
                     retryable: false,
+                    retry_after: None,
                 })
             }
         };
@@ -380,6 +382,7 @@ impl Backend for StoreFloor {
             code: "STORE".into(),
             message: format!("{e:#}"),
             retryable: false,
+            retry_after: None,
         };
         if self.get {
             let off = rand::rng().random_range(0..=(FLOOR_OBJECT_BYTES - len)) as u64;

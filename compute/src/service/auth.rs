@@ -172,6 +172,10 @@ pub struct Namespace {
     requests: Mutex<Bucket>,
     write_bytes: Mutex<Bucket>,
     in_flight: AtomicUsize,
+    /// Bytes of writes of this namespace between admission and their answer, on this node.
+    in_flight_bytes: std::sync::atomic::AtomicU64,
+    /// This node's bound on `in_flight_bytes`.
+    max_in_flight_bytes: std::sync::atomic::AtomicU64,
     /// Bytes of keys and values stored, as last measured ([`Authority::set_stored`]).
     stored: std::sync::atomic::AtomicU64,
 }
@@ -187,6 +191,8 @@ impl Namespace {
             requests: Mutex::new(Bucket::default()),
             write_bytes: Mutex::new(Bucket::default()),
             in_flight: AtomicUsize::new(0),
+            in_flight_bytes: Default::default(),
+            max_in_flight_bytes: Default::default(),
             stored: Default::default(),
         }
     }
@@ -335,11 +341,17 @@ pub fn token_hash(token: &str) -> String {
 pub struct TenantLimits {
     /// Most requests of one namespace in flight at once on this node.
     pub max_in_flight: usize,
+    /// Most bytes of one namespace's writes in flight at once on this node (a write larger
+    /// than this is admitted alone).
+    pub max_in_flight_bytes: u64,
 }
 
 impl Default for TenantLimits {
     fn default() -> Self {
-        TenantLimits { max_in_flight: 256 }
+        TenantLimits {
+            max_in_flight: 256,
+            max_in_flight_bytes: 16 << 20,
+        }
     }
 }
 
@@ -388,26 +400,45 @@ impl Authority {
     /// Returns the number of tokens now in force.
     pub fn reload(&self) -> Result<usize, String> {
         let path = &self.inner.path;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading tokens file {}: {e}", path.display()))?;
+        // The metadata first, then the bytes: a change after the read shows as a newer mtime
+        // (or other content) and is read again; one before it is in these bytes.
         let meta = std::fs::metadata(path).ok();
-        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        let known = self.inner.spaces.lock().clone();
-        let (tokens, spaces) =
-            parse(&text, &known).map_err(|e| format!("tokens file {}: {e}", path.display()))?;
-        let n = tokens.len();
-        *self.inner.spaces.lock() = spaces;
-        *self.inner.tokens.write() = Arc::new(tokens);
-        *self.inner.seen.lock() = Some((
-            text.len() as u64,
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("reading tokens file {}: {e}", path.display()))?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let seen = (
+            bytes.len() as u64,
             meta.and_then(|m| m.modified().ok()),
             digest,
-        ));
+        );
+        let known = self.inner.spaces.lock().clone();
+        let parsed = std::str::from_utf8(&bytes)
+            .map_err(|e| format!("not UTF-8: {e}"))
+            .and_then(|text| parse(text, &known));
+        let (tokens, spaces) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                // Remember these bytes, so a bad file is logged once, not every second.
+                *self.inner.seen.lock() = Some(seen);
+                return Err(format!("tokens file {}: {e}", path.display()));
+            }
+        };
+        let n = tokens.len();
+        for ns in spaces.values() {
+            ns.max_in_flight_bytes.store(
+                self.inner.limits.max_in_flight_bytes.max(1),
+                Ordering::Relaxed,
+            );
+        }
+        *self.inner.spaces.lock() = spaces;
+        *self.inner.tokens.write() = Arc::new(tokens);
+        *self.inner.seen.lock() = Some(seen);
         Ok(n)
     }
 
-    /// Whether the file differs from what was last read (cheap when it does not: length and
-    /// mtime first, the content only when they changed or the mtime is coarse).
+    /// Whether the file differs from what was last read: length and mtime, then (both equal)
+    /// the content's hash, for filesystems whose mtime does not move within a second. A
+    /// tokens file is a few KiB: reading it every second costs nothing that matters.
     fn changed(&self) -> bool {
         let path = &self.inner.path;
         let Ok(meta) = std::fs::metadata(path) else {
@@ -464,13 +495,6 @@ impl Authority {
                         me.path().display()
                     ),
                     Err(e) => {
-                        // Remember this version so a bad file is logged once, not every second.
-                        if let Ok(meta) = std::fs::metadata(me.path()) {
-                            let d: [u8; 32] = std::fs::read(me.path())
-                                .map(|t| Sha256::digest(&t).into())
-                                .unwrap_or_default();
-                            *me.inner.seen.lock() = Some((meta.len(), meta.modified().ok(), d));
-                        }
                         tracing::error!("{e}; the previous tokens stay in force ({why})")
                     }
                 }
@@ -527,7 +551,8 @@ impl Authority {
     /// Authenticates `authorization` metadata (`Bearer TOKEN`) and checks `need`.
     pub fn authorize(&self, header: Option<&[u8]>, need: Need) -> Result<Principal, Status> {
         if need == Need::Open {
-            return Ok(Principal::open());
+            // Health: no token needed, and no right or keyspace given either.
+            return Ok(Principal::nobody());
         }
         let Some(token) = header.and_then(bearer) else {
             return Err(refuse(
@@ -568,6 +593,7 @@ impl Authority {
         Ok(Principal {
             ns: Some(t.namespace.clone()),
             rights: t.rights,
+            peer: false,
         })
     }
 
@@ -594,6 +620,23 @@ impl Authority {
             ));
         }
         Ok(Some(InFlightGuard(ns.clone())))
+    }
+}
+
+/// A request's hold on its namespace's in-flight slot, in the request's extensions: a
+/// handler whose answer outlives it (a scan's stream) keeps a clone until the answer ends.
+#[derive(Debug, Clone)]
+pub struct Held(#[allow(dead_code, reason = "held for its Drop")] Arc<InFlightGuard>);
+
+/// Bytes of a namespace's write in flight; dropping it frees them.
+#[derive(Debug)]
+pub struct BytesGuard(Option<(Arc<Namespace>, u64)>);
+
+impl Drop for BytesGuard {
+    fn drop(&mut self) {
+        if let Some((ns, n)) = self.0.take() {
+            ns.in_flight_bytes.fetch_sub(n, Ordering::AcqRel);
+        }
     }
 }
 
@@ -639,12 +682,15 @@ fn quota_status(msg: String, after: Duration) -> Status {
     s
 }
 
-/// Who made a request: the default namespace with every right (no tokens file), or one
-/// tenant's namespace with its token's rights.
+/// Who made a request: the default namespace with every right (no tokens file), one
+/// tenant's namespace with its token's rights, or a peer node verified by its certificate.
 #[derive(Debug, Clone)]
 pub struct Principal {
     ns: Option<Arc<Namespace>>,
     rights: u8,
+    /// A peer node (its certificate chains to `--peer-tls-ca`): keys arrive in stored form
+    /// from a node that checked them.
+    peer: bool,
 }
 
 impl Principal {
@@ -653,7 +699,42 @@ impl Principal {
         Principal {
             ns: None,
             rights: 0xff,
+            peer: false,
         }
+    }
+
+    /// A verified peer node on a node-to-node call.
+    fn peer() -> Principal {
+        Principal {
+            ns: None,
+            rights: 0xff,
+            peer: true,
+        }
+    }
+
+    /// A call that needs no token (health): no right, no keyspace.
+    fn nobody() -> Principal {
+        Principal {
+            ns: None,
+            rights: 0,
+            peer: false,
+        }
+    }
+
+    /// Whether a put's key is allowed: in the default namespace (no tokens), keys in the
+    /// tenants' reserved range are not written (reads and deletes of such keys, left from a
+    /// store once served with tokens, still work).
+    pub fn check_put_key(&self, field: &str, key: &[u8]) -> Result<(), Status> {
+        if self.ns.is_none() && !self.peer && namespace::is_namespaced(key) {
+            return Err(invalid(
+                reason::RESERVED_KEY,
+                format!(
+                    "{field}: keys starting with {:?} are reserved for tenants' namespaces",
+                    String::from_utf8_lossy(namespace::NAMESPACE_MARKER)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The tenant's namespace (`None`: the default one).
@@ -670,7 +751,23 @@ impl Principal {
     /// one of the reserved prefixes) and put under the namespace's prefix. A key a peer
     /// `forwarded` is stored form already: it must lie inside the namespace.
     pub fn key_in(&self, field: &str, key: Bytes, forwarded: bool) -> Result<Bytes, Status> {
+        if self.rights == 0 {
+            return Err(refuse(
+                Status::permission_denied(format!("{field}: this call reaches no keys")),
+                reason::PERMISSION_DENIED,
+            ));
+        }
         let Some(ns) = &self.ns else {
+            if self.peer {
+                // Stored form from a peer: a tenant's prefix may come with it.
+                if key.is_empty() || key.len() > MAX_KEY_BYTES + namespace::MAX_PREFIX_BYTES {
+                    return Err(invalid(
+                        reason::KEY_TOO_LARGE,
+                        format!("{field}: {} bytes, not a stored key", key.len()),
+                    ));
+                }
+                return Ok(key);
+            }
             check_default_key(field, &key)?;
             return Ok(key);
         };
@@ -705,6 +802,10 @@ impl Principal {
         end: Option<Bytes>,
         forwarded: bool,
     ) -> (Bytes, Option<Bytes>) {
+        if self.rights == 0 {
+            // Reaches nothing: an empty range.
+            return (Bytes::new(), Some(Bytes::new()));
+        }
         let Some(ns) = &self.ns else {
             return (start, end);
         };
@@ -726,6 +827,30 @@ impl Principal {
             end = Some(ns.end.clone());
         }
         (start, end)
+    }
+
+    /// Holds `bytes` of the namespace's share of this node's in-flight writes until the guard
+    /// is dropped (after the write's answer), so one tenant's flood of large writes cannot fill
+    /// the commit pipeline every tenant shares. Over the share: `RESOURCE_EXHAUSTED` with
+    /// `retry-after-ms`; a write alone is always admitted, however large.
+    pub fn reserve_write(&self, bytes: u64) -> Result<BytesGuard, Status> {
+        let Some(ns) = &self.ns else {
+            return Ok(BytesGuard(None));
+        };
+        let max = ns.max_in_flight_bytes.load(Ordering::Relaxed).max(1);
+        let before = ns.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > max {
+            ns.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(quota_status(
+                format!(
+                    "namespace {:?} has {before} bytes of writes in flight on this node, its \
+                     share is {max}; retry after the retry-after-ms metadata",
+                    ns.name
+                ),
+                Duration::from_millis(20),
+            ));
+        }
+        Ok(BytesGuard(Some((ns.clone(), bytes))))
     }
 
     /// Charges `bytes` written against the namespace's `write_bytes_per_sec`, and refuses a
@@ -777,8 +902,7 @@ fn check_len(field: &str, len: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// A key of the default namespace: 1 to 4 KiB, and not in the store's reserved ranges (its
-/// own records, and the tenants' namespaces).
+/// A key of the default namespace: 1 to 4 KiB, and not one of the store's own records.
 pub(crate) fn check_default_key(field: &str, key: &[u8]) -> Result<(), Status> {
     check_len(field, key.len())?;
     if crate::txn::is_system_key(key) {
@@ -787,15 +911,6 @@ pub(crate) fn check_default_key(field: &str, key: &[u8]) -> Result<(), Status> {
             format!(
                 "{field}: keys starting with {:?} are reserved for the store's own records",
                 String::from_utf8_lossy(crate::txn::SYSTEM_PREFIX)
-            ),
-        ));
-    }
-    if namespace::is_namespaced(key) {
-        return Err(invalid(
-            reason::RESERVED_KEY,
-            format!(
-                "{field}: keys starting with {:?} are reserved for tenants' namespaces",
-                String::from_utf8_lossy(namespace::NAMESPACE_MARKER)
             ),
         ));
     }
@@ -926,8 +1041,15 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // A node-to-node call from a verified peer: the Txn service trusts it as the peer it
+        // is (the coordinator checked the keys and charged the quotas); a forwarded request is
+        // authenticated as its client below but not charged again.
+        let mut verified_peer = false;
         if let Some(peers) = &self.peers {
-            if peer_call(&req) && !peers.verify(&req) {
+            if peer_call(&req) {
+                verified_peer = peers.verify(&req);
+            }
+            if peer_call(&req) && !verified_peer {
                 let s = refuse(
                     Status::permission_denied(
                         "a node-to-node call needs a client certificate that chains to this \
@@ -944,11 +1066,24 @@ where
             let fut = self.inner.call(req);
             return Box::pin(fut);
         };
-        let need = need_of(req.uri().path());
+        let path = req.uri().path();
+        let txn = path.starts_with("/strata.v1.Txn/");
+        if txn && verified_peer {
+            req.extensions_mut().insert(Principal::peer());
+            return Box::pin(self.inner.call(req));
+        }
+        let need = need_of(path);
         let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-        let admitted = auth
-            .authorize(header, need)
-            .and_then(|p| auth.admit(&p).map(|g| (p, g)));
+        // The halves of a transaction and what a peer forwards were admitted where the client
+        // sent them: charging them again could strand a decided transaction.
+        let charge = !(txn || verified_peer);
+        let admitted = auth.authorize(header, need).and_then(|p| {
+            if charge {
+                auth.admit(&p).map(|g| (p, g))
+            } else {
+                Ok((p, None))
+            }
+        });
         match admitted {
             Err(s) => {
                 // Nothing of the request is read, let alone applied.
@@ -957,10 +1092,14 @@ where
             }
             Ok((p, guard)) => {
                 req.extensions_mut().insert(p);
+                let held = guard.map(|g| Held(Arc::new(g)));
+                if let Some(h) = &held {
+                    req.extensions_mut().insert(h.clone());
+                }
                 let fut = self.inner.call(req);
                 Box::pin(async move {
                     let r = fut.await;
-                    drop(guard);
+                    drop(held);
                     r
                 })
             }
@@ -1093,14 +1232,27 @@ mod tests {
             (&s[..], &e.unwrap()[..]),
             (&b"\xff\xfens/alpha/"[..], &b"\xff\xfens/alpha0"[..])
         );
-        // The default namespace refuses the reserved prefixes.
+        // The default namespace writes no key in the tenants' range (reads and deletes of one
+        // left from a store once served with tokens still work), and none of its own records.
         let open = Principal::open();
+        let tenants = Bytes::from_static(b"\xff\xfens/x/y");
+        assert!(open.key_in("key", tenants.clone(), false).is_ok());
+        assert!(open.check_put_key("key", &tenants).is_err());
         assert!(open
-            .key_in("key", Bytes::from_static(b"\xff\xfens/x/y"), false)
+            .key_in("key", Bytes::from_static(b"\xff\xffstrata/x"), false)
             .is_err());
         assert!(open
             .key_in("key", Bytes::from_static(b"plain"), false)
             .is_ok());
+        // A call that needs no token reaches no key.
+        let nobody = a.authorize(None, Need::Open).unwrap();
+        assert!(nobody
+            .key_in("key", Bytes::from_static(b"k"), false)
+            .is_err());
+        assert_eq!(
+            nobody.range_in(Bytes::new(), None, false).1.unwrap(),
+            Bytes::new()
+        );
     }
 
     #[test]

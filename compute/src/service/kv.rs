@@ -274,7 +274,18 @@ pub(crate) struct Ctx {
     pub(crate) who: Principal,
     /// The client's `authorization` metadata, passed on with what this node forwards (the
     /// owner checks it again).
-    pub(crate) bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    pub(crate) bearer: Option<PassedBearer>,
+}
+
+/// A client's `authorization` value on its way to a peer: marked sensitive (HTTP/2 header
+/// compression never indexes it) and never printed.
+#[derive(Clone)]
+pub(crate) struct PassedBearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl std::fmt::Debug for PassedBearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 fn ctx<T>(req: &Request<T>, who: Principal) -> Ctx {
@@ -297,7 +308,11 @@ fn ctx<T>(req: &Request<T>, who: Principal) -> Ctx {
         bearer: req
             .metadata()
             .get(strata_proto::headers::AUTHORIZATION)
-            .cloned(),
+            .cloned()
+            .map(|mut v| {
+                v.set_sensitive(true);
+                PassedBearer(v)
+            }),
     }
 }
 
@@ -331,7 +346,7 @@ pub(crate) fn forward<T>(p: u32, msg: T, cx: &Ctx) -> Request<T> {
         .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from(p));
     if let Some(b) = &cx.bearer {
         r.metadata_mut()
-            .insert(strata_proto::headers::AUTHORIZATION, b.clone());
+            .insert(strata_proto::headers::AUTHORIZATION, b.0.clone());
     }
     r.set_timeout(MOVE_RETRY_BUDGET + Duration::from_secs(12));
     r
@@ -427,6 +442,7 @@ pub(crate) fn put_op(
     forwarded: bool,
 ) -> Result<WriteOp, Status> {
     let key = who.key_in(&format!("{field}key"), p.key, forwarded)?;
+    who.check_put_key(&format!("{field}key"), &key)?;
     check_value(&format!("{field}value"), &p.value)?;
     let cond = match p.condition {
         None | Some(pb::put_request::Condition::IfAbsent(false)) => Cond::None,
@@ -939,6 +955,7 @@ impl Kv for KvService {
         let op = put_op("", r.clone(), &cx.who, cx.forwarded)?;
         cx.who
             .charge_write(write_cost(&r.key, r.value.len()), true)?;
+        let _held = cx.who.reserve_write(write_cost(&r.key, r.value.len()))?;
         r.key = op.key.clone();
         let p = self.partition_of(&op.key)?;
         let cxr = &cx;
@@ -1052,6 +1069,7 @@ impl Kv for KvService {
             .iter()
             .any(|o| matches!(o.op, Some(pb::write_op::Op::Put(_))));
         cx.who.charge_write(cost, adds)?;
+        let _held = cx.who.reserve_write(cost)?;
         self.regrouping(r, |r| self.batch_write_once(&cx, r), cx.budget)
             .await
     }
@@ -1064,6 +1082,8 @@ impl Kv for KvService {
     ) -> Result<Response<Self::ScanStream>, Status> {
         let fwd = forwarded_partition(&req);
         let cx = self.ctx(&req)?;
+        // The namespace's in-flight slot stays taken until the stream ends.
+        let held = req.extensions().get::<super::auth::Held>().cloned();
         let mut r = req.into_inner();
         check_consistency("consistency", r.consistency)?;
         // A forwarded range is in stored form: its keys may carry a namespace's prefix.
@@ -1201,6 +1221,7 @@ impl Kv for KvService {
             }
             // Every entry is read: release the version before waiting on the client.
             drop(heads);
+            let _held = held;
             if !chunk.is_empty() {
                 let _ = tx.send(Ok(pb::ScanResponse { entries: chunk })).await;
             }

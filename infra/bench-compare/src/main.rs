@@ -138,6 +138,7 @@ fn err(e: slatedb::Error) -> OpError {
         code: format!("{:?}", e.kind()).to_uppercase(),
         message: format!("{e}"),
         retryable: false,
+        retry_after: None,
     }
 }
 
