@@ -6,6 +6,7 @@
 #
 #   infra/bench-tenants.sh [BIN]          BIN defaults to target/release/strata
 #   DUR=20 OUT=/tmp/bench-tenants infra/bench-tenants.sh
+#   SERVER_ARGS="--tenant-max-in-flight-mb 4" infra/bench-tenants.sh    extra `strata serve` flags
 #
 # The calm tenant: 4 clients of 1 KiB durable puts. The flooding tenants: 64 clients of
 # 1 MiB durable puts; "capped" has requests_per_sec = 100 and write_bytes_per_sec = 20 MiB/s
@@ -33,7 +34,7 @@ EOF
 
 PORT="$(port)"
 "$BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --tokens "$TOKENS" \
-    --write-buffer-mb 256 --cache-memory-mb 256 --cache-disk-mb 0 >"$OUT/server.log" 2>&1 &
+    --write-buffer-mb 256 --cache-memory-mb 256 --cache-disk-mb 0 ${SERVER_ARGS:-} >"$OUT/server.log" 2>&1 &
 PID=$!
 stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$WORK"; }
 trap stop EXIT

@@ -43,7 +43,7 @@ pub struct SecurityArgs {
     pub tenant_max_in_flight: usize,
     /// Most MiB of one namespace's writes in flight on this node at once (a larger write is
     /// admitted alone): one tenant's flood of large writes cannot fill the commit pipeline.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub tenant_max_in_flight_mb: u64,
     /// How often each namespace with a `stored_bytes` quota is measured (a scan of its keys
     /// on the partitions this node serves).

@@ -176,6 +176,8 @@ pub struct Namespace {
     in_flight_bytes: std::sync::atomic::AtomicU64,
     /// This node's bound on `in_flight_bytes`.
     max_in_flight_bytes: std::sync::atomic::AtomicU64,
+    /// Turns promised to writes refused for the in-flight byte share (spreads their retries).
+    bytes_promised: Mutex<Option<Instant>>,
     /// Bytes of keys and values stored, as last measured ([`Authority::set_stored`]).
     stored: std::sync::atomic::AtomicU64,
 }
@@ -193,6 +195,7 @@ impl Namespace {
             in_flight: AtomicUsize::new(0),
             in_flight_bytes: Default::default(),
             max_in_flight_bytes: Default::default(),
+            bytes_promised: Mutex::new(None),
             stored: Default::default(),
         }
     }
@@ -215,16 +218,22 @@ impl Namespace {
 
 /// A token bucket that may go into debt by one request: a request larger than the burst is
 /// admitted when the bucket is full, and the next waits until the debt is paid back.
+///
+/// Refusals are spread out: each refused request is told to come back after the debt is paid
+/// *and* after the requests refused before it had their turn (`promised`), so many clients
+/// of one namespace retry about as fast as the quota admits them instead of all at once.
 #[derive(Debug, Default)]
 struct Bucket {
     /// Units available (negative: debt).
     level: f64,
     at: Option<Instant>,
+    /// The time up to which earlier refusals were promised turns.
+    promised: Option<Instant>,
 }
 
 impl Bucket {
     /// Takes `n` units at `rate` per second (burst: one second's worth). On refusal, how long
-    /// until the bucket is out of debt.
+    /// to wait before trying again.
     fn take(&mut self, n: u64, rate: u64, now: Instant) -> Result<(), Duration> {
         let rate = rate.max(1) as f64;
         let level = match self.at {
@@ -236,7 +245,14 @@ impl Bucket {
         self.at = Some(now);
         if level <= 0.0 {
             self.level = level;
-            return Err(Duration::from_secs_f64((-level + 1.0) / rate));
+            let out_of_debt = now + Duration::from_secs_f64(-level / rate);
+            let start = self.promised.filter(|p| *p > out_of_debt).unwrap_or(out_of_debt);
+            // This request's turn: after the debt and the turns already promised, for as
+            // long as it takes the quota to admit it (capped: a wait the client sees).
+            let turn = (start + Duration::from_secs_f64(n.max(1) as f64 / rate))
+                .min(now + Duration::from_secs(10));
+            self.promised = Some(turn);
+            return Err(turn.saturating_duration_since(now).max(Duration::from_millis(1)));
         }
         self.level = level - n as f64;
         Ok(())
@@ -350,7 +366,7 @@ impl Default for TenantLimits {
     fn default() -> Self {
         TenantLimits {
             max_in_flight: 256,
-            max_in_flight_bytes: 16 << 20,
+            max_in_flight_bytes: 8 << 20,
         }
     }
 }
@@ -841,13 +857,23 @@ impl Principal {
         let before = ns.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
         if before > 0 && before + bytes > max {
             ns.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            // Each refused write gets a later turn than the one before (5 ms per MiB, about
+            // what a local commit of it costs), so a namespace's many clients do not all come
+            // back at once.
+            let now = Instant::now();
+            let mut promised = ns.bytes_promised.lock();
+            let start = promised.filter(|p| *p > now).unwrap_or(now);
+            let turn = (start + Duration::from_micros(5_000 * bytes.div_ceil(1 << 20).max(1)))
+                .min(now + Duration::from_secs(5));
+            *promised = Some(turn);
+            drop(promised);
             return Err(quota_status(
                 format!(
                     "namespace {:?} has {before} bytes of writes in flight on this node, its \
                      share is {max}; retry after the retry-after-ms metadata",
                     ns.name
                 ),
-                Duration::from_millis(20),
+                turn.saturating_duration_since(now),
             ));
         }
         Ok(BytesGuard(Some((ns.clone(), bytes))))
@@ -1253,6 +1279,23 @@ mod tests {
             nobody.range_in(Bytes::new(), None, false).1.unwrap(),
             Bytes::new()
         );
+    }
+
+    #[test]
+    fn refused_requests_are_given_spread_out_turns() {
+        let mut b = Bucket::default();
+        let t0 = Instant::now();
+        // 10 per second: ten pass, then each refusal waits a turn longer than the last.
+        for _ in 0..10 {
+            assert!(b.take(1, 10, t0).is_ok());
+        }
+        let waits: Vec<Duration> = (0..5).map(|_| b.take(1, 10, t0).unwrap_err()).collect();
+        for w in waits.windows(2) {
+            assert!(w[1] > w[0], "{waits:?}");
+        }
+        assert!(waits[4] >= Duration::from_millis(450), "{waits:?}");
+        // After the promised turns the bucket admits again.
+        assert!(b.take(1, 10, t0 + Duration::from_secs(2)).is_ok());
     }
 
     #[test]
