@@ -212,6 +212,11 @@ pub fn render(m: &EngineMetrics, st: &DbStats, meter: &Metered, cache: &BlockCac
             "Connections closed for not finishing the HTTP/2 handshake in time.",
             &m.connections_handshake_timeouts,
         ),
+        (
+            "strata_connections_over_share_closed_total",
+            "Connections closed because their tenant held its --tenant-max-connections share.",
+            &m.connections_over_share_closed,
+        ),
     ] {
         metric(name, "counter", help, l(v));
     }

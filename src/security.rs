@@ -45,6 +45,10 @@ pub struct SecurityArgs {
     /// admitted alone): one tenant's flood of large writes cannot fill the commit pipeline.
     #[arg(long, default_value_t = 8)]
     pub tenant_max_in_flight_mb: u64,
+    /// Most connections of this node one namespace holds (a connection belongs to the
+    /// namespace of its first authenticated request until it closes).
+    #[arg(long, default_value_t = 1024)]
+    pub tenant_max_connections: usize,
     /// How often each namespace with a `stored_bytes` quota is measured (a scan of its keys
     /// on the partitions this node serves).
     #[arg(long, default_value_t = 10)]
@@ -81,6 +85,19 @@ fn check_certs(what: &str, p: &Path, pem: &[u8]) -> Result<()> {
         bail!("{what}: {} holds no certificate", p.display());
     }
     Ok(())
+}
+
+/// Whether two PEM bundles hold a certificate in common (both were checked to parse).
+fn shares_a_cert(a: &[u8], b: &[u8]) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    let ders = |pem: &[u8]| -> Vec<Vec<u8>> {
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .filter_map(|c| c.ok())
+            .map(|c| c.as_ref().to_vec())
+            .collect()
+    };
+    let b = ders(b);
+    ders(a).iter().any(|c| b.contains(c))
 }
 
 fn check_key(p: &Path, pem: &[u8]) -> Result<()> {
@@ -124,6 +141,17 @@ impl SecurityArgs {
                     }
                     None => None,
                 };
+                if let (Some(c), Some(p)) = (&client_ca, &peer_ca) {
+                    // A client's certificate must never pass for a peer's (a peer's calls are
+                    // not charged, and its Resolve is trusted): the two CAs share nothing.
+                    if shares_a_cert(c, p) {
+                        bail!(
+                            "--tls-client-ca and --peer-tls-ca share a certificate: a client's \
+                             certificate would pass for a peer node's; give peers a CA of their \
+                             own"
+                        );
+                    }
+                }
                 // The listener takes client certificates chaining to either CA: clients'
                 // (required when --tls-client-ca is given) and peers' (checked per call:
                 // node-to-node calls need one that chains to --peer-tls-ca).
@@ -165,6 +193,7 @@ impl SecurityArgs {
                     TenantLimits {
                         max_in_flight: self.tenant_max_in_flight.max(1),
                         max_in_flight_bytes: self.tenant_max_in_flight_mb.max(1) << 20,
+                        max_connections: self.tenant_max_connections.max(1),
                     },
                 )
                 .map_err(anyhow::Error::msg)

@@ -568,7 +568,7 @@ async fn tls_and_mutual_tls_with_certificates_made_here() {
 }
 
 #[test]
-fn a_non_loopback_listener_without_tls_or_tokens_refuses_to_start() {
+fn a_non_loopback_listener_without_tls_or_tokens_refuses_to_start_as_do_shared_cas() {
     let dir = tempfile::tempdir().unwrap();
     // The check runs before the listener binds: nothing listens on a public address here.
     let out = Command::new(bin())
@@ -583,6 +583,26 @@ fn a_non_loopback_listener_without_tls_or_tokens_refuses_to_start() {
         err.contains("without TLS") && err.contains("without tokens"),
         "{err}"
     );
+    assert!(!dir.path().join("objects").exists(), "nothing was started");
+
+    // Peers must have a CA of their own: a client's certificate never passes for a peer's.
+    let pki = pki();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--tls-cert")
+        .arg(&pki.cert)
+        .arg("--tls-key")
+        .arg(&pki.key)
+        .arg("--tls-client-ca")
+        .arg(&pki.ca)
+        .arg("--peer-tls-ca")
+        .arg(&pki.ca)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("share a certificate"), "{err}");
     assert!(!dir.path().join("objects").exists(), "nothing was started");
 }
 
@@ -885,6 +905,37 @@ async fn a_cluster_over_mutual_tls_with_tenants_forwards_and_refuses_forged_peer
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Even a verified peer's Prepare writes only inside the namespace of the token it passes
+    // on: a peer certificate is no key to every tenant's data.
+    let ch =
+        strata_proto::auth::endpoint(&addrs[0], Some(&tls_to(&pki, true)), Duration::from_secs(5))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut peer_txn =
+        pb::txn_client::TxnClient::new(tonic::service::interceptor::InterceptedService::new(
+            ch,
+            Bearer::new(Some(&alpha)).unwrap(),
+        ));
+    let mut req = tonic::Request::new(pb::TxnPrepareRequest {
+        txn_id: "forged".into(),
+        partition: 0,
+        ops: vec![pb::WriteOp {
+            op: Some(pb::write_op::Op::Put(put_req("placeholder", "x"))),
+        }],
+        created_ms: 0,
+    });
+    if let Some(pb::write_op::Op::Put(p)) = &mut req.get_mut().ops[0].op {
+        p.key = Bytes::from_static(b"\xff\xfens/beta/stolen");
+    }
+    req.metadata_mut().insert(
+        strata_proto::headers::FORWARDED_PARTITION,
+        tonic::metadata::MetadataValue::from(0u32),
+    );
+    let e = peer_txn.prepare(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("outside namespace"), "{}", e.message());
     eprintln!(
         "cluster over mutual TLS: {} partitions, {} keys read back through the other node",
         routed.partitions(),
@@ -1055,4 +1106,82 @@ async fn the_default_namespace_reserves_the_tenants_range_for_puts_only() {
         err.contains("--peer-tls-ca") && err.contains("--allow-insecure"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_namespace_holds_at_most_its_share_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let a = token_create(&tokens, "a", "read,write");
+    let b = token_create(&tokens, "b", "read,write");
+    let server = serve_with_tokens(
+        &dir.path().join("data"),
+        &tokens,
+        &[
+            "--tenant-max-connections",
+            "2",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let get = || pb::GetRequest {
+        key: Bytes::from_static(b"k"),
+        ..Default::default()
+    };
+    let conn = |t: String| {
+        let addr = server.addr.clone();
+        async move {
+            let ch = strata_proto::auth::endpoint(&addr, None, Duration::from_secs(5))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            pb::kv_client::KvClient::new(tonic::service::interceptor::InterceptedService::new(
+                ch,
+                Bearer::new(Some(&t)).unwrap(),
+            ))
+        }
+    };
+    // Two connections of namespace a are its share; a third is refused, b's are not.
+    let mut a1 = conn(a.clone()).await;
+    let mut a2 = conn(a.clone()).await;
+    a1.get(get()).await.unwrap();
+    a2.get(get()).await.unwrap();
+    let mut a3 = conn(a.clone()).await;
+    let e = a3.get(get()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("connections"), "{}", e.message());
+    let mut b1 = conn(b.clone()).await;
+    b1.get(get()).await.unwrap();
+    // The refused connection is closed a moment later (it holds no descriptor of the node's);
+    // the bound ones stay open.
+    let t0 = Instant::now();
+    while server.metric("strata_connections_over_share_closed_total") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the connection over the share was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        server.metric("strata_connections_over_share_closed_total"),
+        1
+    );
+    // Requests on a bound connection keep working; closing one frees a place, which a3
+    // (reconnecting as it retries) gets.
+    a1.get(get()).await.unwrap();
+    a2.get(get()).await.unwrap();
+    drop(a1);
+    let t0 = Instant::now();
+    while let Err(e) = a3.get(get()).await {
+        assert!(
+            matches!(e.code(), Code::ResourceExhausted | Code::Unavailable),
+            "{e:?}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no place after a connection closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

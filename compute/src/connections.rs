@@ -8,6 +8,9 @@
 //! - A connection with no request in flight for `idle_timeout` is closed. A request counts as
 //!   in flight from its headers until its response body is finished or dropped, so a long
 //!   stream is never "idle" however quiet it is.
+//! - A connection the service layer marks with [`ConnInfo::evict`] (its tenant holds its share
+//!   of the node's connections) is closed [`EVICT_GRACE`] later, once no request is in flight:
+//!   its client has had the refusal and reconnects when it retries.
 //! - Dead peers are found by HTTP/2 keepalive pings, configured on the tonic server
 //!   (`KEEPALIVE_INTERVAL`, `KEEPALIVE_TIMEOUT`).
 //!
@@ -37,6 +40,9 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// ...and closes it when the ping is not answered within this.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long after [`ConnInfo::evict`] the connection closes: time for the refusal that
+/// evicted it to reach the client.
+pub const EVICT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long accepting pauses after an error such as `EMFILE`, so a full fd table does not turn
 /// the accept loop into a busy loop.
@@ -128,6 +134,38 @@ pub struct ConnInfo {
     state: Arc<ConnState>,
 }
 
+impl ConnInfo {
+    /// What the service layer bound this connection to (a tenant's share of connections):
+    /// set once, by the first request that binds it, and dropped when the connection's state
+    /// is (it closed and its last request finished).
+    pub fn owner_slot(&self) -> &std::sync::OnceLock<ConnOwner> {
+        &self.state.owner
+    }
+
+    /// Closes the connection [`EVICT_GRACE`] from the first call, once no request is in
+    /// flight (requests keep being answered until then).
+    pub fn evict(&self) {
+        let st = &self.state;
+        let at = st.now_ms() + EVICT_GRACE.as_millis() as u64;
+        if st
+            .evict_at_ms
+            .compare_exchange(u64::MAX, at, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            st.waker.wake();
+        }
+    }
+}
+
+/// A value whose life is the connection's (see [`ConnInfo::owner_slot`]).
+pub struct ConnOwner(pub Box<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for ConnOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnOwner")
+    }
+}
+
 /// Activity of one connection, shared by its IO (which owns the timers) and its requests.
 #[derive(Debug)]
 struct ConnState {
@@ -136,6 +174,13 @@ struct ConnState {
     /// When a request last started or finished, ms since `epoch`.
     last_active_ms: AtomicU64,
     epoch: Instant,
+    /// See [`ConnInfo::owner_slot`].
+    owner: std::sync::OnceLock<ConnOwner>,
+    /// When to close the connection (ms since `epoch`; `u64::MAX`: never), see
+    /// [`ConnInfo::evict`].
+    evict_at_ms: AtomicU64,
+    /// The connection's reader, woken by an eviction to re-arm its timer.
+    waker: futures::task::AtomicWaker,
 }
 
 impl ConnState {
@@ -283,6 +328,7 @@ impl Handshake {
 enum Closed {
     Handshake,
     Idle,
+    Evicted,
 }
 
 /// One accepted connection: the socket, its connection permit and its timers.
@@ -299,6 +345,8 @@ pub struct Conn {
     /// then before it dispatches them, so a request may be read but not yet counted in
     /// flight: the idle timer must not close the connection at that moment.
     read_since_pending: bool,
+    /// The timer was re-armed for an eviction.
+    evict_armed: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -320,6 +368,9 @@ impl Conn {
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
             epoch,
+            owner: std::sync::OnceLock::new(),
+            evict_at_ms: AtomicU64::new(u64::MAX),
+            waker: futures::task::AtomicWaker::new(),
         });
         let timer = (!limits.handshake_timeout.is_zero())
             .then(|| Box::pin(tokio::time::sleep_until(epoch + limits.handshake_timeout)));
@@ -332,12 +383,31 @@ impl Conn {
             timer,
             closed: None,
             read_since_pending: false,
+            evict_armed: false,
             _permit: permit,
         }
     }
 
-    /// The deadline after the handshake: `idle_timeout` after the last request finished, or
-    /// a re-check one `idle_timeout` from now while requests are in flight.
+    /// The deadline after the handshake: the idle one, or an eviction's if sooner.
+    fn deadline(&self) -> Option<Instant> {
+        let st = &self.info.state;
+        let evict = match st.evict_at_ms.load(Ordering::Acquire) {
+            u64::MAX => None,
+            // Requests in flight: look again shortly after they may have finished.
+            at if st.in_flight.load(Ordering::Acquire) > 0 => Some(
+                (st.epoch + Duration::from_millis(at))
+                    .max(Instant::now() + Duration::from_millis(100)),
+            ),
+            at => Some(st.epoch + Duration::from_millis(at)),
+        };
+        match (self.idle_deadline(), evict) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// `idle_timeout` after the last request finished, or a re-check one `idle_timeout` from
+    /// now while requests are in flight.
     fn idle_deadline(&self) -> Option<Instant> {
         if self.limits.idle_timeout.is_zero() {
             return None;
@@ -362,6 +432,11 @@ impl Conn {
                 return Some(Closed::Handshake);
             }
             let st = &self.info.state;
+            if st.in_flight.load(Ordering::Acquire) == 0
+                && st.now_ms() >= st.evict_at_ms.load(Ordering::Acquire)
+            {
+                return Some(Closed::Evicted);
+            }
             let idle_for = st
                 .now_ms()
                 .saturating_sub(st.last_active_ms.load(Ordering::Acquire));
@@ -370,7 +445,7 @@ impl Conn {
             {
                 return Some(Closed::Idle);
             }
-            match self.idle_deadline() {
+            match self.deadline() {
                 Some(d) => {
                     if let Some(t) = self.timer.as_mut() {
                         t.as_mut().reset(d);
@@ -387,6 +462,7 @@ impl Conn {
             let counter = match why {
                 Closed::Handshake => &self.metrics.connections_handshake_timeouts,
                 Closed::Idle => &self.metrics.connections_idle_closed,
+                Closed::Evicted => &self.metrics.connections_over_share_closed,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(peer = ?self.info.tcp.remote_addr, reason = ?why, "closing connection");
@@ -405,6 +481,10 @@ impl Conn {
                     "no request for {:?} (--idle-timeout-secs)",
                     self.limits.idle_timeout
                 ),
+            ),
+            Closed::Evicted => io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the tenant holds its share of this node's connections (--tenant-max-connections)",
             ),
         }
     }
@@ -446,7 +526,7 @@ impl AsyncRead for Conn {
                         // Idle time counts from the end of the handshake.
                         this.info.state.touch();
                         this.timer = this
-                            .idle_deadline()
+                            .deadline()
                             .map(|d| Box::pin(tokio::time::sleep_until(d)));
                     }
                 }
@@ -456,9 +536,23 @@ impl AsyncRead for Conn {
             Poll::Pending => {}
         }
         let had_data = std::mem::take(&mut this.read_since_pending);
+        if this.handshake.done {
+            // Registered before the flag is read: an eviction after this wakes us.
+            this.info.state.waker.register(cx.waker());
+            if !this.evict_armed && this.info.state.evict_at_ms.load(Ordering::Acquire) != u64::MAX
+            {
+                this.evict_armed = true;
+                if let Some(d) = this.deadline() {
+                    match this.timer.as_mut() {
+                        Some(t) => t.as_mut().reset(d),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(d))),
+                    }
+                }
+            }
+        }
         match this.poll_timer(cx) {
             // Look again once hyper has handled what it just read (the timer stays due).
-            Some(Closed::Idle) if had_data => {
+            Some(Closed::Idle | Closed::Evicted) if had_data => {
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }

@@ -290,8 +290,17 @@ async fn client_loop<B: Backend>(
             Err(e) => {
                 ctx.shared.note_error(&e);
                 lock_recorder(&recorder).record_err(kind, &e.code);
-                if let Some(d) = e.retry_after {
-                    tokio::time::sleep(d).await;
+                if let Some(mut d) = e.retry_after {
+                    // Never past the run's end.
+                    if let Some(end) = ctx.deadline {
+                        d = d.min(end.saturating_duration_since(Instant::now()));
+                    }
+                    // In slices, so a stopped run does not wait out a long turn.
+                    let until = Instant::now() + d;
+                    while !ctx.shared.stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        let left = until.saturating_duration_since(Instant::now());
+                        tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+                    }
                 }
             }
         }

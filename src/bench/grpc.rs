@@ -48,12 +48,15 @@ fn op_error(status: tonic::Status) -> OpError {
     OpError {
         code: client_cli::code_name(status.code()),
         retryable: is_retryable(status.code()),
-        retry_after: status
-            .metadata()
-            .get(strata_proto::headers::RETRY_AFTER_MS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|ms| Duration::from_millis(ms.min(60_000))),
+        // Only a quota's refusal asks the client to wait; other refusals that carry the
+        // header (an engine's write stall) are the load being measured.
+        retry_after: (strata_proto::reason::reason_of(&status)
+            == Some(strata_proto::reason::QUOTA_EXCEEDED))
+        .then(|| status.metadata().get(strata_proto::headers::RETRY_AFTER_MS))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms.min(60_000))),
         message: client_cli::status_error(status).to_string(),
     }
 }

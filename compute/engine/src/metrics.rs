@@ -43,4 +43,6 @@ pub struct EngineMetrics {
     pub connections_idle_closed: AtomicU64,
     /// Connections closed for not finishing the HTTP/2 handshake in time.
     pub connections_handshake_timeouts: AtomicU64,
+    /// Connections closed because their tenant held its share of the node's connections.
+    pub connections_over_share_closed: AtomicU64,
 }

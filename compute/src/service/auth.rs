@@ -172,6 +172,8 @@ pub struct Namespace {
     requests: Mutex<Bucket>,
     write_bytes: Mutex<Bucket>,
     in_flight: AtomicUsize,
+    /// Connections of this node whose first authenticated request was this namespace's.
+    connections: AtomicUsize,
     /// Bytes of writes of this namespace between admission and their answer, on this node.
     in_flight_bytes: std::sync::atomic::AtomicU64,
     /// This node's bound on `in_flight_bytes`.
@@ -193,6 +195,7 @@ impl Namespace {
             requests: Mutex::new(Bucket::default()),
             write_bytes: Mutex::new(Bucket::default()),
             in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             in_flight_bytes: Default::default(),
             max_in_flight_bytes: Default::default(),
             bytes_promised: Mutex::new(None),
@@ -245,14 +248,19 @@ impl Bucket {
         self.at = Some(now);
         if level <= 0.0 {
             self.level = level;
-            let out_of_debt = now + Duration::from_secs_f64(-level / rate);
-            let start = self.promised.filter(|p| *p > out_of_debt).unwrap_or(out_of_debt);
+            let out_of_debt = now + Duration::from_secs_f64((-level).max(0.0) / rate);
+            let start = self
+                .promised
+                .filter(|p| *p > out_of_debt)
+                .unwrap_or(out_of_debt);
             // This request's turn: after the debt and the turns already promised, for as
             // long as it takes the quota to admit it (capped: a wait the client sees).
             let turn = (start + Duration::from_secs_f64(n.max(1) as f64 / rate))
                 .min(now + Duration::from_secs(10));
             self.promised = Some(turn);
-            return Err(turn.saturating_duration_since(now).max(Duration::from_millis(1)));
+            return Err(turn
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1)));
         }
         self.level = level - n as f64;
         Ok(())
@@ -360,6 +368,9 @@ pub struct TenantLimits {
     /// Most bytes of one namespace's writes in flight at once on this node (a write larger
     /// than this is admitted alone).
     pub max_in_flight_bytes: u64,
+    /// Most connections of this node one namespace holds (a connection belongs to the
+    /// namespace of its first authenticated request, until it closes).
+    pub max_connections: usize,
 }
 
 impl Default for TenantLimits {
@@ -367,6 +378,7 @@ impl Default for TenantLimits {
         TenantLimits {
             max_in_flight: 256,
             max_in_flight_bytes: 8 << 20,
+            max_connections: 1024,
         }
     }
 }
@@ -610,6 +622,7 @@ impl Authority {
             ns: Some(t.namespace.clone()),
             rights: t.rights,
             peer: false,
+            pre_admitted: false,
         })
     }
 
@@ -636,6 +649,60 @@ impl Authority {
             ));
         }
         Ok(Some(InFlightGuard(ns.clone())))
+    }
+}
+
+/// A connection's place in its namespace's share; dropped with the connection.
+struct ConnGuard(Arc<Namespace>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Authority {
+    /// Binds the request's connection to `p`'s namespace if it is not bound yet, within the
+    /// namespace's share of this node's connections. A connection over the share gets
+    /// `RESOURCE_EXHAUSTED` and is closed [`crate::connections::EVICT_GRACE`] later.
+    fn bind_connection<B>(&self, req: &http::Request<B>, p: &Principal) -> Result<(), Status> {
+        let Some(ns) = &p.ns else { return Ok(()) };
+        let info = req
+            .extensions()
+            .get::<crate::connections::ConnInfo>()
+            .cloned()
+            .or_else(|| {
+                req.extensions()
+                    .get::<tonic::transport::server::TlsConnectInfo<crate::connections::ConnInfo>>()
+                    .map(|t| t.get_ref().clone())
+            });
+        let Some(info) = info else { return Ok(()) };
+        let slot = info.owner_slot();
+        if slot.get().is_some() {
+            return Ok(());
+        }
+        let max = self.inner.limits.max_connections.max(1);
+        if ns.connections.fetch_add(1, Ordering::AcqRel) >= max {
+            ns.connections.fetch_sub(1, Ordering::AcqRel);
+            // Refused, and closed a moment later: a connection over the share must not keep
+            // a descriptor of the node's (a retrying client reconnects, and is let in once
+            // others of its namespace have closed).
+            info.evict();
+            return Err(quota_status(
+                format!(
+                    "namespace {:?} holds {max} connections of this node, its share; close \
+                     some, or retry after the retry-after-ms metadata",
+                    ns.name
+                ),
+                Duration::from_millis(500),
+            ));
+        }
+        let guard = crate::connections::ConnOwner(Box::new(ConnGuard(ns.clone())));
+        if let Err(lost) = slot.set(guard) {
+            // Another request bound it first: this one's count goes back with `lost`.
+            drop(lost);
+        }
+        Ok(())
     }
 }
 
@@ -707,6 +774,9 @@ pub struct Principal {
     /// A peer node (its certificate chains to `--peer-tls-ca`): keys arrive in stored form
     /// from a node that checked them.
     peer: bool,
+    /// Admitted and charged on the node the client sent it to (a verified peer forwarded
+    /// it, or a transaction's Resolve): the write quotas are not charged again here.
+    pre_admitted: bool,
 }
 
 impl Principal {
@@ -716,6 +786,7 @@ impl Principal {
             ns: None,
             rights: 0xff,
             peer: false,
+            pre_admitted: false,
         }
     }
 
@@ -725,6 +796,7 @@ impl Principal {
             ns: None,
             rights: 0xff,
             peer: true,
+            pre_admitted: true,
         }
     }
 
@@ -734,6 +806,7 @@ impl Principal {
             ns: None,
             rights: 0,
             peer: false,
+            pre_admitted: false,
         }
     }
 
@@ -850,13 +923,28 @@ impl Principal {
     /// the commit pipeline every tenant shares. Over the share: `RESOURCE_EXHAUSTED` with
     /// `retry-after-ms`; a write alone is always admitted, however large.
     pub fn reserve_write(&self, bytes: u64) -> Result<BytesGuard, Status> {
-        let Some(ns) = &self.ns else {
+        let Some(ns) = self.ns.as_ref().filter(|_| !self.pre_admitted) else {
             return Ok(BytesGuard(None));
         };
         let max = ns.max_in_flight_bytes.load(Ordering::Relaxed).max(1);
-        let before = ns.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
-        if before > 0 && before + bytes > max {
-            ns.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        // Added only if it fits (or nothing is in flight), so a refused write never makes a
+        // lone write that races it look over the share.
+        let mut before = ns.in_flight_bytes.load(Ordering::Acquire);
+        let refused = loop {
+            if before > 0 && before.saturating_add(bytes) > max {
+                break true;
+            }
+            match ns.in_flight_bytes.compare_exchange_weak(
+                before,
+                before.saturating_add(bytes),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break false,
+                Err(now) => before = now,
+            }
+        };
+        if refused {
             // Each refused write gets a later turn than the one before (5 ms per MiB, about
             // what a local commit of it costs), so a namespace's many clients do not all come
             // back at once.
@@ -883,7 +971,9 @@ impl Principal {
     /// write that `adds` data (any put) while the namespace is over its `stored_bytes`
     /// (deletes always pass that check: they are how a tenant gets back under it).
     pub fn charge_write(&self, bytes: u64, adds: bool) -> Result<(), Status> {
-        let Some(ns) = &self.ns else { return Ok(()) };
+        let Some(ns) = self.ns.as_ref().filter(|_| !self.pre_admitted) else {
+            return Ok(());
+        };
         let q = *ns.quotas.read();
         if let Some(limit) = q.stored_bytes.filter(|_| adds) {
             let stored = ns.stored.load(Ordering::Relaxed);
@@ -1093,20 +1183,36 @@ where
             return Box::pin(fut);
         };
         let path = req.uri().path();
-        let txn = path.starts_with("/strata.v1.Txn/");
-        if txn && verified_peer {
+        // Only the second half of a transaction carries no keys and no token of its own: a
+        // verified peer resolving a decided transaction is trusted as the peer it is. A
+        // Prepare carries its client's token and its keys are checked against that token's
+        // namespace like any forwarded request's.
+        let resolve = path == "/strata.v1.Txn/Resolve";
+        if resolve && verified_peer {
             req.extensions_mut().insert(Principal::peer());
             return Box::pin(self.inner.call(req));
         }
         let need = need_of(path);
         let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-        // The halves of a transaction and what a peer forwards were admitted where the client
-        // sent them: charging them again could strand a decided transaction.
-        let charge = !(txn || verified_peer);
-        let admitted = auth.authorize(header, need).and_then(|p| {
+        // What a verified peer forwards (a Prepare included) was admitted and charged where
+        // the client sent it; a Resolve is never charged, as a quota must not strand a
+        // decided transaction. Without a peer CA nothing tells a peer from a client, so a
+        // forwarded request is charged again (at worst twice).
+        let charge = !verified_peer && !resolve;
+        // A connection carrying forwarded requests is a peer's, shared by every tenant: it is
+        // bound to no namespace.
+        let bind = charge
+            && !req
+                .headers()
+                .contains_key(strata_proto::headers::FORWARDED_PARTITION);
+        let admitted = auth.authorize(header, need).and_then(|mut p| {
+            if bind {
+                auth.bind_connection(&req, &p)?;
+            }
             if charge {
                 auth.admit(&p).map(|g| (p, g))
             } else {
+                p.pre_admitted = true;
                 Ok((p, None))
             }
         });
@@ -1330,5 +1436,44 @@ mod tests {
         .unwrap();
         a.reload().unwrap();
         assert!(p.charge_write(1, true).is_ok());
+    }
+
+    #[test]
+    fn the_in_flight_byte_share_and_what_a_peer_admitted() {
+        let (_d, a) = authority(&file(
+            &[("a", "alpha", "read,write")],
+            "[namespaces.alpha]\nwrite_bytes_per_sec = 100\n",
+        ));
+        let p = a.authorize(Some(b"Bearer a"), Need::Token).unwrap();
+        let share = p
+            .namespace()
+            .unwrap()
+            .max_in_flight_bytes
+            .load(Ordering::Relaxed);
+        // A write alone is admitted however large; a second one over the share is not, and
+        // its refusal leaves nothing counted (the first's bytes free, a lone write passes).
+        let big = p.reserve_write(share * 2).unwrap();
+        let e = p.reserve_write(1).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.metadata().get(RETRY_AFTER_MS).is_some());
+        drop(big);
+        let ns = p.namespace().unwrap();
+        assert_eq!(ns.in_flight_bytes.load(Ordering::Acquire), 0);
+        let fits = p.reserve_write(share / 2).unwrap();
+        assert!(p.reserve_write(share / 4).is_ok());
+        drop(fits);
+        // What a verified peer forwards was charged where the client sent it: never again.
+        let mut fwd = p.clone();
+        fwd.pre_admitted = true;
+        let _held = p.reserve_write(share).unwrap();
+        assert!(fwd.reserve_write(share).is_ok());
+        for _ in 0..10 {
+            assert!(fwd.charge_write(1_000, true).is_ok());
+        }
+        assert!(
+            p.charge_write(1_000, true).is_ok(),
+            "the burst is still there"
+        );
+        assert!(p.charge_write(1, true).is_err());
     }
 }

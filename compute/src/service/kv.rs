@@ -953,9 +953,10 @@ impl Kv for KvService {
         let mut r = req.into_inner();
         let d = durable("durability", r.durability)?;
         let op = put_op("", r.clone(), &cx.who, cx.forwarded)?;
+        // The in-flight share first: a write it refuses has taken nothing of the rate.
+        let _held = cx.who.reserve_write(write_cost(&r.key, r.value.len()))?;
         cx.who
             .charge_write(write_cost(&r.key, r.value.len()), true)?;
-        let _held = cx.who.reserve_write(write_cost(&r.key, r.value.len()))?;
         r.key = op.key.clone();
         let p = self.partition_of(&op.key)?;
         let cxr = &cx;
@@ -1068,8 +1069,8 @@ impl Kv for KvService {
             .ops
             .iter()
             .any(|o| matches!(o.op, Some(pb::write_op::Op::Put(_))));
-        cx.who.charge_write(cost, adds)?;
         let _held = cx.who.reserve_write(cost)?;
+        cx.who.charge_write(cost, adds)?;
         self.regrouping(r, |r| self.batch_write_once(&cx, r), cx.budget)
             .await
     }
@@ -1142,94 +1143,123 @@ impl Kv for KvService {
         }
         let limit = r.limit as usize;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::ScanResponse, Status>>(4);
+        // How the scan ended, told after its last entry: a stream that merely stops would read
+        // as a complete scan, so an end the client did not get in-band is added at the tail.
+        let tail: Arc<Mutex<Option<Result<(), Status>>>> = Arc::default();
+        let tail_w = tail.clone();
         tokio::spawn(async move {
-            let mut sent = 0usize;
-            let mut chunk = Vec::new();
-            let mut chunk_bytes = 0usize;
-            loop {
-                if limit != 0 && sent >= limit {
-                    break;
-                }
-                // Refill every empty buffer, then take the smallest head.
-                for h in heads.iter_mut() {
-                    if h.buf.is_empty() && !h.done {
-                        let want = if limit == 0 {
-                            SCAN_CHUNK_ENTRIES
-                        } else {
-                            (limit - sent).min(SCAN_CHUNK_ENTRIES)
-                        };
-                        match h.src.next(want).await {
-                            Ok(v) if v.is_empty() => h.done = true,
-                            Ok(v) => h.buf.extend(v),
-                            Err(e) => {
+            let txr = &tx;
+            let outcome = async move {
+                let mut sent = 0usize;
+                let mut chunk = Vec::new();
+                let mut chunk_bytes = 0usize;
+                loop {
+                    if limit != 0 && sent >= limit {
+                        break;
+                    }
+                    // Refill every empty buffer, then take the smallest head.
+                    for h in heads.iter_mut() {
+                        if h.buf.is_empty() && !h.done {
+                            let want = if limit == 0 {
+                                SCAN_CHUNK_ENTRIES
+                            } else {
+                                (limit - sent).min(SCAN_CHUNK_ENTRIES)
+                            };
+                            match h.src.next(want).await {
+                                Ok(v) if v.is_empty() => h.done = true,
+                                Ok(v) => h.buf.extend(v),
                                 // A peer's or the transport's error: give it a reason.
-                                let _ = tx.send(Err(strata_proto::reason::or_default(e))).await;
-                                return;
+                                Err(e) => return Err(strata_proto::reason::or_default(e)),
+                            }
+                        }
+                    }
+                    let Some(i) = heads
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, h)| h.buf.front().map(|kv| (i, kv)))
+                        .min_by(|a, b| a.1.key.cmp(&b.1.key))
+                        .map(|(i, _)| i)
+                    else {
+                        break;
+                    };
+                    let Some(mut kv) = heads[i].buf.pop_front() else {
+                        break;
+                    };
+                    if let Some(who) = &who {
+                        kv.key = who.key_out(kv.key);
+                    }
+                    chunk_bytes += kv.key.len() + kv.value.len() + 16;
+                    chunk.push(kv);
+                    sent += 1;
+                    if chunk.len() >= SCAN_CHUNK_ENTRIES || chunk_bytes >= SCAN_CHUNK_BYTES {
+                        let entries = std::mem::take(&mut chunk);
+                        chunk_bytes = 0;
+                        match tokio::time::timeout(
+                            MAX_SNAPSHOT_AGE,
+                            txr.send(Ok(pb::ScanResponse { entries })),
+                        )
+                        .await
+                        {
+                            Ok(Ok(())) => {}
+                            // The client is gone: nobody to tell.
+                            Ok(Err(_)) => return Ok(()),
+                            Err(_) => {
+                                // The client stopped reading. Its snapshot would expire anyway;
+                                // release it now (a held version keeps compacted inputs from
+                                // being deleted), then tell the client why the scan ended.
+                                drop(heads);
+                                return Err(abandoned());
                             }
                         }
                     }
                 }
-                let Some(i) = heads
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, h)| h.buf.front().map(|kv| (i, kv)))
-                    .min_by(|a, b| a.1.key.cmp(&b.1.key))
-                    .map(|(i, _)| i)
-                else {
-                    break;
-                };
-                let Some(mut kv) = heads[i].buf.pop_front() else {
-                    break;
-                };
-                if let Some(who) = &who {
-                    kv.key = who.key_out(kv.key);
-                }
-                chunk_bytes += kv.key.len() + kv.value.len() + 16;
-                chunk.push(kv);
-                sent += 1;
-                if chunk.len() >= SCAN_CHUNK_ENTRIES || chunk_bytes >= SCAN_CHUNK_BYTES {
-                    let entries = std::mem::take(&mut chunk);
-                    chunk_bytes = 0;
-                    match tokio::time::timeout(
+                // Every entry is read: release the version before waiting on the client.
+                drop(heads);
+                let _held = held;
+                if !chunk.is_empty() {
+                    // Bounded like every send: a client that stops reading must not keep the
+                    // namespace's in-flight slot for ever.
+                    let sent = tokio::time::timeout(
                         MAX_SNAPSHOT_AGE,
-                        tx.send(Ok(pb::ScanResponse { entries })),
+                        txr.send(Ok(pb::ScanResponse { entries: chunk })),
                     )
-                    .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return,
-                        Err(_) => {
-                            // The client stopped reading. Its snapshot would expire anyway;
-                            // release it now (a held version keeps compacted inputs from
-                            // being deleted), then tell the client why the scan ended.
-                            drop(heads);
-                            let _ = tx
-                                .send(Err(strata_proto::reason::with_reason(
-                                    Status::aborted(format!(
-                                        "scan abandoned: the client read nothing for {}s, past \
-                                         the snapshot's maximum age; scan again from the last \
-                                         key",
-                                        MAX_SNAPSHOT_AGE.as_secs()
-                                    )),
-                                    reason::SNAPSHOT_TOO_OLD,
-                                )))
-                                .await;
-                            return;
-                        }
+                    .await;
+                    if sent.is_err() {
+                        return Err(abandoned());
                     }
                 }
+                Ok(())
             }
-            // Every entry is read: release the version before waiting on the client.
-            drop(heads);
-            let _held = held;
-            if !chunk.is_empty() {
-                let _ = tx.send(Ok(pb::ScanResponse { entries: chunk })).await;
-            }
+            .await;
+            // Set before `tx` drops: the stream reads it only once every sender is gone.
+            *tail_w.lock() = Some(outcome);
+            drop(tx);
         });
+        let last =
+            futures::stream::once(async move { tail.lock().take() }).filter_map(|o| match o {
+                Some(Ok(())) => None,
+                Some(Err(s)) => Some(Err(s)),
+                None => Some(Err(Status::internal(
+                    "the scan stopped before its end (its task ended unexpectedly); scan again \
+                 from the last key",
+                ))),
+            });
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            tokio_stream::wrappers::ReceiverStream::new(rx).chain(last),
         )))
     }
+}
+
+/// A scan ended because its client read nothing for the snapshot's maximum age.
+fn abandoned() -> Status {
+    strata_proto::reason::with_reason(
+        Status::aborted(format!(
+            "scan abandoned: the client read nothing for {}s, past the snapshot's maximum \
+             age; scan again from the last key",
+            MAX_SNAPSHOT_AGE.as_secs()
+        )),
+        reason::SNAPSHOT_TOO_OLD,
+    )
 }
 
 /// Joins a key prefix and returns the smallest key after `key` (for cursors).

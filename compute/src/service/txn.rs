@@ -407,7 +407,6 @@ impl pb::txn_server::Txn for TxnService {
         // token it passed on.
         let who = self.kv.ctx(&req)?.who;
         let r = req.into_inner();
-        let db = self.local(r.partition, &r.txn_id)?;
         let mut ops = Vec::with_capacity(r.ops.len());
         for (i, op) in r.ops.into_iter().enumerate() {
             let op = match op.op {
@@ -423,6 +422,8 @@ impl pb::txn_server::Txn for TxnService {
             };
             ops.push(op);
         }
+        // The keys are checked before anything else: a refused key learns nothing of owners.
+        let db = self.local(r.partition, &r.txn_id)?;
         db.txn_prepare(&r.txn_id, r.created_ms, ops)
             .await
             .map_err(status)?;
