@@ -167,7 +167,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     let auth_layer = AuthLayer::new(sec.authority.clone(), sec.peer_ca_pem.as_deref())
         .map_err(anyhow::Error::msg)
-        .context("--peer-tls-ca")?;
+        .context("--peer-tls-ca")?
+        .single_node(args.etcd.is_none());
     tracing::info!(
         "client API on {local}: {}{}",
         sec.summary,

@@ -331,6 +331,34 @@ async fn tokens_gate_every_call_and_namespaces_are_disjoint() {
     assert_eq!(b.get("b-only").await.unwrap().unwrap().0, "2");
     assert_eq!(a.get(spelled).await.unwrap().unwrap().0, "x");
 
+    // A node alone takes no forwarded request (no peer forwards to it; a tenant's header
+    // would pass its requests off as admitted elsewhere).
+    let ch = strata_proto::auth::endpoint(&addr, None, Duration::from_secs(5))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw =
+        pb::kv_client::KvClient::new(tonic::service::interceptor::InterceptedService::new(
+            ch,
+            Bearer::new(Some(&alpha)).unwrap(),
+        ));
+    let mut req = tonic::Request::new(pb::GetRequest {
+        key: Bytes::from_static(b"\xff\xfens/alpha/shared"),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        strata_proto::headers::FORWARDED_PARTITION,
+        tonic::metadata::MetadataValue::from(0u32),
+    );
+    let e = raw.get(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("not part of a cluster"),
+        "{}",
+        e.message()
+    );
+
     // The CLI takes the token from STRATA_TOKEN (never an argument in these docs).
     let (ok, out, err) = cli(
         &["get", "shared", "--target", &addr],
@@ -445,6 +473,55 @@ async fn token_files_are_private_and_reload_on_change_and_sighup() {
 
 // ---------------------------------------------------------------------------------------
 // TLS
+
+#[tokio::test]
+async fn a_quiet_tls_connection_is_not_taken_for_a_slow_handshake() {
+    // The connection timers see the TLS records, not the HTTP/2 preface inside them: a TLS
+    // connection whose handshake is done must not be closed by the handshake timeout, and a
+    // TLS client that stalls in its handshake still is.
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &dir.path().join("tls"),
+        ServerOpts {
+            extra_args: vec![
+                "--tls-cert".into(),
+                pki.cert.display().to_string(),
+                "--tls-key".into(),
+                pki.key.display().to_string(),
+                "--handshake-timeout-secs".into(),
+                "1".into(),
+                "--metrics-listen".into(),
+                "127.0.0.1:0".into(),
+            ],
+            env: Vec::new(),
+        },
+    );
+    let c = client(&server.addr, None, Some(tls_to(&pki, false)))
+        .await
+        .unwrap();
+    c.put("k", "v").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        server.metric("strata_connections_handshake_timeouts_total"),
+        0,
+        "a TLS connection past its handshake was closed as a slow handshake"
+    );
+    assert_eq!(c.get("k").await.unwrap().unwrap().0, "v");
+    // A client that sends the start of a ClientHello and stops is closed.
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    std::io::Write::write_all(&mut s, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let t0 = Instant::now();
+    let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closed the stalled TLS handshake");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert_eq!(
+        server.metric("strata_connections_handshake_timeouts_total"),
+        1
+    );
+}
 
 #[tokio::test]
 async fn tls_and_mutual_tls_with_certificates_made_here() {

@@ -4,13 +4,15 @@
 //! - At most `max_connections` are open at once; one more is accepted and closed at once (the
 //!   client sees the connection end immediately rather than hang in the kernel's backlog).
 //! - A connection that has not sent its HTTP/2 preface and first SETTINGS frame within
-//!   `handshake_timeout` is closed (half-open and slow-loris sockets).
+//!   `handshake_timeout` is closed (half-open and slow-loris sockets). Over TLS the preface is
+//!   encrypted: there the handshake is done at the client's first application-data record.
 //! - A connection with no request in flight for `idle_timeout` is closed. A request counts as
 //!   in flight from its headers until its response body is finished or dropped, so a long
 //!   stream is never "idle" however quiet it is.
 //! - A connection the service layer marks with [`ConnInfo::evict`] (its tenant holds its share
-//!   of the node's connections) is closed [`EVICT_GRACE`] later, once no request is in flight:
-//!   its client has had the refusal and reconnects when it retries.
+//!   of the node's connections) is closed [`EVICT_GRACE`] later, once no request is in flight
+//!   and none has finished for [`EVICT_QUIET`]: its client has had the refusal and reconnects
+//!   when it retries. (A stream kept open, such as a health watch, keeps it open.)
 //! - Dead peers are found by HTTP/2 keepalive pings, configured on the tonic server
 //!   (`KEEPALIVE_INTERVAL`, `KEEPALIVE_TIMEOUT`).
 //!
@@ -43,6 +45,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long after [`ConnInfo::evict`] the connection closes: time for the refusal that
 /// evicted it to reach the client.
 pub const EVICT_GRACE: Duration = Duration::from_secs(1);
+/// How long an evicted connection must have been quiet before it closes.
+pub const EVICT_QUIET: Duration = Duration::from_millis(200);
 
 /// How long accepting pauses after an error such as `EMFILE`, so a full fd table does not turn
 /// the accept loop into a busy loop.
@@ -142,8 +146,15 @@ impl ConnInfo {
         &self.state.owner
     }
 
+    /// Whether [`ConnInfo::evict`] was called: the connection is closing, and the service
+    /// layer starts no more requests on it.
+    pub fn evicted(&self) -> bool {
+        self.state.evict_at_ms.load(Ordering::Acquire) != u64::MAX
+    }
+
     /// Closes the connection [`EVICT_GRACE`] from the first call, once no request is in
-    /// flight (requests keep being answered until then).
+    /// flight and none has finished for [`EVICT_QUIET`] (the last answer has reached the
+    /// socket: a request finishes when its body is handed to HTTP/2, before it is written).
     pub fn evict(&self) {
         let st = &self.state;
         let at = st.now_ms() + EVICT_GRACE.as_millis() as u64;
@@ -297,25 +308,74 @@ struct Handshake {
     seen: usize,
     header: [u8; 9],
     done: bool,
+    /// The connection speaks TLS (its first byte opens a TLS handshake record): the HTTP/2
+    /// preface is encrypted inside, so the TLS records are followed instead.
+    tls: Option<TlsRecords>,
+}
+
+/// Where the reader is in a client's TLS records: a record header being read, or the bytes
+/// of a record's body still to skip.
+#[derive(Debug, Default)]
+struct TlsRecords {
+    head: [u8; TLS_RECORD_HEADER_LEN],
+    have: usize,
+    skip: usize,
 }
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER_LEN: usize = 9;
+const TLS_RECORD_HEADER_LEN: usize = 5;
+const TLS_HANDSHAKE: u8 = 0x16;
+const TLS_APPLICATION_DATA: u8 = 0x17;
+
+impl TlsRecords {
+    /// Whether `bytes` hold an application-data record: the client finished its handshake
+    /// (TLS 1.3 sends even its Finished message as one; TLS 1.2 sends one right after).
+    fn observe(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (TLS_RECORD_HEADER_LEN - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == TLS_RECORD_HEADER_LEN {
+                if self.head[0] == TLS_APPLICATION_DATA {
+                    return true;
+                }
+                self.skip = u16::from_be_bytes([self.head[3], self.head[4]]) as usize;
+                self.have = 0;
+            }
+        }
+        false
+    }
+}
 
 impl Handshake {
     fn observe(&mut self, bytes: &[u8]) {
-        if self.done {
+        if self.done || bytes.is_empty() {
             return;
+        }
+        if self.seen == 0 && bytes[0] == TLS_HANDSHAKE {
+            self.tls = Some(TlsRecords::default());
         }
         let start = self.seen;
         let end = start + bytes.len();
+        self.seen = end;
+        if let Some(t) = &mut self.tls {
+            self.done = t.observe(bytes);
+            return;
+        }
         let header = PREFACE_LEN..PREFACE_LEN + FRAME_HEADER_LEN;
         let (lo, hi) = (start.max(header.start), end.min(header.end));
         if lo < hi {
             self.header[lo - PREFACE_LEN..hi - PREFACE_LEN]
                 .copy_from_slice(&bytes[lo - start..hi - start]);
         }
-        self.seen = end;
         if self.seen >= header.end {
             let payload = u32::from_be_bytes([0, self.header[0], self.header[1], self.header[2]]);
             self.done = self.seen >= header.end + payload as usize;
@@ -398,7 +458,12 @@ impl Conn {
                 (st.epoch + Duration::from_millis(at))
                     .max(Instant::now() + Duration::from_millis(100)),
             ),
-            at => Some(st.epoch + Duration::from_millis(at)),
+            at => Some(
+                st.epoch
+                    + Duration::from_millis(at.max(
+                        st.last_active_ms.load(Ordering::Acquire) + EVICT_QUIET.as_millis() as u64,
+                    )),
+            ),
         };
         match (self.idle_deadline(), evict) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -432,8 +497,11 @@ impl Conn {
                 return Some(Closed::Handshake);
             }
             let st = &self.info.state;
+            let now = st.now_ms();
             if st.in_flight.load(Ordering::Acquire) == 0
-                && st.now_ms() >= st.evict_at_ms.load(Ordering::Acquire)
+                && now >= st.evict_at_ms.load(Ordering::Acquire)
+                && now.saturating_sub(st.last_active_ms.load(Ordering::Acquire))
+                    >= EVICT_QUIET.as_millis() as u64
             {
                 return Some(Closed::Evicted);
             }
@@ -829,6 +897,33 @@ mod tests {
             h.observe(std::slice::from_ref(b));
         }
         assert!(h.done);
+    }
+
+    #[test]
+    fn over_tls_the_handshake_is_done_at_the_first_application_data_record() {
+        // ClientHello (a 0x16 record whose body would read as a huge HTTP/2 frame length),
+        // ChangeCipherSpec, then application data.
+        let mut bytes = vec![0x16, 0x03, 0x01, 0x00, 0x30];
+        bytes.extend(std::iter::repeat_n(0xffu8, 0x30));
+        bytes.extend_from_slice(&[0x14, 0x03, 0x03, 0x00, 0x01, 0x01]);
+        let app = bytes.len();
+        bytes.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x02, 0xaa, 0xbb]);
+        for split in 0..=bytes.len() {
+            let mut h = Handshake::default();
+            h.observe(&bytes[..split]);
+            // Done once the application-data record's header is in.
+            assert_eq!(
+                h.done,
+                split >= app + TLS_RECORD_HEADER_LEN,
+                "split {split}"
+            );
+            h.observe(&bytes[split..]);
+            assert!(h.done, "split {split}");
+        }
+        // A stalled ClientHello is never done.
+        let mut h = Handshake::default();
+        h.observe(&bytes[..app]);
+        assert!(!h.done);
     }
 
     #[test]

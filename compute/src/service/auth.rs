@@ -17,7 +17,8 @@
 //! [`AuthLayer`] runs before every service: it finds the call's [`Need`] from its gRPC path,
 //! authenticates the `authorization: Bearer TOKEN` metadata against the file's hashes
 //! (constant-time compares; the text of a token is never stored or logged), checks the
-//! right, charges the namespace's request rate and in-flight share, and hands the handlers a
+//! right, binds the connection to the namespace (within its share of the node's connections),
+//! charges the namespace's request rate and in-flight share, and hands the handlers a
 //! [`Principal`] in the request's extensions. The handlers put every key a tenant sends under
 //! its namespace's prefix ([`Principal::key_in`]) and take it off every key they return
 //! ([`Principal::key_out`]); keys a peer forwards arrive prefixed already and are checked to
@@ -652,6 +653,17 @@ impl Authority {
     }
 }
 
+fn evicted_status(ns: &Namespace) -> Status {
+    quota_status(
+        format!(
+            "namespace {:?} holds its share of this node's connections: this one is closing; \
+             retry on a new connection",
+            ns.name
+        ),
+        Duration::from_millis(500),
+    )
+}
+
 /// A connection's place in its namespace's share; dropped with the connection.
 struct ConnGuard(Arc<Namespace>);
 
@@ -677,6 +689,10 @@ impl Authority {
                     .map(|t| t.get_ref().clone())
             });
         let Some(info) = info else { return Ok(()) };
+        if info.evicted() {
+            // Closing: nothing more is started on it (its answer could be cut off).
+            return Err(evicted_status(ns));
+        }
         let slot = info.owner_slot();
         if slot.get().is_some() {
             return Ok(());
@@ -684,6 +700,10 @@ impl Authority {
         let max = self.inner.limits.max_connections.max(1);
         if ns.connections.fetch_add(1, Ordering::AcqRel) >= max {
             ns.connections.fetch_sub(1, Ordering::AcqRel);
+            if slot.get().is_some() {
+                // A request racing this one bound the connection first.
+                return Ok(());
+            }
             // Refused, and closed a moment later: a connection over the share must not keep
             // a descriptor of the node's (a retrying client reconnects, and is let in once
             // others of its namespace have closed).
@@ -771,8 +791,8 @@ fn quota_status(msg: String, after: Duration) -> Status {
 pub struct Principal {
     ns: Option<Arc<Namespace>>,
     rights: u8,
-    /// A peer node (its certificate chains to `--peer-tls-ca`): keys arrive in stored form
-    /// from a node that checked them.
+    /// A peer node (its certificate chains to `--peer-tls-ca`) resolving a transaction it
+    /// coordinated: the call names no keys of a client's.
     peer: bool,
     /// Admitted and charged on the node the client sent it to (a verified peer forwarded
     /// it, or a transaction's Resolve): the write quotas are not charged again here.
@@ -1095,6 +1115,7 @@ impl PeerCheck {
 pub struct AuthLayer {
     authority: Option<Authority>,
     peers: Option<PeerCheck>,
+    single_node: bool,
 }
 
 impl AuthLayer {
@@ -1108,7 +1129,15 @@ impl AuthLayer {
         Ok(AuthLayer {
             authority,
             peers: peer_ca_pem.map(PeerCheck::new).transpose()?,
+            single_node: false,
         })
+    }
+
+    /// A node that is not part of a cluster: no peer forwards to it, so with tenants a
+    /// request that claims to be forwarded is refused.
+    pub fn single_node(mut self, single: bool) -> AuthLayer {
+        self.single_node = single;
+        self
     }
 }
 
@@ -1128,6 +1157,7 @@ impl<S> tower::Layer<S> for AuthLayer {
             inner,
             authority: self.authority.clone(),
             peers: self.peers.clone(),
+            single_node: self.single_node,
         }
     }
 }
@@ -1138,6 +1168,7 @@ pub struct Auth<S> {
     inner: S,
     authority: Option<Authority>,
     peers: Option<PeerCheck>,
+    single_node: bool,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -1157,9 +1188,9 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        // A node-to-node call from a verified peer: the Txn service trusts it as the peer it
-        // is (the coordinator checked the keys and charged the quotas); a forwarded request is
-        // authenticated as its client below but not charged again.
+        // A node-to-node call from a verified peer: authenticated as its client below (its
+        // keys checked against the client's namespace) but not charged again; only a Resolve
+        // is trusted as the peer's own.
         let mut verified_peer = false;
         if let Some(peers) = &self.peers {
             if peer_call(&req) {
@@ -1182,6 +1213,21 @@ where
             let fut = self.inner.call(req);
             return Box::pin(fut);
         };
+        let forwarded = req
+            .headers()
+            .contains_key(strata_proto::headers::FORWARDED_PARTITION);
+        if forwarded && self.single_node {
+            // No peer forwards to a node alone: such a header is a tenant's, trying to pass
+            // its requests off as admitted elsewhere.
+            let s = refuse(
+                Status::permission_denied(
+                    "this node is not part of a cluster: it takes no forwarded requests",
+                ),
+                reason::PERMISSION_DENIED,
+            );
+            let resp = s.into_http::<RB>();
+            return Box::pin(async move { Ok(resp) });
+        }
         let path = req.uri().path();
         // Only the second half of a transaction carries no keys and no token of its own: a
         // verified peer resolving a decided transaction is trusted as the peer it is. A
@@ -1200,11 +1246,9 @@ where
         // forwarded request is charged again (at worst twice).
         let charge = !verified_peer && !resolve;
         // A connection carrying forwarded requests is a peer's, shared by every tenant: it is
-        // bound to no namespace.
-        let bind = charge
-            && !req
-                .headers()
-                .contains_key(strata_proto::headers::FORWARDED_PARTITION);
+        // bound to no namespace. (With a peer CA such a connection is a verified peer's; a
+        // cluster run without one cannot tell, see SECURITY.md.)
+        let bind = charge && !forwarded;
         let admitted = auth.authorize(header, need).and_then(|mut p| {
             if bind {
                 auth.bind_connection(&req, &p)?;
