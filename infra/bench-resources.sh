@@ -6,6 +6,7 @@
 #   infra/bench-resources.sh [BIN]        BIN defaults to target/release/strata
 #   DUR=30 OUT=/tmp/bench-resources infra/bench-resources.sh target/release/strata
 #   ROWS="flood mix" infra/bench-resources.sh     only these rows
+#   SERVER_ARGS="--compaction-memory-mb 64" infra/bench-resources.sh   extra server flags
 #
 # Rows (each prints the server's peak RSS, sampled by `strata bench --report-rss`):
 #   batchget  one 1 MiB value named 1,000 times in one BatchGet
@@ -36,7 +37,7 @@ start_server() {
     PORT="$(port)"
     MPORT="$(port)"
     "$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$MPORT" \
-        --write-buffer-mb 256 --cache-memory-mb 256 "$@" >"$OUT/server-$PORT.log" 2>&1 &
+        --write-buffer-mb 256 --cache-memory-mb 256 ${SERVER_ARGS:-} "$@" >"$OUT/server-$PORT.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
         grep -q "strata listening on" "$OUT/server-$PORT.log" 2>/dev/null && return 0

@@ -22,7 +22,8 @@ pub struct CompactionArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub subcompactions: u64,
     /// Memory one compaction job may use to read its inputs, MiB: inputs stream through
-    /// chunks sized to fit (outputs being built take up to 3 x subcompactions x 64 MiB besides).
+    /// chunks sized to fit (outputs being built, queued or uploaded: at most subcompactions + 1
+    /// of 64 MiB besides).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
     pub compaction_memory_mb: u64,
     /// Cold tier: SSTs that are cold (`--tier-min-level`, `--tier-min-age-secs`) move to this

@@ -742,28 +742,48 @@ impl Compactor {
             .collect();
         let parts = pieces.len();
 
-        let (tx, rx) = tokio::sync::mpsc::channel::<(Bytes, SstProps)>(parts.max(1));
+        // Outputs alive at once (being built, queued or uploading) are bounded: one per part
+        // plus one, each about `target_file_bytes`. A merge takes a permit before it starts an
+        // output; the upload frees it.
+        let outputs = Arc::new(tokio::sync::Semaphore::new(parts + 1));
+        type Out = (Bytes, SstProps, tokio::sync::OwnedSemaphorePermit);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Out>(parts.max(1));
         let now = self.inner.opts.clock.unix_ms();
         let mut merges = Vec::with_capacity(parts);
         for piece in pieces {
             let tx = tx.clone();
             let deeper = job.deeper.clone();
             let mut cutter = Cutter::new(opts.sst.clone(), opts.target_file_bytes);
+            let outputs = outputs.clone();
             // A dedicated thread, not the blocking pool: the merge blocks on its input
             // streams, whose readers need the blocking pool (decoding, local-store I/O), so
             // enough merges parked in the pool could starve their own readers.
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let run = move || -> Result<MergeCounts> {
-                let send = |out| {
-                    tx.blocking_send(out)
-                        .map_err(|_| CompactorError::Internal("the output writer stopped".into()))
+                let stopped = || CompactorError::Internal("the output writer stopped".into());
+                let send = |(data, props): (Bytes, SstProps), permit: Option<_>| {
+                    let permit = permit.ok_or_else(|| {
+                        CompactorError::Internal("an output without its memory permit".into())
+                    })?;
+                    tx.blocking_send((data, props, permit))
+                        .map_err(|_| stopped())
                 };
-                let counts = merge(piece, now, &deeper, |e| match cutter.add(&e)? {
-                    Some(out) => send(out),
-                    None => Ok(()),
+                let mut held = None;
+                let counts = merge(piece, now, &deeper, |e| {
+                    if cutter.is_idle() && held.is_none() {
+                        // This thread's own runtime-free wait: uploads free permits.
+                        held = Some(
+                            futures::executor::block_on(outputs.clone().acquire_owned())
+                                .map_err(|_| stopped())?,
+                        );
+                    }
+                    match cutter.add(&e)? {
+                        Some(out) => send(out, held.take()),
+                        None => Ok(()),
+                    }
                 })?;
                 if let Some(out) = cutter.finish()? {
-                    send(out)?;
+                    send(out, held.take())?;
                 }
                 Ok(counts)
             };
@@ -782,13 +802,19 @@ impl Compactor {
         let mut written = Vec::new();
         let mut write_err = None;
         let mut uploads = tokio_stream_of(rx)
-            .map(|(data, props)| async move { (self.write_output(data).await, props) })
+            .map(|(data, props, permit)| async move {
+                let res = self.write_output(data).await;
+                drop(permit);
+                (res, props)
+            })
             .buffer_unordered(parts.max(1));
         while let Some((res, props)) = uploads.next().await {
             match res {
                 Ok(id) => written.push(SstInfo { id, level, props }),
                 Err(e) => {
                     write_err = Some(e);
+                    // Merges waiting for a permit stop instead of building outputs for nothing.
+                    outputs.close();
                     break;
                 }
             }

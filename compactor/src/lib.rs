@@ -97,7 +97,8 @@ pub struct CompactionOptions {
     pub target_file_bytes: u64,
     /// Memory for reading a job's inputs (default 256 MiB): inputs stream through chunks
     /// sized so that every input of every part fits in it (`stream.rs`). Outputs being built
-    /// and uploaded take up to about `3 × subcompactions × target_file_bytes` besides.
+    /// and uploaded take about `(subcompactions + 1) × target_file_bytes` at most besides (a merge
+    /// waits for a permit before it starts an output).
     pub memory_bytes: u64,
     /// Options of the SSTs compaction writes.
     pub sst: SstOptions,

@@ -196,7 +196,12 @@ impl Cutter {
     pub(crate) fn add(&mut self, e: &Entry) -> Result<Option<(Bytes, SstProps)>> {
         let builder = self
             .builder
-            .get_or_insert_with(|| SstBuilder::new(self.opts.clone()));
+            // Reserved for a full output (one entry may pass the target, plus metadata), so
+            // the buffer is not doubled past it.
+            .get_or_insert_with(|| {
+                let cap = self.target.min(1 << 30) as usize + (2 << 20);
+                SstBuilder::with_capacity(self.opts.clone(), cap)
+            });
         builder
             .add(e)
             .context("adding a merged entry to an output SST")?;
@@ -204,6 +209,11 @@ impl Cutter {
             return self.finish();
         }
         Ok(None)
+    }
+
+    /// Whether no output is being built (the next entry starts one).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.builder.is_none()
     }
 
     /// Finishes the pending SST, if any entry is pending.

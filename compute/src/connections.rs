@@ -11,7 +11,8 @@
 //!   stream is never "idle" however quiet it is.
 //! - A connection the service layer marks with [`ConnInfo::evict`] (its tenant holds its share
 //!   of the node's connections) is closed [`EVICT_GRACE`] later, once no request is in flight
-//!   and none has finished for [`EVICT_QUIET`]: its client has had the refusal and reconnects
+//!   and none has finished for [`EVICT_QUIET`] (or [`EVICT_FORCE`] later if its client keeps
+//!   sending, every request refused): its client has had the refusal and reconnects
 //!   when it retries. (A stream kept open, such as a health watch, keeps it open.)
 //! - Dead peers are found by HTTP/2 keepalive pings, configured on the tonic server
 //!   (`KEEPALIVE_INTERVAL`, `KEEPALIVE_TIMEOUT`).
@@ -45,8 +46,12 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long after [`ConnInfo::evict`] the connection closes: time for the refusal that
 /// evicted it to reach the client.
 pub const EVICT_GRACE: Duration = Duration::from_secs(1);
-/// How long an evicted connection must have been quiet before it closes.
+/// How long an evicted connection must have been quiet before it closes...
 pub const EVICT_QUIET: Duration = Duration::from_millis(200);
+/// ...unless its client keeps sending (each request refused): then it closes this long after
+/// [`EVICT_GRACE`] whenever no request is in flight, or a client retrying faster than
+/// [`EVICT_QUIET`] would keep its refused connection for ever.
+pub const EVICT_FORCE: Duration = Duration::from_secs(2);
 
 /// How long accepting pauses after an error such as `EMFILE`, so a full fd table does not turn
 /// the accept loop into a busy loop.
@@ -458,12 +463,12 @@ impl Conn {
                 (st.epoch + Duration::from_millis(at))
                     .max(Instant::now() + Duration::from_millis(100)),
             ),
-            at => Some(
-                st.epoch
-                    + Duration::from_millis(at.max(
-                        st.last_active_ms.load(Ordering::Acquire) + EVICT_QUIET.as_millis() as u64,
-                    )),
-            ),
+            at => {
+                let quiet =
+                    st.last_active_ms.load(Ordering::Acquire) + EVICT_QUIET.as_millis() as u64;
+                let force = at + EVICT_FORCE.as_millis() as u64;
+                Some(st.epoch + Duration::from_millis(at.max(quiet).min(force)))
+            }
         };
         match (self.idle_deadline(), evict) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -498,10 +503,12 @@ impl Conn {
             }
             let st = &self.info.state;
             let now = st.now_ms();
+            let evict_at = st.evict_at_ms.load(Ordering::Acquire);
+            let quiet_for = now.saturating_sub(st.last_active_ms.load(Ordering::Acquire));
             if st.in_flight.load(Ordering::Acquire) == 0
-                && now >= st.evict_at_ms.load(Ordering::Acquire)
-                && now.saturating_sub(st.last_active_ms.load(Ordering::Acquire))
-                    >= EVICT_QUIET.as_millis() as u64
+                && now >= evict_at
+                && (quiet_for >= EVICT_QUIET.as_millis() as u64
+                    || now >= evict_at.saturating_add(EVICT_FORCE.as_millis() as u64))
             {
                 return Some(Closed::Evicted);
             }

@@ -64,8 +64,14 @@ pub(crate) async fn write_sst(
     entries: Vec<strata_format::Entry>,
 ) -> EngineResult<(u64, Bytes, SstProps)> {
     let opts = inner.opts.sst.clone();
+    // Keys, values and their entry headers, plus room for the index, filter and footer.
+    let cap = entries
+        .iter()
+        .map(|e| e.key.len() + e.value.len() + 32)
+        .sum::<usize>()
+        + (1 << 20);
     let (data, props) = tokio::task::spawn_blocking(move || {
-        let mut b = SstBuilder::new(opts);
+        let mut b = SstBuilder::with_capacity(opts, cap);
         for e in &entries {
             b.add(e)?;
         }
@@ -118,9 +124,18 @@ async fn flush_one(inner: &Arc<DbInner>, mem: &Arc<Memtable>) -> EngineResult<()
             level: 0,
             props,
         };
+        // Off the async workers: warming the cache copies every block (tens of MB).
+        let (src, partition, i, len) = (
+            inner.src.clone(),
+            inner.opts.partition,
+            info.clone(),
+            data.len(),
+        );
         let reader =
-            SstReader::from_bytes(inner.src.clone(), inner.opts.partition, info.clone(), &data)?;
-        Some((info, Arc::new(reader), data.len()))
+            tokio::task::spawn_blocking(move || SstReader::from_bytes(src, partition, i, &data))
+                .await
+                .map_err(|e| EngineError::Internal(format!("SST open task: {e}")))??;
+        Some((info, Arc::new(reader), len))
     };
     let replay_from = inner.landed.lock().replay_point(max_seq);
     let info = sst.as_ref().map(|(i, _, _)| i.clone());

@@ -29,6 +29,15 @@ pub struct SstBuilder {
 }
 
 impl SstBuilder {
+    /// A builder whose output buffer is reserved for about `bytes` up front: an SST built by
+    /// doubling a `Vec` holds up to twice its size at its largest (pages reserved but never
+    /// written are not resident).
+    pub fn with_capacity(opts: SstOptions, bytes: usize) -> Self {
+        let mut b = SstBuilder::new(opts);
+        b.out.reserve_exact(bytes);
+        b
+    }
+
     /// A builder with the given options.
     pub fn new(opts: SstOptions) -> Self {
         let block = BlockBuilder::new(opts.restart_interval);
@@ -172,6 +181,13 @@ impl SstBuilder {
         };
         self.out.extend_from_slice(&footer.encode());
         debug_assert_eq!(self.out.len() as u64, self.props.file_size);
+        // The returned `Bytes` keeps the whole allocation alive for as long as any slice of it
+        // lives: hand back what a reservation or doubling left over (glibc shrinks a large,
+        // mmapped buffer in place).
+        // (Shrunk when the unused part is over a sixteenth of the content.)
+        if self.out.capacity() - self.out.len() > self.out.len() / 16 {
+            self.out.shrink_to_fit();
+        }
         Ok((Bytes::from(self.out), self.props))
     }
 
