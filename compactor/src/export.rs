@@ -28,6 +28,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -36,8 +37,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_format::namespace;
 use strata_format::{
-    decode_wal_segment, hash_in_range, is_system_key, key_hash, read_all_entries, Entry, Kind,
-    Manifest,
+    decode_wal_segment, hash_in_range, is_system_key, key_hash, Entry, Kind, Manifest,
 };
 use strata_manifest::layout::{parse_wal_path, sst_path, wal_path, wal_prefix};
 use strata_manifest::{now_ms, ManifestStore};
@@ -325,61 +325,60 @@ async fn export_once(
     };
     for part in partitions {
         let p = part.partition;
-        let (snap, entries) = read_partition(store, &opts.roots, &**manifests, p, progress).await?;
         // Incremental: a partition the earlier export did not have (split off since) gets
         // everything, deletions included.
         let floor = base.map(|_| since.get(&p).copied().unwrap_or(0));
-        if let Some(f) = floor {
-            if snap.dropped_tombstone_seq > f {
-                return Ok(Err(format!(
-                    "partition {p}: compaction removed tombstones of deletions up to seq {}, \
-                     after the earlier export's seq {f}",
-                    snap.dropped_tombstone_seq
-                )));
+        let rows = RowFilter {
+            namespace: opts.namespace.clone(),
+            hash_range: part.hash_range,
+            floor,
+            created_ms,
+        };
+        // Names written by every attempt: one that wrote more files than the attempt that
+        // succeeded leaves none of them behind.
+        let mut touched = Vec::new();
+        let mut attempt = 0;
+        let done = loop {
+            attempt += 1;
+            match export_partition(
+                store,
+                manifests,
+                opts,
+                dest,
+                &join,
+                p,
+                &rows,
+                progress,
+                &mut touched,
+            )
+            .await
+            {
+                Err(e) if attempt < 5 && is_not_found(&e) => {
+                    tracing::info!(
+                        partition = p,
+                        "an input vanished while exporting; re-reading"
+                    );
+                }
+                r => break r?,
+            }
+        };
+        let done = match done {
+            Ok(d) => d,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        for name in &touched {
+            if !done.files.iter().any(|f| &f.path == name) {
+                dest.delete(name)
+                    .await
+                    .with_context(|| format!("deleting {name}, left by an earlier attempt"))?;
             }
         }
-        let rows: Vec<Entry> = entries
-            .into_iter()
-            .filter(|e| !is_system_key(&e.key))
-            .filter(|e| match &opts.namespace {
-                Some(ns) => namespace::split(&e.key).is_some_and(|(n, _)| n == ns),
-                None => true,
-            })
-            .filter(|e| {
-                part.hash_range
-                    .is_none_or(|r| hash_in_range(key_hash(&e.key), r))
-            })
-            .filter(|e| match floor {
-                // Incremental: what changed, deletions included.
-                Some(f) => e.seq > f,
-                None => e.kind == Kind::Put && !e.is_expired(created_ms),
-            })
-            .map(|mut e| {
-                // An expired value is, to a reader applying increments, a deletion.
-                if e.kind == Kind::Put && e.is_expired(created_ms) {
-                    e.kind = Kind::Delete;
-                }
-                e
-            })
-            .collect();
-        for (n, chunk) in chunks(&rows, opts.target_file_bytes)
-            .into_iter()
-            .enumerate()
-        {
-            let name = join(&format!("part-{p:05}-{n:04}.parquet"));
-            let data = encode_parquet(chunk, p, opts.row_group_rows, opts.namespace.is_some())?;
-            let bytes = data.len() as u64;
-            put_replacing(&**dest, &name, data).await?;
-            out.rows += chunk.len() as u64;
-            out.bytes += bytes;
-            out.files.push(ExportFile {
-                path: name,
-                partition: p,
-                rows: chunk.len() as u64,
-                bytes,
-            });
+        for f in &done.files {
+            out.rows += f.rows;
+            out.bytes += f.bytes;
         }
-        out.partitions.push(snap);
+        out.files.extend(done.files);
+        out.partitions.push(done.snap);
     }
     let body = serde_json::to_vec_pretty(&out).context("encoding the export manifest")?;
     put_replacing(&**dest, &join(EXPORT_MANIFEST), Bytes::from(body)).await?;
@@ -408,49 +407,142 @@ async fn put_replacing(dest: &dyn Store, name: &str, data: Bytes) -> Result<()> 
         .with_context(|| format!("writing {name}"))
 }
 
-/// The partition's state as of now: newest version of every key (tombstones included), from
-/// the latest manifest's SSTs and the WAL segments from its replay point on. Retries from a
-/// newer manifest if a segment or SST disappears under it (a flush moved the replay point and
-/// WAL GC ran, or compaction GC deleted an input).
-pub(crate) async fn read_partition(
-    store: &Arc<dyn Store>,
-    roots: &Roots,
-    manifests: &dyn ManifestStore,
-    p: u32,
-    progress: &dyn Progress,
-) -> Result<(PartitionSnapshot, Vec<Entry>)> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match read_partition_once(store, roots, manifests, p, progress).await {
-            Err(e) if attempt < 5 && is_not_found(&e) => {
-                tracing::info!(
-                    partition = p,
-                    "an input vanished while exporting; re-reading"
-                );
+/// Which rows of a partition's newest versions an export writes, and how.
+struct RowFilter {
+    namespace: Option<String>,
+    hash_range: Option<(u64, Option<u64>)>,
+    /// Incremental: only versions newer than this, deletions included.
+    floor: Option<u64>,
+    created_ms: u64,
+}
+
+impl RowFilter {
+    fn row(&self, mut e: Entry) -> Option<Entry> {
+        if is_system_key(&e.key) {
+            return None;
+        }
+        if let Some(ns) = &self.namespace {
+            if namespace::split(&e.key).is_none_or(|(n, _)| n != ns) {
+                return None;
             }
-            r => return r,
+        }
+        if self
+            .hash_range
+            .is_some_and(|r| !hash_in_range(key_hash(&e.key), r))
+        {
+            return None;
+        }
+        let expired = e.kind == Kind::Put && e.is_expired(self.created_ms);
+        match self.floor {
+            Some(f) if e.seq <= f => return None,
+            Some(_) => {}
+            None if e.kind != Kind::Put || expired => return None,
+            None => {}
+        }
+        // An expired value is, to a reader applying increments, a deletion.
+        if expired {
+            e.kind = Kind::Delete;
+        }
+        Some(e)
+    }
+}
+
+/// An SST to read and where.
+struct SstPlace {
+    store: Arc<dyn Store>,
+    key: String,
+    shown: String,
+    info: strata_format::SstInfo,
+}
+
+impl SstPlace {
+    async fn open(self) -> Result<crate::stream::Input> {
+        let shown = self.shown.clone();
+        crate::stream::Input::open(self.store, self.key, self.shown, self.info)
+            .await
+            .with_context(|| format!("opening {shown}"))
+    }
+}
+
+fn whole_file() -> crate::stream::Range {
+    crate::stream::Range {
+        lo: None,
+        hi: None,
+        hash_range: None,
+    }
+}
+
+/// The entries of one level's files, one file after another (they do not overlap and are in
+/// key order): each is opened when the one before it ends. Runs on the merge's thread, which
+/// is outside the runtime: opening blocks on `handle`.
+struct LevelSource {
+    files: std::collections::VecDeque<SstPlace>,
+    current: Option<crate::stream::EntryStream>,
+    handle: tokio::runtime::Handle,
+    chunk: u64,
+}
+
+impl Iterator for LevelSource {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        loop {
+            if let Some(s) = &mut self.current {
+                match s.next() {
+                    Some(r) => return Some(r),
+                    None => self.current = None,
+                }
+            }
+            let next = self.files.pop_front()?;
+            let input = match self.handle.block_on(next.open()) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.files.clear();
+                    return Some(Err(e));
+                }
+            };
+            let _in_runtime = self.handle.enter();
+            self.current = Some(crate::stream::spawn(
+                Arc::new(input),
+                whole_file(),
+                self.chunk,
+            ));
         }
     }
 }
 
-/// Whether an input moved under the export (collected after a flush or compaction: an
-/// object vanished, or a [`CompactorError::Reread`]): read the partition again from its
-/// newer manifest.
-pub(crate) fn is_not_found(e: &CompactorError) -> bool {
-    e.is_moved()
+/// Memory for reading one partition's SSTs while it is exported (the stream's chunks).
+const EXPORT_READ_BYTES: u64 = 64 << 20;
+
+/// What one partition's export wrote.
+struct PartitionDone {
+    snap: PartitionSnapshot,
+    files: Vec<ExportFile>,
 }
 
-async fn read_partition_once(
+/// Exports partition `p` as of now: the newest version of every key (tombstones included),
+/// from the latest manifest's SSTs and the WAL segments from its replay point on, filtered by
+/// `rows` and cut into Parquet files. The SSTs are streamed block by block through a k-way
+/// merge on a thread of its own (never read whole), and each file is written as soon as its
+/// rows are in, so memory is the read chunks plus about three files' rows. An input that
+/// vanishes (a flush moved the replay point and WAL GC ran, or compaction GC deleted an
+/// input) fails the attempt with an error `is_not_found` recognises: read again from the
+/// newer manifest. `Ok(Err(reason))`: an incremental export cannot be exact.
+#[allow(clippy::too_many_arguments)]
+async fn export_partition(
     store: &Arc<dyn Store>,
-    roots: &Roots,
-    manifests: &dyn ManifestStore,
+    manifests: &Arc<dyn ManifestStore>,
+    opts: &ExportOptions,
+    dest: &Arc<dyn Store>,
+    join: &(dyn Fn(&str) -> String + Sync),
     p: u32,
+    rows: &RowFilter,
     progress: &dyn Progress,
-) -> Result<(PartitionSnapshot, Vec<Entry>)> {
-    let Some(m) = crate::error::load_latest(manifests, p).await? else {
-        return Ok((
-            PartitionSnapshot {
+    touched: &mut Vec<String>,
+) -> Result<std::result::Result<PartitionDone, String>> {
+    let Some(m) = crate::error::load_latest(&**manifests, p).await? else {
+        return Ok(Ok(PartitionDone {
+            snap: PartitionSnapshot {
                 partition: p,
                 manifest_version: 0,
                 max_seq: 0,
@@ -458,55 +550,169 @@ async fn read_partition_once(
                 ssts: 0,
                 dropped_tombstone_seq: 0,
             },
-            Vec::new(),
-        ));
+            files: Vec::new(),
+        }));
     };
-    let mut newest: BTreeMap<Bytes, Entry> = BTreeMap::new();
-    let mut keep = |e: Entry| match newest.get(&e.key) {
-        Some(cur) if cur.seq >= e.seq => {}
-        _ => {
-            newest.insert(e.key.clone(), e);
+    if let Some(f) = rows.floor {
+        if m.dropped_tombstone_seq > f {
+            return Ok(Err(format!(
+                "partition {p}: compaction removed tombstones of deletions up to seq {}, \
+                 after the earlier export's seq {f}",
+                m.dropped_tombstone_seq
+            )));
         }
-    };
-    let max_seq = m.last_flushed_seq;
-    let files: Vec<_> = m.ssts().cloned().collect();
-    for f in &files {
+    }
+    let files: Vec<strata_format::SstInfo> = m.ssts().cloned().collect();
+    // Where each SST is read (an SST of a restored keyspace's source under its root).
+    let place = |f: &strata_format::SstInfo| -> Result<SstPlace> {
         let path = sst_path(p, f.id);
-        // An SST of a restored keyspace's source is read under its root.
         let root = m.root_of(f.id);
-        let src = roots
+        let store = opts
+            .roots
             .store_for(store, root)
             .with_context(|| format!("opening the root {root:?} of {path}"))?;
         let shown = match root {
             None => path.clone(),
             Some(url) => format!("{url}/{path}"),
         };
-        let data = src
-            .get(&path)
-            .await
-            .with_context(|| format!("reading {shown}"))?;
-        let entries = read_all_entries(&data).with_context(|| format!("SST {path} is corrupt"))?;
-        progress.add(data.len() as u64);
-        for e in entries {
-            keep(e);
+        Ok(SstPlace {
+            store,
+            key: path,
+            shown,
+            info: f.clone(),
+        })
+    };
+    // L0 files overlap: a stream each, opened up front (a few at a time). Files of a deeper
+    // level do not: one stream per level, opening its files in key order as it reaches them,
+    // so the read budget is shared by L0 files + levels, not by every SST, and only one index
+    // per level is held.
+    let l0: Vec<SstPlace> = m.l0.iter().map(place).collect::<Result<_>>()?;
+    let l0: Vec<crate::stream::Input> = futures::stream::iter(l0.into_iter().map(|pl| pl.open()))
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let mut levels = Vec::new();
+    for level in &m.levels {
+        let mut files: Vec<&strata_format::SstInfo> = level.iter().collect();
+        files.sort_by(|a, b| a.props.smallest_key.cmp(&b.props.smallest_key));
+        let files: Vec<SstPlace> = files.into_iter().map(place).collect::<Result<_>>()?;
+        if !files.is_empty() {
+            levels.push(files);
         }
     }
-    let tail = read_wal_tail(store, manifests, p, &m, progress).await?;
-    let max_seq = max_seq.max(tail.max_seq);
-    for e in tail.entries {
-        keep(e);
+    let mut tail = read_wal_tail(store, &**manifests, p, &m, progress).await?;
+    let snap = PartitionSnapshot {
+        partition: p,
+        manifest_version: m.version,
+        max_seq: m.last_flushed_seq.max(tail.max_seq),
+        wal_segments: tail.segments,
+        ssts: files.len() as u64,
+        dropped_tombstone_seq: m.dropped_tombstone_seq,
+    };
+    // The WAL's writes are the newest: the first source, in internal key order.
+    tail.entries.sort_by(|a, b| a.internal_cmp(b));
+    let chunk = crate::stream::chunk_bytes(EXPORT_READ_BYTES, l0.len() + levels.len());
+    type Source = Box<dyn Iterator<Item = Result<Entry>> + Send>;
+    let mut sources: Vec<Source> = vec![Box::new(tail.entries.into_iter().map(Ok))];
+    for input in l0 {
+        sources.push(Box::new(crate::stream::spawn(
+            Arc::new(input),
+            whole_file(),
+            chunk,
+        )));
     }
-    Ok((
-        PartitionSnapshot {
+    let handle = tokio::runtime::Handle::current();
+    for files in levels {
+        sources.push(Box::new(LevelSource {
+            files: files.into(),
+            current: None,
+            handle: handle.clone(),
+            chunk,
+        }));
+    }
+
+    // The merge blocks on its streams: a thread of its own, handing over a file's rows at a
+    // time (one in the channel, one being written).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Entry>>(1);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let filter = RowFilter {
+        namespace: rows.namespace.clone(),
+        hash_range: rows.hash_range,
+        floor: rows.floor,
+        created_ms: rows.created_ms,
+    };
+    let target = opts.target_file_bytes.max(1);
+    let merge = move || -> Result<()> {
+        let stopped = || CompactorError::Internal("the export's file writer stopped".into());
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        crate::merge::merge_newest(sources, |e| {
+            if tx.is_closed() {
+                // The writer failed or the export was dropped: stop reading.
+                return Err(stopped());
+            }
+            let Some(e) = filter.row(e) else {
+                return Ok(());
+            };
+            bytes += (e.key.len() + e.value.len() + 24) as u64;
+            batch.push(e);
+            if bytes >= target {
+                bytes = 0;
+                tx.blocking_send(std::mem::take(&mut batch))
+                    .map_err(|_| stopped())?;
+            }
+            Ok(())
+        })?;
+        if !batch.is_empty() {
+            tx.blocking_send(batch).map_err(|_| stopped())?;
+        }
+        Ok(())
+    };
+    std::thread::Builder::new()
+        .name("strata-export".into())
+        .spawn(move || {
+            let _ = done_tx.send(merge());
+        })
+        .context("starting the export's merge thread")?;
+
+    let mut written = Vec::new();
+    while let Some(batch) = rx.recv().await {
+        let name = join(&format!("part-{p:05}-{:04}.parquet", written.len()));
+        // Encoding is CPU work: off the async workers (which run the read streams).
+        let (rg, strip) = (opts.row_group_rows, opts.namespace.is_some());
+        let (data, n) = tokio::task::spawn_blocking(move || {
+            encode_parquet(&batch, p, rg, strip).map(|d| (d, batch.len() as u64))
+        })
+        .await
+        .map_err(|e| CompactorError::Internal(format!("the Parquet encoding task: {e}")))??;
+        let bytes = data.len() as u64;
+        if !touched.contains(&name) {
+            touched.push(name.clone());
+        }
+        put_replacing(&**dest, &name, data).await?;
+        written.push(ExportFile {
+            path: name,
             partition: p,
-            manifest_version: m.version,
-            max_seq,
-            wal_segments: tail.segments,
-            ssts: files.len() as u64,
-            dropped_tombstone_seq: m.dropped_tombstone_seq,
-        },
-        newest.into_values().collect(),
-    ))
+            rows: n,
+            bytes,
+        });
+    }
+    // The channel closed: the merge ended, with its outcome here (an error, or every row).
+    done_rx
+        .await
+        .map_err(|_| CompactorError::Internal("the export's merge thread stopped".into()))??;
+    progress.add(files.iter().map(|f| f.props.file_size).sum());
+    Ok(Ok(PartitionDone {
+        snap,
+        files: written,
+    }))
+}
+
+/// Whether an input moved under the export (collected after a flush or compaction: an
+/// object vanished, or a [`CompactorError::Reread`]): read the partition again from its
+/// newer manifest.
+pub(crate) fn is_not_found(e: &CompactorError) -> bool {
+    e.is_moved()
 }
 
 /// The writes of a partition that are in its WAL but in no SST of manifest `m`.
@@ -600,25 +806,6 @@ pub(crate) async fn read_wal_tail(
         max_seq,
         segments: ids.len() as u64,
     })
-}
-
-/// Splits rows (sorted by key) into files of about `target` bytes.
-fn chunks(rows: &[Entry], target: u64) -> Vec<&[Entry]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0u64;
-    for (i, e) in rows.iter().enumerate() {
-        bytes += (e.key.len() + e.value.len() + 24) as u64;
-        if bytes >= target {
-            out.push(&rows[start..=i]);
-            start = i + 1;
-            bytes = 0;
-        }
-    }
-    if start < rows.len() {
-        out.push(&rows[start..]);
-    }
-    out
 }
 
 /// Encodes rows as one Parquet file (row groups of `row_group_rows`, Snappy-compressed).

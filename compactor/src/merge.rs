@@ -123,6 +123,28 @@ pub(crate) fn merge<I>(
     sources: Vec<I>,
     now_ms: u64,
     deeper: &[Vec<SstInfo>],
+    emit: impl FnMut(Entry) -> Result<()>,
+) -> Result<MergeCounts>
+where
+    I: Iterator<Item = Result<Entry>>,
+{
+    merge_inner(sources, now_ms, Some(deeper), emit)
+}
+
+/// Merges `sources` as [`merge`] does but keeps the newest version of every key, deletions
+/// and expired values included: the partition as a reader of changes sees it (the export).
+pub(crate) fn merge_newest<I>(sources: Vec<I>, emit: impl FnMut(Entry) -> Result<()>) -> Result<()>
+where
+    I: Iterator<Item = Result<Entry>>,
+{
+    merge_inner(sources, 0, None, emit).map(|_| ())
+}
+
+/// `deeper` `None`: nothing is dropped but older versions.
+fn merge_inner<I>(
+    sources: Vec<I>,
+    now_ms: u64,
+    deeper: Option<&[Vec<SstInfo>]>,
     mut emit: impl FnMut(Entry) -> Result<()>,
 ) -> Result<MergeCounts>
 where
@@ -135,7 +157,7 @@ where
             heap.push(Head { entry, src });
         }
     }
-    let mut deeper = DeeperRanges::new(deeper);
+    let mut deeper = deeper.map(DeeperRanges::new);
     let mut counts = MergeCounts::default();
     let mut last_key: Option<Bytes> = None;
     // The seq of the current key's dropped deletion, until an older version it hid shows up.
@@ -160,7 +182,7 @@ where
         dropped_hiding = None;
         let tombstone = entry.kind == Kind::Delete;
         let expired = !tombstone && entry.is_expired(now_ms);
-        if (tombstone || expired) && !deeper.covers(&entry.key) {
+        if (tombstone || expired) && deeper.as_mut().is_some_and(|d| !d.covers(&entry.key)) {
             dropped_hiding = Some(entry.seq);
             if tombstone {
                 counts.dropped_tombstones += 1;
