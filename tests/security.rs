@@ -333,16 +333,7 @@ async fn tokens_gate_every_call_and_namespaces_are_disjoint() {
 
     // A node alone takes no forwarded request (no peer forwards to it; a tenant's header
     // would pass its requests off as admitted elsewhere).
-    let ch = strata_proto::auth::endpoint(&addr, None, Duration::from_secs(5))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut raw =
-        pb::kv_client::KvClient::new(tonic::service::interceptor::InterceptedService::new(
-            ch,
-            Bearer::new(Some(&alpha)).unwrap(),
-        ));
+    let mut raw = pb::kv_client::KvClient::new(transport(&addr, &alpha, None).await);
     let mut req = tonic::Request::new(pb::GetRequest {
         key: Bytes::from_static(b"\xff\xfens/alpha/shared"),
         ..Default::default()
@@ -844,20 +835,26 @@ async fn an_export_of_one_namespace_shows_its_keys_as_its_tenant_sees_them() {
 // a cluster
 
 /// A KV client straight to one node (no routing: the node forwards what it does not own).
+/// A connection to `addr` (over TLS with `tls`) whose calls carry `token`.
+async fn transport(
+    addr: &str,
+    token: &str,
+    tls: Option<&ClientTls>,
+) -> strata_proto::auth::Transport {
+    let ch = strata_proto::auth::endpoint(addr, tls, Duration::from_secs(5))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic::service::interceptor::InterceptedService::new(ch, Bearer::new(Some(token)).unwrap())
+}
+
 async fn raw_kv(
     addr: &str,
     token: &str,
     tls: &ClientTls,
 ) -> pb::kv_client::KvClient<strata_proto::auth::Transport> {
-    let ch = strata_proto::auth::endpoint(addr, Some(tls), Duration::from_secs(5))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    pb::kv_client::KvClient::new(tonic::service::interceptor::InterceptedService::new(
-        ch,
-        Bearer::new(Some(token)).unwrap(),
-    ))
+    pb::kv_client::KvClient::new(transport(addr, token, Some(tls)).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -963,16 +960,7 @@ async fn a_cluster_over_mutual_tls_with_tenants_forwards_and_refuses_forged_peer
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("--peer-tls-ca"), "{}", e.message());
     // So does a direct call of the node-to-node transaction service.
-    let ch = strata_proto::auth::endpoint(&addrs[0], Some(&tls), Duration::from_secs(5))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut txn =
-        pb::txn_client::TxnClient::new(tonic::service::interceptor::InterceptedService::new(
-            ch,
-            Bearer::new(Some(&alpha)).unwrap(),
-        ));
+    let mut txn = pb::txn_client::TxnClient::new(transport(&addrs[0], &alpha, Some(&tls)).await);
     let e = txn
         .resolve(pb::TxnResolveRequest {
             txn_id: "x".into(),
@@ -984,17 +972,9 @@ async fn a_cluster_over_mutual_tls_with_tenants_forwards_and_refuses_forged_peer
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     // Even a verified peer's Prepare writes only inside the namespace of the token it passes
     // on: a peer certificate is no key to every tenant's data.
-    let ch =
-        strata_proto::auth::endpoint(&addrs[0], Some(&tls_to(&pki, true)), Duration::from_secs(5))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let peer = tls_to(&pki, true);
     let mut peer_txn =
-        pb::txn_client::TxnClient::new(tonic::service::interceptor::InterceptedService::new(
-            ch,
-            Bearer::new(Some(&alpha)).unwrap(),
-        ));
+        pb::txn_client::TxnClient::new(transport(&addrs[0], &alpha, Some(&peer)).await);
     let mut req = tonic::Request::new(pb::TxnPrepareRequest {
         txn_id: "forged".into(),
         partition: 0,
@@ -1102,15 +1082,7 @@ async fn the_in_flight_share_holds_a_scan_until_its_stream_ends() {
             .await
             .unwrap();
     }
-    let tls = None;
-    let ch = strata_proto::auth::endpoint(&server.addr, tls, Duration::from_secs(5))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut kv = pb::kv_client::KvClient::new(
-        tonic::service::interceptor::InterceptedService::new(ch, Bearer::new(Some(&t)).unwrap()),
-    );
+    let mut kv = pb::kv_client::KvClient::new(transport(&server.addr, &t, None).await);
     // Two scans read one chunk each and stay open: they hold the namespace's two slots.
     let mut open = Vec::new();
     for _ in 0..2 {
@@ -1207,17 +1179,7 @@ async fn a_namespace_holds_at_most_its_share_of_connections() {
     };
     let conn = |t: String| {
         let addr = server.addr.clone();
-        async move {
-            let ch = strata_proto::auth::endpoint(&addr, None, Duration::from_secs(5))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            pb::kv_client::KvClient::new(tonic::service::interceptor::InterceptedService::new(
-                ch,
-                Bearer::new(Some(&t)).unwrap(),
-            ))
-        }
+        async move { pb::kv_client::KvClient::new(transport(&addr, &t, None).await) }
     };
     // Two connections of namespace a are its share; a third is refused, b's are not.
     let mut a1 = conn(a.clone()).await;
