@@ -55,11 +55,45 @@ pub fn status(e: EngineError) -> Status {
         EngineError::Corruption(m) => {
             // Operators must learn of corruption from the server, not only from clients:
             // the message names the object.
-            tracing::error!(error = %m, "answering DATA_LOSS");
+            // Once per object per `DATA_LOSS_LOG_EVERY`: a client retrying a corrupt key
+            // must not flood the log (the count of answers in between is logged with it).
+            if let Some(suppressed) = data_loss_log_due(&m) {
+                tracing::error!(error = %m, suppressed, "answering DATA_LOSS");
+            }
             with_reason(Status::data_loss(m), reason::DATA_CORRUPTION)
         }
         EngineError::Internal(m) => with_reason(Status::internal(m), reason::INTERNAL),
     }
+}
+
+/// At most one log line per distinct corruption message in this interval.
+const DATA_LOSS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `Some(answers not logged since the last line)` when this message's DATA_LOSS is due to
+/// be logged. The table is bounded (cleared past 1,024 messages).
+fn data_loss_log_due(msg: &str) -> Option<u64> {
+    use std::collections::HashMap;
+    use std::sync::LazyLock;
+    use std::time::Instant;
+    static LAST: LazyLock<parking_lot::Mutex<HashMap<String, (Instant, u64)>>> =
+        LazyLock::new(Default::default);
+    let now = Instant::now();
+    let mut t = LAST.lock();
+    if let Some((at, skipped)) = t.get_mut(msg) {
+        if now.duration_since(*at) < DATA_LOSS_LOG_EVERY {
+            *skipped += 1;
+            return None;
+        }
+        let n = *skipped;
+        *at = now;
+        *skipped = 0;
+        return Some(n);
+    }
+    if t.len() >= 1024 {
+        t.clear();
+    }
+    t.insert(msg.to_string(), (now, 0));
+    Some(0)
 }
 
 /// `UNAVAILABLE` marked as safe to retry (nothing was applied), with its reason.
@@ -150,5 +184,14 @@ mod tests {
             assert_eq!(reason::reason_of(&s), Some(why), "{e:?}");
             assert_eq!(is_retry_safe(&s), safe, "{e:?}");
         }
+    }
+
+    #[test]
+    fn data_loss_is_logged_once_per_object_per_interval() {
+        assert_eq!(data_loss_log_due("sst 1 corrupt (test)"), Some(0));
+        assert_eq!(data_loss_log_due("sst 1 corrupt (test)"), None);
+        assert_eq!(data_loss_log_due("sst 1 corrupt (test)"), None);
+        // Another object is its own line.
+        assert_eq!(data_loss_log_due("sst 2 corrupt (test)"), Some(0));
     }
 }
