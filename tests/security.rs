@@ -1001,6 +1001,73 @@ async fn a_cluster_over_mutual_tls_with_tenants_forwards_and_refuses_forged_peer
 }
 
 #[tokio::test]
+async fn a_namespace_over_its_read_bytes_waits_and_the_other_reads_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let hot = token_create(&tokens, "hot", "read,write");
+    let calm = token_create(&tokens, "calm", "read,write");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&tokens)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"\n[namespaces.hot]\nread_bytes_per_sec = 200000\n")
+        .unwrap();
+    drop(f);
+    let server = serve_with_tokens(&dir.path().join("data"), &tokens, &[]);
+    let mut h = pb::kv_client::KvClient::new(transport(&server.addr, &hot, None).await);
+    let mut c = pb::kv_client::KvClient::new(transport(&server.addr, &calm, None).await);
+    let big = "x".repeat(150_000);
+    for kv in [&mut h, &mut c] {
+        kv.put(put_req("big", &big)).await.unwrap();
+    }
+    let get = || pb::GetRequest {
+        key: Bytes::from_static(b"big"),
+        ..Default::default()
+    };
+    // 150 KB a read against 200 KB/s: the second read puts hot in debt, the third waits.
+    let mut refused = None;
+    for _ in 0..4 {
+        match h.get(get()).await {
+            Ok(r) => assert_eq!(r.into_inner().value.len(), big.len()),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("hot's reads are refused once in debt");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(reason_of(&e), reason::QUOTA_EXCEEDED);
+    assert!(
+        e.message().contains("read_bytes_per_sec"),
+        "{}",
+        e.message()
+    );
+    assert!(e
+        .metadata()
+        .get(strata_proto::headers::RETRY_AFTER_MS)
+        .is_some());
+    // Its writes and the other tenant are not held back.
+    h.put(put_req("small", "s")).await.unwrap();
+    for _ in 0..5 {
+        let r = c.get(get()).await.unwrap().into_inner();
+        assert_eq!(r.value.len(), big.len());
+    }
+    // Once the debt is paid, hot reads again.
+    let t0 = Instant::now();
+    loop {
+        match h.get(get()).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(t0.elapsed() < Duration::from_secs(10), "still refused");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_namespace_at_its_stored_bytes_refuses_puts_and_still_takes_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.toml");

@@ -137,6 +137,10 @@ pub struct Quotas {
     pub write_bytes_per_sec: Option<u64>,
     /// Bytes of keys and values the namespace may hold.
     pub stored_bytes: Option<u64>,
+    /// Bytes of keys and values read per second, per node: a read is charged what it
+    /// returned once it is read (a large scan goes into debt), and the namespace's reads are
+    /// refused while it is in debt.
+    pub read_bytes_per_sec: Option<u64>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -172,6 +176,7 @@ pub struct Namespace {
     quotas: RwLock<Quotas>,
     requests: Mutex<Bucket>,
     write_bytes: Mutex<Bucket>,
+    read_bytes: Mutex<Bucket>,
     in_flight: AtomicUsize,
     /// Connections of this node whose first authenticated request was this namespace's.
     connections: AtomicUsize,
@@ -195,6 +200,7 @@ impl Namespace {
             quotas: RwLock::new(Quotas::default()),
             requests: Mutex::new(Bucket::default()),
             write_bytes: Mutex::new(Bucket::default()),
+            read_bytes: Mutex::new(Bucket::default()),
             in_flight: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             in_flight_bytes: Default::default(),
@@ -265,6 +271,20 @@ impl Bucket {
         }
         self.level = level - n as f64;
         Ok(())
+    }
+
+    /// Charges `n` units already spent (a read's reply): always taken, into debt if need be,
+    /// at most ten seconds' worth of it.
+    fn charge(&mut self, n: u64, rate: u64, now: Instant) {
+        let rate = rate.max(1) as f64;
+        let level = match self.at {
+            None => rate,
+            Some(at) => {
+                (self.level + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
+            }
+        };
+        self.at = Some(now);
+        self.level = (level - n as f64).max(-10.0 * rate);
     }
 }
 
@@ -629,9 +649,18 @@ impl Authority {
 
     /// Admits one request of `p`'s namespace: its request rate and in-flight share. The
     /// returned guard holds the in-flight slot.
-    fn admit(&self, p: &Principal) -> Result<Option<InFlightGuard>, Status> {
+    fn admit(&self, p: &Principal, reads: bool) -> Result<Option<InFlightGuard>, Status> {
         let Some(ns) = &p.ns else { return Ok(None) };
-        if let Some(rate) = ns.quotas.read().requests_per_sec {
+        let q = *ns.quotas.read();
+        if let Some(rate) = q.read_bytes_per_sec.filter(|_| reads) {
+            // Nothing taken here: the read is charged what it returns. A namespace in debt
+            // waits until it is paid.
+            ns.read_bytes
+                .lock()
+                .take(0, rate, Instant::now())
+                .map_err(|after| quota(ns, "read_bytes_per_sec", after))?;
+        }
+        if let Some(rate) = q.requests_per_sec {
             ns.requests
                 .lock()
                 .take(1, rate, Instant::now())
@@ -987,6 +1016,17 @@ impl Principal {
         Ok(BytesGuard(Some((ns.clone(), bytes))))
     }
 
+    /// Charges `bytes` a read returned against the namespace's `read_bytes_per_sec` (into
+    /// debt if need be: the next reads of the namespace wait until it is paid).
+    pub fn charge_read(&self, bytes: u64) {
+        let Some(ns) = self.ns.as_ref().filter(|_| !self.pre_admitted) else {
+            return;
+        };
+        if let Some(rate) = ns.quotas.read().read_bytes_per_sec {
+            ns.read_bytes.lock().charge(bytes, rate, Instant::now());
+        }
+    }
+
     /// Charges `bytes` written against the namespace's `write_bytes_per_sec`, and refuses a
     /// write that `adds` data (any put) while the namespace is over its `stored_bytes`
     /// (deletes always pass that check: they are how a tenant gets back under it).
@@ -1254,7 +1294,8 @@ where
                 auth.bind_connection(&req, &p)?;
             }
             if charge {
-                auth.admit(&p).map(|g| (p, g))
+                auth.admit(&p, need == Need::Right(Right::Read))
+                    .map(|g| (p, g))
             } else {
                 p.pre_admitted = true;
                 Ok((p, None))
@@ -1458,7 +1499,7 @@ mod tests {
         let p = a.authorize(Some(b"Bearer a"), Need::Token).unwrap();
         let mut refused = None;
         for _ in 0..20 {
-            if let Err(s) = a.admit(&p) {
+            if let Err(s) = a.admit(&p, false) {
                 refused = Some(s);
                 break;
             }
@@ -1480,6 +1521,47 @@ mod tests {
         .unwrap();
         a.reload().unwrap();
         assert!(p.charge_write(1, true).is_ok());
+    }
+
+    #[test]
+    fn reads_are_charged_what_they_returned_and_wait_out_their_debt() {
+        let (_d, a) = authority(&file(
+            &[("a", "alpha", "read,write")],
+            "[namespaces.alpha]\nread_bytes_per_sec = 1000\n",
+        ));
+        let p = a.authorize(Some(b"Bearer a"), Need::Token).unwrap();
+        // Within the burst: reads go.
+        assert!(a.admit(&p, true).is_ok());
+        p.charge_read(600);
+        assert!(a.admit(&p, true).is_ok());
+        // A large reply puts the namespace in debt: its next reads wait, its writes do not.
+        p.charge_read(5_000);
+        let e = a.admit(&p, true).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            e.message().contains("read_bytes_per_sec"),
+            "{}",
+            e.message()
+        );
+        let after: u64 = e
+            .metadata()
+            .get(RETRY_AFTER_MS)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (4_000..=10_000).contains(&after),
+            "about the debt's 4.6 s: {after}"
+        );
+        assert!(a.admit(&p, false).is_ok());
+        // What a verified peer forwards was charged where the client sent it.
+        let mut fwd = p.clone();
+        fwd.pre_admitted = true;
+        let before = p.namespace().unwrap().read_bytes.lock().level;
+        fwd.charge_read(1 << 30);
+        assert!(p.namespace().unwrap().read_bytes.lock().level >= before);
     }
 
     #[test]

@@ -924,6 +924,8 @@ impl Kv for KvService {
                 .eventual_get(p, &r.key, cx.sessions.get(&p).copied())
                 .await?
             {
+                cx.who
+                    .charge_read((r.key.len() + resp.get_ref().value.len()) as u64);
                 return Ok(resp);
             }
         }
@@ -943,6 +945,7 @@ impl Kv for KvService {
                 }
             })
             .await?;
+        cx.who.charge_read((r.key.len() + res.value.len()) as u64);
         // The partition that served it (it may have split while the request waited).
         let p = self.partition_of(&r.key)?;
         Ok(answer(res, p, &owner))
@@ -1046,8 +1049,20 @@ impl Kv for KvService {
             .enumerate()
             .map(|(i, k)| cx.who.key_in(&format!("keys[{i}]"), k, cx.forwarded))
             .collect::<Result<_, _>>()?;
-        self.regrouping(r, |r| self.batch_get_once(&cx, r, budget), cx.budget)
-            .await
+        let keys: Vec<usize> = r.keys.iter().map(|k| k.len()).collect();
+        let resp = self
+            .regrouping(r, |r| self.batch_get_once(&cx, r, budget), cx.budget)
+            .await?;
+        // Results hold the first keys in request order.
+        let read: usize = resp
+            .get_ref()
+            .results
+            .iter()
+            .zip(&keys)
+            .map(|(g, k)| k + g.value.len())
+            .sum();
+        cx.who.charge_read(read as u64);
+        Ok(resp)
     }
 
     async fn batch_write(
@@ -1192,6 +1207,9 @@ impl Kv for KvService {
                     chunk.push(kv);
                     sent += 1;
                     if chunk.len() >= SCAN_CHUNK_ENTRIES || chunk_bytes >= SCAN_CHUNK_BYTES {
+                        if let Some(who) = &who {
+                            who.charge_read(chunk_bytes as u64);
+                        }
                         let entries = std::mem::take(&mut chunk);
                         chunk_bytes = 0;
                         match tokio::time::timeout(
@@ -1217,6 +1235,9 @@ impl Kv for KvService {
                 drop(heads);
                 let _held = held;
                 if !chunk.is_empty() {
+                    if let Some(who) = &who {
+                        who.charge_read(chunk_bytes as u64);
+                    }
                     // Bounded like every send: a client that stops reading must not keep the
                     // namespace's in-flight slot for ever.
                     let sent = tokio::time::timeout(
