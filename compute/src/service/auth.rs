@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -177,6 +177,8 @@ pub struct Namespace {
     requests: Mutex<Bucket>,
     write_bytes: Mutex<Bucket>,
     read_bytes: Mutex<Bucket>,
+    /// A moving average of the namespace's reply sizes: the turn a refused read is promised.
+    read_size: AtomicU64,
     in_flight: AtomicUsize,
     /// Connections of this node whose first authenticated request was this namespace's.
     connections: AtomicUsize,
@@ -201,6 +203,7 @@ impl Namespace {
             requests: Mutex::new(Bucket::default()),
             write_bytes: Mutex::new(Bucket::default()),
             read_bytes: Mutex::new(Bucket::default()),
+            read_size: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             in_flight_bytes: Default::default(),
@@ -245,6 +248,12 @@ impl Bucket {
     /// Takes `n` units at `rate` per second (burst: one second's worth). On refusal, how long
     /// to wait before trying again.
     fn take(&mut self, n: u64, rate: u64, now: Instant) -> Result<(), Duration> {
+        self.take_turn(n, n, rate, now)
+    }
+
+    /// As [`Bucket::take`], taking `n` on success but spacing a refusal's turn by `turn`
+    /// units (a read takes nothing up front and is charged what it returned).
+    fn take_turn(&mut self, n: u64, turn: u64, rate: u64, now: Instant) -> Result<(), Duration> {
         let rate = rate.max(1) as f64;
         let level = match self.at {
             None => rate,
@@ -262,7 +271,7 @@ impl Bucket {
                 .unwrap_or(out_of_debt);
             // This request's turn: after the debt and the turns already promised, for as
             // long as it takes the quota to admit it (capped: a wait the client sees).
-            let turn = (start + Duration::from_secs_f64(n.max(1) as f64 / rate))
+            let turn = (start + Duration::from_secs_f64(turn.max(1) as f64 / rate))
                 .min(now + Duration::from_secs(10));
             self.promised = Some(turn);
             return Err(turn
@@ -273,8 +282,8 @@ impl Bucket {
         Ok(())
     }
 
-    /// Charges `n` units already spent (a read's reply): always taken, into debt if need be,
-    /// at most ten seconds' worth of it.
+    /// Charges `n` units already spent (a read's reply): always taken, into debt if need be
+    /// (paid before the namespace reads again; never forgiven).
     fn charge(&mut self, n: u64, rate: u64, now: Instant) {
         let rate = rate.max(1) as f64;
         let level = match self.at {
@@ -284,7 +293,7 @@ impl Bucket {
             }
         };
         self.at = Some(now);
-        self.level = (level - n as f64).max(-10.0 * rate);
+        self.level = level - n as f64;
     }
 }
 
@@ -356,6 +365,11 @@ fn parse(
         *ns.quotas.write() = Quotas::default();
     }
     for (ns, q) in quotas {
+        // A debt run up under a higher read rate is paid within ten seconds of the new one.
+        if let Some(rate) = q.read_bytes_per_sec {
+            let mut b = ns.read_bytes.lock();
+            b.level = b.level.max(-10.0 * rate.max(1) as f64);
+        }
         *ns.quotas.write() = q;
     }
     Ok((Tokens { tokens }, spaces))
@@ -655,9 +669,10 @@ impl Authority {
         if let Some(rate) = q.read_bytes_per_sec.filter(|_| reads) {
             // Nothing taken here: the read is charged what it returns. A namespace in debt
             // waits until it is paid.
+            let turn = ns.read_size.load(Ordering::Relaxed);
             ns.read_bytes
                 .lock()
-                .take(0, rate, Instant::now())
+                .take_turn(0, turn, rate, Instant::now())
                 .map_err(|after| quota(ns, "read_bytes_per_sec", after))?;
         }
         if let Some(rate) = q.requests_per_sec {
@@ -1022,8 +1037,13 @@ impl Principal {
         let Some(ns) = self.ns.as_ref().filter(|_| !self.pre_admitted) else {
             return;
         };
-        if let Some(rate) = ns.quotas.read().read_bytes_per_sec {
+        let rate = ns.quotas.read().read_bytes_per_sec;
+        if let Some(rate) = rate {
             ns.read_bytes.lock().charge(bytes, rate, Instant::now());
+            // An average of the last replies (weight 1/8 each).
+            let avg = ns.read_size.load(Ordering::Relaxed);
+            ns.read_size
+                .store(avg - avg / 8 + bytes / 8, Ordering::Relaxed);
         }
     }
 

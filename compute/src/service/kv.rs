@@ -925,7 +925,7 @@ impl Kv for KvService {
                 .await?
             {
                 cx.who
-                    .charge_read((r.key.len() + resp.get_ref().value.len()) as u64);
+                    .charge_read(read_cost(&cx.who, &r.key, resp.get_ref().value.len()));
                 return Ok(resp);
             }
         }
@@ -945,7 +945,8 @@ impl Kv for KvService {
                 }
             })
             .await?;
-        cx.who.charge_read((r.key.len() + res.value.len()) as u64);
+        cx.who
+            .charge_read(read_cost(&cx.who, &r.key, res.value.len()));
         // The partition that served it (it may have split while the request waited).
         let p = self.partition_of(&r.key)?;
         Ok(answer(res, p, &owner))
@@ -1049,19 +1050,19 @@ impl Kv for KvService {
             .enumerate()
             .map(|(i, k)| cx.who.key_in(&format!("keys[{i}]"), k, cx.forwarded))
             .collect::<Result<_, _>>()?;
-        let keys: Vec<usize> = r.keys.iter().map(|k| k.len()).collect();
+        let keys: Vec<Bytes> = r.keys.clone();
         let resp = self
             .regrouping(r, |r| self.batch_get_once(&cx, r, budget), cx.budget)
             .await?;
         // Results hold the first keys in request order.
-        let read: usize = resp
+        let read: u64 = resp
             .get_ref()
             .results
             .iter()
             .zip(&keys)
-            .map(|(g, k)| k + g.value.len())
+            .map(|(g, k)| read_cost(&cx.who, k, g.value.len()))
             .sum();
-        cx.who.charge_read(read as u64);
+        cx.who.charge_read(read);
         Ok(resp)
     }
 
@@ -1139,6 +1140,9 @@ impl Kv for KvService {
         r.end = end.clone().unwrap_or_default();
         r.prefix = Bytes::new();
         let who = (fwd.is_none()).then(|| cx.who.clone());
+        // Charged on every node it reaches unless a verified peer admitted it already (a
+        // forwarded header alone exempts nothing).
+        let charged = cx.who.clone();
         // A forwarded scan covers only the partition it names; an original one merges the
         // ordered streams of every partition (keys of different partitions never collide).
         let parts: Vec<u32> = match fwd {
@@ -1168,6 +1172,7 @@ impl Kv for KvService {
                 let mut sent = 0usize;
                 let mut chunk = Vec::new();
                 let mut chunk_bytes = 0usize;
+                let mut read_bytes = 0u64;
                 loop {
                     if limit != 0 && sent >= limit {
                         break;
@@ -1204,12 +1209,11 @@ impl Kv for KvService {
                         kv.key = who.key_out(kv.key);
                     }
                     chunk_bytes += kv.key.len() + kv.value.len() + 16;
+                    read_bytes += read_cost(&charged, &kv.key, kv.value.len());
                     chunk.push(kv);
                     sent += 1;
                     if chunk.len() >= SCAN_CHUNK_ENTRIES || chunk_bytes >= SCAN_CHUNK_BYTES {
-                        if let Some(who) = &who {
-                            who.charge_read(chunk_bytes as u64);
-                        }
+                        charged.charge_read(std::mem::take(&mut read_bytes));
                         let entries = std::mem::take(&mut chunk);
                         chunk_bytes = 0;
                         match tokio::time::timeout(
@@ -1235,9 +1239,7 @@ impl Kv for KvService {
                 drop(heads);
                 let _held = held;
                 if !chunk.is_empty() {
-                    if let Some(who) = &who {
-                        who.charge_read(chunk_bytes as u64);
-                    }
+                    charged.charge_read(read_bytes);
                     // Bounded like every send: a client that stops reading must not keep the
                     // namespace's in-flight slot for ever.
                     let sent = tokio::time::timeout(
@@ -1269,6 +1271,12 @@ impl Kv for KvService {
             tokio_stream::wrappers::ReceiverStream::new(rx).chain(last),
         )))
     }
+}
+
+/// What a read of `key` (stored or client form) returning `value_len` bytes is charged
+/// against `read_bytes_per_sec`: the key as its tenant sees it and the value.
+fn read_cost(who: &Principal, key: &Bytes, value_len: usize) -> u64 {
+    (who.key_out(key.clone()).len() + value_len) as u64
 }
 
 /// A scan ended because its client read nothing for the snapshot's maximum age.

@@ -70,7 +70,7 @@ pub fn status(e: EngineError) -> Status {
 const DATA_LOSS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `Some(answers not logged since the last line)` when this message's DATA_LOSS is due to
-/// be logged. The table is bounded (cleared past 1,024 messages).
+/// be logged. The table is bounded (1,024 messages).
 fn data_loss_log_due(msg: &str) -> Option<u64> {
     use std::collections::HashMap;
     use std::sync::LazyLock;
@@ -90,7 +90,11 @@ fn data_loss_log_due(msg: &str) -> Option<u64> {
         return Some(n);
     }
     if t.len() >= 1024 {
-        t.clear();
+        // Forget what is past its interval first; clear only if that frees nothing.
+        t.retain(|_, (at, _)| now.duration_since(*at) < DATA_LOSS_LOG_EVERY);
+        if t.len() >= 1024 {
+            t.clear();
+        }
     }
     t.insert(msg.to_string(), (now, 0));
     Some(0)
