@@ -334,14 +334,10 @@ async fn tokens_gate_every_call_and_namespaces_are_disjoint() {
     // A node alone takes no forwarded request (no peer forwards to it; a tenant's header
     // would pass its requests off as admitted elsewhere).
     let mut raw = pb::kv_client::KvClient::new(transport(&addr, &alpha, None).await);
-    let mut req = tonic::Request::new(pb::GetRequest {
+    let req = forged(pb::GetRequest {
         key: Bytes::from_static(b"\xff\xfens/alpha/shared"),
         ..Default::default()
     });
-    req.metadata_mut().insert(
-        strata_proto::headers::FORWARDED_PARTITION,
-        tonic::metadata::MetadataValue::from(0u32),
-    );
     let e = raw.get(req).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(
@@ -683,16 +679,10 @@ async fn a_namespace_over_its_rate_is_refused_with_retry_after_and_the_other_is_
     let tokens = dir.path().join("tokens.toml");
     let hot = token_create(&tokens, "hot", "read,write");
     let calm = token_create(&tokens, "calm", "read,write");
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&tokens)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut f,
+    append(
+        &tokens,
         b"\n[namespaces.hot]\nrequests_per_sec = 50\nwrite_bytes_per_sec = 65536\n",
-    )
-    .unwrap();
-    drop(f);
+    );
     let server = serve_with_tokens(&dir.path().join("data"), &tokens, &[]);
     let h = client(&server.addr, Some(&hot), None).await.unwrap();
     let c = client(&server.addr, Some(&calm), None).await.unwrap();
@@ -835,6 +825,22 @@ async fn an_export_of_one_namespace_shows_its_keys_as_its_tenant_sees_them() {
 // a cluster
 
 /// A KV client straight to one node (no routing: the node forwards what it does not own).
+/// Appends `text` to the tokens file at `path` (quotas for a namespace).
+fn append(path: &Path, text: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    std::io::Write::write_all(&mut f, text).unwrap();
+}
+
+/// `msg` as a request that claims a peer forwarded it (for partition 0).
+fn forged<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        strata_proto::headers::FORWARDED_PARTITION,
+        tonic::metadata::MetadataValue::from(0u32),
+    );
+    req
+}
+
 /// A connection to `addr` (over TLS with `tls`) whose calls carry `token`.
 async fn transport(
     addr: &str,
@@ -948,14 +954,10 @@ async fn a_cluster_over_mutual_tls_with_tenants_forwards_and_refuses_forged_peer
         .all(|k| k.starts_with("key-") || k.starts_with("txn-")));
 
     // A client that forges the forwarded header has no peer certificate: refused.
-    let mut req = tonic::Request::new(pb::GetRequest {
+    let req = forged(pb::GetRequest {
         key: Bytes::from_static(b"\xff\xfens/beta/anything"),
         ..Default::default()
     });
-    req.metadata_mut().insert(
-        strata_proto::headers::FORWARDED_PARTITION,
-        tonic::metadata::MetadataValue::from(0u32),
-    );
     let e = n0.get(req).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("--peer-tls-ca"), "{}", e.message());
@@ -975,21 +977,18 @@ async fn a_cluster_over_mutual_tls_with_tenants_forwards_and_refuses_forged_peer
     let peer = tls_to(&pki, true);
     let mut peer_txn =
         pb::txn_client::TxnClient::new(transport(&addrs[0], &alpha, Some(&peer)).await);
-    let mut req = tonic::Request::new(pb::TxnPrepareRequest {
+    let stolen = pb::PutRequest {
+        key: Bytes::from_static(b"\xff\xfens/beta/stolen"),
+        ..put_req("placeholder", "x")
+    };
+    let req = forged(pb::TxnPrepareRequest {
         txn_id: "forged".into(),
         partition: 0,
         ops: vec![pb::WriteOp {
-            op: Some(pb::write_op::Op::Put(put_req("placeholder", "x"))),
+            op: Some(pb::write_op::Op::Put(stolen)),
         }],
         created_ms: 0,
     });
-    if let Some(pb::write_op::Op::Put(p)) = &mut req.get_mut().ops[0].op {
-        p.key = Bytes::from_static(b"\xff\xfens/beta/stolen");
-    }
-    req.metadata_mut().insert(
-        strata_proto::headers::FORWARDED_PARTITION,
-        tonic::metadata::MetadataValue::from(0u32),
-    );
     let e = peer_txn.prepare(req).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("outside namespace"), "{}", e.message());
@@ -1006,13 +1005,10 @@ async fn a_namespace_over_its_read_bytes_waits_and_the_other_reads_on() {
     let tokens = dir.path().join("tokens.toml");
     let hot = token_create(&tokens, "hot", "read,write");
     let calm = token_create(&tokens, "calm", "read,write");
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&tokens)
-        .unwrap();
-    std::io::Write::write_all(&mut f, b"\n[namespaces.hot]\nread_bytes_per_sec = 200000\n")
-        .unwrap();
-    drop(f);
+    append(
+        &tokens,
+        b"\n[namespaces.hot]\nread_bytes_per_sec = 200000\n",
+    );
     let server = serve_with_tokens(&dir.path().join("data"), &tokens, &[]);
     let mut h = pb::kv_client::KvClient::new(transport(&server.addr, &hot, None).await);
     let mut c = pb::kv_client::KvClient::new(transport(&server.addr, &calm, None).await);
@@ -1073,12 +1069,7 @@ async fn a_namespace_at_its_stored_bytes_refuses_puts_and_still_takes_deletes() 
     let tokens = dir.path().join("tokens.toml");
     let small = token_create(&tokens, "small", "read,write");
     let other = token_create(&tokens, "other", "read,write");
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&tokens)
-        .unwrap();
-    std::io::Write::write_all(&mut f, b"\n[namespaces.small]\nstored_bytes = 40000\n").unwrap();
-    drop(f);
+    append(&tokens, b"\n[namespaces.small]\nstored_bytes = 40000\n");
     let server = serve_with_tokens(
         &dir.path().join("data"),
         &tokens,

@@ -245,6 +245,19 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// The level at `now`: what it was plus `rate` per second since, up to one second's
+    /// worth (the burst).
+    fn refill(&mut self, rate: f64, now: Instant) -> f64 {
+        let level = match self.at {
+            None => rate,
+            Some(at) => {
+                (self.level + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
+            }
+        };
+        self.at = Some(now);
+        level
+    }
+
     /// Takes `n` units at `rate` per second (burst: one second's worth). On refusal, how long
     /// to wait before trying again.
     fn take(&mut self, n: u64, rate: u64, now: Instant) -> Result<(), Duration> {
@@ -255,13 +268,7 @@ impl Bucket {
     /// units (a read takes nothing up front and is charged what it returned).
     fn take_turn(&mut self, n: u64, turn: u64, rate: u64, now: Instant) -> Result<(), Duration> {
         let rate = rate.max(1) as f64;
-        let level = match self.at {
-            None => rate,
-            Some(at) => {
-                (self.level + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
-            }
-        };
-        self.at = Some(now);
+        let level = self.refill(rate, now);
         if level <= 0.0 {
             self.level = level;
             let out_of_debt = now + Duration::from_secs_f64((-level).max(0.0) / rate);
@@ -286,13 +293,7 @@ impl Bucket {
     /// (paid before the namespace reads again; never forgiven).
     fn charge(&mut self, n: u64, rate: u64, now: Instant) {
         let rate = rate.max(1) as f64;
-        let level = match self.at {
-            None => rate,
-            Some(at) => {
-                (self.level + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate)
-            }
-        };
-        self.at = Some(now);
+        let level = self.refill(rate, now);
         self.level = level - n as f64;
     }
 }
@@ -1029,6 +1030,16 @@ impl Principal {
             ));
         }
         Ok(BytesGuard(Some((ns.clone(), bytes))))
+    }
+
+    /// Whether [`Principal::charge_read`] charges anything (a namespace with a read quota,
+    /// on the node that admitted the request): callers skip measuring replies otherwise.
+    pub fn charges_reads(&self) -> bool {
+        !self.pre_admitted
+            && self
+                .ns
+                .as_ref()
+                .is_some_and(|ns| ns.quotas.read().read_bytes_per_sec.is_some())
     }
 
     /// Charges `bytes` a read returned against the namespace's `read_bytes_per_sec` (into

@@ -1050,19 +1050,22 @@ impl Kv for KvService {
             .enumerate()
             .map(|(i, k)| cx.who.key_in(&format!("keys[{i}]"), k, cx.forwarded))
             .collect::<Result<_, _>>()?;
-        let keys: Vec<Bytes> = r.keys.clone();
+        // Only a namespace with a read quota pays for keeping the keys.
+        let keys = cx.who.charges_reads().then(|| r.keys.clone());
         let resp = self
             .regrouping(r, |r| self.batch_get_once(&cx, r, budget), cx.budget)
             .await?;
-        // Results hold the first keys in request order.
-        let read: u64 = resp
-            .get_ref()
-            .results
-            .iter()
-            .zip(&keys)
-            .map(|(g, k)| read_cost(&cx.who, k, g.value.len()))
-            .sum();
-        cx.who.charge_read(read);
+        if let Some(keys) = keys {
+            // Results hold the first keys in request order.
+            let read: u64 = resp
+                .get_ref()
+                .results
+                .iter()
+                .zip(&keys)
+                .map(|(g, k)| read_cost(&cx.who, k, g.value.len()))
+                .sum();
+            cx.who.charge_read(read);
+        }
         Ok(resp)
     }
 
@@ -1143,6 +1146,7 @@ impl Kv for KvService {
         // Charged on every node it reaches unless a verified peer admitted it already (a
         // forwarded header alone exempts nothing).
         let charged = cx.who.clone();
+        let charge_reads = charged.charges_reads();
         // A forwarded scan covers only the partition it names; an original one merges the
         // ordered streams of every partition (keys of different partitions never collide).
         let parts: Vec<u32> = match fwd {
@@ -1209,7 +1213,9 @@ impl Kv for KvService {
                         kv.key = who.key_out(kv.key);
                     }
                     chunk_bytes += kv.key.len() + kv.value.len() + 16;
-                    read_bytes += read_cost(&charged, &kv.key, kv.value.len());
+                    if charge_reads {
+                        read_bytes += read_cost(&charged, &kv.key, kv.value.len());
+                    }
                     chunk.push(kv);
                     sent += 1;
                     if chunk.len() >= SCAN_CHUNK_ENTRIES || chunk_bytes >= SCAN_CHUNK_BYTES {
