@@ -53,6 +53,14 @@ pub struct ServeArgs {
     /// Budget of all memtables together, MiB; writes wait above it.
     #[arg(long, default_value_t = 256)]
     pub write_buffer_mb: u64,
+    /// WAL segment PUTs a partition keeps in flight at once (the pipelined group commit,
+    /// 1..=4; acknowledgements stay in segment order). 1 puts one segment at a time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub wal_pipeline_depth: u64,
+    /// A further WAL segment is put while others are in flight only once its group holds
+    /// this many KiB (a lone segment is always put at once).
+    #[arg(long, default_value_t = 32)]
+    pub wal_pipeline_min_kb: usize,
     /// Writes slow down (a delay per batch, growing toward the stop limit) once a partition
     /// has this many L0 files awaiting compaction (0: never).
     #[arg(long, default_value_t = 20)]
@@ -230,6 +238,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let opts = DbOptions {
         memtable_bytes: args.memtable_mb << 20,
         write_buffer_bytes: args.write_buffer_mb << 20,
+        wal_pipeline_depth: args.wal_pipeline_depth as usize,
+        wal_pipeline_min_bytes: args.wal_pipeline_min_kb << 10,
         metrics: Some(metrics.clone()),
         roots: roots.clone(),
         stall: stall_limits(&args),

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use strata_format::namespace;
 use strata_format::{
     decode_wal_segment, hash_in_range, is_system_key, key_hash, Entry, Kind, Manifest,
+    WalEpochFilter, WAL_MAX_IN_FLIGHT,
 };
 use strata_manifest::layout::{parse_wal_path, sst_path, wal_path, wal_prefix};
 use strata_manifest::{now_ms, ManifestStore};
@@ -771,14 +772,25 @@ pub(crate) async fn read_wal_tail(
         }
         Some(_) => {}
     }
-    for w in ids.windows(2) {
+    // A live writer's pipeline may have a gap among its highest WAL_MAX_IN_FLIGHT ids (a
+    // segment still in flight while later ones landed): nothing from the gap on is
+    // acknowledged yet, so the tail stops there. A gap lower down is a lost segment.
+    let highest = ids.last().copied().unwrap_or(0);
+    let mut contiguous = ids.len();
+    for (i, w) in ids.windows(2).enumerate() {
         if w[1] != w[0] + 1 {
+            if w[0] + 1 + WAL_MAX_IN_FLIGHT > highest {
+                contiguous = i + 1;
+                break;
+            }
             return Err(CompactorError::Corrupt(format!(
                 "WAL segment {} of partition {p} is missing",
                 wal_path(p, w[0] + 1)
             )));
         }
     }
+    ids.truncate(contiguous);
+    let mut epochs = WalEpochFilter::default();
     for &id in &ids {
         let path = wal_path(p, id);
         let data = store
@@ -794,6 +806,9 @@ pub(crate) async fn read_wal_tail(
             )));
         }
         progress.add(data.len() as u64);
+        if !epochs.admit(&hdr) {
+            continue; // a deposed writer's pipeline landed it after a newer marker: never acked
+        }
         for e in batches.into_iter().flatten() {
             if e.seq > m.last_flushed_seq {
                 max_seq = max_seq.max(e.seq);

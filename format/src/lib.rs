@@ -43,8 +43,8 @@ pub use txn::{
     decode_intent, encode_intent, is_system_key, IntentState, TxnOp, INTENT_PREFIX, SYSTEM_PREFIX,
 };
 pub use wal::{
-    decode_wal_segment, encode_wal_segment, WalSegmentHeader, WAL_FORMAT_VERSION, WAL_HEADER_LEN,
-    WAL_MAGIC, WAL_TRAILER_LEN, WAL_TRAILER_MAGIC,
+    decode_wal_segment, encode_wal_segment, WalEpochFilter, WalSegmentHeader, WAL_FORMAT_VERSION,
+    WAL_HEADER_LEN, WAL_MAGIC, WAL_MAX_IN_FLIGHT, WAL_TRAILER_LEN, WAL_TRAILER_MAGIC,
 };
 
 #[cfg(test)]

@@ -35,6 +35,37 @@ pub const WAL_HEADER_LEN: usize = 40;
 /// Size of the segment trailer.
 pub const WAL_TRAILER_LEN: usize = 16;
 
+/// The most WAL segment creates one writer has in flight at once (the pipelined group
+/// commit). A contract between writers: a writer starts the create of segment `i` only once its
+/// creates of every segment up to `i - WAL_MAX_IN_FLIGHT` succeeded, so a writer whose create
+/// of `j` failed never writes a segment at `j + WAL_MAX_IN_FLIGHT` or above. A new writer that
+/// won segment `f` as its fence therefore claims `f + 1 .. f + WAL_MAX_IN_FLIGHT - 1` with
+/// markers too and writes its first data segment at `f + WAL_MAX_IN_FLIGHT` (docs/write-path.md).
+pub const WAL_MAX_IN_FLIGHT: u64 = 4;
+
+/// Which WAL segments a replay admits, in segment-id order.
+///
+/// A segment whose writer epoch is lower than that of a segment admitted before it was written
+/// by a deposed writer's pipeline after a newer writer's marker: that writer's create of the
+/// marker's name failed, so it acknowledged none of the segment's writes, and they may have been
+/// checked against a lower segment that never landed. Such a segment is skipped. Epochs grow with
+/// every takeover (docs/write-path.md), so in a stream without pipelining nothing is ever skipped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WalEpochFilter {
+    max_epoch: u64,
+}
+
+impl WalEpochFilter {
+    /// Whether the segment of `header` is replayed; call in segment-id order.
+    pub fn admit(&mut self, header: &WalSegmentHeader) -> bool {
+        if header.writer_epoch < self.max_epoch {
+            return false;
+        }
+        self.max_epoch = header.writer_epoch;
+        true
+    }
+}
+
 const WHAT: &str = "wal segment";
 const WHAT_RECORD: &str = "wal record";
 /// Fixed bytes of one entry before its key and value.
@@ -244,6 +275,23 @@ fn decode_batch(region: &Bytes, at: usize, len: usize) -> Result<Vec<Entry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_epoch_filter_skips_segments_of_a_deposed_writer_after_a_newer_marker() {
+        let h = |id, writer_epoch| WalSegmentHeader {
+            segment_id: id,
+            writer_epoch,
+            created_ms: 0,
+        };
+        let mut f = WalEpochFilter::default();
+        // An old writer's stream, its successor's marker, an orphan of the old pipeline, and the
+        // successor's data.
+        let admitted: Vec<bool> = [h(1, 5), h(2, 5), h(3, 9), h(4, 5), h(5, 9), h(6, 9)]
+            .iter()
+            .map(|hdr| f.admit(hdr))
+            .collect();
+        assert_eq!(admitted, [true, true, true, false, true, true]);
+    }
 
     fn header() -> WalSegmentHeader {
         WalSegmentHeader {

@@ -46,6 +46,12 @@ pub struct EmbeddedArgs {
     /// With --embedded: budget of all memtables together, MiB.
     #[arg(long, default_value_t = 256)]
     pub write_buffer_mb: u64,
+    /// With --embedded: WAL segment PUTs in flight at once (as `strata serve`).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4))]
+    pub wal_pipeline_depth: u64,
+    /// With --embedded: KiB a further WAL segment needs while others are in flight.
+    #[arg(long, default_value_t = 32)]
+    pub wal_pipeline_min_kb: usize,
     /// With --embedded: open a store that already holds a Strata keyspace (a previous bench
     /// run's). Without it the bench refuses one, so that it never takes over a server's data
     /// (opening fences the running writer) or writes bench keys into a real keyspace.
@@ -134,6 +140,8 @@ impl EmbeddedEngine {
         let opts = DbOptions {
             memtable_bytes: args.memtable_mb << 20,
             write_buffer_bytes: args.write_buffer_mb << 20,
+            wal_pipeline_depth: args.wal_pipeline_depth as usize,
+            wal_pipeline_min_bytes: args.wal_pipeline_min_kb << 10,
             roots: roots.clone(),
             ..Default::default()
         };

@@ -25,7 +25,8 @@ use std::time::Duration;
 use strata_cache::BlockCache;
 use strata_clock::{Clock, Rng};
 use strata_format::{
-    decode_wal_segment, encode_wal_segment, Entry, Kind, Manifest, SstOptions, WalSegmentHeader,
+    decode_wal_segment, encode_wal_segment, Entry, Kind, Manifest, SstOptions, WalEpochFilter,
+    WalSegmentHeader, WAL_MAX_IN_FLIGHT,
 };
 use strata_manifest::layout::{parse_wal_path, wal_path, wal_prefix, STORE_ID_PATH};
 use strata_manifest::{ManifestError, ManifestStore};
@@ -47,6 +48,13 @@ pub struct DbOptions {
     pub write_buffer_bytes: u64,
     /// Largest WAL segment a commit group builds before waiting for the previous PUT.
     pub max_group_bytes: usize,
+    /// WAL segment PUTs in flight at once (the pipelined group commit; clamped to
+    /// `1..=strata_format::WAL_MAX_IN_FLIGHT`). Writes are still acknowledged in segment
+    /// order. 1 puts one segment at a time.
+    pub wal_pipeline_depth: usize,
+    /// A group is put while other PUTs are in flight only once it holds this many bytes (one
+    /// is always put at once when nothing is in flight).
+    pub wal_pipeline_min_bytes: usize,
     /// Encoding of flushed SSTs.
     pub sst: SstOptions,
     /// How long a request waits for its WAL PUT before it gets `UNAVAILABLE`.
@@ -83,6 +91,8 @@ impl Default for DbOptions {
             memtable_bytes: 64 << 20,
             write_buffer_bytes: 256 << 20,
             max_group_bytes: 8 << 20,
+            wal_pipeline_depth: WAL_MAX_IN_FLIGHT as usize,
+            wal_pipeline_min_bytes: 32 << 10,
             sst: SstOptions::default(),
             write_timeout: Duration::from_secs(10),
             lease: None,
@@ -190,6 +200,9 @@ pub struct RecoveryReport {
     pub next_seq: u64,
     /// Prepared cross-partition transactions found (their keys are locked until resolved).
     pub prepared_txns: u64,
+    /// WAL segments skipped: landed by a deposed writer's pipeline after a newer writer's
+    /// marker, so never acknowledged (`strata_format::WalEpochFilter`).
+    pub orphaned_segments: u64,
 }
 
 /// Reads the store's instance id, creating it on a fresh store.
@@ -242,7 +255,7 @@ impl Db {
         // Our writer epoch is the marker's name in the high bits, so epochs grow with every
         // takeover, plus random low bits so two racing openers never write identical bytes.
         let mut floor = 0u64;
-        let (manifest, listed, fence_id, writer_epoch) = loop {
+        let (manifest, mut listed, max_id, fence_id, writer_epoch) = loop {
             let manifest = load_or_init_manifest(&*manifests, p, &opts.clock).await?;
             let listed: BTreeMap<u64, u64> = store
                 .list(&wal_prefix(p))
@@ -295,11 +308,41 @@ impl Db {
                 floor = latest.wal_replay_from - 1;
                 continue;
             }
-            break (latest, listed, fence_id, writer_epoch);
+            break (latest, listed, max_id, fence_id, writer_epoch);
         };
 
-        // Replay [replay_from, fence_id): every segment there must exist (ids are sequential
-        // and only the tail can be missing, and the fence is past the tail).
+        // Claim the rest of the window (a deposed writer's pipeline may still land segments at
+        // fence_id + 1 .. fence_id + WAL_MAX_IN_FLIGHT - 1, never above) and fill the gaps its
+        // pipeline left among the highest listed ids (only there: a segment lower than
+        // max_id - WAL_MAX_IN_FLIGHT + 1 cannot be in flight, so a hole there is GC or
+        // corruption, reported below). A filled gap stops that writer at the gap: it can
+        // acknowledge nothing at or above it, and the epoch filter of the replay skips what its
+        // pipeline landed above.
+        let window_end = fence_id + WAL_MAX_IN_FLIGHT - 1;
+        let gap_lo = max_id
+            .saturating_sub(WAL_MAX_IN_FLIGHT - 1)
+            .max(manifest.wal_replay_from)
+            .max(1);
+        let gaps: Vec<u64> = (gap_lo..=max_id)
+            .filter(|id| !listed.contains_key(id))
+            .collect();
+        let fills: Vec<u64> = gaps
+            .iter()
+            .copied()
+            .chain(fence_id + 1..=window_end)
+            .collect();
+        try_join_all(
+            fills
+                .iter()
+                .map(|&id| claim_segment(&store, p, id, writer_epoch, opts.clock.unix_ms())),
+        )
+        .await?;
+        for id in &gaps {
+            listed.insert(*id, 0);
+        }
+
+        // Replay [replay_from, fence_id): every segment there must exist (ids are sequential,
+        // the gaps among the highest were filled above, and the fence is past the tail).
         let active = Arc::new(Memtable::new(1));
         let mut landed = Landed::default();
         let mut report = RecoveryReport {
@@ -349,11 +392,24 @@ impl Db {
                         hdr.segment_id
                     )));
                 }
-                Ok::<_, EngineError>((id, batches))
+                Ok::<_, EngineError>((id, hdr, batches))
             }
         }))
         .await?;
-        for (id, batches) in fetched {
+        let mut epochs = WalEpochFilter::default();
+        for (id, hdr, batches) in fetched {
+            if !epochs.admit(&hdr) {
+                // Landed by a deposed writer's pipeline above a newer writer's marker: none of
+                // it was acknowledged (see WalEpochFilter).
+                tracing::info!(
+                    partition = p,
+                    segment = id,
+                    epoch = hdr.writer_epoch,
+                    "skipping a WAL segment a deposed writer landed after a newer marker"
+                );
+                report.orphaned_segments += 1;
+                continue;
+            }
             let mut seg_max = 0;
             for e in batches.iter().flatten() {
                 seg_max = seg_max.max(e.seq);
@@ -367,6 +423,9 @@ impl Db {
             report.replayed_segments += 1;
         }
         landed.push(fence_id, 0);
+        // A flush that covers everything moves the replay point to our first data segment,
+        // never into the window where orphans may sit.
+        landed.last_id = window_end;
 
         // Claim the manifest: stamp it with our epoch. From here on, a manifest stamped with
         // another epoch means another writer took over (compactors keep the stamp).
@@ -407,7 +466,7 @@ impl Db {
         // Prepared transactions lock their keys again before anything is served: the intent
         // records came back with the WAL replay (or an SST).
         report.prepared_txns = relock_prepared(&inner).await?;
-        let (commit, commit_task) = commit::start(inner.clone(), max_seq + 1, fence_id + 1);
+        let (commit, commit_task) = commit::start(inner.clone(), max_seq + 1, window_end + 1);
         let flush_task = tokio::spawn(flush::run(inner.clone()));
         let watch_task = tokio::spawn(flush::watch_manifests(inner.clone()));
         let gc_task = tokio::spawn(crate::wal_gc::run(inner.clone()));
@@ -1034,6 +1093,45 @@ pub const MAX_SNAPSHOT_AGE: Duration = Duration::from_secs(240);
 
 /// Target size of the SSTs a split writes for the new partition.
 const SPLIT_SST_BYTES: usize = 32 << 20;
+
+/// Claims segment `id` for the writer of `epoch` with an empty marker. A segment already there
+/// of a lower epoch is fine (a deposed writer's segment: it landed first, or it is an orphan of
+/// its pipeline that the replay skips); one of a higher epoch means a newer writer opened
+/// concurrently and fenced us.
+async fn claim_segment(
+    store: &Arc<dyn Store>,
+    p: u32,
+    id: u64,
+    epoch: u64,
+    now_ms: u64,
+) -> EngineResult<()> {
+    let header = WalSegmentHeader {
+        segment_id: id,
+        writer_epoch: epoch,
+        created_ms: now_ms,
+    };
+    let path = wal_path(p, id);
+    let marker = encode_wal_segment(&header, &[]);
+    match store.put(&path, marker.clone(), PutMode::Create).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::AlreadyExists(_)) => {
+            let data = store.get(&path).await?;
+            if data == marker {
+                return Ok(()); // our own create, whose answer was lost and retried
+            }
+            let (found, _) = decode_wal_segment(&data)
+                .map_err(|e| EngineError::Corruption(format!("WAL segment {path}: {e}")))?;
+            if found.writer_epoch < epoch {
+                Ok(())
+            } else {
+                Err(EngineError::NotServing(format!(
+                    "another writer opened partition {p} concurrently (WAL segment {path} has a                      newer writer epoch)"
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Low bits of a writer epoch that are random; the high bits are the fence segment id.
 const EPOCH_RANDOM_BITS: u32 = 24;

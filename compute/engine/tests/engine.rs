@@ -316,3 +316,140 @@ async fn ttl_values_expire_when_the_injected_clock_passes_them() {
         .await
         .unwrap();
 }
+
+/// The pipelined group commit acknowledges in segment order: a segment that lands while a
+/// lower one is still being retried is neither visible nor acknowledged until the lower one
+/// lands too (a later group may have been checked against the earlier one's effects).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_segment_that_lands_before_a_lower_one_waits_for_it() {
+    use strata_objstore::{FaultInjecting, Faults};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::default();
+    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let (db, report) = open_reporting(store, pipelined()).await;
+    // The first data segment sits past the fence's window.
+    let first = report.fence_segment + strata_format::WAL_MAX_IN_FLIGHT;
+    faults.fail_puts_matching(Some(&format!("{first:020}.wal")));
+    let r1 = db.write(vec![put("one", "1", Cond::None)], true).await;
+    assert!(matches!(r1, Err(EngineError::Unavailable(_))), "{r1:?}");
+    // Segment first + 1 lands at once, but the write waits behind the failing segment.
+    let second = {
+        let db = db.clone();
+        tokio::spawn(async move { db.write(vec![put("two", "2", Cond::None)], true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let landed = std::fs::read_dir(dir.path().join(strata_manifest::layout::wal_prefix(0)))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy() == format!("{:020}.wal", first + 1));
+    assert!(
+        landed,
+        "the pipeline put the next segment while the lower one failed"
+    );
+    assert!(
+        !second.is_finished(),
+        "acknowledged before a lower segment landed"
+    );
+    assert_eq!(
+        get(&db, "two").await,
+        None,
+        "visible before a lower segment landed"
+    );
+    faults.fail_puts_matching(None);
+    second.await.unwrap().unwrap();
+    assert_eq!(get(&db, "one").await.map(|v| v.0), Some("1".into()));
+    drop(db);
+    let db = open(dir.path(), DbOptions::default()).await;
+    assert_eq!(get(&db, "one").await.map(|v| v.0), Some("1".into()));
+    assert_eq!(get(&db, "two").await.map(|v| v.0), Some("2".into()));
+    db.close(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A writer whose pipeline has a gap (a segment failing while the next one landed) is taken
+/// over: the new writer fills the gap with its marker, skips the segment above it (never
+/// acknowledged), and the old writer's retry of the gap finds the marker and steps down
+/// without acknowledging what the new writer skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_writer_fills_a_pipeline_gap_and_skips_the_orphan_above_it() {
+    use strata_objstore::{FaultInjecting, Faults};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::default();
+    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let (a, report) = open_reporting(store, pipelined()).await;
+    let first = report.fence_segment + strata_format::WAL_MAX_IN_FLIGHT;
+    a.write(vec![put("acked", "a", Cond::None)], true)
+        .await
+        .unwrap();
+    // The next segment (first + 1) fails until the takeover; the one above it lands.
+    faults.fail_puts_matching(Some(&format!("{:020}.wal", first + 1)));
+    let r = a.write(vec![put("lost", "x", Cond::None)], true).await;
+    assert!(matches!(r, Err(EngineError::Unavailable(_))), "{r:?}");
+    let orphan = {
+        let a = a.clone();
+        tokio::spawn(async move { a.write(vec![put("orphan", "o", Cond::None)], true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!orphan.is_finished());
+
+    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let (b, report) = open_reporting(local, DbOptions::default()).await;
+    assert_eq!(report.orphaned_segments, 1, "{report:?}");
+    assert_eq!(get(&b, "acked").await.map(|v| v.0), Some("a".into()));
+    assert_eq!(
+        get(&b, "lost").await,
+        None,
+        "the gap holds the new writer's marker"
+    );
+    assert_eq!(
+        get(&b, "orphan").await,
+        None,
+        "an orphan above the gap was replayed"
+    );
+    // The old writer's retry of the gap finds the new marker: it steps down, and the write
+    // the new writer skipped is answered as not applied.
+    faults.fail_puts_matching(None);
+    let r = orphan.await.unwrap();
+    assert!(matches!(r, Err(EngineError::NotServing(_))), "{r:?}");
+    assert!(a.is_fenced());
+    b.write(vec![put("after", "b", Cond::None)], true)
+        .await
+        .unwrap();
+    b.close(Duration::from_secs(5)).await.unwrap();
+    // A third writer replays the same way (the orphan stays skipped behind the marker).
+    let (c, report) = open_reporting(
+        Arc::new(LocalStore::open(dir.path()).unwrap()),
+        DbOptions::default(),
+    )
+    .await;
+    assert_eq!(get(&c, "orphan").await, None, "{report:?}");
+    assert_eq!(get(&c, "acked").await.map(|v| v.0), Some("a".into()));
+    assert_eq!(get(&c, "after").await.map(|v| v.0), Some("b".into()));
+    c.close(Duration::from_secs(5)).await.unwrap();
+}
+
+/// Every group is pipelined, however small (the tests' groups are one small write each).
+fn pipelined() -> DbOptions {
+    DbOptions {
+        wal_pipeline_min_bytes: 0,
+        ..Default::default()
+    }
+}
+
+async fn open_reporting(
+    store: Arc<dyn Store>,
+    opts: DbOptions,
+) -> (Db, strata_engine::RecoveryReport) {
+    use strata_cache::{BlockCache, CacheConfig};
+    use strata_manifest::{EmbeddedManifestStore, ManifestStore};
+    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
+    let cache = BlockCache::open(CacheConfig {
+        memory_bytes: 8 << 20,
+        disk_dir: None,
+        disk_bytes: 0,
+    })
+    .await
+    .unwrap();
+    Db::open(opts, store, manifests, cache).await.unwrap()
+}
