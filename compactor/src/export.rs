@@ -38,7 +38,7 @@ use std::sync::Arc;
 use strata_format::namespace;
 use strata_format::{
     decode_wal_segment, hash_in_range, is_system_key, key_hash, Entry, Kind, Manifest,
-    WalEpochFilter, WAL_MAX_IN_FLIGHT,
+    WalEpochFilter, WAL_MARKER_LEN, WAL_MAX_IN_FLIGHT,
 };
 use strata_manifest::layout::{parse_wal_path, sst_path, wal_path, wal_prefix};
 use strata_manifest::{now_ms, ManifestStore};
@@ -739,47 +739,56 @@ pub(crate) async fn read_wal_tail(
     let mut max_seq = 0;
     let mut entries = Vec::new();
     // WAL segments from the replay point on, in order; ids are consecutive.
-    let mut ids: Vec<u64> = store
+    let mut listed: Vec<(u64, u64)> = store
         .list(&wal_prefix(p))
         .await
         .with_context(|| format!("listing the WAL of partition {p}"))?
         .iter()
-        .filter_map(|o| parse_wal_path(&o.path))
-        .filter(|&id| id >= m.wal_replay_from)
+        .filter_map(|o| parse_wal_path(&o.path).map(|id| (id, o.size)))
+        .filter(|&(id, _)| id >= m.wal_replay_from)
         .collect();
-    ids.sort_unstable();
+    listed.sort_unstable();
+    // A live writer's pipeline may leave gaps at or above its highest data segment minus
+    // WAL_MAX_IN_FLIGHT - 1 (segments still in flight while later ones landed): nothing from
+    // such a gap on is acknowledged yet, so the tail stops there. A gap lower down is a lost
+    // segment (or, before the first one, segments collected after a flush).
+    let max_data = listed
+        .iter()
+        .rev()
+        .find(|&&(_, size)| size > WAL_MARKER_LEN)
+        .map_or(0, |&(id, _)| id);
+    let in_flight_from = max_data.saturating_sub(WAL_MAX_IN_FLIGHT - 1);
+    let mut ids: Vec<u64> = listed.iter().map(|&(id, _)| id).collect();
     // The tail must start exactly at the replay point: if the first listed segment is later,
     // segments [replay point, first) were collected because a flush moved the replay point
     // past them — their writes are in an SST this manifest does not list. Read again from the
-    // newer manifest (as when a segment vanishes while reading).
-    match ids.first() {
-        Some(&first) if first != m.wal_replay_from => {
+    // newer manifest (as when a segment vanishes while reading). Unless the replay point is a
+    // segment still in flight: then nothing of the tail is acknowledged yet.
+    let replay_point_in_flight = m.wal_replay_from >= in_flight_from;
+    if ids.first() != Some(&m.wal_replay_from) {
+        if let (Some(&first), false) = (ids.first(), replay_point_in_flight) {
             return Err(CompactorError::Reread(format!(
                 "WAL of partition {p} starts at {first}, after the replay point {}",
                 m.wal_replay_from
             )));
         }
-        None => {
-            let now = manifests
-                .load_latest(p)
-                .await
-                .with_context(|| format!("re-loading the manifest of partition {p}"))?;
-            if now.as_ref().map(|n| n.version) != Some(m.version) {
-                return Err(CompactorError::Reread(format!(
-                    "manifest of partition {p} moved while its WAL was listed"
-                )));
-            }
+        // Nothing at the replay point: nothing listed, or the replay point is still in flight.
+        // The tail is empty, unless the manifest moved meanwhile (segments were collected).
+        let now = manifests
+            .load_latest(p)
+            .await
+            .with_context(|| format!("re-loading the manifest of partition {p}"))?;
+        if now.as_ref().map(|n| n.version) != Some(m.version) {
+            return Err(CompactorError::Reread(format!(
+                "manifest of partition {p} moved while its WAL was listed"
+            )));
         }
-        Some(_) => {}
+        ids.clear();
     }
-    // A live writer's pipeline may have a gap among its highest WAL_MAX_IN_FLIGHT ids (a
-    // segment still in flight while later ones landed): nothing from the gap on is
-    // acknowledged yet, so the tail stops there. A gap lower down is a lost segment.
-    let highest = ids.last().copied().unwrap_or(0);
     let mut contiguous = ids.len();
     for (i, w) in ids.windows(2).enumerate() {
         if w[1] != w[0] + 1 {
-            if w[0] + 1 + WAL_MAX_IN_FLIGHT > highest {
+            if w[0] + 1 >= in_flight_from {
                 contiguous = i + 1;
                 break;
             }
@@ -791,6 +800,7 @@ pub(crate) async fn read_wal_tail(
     }
     ids.truncate(contiguous);
     let mut epochs = WalEpochFilter::default();
+    let mut skipped = 0u64;
     for &id in &ids {
         let path = wal_path(p, id);
         let data = store
@@ -807,13 +817,29 @@ pub(crate) async fn read_wal_tail(
         }
         progress.add(data.len() as u64);
         if !epochs.admit(&hdr) {
-            continue; // a deposed writer's pipeline landed it after a newer marker: never acked
+            skipped += 1; // a deposed writer's pipeline landed it after a newer marker
+            continue;
         }
         for e in batches.into_iter().flatten() {
             if e.seq > m.last_flushed_seq {
                 max_seq = max_seq.max(e.seq);
                 entries.push(e);
             }
+        }
+    }
+    if skipped > 0 {
+        // A skip is right only if the marker before it filled a real pipeline gap. With a stale
+        // manifest the range may start below the current replay point, where a marker can sit
+        // on a name WAL GC had deleted (and skipping after it would drop acknowledged writes):
+        // read again from the current manifest then.
+        let now = manifests
+            .load_latest(p)
+            .await
+            .with_context(|| format!("re-loading the manifest of partition {p}"))?;
+        if now.as_ref().map(|n| n.wal_replay_from) != Some(m.wal_replay_from) {
+            return Err(CompactorError::Reread(format!(
+                "the replay point of partition {p} moved while its WAL tail was read"
+            )));
         }
     }
     Ok(WalTail {

@@ -1572,3 +1572,66 @@ async fn cold_ssts_move_to_the_tier_and_compact_from_there() {
         "the other keyspace's sweep left the tier alone"
     );
 }
+
+/// The export's WAL tail over a live pipelined writer: a gap among the highest segments is a
+/// PUT still in flight (the tail stops there, and a replay point still in flight is an empty
+/// tail, not a reread), a gap lower down is a lost segment, and a segment of a lower epoch
+/// after a newer marker is skipped.
+#[tokio::test]
+async fn the_wal_tail_stops_at_a_pipeline_gap_and_skips_orphans() {
+    use strata_format::{encode_wal_segment, WalSegmentHeader};
+    use strata_manifest::layout::wal_path;
+    let env = Env::new().await; // replays from segment 3
+    let seg = |id: u64, epoch: u64, key: Option<&str>| {
+        let batches: Vec<Vec<Entry>> = key.map(|k| vec![put(k, id, "v")]).into_iter().collect();
+        encode_wal_segment(
+            &WalSegmentHeader {
+                segment_id: id,
+                writer_epoch: epoch,
+                created_ms: 1,
+            },
+            &batches,
+        )
+    };
+    let write = |id: u64, epoch: u64, key: Option<&'static str>| {
+        let store = env.store.clone();
+        let data = seg(id, epoch, key);
+        async move {
+            store
+                .put(&wal_path(P, id), data, PutMode::Create)
+                .await
+                .unwrap();
+        }
+    };
+    let tail = || async {
+        let m = env.latest().await;
+        crate::export::read_wal_tail(&env.store, &*env.manifests, P, &m, &()).await
+    };
+    let keys = |t: &crate::export::WalTail| -> Vec<String> {
+        t.entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.key).into_owned())
+            .collect()
+    };
+    // The replay point (3) is in flight, 4 landed: nothing acknowledged yet.
+    write(4, 10, Some("four")).await;
+    assert!(tail().await.unwrap().entries.is_empty());
+    // 3 lands; 5 in flight, 6 landed: the tail stops at the gap.
+    write(3, 10, Some("three")).await;
+    write(6, 10, Some("six")).await;
+    assert_eq!(keys(&tail().await.unwrap()), ["three", "four"]);
+    // A newer writer filled 5 with its marker and fenced at 7 (window 8..10): 6 is skipped.
+    write(5, 20, None).await;
+    for id in 7..=10 {
+        write(id, 20, None).await;
+    }
+    write(11, 20, Some("eleven")).await;
+    assert_eq!(keys(&tail().await.unwrap()), ["three", "four", "eleven"]);
+    // A hole far below the highest data segment is a lost segment.
+    for id in 12..=16 {
+        write(id, 20, Some("later")).await;
+    }
+    env.store.delete(&wal_path(P, 11)).await.unwrap();
+    let err = tail().await.err().expect("a lost segment is an error");
+    assert!(err.to_string().contains("missing"), "{err}");
+}

@@ -44,7 +44,8 @@ pub use txn::{
 };
 pub use wal::{
     decode_wal_segment, encode_wal_segment, WalEpochFilter, WalSegmentHeader, WAL_FORMAT_VERSION,
-    WAL_HEADER_LEN, WAL_MAGIC, WAL_MAX_IN_FLIGHT, WAL_TRAILER_LEN, WAL_TRAILER_MAGIC,
+    WAL_HEADER_LEN, WAL_MAGIC, WAL_MARKER_LEN, WAL_MAX_IN_FLIGHT, WAL_MIN_FORMAT_VERSION,
+    WAL_TRAILER_LEN, WAL_TRAILER_MAGIC,
 };
 
 #[cfg(test)]

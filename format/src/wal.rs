@@ -28,12 +28,19 @@ use crate::error::{check_crc, corrupt, FormatError, Result};
 pub const WAL_MAGIC: [u8; 8] = *b"STRATWAL";
 /// Magic that opens the trailer at the end of every WAL segment.
 pub const WAL_TRAILER_MAGIC: [u8; 8] = *b"STRATEND";
-/// The WAL segment format version this code writes and reads.
-pub const WAL_FORMAT_VERSION: u32 = 1;
+/// The WAL segment format version this code writes. Version 2 has the layout of version 1;
+/// it marks a stream whose writers pipeline their PUTs (`WAL_MAX_IN_FLIGHT`), which a reader
+/// must replay with the gap and epoch rules of `WalEpochFilter`. This code reads both; a
+/// binary that knows only version 1 refuses a version-2 segment instead of replaying orphans.
+pub const WAL_FORMAT_VERSION: u32 = 2;
+/// The oldest WAL segment format version this code reads.
+pub const WAL_MIN_FORMAT_VERSION: u32 = 1;
 /// Size of the segment header.
 pub const WAL_HEADER_LEN: usize = 40;
 /// Size of the segment trailer.
 pub const WAL_TRAILER_LEN: usize = 16;
+/// Size of an empty segment (a fencing marker); every segment holding a batch is larger.
+pub const WAL_MARKER_LEN: u64 = (WAL_HEADER_LEN + WAL_TRAILER_LEN) as u64;
 
 /// The most WAL segment creates one writer has in flight at once (the pipelined group
 /// commit). A contract between writers: a writer starts the create of segment `i` only once its
@@ -170,7 +177,7 @@ pub fn decode_wal_segment(data: &[u8]) -> Result<(WalSegmentHeader, Vec<Vec<Entr
         return Err(corrupt(WHAT, format!("bad magic {magic:02x?}")));
     }
     let version = r.u32("version")?;
-    if version != WAL_FORMAT_VERSION {
+    if !(WAL_MIN_FORMAT_VERSION..=WAL_FORMAT_VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion {
             what: WHAT,
             version,
@@ -332,11 +339,13 @@ mod tests {
     #[test]
     fn unknown_version_is_reported() {
         let mut data = encode_wal_segment(&header(), &[]).to_vec();
-        data[8] = 2;
+        data[8] = 3;
         assert!(matches!(
             decode_wal_segment(&data),
-            Err(FormatError::UnsupportedVersion { version: 2, .. })
+            Err(FormatError::UnsupportedVersion { version: 3, .. })
         ));
+        // Version 1 (written before the pipelined commit, same layout) stays readable.
+        assert_eq!(WAL_MIN_FORMAT_VERSION, 1);
     }
 
     #[test]

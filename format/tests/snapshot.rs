@@ -49,6 +49,17 @@ const WAL_HEADER: WalSegmentHeader = WalSegmentHeader {
 };
 
 const WAL_HEX: &str = "
+    535452415457414c02000000010000000000000002000000000000000068e5cf
+    8b010000b7265fac3c000000c544780302000000010100000000000000000000
+    000000000002000000020000006b317631020200000000000000000000000000
+    000002000000000000006b32210000000c396b88010000000103000000000000
+    006052e6cf8b01000002000000020000006b3376335354524154454e44020000
+    0028152bbb
+";
+
+/// The same segment as written at format version 1 (before the pipelined group commit):
+/// still read, to the same header and batches.
+const WAL_V1_HEX: &str = "
     535452415457414c01000000010000000000000002000000000000000068e5cf
     8b0100001acd8d4f3c000000c544780302000000010100000000000000000000
     000000000002000000020000006b317631020200000000000000000000000000
@@ -56,6 +67,26 @@ const WAL_HEX: &str = "
     006052e6cf8b01000002000000020000006b3376335354524154454e44020000
     00ea752bf2
 ";
+
+fn unhex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn version_1_wal_segments_are_still_read() {
+    assert_eq!(
+        decode_wal_segment(&unhex(WAL_V1_HEX)).unwrap(),
+        (WAL_HEADER, wal_batches())
+    );
+    assert_eq!(
+        decode_wal_segment(&unhex(EMPTY_WAL_V1_HEX)).unwrap(),
+        (WAL_HEADER, Vec::new())
+    );
+}
 
 #[test]
 fn wal_segment_format_snapshot() {
@@ -68,6 +99,11 @@ fn wal_segment_format_snapshot() {
 }
 
 const EMPTY_WAL_HEX: &str = "
+    535452415457414c02000000010000000000000002000000000000000068e5cf
+    8b010000b7265fac5354524154454e44000000003c9e83b6
+";
+
+const EMPTY_WAL_V1_HEX: &str = "
     535452415457414c01000000010000000000000002000000000000000068e5cf
     8b0100001acd8d4f5354524154454e4400000000b0d72fd5
 ";

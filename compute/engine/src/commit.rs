@@ -761,7 +761,6 @@ impl Committer {
         });
         match res {
             Ok(()) => {
-                self.inner.disk.ok(Writer::Wal);
                 let f = &mut self.window[idx];
                 f.done = true;
                 let m = &self.inner.metrics;
@@ -832,6 +831,9 @@ impl Committer {
     /// The lowest segment of the window and every one below it landed: its writes become
     /// durable and visible, and its writers are answered.
     fn acknowledge(&mut self, f: InFlight) {
+        // Only here, not when any segment lands: a later, smaller segment landing while a lower
+        // one still fails for lack of space must not lift the refusal of new writes.
+        self.inner.disk.ok(Writer::Wal);
         self.inner.landed.lock().push(f.segment_id, f.group.max_seq);
         self.inner.seqs.landed(f.group.max_seq);
         // Only now: a reader that finds a key unlocked must see its resolve.
@@ -901,8 +903,10 @@ impl Committer {
         for (reply, _) in std::mem::take(&mut self.group.waiters) {
             let _ = reply.send(Err(not_applied.clone()));
         }
+        // Deferred answers wrote nothing themselves, but what they saw may sit in a segment
+        // below the taken name, whose outcome is unknown.
         for (_, reply, _) in std::mem::take(&mut self.deferred) {
-            let _ = reply.send(Err(not_applied.clone()));
+            let _ = reply.send(Err(unknown.clone()));
         }
         self.group = Group::default();
         self.puts = FuturesUnordered::new();

@@ -26,7 +26,7 @@ use strata_cache::BlockCache;
 use strata_clock::{Clock, Rng};
 use strata_format::{
     decode_wal_segment, encode_wal_segment, Entry, Kind, Manifest, SstOptions, WalEpochFilter,
-    WalSegmentHeader, WAL_MAX_IN_FLIGHT,
+    WalSegmentHeader, WAL_MARKER_LEN, WAL_MAX_IN_FLIGHT,
 };
 use strata_manifest::layout::{parse_wal_path, wal_path, wal_prefix, STORE_ID_PATH};
 use strata_manifest::{ManifestError, ManifestStore};
@@ -200,8 +200,8 @@ pub struct RecoveryReport {
     pub next_seq: u64,
     /// Prepared cross-partition transactions found (their keys are locked until resolved).
     pub prepared_txns: u64,
-    /// WAL segments skipped: landed by a deposed writer's pipeline after a newer writer's
-    /// marker, so never acknowledged (`strata_format::WalEpochFilter`).
+    /// WAL segments holding writes that were skipped: landed by a deposed writer's pipeline
+    /// after a newer writer's marker, so never acknowledged (`strata_format::WalEpochFilter`).
     pub orphaned_segments: u64,
 }
 
@@ -255,9 +255,9 @@ impl Db {
         // Our writer epoch is the marker's name in the high bits, so epochs grow with every
         // takeover, plus random low bits so two racing openers never write identical bytes.
         let mut floor = 0u64;
-        let (manifest, mut listed, max_id, fence_id, writer_epoch) = loop {
+        let (manifest, listed, fence_id, writer_epoch, window_end) = loop {
             let manifest = load_or_init_manifest(&*manifests, p, &opts.clock).await?;
-            let listed: BTreeMap<u64, u64> = store
+            let mut listed: BTreeMap<u64, u64> = store
                 .list(&wal_prefix(p))
                 .await?
                 .into_iter()
@@ -294,9 +294,49 @@ impl Db {
                 }
                 Err(e) => return Err(e.into()),
             }
-            // Re-read the manifest after winning the marker: if the replay point moved past
-            // the marker while we listed (a slow open racing WAL GC), the names we saw may have
-            // been deleted and the marker fences nobody: fence again above the replay point.
+            // Claim the rest of the window (a deposed writer's pipeline may still land
+            // segments at fence_id + 1 .. fence_id + WAL_MAX_IN_FLIGHT - 1, never above) and
+            // fill the gaps its pipeline may have left: at or above the highest listed *data*
+            // segment minus WAL_MAX_IN_FLIGHT - 1 (a writer starts a PUT only once everything
+            // WAL_MAX_IN_FLIGHT below it landed; measured from the highest data segment, not
+            // the highest name, so the markers of an open that failed before filling never push
+            // a gap out of reach). A filled gap stops that writer there: it acknowledges nothing
+            // at or above it, and the replay's epoch filter skips what its pipeline landed
+            // above. A lower hole is GC or a lost segment, reported below.
+            let window_end = fence_id + WAL_MAX_IN_FLIGHT - 1;
+            let max_data = listed
+                .iter()
+                .rev()
+                .find(|(_, &size)| size > WAL_MARKER_LEN)
+                .map_or(0, |(&id, _)| id);
+            let gap_lo = max_data
+                .saturating_sub(WAL_MAX_IN_FLIGHT - 1)
+                .max(manifest.wal_replay_from)
+                .max(1);
+            let gaps: Vec<u64> = (gap_lo..=max_id)
+                .filter(|id| !listed.contains_key(id))
+                .collect();
+            let fills: Vec<u64> = gaps
+                .iter()
+                .copied()
+                .chain(fence_id + 1..=window_end)
+                .collect();
+            try_join_all(
+                fills
+                    .iter()
+                    .map(|&id| claim_segment(&store, p, id, writer_epoch, opts.clock.unix_ms())),
+            )
+            .await?;
+            for id in &gaps {
+                listed.insert(*id, WAL_MARKER_LEN);
+            }
+            // Re-read the manifest after the fence and the fills: if the replay point moved
+            // past the marker while we listed (a slow open racing WAL GC), the names we saw may
+            // have been deleted and the marker fences nobody: fence again above the replay
+            // point. And the replay starts at this manifest's replay point: a fill may have put
+            // a marker on a name WAL GC had deleted (below a replay point committed before the
+            // delete, so before the fill, so at or below this one's); replayed, that marker's
+            // epoch would make the filter skip acknowledged segments above it.
             let latest = load_or_init_manifest(&*manifests, p, &opts.clock).await?;
             if latest.wal_replay_from > fence_id {
                 tracing::warn!(
@@ -305,41 +345,11 @@ impl Db {
                     replay_from = latest.wal_replay_from,
                     "replay point moved past our fence while opening; fencing again"
                 );
-                floor = latest.wal_replay_from - 1;
+                floor = latest.wal_replay_from.max(window_end + 1) - 1;
                 continue;
             }
-            break (latest, listed, max_id, fence_id, writer_epoch);
+            break (latest, listed, fence_id, writer_epoch, window_end);
         };
-
-        // Claim the rest of the window (a deposed writer's pipeline may still land segments at
-        // fence_id + 1 .. fence_id + WAL_MAX_IN_FLIGHT - 1, never above) and fill the gaps its
-        // pipeline left among the highest listed ids (only there: a segment lower than
-        // max_id - WAL_MAX_IN_FLIGHT + 1 cannot be in flight, so a hole there is GC or
-        // corruption, reported below). A filled gap stops that writer at the gap: it can
-        // acknowledge nothing at or above it, and the epoch filter of the replay skips what its
-        // pipeline landed above.
-        let window_end = fence_id + WAL_MAX_IN_FLIGHT - 1;
-        let gap_lo = max_id
-            .saturating_sub(WAL_MAX_IN_FLIGHT - 1)
-            .max(manifest.wal_replay_from)
-            .max(1);
-        let gaps: Vec<u64> = (gap_lo..=max_id)
-            .filter(|id| !listed.contains_key(id))
-            .collect();
-        let fills: Vec<u64> = gaps
-            .iter()
-            .copied()
-            .chain(fence_id + 1..=window_end)
-            .collect();
-        try_join_all(
-            fills
-                .iter()
-                .map(|&id| claim_segment(&store, p, id, writer_epoch, opts.clock.unix_ms())),
-        )
-        .await?;
-        for id in &gaps {
-            listed.insert(*id, 0);
-        }
 
         // Replay [replay_from, fence_id): every segment there must exist (ids are sequential,
         // the gaps among the highest were filled above, and the fence is past the tail).
@@ -400,14 +410,16 @@ impl Db {
         for (id, hdr, batches) in fetched {
             if !epochs.admit(&hdr) {
                 // Landed by a deposed writer's pipeline above a newer writer's marker: none of
-                // it was acknowledged (see WalEpochFilter).
-                tracing::info!(
-                    partition = p,
-                    segment = id,
-                    epoch = hdr.writer_epoch,
-                    "skipping a WAL segment a deposed writer landed after a newer marker"
-                );
-                report.orphaned_segments += 1;
+                // it was acknowledged (see WalEpochFilter). Older markers there mean nothing.
+                if !batches.is_empty() {
+                    tracing::info!(
+                        partition = p,
+                        segment = id,
+                        epoch = hdr.writer_epoch,
+                        "skipping a WAL segment a deposed writer landed after a newer marker"
+                    );
+                    report.orphaned_segments += 1;
+                }
                 continue;
             }
             let mut seg_max = 0;
@@ -1125,7 +1137,8 @@ async fn claim_segment(
                 Ok(())
             } else {
                 Err(EngineError::NotServing(format!(
-                    "another writer opened partition {p} concurrently (WAL segment {path} has a                      newer writer epoch)"
+                    "another writer opened partition {p} concurrently (WAL segment {path} has a \
+                     newer writer epoch)"
                 )))
             }
         }

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_clock::Instant;
-use strata_format::{WAL_HEADER_LEN, WAL_TRAILER_LEN};
+use strata_format::WAL_MARKER_LEN;
 use strata_manifest::layout::{parse_wal_path, wal_path, wal_prefix};
 
 /// How long a segment stays after the replay point moved past it.
@@ -59,7 +59,6 @@ pub(crate) async fn run(inner: Arc<DbInner>) {
             }
         };
         let mut n = 0u64;
-        let marker_len = (WAL_HEADER_LEN + WAL_TRAILER_LEN) as u64;
         for (id, size) in listed
             .iter()
             .filter_map(|o| parse_wal_path(&o.path).map(|id| (id, o.size)))
@@ -67,7 +66,7 @@ pub(crate) async fn run(inner: Arc<DbInner>) {
             if id >= safe {
                 break;
             }
-            if size == marker_len {
+            if size == WAL_MARKER_LEN {
                 continue;
             }
             if let Err(e) = inner.store.delete(&wal_path(p, id)).await {

@@ -453,3 +453,67 @@ async fn open_reporting(
     .unwrap();
     Db::open(opts, store, manifests, cache).await.unwrap()
 }
+
+/// An open that failed after its fence but before it filled the gap of a deposed writer's
+/// pipeline leaves markers above the gap; the next open still finds and fills the gap (it is
+/// measured from the highest data segment, not the highest name) instead of refusing the
+/// partition as corrupt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_gap_below_a_failed_openers_markers_is_still_filled() {
+    use strata_format::{encode_wal_segment, WalSegmentHeader, WAL_MAX_IN_FLIGHT};
+    use strata_objstore::{FaultInjecting, Faults, PutMode};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::default();
+    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local.clone(), faults.clone()));
+    let (a, report) = open_reporting(store, pipelined()).await;
+    let first = report.fence_segment + WAL_MAX_IN_FLIGHT;
+    a.write(vec![put("acked", "a", Cond::None)], true)
+        .await
+        .unwrap();
+    faults.fail_puts_matching(Some(&format!("{:020}.wal", first + 1)));
+    let r = a.write(vec![put("lost", "x", Cond::None)], true).await;
+    assert!(matches!(r, Err(EngineError::Unavailable(_))), "{r:?}");
+    // Three more groups fill the pipeline behind the failing segment and land.
+    let mut orphans = Vec::new();
+    for i in 0..3 {
+        let a = a.clone();
+        orphans.push(tokio::spawn(async move {
+            a.write(vec![put(&format!("orphan{i}"), "o", Cond::None)], true)
+                .await
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An opener that fenced above them and died before filling the gap.
+    let dead_fence = first + 5;
+    for id in dead_fence..dead_fence + WAL_MAX_IN_FLIGHT {
+        let marker = encode_wal_segment(
+            &WalSegmentHeader {
+                segment_id: id,
+                writer_epoch: dead_fence << 24,
+                created_ms: 1,
+            },
+            &[],
+        );
+        local
+            .put(
+                &strata_manifest::layout::wal_path(0, id),
+                marker,
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+    }
+    let (b, report) = open_reporting(local, DbOptions::default()).await;
+    assert_eq!(report.orphaned_segments, 3, "{report:?}");
+    assert_eq!(get(&b, "acked").await.map(|v| v.0), Some("a".into()));
+    for i in 0..3 {
+        assert_eq!(get(&b, &format!("orphan{i}")).await, None);
+    }
+    faults.fail_puts_matching(None);
+    for o in orphans {
+        let r = o.await.unwrap();
+        assert!(matches!(r, Err(EngineError::NotServing(_))), "{r:?}");
+    }
+    b.close(Duration::from_secs(5)).await.unwrap();
+}
