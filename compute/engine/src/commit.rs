@@ -894,8 +894,23 @@ impl Committer {
         let not_applied = EngineError::NotServing(
             "write not applied: this node was fenced by a newer writer of the partition".into(),
         );
+        // Unless the taken name is a retry's: our own earlier attempt may have landed there,
+        // been replayed and flushed by the new writer and deleted by WAL GC, before some
+        // writer's stray marker took the freed name. Then the groups above it may have been
+        // replayed too: every group of the window is "unknown" (found by the model check,
+        // `fenced_after_a_retry_the_window_is_unknown`).
+        // `attempts` counts the loop's own retries; the store's `Retrying` layer resolves its
+        // inner retries by comparing bytes and returns `AlreadyExists` only for bytes not ours.
+        // An inner retry whose earlier attempt landed, was collected and had its name taken all
+        // within one call cannot happen while `RetryPolicy::total_timeout` (30 s) stays below
+        // `WAL_GC_GRACE` (30 s) plus a new writer's open and first flush: keep it so.
+        let retried = self.window[idx].attempts > 1;
         for (i, f) in std::mem::take(&mut self.window).into_iter().enumerate() {
-            let err = if i < idx { &unknown } else { &not_applied };
+            let err = if i < idx || retried {
+                &unknown
+            } else {
+                &not_applied
+            };
             for (reply, _) in f.group.waiters {
                 let _ = reply.send(Err(err.clone()));
             }

@@ -255,7 +255,7 @@ impl Db {
         // Our writer epoch is the marker's name in the high bits, so epochs grow with every
         // takeover, plus random low bits so two racing openers never write identical bytes.
         let mut floor = 0u64;
-        let (manifest, listed, fence_id, writer_epoch, window_end) = loop {
+        let (manifest, fetched, fence_id, writer_epoch, window_end) = loop {
             let manifest = load_or_init_manifest(&*manifests, p, &opts.clock).await?;
             let mut listed: BTreeMap<u64, u64> = store
                 .list(&wal_prefix(p))
@@ -333,10 +333,8 @@ impl Db {
             // Re-read the manifest after the fence and the fills: if the replay point moved
             // past the marker while we listed (a slow open racing WAL GC), the names we saw may
             // have been deleted and the marker fences nobody: fence again above the replay
-            // point. And the replay starts at this manifest's replay point: a fill may have put
-            // a marker on a name WAL GC had deleted (below a replay point committed before the
-            // delete, so before the fill, so at or below this one's); replayed, that marker's
-            // epoch would make the filter skip acknowledged segments above it.
+            // point. This manifest only bounds what to fetch; the replay starts at the replay
+            // point of the one read after the fetch (below).
             let latest = load_or_init_manifest(&*manifests, p, &opts.clock).await?;
             if latest.wal_replay_from > fence_id {
                 tracing::warn!(
@@ -348,11 +346,36 @@ impl Db {
                 floor = latest.wal_replay_from.max(window_end + 1) - 1;
                 continue;
             }
-            break (latest, listed, fence_id, writer_epoch, window_end);
+            let fetched = fetch_wal_range(&store, p, &listed, &latest, fence_id).await?;
+            // And once more after the fetch: a marker may sit on a name WAL GC deleted (our
+            // fill, or another opener's slow fence or fill landing late); replayed, its epoch
+            // would make the filter skip acknowledged segments above it. A name deleted before
+            // we fetched it lies below a replay point committed before that delete, so at or
+            // below this manifest's: the replay starts there and never meets such a marker
+            // (found by the model check, `post_fetch_check`).
+            let after = load_or_init_manifest(&*manifests, p, &opts.clock).await?;
+            if after.wal_replay_from < latest.wal_replay_from {
+                // Every writer only ever raises it (flush takes the max, claims and compactions
+                // copy it); lower would leave fetched-over segments out of the replay.
+                return Err(EngineError::Corruption(format!(
+                    "the replay point of partition {p} moved backwards while opening ({} -> {})",
+                    latest.wal_replay_from, after.wal_replay_from
+                )));
+            }
+            if after.wal_replay_from > fence_id {
+                tracing::warn!(
+                    partition = p,
+                    fence_id,
+                    replay_from = after.wal_replay_from,
+                    "replay point moved past our fence while opening; fencing again"
+                );
+                floor = after.wal_replay_from.max(window_end + 1) - 1;
+                continue;
+            }
+            break (after, fetched, fence_id, writer_epoch, window_end);
         };
 
-        // Replay [replay_from, fence_id): every segment there must exist (ids are sequential,
-        // the gaps among the highest were filled above, and the fence is past the tail).
+        // Replay [replay_from, fence_id) of the manifest read after the fetch, in id order.
         let active = Arc::new(Memtable::new(1));
         let mut landed = Landed::default();
         let mut report = RecoveryReport {
@@ -361,53 +384,11 @@ impl Db {
             ..Default::default()
         };
         let mut max_seq = manifest.last_flushed_seq;
-        let first_listed = listed
-            .range(manifest.wal_replay_from..)
-            .next()
-            .map(|(id, _)| *id);
-        let ids: Vec<u64> = listed
-            .range(manifest.wal_replay_from..fence_id)
-            .map(|(id, _)| *id)
-            .collect();
-        if let Some(first) = first_listed {
-            if first != manifest.wal_replay_from && first < fence_id {
-                return Err(EngineError::Corruption(format!(
-                    "WAL segment {} is missing (manifest {} replays from it; first present is {first})",
-                    wal_path(p, manifest.wal_replay_from),
-                    manifest.version
-                )));
-            }
-        }
-        for w in ids.windows(2) {
-            if w[1] != w[0] + 1 {
-                return Err(EngineError::Corruption(format!(
-                    "WAL segment {} is missing between {} and {}",
-                    wal_path(p, w[0] + 1),
-                    w[0],
-                    w[1]
-                )));
-            }
-        }
-        // Fetch concurrently, apply in order.
-        let fetched = try_join_all(ids.iter().map(|&id| {
-            let store = store.clone();
-            async move {
-                let path = wal_path(p, id);
-                let data = store.get(&path).await?;
-                let (hdr, batches) = decode_wal_segment(&data)
-                    .map_err(|e| EngineError::Corruption(format!("WAL segment {path}: {e}")))?;
-                if hdr.segment_id != id {
-                    return Err(EngineError::Corruption(format!(
-                        "WAL segment {path} says it is segment {}",
-                        hdr.segment_id
-                    )));
-                }
-                Ok::<_, EngineError>((id, hdr, batches))
-            }
-        }))
-        .await?;
         let mut epochs = WalEpochFilter::default();
-        for (id, hdr, batches) in fetched {
+        for (id, hdr, batches) in fetched
+            .into_iter()
+            .filter(|(id, _, _)| *id >= manifest.wal_replay_from)
+        {
             if !epochs.admit(&hdr) {
                 // Landed by a deposed writer's pipeline above a newer writer's marker: none of
                 // it was acknowledged (see WalEpochFilter). Older markers there mean nothing.
@@ -1105,6 +1086,60 @@ pub const MAX_SNAPSHOT_AGE: Duration = Duration::from_secs(240);
 
 /// Target size of the SSTs a split writes for the new partition.
 const SPLIT_SST_BYTES: usize = 32 << 20;
+
+/// Reads the WAL segments `[m.wal_replay_from, fence_id)` (every one must be listed: ids are
+/// sequential, the pipeline's gaps among the highest were filled, and the fence is past the
+/// tail), each checked, in id order.
+async fn fetch_wal_range(
+    store: &Arc<dyn Store>,
+    p: u32,
+    listed: &BTreeMap<u64, u64>,
+    m: &Manifest,
+    fence_id: u64,
+) -> EngineResult<Vec<(u64, WalSegmentHeader, Vec<Vec<Entry>>)>> {
+    let first_listed = listed.range(m.wal_replay_from..).next().map(|(id, _)| *id);
+    let ids: Vec<u64> = listed
+        .range(m.wal_replay_from..fence_id)
+        .map(|(id, _)| *id)
+        .collect();
+    if let Some(first) = first_listed {
+        if first != m.wal_replay_from && first < fence_id {
+            return Err(EngineError::Corruption(format!(
+                "WAL segment {} is missing (manifest {} replays from it; first present is {first})",
+                wal_path(p, m.wal_replay_from),
+                m.version
+            )));
+        }
+    }
+    for w in ids.windows(2) {
+        if w[1] != w[0] + 1 {
+            return Err(EngineError::Corruption(format!(
+                "WAL segment {} is missing between {} and {}",
+                wal_path(p, w[0] + 1),
+                w[0],
+                w[1]
+            )));
+        }
+    }
+    // Fetch concurrently, apply in order.
+    try_join_all(ids.iter().map(|&id| {
+        let store = store.clone();
+        async move {
+            let path = wal_path(p, id);
+            let data = store.get(&path).await?;
+            let (hdr, batches) = decode_wal_segment(&data)
+                .map_err(|e| EngineError::Corruption(format!("WAL segment {path}: {e}")))?;
+            if hdr.segment_id != id {
+                return Err(EngineError::Corruption(format!(
+                    "WAL segment {path} says it is segment {}",
+                    hdr.segment_id
+                )));
+            }
+            Ok::<_, EngineError>((id, hdr, batches))
+        }
+    }))
+    .await
+}
 
 /// Claims segment `id` for the writer of `epoch` with an empty marker. A segment already there
 /// of a lower epoch is fine (a deposed writer's segment: it landed first, or it is an orphan of

@@ -19,7 +19,11 @@ use strata_clock::Instant;
 use strata_format::WAL_MARKER_LEN;
 use strata_manifest::layout::{parse_wal_path, wal_path, wal_prefix};
 
-/// How long a segment stays after the replay point moved past it.
+/// How long a segment stays after the replay point moved past it. It must outlast an open
+/// (docs/write-path.md) and one `Retrying` call of a WAL PUT (`RetryPolicy::total_timeout`,
+/// 30 s by default, comes on top of a new writer's open and first flush): the commit loop
+/// answers "not applied" after a fence only if no earlier attempt of its own could have landed
+/// and been collected meanwhile (`commit.rs`, `fenced`).
 pub const WAL_GC_GRACE: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(inner: Arc<DbInner>) {
