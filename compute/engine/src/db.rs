@@ -407,7 +407,16 @@ impl Db {
             for e in batches.iter().flatten() {
                 seg_max = seg_max.max(e.seq);
                 if e.seq > manifest.last_flushed_seq {
-                    active.insert(e, false);
+                    // An exactly sized copy: the decoded entry is a slice of the whole segment,
+                    // which the memtable would pin while counting only the entry.
+                    active.insert(
+                        &Entry {
+                            key: Bytes::copy_from_slice(&e.key),
+                            value: Bytes::copy_from_slice(&e.value),
+                            ..e.clone()
+                        },
+                        false,
+                    );
                     report.replayed_entries += 1;
                 }
             }

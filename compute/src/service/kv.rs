@@ -450,13 +450,23 @@ pub(crate) fn put_op(
         Some(pb::put_request::Condition::IfVersion(v)) => Cond::IfVersion(v),
     };
     Ok(WriteOp {
-        key,
+        key: owned(key),
         op: Op::Put {
-            value: p.value,
+            value: owned(p.value),
             ttl_ms: p.ttl_ms,
         },
         cond,
     })
+}
+
+/// An exactly sized copy of a key or value decoded from a request. Decoded, it is a slice of
+/// the request's receive buffer (8 KiB at least, and for large values up to twice their size),
+/// which the memtable would keep alive while its budget counts only the slice: heaptrack of a
+/// 1 MiB write flood found 352 MB of receive buffers at the peak against a 256 MiB write budget
+/// (76 MB with the copies). Copied here, on the request's own task, rather than in the
+/// engine's single commit loop (there it cost buffered 1 KiB puts a fifth of their rate).
+fn owned(b: Bytes) -> Bytes {
+    Bytes::copy_from_slice(&b)
 }
 
 /// A delete as the engine takes it, its key in stored form.
@@ -468,7 +478,7 @@ pub(crate) fn delete_op(
 ) -> Result<WriteOp, Status> {
     let key = who.key_in(&format!("{field}key"), d.key, forwarded)?;
     Ok(WriteOp {
-        key,
+        key: owned(key),
         op: Op::Delete,
         cond: d.if_version.map(Cond::IfVersion).unwrap_or(Cond::None),
     })
