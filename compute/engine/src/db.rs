@@ -336,14 +336,8 @@ impl Db {
             // point. This manifest only bounds what to fetch; the replay starts at the replay
             // point of the one read after the fetch (below).
             let latest = load_or_init_manifest(&*manifests, p, &opts.clock).await?;
-            if latest.wal_replay_from > fence_id {
-                tracing::warn!(
-                    partition = p,
-                    fence_id,
-                    replay_from = latest.wal_replay_from,
-                    "replay point moved past our fence while opening; fencing again"
-                );
-                floor = latest.wal_replay_from.max(window_end + 1) - 1;
+            if let Some(f) = refence_floor(p, fence_id, window_end, &latest) {
+                floor = f;
                 continue;
             }
             let fetched = fetch_wal_range(&store, p, &listed, &latest, fence_id).await?;
@@ -362,14 +356,8 @@ impl Db {
                     latest.wal_replay_from, after.wal_replay_from
                 )));
             }
-            if after.wal_replay_from > fence_id {
-                tracing::warn!(
-                    partition = p,
-                    fence_id,
-                    replay_from = after.wal_replay_from,
-                    "replay point moved past our fence while opening; fencing again"
-                );
-                floor = after.wal_replay_from.max(window_end + 1) - 1;
+            if let Some(f) = refence_floor(p, fence_id, window_end, &after) {
+                floor = f;
                 continue;
             }
             break (after, fetched, fence_id, writer_epoch, window_end);
@@ -1095,6 +1083,22 @@ pub const MAX_SNAPSHOT_AGE: Duration = Duration::from_secs(240);
 
 /// Target size of the SSTs a split writes for the new partition.
 const SPLIT_SST_BYTES: usize = 32 << 20;
+
+/// If the replay point of `m` moved past our fence while we opened (a slow open racing WAL
+/// GC), the names we saw may have been deleted and the marker fences nobody: the floor to
+/// fence again above (past our window too).
+fn refence_floor(p: u32, fence_id: u64, window_end: u64, m: &Manifest) -> Option<u64> {
+    if m.wal_replay_from <= fence_id {
+        return None;
+    }
+    tracing::warn!(
+        partition = p,
+        fence_id,
+        replay_from = m.wal_replay_from,
+        "replay point moved past our fence while opening; fencing again"
+    );
+    Some(m.wal_replay_from.max(window_end + 1) - 1)
+}
 
 /// Reads the WAL segments `[m.wal_replay_from, fence_id)` (every one must be listed: ids are
 /// sequential, the pipeline's gaps among the highest were filled, and the fence is past the

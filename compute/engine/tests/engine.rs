@@ -15,7 +15,7 @@ use strata_engine::{Cond, Db, DbOptions, EngineError, Op, WriteOp};
 use strata_objstore::{LocalStore, Store};
 
 mod common;
-use common::{open, open_on, put};
+use common::{faulty, open, open_on, open_reporting, put};
 
 fn del(key: &str, cond: Cond) -> WriteOp {
     WriteOp {
@@ -148,11 +148,8 @@ async fn a_second_writer_fences_the_first() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_outage_makes_writes_unavailable_and_loses_nothing() {
-    use strata_objstore::{FaultInjecting, Faults};
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::default();
-    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
-    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let (store, faults) = faulty(dir.path());
     let opts = DbOptions {
         write_timeout: Duration::from_millis(800),
         ..Default::default()
@@ -209,11 +206,8 @@ async fn a_store_outage_makes_writes_unavailable_and_loses_nothing() {
 /// "the version is no longer 1" and a read it issues afterwards still sees version 1.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_condition_is_answered_only_once_what_it_saw_is_visible() {
-    use strata_objstore::{FaultInjecting, Faults};
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::default();
-    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
-    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let (store, faults) = faulty(dir.path());
     let db = open_on(store, DbOptions::default()).await;
     let v1 = db
         .write(vec![put("k", "one", Cond::None)], true)
@@ -247,11 +241,8 @@ async fn a_failed_condition_is_answered_only_once_what_it_saw_is_visible() {
 /// retry finds our own segment there, which is success, not a newer writer's fence.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wal_put_whose_answer_was_lost_does_not_fence_the_writer() {
-    use strata_objstore::{FaultInjecting, Faults};
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::default();
-    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
-    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let (store, faults) = faulty(dir.path());
     let db = open_on(store, DbOptions::default()).await;
     faults.lose_next_put_response();
     // Its outcome is unknown to the writer (the answer was lost) ...
@@ -322,11 +313,8 @@ async fn ttl_values_expire_when_the_injected_clock_passes_them() {
 /// lands too (a later group may have been checked against the earlier one's effects).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_segment_that_lands_before_a_lower_one_waits_for_it() {
-    use strata_objstore::{FaultInjecting, Faults};
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::default();
-    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
-    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let (store, faults) = faulty(dir.path());
     let (db, report) = open_reporting(store, pipelined()).await;
     // The first data segment sits past the fence's window.
     let first = report.fence_segment + strata_format::WAL_MAX_IN_FLIGHT;
@@ -372,11 +360,8 @@ async fn a_segment_that_lands_before_a_lower_one_waits_for_it() {
 /// without acknowledging what the new writer skipped.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_writer_fills_a_pipeline_gap_and_skips_the_orphan_above_it() {
-    use strata_objstore::{FaultInjecting, Faults};
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::default();
-    let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
-    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local, faults.clone()));
+    let (store, faults) = faulty(dir.path());
     let (a, report) = open_reporting(store, pipelined()).await;
     let first = report.fence_segment + strata_format::WAL_MAX_IN_FLIGHT;
     a.write(vec![put("acked", "a", Cond::None)], true)
@@ -439,23 +424,6 @@ fn pipelined() -> DbOptions {
     }
 }
 
-async fn open_reporting(
-    store: Arc<dyn Store>,
-    opts: DbOptions,
-) -> (Db, strata_engine::RecoveryReport) {
-    use strata_cache::{BlockCache, CacheConfig};
-    use strata_manifest::{EmbeddedManifestStore, ManifestStore};
-    let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
-    let cache = BlockCache::open(CacheConfig {
-        memory_bytes: 8 << 20,
-        disk_dir: None,
-        disk_bytes: 0,
-    })
-    .await
-    .unwrap();
-    Db::open(opts, store, manifests, cache).await.unwrap()
-}
-
 /// An open that failed after its fence but before it filled the gap of a deposed writer's
 /// pipeline leaves markers above the gap; the next open still finds and fills the gap (it is
 /// measured from the highest data segment, not the highest name) instead of refusing the
@@ -463,11 +431,10 @@ async fn open_reporting(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pipeline_gap_below_a_failed_openers_markers_is_still_filled() {
     use strata_format::{encode_wal_segment, WalSegmentHeader, WAL_MAX_IN_FLIGHT};
-    use strata_objstore::{FaultInjecting, Faults, PutMode};
+    use strata_objstore::PutMode;
     let dir = tempfile::tempdir().unwrap();
-    let faults = Faults::default();
+    let (store, faults) = faulty(dir.path());
     let local: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
-    let store: Arc<dyn Store> = Arc::new(FaultInjecting::new(local.clone(), faults.clone()));
     let (a, report) = open_reporting(store, pipelined()).await;
     let first = report.fence_segment + WAL_MAX_IN_FLIGHT;
     a.write(vec![put("acked", "a", Cond::None)], true)
