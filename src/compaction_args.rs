@@ -21,9 +21,9 @@ pub struct CompactionArgs {
     /// (1 = off).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub subcompactions: u64,
-    /// Memory one compaction job may use to read its inputs, MiB: inputs stream through
-    /// chunks sized to fit (outputs being built, queued or uploaded: at most subcompactions + 1
-    /// of 64 MiB besides).
+    /// Memory one compaction job may use, MiB: 24 MiB per subcompaction for its outputs
+    /// (written in 8 MiB parts as they fill), the rest to read ahead in its inputs (they
+    /// stream through chunks sized to fit).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
     pub compaction_memory_mb: u64,
     /// Cold tier: SSTs that are cold (`--tier-min-level`, `--tier-min-age-secs`) move to this

@@ -9,16 +9,16 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use strata_clock::Instant;
-use strata_format::{read_all_entries, Entry, Manifest, SstInfo, SstProps};
+use strata_format::{read_all_entries, Entry, Manifest, SstInfo};
 use strata_manifest::layout::{new_sst_id, sst_path, STORE_ID_PATH};
 use strata_manifest::{ManifestError, ManifestStore};
-use strata_objstore::{PutMode, Store, StoreError};
+use strata_objstore::{PutMode, Store, StoreError, Upload};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::error::{CompactorError, Result, ResultExt, WithWhat};
 use crate::gc::{PendingDelete, ORPHAN_SWEEP_EVERY};
-use crate::merge::{merge, Cutter, MergeCounts};
+use crate::merge::{merge, Cut, Cutter, MergeCounts};
 use crate::plan::{plan_with_cursors, Job};
 use crate::rebase::rebase;
 use crate::stream::Input;
@@ -35,6 +35,11 @@ const READ_CONCURRENCY: usize = 8;
 const MAX_COMMIT_ATTEMPTS: usize = 64;
 /// Fresh ids tried for one output before giving up (ids clash only by bad luck).
 const MAX_ID_ATTEMPTS: usize = 16;
+
+/// Compaction outputs are written in parts of this size as they fill (S3's minimum part is
+/// 5 MiB): a merge holds about three of them (building, queued, uploading), whatever
+/// `target_file_bytes` is. Counted in `CompactionOptions::memory_bytes`.
+pub(crate) const OUTPUT_PART_BYTES: usize = 8 << 20;
 /// Decodes a whole SST read for `info`, checking every block's checksum and that its size and
 /// entry count are what the manifest says; `what` names it in errors.
 async fn verified_entries(data: Bytes, info: &SstInfo, what: &str) -> Result<Vec<Entry>> {
@@ -717,7 +722,14 @@ impl Compactor {
         let mut edges: Vec<Option<Bytes>> = vec![None];
         edges.extend(bounds.into_iter().map(Some));
         edges.push(None);
-        let chunk = crate::stream::chunk_bytes(opts.memory_bytes, inputs.len() * (edges.len() - 1));
+        // The job's memory: about three output parts per merge (see below), the rest for
+        // reading ahead in its inputs.
+        let merges_n = edges.len() - 1;
+        let for_outputs = (merges_n * 3 * OUTPUT_PART_BYTES) as u64;
+        let chunk = crate::stream::chunk_bytes(
+            opts.memory_bytes.saturating_sub(for_outputs),
+            inputs.len() * merges_n,
+        );
         // Keys split off to another partition: no reader of this one ever asks for them, and
         // every version of them goes, so nothing older can resurface.
         let hash_range = opts.hash_range;
@@ -742,48 +754,34 @@ impl Compactor {
             .collect();
         let parts = pieces.len();
 
-        // Outputs alive at once (being built, queued or uploading) are bounded: one per part
-        // plus one, each about `target_file_bytes`. A merge takes a permit before it starts an
-        // output; the upload frees it.
-        let outputs = Arc::new(tokio::sync::Semaphore::new(parts + 1));
-        type Out = (Bytes, SstProps, tokio::sync::OwnedSemaphorePermit);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Out>(parts.max(1));
+        // Each part merges on a thread of its own and hands its outputs over in parts of
+        // OUTPUT_PART_BYTES to an uploader of its own through a channel of one: a part being
+        // built, one queued and one uploading, so a merge holds about three parts of output
+        // however large its outputs are.
         let now = self.inner.opts.clock.unix_ms();
         let mut merges = Vec::with_capacity(parts);
+        let mut uploaders = Vec::with_capacity(parts);
+        let level = job.output_level as u32;
         for piece in pieces {
-            let tx = tx.clone();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Cut>(1);
             let deeper = job.deeper.clone();
-            let mut cutter = Cutter::new(opts.sst.clone(), opts.target_file_bytes);
-            let outputs = outputs.clone();
+            let mut cutter =
+                Cutter::new(opts.sst.clone(), opts.target_file_bytes, OUTPUT_PART_BYTES);
             // A dedicated thread, not the blocking pool: the merge blocks on its input
             // streams, whose readers need the blocking pool (decoding, local-store I/O), so
             // enough merges parked in the pool could starve their own readers.
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let run = move || -> Result<MergeCounts> {
-                let stopped = || CompactorError::Internal("the output writer stopped".into());
-                let send = |(data, props): (Bytes, SstProps), permit: Option<_>| {
-                    let permit = permit.ok_or_else(|| {
-                        CompactorError::Internal("an output without its memory permit".into())
-                    })?;
-                    tx.blocking_send((data, props, permit))
-                        .map_err(|_| stopped())
+                let send = |cut: Cut| {
+                    tx.blocking_send(cut)
+                        .map_err(|_| CompactorError::Internal("the output writer stopped".into()))
                 };
-                let mut held = None;
-                let counts = merge(piece, now, &deeper, |e| {
-                    if cutter.is_idle() && held.is_none() {
-                        // This thread's own runtime-free wait: uploads free permits.
-                        held = Some(
-                            futures::executor::block_on(outputs.clone().acquire_owned())
-                                .map_err(|_| stopped())?,
-                        );
-                    }
-                    match cutter.add(&e)? {
-                        Some(out) => send(out, held.take()),
-                        None => Ok(()),
-                    }
+                let counts = merge(piece, now, &deeper, |e| match cutter.add(&e)? {
+                    Some(cut) => send(cut),
+                    None => Ok(()),
                 })?;
-                if let Some(out) = cutter.finish()? {
-                    send(out, held.take())?;
+                if let Some(cut) = cutter.finish()? {
+                    send(cut)?;
                 }
                 Ok(counts)
             };
@@ -795,31 +793,18 @@ impl Compactor {
                 })
                 .context("starting a merge thread")?;
             merges.push(done_rx);
+            uploaders.push(self.upload_outputs(rx, level));
         }
-        drop(tx);
 
-        let level = job.output_level as u32;
+        // Uploaders run together; one that fails drops its channel, which stops its merge.
         let mut written = Vec::new();
         let mut write_err = None;
-        let mut uploads = tokio_stream_of(rx)
-            .map(|(data, props, permit)| async move {
-                let res = self.write_output(data).await;
-                drop(permit);
-                (res, props)
-            })
-            .buffer_unordered(parts.max(1));
-        while let Some((res, props)) = uploads.next().await {
-            match res {
-                Ok(id) => written.push(SstInfo { id, level, props }),
-                Err(e) => {
-                    write_err = Some(e);
-                    // Merges waiting for a permit stop instead of building outputs for nothing.
-                    outputs.close();
-                    break;
-                }
+        for (outs, err) in futures::future::join_all(uploaders).await {
+            written.extend(outs);
+            if let Some(e) = err {
+                write_err.get_or_insert(e);
             }
         }
-        drop(uploads);
         let mut counts = MergeCounts::default();
         let mut merge_err = None;
         for m in merges {
@@ -846,6 +831,95 @@ impl Compactor {
             Some(e) => {
                 self.delete_outputs(&written).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// Writes the outputs one merge hands over (see [`Cut`]) until its channel closes;
+    /// returns those written whole and the error that stopped it, if any. An output of one
+    /// part is written with one create-if-absent put; a larger one reserves its id with a
+    /// create-if-absent put of a unique placeholder, then streams its parts over it (an upload
+    /// in parts cannot be create-if-absent, and ids are only unique with high probability).
+    /// On an error the output being written is given up and its placeholder deleted.
+    async fn upload_outputs(
+        &self,
+        mut rx: tokio::sync::mpsc::Receiver<Cut>,
+        level: u32,
+    ) -> (Vec<SstInfo>, Option<CompactorError>) {
+        let mut written = Vec::new();
+        let mut open: Option<(u64, Box<dyn Upload>)> = None;
+        let err = loop {
+            let Some(cut) = rx.recv().await else {
+                break None;
+            };
+            let r: Result<()> = async {
+                match cut {
+                    Cut::Part(data) => {
+                        if open.is_none() {
+                            open = Some(self.start_output().await?);
+                        }
+                        if let Some((id, u)) = open.as_mut() {
+                            u.put_part(data).await.map_err(|e| {
+                                e.with_what(format!(
+                                    "writing compaction output {}",
+                                    sst_path(self.inner.partition, *id)
+                                ))
+                            })?;
+                        }
+                    }
+                    Cut::Done(tail, props) => {
+                        let id = match open.take() {
+                            None => self.write_output(tail).await?,
+                            Some((id, mut u)) => {
+                                let path = sst_path(self.inner.partition, id);
+                                let r = match u.put_part(tail).await {
+                                    Ok(()) => u.complete().await,
+                                    Err(e) => Err(e),
+                                };
+                                if let Err(e) = r {
+                                    // Whatever the upload left at the path is an orphan.
+                                    self.delete_outputs_by_id(&[id]).await;
+                                    return Err(
+                                        e.with_what(format!("writing compaction output {path}"))
+                                    );
+                                }
+                                id
+                            }
+                        };
+                        written.push(SstInfo { id, level, props });
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = r {
+                break Some(e);
+            }
+        };
+        if let Some((id, u)) = open.take() {
+            let _ = u.abort().await;
+            self.delete_outputs_by_id(&[id]).await;
+        }
+        (written, err)
+    }
+
+    /// Reserves a fresh SST id for an output written in parts and starts its upload.
+    async fn start_output(&self) -> Result<(u64, Box<dyn Upload>)> {
+        // Unique content: the retrying layer takes a create that meets identical bytes after
+        // an unknown outcome for its own, so two writers' placeholders must differ.
+        let rng = strata_clock::Rng::from_entropy();
+        let nonce = Bytes::from(format!(
+            "reserved {:016x}{:016x}",
+            rng.next_u64(),
+            rng.next_u64()
+        ));
+        let id = self.write_output(nonce).await?;
+        let path = sst_path(self.inner.partition, id);
+        match strata_objstore::start_upload(&self.inner.store, &path).await {
+            Ok(u) => Ok((id, u)),
+            Err(e) => {
+                self.delete_outputs_by_id(&[id]).await;
+                Err(e.with_what(format!("starting compaction output {path}")))
             }
         }
     }
@@ -953,8 +1027,15 @@ impl Compactor {
 
     /// Best-effort deletion of outputs no manifest references.
     async fn delete_outputs(&self, outputs: &[SstInfo]) {
-        for f in outputs {
-            let path = sst_path(self.inner.partition, f.id);
+        let ids: Vec<u64> = outputs.iter().map(|f| f.id).collect();
+        self.delete_outputs_by_id(&ids).await;
+    }
+
+    /// Deletes unreferenced outputs (or reserved ids) by id; failures are logged (the orphan
+    /// sweep deletes what is left).
+    async fn delete_outputs_by_id(&self, ids: &[u64]) {
+        for &id in ids {
+            let path = sst_path(self.inner.partition, id);
             if let Err(e) = self.inner.store.delete(&path).await {
                 warn!(path, error = %e, "deleting an unreferenced compaction output failed");
             }
@@ -1057,12 +1138,6 @@ impl Compactor {
 }
 
 /// The receiving end of a channel as a stream.
-fn tokio_stream_of<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 async fn wait_for_change(changes: &mut watch::Receiver<Option<Arc<Manifest>>>) {
     if changes.changed().await.is_err() {
         // The store dropped its sender: no more notifications; rely on the timer.

@@ -11,8 +11,10 @@
 //! 2. **Execute**: stream the inputs block by block (`stream.rs`, every checksum verified,
 //!    memory bounded by `memory_bytes`), merge them in internal key order keeping only the newest version of each key, drop a newest version that is a
 //!    tombstone or expired when no deeper level holds the key, and cut outputs at
-//!    `target_file_bytes`. Outputs are created under fresh ids with create-if-absent puts;
-//!    nothing references them until the commit does.
+//!    `target_file_bytes`, each written in 8 MiB parts as it fills (a multipart upload on S3,
+//!    a staging file locally). Outputs get fresh ids by create-if-absent puts (a large one
+//!    reserves its id with a placeholder, then is uploaded over it); nothing references them
+//!    until the commit does.
 //! 3. **Commit**: rebase on the latest manifest (copying its `writer_epoch`, WAL replay point
 //!    and flushed seq untouched), replace the inputs by the outputs and create version + 1.
 //!    A conflict re-reads and retries; if the inputs are gone or the key range of the job
@@ -95,10 +97,10 @@ pub struct CompactionOptions {
     pub max_levels: usize,
     /// Outputs are cut once they reach about this size (default 64 MiB).
     pub target_file_bytes: u64,
-    /// Memory for reading a job's inputs (default 256 MiB): inputs stream through chunks
-    /// sized so that every input of every part fits in it (`stream.rs`). Outputs being built
-    /// and uploaded take about `(subcompactions + 1) × target_file_bytes` at most besides (a merge
-    /// waits for a permit before it starts an output).
+    /// Memory of one job (default 256 MiB): each of its merges (one per subcompaction) holds
+    /// about three 8 MiB parts of output (building, queued, uploading: outputs are written in
+    /// parts as they fill, whatever `target_file_bytes` is); the rest is the inputs'
+    /// read-ahead, chunks sized so that every input of every merge fits (`stream.rs`).
     pub memory_bytes: u64,
     /// Options of the SSTs compaction writes.
     pub sst: SstOptions,

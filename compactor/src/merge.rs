@@ -197,31 +197,45 @@ where
     Ok(counts)
 }
 
-/// Cuts a stream of entries (in internal key order) into SSTs of about `target` bytes.
+/// What [`Cutter`] hands over as it cuts.
+#[derive(Debug)]
+pub(crate) enum Cut {
+    /// The next bytes of the output being built (at least the cutter's part size).
+    Part(Bytes),
+    /// The last bytes of an output, and its properties: the output is whole.
+    Done(Bytes, SstProps),
+}
+
+/// Cuts a stream of entries (in internal key order) into SSTs of about `target` bytes, each
+/// handed over in parts of `part` bytes as it fills, so an output being built holds about one
+/// part however large it grows.
 pub(crate) struct Cutter {
     opts: SstOptions,
     target: u64,
+    part: usize,
     builder: Option<SstBuilder>,
 }
 
 impl Cutter {
-    pub(crate) fn new(opts: SstOptions, target: u64) -> Self {
+    pub(crate) fn new(opts: SstOptions, target: u64, part: usize) -> Self {
         Cutter {
             opts,
             target: target.max(1),
+            part: part.max(1),
             builder: None,
         }
     }
 
-    /// Adds an entry; returns a finished SST when this entry filled one. Since only one
-    /// version of a key reaches here, a key never straddles two outputs.
-    pub(crate) fn add(&mut self, e: &Entry) -> Result<Option<(Bytes, SstProps)>> {
+    /// Adds an entry; returns a part or a finished SST when this entry filled one. Since only
+    /// one version of a key reaches here, a key never straddles two outputs.
+    pub(crate) fn add(&mut self, e: &Entry) -> Result<Option<Cut>> {
+        let part = self.part;
         let builder = self
             .builder
-            // Reserved for a full output (one entry may pass the target, plus metadata), so
-            // the buffer is not doubled past it.
+            // Reserved for a part (one entry or block may pass it), so the buffer is not
+            // doubled past it.
             .get_or_insert_with(|| {
-                let cap = self.target.min(1 << 30) as usize + (2 << 20);
+                let cap = part.min(1 << 30) + (1 << 20);
                 SstBuilder::with_capacity(self.opts.clone(), cap)
             });
         builder
@@ -230,18 +244,16 @@ impl Cutter {
         if builder.estimated_size() as u64 >= self.target {
             return self.finish();
         }
-        Ok(None)
-    }
-
-    /// Whether no output is being built (the next entry starts one).
-    pub(crate) fn is_idle(&self) -> bool {
-        self.builder.is_none()
+        Ok(builder.take_written(part).map(Cut::Part))
     }
 
     /// Finishes the pending SST, if any entry is pending.
-    pub(crate) fn finish(&mut self) -> Result<Option<(Bytes, SstProps)>> {
+    pub(crate) fn finish(&mut self) -> Result<Option<Cut>> {
         match self.builder.take() {
-            Some(b) if !b.is_empty() => Ok(Some(b.finish().context("finishing an output SST")?)),
+            Some(b) if !b.is_empty() => {
+                let (tail, props) = b.finish().context("finishing an output SST")?;
+                Ok(Some(Cut::Done(tail, props)))
+            }
             _ => Ok(None),
         }
     }
@@ -376,21 +388,45 @@ mod tests {
 
     #[test]
     fn cutter_cuts_at_target() {
-        let mut c = Cutter::new(SstOptions::default(), 2_000);
+        // Outputs of about 1,000 bytes, handed over in parts of 300: joined, each is an SST.
+        let opts = SstOptions {
+            block_size: 256,
+            ..SstOptions::default()
+        };
+        let mut c = Cutter::new(opts, 1_000, 300);
         let mut outs = Vec::new();
+        let mut parts = 0;
+        let mut building = Vec::new();
+        let mut take = |cut: Cut, outs: &mut Vec<(Bytes, SstProps)>| match cut {
+            Cut::Part(p) => {
+                assert!(p.len() >= 300);
+                parts += 1;
+                building.extend_from_slice(&p);
+            }
+            Cut::Done(tail, props) => {
+                building.extend_from_slice(&tail);
+                outs.push((Bytes::from(std::mem::take(&mut building)), props));
+            }
+        };
         for i in 0..200u32 {
             let e = Entry::put(format!("key{i:05}"), u64::from(i) + 1, vec![b'v'; 50]);
-            if let Some(o) = c.add(&e).unwrap() {
-                outs.push(o);
+            if let Some(cut) = c.add(&e).unwrap() {
+                take(cut, &mut outs);
             }
         }
-        if let Some(o) = c.finish().unwrap() {
-            outs.push(o);
+        if let Some(cut) = c.finish().unwrap() {
+            take(cut, &mut outs);
         }
+        assert!(
+            parts > outs.len(),
+            "{parts} parts for {} outputs",
+            outs.len()
+        );
         assert!(outs.len() > 3, "{} outputs", outs.len());
         let mut total = 0;
         let mut prev_largest: Option<Bytes> = None;
         for (data, props) in &outs {
+            assert_eq!(data.len() as u64, props.file_size);
             let entries = read_all_entries(data).unwrap();
             total += entries.len();
             if let Some(p) = &prev_largest {

@@ -35,7 +35,11 @@ struct Env {
 impl Env {
     /// A store with manifest version 1: empty tree, writer epoch 7.
     async fn new() -> Env {
-        let store: Arc<dyn Store> = Arc::new(ObjectStoreBackend::memory());
+        Env::with_store(Arc::new(ObjectStoreBackend::memory())).await
+    }
+
+    /// Like [`Env::new`], on `store`.
+    async fn with_store(store: Arc<dyn Store>) -> Env {
         let manifests = Arc::new(EmbeddedManifestStore::new(store.clone()));
         let m = Manifest {
             version: 1,
@@ -235,6 +239,65 @@ async fn nothing_to_do_on_a_small_tree() {
         small_opts(),
     );
     assert!(other.compact_once().await.unwrap().is_none());
+}
+
+/// An output larger than a part is written in parts as it fills; a part that fails fails the
+/// job and leaves no object behind (its reserved id is deleted), and the job runs again.
+#[tokio::test]
+async fn a_large_output_streams_in_parts_and_a_failed_part_leaves_nothing() {
+    let faults = strata_objstore::Faults::default();
+    let env = Env::with_store(Arc::new(strata_objstore::FaultInjecting::new(
+        Arc::new(ObjectStoreBackend::memory()),
+        faults.clone(),
+    )))
+    .await;
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut expected = BTreeMap::new();
+    let mut seq = 0;
+    for f in 0..4 {
+        let mut entries = Vec::new();
+        for i in 0..800 {
+            seq += 1;
+            // Incompressible values: 4 × 800 × 4 KiB ≈ 12.5 MiB out, more than one part.
+            let value: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
+            let key = format!("k{f}-{i:04}");
+            expected.insert(key.clone(), value.clone());
+            entries.push(Entry::put(key, seq, value));
+        }
+        env.flush(entries).await;
+    }
+    let inputs = env.sst_objects().await;
+    let before = env.latest().await;
+    let c = env.compactor(small_opts());
+
+    faults.fail_upload_parts(true);
+    assert!(
+        c.compact_once().await.is_err(),
+        "a failed part must fail the job"
+    );
+    assert_eq!(
+        env.sst_objects().await,
+        inputs,
+        "the failed output's id is left behind"
+    );
+    assert_eq!(env.latest().await.version, before.version);
+
+    faults.fail_upload_parts(false);
+    let r = c.compact_once().await.unwrap().unwrap();
+    assert_eq!(r.output_files, 1);
+    assert!(
+        r.output_bytes > crate::compactor::OUTPUT_PART_BYTES as u64,
+        "{} bytes: not streamed in parts",
+        r.output_bytes
+    );
+    let after = env.latest().await;
+    let files = env.load_files(&after).await;
+    let got: BTreeMap<String, Vec<u8>> = files
+        .values()
+        .flatten()
+        .map(|e| (String::from_utf8(e.key.to_vec()).unwrap(), e.value.to_vec()))
+        .collect();
+    assert_eq!(got, expected);
 }
 
 #[tokio::test]

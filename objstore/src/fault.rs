@@ -1,6 +1,6 @@
 //! A fault-injecting wrapper for tests: transient failures, lost responses, outages, latency.
 
-use crate::{ObjectInfo, PutMode, Store, StoreError, StoreResult};
+use crate::{ObjectInfo, PutMode, Store, StoreError, StoreResult, Upload};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -15,6 +15,7 @@ struct State {
     down: bool,
     latency: Duration,
     fail_puts_matching: Option<String>,
+    fail_upload_parts: bool,
 }
 
 /// A handle that controls the faults of a [`FaultInjecting`] store; clone it freely.
@@ -45,6 +46,12 @@ impl Faults {
         self.state.lock().fail_puts_matching = pattern.map(str::to_string);
     }
 
+    /// While set, every part of an upload in parts fails with a transient error (starting
+    /// one and plain puts still work).
+    pub fn fail_upload_parts(&self, on: bool) {
+        self.state.lock().fail_upload_parts = on;
+    }
+
     fn before(&self, op: &'static str, path: &str) -> (Duration, StoreResult<()>) {
         let mut s = self.state.lock();
         let err = || StoreError::Unavailable {
@@ -57,10 +64,11 @@ impl Faults {
         } else if s.fail_next > 0 {
             s.fail_next -= 1;
             Err(err())
-        } else if op == "put"
-            && s.fail_puts_matching
-                .as_deref()
-                .is_some_and(|p| path.contains(p))
+        } else if (op == "put_part" && s.fail_upload_parts)
+            || ((op == "put" || op == "put_part")
+                && s.fail_puts_matching
+                    .as_deref()
+                    .is_some_and(|p| path.contains(p)))
         {
             Err(err())
         } else {
@@ -111,6 +119,17 @@ impl Store for FaultInjecting {
         }
         r
     }
+    async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
+        self.gate("put_parts", path).await?;
+        let inner = self.inner.put_parts(path).await?;
+        Ok(inner.map(|inner| {
+            Box::new(FaultyUpload {
+                inner,
+                store: self.clone(),
+                path: path.to_string(),
+            }) as Box<dyn Upload>
+        }))
+    }
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
         self.gate("get", path).await?;
         self.inner.get(path).await
@@ -133,5 +152,27 @@ impl Store for FaultInjecting {
     }
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
+    }
+}
+
+/// An upload whose parts and completion see the faults of its store.
+struct FaultyUpload {
+    inner: Box<dyn Upload>,
+    store: FaultInjecting,
+    path: String,
+}
+
+#[async_trait]
+impl Upload for FaultyUpload {
+    async fn put_part(&mut self, data: Bytes) -> StoreResult<()> {
+        self.store.gate("put_part", &self.path).await?;
+        self.inner.put_part(data).await
+    }
+    async fn complete(self: Box<Self>) -> StoreResult<()> {
+        self.store.gate("complete", &self.path).await?;
+        self.inner.complete().await
+    }
+    async fn abort(self: Box<Self>) -> StoreResult<()> {
+        self.inner.abort().await
     }
 }

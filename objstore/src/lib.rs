@@ -33,6 +33,7 @@ pub use retry::{RetryPolicy, Retrying};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// How a put treats an object that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         let _ = storage_class;
         self.put(path, data, PutMode::Overwrite).await
     }
+    /// Starts writing (overwriting) an object in parts, for objects too large to hold in
+    /// memory whole; `None` when this store has no such upload (then [`start_upload`]
+    /// gathers the parts and writes them with one `put`). Nothing appears at `path` before
+    /// [`Upload::complete`] returns `Ok`.
+    async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
+        let _ = path;
+        Ok(None)
+    }
     /// Reads a whole object.
     async fn get(&self, path: &str) -> StoreResult<Bytes>;
     /// Reads `range` of an object; a range past the end is an error.
@@ -79,6 +88,71 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn delete(&self, path: &str) -> StoreResult<()>;
     /// Human description, for logs.
     fn describe(&self) -> String;
+}
+
+/// The smallest part of an [`Upload`] but its last (S3's minimum part size).
+pub const MIN_PART_BYTES: usize = 5 << 20;
+
+/// An object being written in parts ([`Store::put_parts`], [`start_upload`]).
+///
+/// Parts are appended in the order given; every part but the last is at least
+/// [`MIN_PART_BYTES`]. The object appears at its path, whole, when [`complete`](Self::complete)
+/// returns `Ok` (and is durable then); an upload aborted or dropped leaves nothing at the path
+/// (an S3 backend may leave an unfinished upload, cleaned by the bucket's abort rule).
+/// A failed part fails the upload: the writer starts over.
+#[async_trait]
+pub trait Upload: Send {
+    /// Appends the object's next bytes.
+    async fn put_part(&mut self, data: Bytes) -> StoreResult<()>;
+    /// Makes the object whole and visible.
+    async fn complete(self: Box<Self>) -> StoreResult<()>;
+    /// Gives the upload up; nothing appears at its path.
+    async fn abort(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// Starts writing `path` in parts on `store`: through the store's own upload when it has
+/// one, otherwise by gathering the parts in memory and writing them with one overwriting
+/// `put` at `complete`.
+pub async fn start_upload(store: &Arc<dyn Store>, path: &str) -> StoreResult<Box<dyn Upload>> {
+    validate_path(path)?;
+    Ok(match store.put_parts(path).await? {
+        Some(u) => u,
+        None => Box::new(Gathered {
+            store: store.clone(),
+            path: path.to_string(),
+            parts: Vec::new(),
+        }),
+    })
+}
+
+/// The upload of a store without one: parts kept until `complete`.
+struct Gathered {
+    store: Arc<dyn Store>,
+    path: String,
+    parts: Vec<Bytes>,
+}
+
+#[async_trait]
+impl Upload for Gathered {
+    async fn put_part(&mut self, data: Bytes) -> StoreResult<()> {
+        self.parts.push(data);
+        Ok(())
+    }
+    async fn complete(self: Box<Self>) -> StoreResult<()> {
+        let data = if self.parts.len() == 1 {
+            self.parts[0].clone()
+        } else {
+            let mut all = Vec::with_capacity(self.parts.iter().map(Bytes::len).sum());
+            for p in &self.parts {
+                all.extend_from_slice(p);
+            }
+            Bytes::from(all)
+        };
+        self.store.put(&self.path, data, PutMode::Overwrite).await
+    }
+    async fn abort(self: Box<Self>) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 pub(crate) fn validate_path(path: &str) -> StoreResult<()> {
@@ -94,4 +168,44 @@ pub(crate) fn validate_path(path: &str) -> StoreResult<()> {
     } else {
         Err(StoreError::InvalidPath(path.to_string()))
     }
+}
+
+/// What every store's upload in parts must do, checked on each backend's tests.
+#[cfg(test)]
+pub(crate) async fn check_upload(store: Arc<dyn Store>) {
+    #![allow(clippy::unwrap_used, reason = "a test helper")]
+    let parts: Vec<Bytes> = (0..3u8)
+        .map(|i| Bytes::from(vec![b'a' + i; 1000 + usize::from(i)]))
+        .collect();
+    let mut u = start_upload(&store, "dir/big.obj").await.unwrap();
+    for p in &parts {
+        u.put_part(p.clone()).await.unwrap();
+    }
+    assert!(
+        matches!(store.get("dir/big.obj").await, Err(StoreError::NotFound(_))),
+        "an object appeared before its upload completed"
+    );
+    u.complete().await.unwrap();
+    assert_eq!(store.get("dir/big.obj").await.unwrap(), parts.concat());
+
+    // Aborted or dropped: nothing appears, and an existing object is left as it was.
+    let mut u = start_upload(&store, "dir/big.obj").await.unwrap();
+    u.put_part(Bytes::from_static(b"other")).await.unwrap();
+    u.abort().await.unwrap();
+    let mut u = start_upload(&store, "dir/gone.obj").await.unwrap();
+    u.put_part(Bytes::from_static(b"other")).await.unwrap();
+    drop(u);
+    assert_eq!(store.get("dir/big.obj").await.unwrap(), parts.concat());
+    assert!(matches!(
+        store.get("dir/gone.obj").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let listed: Vec<String> = store
+        .list("dir/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.path)
+        .collect();
+    assert_eq!(listed, vec!["dir/big.obj".to_string()]);
 }

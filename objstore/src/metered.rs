@@ -1,6 +1,6 @@
 //! Request counting: the number of requests per operation is our cost metric.
 
-use crate::{ObjectInfo, PutMode, Store, StoreResult};
+use crate::{ObjectInfo, PutMode, Store, StoreResult, Upload};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
@@ -121,6 +121,19 @@ impl Store for Metered {
         let r = self.inner.put_class(path, data, storage_class).await;
         self.done("put", started, r)
     }
+    async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
+        // Starting, each part and completing are each a PUT-priced request on S3.
+        self.c.puts.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let r = self.inner.put_parts(path).await;
+        let r = self.done("put_parts", started, r)?;
+        Ok(r.map(|inner| {
+            Box::new(MeteredUpload {
+                inner,
+                m: self.clone(),
+            }) as Box<dyn Upload>
+        }))
+    }
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
         self.c.gets.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
@@ -163,5 +176,37 @@ impl Store for Metered {
     }
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+/// Counts the requests of an upload in parts.
+struct MeteredUpload {
+    inner: Box<dyn Upload>,
+    m: Metered,
+}
+
+#[async_trait]
+impl Upload for MeteredUpload {
+    async fn put_part(&mut self, data: Bytes) -> StoreResult<()> {
+        self.m.c.puts.fetch_add(1, Ordering::Relaxed);
+        self.m
+            .c
+            .bytes_put
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
+        let r = self.inner.put_part(data).await;
+        self.m.done("put_part", started, r)
+    }
+    async fn complete(self: Box<Self>) -> StoreResult<()> {
+        self.m.c.puts.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let r = self.inner.complete().await;
+        self.m.done("complete", started, r)
+    }
+    async fn abort(self: Box<Self>) -> StoreResult<()> {
+        self.m.c.deletes.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let r = self.inner.abort().await;
+        self.m.done("abort", started, r)
     }
 }

@@ -1,6 +1,6 @@
 //! Any `object_store` implementation (S3-compatible servers, in-memory) behind [`Store`].
 
-use crate::{validate_path, ObjectInfo, PutMode, Store, StoreError, StoreResult};
+use crate::{validate_path, ObjectInfo, PutMode, Store, StoreError, StoreResult, Upload};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -111,6 +111,56 @@ fn http_status(detail: &str) -> Option<u16> {
         .and_then(|t| t.parse().ok())
 }
 
+/// A multipart upload (S3: CreateMultipartUpload, UploadPart…, CompleteMultipartUpload).
+struct RemoteUpload {
+    /// `None` once completed or aborted.
+    inner: Option<Box<dyn object_store::MultipartUpload>>,
+    path: String,
+}
+
+impl RemoteUpload {
+    fn upload(&mut self) -> StoreResult<&mut Box<dyn object_store::MultipartUpload>> {
+        self.inner.as_mut().ok_or_else(|| StoreError::Other {
+            op: "put_part",
+            path: self.path.clone(),
+            detail: "the upload is over".into(),
+        })
+    }
+}
+
+#[async_trait]
+impl Upload for RemoteUpload {
+    async fn put_part(&mut self, data: Bytes) -> StoreResult<()> {
+        let part = self.upload()?.put_part(PutPayload::from_bytes(data));
+        part.await.map_err(|e| map_err("put_part", &self.path, e))
+    }
+    async fn complete(mut self: Box<Self>) -> StoreResult<()> {
+        let r = self.upload()?.complete().await;
+        self.inner = None;
+        r.map(|_| ())
+            .map_err(|e| map_err("complete", &self.path, e))
+    }
+    async fn abort(mut self: Box<Self>) -> StoreResult<()> {
+        let r = self.upload()?.abort().await;
+        self.inner = None;
+        r.map_err(|e| map_err("abort", &self.path, e))
+    }
+}
+
+impl Drop for RemoteUpload {
+    fn drop(&mut self) {
+        // An upload dropped unfinished is aborted in the background where a runtime runs
+        // (otherwise the bucket's abort-incomplete-uploads rule cleans it).
+        if let Some(mut u) = self.inner.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = u.abort().await;
+                });
+            }
+        }
+    }
+}
+
 impl ObjectStoreBackend {
     async fn put_with(&self, path: &str, data: Bytes, opts: PutOptions) -> StoreResult<()> {
         let loc = self.location(path)?;
@@ -146,6 +196,19 @@ impl Store for ObjectStoreBackend {
             ..Default::default()
         };
         self.put_with(path, data, opts).await
+    }
+
+    async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
+        let loc = self.location(path)?;
+        let inner = self
+            .inner
+            .put_multipart(&loc)
+            .await
+            .map_err(|e| map_err("put_parts", path, e))?;
+        Ok(Some(Box::new(RemoteUpload {
+            inner: Some(inner),
+            path: path.to_string(),
+        })))
     }
 
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
@@ -232,6 +295,53 @@ impl Store for ObjectStoreBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_upload_in_parts_appears_whole_at_completion() {
+        crate::check_upload(Arc::new(ObjectStoreBackend::memory())).await;
+        // A store without uploads of its own gathers the parts.
+        #[derive(Debug)]
+        struct Plain(ObjectStoreBackend);
+        #[async_trait]
+        impl Store for Plain {
+            async fn put(&self, path: &str, data: Bytes, mode: PutMode) -> StoreResult<()> {
+                self.0.put(path, data, mode).await
+            }
+            async fn get(&self, path: &str) -> StoreResult<Bytes> {
+                self.0.get(path).await
+            }
+            async fn get_range(&self, path: &str, range: Range<u64>) -> StoreResult<Bytes> {
+                self.0.get_range(path, range).await
+            }
+            async fn head(&self, path: &str) -> StoreResult<u64> {
+                self.0.head(path).await
+            }
+            async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+                self.0.list(prefix).await
+            }
+            async fn delete(&self, path: &str) -> StoreResult<()> {
+                self.0.delete(path).await
+            }
+            fn describe(&self) -> String {
+                "plain".into()
+            }
+        }
+        crate::check_upload(Arc::new(Plain(ObjectStoreBackend::memory()))).await;
+        // Faults reach the parts: a failed part fails the upload, and nothing appears.
+        let faults = crate::Faults::default();
+        let faulty =
+            crate::FaultInjecting::new(Arc::new(ObjectStoreBackend::memory()), faults.clone());
+        crate::check_upload(Arc::new(faulty.clone())).await;
+        let store: Arc<dyn Store> = Arc::new(faulty);
+        let mut u = crate::start_upload(&store, "x/failed").await.unwrap();
+        faults.fail_upload_parts(true);
+        assert!(u.put_part(Bytes::from_static(b"part")).await.is_err());
+        drop(u);
+        assert!(matches!(
+            store.get("x/failed").await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
 
     #[tokio::test]
     async fn memory_backend_semantics() {

@@ -5,7 +5,7 @@
 //! carries something unique to its writer (writer epoch and creation time in the header), so
 //! on `AlreadyExists` we read the object back: the same bytes mean our own earlier attempt won.
 
-use crate::{ObjectInfo, PutMode, Store, StoreError, StoreResult};
+use crate::{ObjectInfo, PutMode, Store, StoreError, StoreResult, Upload};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::future::Future;
@@ -127,6 +127,13 @@ impl Store for Retrying {
             self.inner.put_class(path, data.clone(), storage_class)
         })
         .await
+    }
+    async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
+        // Starting is retried (an upload started by an attempt whose answer was lost is never
+        // completed: the bucket's abort rule cleans it). Parts and completion are not: their
+        // bytes are gone once sent, so a failed upload fails and its writer starts over.
+        self.run("put_parts", path, || self.inner.put_parts(path))
+            .await
     }
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
         self.run("get", path, || self.inner.get(path)).await

@@ -667,6 +667,30 @@ async fn multipart(srv: &S3Server, prefix: &str) {
             .unwrap(),
         data.slice(r)
     );
+
+    // The same through `Store::put_parts` (how compaction writes large outputs): nothing is
+    // visible before completion, the object is whole after; an aborted upload leaves nothing.
+    let mut u = strata_objstore::start_upload(&s, "mp/streamed")
+        .await
+        .unwrap();
+    for part in [data.slice(..5 << 20), data.slice(5 << 20..)] {
+        u.put_part(part).await.unwrap();
+    }
+    assert!(matches!(
+        s.get("mp/streamed").await,
+        Err(StoreError::NotFound(_))
+    ));
+    u.complete().await.unwrap();
+    assert!(s.get("mp/streamed").await.unwrap() == data);
+    let mut u = strata_objstore::start_upload(&s, "mp/aborted")
+        .await
+        .unwrap();
+    u.put_part(data.slice(..5 << 20)).await.unwrap();
+    u.abort().await.unwrap();
+    assert!(matches!(
+        s.get("mp/aborted").await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 /// Sequential latency of small requests, printed (never asserted: machines differ).

@@ -14,11 +14,16 @@ use crate::sst::options::{Compression, SstOptions};
 use crate::sst::props::{encode_props_payload, props_payload_len, SstProps};
 use crate::sst::trailer::{Compressor, BLOCK_TRAILER_LEN};
 
-/// Builds one SST in memory. Feed entries with [`add`](Self::add), then
-/// [`finish`](Self::finish) returns the object's bytes and its properties.
+/// Builds one SST. Feed entries with [`add`](Self::add), then [`finish`](Self::finish)
+/// returns the object's bytes and its properties. A large SST can be written as it fills:
+/// [`take_written`](Self::take_written) hands over the finished blocks so far (the object's
+/// next bytes, in order), and `finish` then returns only the rest.
 pub struct SstBuilder {
     opts: SstOptions,
+    /// The object's bytes from offset `taken` on (everything before was handed over).
     out: Vec<u8>,
+    /// Bytes handed over by `take_written`: block offsets are `taken + out.len()`.
+    taken: u64,
     block: BlockBuilder,
     compressor: Compressor,
     index: Vec<(Bytes, BlockHandle)>,
@@ -44,6 +49,7 @@ impl SstBuilder {
         SstBuilder {
             opts,
             out: Vec::new(),
+            taken: 0,
             block,
             compressor: Compressor::default(),
             index: Vec::new(),
@@ -126,7 +132,26 @@ impl SstBuilder {
         } else {
             self.block.size()
         };
-        self.out.len() + pending
+        self.taken as usize + self.out.len() + pending
+    }
+
+    /// Hands over the object's bytes written so far (whole blocks, in object order) once
+    /// they are at least `min` bytes; `None` below that. The output buffer keeps its
+    /// capacity for the next bytes, so a builder streamed this way holds about `min` bytes
+    /// however large its SST grows.
+    pub fn take_written(&mut self, min: usize) -> Option<Bytes> {
+        if self.out.is_empty() || self.out.len() < min {
+            return None;
+        }
+        let cap = self.out.capacity();
+        let part = std::mem::replace(&mut self.out, Vec::with_capacity(cap));
+        self.taken += part.len() as u64;
+        Some(Bytes::from(part))
+    }
+
+    /// Object offset of the next byte written.
+    fn offset(&self) -> u64 {
+        self.taken + self.out.len() as u64
     }
 
     fn flush_block(&mut self) {
@@ -134,7 +159,7 @@ impl SstBuilder {
             return;
         }
         let payload = self.block.finish();
-        let offset = self.out.len() as u64;
+        let offset = self.offset();
         let len = self
             .compressor
             .seal(&mut self.out, &payload, self.opts.compression);
@@ -152,7 +177,8 @@ impl SstBuilder {
         ));
     }
 
-    /// Writes the filter, index, props and footer and returns the SST and its properties.
+    /// Writes the filter, index, props and footer and returns the SST (its bytes after any
+    /// handed over by [`take_written`](Self::take_written)) and its properties.
     /// Returns [`FormatError::Invalid`] when no entry was added.
     pub fn finish(mut self) -> Result<(Bytes, SstProps)> {
         if self.is_empty() {
@@ -165,7 +191,7 @@ impl SstBuilder {
         let filter = self.seal_meta(&build_bloom(&self.key_hashes, self.opts.bloom_bits_per_key));
         let index = self.seal_meta(&encode_index(&self.index));
 
-        let props_offset = self.out.len() as u64;
+        let props_offset = self.offset();
         let props_len = (props_payload_len(&self.props) + BLOCK_TRAILER_LEN) as u64;
         self.props.file_size = props_offset + props_len + SST_FOOTER_LEN as u64;
         let mut payload = Vec::with_capacity(props_payload_len(&self.props));
@@ -180,7 +206,7 @@ impl SstBuilder {
             props,
         };
         self.out.extend_from_slice(&footer.encode());
-        debug_assert_eq!(self.out.len() as u64, self.props.file_size);
+        debug_assert_eq!(self.offset(), self.props.file_size);
         // The returned `Bytes` keeps the whole allocation alive for as long as any slice of it
         // lives: hand back what a reservation or doubling left over (glibc shrinks a large,
         // mmapped buffer in place).
@@ -193,7 +219,7 @@ impl SstBuilder {
 
     /// Appends an uncompressed metadata block.
     fn seal_meta(&mut self, payload: &[u8]) -> BlockHandle {
-        let offset = self.out.len() as u64;
+        let offset = self.offset();
         let len = self
             .compressor
             .seal(&mut self.out, payload, Compression::None);
