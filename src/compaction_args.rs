@@ -122,6 +122,17 @@ impl CompactionArgs {
 
     /// The options these flags describe, on top of `base`.
     pub fn options(&self, base: CompactionOptions) -> CompactionOptions {
+        // Each merge of a job holds three 8 MiB output parts; the rest is read-ahead.
+        let needed = self.subcompactions * 32;
+        if self.compaction_memory_mb < needed {
+            tracing::warn!(
+                compaction_memory_mb = self.compaction_memory_mb,
+                subcompactions = self.subcompactions,
+                "--compaction-memory-mb is below 32 MiB per subcompaction ({needed} MiB): \
+                 outputs take 24 MiB per subcompaction and inputs are read in the smallest \
+                 chunks"
+            );
+        }
         let window = Duration::from_secs(self.compaction_window_secs);
         // Both were validated by the parsers above.
         let strategy = Strategy::parse(&self.compaction_strategy, window).unwrap_or_default();

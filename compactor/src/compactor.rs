@@ -36,6 +36,16 @@ const MAX_COMMIT_ATTEMPTS: usize = 64;
 /// Fresh ids tried for one output before giving up (ids clash only by bad luck).
 const MAX_ID_ATTEMPTS: usize = 16;
 
+/// How one merge's uploader stopped.
+pub(crate) enum Stop {
+    /// Its merge finished and every output was written.
+    Done,
+    /// Another part of the job failed (its error is reported there).
+    Cancelled,
+    /// Writing an output failed.
+    Failed(CompactorError),
+}
+
 /// Compaction outputs are written in parts of this size as they fill (S3's minimum part is
 /// 5 MiB): a merge holds about three of them (building, queued, uploading), whatever
 /// `target_file_bytes` is. Counted in `CompactionOptions::memory_bytes`.
@@ -762,6 +772,7 @@ impl Compactor {
         let mut merges = Vec::with_capacity(parts);
         let mut uploaders = Vec::with_capacity(parts);
         let level = job.output_level as u32;
+        let failed = Arc::new(tokio::sync::watch::channel(false).0);
         for piece in pieces {
             let (tx, rx) = tokio::sync::mpsc::channel::<Cut>(1);
             let deeper = job.deeper.clone();
@@ -771,38 +782,47 @@ impl Compactor {
             // streams, whose readers need the blocking pool (decoding, local-store I/O), so
             // enough merges parked in the pool could starve their own readers.
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let failed_merge = failed.clone();
             let run = move || -> Result<MergeCounts> {
                 let send = |cut: Cut| {
                     tx.blocking_send(cut)
                         .map_err(|_| CompactorError::Internal("the output writer stopped".into()))
                 };
-                let counts = merge(piece, now, &deeper, |e| match cutter.add(&e)? {
-                    Some(cut) => send(cut),
-                    None => Ok(()),
+                let counts = merge(piece, now, &deeper, |e| {
+                    cutter.add(&e)?.into_iter().try_for_each(send)
                 })?;
-                if let Some(cut) = cutter.finish()? {
-                    send(cut)?;
-                }
+                cutter.finish()?.into_iter().try_for_each(send)?;
                 Ok(counts)
             };
             std::thread::Builder::new()
                 .name("strata-merge".into())
                 .spawn(move || {
                     lower_thread_priority();
-                    let _ = done_tx.send(run());
+                    let r = run();
+                    if r.is_err() {
+                        // The job fails: the other parts stop building outputs for it.
+                        failed_merge.send_replace(true);
+                    }
+                    let _ = done_tx.send(r);
                 })
                 .context("starting a merge thread")?;
             merges.push(done_rx);
-            uploaders.push(self.upload_outputs(rx, level));
+            uploaders.push(self.upload_outputs(rx, level, failed.clone()));
         }
 
-        // Uploaders run together; one that fails drops its channel, which stops its merge.
+        // Uploaders run together. One that fails tells the others (they stop too) and drops
+        // its channel, which stops its merge; so does each of the others.
         let mut written = Vec::new();
         let mut write_err = None;
-        for (outs, err) in futures::future::join_all(uploaders).await {
+        let mut cancelled = false;
+        for (outs, stop) in futures::future::join_all(uploaders).await {
             written.extend(outs);
-            if let Some(e) = err {
-                write_err.get_or_insert(e);
+            match stop {
+                Stop::Done => {}
+                Stop::Cancelled => cancelled = true,
+                Stop::Failed(e) => {
+                    write_err.get_or_insert(e);
+                }
             }
         }
         let mut counts = MergeCounts::default();
@@ -822,6 +842,11 @@ impl Compactor {
                     merge_err.get_or_insert(e);
                 }
             }
+        }
+        if cancelled && write_err.is_none() && merge_err.is_none() {
+            merge_err = Some(CompactorError::Internal(
+                "a part of the job stopped without an error".into(),
+            ));
         }
         match write_err.or(merge_err) {
             None => {
@@ -845,12 +870,19 @@ impl Compactor {
         &self,
         mut rx: tokio::sync::mpsc::Receiver<Cut>,
         level: u32,
-    ) -> (Vec<SstInfo>, Option<CompactorError>) {
+        failed: Arc<tokio::sync::watch::Sender<bool>>,
+    ) -> (Vec<SstInfo>, Stop) {
         let mut written = Vec::new();
         let mut open: Option<(u64, Box<dyn Upload>)> = None;
+        let mut others_failed = failed.subscribe();
         let err = loop {
-            let Some(cut) = rx.recv().await else {
-                break None;
+            let cut = tokio::select! {
+                cut = rx.recv() => cut,
+                // Another merge's output failed: the job fails, stop building outputs for it.
+                _ = others_failed.wait_for(|f| *f) => break Stop::Cancelled,
+            };
+            let Some(cut) = cut else {
+                break Stop::Done;
             };
             let r: Result<()> = async {
                 match cut {
@@ -893,10 +925,11 @@ impl Compactor {
             }
             .await;
             if let Err(e) = r {
-                break Some(e);
+                failed.send_replace(true);
+                break Stop::Failed(e);
             }
         };
-        if let Some((id, u)) = open.take() {
+        if let Some((id, mut u)) = open.take() {
             let _ = u.abort().await;
             self.delete_outputs_by_id(&[id]).await;
         }
@@ -1137,7 +1170,6 @@ impl Compactor {
     }
 }
 
-/// The receiving end of a channel as a stream.
 async fn wait_for_change(changes: &mut watch::Receiver<Option<Arc<Manifest>>>) {
     if changes.changed().await.is_err() {
         // The store dropped its sender: no more notifications; rely on the timer.

@@ -100,7 +100,9 @@ pub struct CompactionOptions {
     /// Memory of one job (default 256 MiB): each of its merges (one per subcompaction) holds
     /// about three 8 MiB parts of output (building, queued, uploading: outputs are written in
     /// parts as they fill, whatever `target_file_bytes` is); the rest is the inputs'
-    /// read-ahead, chunks sized so that every input of every merge fits (`stream.rs`).
+    /// read-ahead, chunks sized so that every input of every merge fits (`stream.rs`). A budget
+    /// below 24 MiB per merge is exceeded by the outputs' parts, and its read-ahead falls to
+    /// the smallest chunk (4 KiB: about one GET per block); `strata serve` warns of it.
     pub memory_bytes: u64,
     /// Options of the SSTs compaction writes.
     pub sst: SstOptions,

@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use strata_format::{Entry, Kind, SstBuilder, SstInfo, SstOptions, SstProps};
 
 use crate::error::{Result, ResultExt};
@@ -207,13 +208,17 @@ pub(crate) enum Cut {
 }
 
 /// Cuts a stream of entries (in internal key order) into SSTs of about `target` bytes, each
-/// handed over in parts of `part` bytes as it fills, so an output being built holds about one
-/// part however large it grows.
+/// handed over as it fills in parts of exactly `part` bytes but its last (some stores want
+/// every part but the last the same size), so an output being built holds about one part
+/// however large it grows.
 pub(crate) struct Cutter {
     opts: SstOptions,
     target: u64,
     part: usize,
     builder: Option<SstBuilder>,
+    /// Bytes of the output being built that the builder handed over and no part holds yet
+    /// (fewer than `part` between calls).
+    carry: BytesMut,
 }
 
 impl Cutter {
@@ -223,17 +228,18 @@ impl Cutter {
             target: target.max(1),
             part: part.max(1),
             builder: None,
+            carry: BytesMut::new(),
         }
     }
 
-    /// Adds an entry; returns a part or a finished SST when this entry filled one. Since only
+    /// Adds an entry; returns the parts and finished SST it completed, in order. Since only
     /// one version of a key reaches here, a key never straddles two outputs.
-    pub(crate) fn add(&mut self, e: &Entry) -> Result<Option<Cut>> {
+    pub(crate) fn add(&mut self, e: &Entry) -> Result<Vec<Cut>> {
         let part = self.part;
         let builder = self
             .builder
-            // Reserved for a part (one entry or block may pass it), so the buffer is not
-            // doubled past it.
+            // Reserved for a part and a block or entry beyond it, so the buffer is not
+            // doubled past it (an entry larger than that grows it, once).
             .get_or_insert_with(|| {
                 let cap = part.min(1 << 30) + (1 << 20);
                 SstBuilder::with_capacity(self.opts.clone(), cap)
@@ -244,17 +250,30 @@ impl Cutter {
         if builder.estimated_size() as u64 >= self.target {
             return self.finish();
         }
-        Ok(builder.take_written(part).map(Cut::Part))
+        let mut cuts = Vec::new();
+        if let Some(b) = builder.take_written(part - self.carry.len()) {
+            self.carry.extend_from_slice(&b);
+            while self.carry.len() >= part {
+                cuts.push(Cut::Part(self.carry.split_to(part).freeze()));
+            }
+        }
+        Ok(cuts)
     }
 
-    /// Finishes the pending SST, if any entry is pending.
-    pub(crate) fn finish(&mut self) -> Result<Option<Cut>> {
+    /// Finishes the pending SST, if any entry is pending: its last parts and the rest.
+    pub(crate) fn finish(&mut self) -> Result<Vec<Cut>> {
         match self.builder.take() {
             Some(b) if !b.is_empty() => {
                 let (tail, props) = b.finish().context("finishing an output SST")?;
-                Ok(Some(Cut::Done(tail, props)))
+                self.carry.extend_from_slice(&tail);
+                let mut cuts = Vec::new();
+                while self.carry.len() > self.part {
+                    cuts.push(Cut::Part(self.carry.split_to(self.part).freeze()));
+                }
+                cuts.push(Cut::Done(self.carry.split().freeze(), props));
+                Ok(cuts)
             }
-            _ => Ok(None),
+            _ => Ok(Vec::new()),
         }
     }
 }
@@ -399,7 +418,7 @@ mod tests {
         let mut building = Vec::new();
         let mut take = |cut: Cut, outs: &mut Vec<(Bytes, SstProps)>| match cut {
             Cut::Part(p) => {
-                assert!(p.len() >= 300);
+                assert_eq!(p.len(), 300, "parts but the last are all the same size");
                 parts += 1;
                 building.extend_from_slice(&p);
             }
@@ -410,11 +429,11 @@ mod tests {
         };
         for i in 0..200u32 {
             let e = Entry::put(format!("key{i:05}"), u64::from(i) + 1, vec![b'v'; 50]);
-            if let Some(cut) = c.add(&e).unwrap() {
+            for cut in c.add(&e).unwrap() {
                 take(cut, &mut outs);
             }
         }
-        if let Some(cut) = c.finish().unwrap() {
+        for cut in c.finish().unwrap() {
             take(cut, &mut outs);
         }
         assert!(
@@ -435,6 +454,6 @@ mod tests {
             prev_largest = Some(props.largest_key.clone());
         }
         assert_eq!(total, 200);
-        assert!(c.finish().unwrap().is_none());
+        assert!(c.finish().unwrap().is_empty());
     }
 }

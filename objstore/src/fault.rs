@@ -168,11 +168,14 @@ impl Upload for FaultyUpload {
         self.store.gate("put_part", &self.path).await?;
         self.inner.put_part(data).await
     }
-    async fn complete(self: Box<Self>) -> StoreResult<()> {
+    async fn complete(&mut self) -> StoreResult<()> {
         self.store.gate("complete", &self.path).await?;
         self.inner.complete().await
     }
-    async fn abort(self: Box<Self>) -> StoreResult<()> {
+    async fn abort(&mut self) -> StoreResult<()> {
         self.inner.abort().await
+    }
+    fn bytes(&self) -> u64 {
+        self.inner.bytes()
     }
 }

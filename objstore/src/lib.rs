@@ -96,18 +96,23 @@ pub const MIN_PART_BYTES: usize = 5 << 20;
 /// An object being written in parts ([`Store::put_parts`], [`start_upload`]).
 ///
 /// Parts are appended in the order given; every part but the last is at least
-/// [`MIN_PART_BYTES`]. The object appears at its path, whole, when [`complete`](Self::complete)
-/// returns `Ok` (and is durable then); an upload aborted or dropped leaves nothing at the path
-/// (an S3 backend may leave an unfinished upload, cleaned by the bucket's abort rule).
-/// A failed part fails the upload: the writer starts over.
+/// [`MIN_PART_BYTES`], and all of them but the last have the same size (R2 requires it).
+/// The object appears at its path, whole, when [`complete`](Self::complete) returns `Ok`
+/// (and is durable then); an upload aborted or dropped leaves the path as it was (an S3
+/// backend may leave an unfinished upload, cleaned by the bucket's abort rule).
+///
+/// A `put_part` that fails appended nothing and may be called again with the same bytes
+/// (the retrying layer does), and so may a failed `complete`.
 #[async_trait]
 pub trait Upload: Send {
     /// Appends the object's next bytes.
     async fn put_part(&mut self, data: Bytes) -> StoreResult<()>;
-    /// Makes the object whole and visible.
-    async fn complete(self: Box<Self>) -> StoreResult<()>;
-    /// Gives the upload up; nothing appears at its path.
-    async fn abort(self: Box<Self>) -> StoreResult<()>;
+    /// Makes the object whole and visible; nothing may be called after it succeeds.
+    async fn complete(&mut self) -> StoreResult<()>;
+    /// Gives the upload up; the path stays as it was.
+    async fn abort(&mut self) -> StoreResult<()>;
+    /// Bytes appended so far.
+    fn bytes(&self) -> u64;
 }
 
 /// Starts writing `path` in parts on `store`: through the store's own upload when it has
@@ -121,6 +126,7 @@ pub async fn start_upload(store: &Arc<dyn Store>, path: &str) -> StoreResult<Box
             store: store.clone(),
             path: path.to_string(),
             parts: Vec::new(),
+            bytes: 0,
         }),
     })
 }
@@ -130,15 +136,17 @@ struct Gathered {
     store: Arc<dyn Store>,
     path: String,
     parts: Vec<Bytes>,
+    bytes: u64,
 }
 
 #[async_trait]
 impl Upload for Gathered {
     async fn put_part(&mut self, data: Bytes) -> StoreResult<()> {
+        self.bytes += data.len() as u64;
         self.parts.push(data);
         Ok(())
     }
-    async fn complete(self: Box<Self>) -> StoreResult<()> {
+    async fn complete(&mut self) -> StoreResult<()> {
         let data = if self.parts.len() == 1 {
             self.parts[0].clone()
         } else {
@@ -150,9 +158,27 @@ impl Upload for Gathered {
         };
         self.store.put(&self.path, data, PutMode::Overwrite).await
     }
-    async fn abort(self: Box<Self>) -> StoreResult<()> {
+    async fn abort(&mut self) -> StoreResult<()> {
+        self.parts.clear();
         Ok(())
     }
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// 64 random bits (staging names, placeholders), without a seeded generator: uniqueness is
+/// all that is asked.
+pub(crate) fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
 }
 
 pub(crate) fn validate_path(path: &str) -> StoreResult<()> {

@@ -122,10 +122,13 @@ impl Store for Metered {
         self.done("put", started, r)
     }
     async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
-        // Starting, each part and completing are each a PUT-priced request on S3.
-        self.c.puts.fetch_add(1, Ordering::Relaxed);
+        // Starting, each part and completing are each a PUT-priced request on S3 (a store
+        // without uploads of its own answers `None` without a request).
         let started = Instant::now();
         let r = self.inner.put_parts(path).await;
+        if !matches!(r, Ok(None)) {
+            self.c.puts.fetch_add(1, Ordering::Relaxed);
+        }
         let r = self.done("put_parts", started, r)?;
         Ok(r.map(|inner| {
             Box::new(MeteredUpload {
@@ -197,16 +200,19 @@ impl Upload for MeteredUpload {
         let r = self.inner.put_part(data).await;
         self.m.done("put_part", started, r)
     }
-    async fn complete(self: Box<Self>) -> StoreResult<()> {
+    async fn complete(&mut self) -> StoreResult<()> {
         self.m.c.puts.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let r = self.inner.complete().await;
         self.m.done("complete", started, r)
     }
-    async fn abort(self: Box<Self>) -> StoreResult<()> {
+    async fn abort(&mut self) -> StoreResult<()> {
         self.m.c.deletes.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let r = self.inner.abort().await;
         self.m.done("abort", started, r)
+    }
+    fn bytes(&self) -> u64 {
+        self.inner.bytes()
     }
 }

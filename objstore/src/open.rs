@@ -146,11 +146,11 @@ fn open_s3(rest: &str, s: &S3Settings) -> StoreResult<ObjectStoreBackend> {
     let store = b
         .build()
         .map_err(|e| config_err(&format!("s3://{rest}"), &e.to_string()))?;
-    Ok(ObjectStoreBackend::new(
-        Arc::new(store),
-        prefix,
-        format!("s3://{rest}"),
-    ))
+    let store = Arc::new(store);
+    Ok(
+        ObjectStoreBackend::new(store.clone(), prefix, format!("s3://{rest}"))
+            .with_multipart(store),
+    )
 }
 
 /// Stores under other roots, opened on demand with this process's settings and cached: a

@@ -4,17 +4,31 @@ use crate::{validate_path, ObjectInfo, PutMode, Store, StoreError, StoreResult, 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+use object_store::{MultipartId, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use std::ops::Range;
 use std::sync::Arc;
 
 /// An `object_store` backend, optionally under a key prefix.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ObjectStoreBackend {
     inner: Arc<dyn ObjectStore>,
+    /// The same store's multipart API, for uploads in parts (`None`: parts are gathered).
+    multipart: Option<Arc<dyn MultipartStore>>,
     prefix: String,
     label: String,
+}
+
+impl std::fmt::Debug for ObjectStoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreBackend")
+            .field("inner", &self.inner)
+            .field("multipart", &self.multipart.is_some())
+            .field("prefix", &self.prefix)
+            .field("label", &self.label)
+            .finish()
+    }
 }
 
 impl ObjectStoreBackend {
@@ -22,18 +36,22 @@ impl ObjectStoreBackend {
     pub fn new(inner: Arc<dyn ObjectStore>, prefix: &str, label: impl Into<String>) -> Self {
         ObjectStoreBackend {
             inner,
+            multipart: None,
             prefix: prefix.trim_matches('/').to_string(),
             label: label.into(),
         }
     }
 
+    /// Uploads in parts go through `multipart`, which must be the same store as `inner`.
+    pub fn with_multipart(mut self, multipart: Arc<dyn MultipartStore>) -> Self {
+        self.multipart = Some(multipart);
+        self
+    }
+
     /// An in-memory store, for unit tests only.
     pub fn memory() -> Self {
-        Self::new(
-            Arc::new(object_store::memory::InMemory::new()),
-            "",
-            "memory://",
-        )
+        let mem = Arc::new(object_store::memory::InMemory::new());
+        Self::new(mem.clone(), "", "memory://").with_multipart(mem)
     }
 
     fn location(&self, path: &str) -> StoreResult<Path> {
@@ -111,39 +129,55 @@ fn http_status(detail: &str) -> Option<u16> {
         .and_then(|t| t.parse().ok())
 }
 
-/// A multipart upload (S3: CreateMultipartUpload, UploadPart…, CompleteMultipartUpload).
+/// A multipart upload (S3: CreateMultipartUpload, UploadPart…, CompleteMultipartUpload)
+/// through the low-level API, so a failed part can be sent again under its own number.
 struct RemoteUpload {
-    /// `None` once completed or aborted.
-    inner: Option<Box<dyn object_store::MultipartUpload>>,
+    store: Arc<dyn MultipartStore>,
+    loc: Path,
     path: String,
-}
-
-impl RemoteUpload {
-    fn upload(&mut self) -> StoreResult<&mut Box<dyn object_store::MultipartUpload>> {
-        self.inner.as_mut().ok_or_else(|| StoreError::Other {
-            op: "put_part",
-            path: self.path.clone(),
-            detail: "the upload is over".into(),
-        })
-    }
+    id: MultipartId,
+    /// The parts that succeeded, in order.
+    parts: Vec<PartId>,
+    bytes: u64,
+    /// Completed or aborted: nothing to abort on drop.
+    over: bool,
 }
 
 #[async_trait]
 impl Upload for RemoteUpload {
     async fn put_part(&mut self, data: Bytes) -> StoreResult<()> {
-        let part = self.upload()?.put_part(PutPayload::from_bytes(data));
-        part.await.map_err(|e| map_err("put_part", &self.path, e))
+        let len = data.len() as u64;
+        let part = self
+            .store
+            .put_part(
+                &self.loc,
+                &self.id,
+                self.parts.len(),
+                PutPayload::from_bytes(data),
+            )
+            .await
+            .map_err(|e| map_err("put_part", &self.path, e))?;
+        self.parts.push(part);
+        self.bytes += len;
+        Ok(())
     }
-    async fn complete(mut self: Box<Self>) -> StoreResult<()> {
-        let r = self.upload()?.complete().await;
-        self.inner = None;
-        r.map(|_| ())
-            .map_err(|e| map_err("complete", &self.path, e))
+    async fn complete(&mut self) -> StoreResult<()> {
+        self.store
+            .complete_multipart(&self.loc, &self.id, self.parts.clone())
+            .await
+            .map_err(|e| map_err("complete", &self.path, e))?;
+        self.over = true;
+        Ok(())
     }
-    async fn abort(mut self: Box<Self>) -> StoreResult<()> {
-        let r = self.upload()?.abort().await;
-        self.inner = None;
-        r.map_err(|e| map_err("abort", &self.path, e))
+    async fn abort(&mut self) -> StoreResult<()> {
+        self.over = true;
+        self.store
+            .abort_multipart(&self.loc, &self.id)
+            .await
+            .map_err(|e| map_err("abort", &self.path, e))
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes
     }
 }
 
@@ -151,10 +185,11 @@ impl Drop for RemoteUpload {
     fn drop(&mut self) {
         // An upload dropped unfinished is aborted in the background where a runtime runs
         // (otherwise the bucket's abort-incomplete-uploads rule cleans it).
-        if let Some(mut u) = self.inner.take() {
+        if !self.over {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (store, loc, id) = (self.store.clone(), self.loc.clone(), self.id.clone());
                 rt.spawn(async move {
-                    let _ = u.abort().await;
+                    let _ = store.abort_multipart(&loc, &id).await;
                 });
             }
         }
@@ -199,15 +234,22 @@ impl Store for ObjectStoreBackend {
     }
 
     async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
+        let Some(store) = self.multipart.clone() else {
+            return Ok(None);
+        };
         let loc = self.location(path)?;
-        let inner = self
-            .inner
-            .put_multipart(&loc)
+        let id = store
+            .create_multipart(&loc)
             .await
             .map_err(|e| map_err("put_parts", path, e))?;
         Ok(Some(Box::new(RemoteUpload {
-            inner: Some(inner),
+            store,
+            loc,
             path: path.to_string(),
+            id,
+            parts: Vec::new(),
+            bytes: 0,
+            over: false,
         })))
     }
 
@@ -341,6 +383,20 @@ mod tests {
             store.get("x/failed").await,
             Err(StoreError::NotFound(_))
         ));
+        faults.fail_upload_parts(false);
+        // Through the retrying layer a part or a completion that fails once is sent again:
+        // the object is whole, each part once.
+        let retrying: Arc<dyn Store> =
+            Arc::new(crate::Retrying::new(store.clone(), Default::default()));
+        let mut u = crate::start_upload(&retrying, "x/retried").await.unwrap();
+        let parts = [Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 200])];
+        faults.fail_next(1);
+        u.put_part(parts[0].clone()).await.unwrap();
+        u.put_part(parts[1].clone()).await.unwrap();
+        faults.fail_next(1);
+        u.complete().await.unwrap();
+        assert_eq!(u.bytes(), 500);
+        assert_eq!(store.get("x/retried").await.unwrap(), parts.concat());
     }
 
     #[tokio::test]

@@ -130,10 +130,18 @@ impl Store for Retrying {
     }
     async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
         // Starting is retried (an upload started by an attempt whose answer was lost is never
-        // completed: the bucket's abort rule cleans it). Parts and completion are not: their
-        // bytes are gone once sent, so a failed upload fails and its writer starts over.
-        self.run("put_parts", path, || self.inner.put_parts(path))
-            .await
+        // completed: the bucket's abort rule cleans it), and so are parts and completion.
+        let started = self
+            .run("put_parts", path, || self.inner.put_parts(path))
+            .await?;
+        Ok(started.map(|inner| {
+            Box::new(RetryingUpload {
+                inner: Arc::new(tokio::sync::Mutex::new(inner)),
+                retry: self.clone(),
+                path: path.to_string(),
+                bytes: 0,
+            }) as Box<dyn Upload>
+        }))
     }
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
         self.run("get", path, || self.inner.get(path)).await
@@ -155,6 +163,65 @@ impl Store for Retrying {
     }
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+/// An upload whose parts and completion are retried: a failed part appended nothing and is
+/// sent again (under its own part number on S3).
+struct RetryingUpload {
+    /// Shared with each attempt's future (an attempt that timed out is dropped).
+    inner: Arc<tokio::sync::Mutex<Box<dyn Upload>>>,
+    retry: Retrying,
+    path: String,
+    /// Bytes of the parts that succeeded.
+    bytes: u64,
+}
+
+#[async_trait]
+impl Upload for RetryingUpload {
+    async fn put_part(&mut self, data: Bytes) -> StoreResult<()> {
+        let (inner, len) = (&self.inner, data.len() as u64);
+        self.retry
+            .run("put_part", &self.path, || {
+                let (inner, data) = (inner.clone(), data.clone());
+                async move { inner.lock().await.put_part(data).await }
+            })
+            .await?;
+        self.bytes += len;
+        Ok(())
+    }
+    async fn complete(&mut self) -> StoreResult<()> {
+        let inner = &self.inner;
+        let (res, ambiguous) = self
+            .retry
+            .run_tracked("complete", &self.path, || {
+                let inner = inner.clone();
+                async move { inner.lock().await.complete().await }
+            })
+            .await;
+        match res {
+            // An attempt whose answer was lost may have completed it (S3 then knows the
+            // upload no more): the object being there, whole, says so.
+            Err(StoreError::NotFound(_)) if ambiguous => {
+                let want = self.bytes;
+                let path = self.path.as_str();
+                match self
+                    .retry
+                    .run("head", path, || self.retry.inner.head(path))
+                    .await
+                {
+                    Ok(n) if n == want => Ok(()),
+                    _ => res,
+                }
+            }
+            r => r,
+        }
+    }
+    async fn abort(&mut self) -> StoreResult<()> {
+        self.inner.lock().await.abort().await
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes
     }
 }
 

@@ -32,11 +32,8 @@ use crate::db::{Db, DbInner};
 use crate::error::{EngineError, EngineResult};
 use crate::memtable::{Memtable, Snap};
 use crate::stall::Writer;
-use crate::txn::{
-    decode_intent, encode_intent, from_write_op, intent_key, to_write_op, IntentState,
-    MARKER_TTL_MS,
-};
-use crate::version::View;
+pub(crate) use crate::txn::Role;
+use crate::txn::{encode_intent, IntentState, Participant, Plan, Sequence, MARKER_TTL_MS};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, VecDeque};
@@ -96,17 +93,6 @@ pub struct OpOutcome {
 }
 
 type Reply = oneshot::Sender<EngineResult<Vec<OpOutcome>>>;
-
-/// What a write is, for cross-partition transactions (see `txn.rs`).
-#[derive(Debug, Clone)]
-pub(crate) enum Role {
-    /// An ordinary write: refused (nothing applied) if it touches a locked key.
-    Plain,
-    /// Check the ops' conditions, lock their keys and write the intent record.
-    Prepare { txn: Arc<str>, created_ms: u64 },
-    /// Apply (commit) or drop (abort) a prepared intent; its locks go when this is visible.
-    Resolve { txn: Arc<str>, commit: bool },
-}
 
 struct WriteReq {
     ops: Vec<WriteOp>,
@@ -395,17 +381,6 @@ impl Committer {
         }
     }
 
-    /// The decoded intent record or resolution marker of `txn` in this partition, if any.
-    async fn intent_state(&self, view: &View, txn: &str) -> EngineResult<Option<IntentState>> {
-        let e = Db::get_entry(view, &intent_key(txn), Snap::LATEST).await?;
-        match crate::db::live(e, self.inner.opts.clock.unix_ms()) {
-            Some((v, _)) => Ok(Some(decode_intent(&v).map_err(|e| {
-                EngineError::Corruption(format!("intent record of transaction {txn}: {e}"))
-            })?)),
-            None => Ok(None),
-        }
-    }
-
     async fn apply(&mut self, w: WriteReq) {
         let now = self.inner.opts.clock.unix_ms();
         let view = self.inner.view.read().clone();
@@ -415,127 +390,29 @@ impl Committer {
             role,
             reply,
         } = w;
-        // What to sequence besides `ops`: the intent record (prepare) or the resolution
-        // marker (resolve), and which transaction's locks to take or release.
-        let mut marker: Option<IntentState> = None;
-        let mut lock: Option<(Arc<str>, u64)> = None;
-        let mut unlock: Option<Arc<str>> = None;
-        let mut txn_key: Option<Bytes> = None;
-        let ops = match role {
-            Role::Plain => {
-                if let Some(txn) = self.inner.locks.first_locked(ops.iter().map(|o| &o.key)) {
-                    let _ = reply.send(Err(EngineError::Locked(format!(
-                        "a key of this write is locked by transaction {txn}, which is being \
-                         committed; nothing was applied"
-                    ))));
-                    return;
-                }
-                ops
+        // What the write's transaction role adds (see `txn.rs`): the intent record or
+        // resolution marker to sequence besides `ops`, and which locks to take or release.
+        let participant = Participant {
+            locks: &self.inner.locks,
+            splitting: self.inner.refuse_prepares.load(Ordering::SeqCst),
+            partition: self.inner.opts.partition,
+            now,
+        };
+        let Sequence {
+            ops,
+            marker,
+            lock,
+            unlock,
+        } = match participant.plan(&view, ops, role).await {
+            Plan::Refuse(err) => {
+                let _ = reply.send(Err(err));
+                return;
             }
-            Role::Prepare { txn, created_ms } => {
-                if self.inner.refuse_prepares.load(Ordering::SeqCst) {
-                    let _ = reply.send(Err(EngineError::Conflict(format!(
-                        "partition {} is splitting; transaction {txn} not prepared, nothing \
-                         was applied",
-                        self.inner.opts.partition
-                    ))));
-                    return;
-                }
-                if self.inner.locks.pending(&txn).is_some() {
-                    // A repeated prepare: done once its intent is durable.
-                    self.answer_when_durable(reply, Ok(Vec::new()));
-                    return;
-                }
-                match self.intent_state(&view, &txn).await {
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                    Ok(Some(IntentState::Aborted)) => {
-                        let err = EngineError::Conflict(format!(
-                            "transaction {txn} was already aborted; nothing was applied"
-                        ));
-                        self.answer_when_durable(reply, Err(err));
-                        return;
-                    }
-                    Ok(Some(_)) => {
-                        self.answer_when_durable(reply, Ok(Vec::new()));
-                        return;
-                    }
-                    Ok(None) => {}
-                }
-                if let Some(other) = self.inner.locks.first_locked(ops.iter().map(|o| &o.key)) {
-                    let _ = reply.send(Err(EngineError::Conflict(format!(
-                        "a key of transaction {txn} is locked by transaction {other}; \
-                         nothing was applied"
-                    ))));
-                    return;
-                }
-                marker = Some(IntentState::Prepared {
-                    created_ms,
-                    ops: ops.iter().map(from_write_op).collect(),
-                });
-                txn_key = Some(intent_key(&txn));
-                lock = Some((txn, created_ms));
-                ops
+            Plan::AnswerWhenDurable(answer) => {
+                self.answer_when_durable(reply, answer);
+                return;
             }
-            Role::Resolve { txn, commit } => match self.inner.locks.pending(&txn) {
-                Some(p) => {
-                    if p.resolving {
-                        let _ = reply.send(Err(EngineError::Locked(format!(
-                            "transaction {txn} is being resolved; retry"
-                        ))));
-                        return;
-                    }
-                    txn_key = Some(intent_key(&txn));
-                    unlock = Some(txn);
-                    if commit {
-                        marker = Some(IntentState::Committed {
-                            versions: Vec::new(),
-                        });
-                        p.ops.iter().map(to_write_op).collect()
-                    } else {
-                        marker = Some(IntentState::Aborted);
-                        Vec::new()
-                    }
-                }
-                None => {
-                    // Already resolved here, or never prepared: answer from the marker.
-                    let answer = match self.intent_state(&view, &txn).await {
-                        Err(e) => Some(Err(e)),
-                        Ok(Some(IntentState::Committed { versions })) if commit => {
-                            Some(Ok(versions
-                                .into_iter()
-                                .map(|version| OpOutcome {
-                                    version,
-                                    found: false,
-                                })
-                                .collect()))
-                        }
-                        Ok(Some(IntentState::Aborted)) if !commit => Some(Ok(Vec::new())),
-                        // Never prepared here (or the prepare is still in flight): write an
-                        // aborted marker so a late prepare cannot install an intent.
-                        Ok(None) if !commit => None,
-                        Ok(other) => Some(Err(EngineError::Internal(format!(
-                            "asked to {} transaction {txn}, but this partition holds {}",
-                            if commit { "commit" } else { "abort" },
-                            match other {
-                                Some(IntentState::Committed { .. }) => "its commit",
-                                Some(IntentState::Aborted) => "its abort",
-                                Some(IntentState::Prepared { .. }) => "an unlocked intent",
-                                None => "no intent",
-                            }
-                        )))),
-                    };
-                    if let Some(r) = answer {
-                        self.answer_when_durable(reply, r);
-                        return;
-                    }
-                    marker = Some(IntentState::Aborted);
-                    txn_key = Some(intent_key(&txn));
-                    Vec::new()
-                }
-            },
+            Plan::Sequence(s) => s,
         };
         // Conditions and `found` see the latest state, durable or not: groups land in order,
         // so by the time this one lands every state it was checked against has landed too.
@@ -638,7 +515,7 @@ impl Committer {
             bytes += e.key.len() + e.value.len() + 32;
             entries.push(e);
         }
-        if let (Some(state), Some(key)) = (marker, txn_key) {
+        if let Some((key, state)) = marker {
             let (state, expires_at_ms) = match state {
                 IntentState::Committed { .. } => (
                     IntentState::Committed {

@@ -27,7 +27,11 @@
 //!   resolved from the record; a pending record is first swung to aborted (the same CAS the
 //!   coordinator's commit races against), so both sides agree on one outcome.
 
-use crate::commit::{Cond, Op, WriteOp};
+use crate::commit::{Cond, Op, OpOutcome, WriteOp};
+use crate::db::Db;
+use crate::error::{EngineError, EngineResult};
+use crate::memtable::Snap;
+use crate::version::View;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -53,6 +57,199 @@ pub fn intent_key(txn: &str) -> Bytes {
     k.extend_from_slice(INTENT_PREFIX);
     k.extend_from_slice(txn.as_bytes());
     Bytes::from(k)
+}
+
+/// What a write is, for cross-partition transactions (see `txn.rs`).
+#[derive(Debug, Clone)]
+pub(crate) enum Role {
+    /// An ordinary write: refused (nothing applied) if it touches a locked key.
+    Plain,
+    /// Check the ops' conditions, lock their keys and write the intent record.
+    Prepare { txn: Arc<str>, created_ms: u64 },
+    /// Apply (commit) or drop (abort) a prepared intent; its locks go when this is visible.
+    Resolve { txn: Arc<str>, commit: bool },
+}
+
+/// What the commit loop does with a write once its role is taken into account.
+pub(crate) enum Plan {
+    /// Answer at once: nothing was applied, and nothing in flight was observed.
+    Refuse(EngineError),
+    /// Answer once everything sequenced so far is durable: the answer was derived from state
+    /// (an intent, a marker) that may still be in flight.
+    AnswerWhenDurable(EngineResult<Vec<OpOutcome>>),
+    /// Check the ops' conditions and sequence them (and the marker).
+    Sequence(Sequence),
+}
+
+/// What a write sequences, besides checking its ops' conditions.
+pub(crate) struct Sequence {
+    /// The ops to check and (unless this is a prepare) apply.
+    pub ops: Vec<WriteOp>,
+    /// The intent record or resolution marker to write after the ops, under its key. A
+    /// `Committed` marker's versions are filled in by the commit loop once sequenced.
+    pub marker: Option<(Bytes, IntentState)>,
+    /// A prepare: the transaction whose keys lock once its intent is sequenced, and when it
+    /// was created. Its ops are checked but not applied.
+    pub lock: Option<(Arc<str>, u64)>,
+    /// A resolve: the transaction whose locks go once this is visible.
+    pub unlock: Option<Arc<str>>,
+}
+
+impl Sequence {
+    fn plain(ops: Vec<WriteOp>) -> Self {
+        Sequence {
+            ops,
+            marker: None,
+            lock: None,
+            unlock: None,
+        }
+    }
+}
+
+/// The participant's view of one partition, as the commit loop sees it for one write.
+pub(crate) struct Participant<'a> {
+    /// The partition's transaction locks.
+    pub locks: &'a Locks,
+    /// The partition is splitting: prepares are refused.
+    pub splitting: bool,
+    /// The partition, for messages.
+    pub partition: u32,
+    /// Now, in Unix milliseconds (for expiring markers).
+    pub now: u64,
+}
+
+impl Participant<'_> {
+    /// Decides what a write of `role` sequences. Runs in the commit loop (so locks and
+    /// intents cannot change under it) and reads only `view`.
+    pub(crate) async fn plan(&self, view: &View, ops: Vec<WriteOp>, role: Role) -> Plan {
+        match role {
+            Role::Plain => match self.locks.first_locked(ops.iter().map(|o| &o.key)) {
+                Some(txn) => Plan::Refuse(EngineError::Locked(format!(
+                    "a key of this write is locked by transaction {txn}, which is being \
+                     committed; nothing was applied"
+                ))),
+                None => Plan::Sequence(Sequence::plain(ops)),
+            },
+            Role::Prepare { txn, created_ms } => self.prepare(view, ops, txn, created_ms).await,
+            Role::Resolve { txn, commit } => self.resolve(view, txn, commit).await,
+        }
+    }
+
+    async fn prepare(
+        &self,
+        view: &View,
+        ops: Vec<WriteOp>,
+        txn: Arc<str>,
+        created_ms: u64,
+    ) -> Plan {
+        if self.splitting {
+            return Plan::Refuse(EngineError::Conflict(format!(
+                "partition {} is splitting; transaction {txn} not prepared, nothing was applied",
+                self.partition
+            )));
+        }
+        if self.locks.pending(&txn).is_some() {
+            // A repeated prepare: done once its intent is durable.
+            return Plan::AnswerWhenDurable(Ok(Vec::new()));
+        }
+        match self.intent_state(view, &txn).await {
+            Err(e) => return Plan::Refuse(e),
+            Ok(Some(IntentState::Aborted)) => {
+                return Plan::AnswerWhenDurable(Err(EngineError::Conflict(format!(
+                    "transaction {txn} was already aborted; nothing was applied"
+                ))))
+            }
+            Ok(Some(_)) => return Plan::AnswerWhenDurable(Ok(Vec::new())),
+            Ok(None) => {}
+        }
+        if let Some(other) = self.locks.first_locked(ops.iter().map(|o| &o.key)) {
+            return Plan::Refuse(EngineError::Conflict(format!(
+                "a key of transaction {txn} is locked by transaction {other}; nothing was \
+                 applied"
+            )));
+        }
+        let marker = IntentState::Prepared {
+            created_ms,
+            ops: ops.iter().map(from_write_op).collect(),
+        };
+        Plan::Sequence(Sequence {
+            ops,
+            marker: Some((intent_key(&txn), marker)),
+            lock: Some((txn, created_ms)),
+            unlock: None,
+        })
+    }
+
+    async fn resolve(&self, view: &View, txn: Arc<str>, commit: bool) -> Plan {
+        if let Some(p) = self.locks.pending(&txn) {
+            if p.resolving {
+                return Plan::Refuse(EngineError::Locked(format!(
+                    "transaction {txn} is being resolved; retry"
+                )));
+            }
+            let (ops, marker) = if commit {
+                let ops = p.ops.iter().map(to_write_op).collect();
+                (
+                    ops,
+                    IntentState::Committed {
+                        versions: Vec::new(),
+                    },
+                )
+            } else {
+                (Vec::new(), IntentState::Aborted)
+            };
+            return Plan::Sequence(Sequence {
+                ops,
+                marker: Some((intent_key(&txn), marker)),
+                lock: None,
+                unlock: Some(txn),
+            });
+        }
+        // Already resolved here, or never prepared: answer from the marker.
+        let answer = match self.intent_state(view, &txn).await {
+            Err(e) => Err(e),
+            Ok(Some(IntentState::Committed { versions })) if commit => Ok(versions
+                .into_iter()
+                .map(|version| OpOutcome {
+                    version,
+                    found: false,
+                })
+                .collect()),
+            Ok(Some(IntentState::Aborted)) if !commit => Ok(Vec::new()),
+            // Never prepared here (or the prepare is still in flight): write an aborted
+            // marker so a late prepare cannot install an intent.
+            Ok(None) if !commit => {
+                return Plan::Sequence(Sequence {
+                    ops: Vec::new(),
+                    marker: Some((intent_key(&txn), IntentState::Aborted)),
+                    lock: None,
+                    unlock: None,
+                })
+            }
+            Ok(other) => Err(EngineError::Internal(format!(
+                "asked to {} transaction {txn}, but this partition holds {}",
+                if commit { "commit" } else { "abort" },
+                match other {
+                    Some(IntentState::Committed { .. }) => "its commit",
+                    Some(IntentState::Aborted) => "its abort",
+                    Some(IntentState::Prepared { .. }) => "an unlocked intent",
+                    None => "no intent",
+                }
+            ))),
+        };
+        Plan::AnswerWhenDurable(answer)
+    }
+
+    /// The decoded intent record or resolution marker of `txn` in this partition, if any.
+    async fn intent_state(&self, view: &View, txn: &str) -> EngineResult<Option<IntentState>> {
+        let e = Db::get_entry(view, &intent_key(txn), Snap::LATEST).await?;
+        match crate::db::live(e, self.now) {
+            Some((v, _)) => Ok(Some(decode_intent(&v).map_err(|e| {
+                EngineError::Corruption(format!("intent record of transaction {txn}: {e}"))
+            })?)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// An intent op as an engine write (its condition was checked at prepare).
