@@ -4,14 +4,6 @@
 //! an acknowledged write could vanish in a power cut. Here a put is: write a staging file,
 //! fsync it, link (create-if-absent) or rename (overwrite) it into place, fsync the directory.
 //! Only then does `put` return.
-//!
-//! Small deleted objects are recycled (as RocksDB recycles WAL files): `delete` renames the
-//! file into the staging directory instead of unlinking it, and a later create-if-absent
-//! writes over it and links it into place. A WAL segment per group commit would otherwise
-//! allocate and free an inode each time; on ext4 without a journal, inode allocation scans
-//! past recently freed inodes, and that was ~23% of a node's CPU under 64 writers. Reads
-//! check after reading that the file they read is still the object's (see `read_checked`),
-//! so a read racing a delete and a reuse answers "not found", never another object's bytes.
 
 use crate::{validate_path, ObjectInfo, PutMode, Store, StoreError, StoreResult, Upload};
 use async_trait::async_trait;
@@ -24,43 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 const STAGING_DIR: &str = ".staging";
-
-/// Deleted files kept for reuse at most (per store): a WAL GC pass deletes thousands of
-/// segments at once, and a pool smaller than that still frees (and later allocates) most of
-/// their inodes.
-const MAX_RECYCLED: usize = 16_384;
-/// Bytes the kept files may hold in all (their blocks stay allocated until reused).
-const MAX_RECYCLED_TOTAL: u64 = 64 << 20;
-/// Only files up to this size are recycled (WAL segments, manifests, markers); larger ones
-/// (SSTs, segments of large values) are unlinked.
-const MAX_RECYCLED_BYTES: u64 = 1 << 20;
-
-/// Files of deleted objects waiting to be written over by a create.
-#[derive(Debug, Default)]
-struct Pool {
-    /// Each file's staging path (its only name) and size.
-    files: Vec<(PathBuf, u64)>,
-    /// Sum of the sizes.
-    bytes: u64,
-    /// Bounds: files, total bytes.
-    max_files: usize,
-    max_bytes: u64,
-}
-
-impl Pool {
-    fn has_room(&self, size: u64) -> bool {
-        self.files.len() < self.max_files && self.bytes + size <= self.max_bytes
-    }
-    fn push(&mut self, file: PathBuf, size: u64) {
-        self.bytes += size;
-        self.files.push((file, size));
-    }
-    fn pop(&mut self) -> Option<(PathBuf, u64)> {
-        let f = self.files.pop()?;
-        self.bytes -= f.1;
-        Some(f)
-    }
-}
 
 /// Staging-name prefixes of this process's open stores (their files are not swept).
 static LIVE_STAGING: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
@@ -85,9 +40,6 @@ struct Inner {
     staging_seq: AtomicU64,
     /// Whether the filesystem supports `O_TMPFILE` (checked on first use).
     tmpfile_ok: AtomicBool,
-    /// Files of deleted objects, renamed into the staging directory, each with that one
-    /// name only, waiting to be written over by a create (`None`: recycling is off).
-    recycled: Option<parking_lot::Mutex<Pool>>,
 }
 
 impl LocalStore {
@@ -97,7 +49,7 @@ impl LocalStore {
         let staging = root.join(STAGING_DIR);
         fs::create_dir_all(&staging).map_err(|e| other("open", &root.display().to_string(), e))?;
         // Leftover staging files of stores that are gone belong to puts that never returned
-        // (nobody acknowledged them) or to their recycling pools. Files of a live store are
+        // (nobody acknowledged them) or to uploads that never completed. Files of a live store are
         // left alone: another store of this process on this root, or another live process's
         // (a compactor beside a server). A file of this process's pid but of no live store is
         // a previous incarnation's (a container's server is always pid 1).
@@ -130,16 +82,6 @@ impl LocalStore {
                 staging_prefix,
                 staging_seq: AtomicU64::new(0),
                 tmpfile_ok: AtomicBool::new(true),
-                // STRATA_LOCAL_NO_RECYCLE=1 turns recycling off (for A/B measurements).
-                recycled: std::env::var_os("STRATA_LOCAL_NO_RECYCLE")
-                    .is_none()
-                    .then(|| {
-                        parking_lot::Mutex::new(Pool {
-                            max_files: MAX_RECYCLED,
-                            max_bytes: MAX_RECYCLED_TOTAL,
-                            ..Pool::default()
-                        })
-                    }),
             }),
         })
     }
@@ -205,47 +147,6 @@ fn map_read_err(op: &'static str, path: &str, e: io::Error) -> StoreError {
     } else {
         other(op, path, e)
     }
-}
-
-/// Opens `full`, reads it with `read`, then checks that the path still names the file that
-/// was read, unchanged; otherwise reads again. A deleted object's file may be recycled for
-/// another object while a read of it is under way: such a read then finds the name gone and
-/// answers "not found" (the object is gone), never bytes of another object.
-fn read_checked(
-    full: &Path,
-    path: &str,
-    op: &'static str,
-    mut read: impl FnMut(&mut File) -> io::Result<Vec<u8>>,
-) -> StoreResult<Vec<u8>> {
-    use std::os::unix::fs::MetadataExt;
-    let same = |a: &fs::Metadata, b: &fs::Metadata| {
-        a.ino() == b.ino()
-            && a.dev() == b.dev()
-            && a.ctime() == b.ctime()
-            && a.ctime_nsec() == b.ctime_nsec()
-    };
-    for _ in 0..8 {
-        let mut f = File::open(full).map_err(|e| map_read_err(op, path, e))?;
-        let before = f.metadata().map_err(|e| other(op, path, e))?;
-        let data = read(&mut f);
-        let after = match fs::metadata(full) {
-            Ok(m) => m,
-            Err(e) => return Err(map_read_err(op, path, e)),
-        };
-        if same(&before, &after) {
-            // A range past the end is the caller's error: the file did not change.
-            return data.map_err(|e| other(op, path, e));
-        }
-        // The name changed under the read: another file under it (overwritten), or a link
-        // count change of a fresh object (its staging name going). A recycled file is
-        // renamed away from its object's name first, so it is never found here again as the
-        // same file: read again, and a deleted object answers "not found".
-    }
-    Err(StoreError::Unavailable {
-        op,
-        path: path.to_string(),
-        detail: "the object kept changing while it was read".into(),
-    })
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -319,7 +220,7 @@ fn tmpfile_unsupported(e: &io::Error) -> bool {
 }
 
 impl Inner {
-    /// A fresh staging path; `kind` tells puts, uploads and recycled files apart.
+    /// A fresh staging path; `kind` tells puts and uploads apart.
     fn staging_name(&self, kind: &str) -> PathBuf {
         let n = self.staging_seq.fetch_add(1, Ordering::Relaxed);
         self.root
@@ -327,90 +228,11 @@ impl Inner {
             .join(format!("{}-{kind}{n}", self.staging_prefix))
     }
 
-    fn take_recycled(&self) -> Option<(PathBuf, u64)> {
-        self.recycled.as_ref()?.lock().pop()
-    }
-
-    /// Create-if-absent over a recycled file: write it from the start, cut it to length,
-    /// fsync, link it into place (fails if the name is taken), drop its staging name. Only
-    /// creates reuse files: the name they link is new, so no reader can be reading an
-    /// earlier object under it.
-    fn create_over_recycled(
-        &self,
-        path: &str,
-        parent: &Path,
-        full: &Path,
-        file: PathBuf,
-        data: &[u8],
-    ) -> StoreResult<()> {
-        let written = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).open(&file)?;
-            f.write_all(data)?;
-            f.set_len(data.len() as u64)?;
-            f.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&file);
-            return Err(other("put", path, e));
-        }
-        match fs::hard_link(&file, full) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                // Still ours alone: back to the pool.
-                if let Some(pool) = &self.recycled {
-                    pool.lock().push(file, data.len() as u64);
-                }
-                return Err(StoreError::AlreadyExists(path.to_string()));
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&file);
-                return Err(other("put", path, e));
-            }
-        }
-        // The staging name goes; if that fails the file keeps two names until the next
-        // open's sweep, and is not reused (it is no longer in the pool).
-        let _ = fs::remove_file(&file);
-        fsync_dir(parent).map_err(|e| after_link("put", path, e))
-    }
-
-    /// Deletes `full`: into the recycling pool when it is a small file and the pool has
-    /// room, otherwise unlinked.
-    fn delete_blocking(&self, path: &str, full: &Path) -> StoreResult<()> {
-        if let Some(pool) = &self.recycled {
-            let size = fs::symlink_metadata(full)
-                .ok()
-                .filter(|m| m.is_file() && m.len() <= MAX_RECYCLED_BYTES)
-                .map(|m| m.len());
-            if let Some(size) = size.filter(|&n| pool.lock().has_room(n)) {
-                let to = self.staging_name("r");
-                match fs::rename(full, &to) {
-                    Ok(()) => {
-                        pool.lock().push(to, size);
-                        return Ok(());
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                    // Fall back to unlinking.
-                    Err(_) => {}
-                }
-            }
-        }
-        match fs::remove_file(full) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(other("delete", path, e)),
-        }
-    }
-
     fn put_blocking(&self, path: &str, full: &Path, data: &[u8], mode: PutMode) -> StoreResult<()> {
         let parent = full
             .parent()
             .ok_or_else(|| StoreError::InvalidPath(path.to_string()))?;
         create_dirs_durably(&self.root, parent).map_err(|e| other("put", path, e))?;
-        if mode == PutMode::Create {
-            if let Some((file, _)) = self.take_recycled() {
-                return self.create_over_recycled(path, parent, full, file, data);
-            }
-        }
         #[cfg(target_os = "linux")]
         if mode == PutMode::Create && self.tmpfile_ok.load(Ordering::Relaxed) {
             match create_via_tmpfile(parent, full, data) {
@@ -590,12 +412,7 @@ impl Store for LocalStore {
 
     async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
         let full = self.full(path)?;
-        let n = self.inner.staging_seq.fetch_add(1, Ordering::Relaxed);
-        let staging =
-            self.inner
-                .root
-                .join(STAGING_DIR)
-                .join(format!("{}-{}", std::process::id(), n));
+        let staging = self.inner.staging_name("u");
         let file = {
             let staging = staging.clone();
             let path = path.to_string();
@@ -622,12 +439,9 @@ impl Store for LocalStore {
         let full = self.full(path)?;
         let path = path.to_string();
         self.blocking(move |_| {
-            read_checked(&full, &path, "get", |f| {
-                let mut buf = Vec::new();
-                f.read_to_end(&mut buf)?;
-                Ok(buf)
-            })
-            .map(Bytes::from)
+            fs::read(&full)
+                .map(Bytes::from)
+                .map_err(|e| map_read_err("get", &path, e))
         })
         .await
     }
@@ -636,6 +450,7 @@ impl Store for LocalStore {
         let full = self.full(path)?;
         let path = path.to_string();
         self.blocking(move |_| {
+            let mut f = File::open(&full).map_err(|e| map_read_err("get_range", &path, e))?;
             let len = range.end.saturating_sub(range.start);
             // No object Strata writes is near this; a bigger range is a corrupt handle.
             const MAX_RANGE: u64 = 1 << 30;
@@ -646,13 +461,12 @@ impl Store for LocalStore {
                     detail: format!("range of {len} bytes is larger than {MAX_RANGE}"),
                 });
             }
-            read_checked(&full, &path, "get_range", |f| {
-                let mut buf = vec![0u8; len as usize];
-                f.seek(SeekFrom::Start(range.start))?;
-                f.read_exact(&mut buf)?;
-                Ok(buf)
-            })
-            .map(Bytes::from)
+            let mut buf = vec![0u8; len as usize];
+            f.seek(SeekFrom::Start(range.start))
+                .map_err(|e| other("get_range", &path, e))?;
+            f.read_exact(&mut buf)
+                .map_err(|e| other("get_range", &path, e))?;
+            Ok(Bytes::from(buf))
         })
         .await
     }
@@ -693,8 +507,12 @@ impl Store for LocalStore {
     async fn delete(&self, path: &str) -> StoreResult<()> {
         let full = self.full(path)?;
         let path = path.to_string();
-        self.blocking(move |inner| inner.delete_blocking(&path, &full))
-            .await
+        self.blocking(move |_| match fs::remove_file(&full) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(other("delete", &path, e)),
+        })
+        .await
     }
 
     fn describe(&self) -> String {
@@ -705,124 +523,22 @@ impl Store for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
 
-    /// A deleted small object's file is written over by the next create (no new inode), with
-    /// exactly the new bytes whatever the old length; large files and a full pool are unlinked.
+    /// A second store opened on the same root (a restore's source root, a tool beside the
+    /// server) leaves the first store's staging files alone: its upload still completes.
     #[tokio::test]
-    async fn deleted_small_files_are_reused_by_creates() {
+    async fn opening_the_root_again_spares_a_live_stores_upload() {
         let dir = tempfile::tempdir().unwrap();
-        let s = LocalStore::open(dir.path()).unwrap();
-        let long = Bytes::from(vec![7u8; 10_000]);
-        s.put("wal/1", long.clone(), PutMode::Create).await.unwrap();
-        let ino = fs::metadata(dir.path().join("wal/1")).unwrap().ino();
-        s.delete("wal/1").await.unwrap();
-        assert!(matches!(s.get("wal/1").await, Err(StoreError::NotFound(_))));
-        assert!(
-            s.list("").await.unwrap().is_empty(),
-            "a recycled file is listed"
-        );
-        s.put("wal/2", Bytes::from_static(b"short"), PutMode::Create)
-            .await
-            .unwrap();
-        assert_eq!(fs::metadata(dir.path().join("wal/2")).unwrap().ino(), ino);
-        assert_eq!(s.get("wal/2").await.unwrap(), Bytes::from_static(b"short"));
-        // A create that finds its name taken keeps the recycled file for the next one.
-        s.delete("wal/2").await.unwrap();
-        s.put("wal/3", long.clone(), PutMode::Create).await.unwrap();
-        s.put("wal/4", long.clone(), PutMode::Create).await.unwrap();
-        s.delete("wal/3").await.unwrap();
-        let taken = s
-            .put("wal/4", Bytes::from_static(b"x"), PutMode::Create)
-            .await;
-        assert!(
-            matches!(taken, Err(StoreError::AlreadyExists(_))),
-            "{taken:?}"
-        );
-        assert_eq!(s.get("wal/4").await.unwrap(), long);
-        s.put("wal/5", Bytes::from_static(b"five"), PutMode::Create)
-            .await
-            .unwrap();
-        assert_eq!(s.get("wal/5").await.unwrap(), Bytes::from_static(b"five"));
-        // Large files are not kept; the pool is bounded.
-        s.put(
-            "sst/big",
-            Bytes::from(vec![1u8; (MAX_RECYCLED_BYTES + 1) as usize]),
-            PutMode::Create,
-        )
-        .await
-        .unwrap();
-        s.delete("sst/big").await.unwrap();
-        let kept = fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count();
-        assert_eq!(kept, 0, "the large file was kept");
-        s.inner.recycled.as_ref().unwrap().lock().max_files = 3;
-        for i in 0..10 {
-            let p = format!("m/{i}");
-            s.put(&p, Bytes::from_static(b"m"), PutMode::Create)
-                .await
-                .unwrap();
-        }
-        for i in 0..10 {
-            s.delete(&format!("m/{i}")).await.unwrap();
-        }
-        let staged = fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count();
-        assert_eq!(staged, 3, "files kept beyond the pool's bound");
-        assert!(s.list("m/").await.unwrap().is_empty());
-        // A restart forgets (and removes) them.
-        drop(s);
-        let _s = LocalStore::open(dir.path()).unwrap();
+        let first: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+        let mut u = crate::start_upload(&first, "sst/big").await.unwrap();
+        u.put_part(Bytes::from_static(b"part one ")).await.unwrap();
+        let second = LocalStore::open(dir.path()).unwrap();
+        u.put_part(Bytes::from_static(b"part two")).await.unwrap();
+        u.complete().await.unwrap();
         assert_eq!(
-            fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count(),
-            0
+            second.get("sst/big").await.unwrap(),
+            Bytes::from_static(b"part one part two")
         );
-    }
-
-    /// A read of an object that is deleted and whose file is reused for another object while
-    /// the read runs answers "not found", not the other object's bytes; a read of a name
-    /// overwritten meanwhile reads the new object.
-    #[test]
-    fn a_read_racing_a_reuse_of_its_file_answers_not_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = LocalStore::open(dir.path()).unwrap();
-        let inner = &s.inner;
-        let a = dir.path().join("wal/a");
-        inner
-            .put_blocking("wal/a", &a, b"object a", PutMode::Create)
-            .unwrap();
-        let b = dir.path().join("wal/b");
-        let mut reused = false;
-        let r = read_checked(&a, "wal/a", "get", |f| {
-            if !reused {
-                reused = true;
-                inner.delete_blocking("wal/a", &a).unwrap();
-                inner
-                    .put_blocking("wal/b", &b, b"object b", PutMode::Create)
-                    .unwrap();
-            }
-            let mut buf = Vec::new();
-            f.read_to_end(&mut buf)?;
-            Ok(buf)
-        });
-        assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
-        assert_eq!(fs::read(&b).unwrap(), b"object b");
-
-        let c = dir.path().join("c");
-        inner
-            .put_blocking("c", &c, b"old", PutMode::Overwrite)
-            .unwrap();
-        let mut overwritten = false;
-        let r = read_checked(&c, "c", "get", |f| {
-            if !overwritten {
-                overwritten = true;
-                inner
-                    .put_blocking("c", &c, b"new", PutMode::Overwrite)
-                    .unwrap();
-            }
-            let mut buf = Vec::new();
-            f.read_to_end(&mut buf)?;
-            Ok(buf)
-        });
-        assert_eq!(r.unwrap(), b"new");
     }
 
     #[tokio::test]
