@@ -149,6 +149,26 @@ fn map_read_err(op: &'static str, path: &str, e: io::Error) -> StoreError {
     }
 }
 
+/// Bytes written between two `fdatasync`s of a large object (RocksDB's `bytes_per_sync`).
+const SYNC_STEP: usize = 8 << 20;
+
+/// Writes `data` to `f`, syncing the data every `SYNC_STEP` bytes when it is larger: a 64 MiB
+/// SST made dirty at once and fsynced at the end blocks the WAL's small fsyncs behind its
+/// writeback for tens of milliseconds (measured: the scale-sheet mix had 25–47 operations over
+/// 100 ms per 20 s with one fsync per streamed compaction output, 0–4 with a sync per 8 MiB
+/// part; for whole puts (flushed SSTs) the same stepping gave 4–44 against 11–33, noisier).
+/// The caller's final `sync_all` still makes the object durable.
+fn write_in_steps(f: &mut File, data: &[u8]) -> io::Result<()> {
+    if data.len() <= SYNC_STEP {
+        return f.write_all(data);
+    }
+    for chunk in data.chunks(SYNC_STEP) {
+        f.write_all(chunk)?;
+        f.sync_data()?;
+    }
+    Ok(())
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -190,7 +210,7 @@ fn create_via_tmpfile(dir: &Path, full: &Path, data: &[u8]) -> io::Result<()> {
         .custom_flags(libc::O_TMPFILE)
         .mode(0o644)
         .open(dir)?;
-    f.write_all(data)?;
+    write_in_steps(&mut f, data)?;
     f.sync_all()?;
     let src = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
     let dst = CString::new(full.as_os_str().as_bytes())?;
@@ -254,7 +274,7 @@ impl Inner {
                 .create_new(true)
                 .open(&staging)
                 .map_err(|e| other("put", path, e))?;
-            f.write_all(data).map_err(|e| other("put", path, e))?;
+            write_in_steps(&mut f, data).map_err(|e| other("put", path, e))?;
             f.sync_all().map_err(|e| other("put", path, e))?;
             drop(f);
             match mode {
@@ -313,6 +333,8 @@ impl Upload for LocalUpload {
                     .set_len(at)
                     .and_then(|()| f.seek(SeekFrom::Start(at)).map(|_| ()))
                     .and_then(|()| f.write_all(&data))
+                    // Written back part by part (see `write_in_steps`), not all at completion.
+                    .and_then(|()| f.sync_data())
                     .map_err(|e| other("put_part", &path, e));
                 Ok((f, r))
             })
@@ -523,6 +545,25 @@ impl Store for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Objects larger than a sync step are written in steps and read back whole, by both
+    /// create paths and an overwrite.
+    #[tokio::test]
+    async fn large_objects_round_trip_through_stepped_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        let data: Bytes = (0..SYNC_STEP * 2 + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        s.put("big/a", data.clone(), PutMode::Create).await.unwrap();
+        s.inner.tmpfile_ok.store(false, Ordering::Relaxed);
+        s.put("big/b", data.clone(), PutMode::Create).await.unwrap();
+        s.put("big/a", data.slice(1..), PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(s.get("big/a").await.unwrap(), data.slice(1..));
+        assert_eq!(s.get("big/b").await.unwrap(), data);
+    }
 
     /// A second store opened on the same root (a restore's source root, a tool beside the
     /// server) leaves the first store's staging files alone: its upload still completes.
