@@ -55,7 +55,8 @@ impl LocalStore {
         // a previous incarnation's (a container's server is always pid 1).
         let me = std::process::id();
         if let Ok(entries) = fs::read_dir(&staging) {
-            let live = LIVE_STAGING.lock();
+            // A copy: no lock held across the directory's I/O.
+            let live = LIVE_STAGING.lock().clone();
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_str().unwrap_or_default();
@@ -307,6 +308,9 @@ struct LocalUpload {
     file: Option<File>,
     /// Bytes appended by parts that succeeded: a failed part is written again from here.
     written: u64,
+    /// The staging file was renamed into place (a completion failed after it, at the
+    /// directory's fsync).
+    renamed: bool,
 }
 
 impl LocalUpload {
@@ -348,22 +352,29 @@ impl Upload for LocalUpload {
     async fn complete(&mut self) -> StoreResult<()> {
         let f = self.take_file("complete")?;
         let (path, full, staging) = (self.path.clone(), self.full.clone(), self.staging.clone());
-        let (f, r) = self
+        let renamed = self.renamed;
+        let (f, renamed, r) = self
             .store
             .blocking(move |inner| {
+                let mut done = renamed;
                 let r = (|| {
-                    f.sync_all().map_err(|e| other("complete", &path, e))?;
                     let parent = full
                         .parent()
                         .ok_or_else(|| StoreError::InvalidPath(path.clone()))?;
-                    create_dirs_durably(&inner.root, parent)
-                        .map_err(|e| other("complete", &path, e))?;
-                    fs::rename(&staging, &full).map_err(|e| other("complete", &path, e))?;
+                    // A retry after a failed directory fsync only repeats that fsync.
+                    if !done {
+                        f.sync_all().map_err(|e| other("complete", &path, e))?;
+                        create_dirs_durably(&inner.root, parent)
+                            .map_err(|e| other("complete", &path, e))?;
+                        fs::rename(&staging, &full).map_err(|e| other("complete", &path, e))?;
+                        done = true;
+                    }
                     fsync_dir(parent).map_err(|e| after_link("complete", &path, e))
                 })();
-                Ok((f, r))
+                Ok((f, done, r))
             })
             .await?;
+        self.renamed = renamed;
         // Kept until completed, so a failed completion can be tried again; Drop removes the
         // staging file if the rename did not happen.
         if r.is_err() {
@@ -454,6 +465,7 @@ impl Store for LocalStore {
             staging,
             file: Some(file),
             written: 0,
+            renamed: false,
         })))
     }
 
