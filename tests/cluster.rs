@@ -96,6 +96,7 @@ async fn kill9_of_an_owner_mid_load_loses_no_acknowledged_write() {
     let addrs: Vec<String> = (0..3).map(|i| c.node(i).addr.clone()).collect();
     let acked = Arc::new(Acked::new());
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = strata_testkit::StopOnDrop(stop.clone());
     let writers: Vec<_> = (0..6)
         .map(|w| tokio::spawn(writer(w, addrs.clone(), w % 3, acked.clone(), stop.clone())))
         .collect();
@@ -345,6 +346,7 @@ async fn adding_and_draining_nodes_under_load_surfaces_no_error() {
     let acked = Arc::new(Acked::new());
     let errors: Arc<Mutex<Vec<String>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = strata_testkit::StopOnDrop(stop.clone());
     let ops = Arc::new(AtomicU64::new(0));
     let load: Vec<_> = (0..6)
         .map(|i| {
@@ -460,6 +462,7 @@ async fn etcd_and_s3_restarts_under_load_lose_nothing() {
     let acked = Arc::new(Acked::new());
     let failures: Arc<Mutex<Vec<(tonic::Code, Duration)>>> = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = strata_testkit::StopOnDrop(stop.clone());
     let load: Vec<_> = (0..4)
         .map(|i| {
             tokio::spawn(deadline_writer(
@@ -646,6 +649,7 @@ async fn single_key_histories_across_a_failover_are_linearizable() {
     let addrs: Vec<String> = (0..3).map(|i| c.node(i).addr.clone()).collect();
     let rec = linearize::Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = strata_testkit::StopOnDrop(stop.clone());
     let clients: Vec<_> = (0..6)
         .map(|id| {
             tokio::spawn(register_client(
@@ -869,6 +873,7 @@ async fn a_skewed_workload_shows_its_hot_partition_in_ctl_status() {
     let m = c.wait_settled(0, Duration::from_secs(30), |_| true).await;
     let hot = 5u32 % m.partitions;
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = strata_testkit::StopOnDrop(stop.clone());
     // Eight writers on one partition, one writer spread over all of them.
     let mut tasks = Vec::new();
     for w in 0..9 {
@@ -1026,6 +1031,7 @@ async fn cross_partition_batches_stay_atomic_across_a_kill9() {
         .collect();
     let addrs: Vec<String> = c.live().iter().map(|&i| c.node(i).addr.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = strata_testkit::StopOnDrop(stop.clone());
     let acked: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0; PAIRS]));
     let connect = |a: &str| {
         KvClient::new(
@@ -1317,6 +1323,7 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
     // one committing batches that span the hot partition and another (transactions), while a
     // reader checks BatchGets of keys across partitions.
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = strata_testkit::StopOnDrop(stop.clone());
     let acked = Arc::new(Acked::new());
     let failures = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -1340,6 +1347,8 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
                     Err(e) => {
                         failures.fetch_add(1, Ordering::Relaxed);
                         eprintln!("write failed: {e}");
+                        // A failure fails the test; do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             }
@@ -1372,6 +1381,8 @@ async fn a_hot_partition_splits_under_load_and_loses_nothing() {
                     Err(e) => {
                         failures.fetch_add(1, Ordering::Relaxed);
                         eprintln!("batch failed: {e}");
+                        // A failure fails the test; do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             }

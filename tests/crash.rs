@@ -311,6 +311,7 @@ fn opts() -> ServerOpts {
 async fn load_then_kill9(server: &mut Server, logs: Vec<WriterLog>, round: u64) -> Vec<WriterLog> {
     let killed = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = strata_testkit::StopOnDrop(stop.clone());
     let mut tasks = Vec::new();
     for (i, log) in logs.into_iter().enumerate() {
         let client = server.client().await;

@@ -30,7 +30,7 @@
 use async_trait::async_trait;
 use hyper_util::rt::TokioIo;
 use s3s::dto::*;
-use s3s::{S3Request, S3Response, S3Result, S3};
+use s3s::{S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -238,35 +238,41 @@ impl S3 for Locked {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        self.fs.list_objects_v2(req).await
+        logged("list_objects_v2", self.fs.list_objects_v2(req).await)
     }
 
     async fn create_multipart_upload(
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        self.fs.create_multipart_upload(req).await
+        logged(
+            "create_multipart_upload",
+            self.fs.create_multipart_upload(req).await,
+        )
     }
 
     async fn upload_part(
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        self.fs.upload_part(req).await
+        logged("upload_part", self.fs.upload_part(req).await)
     }
 
     async fn list_parts(
         &self,
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
-        self.fs.list_parts(req).await
+        logged("list_parts", self.fs.list_parts(req).await)
     }
 
     async fn abort_multipart_upload(
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        self.fs.abort_multipart_upload(req).await
+        logged(
+            "abort_multipart_upload",
+            self.fs.abort_multipart_upload(req).await,
+        )
     }
 
     async fn put_object(
@@ -276,7 +282,7 @@ impl S3 for Locked {
         let b = req.input.bucket.clone();
         let k = req.input.key.clone();
         let _g = self.locks.lock(&[(&b, &k, true)]).await;
-        self.fs.put_object(req).await
+        logged("put_object", self.fs.put_object(req).await)
     }
 
     async fn complete_multipart_upload(
@@ -286,7 +292,10 @@ impl S3 for Locked {
         let b = req.input.bucket.clone();
         let k = req.input.key.clone();
         let _g = self.locks.lock(&[(&b, &k, true)]).await;
-        self.fs.complete_multipart_upload(req).await
+        logged(
+            "complete_multipart_upload",
+            self.fs.complete_multipart_upload(req).await,
+        )
     }
 
     async fn copy_object(
@@ -301,7 +310,7 @@ impl S3 for Locked {
             want.push((sb.as_str(), sk.as_str(), false));
         }
         let _g = self.locks.lock(&want).await;
-        self.fs.copy_object(req).await
+        logged("copy_object", self.fs.copy_object(req).await)
     }
 
     async fn upload_part_copy(
@@ -313,7 +322,7 @@ impl S3 for Locked {
             Some((sb, sk)) => self.locks.lock(&[(sb.as_str(), sk.as_str(), false)]).await,
             None => Vec::new(),
         };
-        self.fs.upload_part_copy(req).await
+        logged("upload_part_copy", self.fs.upload_part_copy(req).await)
     }
 
     async fn delete_object(
@@ -323,7 +332,7 @@ impl S3 for Locked {
         let b = req.input.bucket.clone();
         let k = req.input.key.clone();
         let _g = self.locks.lock(&[(&b, &k, true)]).await;
-        self.fs.delete_object(req).await
+        logged("delete_object", self.fs.delete_object(req).await)
     }
 
     async fn delete_objects(
@@ -343,7 +352,7 @@ impl S3 for Locked {
             .map(|k| (b.as_str(), k.as_str(), true))
             .collect();
         let _g = self.locks.lock(&want).await;
-        self.fs.delete_objects(req).await
+        logged("delete_objects", self.fs.delete_objects(req).await)
     }
 
     async fn get_object(
@@ -355,7 +364,7 @@ impl S3 for Locked {
         let b = req.input.bucket.clone();
         let k = req.input.key.clone();
         let _g = self.locks.lock(&[(&b, &k, false)]).await;
-        self.fs.get_object(req).await
+        logged("get_object", self.fs.get_object(req).await)
     }
 
     async fn head_object(
@@ -365,8 +374,31 @@ impl S3 for Locked {
         let b = req.input.bucket.clone();
         let k = req.input.key.clone();
         let _g = self.locks.lock(&[(&b, &k, false)]).await;
-        self.fs.head_object(req).await
+        logged("head_object", self.fs.head_object(req).await)
     }
+}
+
+/// Passes `r` through, writing the cause of an internal error (a failed file operation: no
+/// space, no file descriptors, no thread for the blocking pool) to stderr first. s3s answers
+/// such a request `500 InternalError` with no detail; a test that sees one then shows why in
+/// the server's output, which it inherits.
+fn logged<T>(op: &str, r: S3Result<T>) -> S3Result<T> {
+    if let Err(e) = &r {
+        if *e.code() == S3ErrorCode::InternalError {
+            let mut cause = String::new();
+            let mut src = e.source().map(|s| s as &(dyn std::error::Error + 'static));
+            while let Some(s) = src {
+                cause.push_str(": ");
+                cause.push_str(&s.to_string());
+                src = s.source();
+            }
+            log(&format!(
+                "{op} failed with InternalError{}{cause}",
+                e.message().map(|m| format!(" ({m})")).unwrap_or_default()
+            ));
+        }
+    }
+    r
 }
 
 /// Writes a line to stderr, ignoring failures (a closed pipe must not kill the server).
