@@ -17,12 +17,11 @@ use std::sync::Arc;
 
 const STAGING_DIR: &str = ".staging";
 
-/// Staging-name prefixes of this process's open stores (their files are not swept).
-static LIVE_STAGING: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
-
 impl Drop for Inner {
     fn drop(&mut self) {
-        LIVE_STAGING.lock().retain(|p| *p != self.staging_prefix);
+        // Nothing of this store is in flight any more. The lock file goes first, while its
+        // flock is still held; its descriptor closes after this (field drop).
+        let _ = fs::remove_file(lock_path(&self.root, &self.staging_prefix));
     }
 }
 
@@ -35,11 +34,131 @@ pub struct LocalStore {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
-    /// `PID-NONCE`: the start of this store's staging names.
+    /// `PID-NONCE`: the start of this store's staging names (the pid only helps a reader of
+    /// the directory; liveness is the lock below).
     staging_prefix: String,
     staging_seq: AtomicU64,
     /// Whether the filesystem supports `O_TMPFILE` (checked on first use).
     tmpfile_ok: AtomicBool,
+    /// `.staging/PID-NONCE.lock`, flocked exclusively for the store's whole life: while it is
+    /// held, the store's staging files are in use and no sweep removes them.
+    _lock: File,
+}
+
+/// `ROOT/.staging/PREFIX.lock`.
+fn lock_path(root: &Path, prefix: &str) -> PathBuf {
+    root.join(STAGING_DIR).join(format!("{prefix}.lock"))
+}
+
+/// Takes `flock(LOCK_EX | LOCK_NB)` on `f`: `Ok(true)` when taken, `Ok(false)` when another
+/// open file holds it.
+fn try_flock(f: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor, which `f` keeps open.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// The owner prefix (`PID-NONCE`) of a staging file's name: `PID-NONCE-KINDN`,
+/// `PID-NONCE.lock` or `PID-NONCE.lock~`.
+fn owner_of(name: &str) -> &str {
+    let base = name
+        .strip_suffix(".lock~")
+        .or_else(|| name.strip_suffix(".lock"))
+        .unwrap_or(name);
+    match base.match_indices('-').nth(1) {
+        Some((i, _)) => &base[..i],
+        None => base,
+    }
+}
+
+/// Removes the staging files of stores that are gone. A store is alive while it holds the
+/// flock on its lock file; a flock is the kernel's, so this is right across processes, PID
+/// namespaces (containers sharing a volume) and the stores of one process. A store's files
+/// without a lock file belong to a store that is gone (or to a binary from before the lock
+/// files: puts that never returned, uploads that never completed; nobody acknowledged them).
+fn sweep_staging(root: &Path) {
+    let staging = root.join(STAGING_DIR);
+    let staging = staging.as_path();
+    let Ok(entries) = fs::read_dir(staging) else {
+        return;
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    // Owner -> the owner's lock file, open and flocked by this sweep, when the owner is gone;
+    // None when it is alive. Owners without a lock file are gone and have no entry here.
+    let mut verdicts: std::collections::HashMap<String, Option<Option<File>>> =
+        std::collections::HashMap::new();
+    let mut gone = |owner: &str| -> bool {
+        let v = verdicts.entry(owner.to_string()).or_insert_with(|| {
+            match File::open(lock_path(root, owner)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Some(None),
+                Err(_) => None,
+                Ok(f) => match try_flock(&f) {
+                    Ok(true) => Some(Some(f)),
+                    _ => None,
+                },
+            }
+        });
+        v.is_some()
+    };
+    let mut dead_locks = Vec::new();
+    for name in &names {
+        let path = staging.join(name);
+        if name.ends_with(".lock~") {
+            // An opener between creating its lock file and renaming it into place holds its
+            // flock already; a leftover of a crash there can be flocked.
+            if let Ok(f) = File::open(&path) {
+                if matches!(try_flock(&f), Ok(true)) {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        } else if name.ends_with(".lock") {
+            if gone(owner_of(name)) {
+                dead_locks.push(path);
+            }
+        } else if gone(owner_of(name)) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    // A dead owner's lock file last, while this sweep still holds its flock.
+    for path in dead_locks {
+        let _ = fs::remove_file(path);
+    }
+    drop(verdicts);
+}
+
+/// Creates and flocks this store's lock file under a fresh `PID-NONCE`: created as
+/// `PREFIX.lock~`, flocked, then renamed into place, so a `PREFIX.lock` is never seen
+/// unlocked while its store lives. A sweep that removed the `~` file before the flock makes
+/// the rename fail: then again with another nonce.
+fn take_staging_lock(root: &Path) -> io::Result<(String, File)> {
+    let mut last = None;
+    for _ in 0..8 {
+        let prefix = format!("{}-{:016x}", std::process::id(), crate::nonce());
+        let final_path = lock_path(root, &prefix);
+        let tmp = final_path.with_extension("lock~");
+        let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        if !try_flock(&f)? {
+            last = Some(io::Error::other(format!("{} is locked", tmp.display())));
+            continue;
+        }
+        match fs::rename(&tmp, &final_path) {
+            Ok(()) => return Ok((prefix, f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no staging lock")))
 }
 
 impl LocalStore {
@@ -49,32 +168,12 @@ impl LocalStore {
         let staging = root.join(STAGING_DIR);
         fs::create_dir_all(&staging).map_err(|e| other("open", &root.display().to_string(), e))?;
         // Leftover staging files of stores that are gone belong to puts that never returned
-        // (nobody acknowledged them) or to uploads that never completed. Files of a live store are
-        // left alone: another store of this process on this root, or another live process's
-        // (a compactor beside a server). A file of this process's pid but of no live store is
-        // a previous incarnation's (a container's server is always pid 1).
-        let me = std::process::id();
-        if let Ok(entries) = fs::read_dir(&staging) {
-            // A copy: no lock held across the directory's I/O.
-            let live = LIVE_STAGING.lock().clone();
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let name = name.to_str().unwrap_or_default();
-                let mut fields = name.splitn(3, '-');
-                let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
-                let nonce = fields.next().unwrap_or_default();
-                let alive = match pid {
-                    Some(pid) if pid == me => live.iter().any(|p| *p == format!("{me}-{nonce}")),
-                    Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
-                    None => false,
-                };
-                if !alive {
-                    let _ = fs::remove_file(entry.path());
-                }
-            }
-        }
-        let staging_prefix = format!("{me}-{:016x}", crate::nonce());
-        LIVE_STAGING.lock().push(staging_prefix.clone());
+        // (nobody acknowledged them) or to uploads that never completed. Files of a live store
+        // (another store of this process on this root, a compactor beside a server, another
+        // container on a shared volume) are left alone.
+        sweep_staging(&root);
+        let (staging_prefix, lock) = take_staging_lock(&root)
+            .map_err(|e| other("open", &staging.display().to_string(), e))?;
         Ok(LocalStore {
             inner: Arc::new(Inner {
                 root,
@@ -83,6 +182,7 @@ impl LocalStore {
                 staging_prefix,
                 staging_seq: AtomicU64::new(0),
                 tmpfile_ok: AtomicBool::new(true),
+                _lock: lock,
             }),
         })
     }
@@ -577,6 +677,51 @@ mod tests {
         assert_eq!(s.get("big/b").await.unwrap(), data);
     }
 
+    /// An open's sweep removes what stores that are gone left in `.staging` (files without a
+    /// lock file, files whose lock nobody holds, a lock file left between create and rename)
+    /// and keeps a live store's files; a store dropped removes its lock file.
+    #[tokio::test]
+    async fn the_sweep_removes_files_of_stores_that_are_gone_and_keeps_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let live: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path()).unwrap());
+        let mut u = crate::start_upload(&live, "sst/live").await.unwrap();
+        u.put_part(Bytes::from_static(b"kept ")).await.unwrap();
+        let staging = dir.path().join(STAGING_DIR);
+        let dead = [
+            "4242-00000000deadbeef-u0", // no lock file: its store is gone
+            "4243-00000000cafecafe-p7", // its lock file exists, unlocked
+            "4243-00000000cafecafe.lock",
+            "4244-0000000012345678.lock~", // a crash between create and rename
+        ];
+        for name in dead {
+            std::fs::write(staging.join(name), b"x").unwrap();
+        }
+        let before = std::fs::read_dir(&staging).unwrap().count();
+        assert_eq!(before, dead.len() + 2, "the live store's lock and upload");
+        let second = LocalStore::open(dir.path()).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&staging)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        for name in dead {
+            assert!(!left.iter().any(|l| l == name), "{name} survived: {left:?}");
+        }
+        // The first store's lock and upload, and the second store's lock.
+        assert_eq!(left.len(), 3, "{left:?}");
+        u.put_part(Bytes::from_static(b"upload")).await.unwrap();
+        u.complete().await.unwrap();
+        assert_eq!(
+            second.get("sst/live").await.unwrap(),
+            Bytes::from_static(b"kept upload")
+        );
+        drop(u);
+        drop(live);
+        drop(second);
+        let left = std::fs::read_dir(&staging).unwrap().count();
+        assert_eq!(left, 0, "dropped stores leave no lock files");
+    }
+
     /// A second store opened on the same root (a restore's source root, a tool beside the
     /// server) leaves the first store's staging files alone: its upload still completes.
     #[tokio::test]
@@ -594,12 +739,26 @@ mod tests {
         );
     }
 
+    /// Staging files of puts and uploads (not the stores' lock files).
+    fn staged_files(root: &Path) -> usize {
+        fs::read_dir(root.join(STAGING_DIR))
+            .unwrap()
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".lock")
+            })
+            .count()
+    }
+
     #[tokio::test]
     async fn an_upload_in_parts_appears_whole_at_completion() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStore::open(dir.path()).unwrap();
         crate::check_upload(Arc::new(s.clone())).await;
-        let staged = fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count();
+        let staged = staged_files(dir.path());
         assert_eq!(staged, 0, "staging files left behind");
         // Through the wrappers of a real node: counted, retried, still streamed.
         let dir = tempfile::tempdir().unwrap();
@@ -608,7 +767,7 @@ mod tests {
         let wrapped = crate::Retrying::new(Arc::new(metered.clone()), Default::default());
         crate::check_upload(Arc::new(wrapped)).await;
         assert!(metered.counts().puts >= 5, "{:?}", metered.counts());
-        let staged = fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count();
+        let staged = staged_files(dir.path());
         assert_eq!(staged, 0, "staging files left behind");
     }
 
