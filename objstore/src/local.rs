@@ -404,87 +404,120 @@ struct LocalUpload {
     path: String,
     full: PathBuf,
     staging: PathBuf,
-    /// `None` only while a part is being written on the blocking pool, or once completed.
-    file: Option<File>,
+    /// Shared with each attempt's closure on the blocking pool. An attempt that timed out
+    /// (the retry layer dropped its future) may still be running there: the next attempt waits
+    /// for it on the mutex, then starts over from `written`, so a slow disk costs a retry,
+    /// not the upload.
+    shared: Arc<UploadFile>,
     /// Bytes appended by parts that succeeded: a failed part is written again from here.
     written: u64,
-    /// The staging file was renamed into place (a completion failed after it, at the
-    /// directory's fsync).
-    renamed: bool,
+    /// Completed or aborted: no further part or completion.
+    over: bool,
+}
+
+struct UploadFile {
+    file: parking_lot::Mutex<Staged>,
+    /// The staging file was renamed into place (set by the attempt that did it, even one
+    /// whose caller timed out): a later attempt only repeats the directory's fsync.
+    renamed: AtomicBool,
+}
+
+struct Staged {
+    file: File,
+    /// Bytes of the parts some attempt wrote and synced. An attempt for the part at offset
+    /// `at` finds `at == committed` and writes it, or `at < committed`: an earlier attempt of
+    /// the same part (the same bytes: the retry layer resends the part it was given) wrote it
+    /// and its answer was lost to a timeout; rewriting would cut what follows.
+    committed: u64,
 }
 
 impl LocalUpload {
-    fn take_file(&mut self, op: &'static str) -> StoreResult<File> {
-        self.file.take().ok_or_else(|| StoreError::Other {
-            op,
-            path: self.path.clone(),
-            detail: "the upload is over".into(),
-        })
+    fn check_open(&self, op: &'static str) -> StoreResult<()> {
+        if self.over {
+            return Err(StoreError::Other {
+                op,
+                path: self.path.clone(),
+                detail: "the upload is over".into(),
+            });
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Upload for LocalUpload {
     async fn put_part(&mut self, data: Bytes) -> StoreResult<()> {
-        let mut f = self.take_file("put_part")?;
-        let (path, at) = (self.path.clone(), self.written);
+        self.check_open("put_part")?;
+        let (path, at, shared) = (self.path.clone(), self.written, self.shared.clone());
         let len = data.len() as u64;
-        let (f, r) = self
-            .store
+        self.store
             .blocking(move |_| {
+                let mut st = shared.file.lock();
+                if at < st.committed {
+                    return Ok(());
+                }
+                if at > st.committed {
+                    return Err(StoreError::Other {
+                        op: "put_part",
+                        path: path.clone(),
+                        detail: format!("part at {at} after only {} bytes", st.committed),
+                    });
+                }
+                let f = &mut st.file;
                 // From the end of the last part that succeeded, whatever a failed one left.
-                let r = f
-                    .set_len(at)
+                f.set_len(at)
                     .and_then(|()| f.seek(SeekFrom::Start(at)).map(|_| ()))
                     .and_then(|()| f.write_all(&data))
                     // Written back part by part (see `write_in_steps`), not all at completion.
                     .and_then(|()| f.sync_data())
-                    .map_err(|e| other("put_part", &path, e));
-                Ok((f, r))
+                    .map_err(|e| other("put_part", &path, e))?;
+                st.committed = at + len;
+                Ok(())
             })
             .await?;
-        self.file = Some(f);
-        r?;
         self.written += len;
         Ok(())
     }
 
     async fn complete(&mut self) -> StoreResult<()> {
-        let f = self.take_file("complete")?;
+        self.check_open("complete")?;
         let (path, full, staging) = (self.path.clone(), self.full.clone(), self.staging.clone());
-        let renamed = self.renamed;
-        let (f, renamed, r) = self
-            .store
+        let (shared, written) = (self.shared.clone(), self.written);
+        self.store
             .blocking(move |inner| {
-                let mut done = renamed;
-                let r = (|| {
-                    let parent = full
-                        .parent()
-                        .ok_or_else(|| StoreError::InvalidPath(path.clone()))?;
-                    // A retry after a failed directory fsync only repeats that fsync.
-                    if !done {
-                        f.sync_all().map_err(|e| other("complete", &path, e))?;
-                        create_dirs_durably(&inner.root, parent)
-                            .map_err(|e| other("complete", &path, e))?;
-                        fs::rename(&staging, &full).map_err(|e| other("complete", &path, e))?;
-                        done = true;
+                let st = shared.file.lock();
+                let parent = full
+                    .parent()
+                    .ok_or_else(|| StoreError::InvalidPath(path.clone()))?;
+                // A retry after a failed directory fsync only repeats that fsync.
+                if !shared.renamed.load(Ordering::Acquire) {
+                    if st.committed != written {
+                        return Err(StoreError::Other {
+                            op: "complete",
+                            path: path.clone(),
+                            detail: format!(
+                                "{} bytes written for the {written} of the parts answered",
+                                st.committed
+                            ),
+                        });
                     }
-                    fsync_dir(parent).map_err(|e| after_link("complete", &path, e))
-                })();
-                Ok((f, done, r))
+                    st.file
+                        .sync_all()
+                        .map_err(|e| other("complete", &path, e))?;
+                    create_dirs_durably(&inner.root, parent)
+                        .map_err(|e| other("complete", &path, e))?;
+                    fs::rename(&staging, &full).map_err(|e| other("complete", &path, e))?;
+                    shared.renamed.store(true, Ordering::Release);
+                }
+                fsync_dir(parent).map_err(|e| after_link("complete", &path, e))
             })
             .await?;
-        self.renamed = renamed;
-        // Kept until completed, so a failed completion can be tried again; Drop removes the
-        // staging file if the rename did not happen.
-        if r.is_err() {
-            self.file = Some(f);
-        }
-        r
+        self.over = true;
+        Ok(())
     }
 
     async fn abort(&mut self) -> StoreResult<()> {
-        self.file = None;
+        self.over = true;
         let _ = fs::remove_file(&self.staging);
         Ok(())
     }
@@ -563,9 +596,12 @@ impl Store for LocalStore {
             path: path.to_string(),
             full,
             staging,
-            file: Some(file),
+            shared: Arc::new(UploadFile {
+                file: parking_lot::Mutex::new(Staged { file, committed: 0 }),
+                renamed: AtomicBool::new(false),
+            }),
             written: 0,
-            renamed: false,
+            over: false,
         })))
     }
 
@@ -675,6 +711,29 @@ mod tests {
             .unwrap();
         assert_eq!(s.get("big/a").await.unwrap(), data.slice(1..));
         assert_eq!(s.get("big/b").await.unwrap(), data);
+    }
+
+    /// A part or a completion whose answer was lost (the retry layer's attempt timed out while
+    /// the write went on on the blocking pool) is simply tried again: the object comes out
+    /// whole and exact, never cut or doubled.
+    #[tokio::test]
+    async fn attempts_whose_answers_were_lost_are_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        let mut u = s.put_parts("sst/slow").await.unwrap().unwrap();
+        let part = |b: u8| Bytes::from(vec![b; 1 << 20]);
+        for b in [1u8, 2, 3] {
+            // Polled once (the write starts), then given up on.
+            let _ = tokio::time::timeout(std::time::Duration::ZERO, u.put_part(part(b))).await;
+            u.put_part(part(b)).await.unwrap();
+        }
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, u.complete()).await;
+        u.complete().await.unwrap();
+        let got = s.get("sst/slow").await.unwrap();
+        let want: Vec<u8> = [1u8, 2, 3].iter().flat_map(|&b| vec![b; 1 << 20]).collect();
+        assert!(got == want, "object of {} bytes differs", got.len());
+        drop(u);
+        assert_eq!(staged_files(dir.path()), 0);
     }
 
     /// An open's sweep removes what stores that are gone left in `.staging` (files without a
