@@ -17,11 +17,17 @@ use std::sync::Arc;
 
 const STAGING_DIR: &str = ".staging";
 
+/// Under `.staging`: the stores' lock files. A directory of their own, so a sweep of an older
+/// binary (which removes every file of `.staging` it judges dead) cannot remove them.
+const LOCKS_DIR: &str = "locks";
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // Nothing of this store is in flight any more. The lock file goes first, while its
         // flock is still held; its descriptor closes after this (field drop).
-        let _ = fs::remove_file(lock_path(&self.root, &self.staging_prefix));
+        if self._lock.is_some() {
+            let _ = fs::remove_file(lock_path(&self.root, &self.staging_prefix));
+        }
     }
 }
 
@@ -40,101 +46,116 @@ struct Inner {
     staging_seq: AtomicU64,
     /// Whether the filesystem supports `O_TMPFILE` (checked on first use).
     tmpfile_ok: AtomicBool,
-    /// `.staging/PID-NONCE.lock`, flocked exclusively for the store's whole life: while it is
-    /// held, the store's staging files are in use and no sweep removes them.
-    _lock: File,
+    /// `.staging/locks/PID-NONCE.lock`, flocked exclusively for the store's whole life: while
+    /// it is held, the store's staging files are in use and no sweep removes them. `None`
+    /// when it could not be taken (a read-only root, a full disk, a filesystem without
+    /// locks): the store still works, and another store's sweep may then take its staging
+    /// files for a dead store's, which fails only puts and uploads not yet answered.
+    _lock: Option<File>,
 }
 
-/// `ROOT/.staging/PREFIX.lock`.
+/// `ROOT/.staging/locks/PREFIX.lock`.
 fn lock_path(root: &Path, prefix: &str) -> PathBuf {
-    root.join(STAGING_DIR).join(format!("{prefix}.lock"))
+    root.join(STAGING_DIR)
+        .join(LOCKS_DIR)
+        .join(format!("{prefix}.lock"))
 }
 
-/// Takes `flock(LOCK_EX | LOCK_NB)` on `f`: `Ok(true)` when taken, `Ok(false)` when another
-/// open file holds it.
+/// Opens a lock file to flock it: for writing, as NFS (which emulates flock with POSIX locks)
+/// grants an exclusive lock only to a descriptor open for writing.
+fn open_lock(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+/// Takes an exclusive flock on `f` without waiting: `Ok(true)` when taken, `Ok(false)` when
+/// another open file holds it.
 fn try_flock(f: &File) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock only reads the descriptor, which `f` keeps open.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
+    match f.try_lock() {
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
-/// The owner prefix (`PID-NONCE`) of a staging file's name: `PID-NONCE-KINDN`,
-/// `PID-NONCE.lock` or `PID-NONCE.lock~`.
+/// The owner prefix (`PID-NONCE`) of a staging file's name `PID-NONCE-KINDN`, or of a lock
+/// file's `PID-NONCE.lock`.
 fn owner_of(name: &str) -> &str {
-    let base = name
-        .strip_suffix(".lock~")
-        .or_else(|| name.strip_suffix(".lock"))
-        .unwrap_or(name);
+    let base = name.strip_suffix(".lock").unwrap_or(name);
     match base.match_indices('-').nth(1) {
         Some((i, _)) => &base[..i],
         None => base,
     }
 }
 
+/// What a sweep found of one owner of staging files.
+enum Verdict {
+    /// Its lock is held (or could not be checked): its files stay.
+    Alive,
+    /// No lock file: gone (or a binary from before the lock files).
+    NoLock,
+    /// Its lock file is now flocked by this sweep: gone.
+    Dead,
+}
+
 /// Removes the staging files of stores that are gone. A store is alive while it holds the
 /// flock on its lock file; a flock is the kernel's, so this is right across processes, PID
-/// namespaces (containers sharing a volume) and the stores of one process. A store's files
-/// without a lock file belong to a store that is gone (or to a binary from before the lock
-/// files: puts that never returned, uploads that never completed; nobody acknowledged them).
+/// namespaces (containers sharing a volume) and the stores of one process. The files of a
+/// store without a lock file belong to a store that is gone — or to a running binary from
+/// before the lock files, which must therefore not share a root with this one: puts that
+/// never returned, uploads that never completed; nobody was answered for them.
 fn sweep_staging(root: &Path) {
     let staging = root.join(STAGING_DIR);
-    let staging = staging.as_path();
-    let Ok(entries) = fs::read_dir(staging) else {
-        return;
+    let locks = staging.join(LOCKS_DIR);
+    let names = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    let names: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    // Owner -> the owner's lock file, open and flocked by this sweep, when the owner is gone;
-    // None when it is alive. Owners without a lock file are gone and have no entry here.
-    let mut verdicts: std::collections::HashMap<String, Option<Option<File>>> =
-        std::collections::HashMap::new();
-    let mut gone = |owner: &str| -> bool {
+    // The flocks of dead owners are held until the sweep ends (their lock files go last).
+    let mut held: Vec<File> = Vec::new();
+    let mut verdicts: std::collections::HashMap<String, Verdict> = std::collections::HashMap::new();
+    let mut gone = |owner: &str, held: &mut Vec<File>| -> bool {
         let v = verdicts.entry(owner.to_string()).or_insert_with(|| {
-            match File::open(lock_path(root, owner)) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Some(None),
-                Err(_) => None,
+            match open_lock(&lock_path(root, owner)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Verdict::NoLock,
+                Err(_) => Verdict::Alive,
                 Ok(f) => match try_flock(&f) {
-                    Ok(true) => Some(Some(f)),
-                    _ => None,
+                    Ok(true) => {
+                        held.push(f);
+                        Verdict::Dead
+                    }
+                    _ => Verdict::Alive,
                 },
             }
         });
-        v.is_some()
+        !matches!(v, Verdict::Alive)
     };
-    let mut dead_locks = Vec::new();
-    for name in &names {
-        let path = staging.join(name);
+    for name in names(&staging) {
+        if gone(owner_of(&name), &mut held) {
+            let _ = fs::remove_file(staging.join(&name));
+        }
+    }
+    for name in names(&locks) {
+        let path = locks.join(&name);
         if name.ends_with(".lock~") {
             // An opener between creating its lock file and renaming it into place holds its
             // flock already; a leftover of a crash there can be flocked.
-            if let Ok(f) = File::open(&path) {
+            if let Ok(f) = open_lock(&path) {
                 if matches!(try_flock(&f), Ok(true)) {
                     let _ = fs::remove_file(&path);
                 }
             }
-        } else if name.ends_with(".lock") {
-            if gone(owner_of(name)) {
-                dead_locks.push(path);
-            }
-        } else if gone(owner_of(name)) {
+        } else if name.ends_with(".lock") && gone(owner_of(&name), &mut held) {
             let _ = fs::remove_file(&path);
         }
     }
-    // A dead owner's lock file last, while this sweep still holds its flock.
-    for path in dead_locks {
-        let _ = fs::remove_file(path);
-    }
-    drop(verdicts);
+    drop(held);
 }
 
 /// Creates and flocks this store's lock file under a fresh `PID-NONCE`: created as
@@ -142,23 +163,37 @@ fn sweep_staging(root: &Path) {
 /// unlocked while its store lives. A sweep that removed the `~` file before the flock makes
 /// the rename fail: then again with another nonce.
 fn take_staging_lock(root: &Path) -> io::Result<(String, File)> {
+    fs::create_dir_all(root.join(STAGING_DIR).join(LOCKS_DIR))?;
     let mut last = None;
     for _ in 0..8 {
         let prefix = format!("{}-{:016x}", std::process::id(), crate::nonce());
         let final_path = lock_path(root, &prefix);
         let tmp = final_path.with_extension("lock~");
-        let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        if !try_flock(&f)? {
-            last = Some(io::Error::other(format!("{} is locked", tmp.display())));
-            continue;
-        }
-        match fs::rename(&tmp, &final_path) {
+        let f = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        let locked = match try_flock(&f) {
+            Ok(true) => fs::rename(&tmp, &final_path),
+            Ok(false) => Err(io::Error::new(io::ErrorKind::NotFound, "taken by a sweep")),
+            Err(e) => Err(e),
+        };
+        match locked {
             Ok(()) => return Ok((prefix, f)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => last = Some(e),
-            Err(e) => return Err(e),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
         }
     }
-    Err(last.unwrap_or_else(|| io::Error::other("no staging lock")))
+    Err(last.unwrap_or_else(|| io::Error::other("no free staging lock name")))
 }
 
 impl LocalStore {
@@ -172,8 +207,19 @@ impl LocalStore {
         // (another store of this process on this root, a compactor beside a server, another
         // container on a shared volume) are left alone.
         sweep_staging(&root);
-        let (staging_prefix, lock) = take_staging_lock(&root)
-            .map_err(|e| other("open", &staging.display().to_string(), e))?;
+        let (staging_prefix, lock) = match take_staging_lock(&root) {
+            Ok((prefix, lock)) => (prefix, Some(lock)),
+            Err(e) => {
+                tracing::warn!(
+                    root = %root.display(),
+                    error = %e,
+                    "cannot take the staging lock; this store's unfinished writes are not \
+                     protected from another store's sweep of .staging"
+                );
+                let prefix = format!("{}-{:016x}", std::process::id(), crate::nonce());
+                (prefix, None)
+            }
+        };
         Ok(LocalStore {
             inner: Arc::new(Inner {
                 root,
@@ -736,9 +782,22 @@ mod tests {
         assert_eq!(staged_files(dir.path()), 0);
     }
 
+    /// File names in `dir` (not directories), sorted.
+    fn file_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// An open's sweep removes what stores that are gone left in `.staging` (files without a
     /// lock file, files whose lock nobody holds, a lock file left between create and rename)
-    /// and keeps a live store's files; a store dropped removes its lock file.
+    /// and keeps a live store's files, and a lock file being taken; a store dropped removes
+    /// its lock file.
     #[tokio::test]
     async fn the_sweep_removes_files_of_stores_that_are_gone_and_keeps_live_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -746,39 +805,52 @@ mod tests {
         let mut u = crate::start_upload(&live, "sst/live").await.unwrap();
         u.put_part(Bytes::from_static(b"kept ")).await.unwrap();
         let staging = dir.path().join(STAGING_DIR);
-        let dead = [
-            "4242-00000000deadbeef-u0", // no lock file: its store is gone
-            "4243-00000000cafecafe-p7", // its lock file exists, unlocked
+        let locks = staging.join(LOCKS_DIR);
+        // No lock file: its store is gone. A lock file nobody holds: likewise.
+        let dead = ["4242-00000000deadbeef-u0", "4243-00000000cafecafe-p7"];
+        let dead_locks = [
             "4243-00000000cafecafe.lock",
             "4244-0000000012345678.lock~", // a crash between create and rename
         ];
         for name in dead {
-            std::fs::write(staging.join(name), b"x").unwrap();
+            fs::write(staging.join(name), b"x").unwrap();
         }
-        let before = std::fs::read_dir(&staging).unwrap().count();
-        assert_eq!(before, dead.len() + 2, "the live store's lock and upload");
+        for name in dead_locks {
+            fs::write(locks.join(name), b"").unwrap();
+        }
+        // An opener between create and rename: its `~` file is flocked, and stays.
+        let taking = locks.join("4245-0000000087654321.lock~");
+        let taking_file = File::create(&taking).unwrap();
+        taking_file.try_lock().unwrap();
+        assert_eq!(
+            file_names(&staging).len(),
+            dead.len() + 1,
+            "and the live upload"
+        );
+        assert_eq!(
+            file_names(&locks).len(),
+            dead_locks.len() + 2,
+            "and the live lock"
+        );
         let second = LocalStore::open(dir.path()).unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(&staging)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        for name in dead {
-            assert!(!left.iter().any(|l| l == name), "{name} survived: {left:?}");
-        }
-        // The first store's lock and upload, and the second store's lock.
-        assert_eq!(left.len(), 3, "{left:?}");
+        let (left, left_locks) = (file_names(&staging), file_names(&locks));
+        assert_eq!(left.len(), 1, "only the live upload: {left:?}");
+        // The first store's, the second store's, and the one being taken.
+        assert_eq!(left_locks.len(), 3, "{left_locks:?}");
+        assert!(taking.exists());
         u.put_part(Bytes::from_static(b"upload")).await.unwrap();
         u.complete().await.unwrap();
         assert_eq!(
             second.get("sst/live").await.unwrap(),
             Bytes::from_static(b"kept upload")
         );
-        drop(u);
-        drop(live);
-        drop(second);
-        let left = std::fs::read_dir(&staging).unwrap().count();
-        assert_eq!(left, 0, "dropped stores leave no lock files");
+        drop((u, live, second, taking_file));
+        fs::remove_file(&taking).unwrap();
+        assert!(file_names(&staging).is_empty());
+        assert!(
+            file_names(&locks).is_empty(),
+            "dropped stores leave no lock files"
+        );
     }
 
     /// A second store opened on the same root (a restore's source root, a tool beside the
@@ -800,16 +872,7 @@ mod tests {
 
     /// Staging files of puts and uploads (not the stores' lock files).
     fn staged_files(root: &Path) -> usize {
-        fs::read_dir(root.join(STAGING_DIR))
-            .unwrap()
-            .filter(|e| {
-                !e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".lock")
-            })
-            .count()
+        file_names(&root.join(STAGING_DIR)).len()
     }
 
     #[tokio::test]
