@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 use std::time::Duration;
 use strata_compactor::fleet::{run_worker, WorkerOptions};
 use strata_manifest::etcd::Etcd;
-use strata_manifest::EtcdSettings;
 use strata_objstore::{open_store, RetryPolicy, S3Settings, StoreConfig};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -15,6 +14,8 @@ pub struct CompactorArgs {
     /// Key prefix of the cluster in etcd.
     #[arg(long, default_value = "/strata", env = "STRATA_ETCD_PREFIX")]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd_auth: crate::etcd_args::EtcdAuthArgs,
     /// The cluster's object store: `s3://BUCKET/PREFIX` (or `file:///DIR` on one machine).
     #[arg(long, env = "STRATA_OBJECT_STORE")]
     pub object_store: String,
@@ -44,11 +45,9 @@ pub async fn run(args: CompactorArgs) -> Result<()> {
         retry: RetryPolicy::default(),
     })
     .with_context(|| format!("opening object store {}", args.object_store))?;
-    let settings = EtcdSettings {
-        endpoints: args.etcd.split(',').map(|s| s.trim().to_string()).collect(),
-        prefix: args.etcd_prefix.clone(),
-        request_timeout: Duration::from_secs(2),
-    };
+    let settings =
+        args.etcd_auth
+            .settings(&args.etcd, &args.etcd_prefix, Duration::from_secs(2))?;
     let etcd = Etcd::connect(&settings)
         .await
         .with_context(|| format!("connecting to etcd at {}", args.etcd))?;

@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use strata_manifest::etcd::{ClusterView, Etcd};
-use strata_manifest::EtcdSettings;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CtlArgs {
@@ -24,6 +23,8 @@ pub struct CtlArgs {
         global = true
     )]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd_auth: crate::etcd_args::EtcdAuthArgs,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -188,6 +189,7 @@ async fn restore(args: &CtlArgs) -> Result<()> {
         data_dir,
         etcd_url,
         &args.etcd_prefix,
+        &args.etcd_auth,
         object_store,
         s3_endpoint,
     )
@@ -305,11 +307,11 @@ async fn restore(args: &CtlArgs) -> Result<()> {
             } else {
                 None
             };
-            let etcd = strata_manifest::etcd::Etcd::connect(&EtcdSettings {
-                endpoints: args.etcd.split(',').map(|s| s.trim().to_string()).collect(),
-                prefix: prefix.to_string(),
-                request_timeout: Duration::from_secs(5),
-            })
+            let etcd = strata_manifest::etcd::Etcd::connect(&args.etcd_auth.settings(
+                &args.etcd,
+                prefix,
+                Duration::from_secs(5),
+            )?)
             .await
             .with_context(|| format!("connecting to etcd at {}", args.etcd))?;
             let view = etcd.view().await.context("reading the target prefix")?;
@@ -492,6 +494,7 @@ async fn snapshot(
         data_dir,
         etcd,
         &args.etcd_prefix,
+        &args.etcd_auth,
         object_store,
         s3_endpoint,
     )
@@ -596,11 +599,11 @@ pub async fn run(args: CtlArgs) -> Result<()> {
         )
         .await;
     }
-    let etcd = Etcd::connect(&EtcdSettings {
-        endpoints: args.etcd.split(',').map(|s| s.trim().to_string()).collect(),
-        prefix: args.etcd_prefix.clone(),
-        request_timeout: Duration::from_secs(3),
-    })
+    let etcd = Etcd::connect(&args.etcd_auth.settings(
+        &args.etcd,
+        &args.etcd_prefix,
+        Duration::from_secs(3),
+    )?)
     .await
     .with_context(|| format!("connecting to etcd at {}", args.etcd))?;
     match args.command {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use strata_compactor::export::{ExportManifest, ExportPartition, Progress};
 use strata_compactor::fleet_tasks::{run_export, ExportRequest, ExportSource};
 use strata_manifest::etcd::Etcd;
-use strata_manifest::{EmbeddedManifestStore, EtcdManifestStore, EtcdSettings, ManifestStore};
+use strata_manifest::{EmbeddedManifestStore, EtcdManifestStore, ManifestStore};
 use strata_objstore::{open_store, RetryPolicy, S3Settings, Store, StoreConfig};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct ExportArgs {
     /// Key prefix of the cluster in etcd.
     #[arg(long, default_value = "/strata", env = "STRATA_ETCD_PREFIX")]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd_auth: crate::etcd_args::EtcdAuthArgs,
     /// The store's object store URL (a cluster's bucket; default for `--data-dir`:
     /// DATA_DIR/objects).
     #[arg(long, env = "STRATA_OBJECT_STORE")]
@@ -101,6 +103,7 @@ pub(crate) async fn open_source(
     data_dir: Option<&std::path::Path>,
     etcd: Option<&str>,
     etcd_prefix: &str,
+    etcd_auth: &crate::etcd_args::EtcdAuthArgs,
     object_store: Option<&str>,
     s3_endpoint: &Option<String>,
 ) -> Result<Source> {
@@ -110,7 +113,7 @@ pub(crate) async fn open_source(
                 bail!("--etcd needs --object-store (the cluster's bucket)");
             };
             let store = open(url, s3_endpoint)?;
-            let etcd = connect_etcd(etcd_url, etcd_prefix).await?;
+            let etcd = connect_etcd(etcd_url, etcd_prefix, etcd_auth).await?;
             let manifests: Arc<dyn ManifestStore> =
                 Arc::new(EtcdManifestStore::new(etcd.clone(), store.clone()));
             Ok(Source {
@@ -147,14 +150,14 @@ pub(crate) async fn open_source(
     }
 }
 
-async fn connect_etcd(etcd_url: &str, prefix: &str) -> Result<Etcd> {
-    Etcd::connect(&EtcdSettings {
-        endpoints: etcd_url.split(',').map(|s| s.trim().to_string()).collect(),
-        prefix: prefix.to_string(),
-        request_timeout: Duration::from_secs(5),
-    })
-    .await
-    .with_context(|| format!("connecting to etcd at {etcd_url}"))
+async fn connect_etcd(
+    etcd_url: &str,
+    prefix: &str,
+    auth: &crate::etcd_args::EtcdAuthArgs,
+) -> Result<Etcd> {
+    Etcd::connect(&auth.settings(etcd_url, prefix, Duration::from_secs(5))?)
+        .await
+        .with_context(|| format!("connecting to etcd at {etcd_url}"))
 }
 
 fn progress_bar(hidden: bool) -> ProgressBar {
@@ -188,6 +191,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             args.data_dir.as_deref(),
             args.etcd.as_deref(),
             &args.etcd_prefix,
+            &args.etcd_auth,
             args.object_store.as_deref(),
             &args.s3_endpoint,
         )
@@ -233,7 +237,7 @@ async fn run_in_fleet(
     let Some(etcd_url) = &args.etcd else {
         bail!("--fleet needs the cluster's --etcd (its compactor workers run the export)");
     };
-    let etcd = connect_etcd(etcd_url, &args.etcd_prefix).await?;
+    let etcd = connect_etcd(etcd_url, &args.etcd_prefix, &args.etcd_auth).await?;
     let view = etcd.view().await.context("reading the cluster")?;
     if view.compactors.is_empty() {
         bail!(

@@ -12,6 +12,7 @@ mod client_cli;
 mod compaction_args;
 mod compactor_cmd;
 mod ctl;
+mod etcd_args;
 mod export_cmd;
 mod lifecycle_cmd;
 mod metrics_http;

@@ -17,7 +17,7 @@ use strata_compute::server::{AdminService, KvService};
 use strata_compute::TxnService;
 use strata_compute::{Db, DbOptions, DbStats, EngineMetrics};
 use strata_manifest::etcd::Etcd;
-use strata_manifest::{EmbeddedManifestStore, EtcdSettings, ManifestStore};
+use strata_manifest::{EmbeddedManifestStore, ManifestStore};
 use strata_objstore::{open_store, Metered, RetryPolicy, S3Settings, StoreConfig};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
@@ -98,6 +98,8 @@ pub struct ServeArgs {
     /// Key prefix of this cluster in etcd.
     #[arg(long, default_value = "/strata", env = "STRATA_ETCD_PREFIX")]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd_auth: crate::etcd_args::EtcdAuthArgs,
     /// This node's id in the cluster (default: generated).
     #[arg(long, env = "STRATA_NODE_ID")]
     pub node_id: Option<String>,
@@ -257,11 +259,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 "--etcd needs --object-store: every node of a cluster must share one bucket"
             );
         }
-        let settings = EtcdSettings {
-            endpoints: endpoints.split(',').map(|s| s.trim().to_string()).collect(),
-            prefix: args.etcd_prefix.clone(),
-            request_timeout: Duration::from_secs(2),
-        };
+        let settings =
+            args.etcd_auth
+                .settings(endpoints, &args.etcd_prefix, Duration::from_secs(2))?;
         let node_id = args.node_id.clone().unwrap_or_else(generated_node_id);
         let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
         let mut copts = ClusterOptions::new(node_id, advertise.clone());

@@ -15,7 +15,7 @@ pub mod ring;
 
 pub use embedded::EmbeddedManifestStore;
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdManifestStore, EtcdSettings};
+pub use etcd::{EtcdManifestStore, EtcdSettings, EtcdTls, EtcdUser};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;

@@ -57,25 +57,100 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How to reach etcd.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EtcdSettings {
-    /// Client URLs, e.g. `http://127.0.0.1:2379`.
+    /// Client URLs, e.g. `http://127.0.0.1:2379` (`https://` with [`EtcdSettings::tls`]).
     pub endpoints: Vec<String>,
     /// Key prefix of this cluster (several clusters can share one etcd).
     pub prefix: String,
     /// Deadline of every etcd request: a request to an etcd that is down fails after this
     /// instead of hanging.
     pub request_timeout: Duration,
+    /// etcd's user and password (etcd's `auth enable`): the client authenticates at connect
+    /// and again whenever its token expires.
+    pub user: Option<EtcdUser>,
+    /// TLS to etcd: the CAs to trust and, for etcd's `--client-cert-auth`, a client
+    /// certificate. `https://` endpoints without it trust the system's roots.
+    pub tls: Option<EtcdTls>,
+}
+
+/// etcd's user name and password.
+#[derive(Clone)]
+pub struct EtcdUser {
+    /// User name.
+    pub name: String,
+    /// Password (never printed: `Debug` shows `<redacted>`).
+    pub password: String,
+}
+
+/// TLS settings for etcd connections, as PEM.
+#[derive(Clone, Default)]
+pub struct EtcdTls {
+    /// CA certificates that sign etcd's server certificate; none: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and its private key, for etcd's `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("request_timeout", &self.request_timeout)
+            .field("user", &self.user.as_ref().map(|u| (&u.name, "<redacted>")))
+            .field(
+                "tls",
+                &self
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.ca_pem.is_some(), t.identity.is_some())),
+            )
+            .finish()
+    }
 }
 
 impl EtcdSettings {
-    /// Settings for the given endpoints with the default prefix and timeout.
+    /// Settings for the given endpoints with the default prefix and timeout, no user and no
+    /// TLS settings.
     pub fn new(endpoints: Vec<String>) -> Self {
         EtcdSettings {
             endpoints,
             prefix: "/strata".into(),
             request_timeout: Duration::from_secs(2),
+            user: None,
+            tls: None,
         }
+    }
+
+    /// The connect options of these settings.
+    fn connect_options(&self) -> ConnectOptions {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(self.request_timeout)
+            .with_timeout(self.request_timeout)
+            .with_keep_alive(Duration::from_secs(2), self.request_timeout)
+            .with_keep_alive_while_idle(true);
+        if let Some(u) = &self.user {
+            // etcd's tokens expire (5 minutes idle by default): a long-lived node must take a
+            // new one, not fail every request from then on.
+            opts = opts
+                .with_user(u.name.clone(), u.password.clone())
+                .with_auto_token_refresh(true);
+        }
+        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        if self.tls.is_some() || https {
+            let t = self.tls.clone().unwrap_or_default();
+            let mut cfg = etcd_client::TlsOptions::new();
+            cfg = match &t.ca_pem {
+                Some(ca) => cfg.ca_certificate(etcd_client::Certificate::from_pem(ca)),
+                None => cfg.with_enabled_roots(),
+            };
+            if let Some((cert, key)) = &t.identity {
+                cfg = cfg.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            opts = opts.with_tls(cfg);
+        }
+        opts
     }
 }
 
@@ -101,11 +176,14 @@ impl std::fmt::Debug for Etcd {
 impl Etcd {
     /// Connects (lazily: an etcd that is down makes requests fail, not this call hang).
     pub async fn connect(s: &EtcdSettings) -> ManifestResult<Self> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(s.request_timeout)
-            .with_timeout(s.request_timeout)
-            .with_keep_alive(Duration::from_secs(2), s.request_timeout)
-            .with_keep_alive_while_idle(true);
+        if s.tls.is_some() {
+            if let Some(plain) = s.endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(ManifestError::Etcd(format!(
+                    "etcd TLS settings are given but the endpoint {plain} is not https://"
+                )));
+            }
+        }
+        let opts = s.connect_options();
         let client = tokio::time::timeout(
             s.request_timeout * 2,
             Client::connect(s.endpoints.clone(), Some(opts)),
