@@ -48,9 +48,24 @@ pub async fn run(args: CompactorArgs) -> Result<()> {
     let settings =
         args.etcd_auth
             .settings(&args.etcd, &args.etcd_prefix, Duration::from_secs(2))?;
-    let etcd = Etcd::connect(&settings)
-        .await
-        .with_context(|| format!("connecting to etcd at {}", args.etcd))?;
+    // With a user, connecting logs in, so an etcd not up yet fails it: a worker started
+    // beside its etcd waits for it (a minute), as a node does; a refused login is final.
+    let started = std::time::Instant::now();
+    let etcd = loop {
+        match Etcd::connect(&settings).await {
+            Ok(etcd) => break etcd,
+            Err(e)
+                if started.elapsed() < Duration::from_secs(60)
+                    && !e.to_string().contains("authentication failed") =>
+            {
+                tracing::warn!(error = %e, "etcd not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("connecting to etcd at {}", args.etcd))
+            }
+        }
+    };
     let id = args
         .worker_id
         .clone()

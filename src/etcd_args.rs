@@ -29,7 +29,7 @@ pub struct EtcdAuthArgs {
     /// environment variable STRATA_ETCD_PASSWORD.
     #[arg(long, env = "STRATA_ETCD_USER", global = true)]
     pub etcd_user: Option<String>,
-    /// File holding the password of `--etcd-user` (one line).
+    /// File holding the password of `--etcd-user` (one line; wins over STRATA_ETCD_PASSWORD).
     #[arg(
         long,
         env = "STRATA_ETCD_PASSWORD_FILE",
@@ -78,6 +78,12 @@ impl EtcdAuthArgs {
             s.tls = Some(EtcdTls { ca_pem, identity });
         }
         let env_password = std::env::var(PASSWORD_ENV).ok();
+        if env_password.as_deref() == Some("") && self.etcd_password_file.is_none() {
+            bail!("{PASSWORD_ENV} is empty");
+        }
+        if env_password.is_some() && self.etcd_user.is_none() {
+            tracing::warn!("{PASSWORD_ENV} is set but --etcd-user is not: no etcd login");
+        }
         s.user = match (&self.etcd_user, &self.etcd_password_file, env_password) {
             (Some(name), Some(file), _) => {
                 let text = std::fs::read_to_string(file)
@@ -101,6 +107,15 @@ impl EtcdAuthArgs {
             (None, Some(_), _) => bail!("--etcd-password-file needs --etcd-user"),
             (None, None, _) => None,
         };
+        if s.user.is_some() {
+            if let Some(plain) = s.endpoints.iter().find(|e| !e.starts_with("https://")) {
+                tracing::warn!(
+                    endpoint = %plain,
+                    "--etcd-user over a plaintext etcd URL: the password crosses the network \
+                     in the clear (use https:// with --etcd-ca)"
+                );
+            }
+        }
         Ok(s)
     }
 }

@@ -1329,6 +1329,17 @@ impl SecureEtcd {
                 .port()
         };
         let (client, peer) = (port(), port());
+        // JWT tokens, as etcd recommends for production: each carries the auth revision it was
+        // issued at, so any change to users or roles makes it stale.
+        let jwt = rcgen::KeyPair::generate().unwrap();
+        let (jwt_priv, jwt_pub) = (dir.path().join("jwt.key"), dir.path().join("jwt.pub"));
+        std::fs::write(&jwt_priv, jwt.serialize_pem()).unwrap();
+        std::fs::write(&jwt_pub, jwt.public_key_pem()).unwrap();
+        let auth_token = format!(
+            "jwt,pub-key={},priv-key={},sign-method=ES256",
+            jwt_pub.display(),
+            jwt_priv.display()
+        );
         let endpoint = format!("https://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
@@ -1346,6 +1357,7 @@ impl SecureEtcd {
             .arg("--trusted-ca-file")
             .arg(&pki.ca)
             .arg("--client-cert-auth")
+            .args(["--auth-token", &auth_token])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -1495,6 +1507,45 @@ async fn a_node_reaches_etcd_over_mutual_tls_as_a_user() {
         !node.log_text().contains(password),
         "the node logged the password"
     );
+
+    // A change to etcd's users makes every token older than it stale ("revision of auth
+    // store is old"); the node takes a new one and goes on publishing its stats.
+    let root = format!("root:{password}");
+    let stats_rev = |etcd: &SecureEtcd| -> (i64, i64) {
+        let out = etcd.etcdctl(
+            &pki,
+            Some(&root),
+            &["get", "/secure/stats/n1", "-w", "json"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let header = v["header"]["revision"].as_i64().unwrap();
+        let modified = v["kvs"][0]["mod_revision"].as_i64().unwrap_or(0);
+        (header, modified)
+    };
+    let out = etcd.etcdctl(
+        &pki,
+        Some(&root),
+        &["user", "add", "other", "--new-user-password=other-pw"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (changed_at, _) = stats_rev(&etcd);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats_rev(&etcd).1 <= changed_at {
+        assert!(
+            Instant::now() < deadline,
+            "the node stopped writing to etcd after its users changed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The CLI, with the password from the environment: sees the node.
     let with_user = [&tls[..], &["--etcd-user", "root"]].concat();

@@ -909,6 +909,10 @@ impl Compactor {
                                     Err(e) => Err(e),
                                 };
                                 if let Err(e) = r {
+                                    // Aborted first: a completion attempt still running
+                                    // (its answer lost to a timeout) must not rename the
+                                    // object into place after the delete below.
+                                    let _ = u.abort().await;
                                     // Whatever the upload left at the path is an orphan.
                                     self.delete_outputs_by_id(&[id]).await;
                                     return Err(

@@ -500,6 +500,17 @@ impl Upload for LocalUpload {
             .blocking(move |_| {
                 let mut st = shared.file.lock();
                 if at < st.committed {
+                    // The same part again (the retry layer resends the bytes it was given);
+                    // anything else is a caller's bug, refused rather than half-written.
+                    if at + len > st.committed {
+                        return Err(StoreError::Other {
+                            op: "put_part",
+                            path: path.clone(),
+                            detail: format!(
+                                "a part of {len} bytes at {at} differs from the one written there"
+                            ),
+                        });
+                    }
                     return Ok(());
                 }
                 if at > st.committed {
@@ -769,12 +780,17 @@ mod tests {
         let mut u = s.put_parts("sst/slow").await.unwrap().unwrap();
         let part = |b: u8| Bytes::from(vec![b; 1 << 20]);
         for b in [1u8, 2, 3] {
-            // Polled once (the write starts), then given up on.
-            let _ = tokio::time::timeout(std::time::Duration::ZERO, u.put_part(part(b))).await;
-            u.put_part(part(b)).await.unwrap();
+            // Polled once (the write starts), then given up on — unless it was done by
+            // then: a retry follows only an attempt that did not answer.
+            let first = tokio::time::timeout(std::time::Duration::ZERO, u.put_part(part(b))).await;
+            if !matches!(first, Ok(Ok(()))) {
+                u.put_part(part(b)).await.unwrap();
+            }
         }
-        let _ = tokio::time::timeout(std::time::Duration::ZERO, u.complete()).await;
-        u.complete().await.unwrap();
+        let first = tokio::time::timeout(std::time::Duration::ZERO, u.complete()).await;
+        if !matches!(first, Ok(Ok(()))) {
+            u.complete().await.unwrap();
+        }
         let got = s.get("sst/slow").await.unwrap();
         let want: Vec<u8> = [1u8, 2, 3].iter().flat_map(|&b| vec![b; 1 << 20]).collect();
         assert!(got == want, "object of {} bytes differs", got.len());

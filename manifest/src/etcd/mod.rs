@@ -155,7 +155,62 @@ impl EtcdSettings {
 }
 
 fn unavailable(op: &'static str, e: impl std::fmt::Display) -> ManifestError {
-    ManifestError::Etcd(format!("{op}: {e}"))
+    let text = e.to_string();
+    if STALE_AUTH.iter().any(|m| text.contains(m)) {
+        // The client's token is no longer good; its own refresh covers only expiry.
+        AUTH_STALE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    ManifestError::Etcd(format!("{op}: {text}"))
+}
+
+/// What etcd answers a request whose token it no longer takes. etcd-client refreshes its
+/// token by itself only on the first kind (an expired token); "revision of auth store is
+/// old" follows any change to etcd's users or roles, and would fail every request of a
+/// long-lived node from then on (its token, used every 500 ms, never expires).
+const STALE_AUTH: [&str; 3] = [
+    "revision of auth store is old",
+    "invalid auth token",
+    "user name is empty",
+];
+
+/// Bumped by every error of [`STALE_AUTH`]: each client with a user refreshes its token when
+/// it sees this move (see [`refresh_tokens`]).
+static AUTH_STALE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How often a client with a user refreshes its token regardless (a watch that etcd cancels
+/// for a stale token reports no error to bump [`AUTH_STALE`]).
+const TOKEN_REFRESH_EVERY: Duration = Duration::from_secs(60);
+
+/// Keeps `client`'s token fresh: at once after an error of [`STALE_AUTH`] (checked every
+/// 200 ms), and every [`TOKEN_REFRESH_EVERY`]. Runs until aborted (when the last clone of
+/// its [`Etcd`] drops).
+async fn refresh_tokens(client: Client) {
+    let mut seen = AUTH_STALE.load(std::sync::atomic::Ordering::Relaxed);
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = AUTH_STALE.load(std::sync::atomic::Ordering::Relaxed);
+        if now == seen && last.elapsed() < TOKEN_REFRESH_EVERY {
+            continue;
+        }
+        match client.refresh_token().await {
+            Ok(()) => {
+                seen = now;
+                last = tokio::time::Instant::now();
+            }
+            // etcd down or the password changed: tried again at the next tick.
+            Err(e) => tracing::debug!(error = %e, "refreshing the etcd token failed"),
+        }
+    }
+}
+
+/// Aborts the token refresher when the last clone of its [`Etcd`] is dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A handle on the cluster's etcd keys. Cheap to clone.
@@ -163,6 +218,8 @@ fn unavailable(op: &'static str, e: impl std::fmt::Display) -> ManifestError {
 pub struct Etcd {
     client: Client,
     prefix: String,
+    /// The token refresher of a client with a user (see [`refresh_tokens`]).
+    _refresher: Option<Arc<AbortOnDrop>>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -174,7 +231,8 @@ impl std::fmt::Debug for Etcd {
 }
 
 impl Etcd {
-    /// Connects (lazily: an etcd that is down makes requests fail, not this call hang).
+    /// Connects (lazily: an etcd that is down makes requests fail, not this call hang —
+    /// except with a user, whose login is part of connecting).
     pub async fn connect(s: &EtcdSettings) -> ManifestResult<Self> {
         if s.tls.is_some() {
             if let Some(plain) = s.endpoints.iter().find(|e| !e.starts_with("https://")) {
@@ -191,9 +249,15 @@ impl Etcd {
         .await
         .map_err(|_| unavailable("connect", format!("no answer from {:?}", s.endpoints)))?
         .map_err(|e| unavailable("connect", e))?;
+        let refresher = s.user.is_some().then(|| {
+            Arc::new(AbortOnDrop(
+                tokio::spawn(refresh_tokens(client.clone())).abort_handle(),
+            ))
+        });
         Ok(Etcd {
             client,
             prefix: s.prefix.trim_end_matches('/').to_string(),
+            _refresher: refresher,
         })
     }
 
@@ -468,6 +532,9 @@ impl Etcd {
                         _ = stop.wait_for(|s| *s) => return,
                     };
                     match msg {
+                        // etcd cancels a watch instead of failing it (a stale token, a
+                        // compacted revision): open a new one.
+                        Ok(Some(r)) if r.canceled() => break,
                         Ok(Some(r)) => {
                             let relevant = r.events().iter().any(|e| {
                                 e.kv()
