@@ -54,9 +54,23 @@ pub async fn run(args: CompactorArgs) -> Result<()> {
     let etcd = loop {
         match Etcd::connect(&settings).await {
             Ok(etcd) => break etcd,
+            // Only an etcd that does not answer is waited for; a refused login, a TLS
+            // mismatch or a bad certificate is final.
             Err(e)
-                if started.elapsed() < Duration::from_secs(60)
-                    && !e.to_string().contains("authentication failed") =>
+                if started.elapsed() < Duration::from_secs(60) && {
+                    let t = e.to_string();
+                    [
+                        "no answer",
+                        "transport error",
+                        "Connection refused",
+                        "connection",
+                    ]
+                    .iter()
+                    .any(|m| t.contains(m))
+                        && !["authentication", "certificate", "https://"]
+                            .iter()
+                            .any(|m| t.contains(m))
+                } =>
             {
                 tracing::warn!(error = %e, "etcd not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

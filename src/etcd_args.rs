@@ -78,10 +78,13 @@ impl EtcdAuthArgs {
             s.tls = Some(EtcdTls { ca_pem, identity });
         }
         let env_password = std::env::var(PASSWORD_ENV).ok();
-        if env_password.as_deref() == Some("") && self.etcd_password_file.is_none() {
+        if env_password.as_deref() == Some("")
+            && self.etcd_user.is_some()
+            && self.etcd_password_file.is_none()
+        {
             bail!("{PASSWORD_ENV} is empty");
         }
-        if env_password.is_some() && self.etcd_user.is_none() {
+        if env_password.as_deref().is_some_and(|p| !p.is_empty()) && self.etcd_user.is_none() {
             tracing::warn!("{PASSWORD_ENV} is set but --etcd-user is not: no etcd login");
         }
         s.user = match (&self.etcd_user, &self.etcd_password_file, env_password) {

@@ -912,7 +912,12 @@ impl Compactor {
                                     // Aborted first: a completion attempt still running
                                     // (its answer lost to a timeout) must not rename the
                                     // object into place after the delete below.
-                                    let _ = u.abort().await;
+                                    // Bounded: the job's other merges wait for this.
+                                    let _ = strata_clock::timeout(
+                                        std::time::Duration::from_secs(10),
+                                        u.abort(),
+                                    )
+                                    .await;
                                     // Whatever the upload left at the path is an orphan.
                                     self.delete_outputs_by_id(&[id]).await;
                                     return Err(

@@ -502,7 +502,7 @@ impl Upload for LocalUpload {
                 if at < st.committed {
                     // The same part again (the retry layer resends the bytes it was given);
                     // anything else is a caller's bug, refused rather than half-written.
-                    if at + len > st.committed {
+                    if at + len != st.committed {
                         return Err(StoreError::Other {
                             op: "put_part",
                             path: path.clone(),

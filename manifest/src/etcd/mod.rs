@@ -181,14 +181,19 @@ static AUTH_STALE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 /// for a stale token reports no error to bump [`AUTH_STALE`]).
 const TOKEN_REFRESH_EVERY: Duration = Duration::from_secs(60);
 
-/// Keeps `client`'s token fresh: at once after an error of [`STALE_AUTH`] (checked every
-/// 200 ms), and every [`TOKEN_REFRESH_EVERY`]. Runs until aborted (when the last clone of
-/// its [`Etcd`] drops).
+/// Keeps `client`'s token fresh: soon after an error of [`STALE_AUTH`] (checked every
+/// 200 ms), and every [`TOKEN_REFRESH_EVERY`]. A login that fails (etcd down, the password
+/// changed, the user deleted) is tried again after a backoff doubling from 1 s to
+/// [`TOKEN_REFRESH_EVERY`]: each login costs etcd a bcrypt check, and a fleet of nodes
+/// retrying at once must not take etcd's CPU from the leases. Runs until aborted (when the
+/// last clone of its [`Etcd`] drops).
 async fn refresh_tokens(client: Client) {
     let mut seen = AUTH_STALE.load(std::sync::atomic::Ordering::Relaxed);
     let mut last = tokio::time::Instant::now();
+    let mut backoff = Duration::ZERO;
+    let mut failures = 0u32;
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200).max(backoff)).await;
         let now = AUTH_STALE.load(std::sync::atomic::Ordering::Relaxed);
         if now == seen && last.elapsed() < TOKEN_REFRESH_EVERY {
             continue;
@@ -197,9 +202,18 @@ async fn refresh_tokens(client: Client) {
             Ok(()) => {
                 seen = now;
                 last = tokio::time::Instant::now();
+                backoff = Duration::ZERO;
+                failures = 0;
             }
-            // etcd down or the password changed: tried again at the next tick.
-            Err(e) => tracing::debug!(error = %e, "refreshing the etcd token failed"),
+            Err(e) => {
+                failures += 1;
+                backoff = (backoff * 2).clamp(Duration::from_secs(1), TOKEN_REFRESH_EVERY);
+                if failures == 3 {
+                    tracing::warn!(error = %e, "logging in to etcd again keeps failing");
+                } else {
+                    tracing::debug!(error = %e, "refreshing the etcd token failed");
+                }
+            }
         }
     }
 }
