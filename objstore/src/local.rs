@@ -202,24 +202,29 @@ impl LocalStore {
         let root = root.as_ref().to_path_buf();
         let staging = root.join(STAGING_DIR);
         fs::create_dir_all(&staging).map_err(|e| other("open", &root.display().to_string(), e))?;
-        // Leftover staging files of stores that are gone belong to puts that never returned
-        // (nobody acknowledged them) or to uploads that never completed. Files of a live store
-        // (another store of this process on this root, a compactor beside a server, another
-        // container on a shared volume) are left alone.
-        sweep_staging(&root);
+        // This store's lock first: a sweep judges others' liveness by their locks, which
+        // means nothing where locks cannot be taken (then every other store would look dead).
         let (staging_prefix, lock) = match take_staging_lock(&root) {
             Ok((prefix, lock)) => (prefix, Some(lock)),
             Err(e) => {
                 tracing::warn!(
                     root = %root.display(),
                     error = %e,
-                    "cannot take the staging lock; this store's unfinished writes are not \
-                     protected from another store's sweep of .staging"
+                    "cannot take the staging lock: .staging is not swept, and this store's \
+                     unfinished writes are not protected from another store's sweep"
                 );
                 let prefix = format!("{}-{:016x}", std::process::id(), crate::nonce());
                 (prefix, None)
             }
         };
+        // Leftover staging files of stores that are gone belong to puts that never returned
+        // (nobody acknowledged them) or to uploads that never completed. Files of a live store
+        // (another store of this process on this root, a compactor beside a server, another
+        // container on a shared volume) are left alone; this store's own lock is held, and it
+        // has no files yet.
+        if lock.is_some() {
+            sweep_staging(&root);
+        }
         Ok(LocalStore {
             inner: Arc::new(Inner {
                 root,
