@@ -563,6 +563,41 @@ async fn export_partition(
             )));
         }
     }
+    // Pinned while read: compaction GC keeps this version's SSTs until the pin goes, so an
+    // export longer than the GC grace is not restarted by an input deleted under it.
+    // Best effort: an export with read-only access to the store still runs, unpinned (an
+    // input deleted under it makes it read again from a newer manifest).
+    let pin = match crate::snapshot::pin_for_export(&**store, p, &m).await {
+        Ok(pin) => Some(pin),
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "exporting without a pin");
+            None
+        }
+    };
+    let r = export_version(
+        store, manifests, opts, dest, join, p, rows, progress, touched, m,
+    )
+    .await;
+    if let Some(pin) = pin {
+        crate::snapshot::unpin_export(&**store, &pin).await;
+    }
+    r
+}
+
+/// [`export_partition`] of the pinned version `m`.
+#[allow(clippy::too_many_arguments)]
+async fn export_version(
+    store: &Arc<dyn Store>,
+    manifests: &Arc<dyn ManifestStore>,
+    opts: &ExportOptions,
+    dest: &Arc<dyn Store>,
+    join: &(dyn Fn(&str) -> String + Sync),
+    p: u32,
+    rows: &RowFilter,
+    progress: &dyn Progress,
+    touched: &mut Vec<String>,
+    m: Arc<strata_format::Manifest>,
+) -> Result<std::result::Result<PartitionDone, String>> {
     let files: Vec<strata_format::SstInfo> = m.ssts().cloned().collect();
     // Where each SST is read (an SST of a restored keyspace's source under its root).
     let place = |f: &strata_format::SstInfo| -> Result<SstPlace> {

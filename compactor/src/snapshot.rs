@@ -612,16 +612,83 @@ pub async fn snapshot_at(store: &dyn Store, at_ms: u64) -> Result<SnapshotRecord
     }
 }
 
-/// Ids of the SSTs of partition `p` that some snapshot (complete or not) references. An error
-/// means "unknown": callers must then delete nothing.
+/// Where a running export pins the version it reads, one object per partition:
+/// `export-pins/{CREATED_MS:013}-{NONCE:016x}/p{P:05}.manifest` (a manifest, checksummed like
+/// every manifest). Compaction GC keeps what a pin lists, as it does for snapshots, so an
+/// export that outlasts the GC grace reads its version to the end instead of starting over
+/// when an input is deleted under it.
+pub const EXPORT_PINS_PREFIX: &str = "export-pins/";
+
+/// An export pin older than this is a crashed export's: ignored, and removed by the GC that
+/// finds it. (An export of one partition that runs longer loses its pin and, at worst, reads
+/// again from a newer manifest, as before pins.)
+const EXPORT_PIN_MAX_AGE_MS: u64 = 6 * 3600 * 1000;
+
+/// `(created ms, partition)` of an export pin's path.
+fn parse_export_pin(path: &str) -> Option<(u64, u32)> {
+    let rest = path.strip_prefix(EXPORT_PINS_PREFIX)?;
+    let (id, name) = rest.split_once('/')?;
+    let created = id.split_once('-')?.0.parse().ok()?;
+    let p = name
+        .strip_prefix('p')?
+        .strip_suffix(".manifest")?
+        .parse()
+        .ok()?;
+    Some((created, p))
+}
+
+/// Pins `m`, the version of partition `p` an export is about to read; returns the pin's path
+/// (for [`unpin_export`]).
+pub(crate) async fn pin_for_export(store: &dyn Store, p: u32, m: &Manifest) -> Result<String> {
+    let nonce = strata_clock::Rng::from_entropy().next_u64();
+    let path = format!(
+        "{EXPORT_PINS_PREFIX}{:013}-{nonce:016x}/p{p:05}.manifest",
+        now_ms()
+    );
+    let data = strata_manifest::encode_valid(p, m).with_context(|| format!("encoding {path}"))?;
+    store
+        .put(&path, data, PutMode::Create)
+        .await
+        .with_context(|| format!("pinning the exported version at {path}"))?;
+    Ok(path)
+}
+
+/// Removes an export's pin (best effort: a pin left behind expires).
+pub(crate) async fn unpin_export(store: &dyn Store, path: &str) {
+    if let Err(e) = store.delete(path).await {
+        tracing::warn!(pin = path, error = %e, "could not remove an export's pin; it expires");
+    }
+}
+
+/// Ids of the SSTs of partition `p` that some snapshot (complete or not) or a running export
+/// references. An error means "unknown": callers must then delete nothing.
 pub async fn pinned_ssts(store: &dyn Store, p: u32) -> Result<HashSet<u64>> {
-    let objects = store
+    let mut objects = store
         .list(SNAPSHOTS_PREFIX)
         .await
         .context("listing snapshots for their pins")?;
+    let now = now_ms();
+    for o in store
+        .list(EXPORT_PINS_PREFIX)
+        .await
+        .context("listing the pins of running exports")?
+    {
+        match parse_export_pin(&o.path) {
+            Some((created, q)) if q == p => {
+                if now.saturating_sub(created) > EXPORT_PIN_MAX_AGE_MS {
+                    let _ = store.delete(&o.path).await;
+                } else {
+                    objects.push(o);
+                }
+            }
+            _ => {}
+        }
+    }
     let mut pinned = HashSet::new();
     for o in objects {
-        if parse_manifest_path(&o.path).is_some_and(|(_, q)| q == p) {
+        let ours = parse_manifest_path(&o.path).is_some_and(|(_, q)| q == p)
+            || parse_export_pin(&o.path).is_some_and(|(_, q)| q == p);
+        if ours {
             let data = store
                 .get(&o.path)
                 .await

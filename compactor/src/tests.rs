@@ -1343,6 +1343,87 @@ async fn snapshot_pins_survive_gc_until_the_snapshot_is_deleted() {
     assert!(live.is_disjoint(&pinned));
 }
 
+/// A running export's pin keeps the SSTs of the version it reads through compaction and GC
+/// (with no grace at all); an export removes its
+/// pin when it ends; a pin older than its age limit (a crashed export's) is ignored and
+/// removed.
+#[tokio::test]
+async fn an_exports_pin_keeps_its_version_through_gc_until_it_ends() {
+    use crate::export::{export, ExportOptions, ExportPartition};
+    use crate::snapshot::{pin_for_export, pinned_ssts, unpin_export, EXPORT_PINS_PREFIX};
+    let env = Env::new().await;
+    for i in 0..4u64 {
+        env.flush(vec![put("a", 10 + i, "old"), put("b", 20 + i, "old")])
+            .await;
+    }
+    let m = env.latest().await;
+    let pinned = referenced(&m);
+    assert_eq!(pinned.len(), 4);
+    let pin = pin_for_export(&*env.store, P, &m).await.unwrap();
+    let got: std::collections::BTreeSet<u64> = pinned_ssts(&*env.store, P)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(got, pinned);
+    assert!(pinned_ssts(&*env.store, P + 1).await.unwrap().is_empty());
+    let c = env.compactor(CompactionOptions {
+        gc_grace: Duration::ZERO,
+        orphan_grace: Duration::ZERO,
+        ..small_opts()
+    });
+    while c.compact_once().await.unwrap().is_some() {}
+    c.collect_garbage().await.unwrap();
+    c.sweep_orphans().await.unwrap();
+    c.sweep_orphans().await.unwrap();
+    let objects = env.sst_objects().await;
+    assert!(pinned.is_subset(&objects), "{pinned:?} vs {objects:?}");
+    // The pinned version still reads whole.
+    let files = env.load_files(&m).await;
+    assert_eq!(
+        visible(read(&m, &files, b"a")).map(|e| e.value),
+        Some(Bytes::from("old"))
+    );
+    unpin_export(&*env.store, &pin).await;
+    c.sweep_orphans().await.unwrap();
+    c.sweep_orphans().await.unwrap();
+    assert_eq!(env.sst_objects().await, referenced(&*env.latest().await));
+
+    // A crashed export's pin, past the age limit: ignored, and removed.
+    let stale = format!("{EXPORT_PINS_PREFIX}0000000000001-00000000000000aa/p{P:05}.manifest");
+    env.store
+        .put(
+            &stale,
+            strata_manifest::encode_valid(P, &m).unwrap(),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    assert!(pinned_ssts(&*env.store, P).await.unwrap().is_empty());
+    assert!(env.store.list(EXPORT_PINS_PREFIX).await.unwrap().is_empty());
+
+    // An export leaves no pin behind.
+    let parts = [ExportPartition {
+        partition: P,
+        hash_range: None,
+    }];
+    let dest: Arc<dyn Store> = Arc::new(ObjectStoreBackend::memory());
+    let ms: Arc<dyn ManifestStore> = env.manifests.clone();
+    let out = export(
+        env.store.clone(),
+        ms,
+        &parts,
+        dest,
+        "",
+        &ExportOptions::default(),
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.rows, 2);
+    assert!(env.store.list(EXPORT_PINS_PREFIX).await.unwrap().is_empty());
+}
+
 /// The snapshot schedule: creates a snapshot once the newest scheduled one is `every` old,
 /// deletes scheduled ones past `keep` but never the newest nor hand-made ones, and
 /// `snapshot_at` picks the newest snapshot at or before a time.
