@@ -3,9 +3,10 @@
 //! Per partition, the snapshot is the partition's latest manifest plus every WAL segment from
 //! its replay point on, as listed when the export reads the partition: every write
 //! acknowledged before the export began is in a segment that existed then (a write is
-//! acknowledged only once its segment landed), whether or not a server is running. Nothing is
-//! written to the store being exported (no fencing, no manifest commit), so a live server is
-//! not disturbed.
+//! acknowledged only once its segment landed), whether or not a server is running. The only thing
+//! written to the store being exported is a pin per partition while it is read
+//! (`export-pins/`, removed after; no fencing, no manifest commit), so a live server is not
+//! disturbed.
 //!
 //! Files: `part-{partition:05}-{n:04}.parquet`, rows sorted by key, with columns
 //! `key` (binary), `value` (binary), `version` (uint64), `expires_at` (timestamp ms UTC,
@@ -567,8 +568,11 @@ async fn export_partition(
     // export longer than the GC grace is not restarted by an input deleted under it.
     // Best effort: an export with read-only access to the store still runs, unpinned (an
     // input deleted under it makes it read again from a newer manifest).
-    let pin = match crate::snapshot::pin_for_export(&**store, p, &m).await {
-        Ok(pin) => Some(pin),
+    let mut pin = match crate::snapshot::pin_for_export(&**store, p, &m).await {
+        Ok(path) => Some(PinGuard {
+            store: store.clone(),
+            path: Some(path),
+        }),
         Err(e) => {
             tracing::warn!(partition = p, error = %e, "exporting without a pin");
             None
@@ -578,10 +582,31 @@ async fn export_partition(
         store, manifests, opts, dest, join, p, rows, progress, touched, m,
     )
     .await;
-    if let Some(pin) = pin {
-        crate::snapshot::unpin_export(&**store, &pin).await;
+    if let Some(path) = pin.as_mut().and_then(|g| g.path.take()) {
+        crate::snapshot::unpin_export(&**store, &path).await;
     }
     r
+}
+
+/// Removes an export's pin when the export is dropped before it could (a fleet worker that
+/// lost its claim drops the export mid-way): the pin would otherwise hold its version's
+/// SSTs until it ages out.
+struct PinGuard {
+    store: Arc<dyn Store>,
+    /// Taken by the export once it removed the pin itself.
+    path: Option<String>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            rt.spawn(async move { crate::snapshot::unpin_export(&*store, &path).await });
+        }
+    }
 }
 
 /// [`export_partition`] of the pinned version `m`.

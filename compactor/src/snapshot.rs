@@ -613,7 +613,8 @@ pub async fn snapshot_at(store: &dyn Store, at_ms: u64) -> Result<SnapshotRecord
 }
 
 /// Where a running export pins the version it reads, one object per partition:
-/// `export-pins/{CREATED_MS:013}-{NONCE:016x}/p{P:05}.manifest` (a manifest, checksummed like
+/// `export-pins/{CREATED_MS:013}-{NONCE:016x}-p{P:05}.manifest` (flat: a local store keeps no
+/// empty directory per pin; a manifest, checksummed like
 /// every manifest). Compaction GC keeps what a pin lists, as it does for snapshots, so an
 /// export that outlasts the GC grace reads its version to the end instead of starting over
 /// when an input is deleted under it.
@@ -626,15 +627,14 @@ const EXPORT_PIN_MAX_AGE_MS: u64 = 6 * 3600 * 1000;
 
 /// `(created ms, partition)` of an export pin's path.
 fn parse_export_pin(path: &str) -> Option<(u64, u32)> {
-    let rest = path.strip_prefix(EXPORT_PINS_PREFIX)?;
-    let (id, name) = rest.split_once('/')?;
-    let created = id.split_once('-')?.0.parse().ok()?;
-    let p = name
-        .strip_prefix('p')?
-        .strip_suffix(".manifest")?
-        .parse()
-        .ok()?;
-    Some((created, p))
+    let rest = path
+        .strip_prefix(EXPORT_PINS_PREFIX)?
+        .strip_suffix(".manifest")?;
+    let mut fields = rest.split('-');
+    let created = fields.next()?.parse().ok()?;
+    let _nonce = fields.next()?;
+    let p = fields.next()?.strip_prefix('p')?.parse().ok()?;
+    fields.next().is_none().then_some((created, p))
 }
 
 /// Pins `m`, the version of partition `p` an export is about to read; returns the pin's path
@@ -642,7 +642,7 @@ fn parse_export_pin(path: &str) -> Option<(u64, u32)> {
 pub(crate) async fn pin_for_export(store: &dyn Store, p: u32, m: &Manifest) -> Result<String> {
     let nonce = strata_clock::Rng::from_entropy().next_u64();
     let path = format!(
-        "{EXPORT_PINS_PREFIX}{:013}-{nonce:016x}/p{p:05}.manifest",
+        "{EXPORT_PINS_PREFIX}{:013}-{nonce:016x}-p{p:05}.manifest",
         now_ms()
     );
     let data = strata_manifest::encode_valid(p, m).with_context(|| format!("encoding {path}"))?;
@@ -675,7 +675,10 @@ pub async fn pinned_ssts(store: &dyn Store, p: u32) -> Result<HashSet<u64>> {
     {
         match parse_export_pin(&o.path) {
             Some((created, q)) if q == p => {
-                if now.saturating_sub(created) > EXPORT_PIN_MAX_AGE_MS {
+                // Also one dated far ahead (a crashed exporter whose clock ran fast), which
+                // would otherwise never age out.
+                if now.saturating_sub(created) > EXPORT_PIN_MAX_AGE_MS || created > now + 3_600_000
+                {
                     let _ = store.delete(&o.path).await;
                 } else {
                     objects.push(o);
@@ -689,10 +692,13 @@ pub async fn pinned_ssts(store: &dyn Store, p: u32) -> Result<HashSet<u64>> {
         let ours = parse_manifest_path(&o.path).is_some_and(|(_, q)| q == p)
             || parse_export_pin(&o.path).is_some_and(|(_, q)| q == p);
         if ours {
-            let data = store
-                .get(&o.path)
-                .await
-                .with_context(|| format!("reading {}", o.path))?;
+            let data = match store.get(&o.path).await {
+                Ok(data) => data,
+                // Removed since the listing (an export done, a snapshot deleted): it pins
+                // nothing any more.
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", o.path)),
+            };
             let m = decode_manifest(&data)
                 .with_context(|| format!("snapshot manifest {} is corrupt", o.path))?;
             pinned.extend(m.ssts().map(|f| f.id));

@@ -1390,7 +1390,7 @@ async fn an_exports_pin_keeps_its_version_through_gc_until_it_ends() {
     assert_eq!(env.sst_objects().await, referenced(&*env.latest().await));
 
     // A crashed export's pin, past the age limit: ignored, and removed.
-    let stale = format!("{EXPORT_PINS_PREFIX}0000000000001-00000000000000aa/p{P:05}.manifest");
+    let stale = format!("{EXPORT_PINS_PREFIX}0000000000001-00000000000000aa-p{P:05}.manifest");
     env.store
         .put(
             &stale,

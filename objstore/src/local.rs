@@ -620,9 +620,15 @@ fn list_recursive(dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> io::Resul
         if ft.is_dir() {
             list_recursive(&entry.path(), &child_rel, out)?;
         } else if ft.is_file() {
+            // An object deleted while the walk reads its directory is simply not listed.
+            let size = match entry.metadata() {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             out.push(ObjectInfo {
                 path: child_rel,
-                size: entry.metadata()?.len(),
+                size,
             });
         }
     }
