@@ -238,13 +238,13 @@ async fn export_once(
     full_instead: Option<String>,
 ) -> Result<std::result::Result<ExportManifest, String>> {
     let ExportRun {
-        store,
         manifests,
         partitions,
         dest,
         prefix,
         opts,
         progress,
+        ..
     } = *run;
     // The base an increment is computed from (none when written in full).
     let base = opts.since.as_ref().filter(|_| full_instead.is_none());
@@ -342,19 +342,7 @@ async fn export_once(
         let mut attempt = 0;
         let done = loop {
             attempt += 1;
-            match export_partition(
-                store,
-                manifests,
-                opts,
-                dest,
-                &join,
-                p,
-                &rows,
-                progress,
-                &mut touched,
-            )
-            .await
-            {
+            match export_partition(run, &join, p, &rows, &mut touched).await {
                 Err(e) if attempt < 5 && is_not_found(&e) => {
                     tracing::info!(
                         partition = p,
@@ -530,18 +518,14 @@ struct PartitionDone {
 /// vanishes (a flush moved the replay point and WAL GC ran, or compaction GC deleted an
 /// input) fails the attempt with an error `is_not_found` recognises: read again from the
 /// newer manifest. `Ok(Err(reason))`: an incremental export cannot be exact.
-#[allow(clippy::too_many_arguments)]
 async fn export_partition(
-    store: &Arc<dyn Store>,
-    manifests: &Arc<dyn ManifestStore>,
-    opts: &ExportOptions,
-    dest: &Arc<dyn Store>,
+    run: &ExportRun<'_>,
     join: &(dyn Fn(&str) -> String + Sync),
     p: u32,
     rows: &RowFilter,
-    progress: &dyn Progress,
     touched: &mut Vec<String>,
 ) -> Result<std::result::Result<PartitionDone, String>> {
+    let (store, manifests) = (run.store, run.manifests);
     let Some(m) = crate::error::load_latest(&**manifests, p).await? else {
         return Ok(Ok(PartitionDone {
             snap: PartitionSnapshot {
@@ -578,10 +562,7 @@ async fn export_partition(
             None
         }
     };
-    let r = export_version(
-        store, manifests, opts, dest, join, p, rows, progress, touched, m,
-    )
-    .await;
+    let r = export_version(run, join, p, rows, touched, m).await;
     if let Some(path) = pin.as_mut().and_then(|g| g.path.take()) {
         crate::snapshot::unpin_export(&**store, &path).await;
     }
@@ -610,19 +591,22 @@ impl Drop for PinGuard {
 }
 
 /// [`export_partition`] of the pinned version `m`.
-#[allow(clippy::too_many_arguments)]
 async fn export_version(
-    store: &Arc<dyn Store>,
-    manifests: &Arc<dyn ManifestStore>,
-    opts: &ExportOptions,
-    dest: &Arc<dyn Store>,
+    run: &ExportRun<'_>,
     join: &(dyn Fn(&str) -> String + Sync),
     p: u32,
     rows: &RowFilter,
-    progress: &dyn Progress,
     touched: &mut Vec<String>,
     m: Arc<strata_format::Manifest>,
 ) -> Result<std::result::Result<PartitionDone, String>> {
+    let ExportRun {
+        store,
+        manifests,
+        dest,
+        opts,
+        progress,
+        ..
+    } = *run;
     let files: Vec<strata_format::SstInfo> = m.ssts().cloned().collect();
     // Where each SST is read (an SST of a restored keyspace's source under its root).
     let place = |f: &strata_format::SstInfo| -> Result<SstPlace> {

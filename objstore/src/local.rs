@@ -158,6 +158,11 @@ fn sweep_staging(root: &Path) {
     drop(held);
 }
 
+/// A fresh `PID-NONCE` for a store's staging names.
+fn new_staging_prefix() -> String {
+    format!("{}-{:016x}", std::process::id(), crate::nonce())
+}
+
 /// Creates and flocks this store's lock file under a fresh `PID-NONCE`: created as
 /// `PREFIX.lock~`, flocked, then renamed into place, so a `PREFIX.lock` is never seen
 /// unlocked while its store lives. A sweep that removed the `~` file before the flock makes
@@ -166,7 +171,7 @@ fn take_staging_lock(root: &Path) -> io::Result<(String, File)> {
     fs::create_dir_all(root.join(STAGING_DIR).join(LOCKS_DIR))?;
     let mut last = None;
     for _ in 0..8 {
-        let prefix = format!("{}-{:016x}", std::process::id(), crate::nonce());
+        let prefix = new_staging_prefix();
         let final_path = lock_path(root, &prefix);
         let tmp = final_path.with_extension("lock~");
         let f = match OpenOptions::new()
@@ -213,7 +218,7 @@ impl LocalStore {
                     "cannot take the staging lock: .staging is not swept, and this store's \
                      unfinished writes are not protected from another store's sweep"
                 );
-                let prefix = format!("{}-{:016x}", std::process::id(), crate::nonce());
+                let prefix = new_staging_prefix();
                 (prefix, None)
             }
         };
