@@ -9,9 +9,11 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use strata_compute::server::auth::PeerCheck;
 use strata_compute::server::auth::{token_hash, Authority, Right, TenantLimits};
+use strata_compute::server::KvService;
+use strata_compute::tls::{ServerTls, TlsMaterial};
 use strata_proto::auth::ClientTls;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// Security flags of `strata serve`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -57,8 +59,8 @@ pub struct SecurityArgs {
 
 /// What the flags turn into.
 pub struct Security {
-    /// The TLS configuration of the listener.
-    pub server_tls: Option<ServerTlsConfig>,
+    /// The TLS configuration of the listener (replaced by [`TlsReloader`] on rotation).
+    pub server_tls: Option<ServerTls>,
     /// How this node calls its peers over TLS.
     pub peer_tls: Option<ClientTls>,
     /// The CAs peers' certificates must chain to (--peer-tls-ca), PEM.
@@ -111,80 +113,127 @@ fn check_key(p: &Path, pem: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The TLS files of `strata serve`, read and checked (see [`SecurityArgs::tls_files`]).
+struct TlsFiles {
+    /// The listener's certificate, key and client CAs.
+    material: TlsMaterial,
+    /// How this node calls its peers.
+    peer_tls: ClientTls,
+    /// `--peer-tls-ca`, PEM.
+    peer_ca: Option<Vec<u8>>,
+    /// For the startup log line.
+    summary: &'static str,
+}
+
 impl SecurityArgs {
+    /// Reads and checks the TLS files (`None`: no --tls-cert). Run at start and again on every
+    /// reload, so a rotated file is checked exactly as the first one was.
+    fn tls_files(&self) -> Result<Option<TlsFiles>> {
+        let (Some(cert_p), Some(key_p)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let cert = read("--tls-cert", cert_p)?;
+        check_certs("--tls-cert", cert_p, &cert)?;
+        let key = read("--tls-key", key_p)?;
+        check_key(key_p, &key)?;
+        let client_ca = match &self.tls_client_ca {
+            Some(p) => {
+                let pem = read("--tls-client-ca", p)?;
+                check_certs("--tls-client-ca", p, &pem)?;
+                Some(pem)
+            }
+            None => None,
+        };
+        let peer_ca = match &self.peer_tls_ca {
+            Some(p) => {
+                let pem = read("--peer-tls-ca", p)?;
+                check_certs("--peer-tls-ca", p, &pem)?;
+                Some(pem)
+            }
+            None => None,
+        };
+        if let (Some(c), Some(p)) = (&client_ca, &peer_ca) {
+            // A client's certificate must never pass for a peer's (a peer's calls are not
+            // charged, and its Resolve is trusted): the two CAs share nothing.
+            if shares_a_cert(c, p) {
+                bail!(
+                    "--tls-client-ca and --peer-tls-ca share a certificate: a client's \
+                     certificate would pass for a peer node's; give peers a CA of their own"
+                );
+            }
+        }
+        // The listener takes client certificates chaining to either CA: clients' (required
+        // when --tls-client-ca is given) and peers' (checked per call: node-to-node calls need
+        // one that chains to --peer-tls-ca).
+        let mut roots = Vec::new();
+        if let Some(pem) = &client_ca {
+            roots.extend_from_slice(pem);
+            roots.push(b'\n');
+        }
+        if let Some(pem) = &peer_ca {
+            roots.extend_from_slice(pem);
+        }
+        let summary = match (&client_ca, &peer_ca) {
+            (Some(_), Some(_)) => "TLS with client certificates, peer mutual TLS",
+            (Some(_), None) => "TLS with client certificates",
+            (None, Some(_)) => "TLS, peer mutual TLS",
+            (None, None) => "TLS",
+        };
+        // Peers are called over TLS too (their listeners speak nothing else), verified against
+        // the peer CA (else the client CA, else the system's), and shown this node's
+        // certificate.
+        let peer_tls = ClientTls {
+            ca_pem: peer_ca.clone().or(client_ca.clone()),
+            identity: Some((cert.clone(), key.clone())),
+            domain: None,
+        };
+        Ok(Some(TlsFiles {
+            material: TlsMaterial {
+                cert_pem: cert,
+                key_pem: key,
+                client_roots_pem: (!roots.is_empty()).then_some(roots),
+                client_cert_optional: client_ca.is_none(),
+            },
+            peer_tls,
+            peer_ca,
+            summary,
+        }))
+    }
+
+    /// The contents of the TLS files, hashed: what [`TlsReloader`] compares to see a change
+    /// (`None` while one of them cannot be read, as in the middle of a replacement).
+    fn tls_digest(&self) -> Option<[u8; 32]> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for p in [
+            &self.tls_cert,
+            &self.tls_key,
+            &self.tls_client_ca,
+            &self.peer_tls_ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let text = std::fs::read(p).ok()?;
+            h.update((text.len() as u64).to_le_bytes());
+            h.update(&text);
+        }
+        Some(h.finalize().into())
+    }
+
     /// Loads the files and checks the listener: a non-loopback address needs TLS and tokens,
     /// or --allow-insecure.
     pub fn load(&self, listen: SocketAddr, cluster: bool) -> Result<Security> {
         let mut on = Vec::new();
-        let (server_tls, peer_tls, peer_ca_pem) = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert_p), Some(key_p)) => {
-                let cert = read("--tls-cert", cert_p)?;
-                check_certs("--tls-cert", cert_p, &cert)?;
-                let key = read("--tls-key", key_p)?;
-                check_key(key_p, &key)?;
-                let mut cfg = ServerTlsConfig::new()
-                    .identity(Identity::from_pem(&cert, &key))
-                    .timeout(std::time::Duration::from_secs(10));
-                let client_ca = match &self.tls_client_ca {
-                    Some(p) => {
-                        let pem = read("--tls-client-ca", p)?;
-                        check_certs("--tls-client-ca", p, &pem)?;
-                        Some(pem)
-                    }
-                    None => None,
-                };
-                let peer_ca = match &self.peer_tls_ca {
-                    Some(p) => {
-                        let pem = read("--peer-tls-ca", p)?;
-                        check_certs("--peer-tls-ca", p, &pem)?;
-                        Some(pem)
-                    }
-                    None => None,
-                };
-                if let (Some(c), Some(p)) = (&client_ca, &peer_ca) {
-                    // A client's certificate must never pass for a peer's (a peer's calls are
-                    // not charged, and its Resolve is trusted): the two CAs share nothing.
-                    if shares_a_cert(c, p) {
-                        bail!(
-                            "--tls-client-ca and --peer-tls-ca share a certificate: a client's \
-                             certificate would pass for a peer node's; give peers a CA of their \
-                             own"
-                        );
-                    }
-                }
-                // The listener takes client certificates chaining to either CA: clients'
-                // (required when --tls-client-ca is given) and peers' (checked per call:
-                // node-to-node calls need one that chains to --peer-tls-ca).
-                let mut roots = Vec::new();
-                if let Some(pem) = &client_ca {
-                    roots.extend_from_slice(pem);
-                    roots.push(b'\n');
-                }
-                if let Some(pem) = &peer_ca {
-                    roots.extend_from_slice(pem);
-                }
-                if !roots.is_empty() {
-                    cfg = cfg
-                        .client_ca_root(Certificate::from_pem(roots))
-                        .client_auth_optional(client_ca.is_none());
-                }
-                on.push(match (&client_ca, &peer_ca) {
-                    (Some(_), Some(_)) => "TLS with client certificates, peer mutual TLS",
-                    (Some(_), None) => "TLS with client certificates",
-                    (None, Some(_)) => "TLS, peer mutual TLS",
-                    (None, None) => "TLS",
-                });
-                // Peers are called over TLS too (their listeners speak nothing else),
-                // verified against the peer CA (else the client CA, else the system's), and
-                // shown this node's certificate.
-                let peer_tls = ClientTls {
-                    ca_pem: peer_ca.clone().or(client_ca.clone()),
-                    identity: Some((cert, key)),
-                    domain: None,
-                };
-                (Some(cfg), Some(peer_tls), peer_ca)
+        let (server_tls, peer_tls, peer_ca_pem) = match self.tls_files()? {
+            Some(f) => {
+                on.push(f.summary);
+                let server = ServerTls::new(&f.material)
+                    .map_err(anyhow::Error::msg)
+                    .context("--tls-cert/--tls-key: building the TLS configuration")?;
+                (Some(server), Some(f.peer_tls), f.peer_ca)
             }
-            _ => (None, None, None),
+            None => (None, None, None),
         };
         let authority = match &self.tokens {
             Some(p) => {
@@ -249,6 +298,95 @@ impl SecurityArgs {
             authority,
             summary,
         })
+    }
+}
+
+/// Re-reads the TLS files on `SIGHUP` and when they change (polled every second): a renewed
+/// certificate, key or CA is put in force for new connections and new calls to peers without
+/// a restart; connections open keep the certificate they were made with. Files that do not
+/// load (a half-written one, a key that is not the certificate's) keep everything in force
+/// as it was, and the error is logged; the next change is tried again.
+pub struct TlsReloader {
+    /// The flags (the files' paths).
+    pub args: SecurityArgs,
+    /// The listener's configuration.
+    pub server: ServerTls,
+    /// The check of node-to-node calls (with --peer-tls-ca).
+    pub peers: Option<PeerCheck>,
+    /// The service whose calls to peers present this node's certificate.
+    pub kv: KvService,
+}
+
+impl TlsReloader {
+    /// Reads the files again and puts them in force, all or nothing: what was replaced.
+    fn reload(&self) -> Result<&'static str> {
+        let Some(f) = self.args.tls_files()? else {
+            bail!("TLS was turned off at start; it cannot be turned on without a restart");
+        };
+        // Check every part before replacing any.
+        let peer_ca = match (&self.peers, &f.peer_ca) {
+            (Some(_), Some(pem)) => {
+                PeerCheck::new(pem)
+                    .map_err(anyhow::Error::msg)
+                    .context("--peer-tls-ca")?;
+                Some(pem)
+            }
+            _ => None,
+        };
+        // Builds the whole configuration before it replaces the one in force.
+        self.server
+            .replace(&f.material)
+            .map_err(anyhow::Error::msg)
+            .context("--tls-cert/--tls-key")?;
+        if let (Some(check), Some(pem)) = (&self.peers, peer_ca) {
+            check
+                .replace(pem)
+                .map_err(anyhow::Error::msg)
+                .context("--peer-tls-ca")?;
+        }
+        self.kv.set_peer_tls(f.peer_tls);
+        Ok(f.summary)
+    }
+
+    /// Watches the files until `stop` turns true (see the type's docs).
+    pub fn spawn(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        tokio::spawn(async move {
+            let mut seen = self.args.tls_digest();
+            #[cfg(unix)]
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                #[cfg(unix)]
+                let hup_fut = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hup_fut = std::future::pending::<Option<()>>();
+                let why = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = hup_fut => "SIGHUP",
+                    _ = tick.tick() => {
+                        // A file that cannot be read right now (mid-replacement) is looked
+                        // at again next tick.
+                        let Some(now) = self.args.tls_digest() else { continue };
+                        if seen == Some(now) { continue; }
+                        seen = Some(now);
+                        "a file changed"
+                    }
+                };
+                match self.reload() {
+                    Ok(what) => tracing::info!("TLS files re-read ({why}): {what} in force for new connections"),
+                    Err(e) => tracing::error!(
+                        "TLS files not reloaded ({why}): {e:#}; the previous certificates stay in force"
+                    ),
+                }
+            }
+        });
     }
 }
 

@@ -169,16 +169,22 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     if let Some(t) = &sec.peer_tls {
         kv.set_peer_tls(t.clone());
     }
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = sec.server_tls.clone() {
-        builder = builder
-            .tls_config(tls)
-            .context("--tls-cert/--tls-key: building the TLS configuration")?;
-    }
+    let builder = tonic::transport::Server::builder();
     let auth_layer = AuthLayer::new(sec.authority.clone(), sec.peer_ca_pem.as_deref())
         .map_err(anyhow::Error::msg)
         .context("--peer-tls-ca")?
         .single_node(args.etcd.is_none());
+    // Certificates renewed on disk are put in force without a restart (our own acceptor:
+    // tonic's TLS configuration is fixed at start).
+    if let Some(server) = &sec.server_tls {
+        crate::security::TlsReloader {
+            args: args.security.clone(),
+            server: server.clone(),
+            peers: auth_layer.peer_check(),
+            kv: kv.clone(),
+        }
+        .spawn(stop_rx.clone());
+    }
     tracing::info!(
         "client API on {local}: {}{}",
         sec.summary,
@@ -190,8 +196,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let grpc = {
         let kv = kv.clone();
         let mut stop = stop_rx.clone();
+        let tls = sec.server_tls.clone();
         tokio::spawn(async move {
-            builder
+            let router = builder
                 .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(connections::KEEPALIVE_TIMEOUT))
                 .layer(connections::ActivityLayer)
@@ -201,11 +208,18 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 .add_service(reflection_v1alpha)
                 .add_service(AdminService::new(kv.clone()).into_server())
                 .add_service(TxnService::new(kv.clone()).into_server())
-                .add_service(kv.into_server())
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+                .add_service(kv.into_server());
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            match tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls.incoming(incoming), stopped)
+                        .await
+                }
+                None => router.serve_with_incoming_shutdown(incoming, stopped).await,
+            }
         })
     };
 

@@ -10,7 +10,8 @@
 //!   server takes a new token within 5 s of the change and on SIGHUP, and keeps the previous
 //!   tokens when the file stops parsing;
 //! - TLS (`--tls-cert/--tls-key`), mutual TLS (`--tls-client-ca`), the CLI's `--tls-ca` and
-//!   `https://` targets; a plaintext client gets nothing from a TLS server;
+//!   `https://` targets; a plaintext client gets nothing from a TLS server; a certificate
+//!   renewed on disk is served to new connections without a restart;
 //! - a non-loopback listener without TLS or tokens refuses to start, naming `--allow-insecure`;
 //! - quotas: a namespace over its request rate gets `RESOURCE_EXHAUSTED` with
 //!   `retry-after-ms`, the other namespace is not refused (its latency is printed);
@@ -629,6 +630,105 @@ async fn tls_and_mutual_tls_with_certificates_made_here() {
         &[],
     );
     assert!(ok && out == "ok", "{err}");
+}
+
+/// Replaces `path`'s content at once (a rename), as a certificate renewal tool does.
+fn replace_file(path: &Path, text: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    // The listener's certificate and key are replaced on disk: new connections get the new
+    // certificate within seconds, the connection already open keeps working, and a file
+    // that does not load (garbage, a key that is not the certificate's) keeps the
+    // certificate in force.
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_p, key_p) = (dir.path().join("tls.pem"), dir.path().join("tls.key"));
+    std::fs::copy(&pki.cert, &cert_p).unwrap();
+    std::fs::copy(&pki.key, &key_p).unwrap();
+    let (params2, cakey2, ca2) = ca("renewed CA");
+    let (cert2, key2) = leaf(params2, cakey2);
+    let server = Server::start_with(
+        &dir.path().join("node"),
+        ServerOpts {
+            extra_args: vec![
+                "--tls-cert".into(),
+                cert_p.display().to_string(),
+                "--tls-key".into(),
+                key_p.display().to_string(),
+            ],
+            env: Vec::new(),
+        },
+    );
+    let trusting = |ca_pem: &[u8]| ClientTls {
+        ca_pem: Some(ca_pem.to_vec()),
+        identity: None,
+        domain: None,
+    };
+    let ca1 = std::fs::read(&pki.ca).unwrap();
+    let open = client(&server.addr, None, Some(trusting(&ca1)))
+        .await
+        .unwrap();
+    open.put("before", "1").await.unwrap();
+
+    // Garbage in the certificate file: logged, the first certificate stays in force.
+    replace_file(&cert_p, b"not a certificate");
+    let t0 = Instant::now();
+    while !server.log_text().contains("TLS files not reloaded") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the bad file was not noticed: {}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = client(&server.addr, None, Some(trusting(&ca1)))
+        .await
+        .unwrap();
+    c.put("still-first", "1").await.unwrap();
+    // A valid certificate whose key is still the old one's: refused as well.
+    replace_file(&cert_p, cert2.as_bytes());
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let c = client(&server.addr, None, Some(trusting(&ca1)))
+        .await
+        .unwrap();
+    c.put("mismatched", "1").await.unwrap();
+
+    // Its key too: new connections now get the renewed certificate.
+    replace_file(&key_p, key2.as_bytes());
+    let t0 = Instant::now();
+    let renewed = loop {
+        match client(&server.addr, None, Some(trusting(ca2.as_bytes()))).await {
+            Ok(c) => break c,
+            Err(e) => assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the renewed certificate is not served: {e}; {}",
+                server.log_text()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    renewed.put("after", "2").await.unwrap();
+    assert!(
+        server.log_text().contains("TLS files re-read"),
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        client(&server.addr, None, Some(trusting(&ca1)))
+            .await
+            .is_err(),
+        "a new connection still got the first certificate"
+    );
+    // The connection made before the renewal keeps its session.
+    assert_eq!(open.get("after").await.unwrap().unwrap().0, "2");
+    // No secret in the log: the key's text never appears.
+    let key_body = key2.lines().nth(1).unwrap();
+    assert!(!server.log_text().contains(key_body));
 }
 
 #[test]

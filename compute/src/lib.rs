@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod connections;
 pub mod service;
+pub mod tls;
 
 /// The service layer under its earlier name.
 pub use service as server;

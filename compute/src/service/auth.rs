@@ -1130,8 +1130,11 @@ pub fn write_cost(key: &[u8], value_len: usize) -> u64 {
 }
 
 /// Checks that a connection's client certificate chains to the peer CA (`--peer-tls-ca`).
+/// Clones share one verifier, which [`PeerCheck::replace`] swaps (a rotated peer CA).
 #[derive(Clone)]
-pub struct PeerCheck(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+pub struct PeerCheck(Arc<parking_lot::RwLock<PeerVerifier>>);
+
+type PeerVerifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
 
 impl std::fmt::Debug for PeerCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1142,6 +1145,20 @@ impl std::fmt::Debug for PeerCheck {
 impl PeerCheck {
     /// A check against the CAs of a PEM file.
     pub fn new(ca_pem: &[u8]) -> Result<PeerCheck, String> {
+        Ok(PeerCheck(Arc::new(parking_lot::RwLock::new(
+            Self::verifier(ca_pem)?,
+        ))))
+    }
+
+    /// Checks against the CAs of `ca_pem` from now on (every clone of this check); on an
+    /// error the CAs in force stay.
+    pub fn replace(&self, ca_pem: &[u8]) -> Result<(), String> {
+        let v = Self::verifier(ca_pem)?;
+        *self.0.write() = v;
+        Ok(())
+    }
+
+    fn verifier(ca_pem: &[u8]) -> Result<PeerVerifier, String> {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
@@ -1156,7 +1173,7 @@ impl PeerCheck {
         )
         .build()
         .map_err(|e| e.to_string())?;
-        Ok(PeerCheck(v))
+        Ok(v)
     }
 
     /// Whether the request came over a connection whose client presented a certificate that
@@ -1174,8 +1191,8 @@ impl PeerCheck {
         let Some((end, rest)) = certs.split_first() else {
             return false;
         };
-        self.0
-            .verify_client_cert(end, rest, rustls::pki_types::UnixTime::now())
+        let v = self.0.read().clone();
+        v.verify_client_cert(end, rest, rustls::pki_types::UnixTime::now())
             .is_ok()
     }
 }
@@ -1202,6 +1219,11 @@ impl AuthLayer {
             peers: peer_ca_pem.map(PeerCheck::new).transpose()?,
             single_node: false,
         })
+    }
+
+    /// The peer check of this layer (shared with every clone), to replace its CAs.
+    pub fn peer_check(&self) -> Option<PeerCheck> {
+        self.peers.clone()
     }
 
     /// A node that is not part of a cluster: no peer forwards to it, so with tenants a

@@ -68,7 +68,7 @@ pub struct KvService {
     /// auth layer found (see `auth.rs`).
     tenants: Arc<AtomicBool>,
     /// TLS settings of calls to peers (`None`: plaintext).
-    peer_tls: Arc<OnceLock<strata_proto::auth::ClientTls>>,
+    peer_tls: Arc<Mutex<Option<strata_proto::auth::ClientTls>>>,
 }
 
 impl KvService {
@@ -83,9 +83,13 @@ impl KvService {
         self.tenants.store(on, Ordering::Release);
     }
 
-    /// Makes calls to peers use TLS with these settings.
+    /// Makes calls to peers use TLS with these settings (again, after a certificate rotation:
+    /// the channels to peers are then dropped, and calls from now on connect anew presenting
+    /// the new certificate; calls in flight finish on the channel they hold).
     pub fn set_peer_tls(&self, tls: strata_proto::auth::ClientTls) {
-        let _ = self.peer_tls.set(tls);
+        let mut cur = self.peer_tls.lock();
+        *cur = Some(tls);
+        self.peers.lock().clear();
     }
 
     /// The request's context, with the principal the auth layer found.
@@ -131,10 +135,14 @@ impl KvService {
         if let Some(c) = self.peers.lock().get(addr) {
             return Ok(c.clone());
         }
-        let ch = strata_proto::auth::endpoint(addr, self.peer_tls.get(), Duration::from_secs(2))
+        // The TLS settings are held across the insert: a channel built with settings that a
+        // rotation has just replaced is never cached after the rotation cleared the cache.
+        let tls = self.peer_tls.lock();
+        let ch = strata_proto::auth::endpoint(addr, tls.as_ref(), Duration::from_secs(2))
             .map_err(|e| Status::internal(format!("peer {addr}: {e}")))?
             .connect_lazy();
         self.peers.lock().insert(addr.to_string(), ch.clone());
+        drop(tls);
         Ok(ch)
     }
 
