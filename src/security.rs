@@ -61,6 +61,8 @@ pub struct SecurityArgs {
 pub struct Security {
     /// The TLS configuration of the listener (replaced by [`TlsReloader`] on rotation).
     pub server_tls: Option<ServerTls>,
+    /// The hash of the TLS files as read for `server_tls`.
+    pub tls_digest: Option<[u8; 32]>,
     /// How this node calls its peers over TLS.
     pub peer_tls: Option<ClientTls>,
     /// The CAs peers' certificates must chain to (--peer-tls-ca), PEM.
@@ -123,6 +125,20 @@ struct TlsFiles {
     peer_ca: Option<Vec<u8>>,
     /// For the startup log line.
     summary: &'static str,
+    /// The hash of the bytes read (see [`SecurityArgs::tls_digest`]): a change after this
+    /// read is seen by the reloader even if it came before the reloader started.
+    digest: [u8; 32],
+}
+
+/// The hash [`TlsReloader`] compares: each file's length and bytes, in flag order.
+fn digest_of<'a>(files: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for text in files {
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text);
+    }
+    h.finalize().into()
 }
 
 impl SecurityArgs {
@@ -182,6 +198,17 @@ impl SecurityArgs {
         // Peers are called over TLS too (their listeners speak nothing else), verified against
         // the peer CA (else the client CA, else the system's), and shown this node's
         // certificate.
+        let digest = digest_of(
+            [
+                Some(&cert),
+                Some(&key),
+                client_ca.as_ref(),
+                peer_ca.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_slice()),
+        );
         let peer_tls = ClientTls {
             ca_pem: peer_ca.clone().or(client_ca.clone()),
             identity: Some((cert.clone(), key.clone())),
@@ -197,15 +224,14 @@ impl SecurityArgs {
             peer_tls,
             peer_ca,
             summary,
+            digest,
         }))
     }
 
     /// The contents of the TLS files, hashed: what [`TlsReloader`] compares to see a change
     /// (`None` while one of them cannot be read, as in the middle of a replacement).
     fn tls_digest(&self) -> Option<[u8; 32]> {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        for p in [
+        let texts = [
             &self.tls_cert,
             &self.tls_key,
             &self.tls_client_ca,
@@ -213,27 +239,25 @@ impl SecurityArgs {
         ]
         .into_iter()
         .flatten()
-        {
-            let text = std::fs::read(p).ok()?;
-            h.update((text.len() as u64).to_le_bytes());
-            h.update(&text);
-        }
-        Some(h.finalize().into())
+        .map(std::fs::read)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+        Some(digest_of(texts.iter().map(|t| t.as_slice())))
     }
 
     /// Loads the files and checks the listener: a non-loopback address needs TLS and tokens,
     /// or --allow-insecure.
     pub fn load(&self, listen: SocketAddr, cluster: bool) -> Result<Security> {
         let mut on = Vec::new();
-        let (server_tls, peer_tls, peer_ca_pem) = match self.tls_files()? {
+        let (server_tls, tls_digest, peer_tls, peer_ca_pem) = match self.tls_files()? {
             Some(f) => {
                 on.push(f.summary);
                 let server = ServerTls::new(&f.material)
                     .map_err(anyhow::Error::msg)
                     .context("--tls-cert/--tls-key: building the TLS configuration")?;
-                (Some(server), Some(f.peer_tls), f.peer_ca)
+                (Some(server), Some(f.digest), Some(f.peer_tls), f.peer_ca)
             }
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         let authority = match &self.tokens {
             Some(p) => {
@@ -293,6 +317,7 @@ impl SecurityArgs {
         };
         Ok(Security {
             server_tls,
+            tls_digest,
             peer_tls,
             peer_ca_pem,
             authority,
@@ -315,15 +340,21 @@ pub struct TlsReloader {
     pub peers: Option<PeerCheck>,
     /// The service whose calls to peers present this node's certificate.
     pub kv: KvService,
+    /// The hash of the files in force ([`Security::tls_digest`]).
+    pub seen: Option<[u8; 32]>,
 }
 
 impl TlsReloader {
     /// Reads the files again and puts them in force, all or nothing: what was replaced.
-    fn reload(&self) -> Result<&'static str> {
+    fn reload(&self) -> Result<(&'static str, [u8; 32])> {
         let Some(f) = self.args.tls_files()? else {
             bail!("TLS was turned off at start; it cannot be turned on without a restart");
         };
-        // Check every part before replacing any.
+        // Check every part before replacing any: the listener's configuration (a key that is
+        // not the certificate's fails here), the peer CA, the settings of calls to peers.
+        let server = strata_compute::tls::server_config(&f.material)
+            .map_err(anyhow::Error::msg)
+            .context("--tls-cert/--tls-key")?;
         let peer_ca = match (&self.peers, &f.peer_ca) {
             (Some(_), Some(pem)) => {
                 PeerCheck::new(pem)
@@ -333,11 +364,14 @@ impl TlsReloader {
             }
             _ => None,
         };
-        // Builds the whole configuration before it replaces the one in force.
-        self.server
-            .replace(&f.material)
-            .map_err(anyhow::Error::msg)
-            .context("--tls-cert/--tls-key")?;
+        strata_proto::auth::endpoint(
+            "127.0.0.1:1",
+            Some(&f.peer_tls),
+            std::time::Duration::from_secs(1),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("the TLS settings of calls to peers")?;
+        self.server.set(server);
         if let (Some(check), Some(pem)) = (&self.peers, peer_ca) {
             check
                 .replace(pem)
@@ -345,13 +379,12 @@ impl TlsReloader {
                 .context("--peer-tls-ca")?;
         }
         self.kv.set_peer_tls(f.peer_tls);
-        Ok(f.summary)
+        Ok((f.summary, f.digest))
     }
 
     /// Watches the files until `stop` turns true (see the type's docs).
-    pub fn spawn(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub fn spawn(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         tokio::spawn(async move {
-            let mut seen = self.args.tls_digest();
             #[cfg(unix)]
             let mut hup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -374,13 +407,17 @@ impl TlsReloader {
                         // A file that cannot be read right now (mid-replacement) is looked
                         // at again next tick.
                         let Some(now) = self.args.tls_digest() else { continue };
-                        if seen == Some(now) { continue; }
-                        seen = Some(now);
+                        if self.seen == Some(now) { continue; }
+                        self.seen = Some(now);
                         "a file changed"
                     }
                 };
                 match self.reload() {
-                    Ok(what) => tracing::info!("TLS files re-read ({why}): {what} in force for new connections"),
+                    Ok((what, digest)) => {
+                        // What was read, which may be newer than what the tick hashed.
+                        self.seen = Some(digest);
+                        tracing::info!("TLS files re-read ({why}): {what} in force for new connections")
+                    }
                     Err(e) => tracing::error!(
                         "TLS files not reloaded ({why}): {e:#}; the previous certificates stay in force"
                     ),

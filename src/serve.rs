@@ -182,6 +182,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             server: server.clone(),
             peers: auth_layer.peer_check(),
             kv: kv.clone(),
+            seen: sec.tls_digest,
         }
         .spawn(stop_rx.clone());
     }

@@ -692,7 +692,20 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     c.put("still-first", "1").await.unwrap();
     // A valid certificate whose key is still the old one's: refused as well.
     replace_file(&cert_p, cert2.as_bytes());
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let t0 = Instant::now();
+    while server.log_text().matches("TLS files not reloaded").count() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the mismatched key was not noticed: {}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        server.log_text().contains("certificate and key"),
+        "the error says what is wrong: {}",
+        server.log_text()
+    );
     let c = client(&server.addr, None, Some(trusting(&ca1)))
         .await
         .unwrap();
@@ -713,11 +726,15 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     renewed.put("after", "2").await.unwrap();
-    assert!(
-        server.log_text().contains("TLS files re-read"),
-        "{}",
-        server.log_text()
-    );
+    let t0 = Instant::now();
+    while !server.log_text().contains("TLS files re-read") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         client(&server.addr, None, Some(trusting(&ca1)))
             .await
@@ -726,9 +743,6 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     );
     // The connection made before the renewal keeps its session.
     assert_eq!(open.get("after").await.unwrap().unwrap().0, "2");
-    // No secret in the log: the key's text never appears.
-    let key_body = key2.lines().nth(1).unwrap();
-    assert!(!server.log_text().contains(key_body));
 }
 
 #[test]

@@ -34,6 +34,11 @@ use tokio_rustls::server::TlsStream;
 /// Longest a TLS handshake may take once accepted (tonic's acceptor used the same bound).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most connections taken from the accept loop per poll: with a backlog of connections
+/// waiting, finished handshakes still reach tonic between batches (and their results do not
+/// pile up in the task set), and the task's cooperative budget is not spent on accepts alone.
+const ACCEPTS_PER_POLL: usize = 16;
+
 /// What a server's TLS is built from: its certificate chain and key, and the CAs that client
 /// certificates may chain to.
 #[derive(Clone)]
@@ -104,7 +109,7 @@ pub fn server_config(m: &TlsMaterial) -> Result<ServerConfig, String> {
     Ok(cfg)
 }
 
-/// The TLS configuration in force; [`ServerTls::replace`] swaps it for new connections.
+/// The TLS configuration in force; [`ServerTls::set`] swaps it for new connections.
 #[derive(Clone)]
 pub struct ServerTls {
     current: Arc<RwLock<Arc<ServerConfig>>>,
@@ -124,12 +129,9 @@ impl ServerTls {
         })
     }
 
-    /// Puts `m` in force for every handshake from now on; on an error the configuration in
-    /// force stays (nothing is half-replaced).
-    pub fn replace(&self, m: &TlsMaterial) -> Result<(), String> {
-        let cfg = Arc::new(server_config(m)?);
-        *self.current.write() = cfg;
-        Ok(())
+    /// Puts a configuration built by [`server_config`] in force for every handshake from now.
+    pub fn set(&self, cfg: ServerConfig) {
+        *self.current.write() = Arc::new(cfg);
     }
 
     fn config(&self) -> Arc<ServerConfig> {
@@ -162,10 +164,31 @@ impl futures::Stream for TlsIncoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        // Start a handshake for every connection accepted so far.
+        // Finished handshakes first, so a flood of new connections cannot hold them back.
+        loop {
+            match this.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Ok(stream)))) => return Poll::Ready(Some(Ok(stream))),
+                Poll::Ready(Some(Ok(Err(e)))) => {
+                    tracing::debug!(error = %e, "TLS handshake failed; connection closed");
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "a TLS handshake task ended abnormally");
+                }
+                Poll::Ready(None) if this.inner_done => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        // Then a handshake for each connection accepted since, a batch at a time.
+        let mut accepted = 0;
         while !this.inner_done {
+            if accepted == ACCEPTS_PER_POLL {
+                // More may be waiting: poll again soon, after other tasks had their turn.
+                cx.waker().wake_by_ref();
+                break;
+            }
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(conn))) => {
+                    accepted += 1;
                     let acceptor = tokio_rustls::TlsAcceptor::from(this.tls.config());
                     this.handshakes.spawn(async move {
                         match strata_clock::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await
@@ -184,18 +207,15 @@ impl futures::Stream for TlsIncoming {
                 Poll::Pending => break,
             }
         }
-        loop {
-            match this.handshakes.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Ok(stream)))) => return Poll::Ready(Some(Ok(stream))),
-                Poll::Ready(Some(Ok(Err(e)))) => {
-                    tracing::debug!(error = %e, "TLS handshake failed; connection closed");
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "a TLS handshake task ended abnormally");
-                }
-                Poll::Ready(None) if this.inner_done => return Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
+        if accepted > 0 {
+            // The new handshakes' tasks must be able to wake this stream: poll the set once
+            // more so its waker is registered (a spawned task cannot have finished yet unless
+            // it did so on another worker, which this also catches).
+            cx.waker().wake_by_ref();
         }
+        if this.inner_done && this.handshakes.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }
