@@ -7,7 +7,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
     },
-    time::Instant,
 };
 
 use anyhow::{ensure, Context as _};
@@ -132,7 +131,7 @@ impl BlockCache {
     /// that fail their checksums are skipped, not fatal), so a restart starts warm.
     pub async fn open(cfg: CacheConfig) -> anyhow::Result<BlockCache> {
         ensure!(cfg.memory_bytes > 0, "memory_bytes must be > 0");
-        let started = Instant::now();
+        let started = strata_clock::now();
         let foyer_counters = Arc::new(FoyerCounters::default());
 
         let builder = HybridCacheBuilder::<BlockKey, CachedBlock>::new()
@@ -366,7 +365,7 @@ impl BlockCache {
             return Ok(());
         }
         self.inner.closing.store(true, Ordering::SeqCst);
-        let started = Instant::now();
+        let started = strata_clock::now();
         self.inner
             .hybrid
             .close()

@@ -149,7 +149,7 @@ async fn concurrent_get_or_fetch_share_one_fetch() {
                 cache
                     .get_or_fetch(key(4, 0), move || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        strata_clock::sleep(Duration::from_millis(100)).await;
                         Ok(v)
                     })
                     .await
@@ -173,7 +173,7 @@ async fn concurrent_callers_sharing_a_failed_fetch_all_get_an_error() {
             tokio::spawn(async move {
                 cache
                     .get_or_fetch(key(5, 0), || async {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        strata_clock::sleep(Duration::from_millis(50)).await;
                         Err(anyhow::Error::new(ObjectStoreDown))
                     })
                     .await

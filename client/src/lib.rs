@@ -22,7 +22,7 @@ use pb::admin_client::AdminClient;
 use pb::kv_client::KvClient;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_proto::auth::{Bearer, ClientTls, Transport};
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
@@ -279,7 +279,7 @@ impl Client {
         F: Fn(KvClient<Transport>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let deadline = Instant::now() + self.inner.opts.retry_budget;
+        let deadline = strata_clock::now() + self.inner.opts.retry_budget;
         let mut backoff = Duration::from_millis(20);
         loop {
             let addr = self.target(partition);
@@ -287,10 +287,10 @@ impl Client {
             match res {
                 Err(s)
                     if (is_retry_safe(&s) || (idempotent && s.code() == Code::Unavailable))
-                        && Instant::now() + backoff < deadline =>
+                        && strata_clock::now() + backoff < deadline =>
                 {
                     tracing::debug!(addr, error = %s, "retrying elsewhere");
-                    tokio::time::sleep(backoff).await;
+                    strata_clock::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                     // Best effort: with every node down the next attempt fails again anyway.
                     let _ = self.refresh().await;

@@ -137,6 +137,13 @@ pub fn system_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// 64 bits from the operating system's entropy source, for names that must be unique across
+/// processes and runs (object, staging and manifest names, SST ids): a seeded [`Rng`] would
+/// repeat them. Never for what a simulated run must repeat (use an [`Rng`]).
+pub fn unique_u64() -> u64 {
+    rand::random()
+}
+
 /// A source of random numbers. Cheap to clone; clones share one generator.
 #[derive(Clone, Debug)]
 pub struct Rng {

@@ -243,7 +243,7 @@ impl Incoming {
 
 /// Whether a warning may be logged now, at most once per `WARN_EVERY`.
 fn warn_due(last: &mut Option<Instant>) -> bool {
-    let now = Instant::now();
+    let now = strata_clock::now();
     if last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
         return false;
     }
@@ -273,7 +273,7 @@ impl futures::Stream for Incoming {
                         if warn_due(&mut this.last_error_warning) {
                             tracing::warn!(error = %e, "accepting a connection failed; pausing accepts briefly");
                         }
-                        this.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                        this.backoff = Some(Box::pin(strata_clock::sleep(ACCEPT_BACKOFF)));
                     }
                     continue;
                 }
@@ -428,7 +428,7 @@ impl Conn {
             local_addr: io.local_addr().ok(),
             remote_addr: io.peer_addr().ok(),
         };
-        let epoch = Instant::now();
+        let epoch = strata_clock::now();
         let state = Arc::new(ConnState {
             in_flight: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(0),
@@ -438,7 +438,7 @@ impl Conn {
             waker: futures::task::AtomicWaker::new(),
         });
         let timer = (!limits.handshake_timeout.is_zero())
-            .then(|| Box::pin(tokio::time::sleep_until(epoch + limits.handshake_timeout)));
+            .then(|| Box::pin(strata_clock::sleep_until(epoch + limits.handshake_timeout)));
         Conn {
             io,
             info: ConnInfo { tcp, state },
@@ -461,7 +461,7 @@ impl Conn {
             // Requests in flight: look again shortly after they may have finished.
             at if st.in_flight.load(Ordering::Acquire) > 0 => Some(
                 (st.epoch + Duration::from_millis(at))
-                    .max(Instant::now() + Duration::from_millis(100)),
+                    .max(strata_clock::now() + Duration::from_millis(100)),
             ),
             at => {
                 let quiet =
@@ -602,7 +602,7 @@ impl AsyncRead for Conn {
                         this.info.state.touch();
                         this.timer = this
                             .deadline()
-                            .map(|d| Box::pin(tokio::time::sleep_until(d)));
+                            .map(|d| Box::pin(strata_clock::sleep_until(d)));
                     }
                 }
                 return Poll::Ready(Ok(()));
@@ -620,7 +620,7 @@ impl AsyncRead for Conn {
                 if let Some(d) = this.deadline() {
                     match this.timer.as_mut() {
                         Some(t) => t.as_mut().reset(d),
-                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(d))),
+                        None => this.timer = Some(Box::pin(strata_clock::sleep_until(d))),
                     }
                 }
             }
@@ -765,7 +765,7 @@ pub struct TrackedBody<B> {
 #[derive(Debug)]
 pub struct RpcTimer {
     rpc: &'static str,
-    started: std::time::Instant,
+    started: strata_clock::Instant,
     done: bool,
 }
 
@@ -813,7 +813,7 @@ impl RpcTimer {
                 .copied()
                 .find(|r| *r == method)
                 .unwrap_or("other"),
-            started: std::time::Instant::now(),
+            started: strata_clock::now(),
             done: false,
         }
     }

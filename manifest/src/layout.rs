@@ -66,7 +66,7 @@ pub fn parse_manifest_path(path: &str) -> Option<u64> {
 /// time order makes listings readable.
 pub fn new_sst_id() -> u64 {
     (crate::now_ms() << SST_ID_RANDOM_BITS)
-        | (rand::random::<u64>() & ((1 << SST_ID_RANDOM_BITS) - 1))
+        | (strata_clock::unique_u64() & ((1 << SST_ID_RANDOM_BITS) - 1))
 }
 
 /// Low bits of an SST id that are random.

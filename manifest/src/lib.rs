@@ -28,10 +28,7 @@ use thiserror::Error;
 /// Milliseconds since the Unix epoch (0 if the clock is before it). Manifests, WAL headers
 /// and SST ids all carry times from this one clock.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    strata_clock::system_unix_ms()
 }
 
 /// Errors of the manifest store.

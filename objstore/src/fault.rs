@@ -94,7 +94,7 @@ impl FaultInjecting {
     async fn gate(&self, op: &'static str, path: &str) -> StoreResult<()> {
         let (latency, res) = self.faults.before(op, path);
         if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
+            strata_clock::sleep(latency).await;
         }
         res
     }

@@ -170,15 +170,7 @@ impl Upload for Gathered {
 /// 64 random bits (staging names, placeholders), without a seeded generator: uniqueness is
 /// all that is asked.
 pub(crate) fn nonce() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
+    strata_clock::unique_u64()
 }
 
 pub(crate) fn validate_path(path: &str) -> StoreResult<()> {

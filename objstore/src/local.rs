@@ -798,12 +798,12 @@ mod tests {
         for b in [1u8, 2, 3] {
             // Polled once (the write starts), then given up on — unless it was done by
             // then: a retry follows only an attempt that did not answer.
-            let first = tokio::time::timeout(std::time::Duration::ZERO, u.put_part(part(b))).await;
+            let first = strata_clock::timeout(std::time::Duration::ZERO, u.put_part(part(b))).await;
             if !matches!(first, Ok(Ok(()))) {
                 u.put_part(part(b)).await.unwrap();
             }
         }
-        let first = tokio::time::timeout(std::time::Duration::ZERO, u.complete()).await;
+        let first = strata_clock::timeout(std::time::Duration::ZERO, u.complete()).await;
         if !matches!(first, Ok(Ok(()))) {
             u.complete().await.unwrap();
         }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use strata_clock::Instant;
 
 /// Counts of requests sent to the object store, by kind.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl Store for Metered {
         self.c
             .bytes_put
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.put(path, data, mode).await;
         self.done("put", started, r)
     }
@@ -117,14 +117,14 @@ impl Store for Metered {
         self.c
             .bytes_put
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.put_class(path, data, storage_class).await;
         self.done("put", started, r)
     }
     async fn put_parts(&self, path: &str) -> StoreResult<Option<Box<dyn Upload>>> {
         // Starting, each part and completing are each a PUT-priced request on S3 (a store
         // without uploads of its own answers `None` without a request).
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.put_parts(path).await;
         if !matches!(r, Ok(None)) {
             self.c.puts.fetch_add(1, Ordering::Relaxed);
@@ -139,7 +139,7 @@ impl Store for Metered {
     }
     async fn get(&self, path: &str) -> StoreResult<Bytes> {
         self.c.gets.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.get(path).await;
         if let Ok(b) = &r {
             self.c
@@ -150,7 +150,7 @@ impl Store for Metered {
     }
     async fn get_range(&self, path: &str, range: Range<u64>) -> StoreResult<Bytes> {
         self.c.gets.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.get_range(path, range).await;
         if let Ok(b) = &r {
             self.c
@@ -161,19 +161,19 @@ impl Store for Metered {
     }
     async fn head(&self, path: &str) -> StoreResult<u64> {
         self.c.heads.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.head(path).await;
         self.done("head", started, r)
     }
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
         self.c.lists.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.list(prefix).await;
         self.done("list", started, r)
     }
     async fn delete(&self, path: &str) -> StoreResult<()> {
         self.c.deletes.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.delete(path).await;
         self.done("delete", started, r)
     }
@@ -196,19 +196,19 @@ impl Upload for MeteredUpload {
             .c
             .bytes_put
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.put_part(data).await;
         self.m.done("put_part", started, r)
     }
     async fn complete(&mut self) -> StoreResult<()> {
         self.m.c.puts.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.complete().await;
         self.m.done("complete", started, r)
     }
     async fn abort(&mut self) -> StoreResult<()> {
         self.m.c.deletes.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        let started = strata_clock::now();
         let r = self.inner.abort().await;
         self.m.done("abort", started, r)
     }

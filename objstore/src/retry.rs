@@ -11,7 +11,7 @@ use bytes::Bytes;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How hard to retry.
 #[derive(Debug, Clone)]
@@ -74,12 +74,12 @@ impl Retrying {
         Fut: Future<Output = StoreResult<T>> + Send,
     {
         let mut ambiguous = false;
-        let start = Instant::now();
+        let start = strata_clock::now();
         let mut backoff = self.policy.base_backoff;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let res = match tokio::time::timeout(self.policy.attempt_timeout, f()).await {
+            let res = match strata_clock::timeout(self.policy.attempt_timeout, f()).await {
                 Ok(r) => r,
                 Err(_) => Err(StoreError::Unavailable {
                     op,
@@ -95,7 +95,7 @@ impl Retrying {
                 {
                     ambiguous = true;
                     tracing::debug!(op, path, attempt, error = %e, "retrying object store request");
-                    tokio::time::sleep(backoff).await;
+                    strata_clock::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.policy.max_backoff);
                 }
                 other => return (other, ambiguous),

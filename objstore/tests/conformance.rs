@@ -16,6 +16,10 @@
 
 // The S3 test-server launcher the root package's tests use too.
 #[path = "../../testkit/src/infra.rs"]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the launchers wait for real processes on the wall clock"
+)]
 mod infra;
 
 use bytes::Bytes;
@@ -25,7 +29,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_objstore::{
     open_store, Metered, PutMode, RetryPolicy, S3Settings, Store, StoreConfig, StoreError,
 };
@@ -224,12 +228,12 @@ fn start_moto() -> Option<S3Server> {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = strata_clock::now() + Duration::from_secs(60);
         let up = loop {
             if raw_http(addr, "GET", "/").is_ok() {
                 break true;
             }
-            if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) || strata_clock::now() > deadline {
                 break false;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -360,7 +364,7 @@ async fn missing_objects(srv: &S3Server, prefix: &str) {
         .await
         .unwrap();
     for range in [5..20, 20..30] {
-        let t0 = Instant::now();
+        let t0 = strata_clock::now();
         let r = s.get_range("short", range.clone()).await;
         assert!(r.is_err(), "range {range:?} of 10 bytes returned {r:?}");
         eprintln!(
@@ -406,7 +410,7 @@ async fn create_if_absent(srv: &S3Server, prefix: &str) {
 async fn racing_creators(srv: &S3Server, prefix: &str, rounds: usize) {
     const RACERS: usize = 32;
     let stores: Vec<Arc<dyn Store>> = (0..RACERS).map(|_| srv.store(prefix).0).collect();
-    let t0 = Instant::now();
+    let t0 = strata_clock::now();
     for round in 0..rounds {
         let name = format!("race/{round:04}");
         let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
@@ -599,7 +603,7 @@ async fn listing(srv: &S3Server, prefix: &str) {
 
     // More than one page (S3 pages at 1,000 keys).
     const N: usize = 1100;
-    let t0 = Instant::now();
+    let t0 = strata_clock::now();
     futures::stream::iter(0..N)
         .map(|i| {
             let s = s.clone();
@@ -613,7 +617,7 @@ async fn listing(srv: &S3Server, prefix: &str) {
         .await
         .unwrap();
     let put_time = t0.elapsed();
-    let t1 = Instant::now();
+    let t1 = strata_clock::now();
     let got = s.list("many/").await.unwrap();
     let list_time = t1.elapsed();
     assert_eq!(got.len(), N, "[{}] listing past one page", srv.name);
@@ -701,10 +705,10 @@ async fn latency(srv: &S3Server, prefix: &str, n: usize) {
     let mut get_t = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("lat/{i:05}");
-        let t0 = Instant::now();
+        let t0 = strata_clock::now();
         s.put(&name, data.clone(), PutMode::Create).await.unwrap();
         put_t.push(t0.elapsed());
-        let t0 = Instant::now();
+        let t0 = strata_clock::now();
         s.get_range(&name, 1000..2000).await.unwrap();
         get_t.push(t0.elapsed());
     }
@@ -1063,7 +1067,7 @@ async fn moto_conformance() {
     ];
     let mut failed = Vec::new();
     for name in cases {
-        let t0 = Instant::now();
+        let t0 = strata_clock::now();
         let srv = srv.clone();
         // A panicking case must not stop the others: run it as a task and look at the result.
         match tokio::spawn(async move { moto_case(name, &srv).await }).await {

@@ -38,7 +38,7 @@ use strata_engine::{store_uid, Db, DbOptions};
 use strata_engine::{ReplicaRead, Replicas};
 use strata_format::PartitionMap;
 use strata_manifest::etcd::{ClusterView, Etcd, NodeInfo, OwnerInfo, PartitionProgress};
-use strata_manifest::{now_ms, EtcdManifestStore};
+use strata_manifest::EtcdManifestStore;
 use strata_objstore::Store;
 use tokio::sync::{watch, Semaphore};
 
@@ -195,14 +195,14 @@ impl ClusterNode {
         );
         let lease = LeaseGuard::new();
         let ttl_secs = opts.lease_ttl.as_secs().max(1) as i64;
-        let sent = Instant::now();
+        let sent = strata_clock::now();
         let (id, granted) = etcd.grant_lease(ttl_secs).await?;
         lease.renewed(sent, Duration::from_secs(granted.max(1) as u64));
         manifests.set_lease(id);
         let node = NodeInfo {
             id: opts.node_id.clone(),
             addr: opts.advertise.clone(),
-            started_ms: now_ms(),
+            started_ms: opts.db.clock.unix_ms(),
         };
         etcd.register(&node, id).await?;
         let inner = Arc::new(Inner {
@@ -246,6 +246,18 @@ impl ClusterNode {
         let t4 = tokio::spawn(txn_resolver_loop(node.clone()));
         node.inner.tasks.lock().extend([t1, t2, t3, t4]);
         Ok(node)
+    }
+
+    /// The clock this node reads (its engines' `DbOptions::clock`): record timestamps, the
+    /// transaction janitor's ages, staleness.
+    pub fn clock(&self) -> &strata_clock::Clock {
+        &self.inner.opts.db.clock
+    }
+
+    /// The random numbers this node draws (its engines' `DbOptions::rng`): transaction ids and
+    /// back-offs.
+    pub fn rng(&self) -> &strata_clock::Rng {
+        &self.inner.opts.db.rng
     }
 
     /// This node's id.
@@ -552,12 +564,12 @@ async fn lease_loop(node: ClusterNode) {
     let mut stop = inner.stop.clone();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(ttl / 4) => {}
+            _ = strata_clock::sleep(ttl / 4) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let id = inner.lease_id.load(Ordering::SeqCst);
-        let sent = Instant::now();
-        match tokio::time::timeout(ttl / 2, inner.etcd.keep_alive(id)).await {
+        let sent = strata_clock::now();
+        match strata_clock::timeout(ttl / 2, inner.etcd.keep_alive(id)).await {
             Ok(Ok(left)) if left > 0 => {
                 inner.lease.renewed(sent, Duration::from_secs(left as u64));
                 continue;
@@ -585,13 +597,13 @@ async fn lease_loop(node: ClusterNode) {
             if *stop.borrow() {
                 return;
             }
-            let sent = Instant::now();
+            let sent = strata_clock::now();
             let res = async {
                 let (id, granted) = inner.etcd.grant_lease(ttl.as_secs() as i64).await?;
                 let me = NodeInfo {
                     id: inner.opts.node_id.clone(),
                     addr: inner.opts.advertise.clone(),
-                    started_ms: now_ms(),
+                    started_ms: inner.opts.db.clock.unix_ms(),
                 };
                 inner.etcd.register(&me, id).await?;
                 Ok::<_, strata_manifest::ManifestError>((id, granted))
@@ -612,7 +624,7 @@ async fn lease_loop(node: ClusterNode) {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rejoining the cluster failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    strata_clock::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
@@ -654,7 +666,7 @@ fn adopt_remote_manifests(node: &ClusterNode, view: &ClusterView) {
 /// here (including ones that arrived with a failover: their intents came back on open).
 async fn txn_resolver_loop(node: ClusterNode) {
     let mut stop = node.inner.stop.clone();
-    let mut last_janitor = Instant::now();
+    let mut last_janitor = strata_clock::now();
     loop {
         for db in node.serving() {
             if !db.prepared_txns().is_empty() {
@@ -663,14 +675,14 @@ async fn txn_resolver_loop(node: ClusterNode) {
         }
         // One node sweeps the records of dead coordinators: the owner of the first partition.
         if last_janitor.elapsed() >= Duration::from_secs(60) {
-            last_janitor = Instant::now();
+            last_janitor = strata_clock::now();
             let first = node.map().ids().first().copied();
             if first.is_some_and(|p| node.serving().iter().any(|db| db.partition() == p)) {
-                txn_recovery::txn_janitor(&node.inner.etcd).await;
+                txn_recovery::txn_janitor(&node.inner.etcd, node.clock()).await;
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = strata_clock::sleep(Duration::from_millis(500)) => {}
             _ = stop.changed() => return,
         }
     }
@@ -680,7 +692,7 @@ async fn txn_resolver_loop(node: ClusterNode) {
 async fn reconcile_loop(node: ClusterNode) {
     let inner = &node.inner;
     let mut stop = inner.stop.clone();
-    let mut last_stats = Instant::now() - Duration::from_secs(10);
+    let mut last_stats = strata_clock::now() - Duration::from_secs(10);
     // Per partition: durable seq and when we saw it, for write rates.
     let mut seen: HashMap<u32, (u64, Instant)> = HashMap::new();
     loop {
@@ -694,8 +706,8 @@ async fn reconcile_loop(node: ClusterNode) {
             Err(e) => tracing::debug!(error = %e, "reading the cluster state failed"),
         }
         if last_stats.elapsed() >= Duration::from_secs(1) && inner.lease.valid() {
-            last_stats = Instant::now();
-            let now = Instant::now();
+            last_stats = strata_clock::now();
+            let now = strata_clock::now();
             let stats: Vec<PartitionProgress> = node
                 .serving()
                 .iter()
@@ -762,7 +774,7 @@ async fn reconcile_loop(node: ClusterNode) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(inner.opts.poll_interval) => {}
+            _ = strata_clock::sleep(inner.opts.poll_interval) => {}
             _ = inner.changed.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
@@ -930,7 +942,7 @@ async fn open(node: ClusterNode, p: u32) {
 /// the hash range the current partition map gives it. On failure the partition is released.
 async fn open_engine(node: ClusterNode, p: u32, tenure: i64) {
     let inner = &node.inner;
-    let started = Instant::now();
+    let started = strata_clock::now();
     let mut opts = inner.opts.db.clone();
     opts.partition = p;
     opts.lease = Some(inner.lease.clone());
@@ -985,7 +997,7 @@ async fn open_engine(node: ClusterNode, p: u32, tenure: i64) {
                 );
                 part.state = PartState::Corrupt {
                     why,
-                    since: Instant::now(),
+                    since: strata_clock::now(),
                 };
             }
         }
@@ -1027,7 +1039,7 @@ async fn release(node: ClusterNode, p: u32, timeout: Duration) {
         (db, part.tenure)
     };
     node.publish_owned();
-    let started = Instant::now();
+    let started = strata_clock::now();
     if let Err(e) = db.close(timeout).await {
         tracing::warn!(partition = p, error = %e, "closing for hand-off failed");
     }

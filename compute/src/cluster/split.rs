@@ -32,11 +32,11 @@ use super::{ClusterNode, PartState};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use strata_clock::Instant;
 use strata_engine::{EngineError, EngineResult};
 use strata_format::Manifest;
 use strata_manifest::etcd::{ClusterView, PartitionProgress};
-use strata_manifest::now_ms;
 
 /// Least time between two splits started by one node (lets the map and the load settle).
 const SPLIT_COOLDOWN: Duration = Duration::from_secs(10);
@@ -77,7 +77,7 @@ pub(crate) fn consider(node: &ClusterNode, view: &ClusterView, mine: &[Partition
     all.sort_unstable();
     let median = all.get(all.len() / 2).copied().unwrap_or(0);
     let st = &node.inner.split;
-    let now = Instant::now();
+    let now = strata_clock::now();
     let mut candidate = None;
     {
         let mut hot = st.hot_since.lock();
@@ -120,7 +120,7 @@ pub(crate) fn consider(node: &ClusterNode, view: &ClusterView, mine: &[Partition
                 tracing::warn!(partition = p, error = %e, "split failed; the partition serves on unsplit")
             }
         }
-        *node.inner.split.last.lock() = Some(Instant::now());
+        *node.inner.split.last.lock() = Some(strata_clock::now());
         node.inner.split.busy.store(false, Ordering::Release);
     });
 }
@@ -169,7 +169,7 @@ pub async fn split(node: &ClusterNode, p: u32) -> EngineResult<Option<u32>> {
         }
     }
     node.publish_owned();
-    let started = Instant::now();
+    let started = strata_clock::now();
     let attempt = async {
         db.close(Duration::from_secs(20)).await?;
         let (ssts, last_seq) = db.export_for_split(q, q_range).await?;
@@ -182,7 +182,7 @@ pub async fn split(node: &ClusterNode, p: u32) -> EngineResult<Option<u32>> {
             next_sst_id: 1,
             l0: ssts,
             levels: Vec::new(),
-            created_ms: now_ms(),
+            created_ms: node.clock().unix_ms(),
             roots: Vec::new(),
             // The parent's compactions may have removed tombstones of any deletion up to
             // the split (this node's view of the parent may be behind its compactor's).
@@ -250,6 +250,6 @@ async fn learn_split_outcome(node: &ClusterNode, planned: &strata_format::Partit
             },
             Err(e) => tracing::warn!(error = %e, "cannot read the partition map yet"),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        strata_clock::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -51,11 +51,14 @@ const JANITOR_DELETE_DECIDED_MS: u64 = 24 * 3600 * 1000;
 
 /// Cleans up transaction records left by coordinators that died: aborts old pending ones,
 /// deletes long-decided ones. Returns (aborted, deleted).
-pub(crate) async fn txn_janitor(etcd: &strata_manifest::etcd::Etcd) -> (usize, usize) {
+pub(crate) async fn txn_janitor(
+    etcd: &strata_manifest::etcd::Etcd,
+    clock: &strata_clock::Clock,
+) -> (usize, usize) {
     let Ok(records) = etcd.txn_list().await else {
         return (0, 0);
     };
-    let now = strata_manifest::now_ms();
+    let now = clock.unix_ms();
     let (mut aborted, mut deleted) = (0, 0);
     for (id, rec) in records {
         let age = now.saturating_sub(rec.created_ms);

@@ -40,7 +40,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use strata_clock::Instant;
 use strata_format::namespace;
 use strata_proto::headers::{AUTHORIZATION, RETRY_AFTER_MS};
 use strata_proto::reason;
@@ -673,13 +674,13 @@ impl Authority {
             let turn = ns.read_size.load(Ordering::Relaxed);
             ns.read_bytes
                 .lock()
-                .take_turn(0, turn, rate, Instant::now())
+                .take_turn(0, turn, rate, strata_clock::now())
                 .map_err(|after| quota(ns, "read_bytes_per_sec", after))?;
         }
         if let Some(rate) = q.requests_per_sec {
             ns.requests
                 .lock()
-                .take(1, rate, Instant::now())
+                .take(1, rate, strata_clock::now())
                 .map_err(|after| quota(ns, "requests_per_sec", after))?;
         }
         let max = self.inner.limits.max_in_flight;
@@ -1013,7 +1014,7 @@ impl Principal {
             // Each refused write gets a later turn than the one before (5 ms per MiB, about
             // what a local commit of it costs), so a namespace's many clients do not all come
             // back at once.
-            let now = Instant::now();
+            let now = strata_clock::now();
             let mut promised = ns.bytes_promised.lock();
             let start = promised.filter(|p| *p > now).unwrap_or(now);
             let turn = (start + Duration::from_micros(5_000 * bytes.div_ceil(1 << 20).max(1)))
@@ -1050,7 +1051,9 @@ impl Principal {
         };
         let rate = ns.quotas.read().read_bytes_per_sec;
         if let Some(rate) = rate {
-            ns.read_bytes.lock().charge(bytes, rate, Instant::now());
+            ns.read_bytes
+                .lock()
+                .charge(bytes, rate, strata_clock::now());
             // An average of the last replies (weight 1/8 each).
             let avg = ns.read_size.load(Ordering::Relaxed);
             ns.read_size
@@ -1082,7 +1085,7 @@ impl Principal {
         if let Some(rate) = q.write_bytes_per_sec {
             ns.write_bytes
                 .lock()
-                .take(bytes, rate, Instant::now())
+                .take(bytes, rate, strata_clock::now())
                 .map_err(|after| quota(ns, "write_bytes_per_sec", after))?;
         }
         Ok(())
@@ -1528,7 +1531,7 @@ mod tests {
     #[test]
     fn refused_requests_are_given_spread_out_turns() {
         let mut b = Bucket::default();
-        let t0 = Instant::now();
+        let t0 = strata_clock::now();
         // 10 per second: ten pass, then each refusal waits a turn longer than the last.
         for _ in 0..10 {
             assert!(b.take(1, 10, t0).is_ok());

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use strata_clock::Instant;
 use strata_engine::{prefix_end, Cond, Op, WriteOp};
 use strata_engine::{Db, MAX_SNAPSHOT_AGE};
 use strata_proto::reason;
@@ -170,9 +171,9 @@ impl KvService {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let forwarded = ctx.forwarded;
-        let deadline = Instant::now() + ctx.budget;
+        let deadline = strata_clock::now() + ctx.budget;
         let map_rev = self.map_revision();
-        let hard = ctx.answer_by.map(|d| tokio::time::Instant::now() + d);
+        let hard = ctx.answer_by.map(|d| strata_clock::now() + d);
         let mut backoff = Duration::from_millis(10);
         loop {
             let p = match key {
@@ -213,7 +214,7 @@ impl KvService {
             // Answer before the client's deadline: an UNAVAILABLE it can act on rather than
             // its own DEADLINE_EXCEEDED (or tonic's CANCELLED).
             let res = match hard {
-                Some(at) => tokio::time::timeout_at(at, attempt)
+                Some(at) => strata_clock::timeout_at(at, attempt)
                     .await
                     .unwrap_or_else(|_| {
                         Err(strata_proto::reason::with_reason(
@@ -237,9 +238,11 @@ impl KvService {
                     return Err(s)
                 }
                 Err(s)
-                    if !forwarded && is_retry_safe(&s) && Instant::now() + backoff < deadline =>
+                    if !forwarded
+                        && is_retry_safe(&s)
+                        && strata_clock::now() + backoff < deadline =>
                 {
-                    tokio::time::sleep(backoff).await;
+                    strata_clock::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
                 other => return other,
@@ -575,7 +578,7 @@ impl KvService {
         md.insert(
             STALE_MS_HEADER,
             tonic::metadata::MetadataValue::from(
-                strata_manifest::now_ms().saturating_sub(read.manifest_ms),
+                node.clock().unix_ms().saturating_sub(read.manifest_ms),
             ),
         );
         if let Some(s) = stale {
@@ -709,7 +712,7 @@ impl KvService {
         F: Fn(R) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let deadline = Instant::now() + budget;
+        let deadline = strata_clock::now() + budget;
         loop {
             let rev = self.map_revision();
             match once(r.clone()).await {
@@ -729,7 +732,7 @@ impl KvService {
     fn regroup(&self, s: &Status, rev: i64, deadline: Instant) -> bool {
         (is_retry_safe(s) || s.metadata().get(MAP_CHANGED_HEADER).is_some())
             && self.map_revision() != rev
-            && Instant::now() < deadline
+            && strata_clock::now() < deadline
     }
 
     /// One attempt at a BatchGet, grouped by the partition map as it is now.
@@ -1240,7 +1243,7 @@ impl Kv for KvService {
                         charged.charge_read(std::mem::take(&mut read_bytes));
                         let entries = std::mem::take(&mut chunk);
                         chunk_bytes = 0;
-                        match tokio::time::timeout(
+                        match strata_clock::timeout(
                             MAX_SNAPSHOT_AGE,
                             txr.send(Ok(pb::ScanResponse { entries })),
                         )
@@ -1266,7 +1269,7 @@ impl Kv for KvService {
                     charged.charge_read(read_bytes);
                     // Bounded like every send: a client that stops reading must not keep the
                     // namespace's in-flight slot for ever.
-                    let sent = tokio::time::timeout(
+                    let sent = strata_clock::timeout(
                         MAX_SNAPSHOT_AGE,
                         txr.send(Ok(pb::ScanResponse { entries: chunk })),
                     )

@@ -74,10 +74,10 @@ const DATA_LOSS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(
 fn data_loss_log_due(msg: &str) -> Option<u64> {
     use std::collections::HashMap;
     use std::sync::LazyLock;
-    use std::time::Instant;
+    use strata_clock::Instant;
     static LAST: LazyLock<parking_lot::Mutex<HashMap<String, (Instant, u64)>>> =
         LazyLock::new(Default::default);
-    let now = Instant::now();
+    let now = strata_clock::now();
     let mut t = LAST.lock();
     if let Some((at, skipped)) = t.get_mut(msg) {
         if now.duration_since(*at) < DATA_LOSS_LOG_EVERY {

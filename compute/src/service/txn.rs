@@ -21,7 +21,7 @@ use crate::pb;
 use crate::txn::TXN_TIMEOUT_MS;
 use crate::MAX_MESSAGE_BYTES;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strata_engine::WriteOp;
 use strata_manifest::etcd::{TxnRecord, TxnState};
 use strata_proto::reason::{self, with_reason};
@@ -81,19 +81,19 @@ impl KvService {
         parts: BTreeMap<u32, Vec<usize>>,
         ops: Vec<WriteOp>,
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
-        let deadline = Instant::now() + cx.budget;
+        let deadline = strata_clock::now() + cx.budget;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             match self.try_txn(&node, cx, &parts, &ops).await {
                 Err(s)
                     if s.code() == tonic::Code::Aborted
-                        && Instant::now() + Duration::from_millis(50) < deadline =>
+                        && strata_clock::now() + Duration::from_millis(50) < deadline =>
                 {
                     // Another transaction holds a key: back off (randomized, so two
                     // transactions that collided do not collide again) and retry.
-                    let ms = rand::random::<u64>() % (10u64 << attempt.min(5)) + 5;
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let ms = node.rng().next_u64() % (10u64 << attempt.min(5)) + 5;
+                    strata_clock::sleep(Duration::from_millis(ms)).await;
                 }
                 r => return r,
             }
@@ -108,11 +108,11 @@ impl KvService {
         ops: &[WriteOp],
     ) -> Result<Response<pb::BatchWriteResponse>, Status> {
         let etcd = node.etcd();
-        let created_ms = strata_manifest::now_ms();
+        let created_ms = node.clock().unix_ms();
         let id = format!(
             "{}-{created_ms:x}-{:016x}",
             node.node_id(),
-            rand::random::<u64>()
+            node.rng().next_u64()
         );
         let rec = TxnRecord {
             state: TxnState::Pending,

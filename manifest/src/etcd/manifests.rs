@@ -78,7 +78,7 @@ impl EtcdManifestStore {
         format!(
             "{}{version:020}-{:016x}.manifest",
             manifest_prefix(p),
-            rand::random::<u64>()
+            strata_clock::unique_u64()
         )
     }
 

@@ -189,11 +189,11 @@ const TOKEN_REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// last clone of its [`Etcd`] drops).
 async fn refresh_tokens(client: Client) {
     let mut seen = AUTH_STALE.load(std::sync::atomic::Ordering::Relaxed);
-    let mut last = tokio::time::Instant::now();
+    let mut last = strata_clock::now();
     let mut backoff = Duration::ZERO;
     let mut failures = 0u32;
     loop {
-        tokio::time::sleep(Duration::from_millis(200).max(backoff)).await;
+        strata_clock::sleep(Duration::from_millis(200).max(backoff)).await;
         let now = AUTH_STALE.load(std::sync::atomic::Ordering::Relaxed);
         if now == seen && last.elapsed() < TOKEN_REFRESH_EVERY {
             continue;
@@ -201,7 +201,7 @@ async fn refresh_tokens(client: Client) {
         match client.refresh_token().await {
             Ok(()) => {
                 seen = now;
-                last = tokio::time::Instant::now();
+                last = strata_clock::now();
                 backoff = Duration::ZERO;
                 failures = 0;
             }
@@ -256,7 +256,7 @@ impl Etcd {
             }
         }
         let opts = s.connect_options();
-        let client = tokio::time::timeout(
+        let client = strata_clock::timeout(
             s.request_timeout * 2,
             Client::connect(s.endpoints.clone(), Some(opts)),
         )
@@ -563,7 +563,7 @@ impl Etcd {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = strata_clock::sleep(Duration::from_millis(500)) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
