@@ -259,7 +259,10 @@ async fn restore(args: &CtlArgs) -> Result<()> {
                 part.partition
             )
         })?;
-        manifests.push((part.partition, restored_manifest(&m, &source.url)));
+        manifests.push((
+            part.partition,
+            restored_manifest(&m, &source.url, strata_manifest::now_ms()),
+        ));
     }
     match to_etcd_prefix {
         None => {

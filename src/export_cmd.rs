@@ -199,7 +199,14 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         let roots =
             strata_objstore::Roots::new(settings(&args.s3_endpoint), RetryPolicy::default());
         let progress = Bar(bar.clone());
-        run_export(source.read, &roots, &request, &progress).await?
+        run_export(
+            source.read,
+            &roots,
+            &request,
+            &progress,
+            &strata_clock::Clock::system(),
+        )
+        .await?
     };
     bar.finish_and_clear();
     if let Some(why) = &m.full_reason {

@@ -404,6 +404,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     let manifests: Arc<dyn ManifestStore> = Arc::new(EmbeddedManifestStore::new(store.clone()));
     let started = std::time::Instant::now();
+    // The engine's clock dates the embedded snapshot schedule's snapshots too.
+    let clock = opts.clock.clone();
     let open = Db::open(opts, store.clone(), manifests.clone(), cache.clone());
     let (db, report) = tokio::select! {
         r = open => r.context("recovering the store")?,
@@ -445,6 +447,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             manifests.clone(),
             sched,
             strata_compactor::fleet_tasks::max_pin_delay(strata_compactor::EMBEDDED_GC_GRACE),
+            clock.clone(),
             stop_rx.clone(),
         ))
     });

@@ -42,7 +42,7 @@ use strata_format::{
     WalEpochFilter, WAL_MARKER_LEN, WAL_MAX_IN_FLIGHT,
 };
 use strata_manifest::layout::{parse_wal_path, sst_path, wal_path, wal_prefix};
-use strata_manifest::{now_ms, ManifestStore};
+use strata_manifest::ManifestStore;
 use strata_objstore::{PutMode, Roots, Store};
 
 use crate::error::{CompactorError, Result, ResultExt};
@@ -72,6 +72,8 @@ pub struct ExportOptions {
     pub roots: Roots,
     /// Only this tenant's namespace (its keys with the namespace's prefix taken off).
     pub namespace: Option<String>,
+    /// The clock of the export's dates (its manifest's `created_ms`, its pins).
+    pub clock: strata_clock::Clock,
 }
 
 impl Default for ExportOptions {
@@ -83,6 +85,7 @@ impl Default for ExportOptions {
             map_revision: 0,
             roots: Roots::default(),
             namespace: None,
+            clock: strata_clock::Clock::system(),
         }
     }
 }
@@ -285,7 +288,7 @@ async fn export_once(
                 .into(),
         ));
     }
-    let created_ms = now_ms();
+    let created_ms = opts.clock.unix_ms();
     // Estimate the total for the progress bar from the manifests' SST sizes.
     let mut total = 0u64;
     for part in partitions {
@@ -552,16 +555,17 @@ async fn export_partition(
     // export longer than the GC grace is not restarted by an input deleted under it.
     // Best effort: an export with read-only access to the store still runs, unpinned (an
     // input deleted under it makes it read again from a newer manifest).
-    let mut pin = match crate::snapshot::pin_for_export(&**store, p, &m).await {
-        Ok(path) => Some(PinGuard {
-            store: store.clone(),
-            path: Some(path),
-        }),
-        Err(e) => {
-            tracing::warn!(partition = p, error = %e, "exporting without a pin");
-            None
-        }
-    };
+    let mut pin =
+        match crate::snapshot::pin_for_export(&**store, p, &m, run.opts.clock.unix_ms()).await {
+            Ok(path) => Some(PinGuard {
+                store: store.clone(),
+                path: Some(path),
+            }),
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "exporting without a pin");
+                None
+            }
+        };
     let r = export_version(run, join, p, rows, touched, m).await;
     if let Some(path) = pin.as_mut().and_then(|g| g.path.take()) {
         crate::snapshot::unpin_export(&**store, &path).await;

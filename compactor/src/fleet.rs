@@ -23,7 +23,7 @@ use std::time::Duration;
 use strata_clock::Instant;
 use strata_manifest::etcd::{CompactorInfo, Etcd};
 use strata_manifest::ring::Ring;
-use strata_manifest::{now_ms, EtcdManifestStore, ManifestStore};
+use strata_manifest::{EtcdManifestStore, ManifestStore};
 use strata_objstore::Store;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -90,7 +90,7 @@ pub async fn run_worker(
     let ttl = opts.lease_ttl.as_secs().max(1) as i64;
     let mut info = CompactorInfo {
         id: opts.id.clone(),
-        started_ms: now_ms(),
+        started_ms: opts.compaction.clock.unix_ms(),
         ..Default::default()
     };
     let mut last_renew = strata_clock::now();
@@ -117,6 +117,7 @@ pub async fn run_worker(
                 schedule: opts.snapshots,
                 pin_delay: crate::fleet_tasks::max_pin_delay(opts.compaction.gc_grace),
                 lease_ttl: opts.lease_ttl,
+                clock: opts.compaction.clock.clone(),
                 lease: lease_rx,
                 stop: stop.clone(),
             },

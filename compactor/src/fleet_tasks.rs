@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strata_manifest::etcd::Etcd;
-use strata_manifest::{now_ms, ManifestStore};
+use strata_manifest::ManifestStore;
 use strata_objstore::{Roots, Store};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -97,11 +97,13 @@ pub struct ExportRequest {
 
 /// Runs an export as requested: the CLI's own and the fleet's. `roots` opens the destination
 /// (and other roots SSTs may live under) with this process's S3 settings.
+/// `clock` dates the export's manifest and pins.
 pub async fn run_export(
     source: ExportSource,
     roots: &Roots,
     req: &ExportRequest,
     progress: &dyn Progress,
+    clock: &strata_clock::Clock,
 ) -> Result<ExportManifest> {
     let (store, manifests, partitions, cluster) = match &req.snapshot {
         // A snapshot is fixed: no split can change it under the export.
@@ -136,6 +138,7 @@ pub async fn run_export(
         map_revision: cluster.as_ref().map_or(0, |c| c.1),
         roots: roots.clone(),
         namespace: req.namespace.clone(),
+        clock: clock.clone(),
         ..ExportOptions::default()
     };
     let m = export(
@@ -174,11 +177,13 @@ pub async fn run_export(
 }
 
 /// Runs the snapshot schedule of an embedded store until `stop`.
+/// `clock` dates the snapshots and decides when one is due.
 pub async fn run_embedded_schedule(
     store: Arc<dyn Store>,
     manifests: Arc<dyn ManifestStore>,
     sched: SnapshotSchedule,
     pin_delay: Duration,
+    clock: strata_clock::Clock,
     mut stop: watch::Receiver<bool>,
 ) {
     let parts = [ExportPartition {
@@ -197,8 +202,9 @@ pub async fn run_embedded_schedule(
             map_revision: 0,
             max_pin_delay: pin_delay,
             txns: None,
+            clock: clock.clone(),
         };
-        let tick = schedule_tick(&target, &sched, now_ms());
+        let tick = schedule_tick(&target, &sched, clock.unix_ms());
         log_tick(tick.await);
     }
 }
@@ -266,6 +272,8 @@ pub(crate) struct FleetTasks {
     pub(crate) pin_delay: Duration,
     /// How long a claim outlives its worker.
     pub(crate) lease_ttl: Duration,
+    /// The worker's clock (snapshot dates and schedule, job records' times).
+    pub(crate) clock: strata_clock::Clock,
     /// The worker's current lease (`None` while it has none).
     pub(crate) lease: watch::Receiver<Option<i64>>,
     /// Turns true when the worker stops.
@@ -286,6 +294,7 @@ pub(crate) async fn run_fleet_tasks(tasks: FleetTasks) {
         schedule,
         pin_delay,
         lease_ttl,
+        clock,
         lease,
         stop,
     } = tasks;
@@ -333,8 +342,9 @@ pub(crate) async fn run_fleet_tasks(tasks: FleetTasks) {
                     map_revision: rev,
                     max_pin_delay: pin_delay,
                     txns: Some(&etcd),
+                    clock: clock.clone(),
                 };
-                schedule_tick(&target, &sched, now_ms()).await
+                schedule_tick(&target, &sched, clock.unix_ms()).await
             };
             log_tick(tick.await);
         }
@@ -351,6 +361,7 @@ pub(crate) async fn run_fleet_tasks(tasks: FleetTasks) {
             worker: &worker,
             roots: &roots,
             lease_ttl,
+            clock: &clock,
         };
         loop {
             tokio::select! {
@@ -408,11 +419,13 @@ const FINISHED_RECORD_TTL_MS: u64 = 3_600_000;
 impl ExportJob {
     /// A new pending job.
     pub fn new(request: ExportRequest) -> ExportJob {
-        let created_ms = now_ms();
+        // Made by the client that asks for the export (`strata export --via-fleet`), which
+        // has no clock of a store to hand: the system's.
+        let created_ms = strata_clock::system_unix_ms();
         ExportJob {
             id: format!(
                 "{created_ms:013}-{:08x}",
-                (strata_clock::Rng::from_entropy().next_u64() as u32)
+                (strata_clock::unique_u64() as u32)
             ),
             request,
             created_ms,
@@ -464,6 +477,7 @@ struct JobContext<'a> {
     worker: &'a str,
     roots: &'a Roots,
     lease_ttl: Duration,
+    clock: &'a strata_clock::Clock,
 }
 
 /// Aborts a spawned task when dropped (a cancelled job must not leave its ticker behind).
@@ -495,7 +509,7 @@ async fn export_jobs_step(ctx: &JobContext<'_>, lease: i64) -> Result<()> {
             }
         };
         if matches!(job.state, JobState::Done | JobState::Failed) {
-            if now_ms().saturating_sub(job.updated_ms) > FINISHED_RECORD_TTL_MS {
+            if ctx.clock.unix_ms().saturating_sub(job.updated_ms) > FINISHED_RECORD_TTL_MS {
                 etcd.job_delete(EXPORT_JOBS, &id)
                     .await
                     .map_err(etcd_err(format!("removing export job {id}")))?;
@@ -536,7 +550,7 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
     let interrupted = job.attempts > 0;
     job.attempts += 1;
     job.worker = Some(ctx.worker.to_string());
-    job.updated_ms = now_ms();
+    job.updated_ms = ctx.clock.unix_ms();
     let write = |job: &ExportJob| {
         let body = job.encode();
         async move {
@@ -562,6 +576,7 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
     let (lost_tx, mut lost_rx) = watch::channel(false);
     let ticker = {
         let (etcd, progress, mut rec) = (etcd.clone(), progress.clone(), job.clone());
+        let clock = ctx.clock.clone();
         let (id, task, ttl) = (id.to_string(), task.to_string(), ctx.lease_ttl);
         AbortOnDrop(tokio::spawn(async move {
             let mut confirmed = strata_clock::now();
@@ -569,7 +584,7 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
                 strata_clock::sleep(Duration::from_millis(500)).await;
                 rec.read_bytes = progress.read.load(Ordering::Relaxed);
                 rec.total_bytes = progress.total.load(Ordering::Relaxed);
-                rec.updated_ms = now_ms();
+                rec.updated_ms = clock.unix_ms();
                 let Ok(body) = rec.encode() else { continue };
                 match etcd
                     .job_update_fenced(EXPORT_JOBS, &id, body, &task, rev)
@@ -601,7 +616,7 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
         }
         let source =
             ExportSource::cluster(etcd.clone(), ctx.store.clone(), ctx.manifests.clone()).await?;
-        run_export(source, ctx.roots, &job.request, &*progress).await
+        run_export(source, ctx.roots, &job.request, &*progress, ctx.clock).await
     };
     let result = tokio::select! {
         r = run => r,
@@ -613,7 +628,7 @@ async fn run_claimed(ctx: &JobContext<'_>, id: &str, task: &str, rev: i64) -> Re
     drop(ticker);
     job.read_bytes = progress.read.load(Ordering::Relaxed);
     job.total_bytes = progress.total.load(Ordering::Relaxed);
-    job.updated_ms = now_ms();
+    job.updated_ms = ctx.clock.unix_ms();
     match result {
         Ok(m) => {
             info!(worker = ctx.worker, job = %job.id, rows = m.rows, files = m.files.len(), "export job done");

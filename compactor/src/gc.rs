@@ -74,7 +74,8 @@ impl Compactor {
         let p = self.inner.partition;
         // Inputs an archival snapshot references stay; once it is deleted, the orphan sweep
         // finds them unreferenced. Pins unknown: delete nothing now.
-        let pinned = match crate::snapshot::pinned_ssts(&*self.inner.store, p).await {
+        let now_ms = self.inner.opts.clock.unix_ms();
+        let pinned = match crate::snapshot::pinned_ssts(&*self.inner.store, p, now_ms).await {
             Ok(pinned) => pinned,
             Err(e) => {
                 self.queue(due);
@@ -142,7 +143,8 @@ impl Compactor {
         };
         // Pins are read after the manifest, so an SST a snapshot took from it is in one or
         // the other. They are by id: a pinned SST keeps its copies in every root.
-        let pinned = crate::snapshot::pinned_ssts(&*self.inner.store, p)
+        let now_ms = self.inner.opts.clock.unix_ms();
+        let pinned = crate::snapshot::pinned_ssts(&*self.inner.store, p, now_ms)
             .await
             .context("reading snapshot pins before sweeping orphans")?;
         let mut deleted = self.sweep_root(&m, None, &pinned).await?;

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_format::{decode_manifest, Manifest, SstBuilder, SstInfo, SstOptions};
 use strata_manifest::layout::{new_sst_id, sst_path};
-use strata_manifest::{now_ms, ManifestError, ManifestResult, ManifestStore};
+use strata_manifest::{ManifestError, ManifestResult, ManifestStore};
 use strata_objstore::{PutMode, Store, StoreError};
 
 use crate::error::{etcd as etcd_err, CompactorError, Result, ResultExt, WithWhat};
@@ -151,11 +151,20 @@ pub async fn create_snapshot(
         map_revision,
         max_pin_delay,
         txns,
+        clock: strata_clock::Clock::system(),
     };
+    create_snapshot_of(&target, scheduled).await
+}
+
+/// [`create_snapshot`] of a target (with the clock it names).
+pub async fn create_snapshot_of(
+    target: &SnapshotTarget<'_>,
+    scheduled: bool,
+) -> Result<SnapshotRecord> {
     let store = &target.store;
-    let created_ms = now_ms();
+    let created_ms = target.clock.unix_ms();
     let id = new_id(created_ms, scheduled);
-    let r = create_inner(&target, scheduled, &id, created_ms).await;
+    let r = create_inner(target, scheduled, &id, created_ms).await;
     if r.is_err() {
         // The partitions pinned so far would keep their SSTs for as long as the partial
         // snapshot stays; nothing can use it.
@@ -185,6 +194,8 @@ pub struct SnapshotTarget<'a> {
     pub max_pin_delay: Duration,
     /// A cluster's etcd, for its transaction records and partition map (`None`: embedded).
     pub txns: Option<&'a strata_manifest::etcd::Etcd>,
+    /// The clock of the snapshot's dates (its id, `created_ms`, `completed_ms`).
+    pub clock: strata_clock::Clock,
 }
 
 /// [`create_snapshot`] of `target` under the id it chose, created at `created_ms`.
@@ -201,6 +212,7 @@ async fn create_inner(
         map_revision,
         max_pin_delay,
         txns,
+        ref clock,
     } = *target;
     let id = id.to_string();
     let mut out = Vec::with_capacity(partitions.len());
@@ -270,7 +282,7 @@ async fn create_inner(
         partitions: out,
         txns: records.into_iter().collect(),
         scheduled,
-        completed_ms: now_ms(),
+        completed_ms: clock.unix_ms(),
     };
     let body = serde_json::to_vec_pretty(&record).context("encoding snapshot.json")?;
     store
@@ -508,11 +520,9 @@ pub async fn schedule_tick(
 ) -> Result<ScheduleTick> {
     let SnapshotTarget {
         ref store,
-        ref manifests,
         partitions,
-        map_revision,
         max_pin_delay,
-        txns,
+        ..
     } = *target;
     let mut out = ScheduleTick::default();
     let ids = snapshot_ids(&**store).await?;
@@ -544,16 +554,7 @@ pub async fn schedule_tick(
     }
     let newest = newest_id.and_then(|id| id_created_ms(id));
     if newest.is_none_or(|t| now_ms.saturating_sub(t) >= sched.every.as_millis() as u64) {
-        let r = create_snapshot(
-            store.clone(),
-            manifests.clone(),
-            partitions,
-            map_revision,
-            max_pin_delay,
-            txns,
-            true,
-        )
-        .await?;
+        let r = create_snapshot_of(target, true).await?;
         out.created = Some(r);
     }
     Ok(out)
@@ -639,12 +640,15 @@ fn parse_export_pin(path: &str) -> Option<(u64, u32)> {
 
 /// Pins `m`, the version of partition `p` an export is about to read; returns the pin's path
 /// (for [`unpin_export`]).
-pub(crate) async fn pin_for_export(store: &dyn Store, p: u32, m: &Manifest) -> Result<String> {
-    let nonce = strata_clock::Rng::from_entropy().next_u64();
-    let path = format!(
-        "{EXPORT_PINS_PREFIX}{:013}-{nonce:016x}-p{p:05}.manifest",
-        now_ms()
-    );
+/// `now_ms` dates the pin (pins age out by it).
+pub(crate) async fn pin_for_export(
+    store: &dyn Store,
+    p: u32,
+    m: &Manifest,
+    now_ms: u64,
+) -> Result<String> {
+    let nonce = strata_clock::unique_u64();
+    let path = format!("{EXPORT_PINS_PREFIX}{now_ms:013}-{nonce:016x}-p{p:05}.manifest");
     let data = strata_manifest::encode_valid(p, m).with_context(|| format!("encoding {path}"))?;
     store
         .put(&path, data, PutMode::Create)
@@ -661,13 +665,14 @@ pub(crate) async fn unpin_export(store: &dyn Store, path: &str) {
 }
 
 /// Ids of the SSTs of partition `p` that some snapshot (complete or not) or a running export
-/// references. An error means "unknown": callers must then delete nothing.
-pub async fn pinned_ssts(store: &dyn Store, p: u32) -> Result<HashSet<u64>> {
+/// references, at `now_ms` (the export pins older than their limit are stale). An error means
+/// "unknown": callers must then delete nothing.
+pub async fn pinned_ssts(store: &dyn Store, p: u32, now_ms: u64) -> Result<HashSet<u64>> {
     let mut objects = store
         .list(SNAPSHOTS_PREFIX)
         .await
         .context("listing snapshots for their pins")?;
-    let now = now_ms();
+    let now = now_ms;
     for o in store
         .list(EXPORT_PINS_PREFIX)
         .await
@@ -774,8 +779,8 @@ impl ManifestStore for SnapshotManifests {
 /// The first manifest of one partition of a keyspace restored from snapshot manifest `snap`,
 /// taken of the store at `source_url`: the snapshot's tree, with every SST read where it is
 /// (under the source's root, or under the root the snapshot already named for it). Nothing
-/// is copied; new writes continue above the snapshot's seqs.
-pub fn restored_manifest(snap: &Manifest, source_url: &str) -> Manifest {
+/// is copied; new writes continue above the snapshot's seqs. `now_ms` is its `created_ms`.
+pub fn restored_manifest(snap: &Manifest, source_url: &str, now_ms: u64) -> Manifest {
     let mut roots: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for f in snap.ssts() {
         let url = snap.root_of(f.id).unwrap_or(source_url);
@@ -789,7 +794,7 @@ pub fn restored_manifest(snap: &Manifest, source_url: &str) -> Manifest {
         next_sst_id: 1,
         l0: snap.l0.clone(),
         levels: snap.levels.clone(),
-        created_ms: now_ms(),
+        created_ms: now_ms,
         dropped_tombstone_seq: snap.dropped_tombstone_seq,
         roots: roots
             .into_iter()

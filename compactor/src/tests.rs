@@ -1359,14 +1359,17 @@ async fn an_exports_pin_keeps_its_version_through_gc_until_it_ends() {
     let m = env.latest().await;
     let pinned = referenced(&m);
     assert_eq!(pinned.len(), 4);
-    let pin = pin_for_export(&*env.store, P, &m).await.unwrap();
-    let got: std::collections::BTreeSet<u64> = pinned_ssts(&*env.store, P)
+    let pin = pin_for_export(&*env.store, P, &m, now_ms()).await.unwrap();
+    let got: std::collections::BTreeSet<u64> = pinned_ssts(&*env.store, P, now_ms())
         .await
         .unwrap()
         .into_iter()
         .collect();
     assert_eq!(got, pinned);
-    assert!(pinned_ssts(&*env.store, P + 1).await.unwrap().is_empty());
+    assert!(pinned_ssts(&*env.store, P + 1, now_ms())
+        .await
+        .unwrap()
+        .is_empty());
     let c = env.compactor(CompactionOptions {
         gc_grace: Duration::ZERO,
         orphan_grace: Duration::ZERO,
@@ -1399,7 +1402,10 @@ async fn an_exports_pin_keeps_its_version_through_gc_until_it_ends() {
         )
         .await
         .unwrap();
-    assert!(pinned_ssts(&*env.store, P).await.unwrap().is_empty());
+    assert!(pinned_ssts(&*env.store, P, now_ms())
+        .await
+        .unwrap()
+        .is_empty());
     assert!(env.store.list(EXPORT_PINS_PREFIX).await.unwrap().is_empty());
 
     // An export leaves no pin behind.
@@ -1456,6 +1462,7 @@ async fn the_schedule_creates_and_ages_out_snapshots() {
                 map_revision: 0,
                 max_pin_delay: pin,
                 txns: None,
+                clock: strata_clock::Clock::system(),
             };
             schedule_tick(&target, &sched, now).await.unwrap()
         }
