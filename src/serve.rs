@@ -61,6 +61,16 @@ pub struct ServeArgs {
     /// this many KiB (a lone segment is always put at once).
     #[arg(long, default_value_t = 32)]
     pub wal_pipeline_min_kb: usize,
+    /// A write whose keys and values pass this many KiB is large: a partition keeps at most
+    /// --large-in-flight-mb of large writes sequenced and not yet durable, and smaller writes
+    /// that arrive meanwhile go first, so they do not wait behind megabytes of WAL (0: off,
+    /// writes are sequenced in arrival order).
+    #[arg(long, default_value_t = 64)]
+    pub large_write_kb: usize,
+    /// Most MiB of large writes (--large-write-kb) a partition has sequenced and not yet
+    /// durable; one is always let through when none is in flight.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub large_in_flight_mb: u64,
     /// Writes slow down (a delay per batch, growing toward the stop limit) once a partition
     /// has this many L0 files awaiting compaction (0: never).
     #[arg(long, default_value_t = 20)]
@@ -257,6 +267,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         write_buffer_bytes: args.write_buffer_mb << 20,
         wal_pipeline_depth: args.wal_pipeline_depth as usize,
         wal_pipeline_min_bytes: args.wal_pipeline_min_kb << 10,
+        large_write_bytes: args.large_write_kb << 10,
+        large_in_flight_bytes: (args.large_in_flight_mb as usize) << 20,
         metrics: Some(metrics.clone()),
         roots: roots.clone(),
         stall: stall_limits(&args),

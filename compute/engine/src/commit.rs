@@ -190,6 +190,8 @@ pub(crate) fn start(
             accepting: true,
             shutdown_waiters: Vec::new(),
             deferred: Vec::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
         }
         .run(),
     );
@@ -201,6 +203,8 @@ struct Group {
     batches: Vec<Vec<Entry>>,
     waiters: Vec<(Reply, Vec<OpOutcome>)>,
     bytes: usize,
+    /// The part of `bytes` that large writes hold (see [`Committer::held`]).
+    large_bytes: usize,
     max_seq: u64,
     /// Transactions whose locks are released once this group is visible.
     unlock: Vec<Arc<str>>,
@@ -249,6 +253,22 @@ struct Committer {
     /// transaction prepares and resolves answered from what is already there), waiting for
     /// it: (largest seq that state includes, reply, answer).
     deferred: Vec<(u64, Reply, EngineResult<Vec<OpOutcome>>)>,
+    /// Large writes received but not sequenced yet, in arrival order, with their sizes.
+    ///
+    /// Fairness between small and large writes: acknowledgements go in segment order, so a
+    /// small write sequenced behind megabytes of large ones waits for all of them to be
+    /// written and synced (measured: a tenant's 1 KiB puts beside another's flood of 1 MiB
+    /// puts had a p99 50-120x their p99 alone). Large writes are therefore sequenced only
+    /// while the large bytes sequenced and not yet durable (the open group's and the
+    /// pipeline's) stay within `large_in_flight_bytes`; the others wait here while smaller
+    /// writes that arrive after them are sequenced first. Writes in flight together are
+    /// concurrent, so any order between them is linearizable; a write is never reordered
+    /// with one that was acknowledged before it was sent. One large write is always let
+    /// through when none is in flight, and held writes go before any newer large one, so
+    /// none waits for ever. Held bytes count against `max_group_bytes` before more messages
+    /// are read, which keeps the channel's back-pressure.
+    held: VecDeque<(WriteReq, usize)>,
+    held_bytes: usize,
 }
 
 impl Committer {
@@ -264,6 +284,17 @@ impl Committer {
         // on the local directory store, where concurrent fsyncs barely overlap).
         let min_bytes = self.inner.opts.wal_pipeline_min_bytes;
         loop {
+            // Held large writes that fit now go first, oldest first (not past the write
+            // budget: they wait for a flush like any write).
+            while !self.held.is_empty()
+                && self.large_fits(self.held.front().map_or(0, |h| h.1))
+                && !self.over_write_budget()
+            {
+                if let Some((w, n)) = self.held.pop_front() {
+                    self.held_bytes -= n;
+                    self.handle(Msg::Write(w)).await;
+                }
+            }
             if self.window.len() < depth
                 && !self.group.is_empty()
                 && (self.window.is_empty() || self.group.bytes >= min_bytes)
@@ -271,7 +302,7 @@ impl Committer {
                 let group = std::mem::take(&mut self.group);
                 self.start_put(group);
             }
-            if self.window.is_empty() && !self.accepting {
+            if self.window.is_empty() && !self.accepting && self.held.is_empty() {
                 for w in self.shutdown_waiters.drain(..) {
                     let _ = w.send(());
                 }
@@ -290,13 +321,23 @@ impl Committer {
             let over_budget = self.over_write_budget();
             let can_take = self.accepting
                 && !over_budget
-                && self.group.bytes < self.inner.opts.max_group_bytes;
+                && self.group.bytes + self.held_bytes < self.inner.opts.max_group_bytes;
             tokio::select! {
                 Some((id, res)) = self.puts.next(), if !self.puts.is_empty() => {
                     self.put_done(id, res);
                 }
                 msg = self.rx.recv(), if can_take => {
                     match msg {
+                        Some(Msg::Write(w)) => {
+                            let n = self.large_size(&w);
+                            // Behind the held ones too, so large writes keep their order.
+                            if n > 0 && (!self.held.is_empty() || !self.large_fits(n)) {
+                                self.held_bytes += n;
+                                self.held.push_back((w, n));
+                            } else {
+                                self.handle(Msg::Write(w)).await;
+                            }
+                        }
                         Some(msg) => self.handle(msg).await,
                         None => self.accepting = false,
                     }
@@ -305,6 +346,42 @@ impl Committer {
                 _ = strata_clock::sleep(Duration::from_millis(100)), if over_budget => {}
             }
         }
+    }
+
+    /// The size of `w` if it is a large write (its keys and values), else 0.
+    fn large_size(&self, w: &WriteReq) -> usize {
+        let large = self.inner.opts.large_write_bytes;
+        if large == 0 {
+            return 0;
+        }
+        let n: usize = w
+            .ops
+            .iter()
+            .map(|op| {
+                op.key.len()
+                    + match &op.op {
+                        Op::Put { value, .. } => value.len(),
+                        Op::Delete => 0,
+                    }
+            })
+            .sum();
+        if n >= large {
+            n
+        } else {
+            0
+        }
+    }
+
+    /// Whether a large write of `n` bytes may be sequenced now: the large bytes not yet
+    /// durable stay within the bound with it, or none are in flight.
+    fn large_fits(&self, n: usize) -> bool {
+        let in_flight = self.group.large_bytes
+            + self
+                .window
+                .iter()
+                .map(|f| f.group.large_bytes)
+                .sum::<usize>();
+        in_flight == 0 || in_flight + n <= self.inner.opts.large_in_flight_bytes
     }
 
     fn over_write_budget(&self) -> bool {
@@ -382,6 +459,7 @@ impl Committer {
     }
 
     async fn apply(&mut self, w: WriteReq) {
+        let large = self.large_size(&w);
         let now = self.inner.opts.clock.unix_ms();
         let view = self.inner.view.read().clone();
         let WriteReq {
@@ -551,6 +629,7 @@ impl Committer {
         let max_seq = self.next_seq - 1;
         self.group.max_seq = max_seq;
         self.group.bytes += bytes;
+        self.group.large_bytes += large;
         self.group.batches.push(entries);
         self.group.unlock.extend(unlock);
         let m = &self.inner.metrics;

@@ -55,6 +55,14 @@ pub struct DbOptions {
     /// A group is put while other PUTs are in flight only once it holds this many bytes (one
     /// is always put at once when nothing is in flight).
     pub wal_pipeline_min_bytes: usize,
+    /// A write whose keys and values pass this many bytes is large: large writes are
+    /// sequenced only while the large writes sequenced and not yet durable stay within
+    /// `large_in_flight_bytes`, and smaller writes that arrive meanwhile go first (see
+    /// `commit.rs`). 0 treats no write as large.
+    pub large_write_bytes: usize,
+    /// Most bytes of large writes sequenced and not yet durable (one is always let through
+    /// when none is in flight): a small write waits behind at most this much of them.
+    pub large_in_flight_bytes: usize,
     /// Encoding of flushed SSTs.
     pub sst: SstOptions,
     /// How long a request waits for its WAL PUT before it gets `UNAVAILABLE`.
@@ -93,6 +101,8 @@ impl Default for DbOptions {
             max_group_bytes: 8 << 20,
             wal_pipeline_depth: WAL_MAX_IN_FLIGHT as usize,
             wal_pipeline_min_bytes: 32 << 10,
+            large_write_bytes: 64 << 10,
+            large_in_flight_bytes: 2 << 20,
             sst: SstOptions::default(),
             write_timeout: Duration::from_secs(10),
             lease: None,

@@ -486,3 +486,65 @@ async fn a_pipeline_gap_below_a_failed_openers_markers_is_still_filled() {
     }
     b.close(Duration::from_secs(5)).await.unwrap();
 }
+
+/// A small write that arrives behind large ones still waiting to be sequenced goes first
+/// (fairness: acknowledgements are in segment order, so a small write sequenced behind
+/// megabytes of large ones would wait for all of them to land); with the bound off
+/// (`large_write_bytes: 0`) writes are sequenced in arrival order. Every write lands either
+/// way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_write_is_not_sequenced_behind_large_ones_waiting() {
+    for bounded in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, faults) = faulty(dir.path());
+        let opts = DbOptions {
+            large_write_bytes: if bounded { 64 << 10 } else { 0 },
+            large_in_flight_bytes: 2 << 20,
+            ..Default::default()
+        };
+        let db = open_on(store, opts).await;
+        // Every WAL PUT takes 300 ms: the first large writes stay in flight while the rest
+        // arrive.
+        faults.set_latency(Duration::from_millis(300));
+        let big = "x".repeat(1 << 20);
+        let mut large = Vec::new();
+        for i in 0..6 {
+            let (db, v) = (db.clone(), big.clone());
+            large.push(tokio::spawn(async move {
+                db.write(vec![put(&format!("large-{i}"), &v, Cond::None)], true)
+                    .await
+            }));
+            // Arrival order is the spawn order.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let small = db
+            .write(vec![put("small", "v", Cond::None)], true)
+            .await
+            .unwrap()[0]
+            .version;
+        let mut versions = Vec::new();
+        for t in large {
+            versions.push(t.await.unwrap().unwrap()[0].version);
+        }
+        faults.set_latency(Duration::ZERO);
+        if bounded {
+            assert!(
+                versions.iter().filter(|v| **v > small).count() >= 3,
+                "the small write waited behind the large ones: small {small}, large {versions:?}"
+            );
+        } else {
+            assert!(
+                versions.iter().all(|v| *v < small),
+                "without the bound writes go in arrival order: small {small}, large {versions:?}"
+            );
+        }
+        for i in 0..6 {
+            assert_eq!(
+                get(&db, &format!("large-{i}")).await.map(|v| v.0.len()),
+                Some(1 << 20)
+            );
+        }
+        assert_eq!(get(&db, "small").await.map(|v| v.0), Some("v".into()));
+        db.close(Duration::from_secs(5)).await.unwrap();
+    }
+}
