@@ -61,7 +61,7 @@ pub struct ServeArgs {
     /// this many KiB (a lone segment is always put at once).
     #[arg(long, default_value_t = 32)]
     pub wal_pipeline_min_kb: usize,
-    /// A write whose keys and values pass this many KiB is large: a partition keeps at most
+    /// A write whose values pass this many KiB is large: a partition keeps at most
     /// --large-in-flight-mb of large writes sequenced and not yet durable, and smaller writes
     /// that arrive meanwhile go first, so they do not wait behind megabytes of WAL (0: off,
     /// writes are sequenced in arrival order).

@@ -177,7 +177,7 @@ pub(crate) fn start(
     next_seq: u64,
     next_segment: u64,
 ) -> (CommitHandle, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(4096);
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let task = tokio::spawn(
         Committer {
             inner,
@@ -197,6 +197,11 @@ pub(crate) fn start(
     );
     (CommitHandle { tx }, task)
 }
+
+/// Requests the commit loop's channel holds.
+const CHANNEL_CAPACITY: usize = 4096;
+/// Most large writes held back at once (see [`Committer::held`]).
+const HELD_MAX: usize = CHANNEL_CAPACITY;
 
 #[derive(Default)]
 struct Group {
@@ -253,7 +258,8 @@ struct Committer {
     /// transaction prepares and resolves answered from what is already there), waiting for
     /// it: (largest seq that state includes, reply, answer).
     deferred: Vec<(u64, Reply, EngineResult<Vec<OpOutcome>>)>,
-    /// Large writes received but not sequenced yet, in arrival order, with their sizes.
+    /// Large writes received but not sequenced yet, in arrival order, with their sizes (at
+    /// most [`HELD_MAX`]).
     ///
     /// Fairness between small and large writes: acknowledgements go in segment order, so a
     /// small write sequenced behind megabytes of large ones waits for all of them to be
@@ -265,8 +271,8 @@ struct Committer {
     /// concurrent, so any order between them is linearizable; a write is never reordered
     /// with one that was acknowledged before it was sent. One large write is always let
     /// through when none is in flight, and held writes go before any newer large one, so
-    /// none waits for ever. Held bytes count against `max_group_bytes` before more messages
-    /// are read, which keeps the channel's back-pressure.
+    /// none waits for ever. Held writes are bounded by count as the channel is (they were in
+    /// memory there too), and a writer that lost the partition refuses them at once.
     held: VecDeque<(WriteReq, usize)>,
     held_bytes: usize,
 }
@@ -284,14 +290,28 @@ impl Committer {
         // on the local directory store, where concurrent fsyncs barely overlap).
         let min_bytes = self.inner.opts.wal_pipeline_min_bytes;
         loop {
-            // Held large writes that fit now go first, oldest first (not past the write
-            // budget: they wait for a flush like any write).
-            while !self.held.is_empty()
-                && self.large_fits(self.held.front().map_or(0, |h| h.1))
-                && !self.over_write_budget()
-            {
+            // One reading of the budget per turn: the drain below and the `select!` must agree
+            // on it, or a flush finishing in between could leave every branch disabled.
+            let over_budget = self.over_write_budget();
+            // Held large writes that fit now go first, oldest first: not past the write budget
+            // (they wait for a flush like any write) nor past the group's bound. A writer that
+            // lost the partition drains them at once (`handle` refuses each: not applied).
+            while let Some(&(_, n)) = self.held.front() {
+                let open = self.inner.lifecycle.is_open();
+                if open
+                    && (over_budget
+                        || !self.large_fits(n)
+                        || self.group.bytes >= self.inner.opts.max_group_bytes)
+                {
+                    break;
+                }
                 if let Some((w, n)) = self.held.pop_front() {
                     self.held_bytes -= n;
+                    // A caller that gave up has been told the outcome is unknown: applying
+                    // nothing is one of the outcomes it allows, and spares the WAL the bytes.
+                    if open && w.reply.is_closed() {
+                        continue;
+                    }
                     self.handle(Msg::Write(w)).await;
                 }
             }
@@ -318,10 +338,13 @@ impl Committer {
                 }
                 return;
             }
-            let over_budget = self.over_write_budget();
+            // Held writes are bounded by count like the channel they came from (they were in
+            // memory there too), not by the group's bytes: small writes must still be read
+            // while large ones wait.
             let can_take = self.accepting
                 && !over_budget
-                && self.group.bytes + self.held_bytes < self.inner.opts.max_group_bytes;
+                && self.group.bytes < self.inner.opts.max_group_bytes
+                && self.held.len() < HELD_MAX;
             tokio::select! {
                 Some((id, res)) = self.puts.next(), if !self.puts.is_empty() => {
                     self.put_done(id, res);
@@ -348,7 +371,8 @@ impl Committer {
         }
     }
 
-    /// The size of `w` if it is a large write (its keys and values), else 0.
+    /// The size of `w` if it is a large write (its values), else 0. Values only: keys are
+    /// small, and counting them would let only one 1 MiB value through a 2 MiB bound.
     fn large_size(&self, w: &WriteReq) -> usize {
         let large = self.inner.opts.large_write_bytes;
         if large == 0 {
@@ -357,12 +381,9 @@ impl Committer {
         let n: usize = w
             .ops
             .iter()
-            .map(|op| {
-                op.key.len()
-                    + match &op.op {
-                        Op::Put { value, .. } => value.len(),
-                        Op::Delete => 0,
-                    }
+            .map(|op| match &op.op {
+                Op::Put { value, .. } => value.len(),
+                Op::Delete => 0,
             })
             .sum();
         if n >= large {

@@ -55,7 +55,7 @@ pub struct DbOptions {
     /// A group is put while other PUTs are in flight only once it holds this many bytes (one
     /// is always put at once when nothing is in flight).
     pub wal_pipeline_min_bytes: usize,
-    /// A write whose keys and values pass this many bytes is large: large writes are
+    /// A write whose values pass this many bytes is large: large writes are
     /// sequenced only while the large writes sequenced and not yet durable stay within
     /// `large_in_flight_bytes`, and smaller writes that arrive meanwhile go first (see
     /// `commit.rs`). 0 treats no write as large.
