@@ -63,9 +63,9 @@ pub struct ServeArgs {
     pub wal_pipeline_min_kb: usize,
     /// A write whose values pass this many KiB is large: a partition keeps at most
     /// --large-in-flight-mb of large writes sequenced and not yet durable, and smaller writes
-    /// that arrive meanwhile go first, so they do not wait behind megabytes of WAL (0: off,
-    /// writes are sequenced in arrival order).
-    #[arg(long, default_value_t = 64)]
+    /// that arrive meanwhile go first, so they do not wait behind megabytes of WAL (0, the
+    /// default: off, writes are sequenced in arrival order; 64 is a starting point).
+    #[arg(long, default_value_t = 0)]
     pub large_write_kb: usize,
     /// Most MiB of large writes (--large-write-kb) a partition has sequenced and not yet
     /// durable; one is always let through when none is in flight.
@@ -358,6 +358,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             let opts = args.compaction_opts.options(CompactionOptions {
                 roots: roots.clone(),
                 deletion_budget: args.compaction_opts.deletion_budget(&url),
+                // The node's clock: TTLs and export pins aged by the clock that wrote them.
+                clock: node.clock().clone(),
                 ..CompactionOptions::default()
             });
             tokio::spawn(compact_owned(
@@ -533,6 +535,8 @@ pub(crate) fn embedded_compactor(
             roots: roots.clone(),
             deletion_budget: args.deletion_budget(url),
             gc_grace: strata_compactor::EMBEDDED_GC_GRACE,
+            // The engine's clock: TTLs and export pins aged by the clock that wrote them.
+            clock: db.clock().clone(),
             ..CompactionOptions::default()
         }),
     )

@@ -58,7 +58,7 @@ pub struct DbOptions {
     /// A write whose values pass this many bytes is large: large writes are
     /// sequenced only while the large writes sequenced and not yet durable stay within
     /// `large_in_flight_bytes`, and smaller writes that arrive meanwhile go first (see
-    /// `commit.rs`). 0 treats no write as large.
+    /// `commit.rs`). 0 (the default) treats no write as large.
     pub large_write_bytes: usize,
     /// Most bytes of large writes sequenced and not yet durable (one is always let through
     /// when none is in flight): a small write waits behind at most this much of them.
@@ -101,7 +101,9 @@ impl Default for DbOptions {
             max_group_bytes: 8 << 20,
             wal_pipeline_depth: WAL_MAX_IN_FLIGHT as usize,
             wal_pipeline_min_bytes: 32 << 10,
-            large_write_bytes: 64 << 10,
+            // Off by default: measured, it helps a calm tenant beside a flood of large writes
+            // a little (p50 -25%) and not the scale-sheet mix (see docs/write-path.md).
+            large_write_bytes: 0,
             large_in_flight_bytes: 2 << 20,
             sst: SstOptions::default(),
             write_timeout: Duration::from_secs(10),
@@ -1028,6 +1030,12 @@ impl Db {
     /// compactor's reader floor ([`strata_compactor`]'s `with_reader_floor`).
     pub fn oldest_held_version(&self) -> Option<u64> {
         self.inner.live.oldest()
+    }
+
+    /// The clock this engine reads (`DbOptions::clock`), for the components that run beside
+    /// it and must agree with it (the in-process compactor's TTLs and graces).
+    pub fn clock(&self) -> &Clock {
+        &self.inner.opts.clock
     }
 
     /// Installs `m` (committed by another process: a compactor worker) if it is newer than

@@ -112,7 +112,9 @@ impl KvService {
         let id = format!(
             "{}-{created_ms:x}-{:016x}",
             node.node_id(),
-            node.rng().next_u64()
+            // Unique across restarts and runs, even with a seeded Rng and a manual clock: an
+            // intent that outlived its record must never resolve against a new transaction.
+            strata_clock::unique_u64()
         );
         let rec = TxnRecord {
             state: TxnState::Pending,
