@@ -30,6 +30,10 @@ const SECONDS_BUCKETS: &[f64] = &[
 const GROUP_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
 ];
+/// Bytes per commit group (WAL segment): 1 KiB to 8 MiB (`max_group_bytes`).
+const GROUP_BYTES_BUCKETS: &[f64] = &[
+    1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 2097152.0, 4194304.0, 8388608.0,
+];
 
 /// Installs the process-wide Prometheus recorder behind the `metrics` facade and returns the
 /// handle that renders it; `None` if a recorder was installed already (the first one keeps
@@ -42,6 +46,12 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
             b.set_buckets_for_metric(
                 Matcher::Full("strata_commit_group_ops".into()),
                 GROUP_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("strata_commit_group_bytes".into()),
+                GROUP_BYTES_BUCKETS,
             )
         });
     let handle = match builder.and_then(|b| b.install_recorder()) {
@@ -191,6 +201,11 @@ pub fn render(m: &EngineMetrics, st: &DbStats, meter: &Metered, cache: &BlockCac
             "strata_write_stall_micros_total",
             "Time writes spent held back by write stalls, microseconds.",
             &m.write_stall_micros,
+        ),
+        (
+            "strata_write_buffer_full_micros_total",
+            "Time commit loops waited for a flush because the memtables were over --write-buffer-mb, microseconds (every writer of the partition waits).",
+            &m.write_buffer_full_micros,
         ),
         (
             "strata_connections_accepted_total",

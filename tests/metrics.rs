@@ -88,6 +88,11 @@ async fn metrics_export_rpc_latency_by_method_and_code_and_store_latency_by_op()
     );
     assert!(store_puts.is_some_and(|n| n >= 5.0), "in:\n{page}");
     assert!(page.contains("strata_commit_group_ops_bucket"), "{page}");
+    assert!(page.contains("strata_commit_group_bytes_bucket"), "{page}");
+    assert!(
+        page.contains("strata_write_buffer_full_micros_total"),
+        "{page}"
+    );
     // The counters of before are still there.
     assert!(s.metric("strata_writes_total") >= 5);
 }

@@ -345,6 +345,7 @@ impl Committer {
                 && !over_budget
                 && self.group.bytes < self.inner.opts.max_group_bytes
                 && self.held.len() < HELD_MAX;
+            let waiting_since = over_budget.then(strata_clock::now);
             tokio::select! {
                 Some((id, res)) = self.puts.next(), if !self.puts.is_empty() => {
                     self.put_done(id, res);
@@ -367,6 +368,12 @@ impl Committer {
                 }
                 _ = self.inner.flushed.notified(), if over_budget => {}
                 _ = strata_clock::sleep(Duration::from_millis(100)), if over_budget => {}
+            }
+            if let Some(t) = waiting_since {
+                self.inner
+                    .metrics
+                    .write_buffer_full_micros
+                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -668,6 +675,7 @@ impl Committer {
     fn start_put(&mut self, group: Group) {
         let ops: usize = group.batches.iter().map(Vec::len).sum();
         metrics::histogram!("strata_commit_group_ops").record(ops as f64);
+        metrics::histogram!("strata_commit_group_bytes").record(group.bytes as f64);
         metrics::histogram!("strata_commit_pipeline_depth").record(self.window.len() as f64);
         let segment_id = self.next_segment;
         self.next_segment += 1;

@@ -33,6 +33,10 @@ pub struct EngineMetrics {
     pub write_stall_refusals: AtomicU64,
     /// Total time writes spent held back by the stall, microseconds.
     pub write_stall_micros: AtomicU64,
+    /// Time commit loops read no new writes because the memtables were over the write
+    /// budget (`DbOptions::write_buffer_bytes`), waiting for a flush, microseconds: every
+    /// writer of the partition waits then, whatever its size or tenant.
+    pub write_buffer_full_micros: AtomicU64,
     /// Client connections open now (a gauge; `connections.rs`).
     pub connections_open: AtomicU64,
     /// Client connections accepted.
