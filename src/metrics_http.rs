@@ -204,7 +204,7 @@ pub fn render(m: &EngineMetrics, st: &DbStats, meter: &Metered, cache: &BlockCac
         ),
         (
             "strata_write_buffer_full_micros_total",
-            "Time commit loops waited for a flush because the memtables were over --write-buffer-mb, microseconds (every writer of the partition waits).",
+            "Time commit loops spent over --write-buffer-mb waiting for a flush, microseconds, summed over partitions (so its rate can pass 1 s/s); every writer of such a partition waits.",
             &m.write_buffer_full_micros,
         ),
         (

@@ -106,9 +106,12 @@ fn shares_a_cert(a: &[u8], b: &[u8]) -> bool {
 
 fn check_key(p: &Path, pem: &[u8]) -> Result<()> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+    // The parser's error is not shown: for a malformed file it can quote the line it choked
+    // on, which is the key's own text.
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem).map_err(|_| {
         anyhow::anyhow!(
-            "--tls-key: {} holds no usable private key: {e}",
+            "--tls-key: {} holds no usable private key (expected a PEM PRIVATE KEY block, \
+             with its line breaks)",
             p.display()
         )
     })?;

@@ -61,15 +61,17 @@ pub struct ServeArgs {
     /// this many KiB (a lone segment is always put at once).
     #[arg(long, default_value_t = 32)]
     pub wal_pipeline_min_kb: usize,
-    /// A write whose values pass this many KiB is large: a partition keeps at most
+    /// A write whose values reach this many KiB is large: a partition keeps at most
     /// --large-in-flight-mb of large writes sequenced and not yet durable, and smaller writes
     /// that arrive meanwhile go first, so they do not wait behind megabytes of WAL (0, the
-    /// default: off, writes are sequenced in arrival order; 64 is a starting point).
+    /// default: off, writes are sequenced in arrival order; with 64 small writes beside a
+    /// large-value flood waited half as long and the flood ran 44% slower, see
+    /// docs/write-path.md).
     #[arg(long, default_value_t = 0)]
     pub large_write_kb: usize,
     /// Most MiB of large writes (--large-write-kb) a partition has sequenced and not yet
     /// durable; one is always let through when none is in flight.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub large_in_flight_mb: u64,
     /// Writes slow down (a delay per batch, growing toward the stop limit) once a partition
     /// has this many L0 files awaiting compaction (0: never).

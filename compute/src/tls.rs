@@ -101,7 +101,8 @@ pub fn server_config(m: &TlsMaterial) -> Result<ServerConfig, String> {
         return Err("certificate: the file holds no certificate".into());
     }
     let key = PrivateKeyDer::from_pem_slice(&m.key_pem)
-        .map_err(|e| format!("key: no usable private key: {e}"))?;
+        // Not the parser's error: for a malformed file it can quote the key's own text.
+        .map_err(|_| "key: no usable private key (expected a PEM PRIVATE KEY block)".to_string())?;
     let mut cfg = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("certificate and key: {e}"))?;

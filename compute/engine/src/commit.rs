@@ -191,7 +191,6 @@ pub(crate) fn start(
             shutdown_waiters: Vec::new(),
             deferred: Vec::new(),
             held: VecDeque::new(),
-            held_bytes: 0,
         }
         .run(),
     );
@@ -274,7 +273,6 @@ struct Committer {
     /// none waits for ever. Held writes are bounded by count as the channel is (they were in
     /// memory there too), and a writer that lost the partition refuses them at once.
     held: VecDeque<(WriteReq, usize)>,
-    held_bytes: usize,
 }
 
 impl Committer {
@@ -296,6 +294,16 @@ impl Committer {
             // Held large writes that fit now go first, oldest first: not past the write budget
             // (they wait for a flush like any write) nor past the group's bound. A writer that
             // lost the partition drains them at once (`handle` refuses each: not applied).
+            if !self.held.is_empty() && self.inner.lifecycle.is_open() {
+                // A full disk refuses new writes before they are sequenced (`Db::write`):
+                // held ones were not sequenced either, so they are refused the same way at
+                // once (nothing applied) rather than queued behind the failing segment.
+                if let Err(e) = self.inner.disk.check() {
+                    for (w, _) in std::mem::take(&mut self.held) {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                }
+            }
             while let Some(&(_, n)) = self.held.front() {
                 let open = self.inner.lifecycle.is_open();
                 if open
@@ -305,8 +313,7 @@ impl Committer {
                 {
                     break;
                 }
-                if let Some((w, n)) = self.held.pop_front() {
-                    self.held_bytes -= n;
+                if let Some((w, _)) = self.held.pop_front() {
                     // A caller that gave up has been told the outcome is unknown: applying
                     // nothing is one of the outcomes it allows, and spares the WAL the bytes.
                     if open && w.reply.is_closed() {
@@ -356,7 +363,6 @@ impl Committer {
                             let n = self.large_size(&w);
                             // Behind the held ones too, so large writes keep their order.
                             if n > 0 && (!self.held.is_empty() || !self.large_fits(n)) {
-                                self.held_bytes += n;
                                 self.held.push_back((w, n));
                             } else {
                                 self.handle(Msg::Write(w)).await;
