@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use strata_compute::reload::Trigger;
 use strata_compute::server::auth::PeerCheck;
 use strata_compute::server::auth::{token_hash, Authority, Right, TenantLimits};
 use strata_compute::server::KvService;
@@ -388,29 +389,23 @@ impl TlsReloader {
     /// Watches the files until `stop` turns true (see the type's docs).
     pub fn spawn(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut triggers = strata_compute::reload::Triggers::new();
             loop {
-                #[cfg(unix)]
-                let hup_fut = async {
-                    match hup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                #[cfg(not(unix))]
-                let hup_fut = std::future::pending::<Option<()>>();
                 let why = tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
-                    _ = hup_fut => "SIGHUP",
-                    _ = tick.tick() => {
+                    t = triggers.next() => t,
+                };
+                let why = match why {
+                    Trigger::Hangup => "SIGHUP",
+                    Trigger::Tick => {
                         // A file that cannot be read right now (mid-replacement) is looked
                         // at again next tick.
-                        let Some(now) = self.args.tls_digest() else { continue };
-                        if self.seen == Some(now) { continue; }
+                        let Some(now) = self.args.tls_digest() else {
+                            continue;
+                        };
+                        if self.seen == Some(now) {
+                            continue;
+                        }
                         self.seen = Some(now);
                         "a file changed"
                     }

@@ -632,6 +632,19 @@ async fn tls_and_mutual_tls_with_certificates_made_here() {
     assert!(ok && out == "ok", "{err}");
 }
 
+/// Waits (up to 10 s) until the server's log holds `times` lines with `text`.
+async fn wait_for_log(server: &Server, text: &str, times: usize, what: &str) {
+    let t0 = Instant::now();
+    while server.log_text().matches(text).count() < times {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what}: {}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Replaces `path`'s content at once (a rename), as a certificate renewal tool does.
 fn replace_file(path: &Path, text: &[u8]) {
     let tmp = path.with_extension("new");
@@ -677,30 +690,26 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
 
     // Garbage in the certificate file: logged, the first certificate stays in force.
     replace_file(&cert_p, b"not a certificate");
-    let t0 = Instant::now();
-    while !server.log_text().contains("TLS files not reloaded") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the bad file was not noticed: {}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_log(
+        &server,
+        "TLS files not reloaded",
+        1,
+        "the bad file was not noticed",
+    )
+    .await;
     let c = client(&server.addr, None, Some(trusting(&ca1)))
         .await
         .unwrap();
     c.put("still-first", "1").await.unwrap();
     // A valid certificate whose key is still the old one's: refused as well.
     replace_file(&cert_p, cert2.as_bytes());
-    let t0 = Instant::now();
-    while server.log_text().matches("TLS files not reloaded").count() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the mismatched key was not noticed: {}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_log(
+        &server,
+        "TLS files not reloaded",
+        2,
+        "the mismatched key was not noticed",
+    )
+    .await;
     assert!(
         server.log_text().contains("certificate and key"),
         "the error says what is wrong: {}",
@@ -726,15 +735,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     renewed.put("after", "2").await.unwrap();
-    let t0 = Instant::now();
-    while !server.log_text().contains("TLS files re-read") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_log(&server, "TLS files re-read", 1, "the reload was not logged").await;
     assert!(
         client(&server.addr, None, Some(trusting(&ca1)))
             .await

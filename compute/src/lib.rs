@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod connections;
+pub mod reload;
 pub mod service;
 pub mod tls;
 

@@ -531,26 +531,18 @@ impl Authority {
     pub fn spawn_watcher(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let me = self.clone();
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut triggers = crate::reload::Triggers::new();
             loop {
-                #[cfg(unix)]
-                let hup_fut = async {
-                    match hup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                #[cfg(not(unix))]
-                let hup_fut = std::future::pending::<Option<()>>();
                 let why = tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
-                    _ = hup_fut => "SIGHUP",
-                    _ = tick.tick() => {
-                        if !me.changed() { continue; }
+                    t = triggers.next() => t,
+                };
+                let why = match why {
+                    crate::reload::Trigger::Hangup => "SIGHUP",
+                    crate::reload::Trigger::Tick => {
+                        if !me.changed() {
+                            continue;
+                        }
                         "the file changed"
                     }
                 };
