@@ -288,6 +288,12 @@ impl Committer {
         // on the local directory store, where concurrent fsyncs barely overlap).
         let min_bytes = self.inner.opts.wal_pipeline_min_bytes;
         loop {
+            // The flush's signal is listened for from before the budget is read: a `Notified`
+            // receives `notify_waiters` from its creation on, so a flush that finishes while
+            // this turn drains or encodes a segment is not missed (it used to leave the loop
+            // waiting for the 100 ms re-check with no PUT in flight).
+            let inner = self.inner.clone();
+            let flushed = inner.flushed.notified();
             // One reading of the budget per turn: the drain below and the `select!` must agree
             // on it, or a flush finishing in between could leave every branch disabled.
             let over_budget = self.over_write_budget();
@@ -372,7 +378,7 @@ impl Committer {
                         None => self.accepting = false,
                     }
                 }
-                _ = self.inner.flushed.notified(), if over_budget => {}
+                _ = flushed, if over_budget => {}
                 _ = strata_clock::sleep(Duration::from_millis(100)), if over_budget => {}
             }
             if let Some(t) = waiting_since {
