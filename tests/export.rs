@@ -209,18 +209,11 @@ async fn export_reads_back_in_pyarrow_and_duckdb_and_increments_apply() {
 }
 
 fn ctl_snapshot(data_dir: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(bin())
-        .args(["ctl", "snapshot"])
+    let mut c = std::process::Command::new(bin());
+    c.args(["ctl", "snapshot"])
         .args(args)
-        .args(["--data-dir", data_dir])
-        .output()
-        .expect("run strata ctl snapshot");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+        .args(["--data-dir", data_dir]);
+    strata_testkit::run_bounded(&mut c, std::time::Duration::from_secs(120))
 }
 
 /// An archival snapshot taken from a running server (writes only in its WAL included) exports

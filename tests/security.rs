@@ -31,7 +31,7 @@ use strata_client::{Client, ClientOptions};
 use strata_compute::pb;
 use strata_proto::auth::{Bearer, ClientTls};
 use strata_proto::reason;
-use strata_testkit::{bin, Server, ServerOpts};
+use strata_testkit::{bin, run_bounded, Server, ServerOpts};
 use tonic::Code;
 
 // ---------------------------------------------------------------------------------------
@@ -1525,26 +1525,7 @@ fn ctl_status(etcd: &SecureEtcd, extra: &[&str], env: &[(&str, &str)]) -> (bool,
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut child = c
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "strata ctl status hung: {extra:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_bounded(&mut c, Duration::from_secs(30))
 }
 
 /// A node and the CLI reach an etcd that requires TLS with client certificates and a user:

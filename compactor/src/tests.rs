@@ -61,6 +61,22 @@ impl Env {
         Compactor::new(self.store.clone(), self.manifests.clone(), P, opts)
     }
 
+    /// Compacts until nothing is left to do, then collects garbage and sweeps orphans (twice:
+    /// the first sweep only notes candidates) with no grace at all: whatever survives is kept
+    /// by a reference or a pin. Returns the compactor, to sweep again later.
+    async fn compact_all_and_collect_without_grace(&self) -> Compactor {
+        let c = self.compactor(CompactionOptions {
+            gc_grace: Duration::ZERO,
+            orphan_grace: Duration::ZERO,
+            ..small_opts()
+        });
+        while c.compact_once().await.unwrap().is_some() {}
+        c.collect_garbage().await.unwrap();
+        c.sweep_orphans().await.unwrap();
+        c.sweep_orphans().await.unwrap();
+        c
+    }
+
     async fn latest(&self) -> Arc<Manifest> {
         self.manifests.load_latest(P).await.unwrap().unwrap()
     }
@@ -1307,15 +1323,7 @@ async fn snapshot_pins_survive_gc_until_the_snapshot_is_deleted() {
     let pinned = referenced(&*env.latest().await);
     assert_eq!(pinned.len(), 4);
     assert_eq!(snap.partitions[0].ssts, 4);
-    let c = env.compactor(CompactionOptions {
-        gc_grace: Duration::ZERO,
-        orphan_grace: Duration::ZERO,
-        ..small_opts()
-    });
-    while c.compact_once().await.unwrap().is_some() {}
-    c.collect_garbage().await.unwrap();
-    c.sweep_orphans().await.unwrap();
-    c.sweep_orphans().await.unwrap();
+    let c = env.compact_all_and_collect_without_grace().await;
     let objects = env.sst_objects().await;
     assert!(pinned.is_subset(&objects), "{pinned:?} vs {objects:?}");
     // The snapshot reads back as it was, from its own manifest.
@@ -1370,15 +1378,7 @@ async fn an_exports_pin_keeps_its_version_through_gc_until_it_ends() {
         .await
         .unwrap()
         .is_empty());
-    let c = env.compactor(CompactionOptions {
-        gc_grace: Duration::ZERO,
-        orphan_grace: Duration::ZERO,
-        ..small_opts()
-    });
-    while c.compact_once().await.unwrap().is_some() {}
-    c.collect_garbage().await.unwrap();
-    c.sweep_orphans().await.unwrap();
-    c.sweep_orphans().await.unwrap();
+    let c = env.compact_all_and_collect_without_grace().await;
     let objects = env.sst_objects().await;
     assert!(pinned.is_subset(&objects), "{pinned:?} vs {objects:?}");
     // The pinned version still reads whole.

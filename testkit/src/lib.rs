@@ -25,7 +25,7 @@ pub mod server;
 
 pub use acked::Acked;
 pub use cluster::Cluster;
-pub use server::{bin, Server, ServerOpts};
+pub use server::{bin, run_bounded, Server, ServerOpts};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -263,3 +263,43 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Runs a CLI command to its end, bounded: the test fails (and the process is killed) if it
+/// is still running after `limit`. Returns (succeeded, stdout followed by stderr). The pipes
+/// are read as the command runs, so a talkative command cannot block on a full pipe.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{cmd:?} still running after {limit:?}");
+            }
+            Err(e) => panic!("waiting for {cmd:?}: {e}"),
+        }
+    };
+    let text = [out, err]
+        .into_iter()
+        .map(|t| String::from_utf8_lossy(&t.join().unwrap_or_default()).into_owned())
+        .collect::<String>();
+    (status.success(), text)
+}
